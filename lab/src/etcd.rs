@@ -1,0 +1,142 @@
+//! A real etcd server for tests: its own data directory, free loopback
+//! ports, killed and removed on drop (also when a test panics), and killed
+//! by the kernel if the test process dies first (`PR_SET_PDEATHSIG`).
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// A running etcd.
+pub struct EtcdServer {
+    child: Child,
+    client_addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+/// Where the etcd binary is: `$WEFT_ETCD_BIN`, else `etcd` on `PATH`.
+pub fn etcd_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("WEFT_ETCD_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+        let p = PathBuf::from(dir).join("etcd");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("etcd is not installed: run `scripts/setup.sh` (installs Debian's etcd-server) or set WEFT_ETCD_BIN")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl EtcdServer {
+    /// Start etcd and wait until it answers `/health`.
+    pub fn start() -> Result<EtcdServer> {
+        let bin = etcd_binary()?;
+        let mut last_err = None;
+        // Ports are picked by binding port 0 and releasing it; another
+        // process may grab one in between, so a failed start is retried.
+        for _ in 0..5 {
+            match Self::try_start(&bin) {
+                Ok(s) => return Ok(s),
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
+    }
+
+    fn try_start(bin: &PathBuf) -> Result<EtcdServer> {
+        let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
+        let client_port = free_port()?;
+        let peer_port = free_port()?;
+        let client = format!("http://127.0.0.1:{client_port}");
+        let peer = format!("http://127.0.0.1:{peer_port}");
+        let log = dir.path().join("etcd.log");
+        let logfile = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--name=weft-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=weft-test={peer}"))
+            .arg("--initial-cluster-state=new")
+            .stdin(Stdio::null())
+            .stdout(logfile.try_clone()?)
+            .stderr(logfile);
+        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
+        // no memory of the parent; it runs in the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut server = EtcdServer {
+            child,
+            client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
+            _dir: dir,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!("etcd exited with {status}: {}", server.log_tail());
+            }
+            if server.healthy() {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not become healthy within 20 s: {}", server.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+
+    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client_addr)
+    }
+
+    /// The client address.
+    pub fn addr(&self) -> SocketAddr {
+        self.client_addr
+    }
+
+    /// The last lines etcd logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

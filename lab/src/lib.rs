@@ -1,0 +1,16 @@
+//! weft-lab: the test lab shared by the integration tests, the demo and the
+//! benchmark.
+//!
+//! | module    | what it holds                                                    |
+//! |-----------|------------------------------------------------------------------|
+//! | [`etcd`]  | a real etcd server on free loopback ports, removed on drop        |
+//! | [`proxy`] | a TCP proxy whose connections a test can cut, to fake an outage  |
+//! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
+
+pub mod etcd;
+pub mod proxy;
+pub mod wait;
+
+pub use etcd::EtcdServer;
+pub use proxy::TcpProxy;
+pub use wait::{wait_until, wait_until_async};

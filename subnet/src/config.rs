@@ -1,0 +1,425 @@
+//! The network config stored at `<prefix>/config`, with flanneld's field
+//! names, defaults and rules.
+//!
+//! ```json
+//! {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1}}
+//! ```
+//!
+//! Defaults, as flanneld applies them: `SubnetLen` is 24 when `Network` is a
+//! /22 or shorter, else the network prefix + 2; `SubnetMin` is the second
+//! subnet and `SubnetMax` the last one; `EnableIPv4` is true; a missing
+//! `Backend` means `udp`. Unknown top-level or backend fields are ignored, as
+//! flanneld ignores them.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde_json::{Map, Value};
+
+use crate::error::ConfigError;
+
+/// Default UDP port of the udp backend (flanneld's).
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+/// Default UDP port of the vxlan backend (the Linux kernel's, as flanneld uses it).
+pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+
+/// A validated network config, defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkConfig {
+    /// The overlay network all pod subnets are carved from.
+    pub network: Ipv4Net,
+    /// Prefix length of each node's subnet.
+    pub subnet_len: u8,
+    /// Lowest subnet that may be leased (network address).
+    pub subnet_min: Ipv4Addr,
+    /// Highest subnet that may be leased (network address).
+    pub subnet_max: Ipv4Addr,
+    /// The IPv6 network, when `EnableIPv6` is set (parsed and validated only).
+    pub ipv6: Option<Ipv6Settings>,
+    /// The backend and its options.
+    pub backend: BackendConfig,
+}
+
+/// The IPv6 part of a dual-stack config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Settings {
+    pub network: Ipv6Net,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
+}
+
+/// `Backend` of the config: its `Type` and that type's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Udp(UdpOptions),
+    Vxlan(VxlanOptions),
+    HostGw,
+}
+
+/// Options of the udp backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// `Port`, default 8285.
+    pub port: u16,
+    /// `MTU` of the TUN device; default: the external MTU − 28.
+    pub mtu: Option<u32>,
+    /// `Offload` (weft's own): use TUN/UDP segmentation offloads, default true.
+    pub offload: bool,
+}
+
+/// Options of the vxlan backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanOptions {
+    /// `VNI`, default 1.
+    pub vni: u32,
+    /// `Port`, default 8472.
+    pub port: u16,
+    /// `GBP`: group based policy extension.
+    pub gbp: bool,
+    /// `DirectRouting`: route directly to peers on the same subnet.
+    pub direct_routing: bool,
+    /// `Learning`: let the kernel learn FDB entries (default false).
+    pub learning: bool,
+    /// `MTU` of the VXLAN device; default: the external MTU − 50.
+    pub mtu: Option<u32>,
+}
+
+impl BackendConfig {
+    /// The backend type as written in `Backend.Type` and in leases.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Udp(_) => "udp",
+            BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw => "host-gw",
+        }
+    }
+}
+
+impl NetworkConfig {
+    /// Parse and validate a config as stored in etcd.
+    pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
+        let value: Value =
+            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        Self::from_value(&value)
+    }
+
+    /// Validate an already-decoded JSON value.
+    pub fn from_value(value: &Value) -> Result<NetworkConfig, ConfigError> {
+        let obj = value.as_object().ok_or(ConfigError::NotAnObject)?;
+        let enable_v4 = get_bool(obj, "EnableIPv4")?.unwrap_or(true);
+        let enable_v6 = get_bool(obj, "EnableIPv6")?.unwrap_or(false);
+        if !enable_v4 && !enable_v6 {
+            return Err(ConfigError::NothingEnabled);
+        }
+        if !enable_v4 {
+            return Err(ConfigError::WrongType {
+                field: "EnableIPv4",
+                expected: "true (weft does not support IPv6-only networks yet)",
+                found: "false".into(),
+            });
+        }
+        let network = match get_str(obj, "Network")? {
+            None => return Err(ConfigError::MissingNetwork),
+            Some(s) => parse_v4_cidr("Network", s)?,
+        };
+        let subnet_len = get_u32(obj, "SubnetLen")?.unwrap_or(0);
+        let subnet_len = v4_subnet_len(network, subnet_len)?;
+        let size = 1u32 << (32 - subnet_len);
+        let net_start = u32::from(network.network());
+        let net_end = u32::from(network.broadcast());
+        let subnet_min = match get_str(obj, "SubnetMin")? {
+            None => Ipv4Addr::from(net_start + size),
+            Some(s) => check_bound("SubnetMin", s, network, subnet_len)?,
+        };
+        let subnet_max = match get_str(obj, "SubnetMax")? {
+            None => Ipv4Addr::from(net_end - size + 1),
+            Some(s) => check_bound("SubnetMax", s, network, subnet_len)?,
+        };
+        if subnet_min > subnet_max {
+            return Err(ConfigError::EmptyRange {
+                min: subnet_min,
+                max: subnet_max,
+            });
+        }
+        let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
+        let backend = parse_backend(obj.get("Backend"))?;
+        Ok(NetworkConfig {
+            network,
+            subnet_len,
+            subnet_min,
+            subnet_max,
+            ipv6,
+            backend,
+        })
+    }
+
+    /// How many subnets `[SubnetMin, SubnetMax]` holds.
+    pub fn subnet_count(&self) -> u64 {
+        let size = 1u64 << (32 - self.subnet_len);
+        (u64::from(u32::from(self.subnet_max)) - u64::from(u32::from(self.subnet_min))) / size + 1
+    }
+
+    /// Whether `subnet` is one this config hands out: inside the network,
+    /// of length `SubnetLen`, within `[SubnetMin, SubnetMax]`.
+    pub fn is_leasable(&self, subnet: &Ipv4Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains(subnet)
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// The subnet of the given index in `[SubnetMin, SubnetMax]`.
+    pub fn nth_subnet(&self, index: u64) -> Option<Ipv4Net> {
+        if index >= self.subnet_count() {
+            return None;
+        }
+        let size = 1u64 << (32 - self.subnet_len);
+        let addr = u64::from(u32::from(self.subnet_min)) + index * size;
+        Ipv4Net::new(Ipv4Addr::from(addr as u32), self.subnet_len).ok()
+    }
+}
+
+fn v4_subnet_len(network: Ipv4Net, len: u32) -> Result<u8, ConfigError> {
+    let prefix = network.prefix_len();
+    if len == 0 {
+        if prefix > 28 {
+            return Err(ConfigError::NetworkTooSmall { network });
+        }
+        return Ok(if prefix <= 22 { 24 } else { prefix + 2 });
+    }
+    if len > 30 {
+        return Err(ConfigError::SubnetLenTooLong { len });
+    }
+    if len < u32::from(prefix) + 2 {
+        return Err(ConfigError::SubnetLenTooShort {
+            len,
+            network,
+            min: prefix + 2,
+        });
+    }
+    Ok(len as u8)
+}
+
+fn check_bound(
+    field: &'static str,
+    value: &str,
+    network: Ipv4Net,
+    len: u8,
+) -> Result<Ipv4Addr, ConfigError> {
+    let addr: Ipv4Addr = value.parse().map_err(|_| ConfigError::BadAddress {
+        field,
+        value: value.to_string(),
+    })?;
+    if !network.contains(&addr) {
+        return Err(ConfigError::OutsideNetwork {
+            field,
+            addr,
+            network,
+        });
+    }
+    let mask = u32::MAX << (32 - len);
+    if u32::from(addr) & mask != u32::from(addr) {
+        return Err(ConfigError::NotAligned { field, addr, len });
+    }
+    Ok(addr)
+}
+
+fn parse_v4_cidr(field: &'static str, value: &str) -> Result<Ipv4Net, ConfigError> {
+    let net: Ipv4Net = value.parse().map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+        field,
+        value: value.to_string(),
+        kind: "IPv4",
+        example: "10.244.0.0/16",
+        reason: e.to_string(),
+    })?;
+    // flanneld masks host bits away; so do we.
+    Ok(net.trunc())
+}
+
+fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
+    let text = get_str(obj, "IPv6Network")?.ok_or(ConfigError::MissingIpv6Network)?;
+    let network: Ipv6Net = text
+        .parse()
+        .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+            field: "IPv6Network",
+            value: text.to_string(),
+            kind: "IPv6",
+            example: "fd00:10:244::/56",
+            reason: e.to_string(),
+        })?;
+    let network = network.trunc();
+    let prefix = network.prefix_len();
+    let len = match get_u32(obj, "IPv6SubnetLen")?.unwrap_or(0) {
+        0 if prefix > 124 => {
+            return Err(ConfigError::Ipv6NetworkTooSmall {
+                network: network.to_string(),
+            })
+        }
+        0 if prefix <= 62 => 64,
+        0 => prefix + 2,
+        n if n > 126 || n < u32::from(prefix) + 2 => {
+            return Err(ConfigError::BadIpv6SubnetLen {
+                len: n,
+                network: network.to_string(),
+                min: prefix + 2,
+            })
+        }
+        n => n as u8,
+    };
+    let size = 1u128 << (128 - len);
+    let start = u128::from(network.network());
+    let end = u128::from(network.broadcast());
+    let bound = |field: &'static str, default: u128| -> Result<Ipv6Addr, ConfigError> {
+        match get_str(obj, field)? {
+            None => Ok(Ipv6Addr::from(default)),
+            Some(s) => {
+                let addr: Ipv6Addr = s.parse().map_err(|_| ConfigError::BadAddress {
+                    field,
+                    value: s.to_string(),
+                })?;
+                let raw = u128::from(addr);
+                if raw < start || raw > end || raw % size != 0 {
+                    return Err(ConfigError::BadIpv6Bound {
+                        field,
+                        reason: format!("{addr} is outside {network} or not on a /{len} boundary"),
+                    });
+                }
+                Ok(addr)
+            }
+        }
+    };
+    Ok(Ipv6Settings {
+        network,
+        subnet_len: len,
+        subnet_min: bound("IPv6SubnetMin", start + size)?,
+        subnet_max: bound("IPv6SubnetMax", end - size + 1)?,
+    })
+}
+
+fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
+    let obj = match value {
+        None | Some(Value::Null) => {
+            return Ok(BackendConfig::Udp(UdpOptions {
+                port: UDP_DEFAULT_PORT,
+                mtu: None,
+                offload: true,
+            }))
+        }
+        Some(Value::Object(obj)) => obj,
+        Some(other) => {
+            return Err(ConfigError::WrongType {
+                field: "Backend",
+                expected: "an object such as {\"Type\": \"vxlan\"}",
+                found: type_name(other),
+            })
+        }
+    };
+    let kind = get_str(obj, "Type")?.unwrap_or("udp");
+    match kind {
+        "udp" => Ok(BackendConfig::Udp(UdpOptions {
+            port: get_port(obj, "Port")?.unwrap_or(UDP_DEFAULT_PORT),
+            mtu: get_mtu(obj)?,
+            offload: get_bool(obj, "Offload")?.unwrap_or(true),
+        })),
+        "vxlan" => {
+            let vni = get_u32(obj, "VNI")?.unwrap_or(1);
+            if vni >= 1 << 24 {
+                return Err(ConfigError::BadBackendOption {
+                    field: "VNI",
+                    reason: format!("{vni} does not fit in 24 bits (0 - 16777215)"),
+                });
+            }
+            Ok(BackendConfig::Vxlan(VxlanOptions {
+                vni,
+                port: get_port(obj, "Port")?.unwrap_or(VXLAN_DEFAULT_PORT),
+                gbp: get_bool(obj, "GBP")?.unwrap_or(false),
+                direct_routing: get_bool(obj, "DirectRouting")?.unwrap_or(false),
+                learning: get_bool(obj, "Learning")?.unwrap_or(false),
+                mtu: get_mtu(obj)?,
+            }))
+        }
+        "host-gw" => Ok(BackendConfig::HostGw),
+        other => Err(ConfigError::UnknownBackend(other.to_string())),
+    }
+}
+
+fn type_name(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(s) => format!("string {s:?}"),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+fn get_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => Err(ConfigError::WrongType {
+            field,
+            expected: "a string",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn get_bool(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bool>, ConfigError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(ConfigError::WrongType {
+            field,
+            expected: "true or false",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn get_u32(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u32>, ConfigError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
+            Some(v) => Ok(Some(v)),
+            None => Err(ConfigError::WrongType {
+                field,
+                expected: "a non-negative integer",
+                found: format!("number {n}"),
+            }),
+        },
+        Some(other) => Err(ConfigError::WrongType {
+            field,
+            expected: "a non-negative integer",
+            found: type_name(other),
+        }),
+    }
+}
+
+fn get_port(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u16>, ConfigError> {
+    match get_u32(obj, field)? {
+        None | Some(0) => Ok(None),
+        Some(p) => u16::try_from(p).map(Some).map_err(|_| ConfigError::BadBackendOption {
+            field,
+            reason: format!("{p} is not a UDP port (1 - 65535)"),
+        }),
+    }
+}
+
+fn get_mtu(obj: &Map<String, Value>) -> Result<Option<u32>, ConfigError> {
+    match get_u32(obj, "MTU")? {
+        None | Some(0) => Ok(None),
+        Some(m) if !(576..=65535).contains(&m) => Err(ConfigError::BadBackendOption {
+            field: "MTU",
+            reason: format!("{m} is outside 576 - 65535"),
+        }),
+        Some(m) => Ok(Some(m)),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

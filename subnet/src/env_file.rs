@@ -1,0 +1,130 @@
+//! `subnet.env`: the file the flannel CNI plugin and docker helper scripts
+//! read, in flanneld's format:
+//!
+//! ```text
+//! FLANNEL_NETWORK=10.244.0.0/16
+//! FLANNEL_SUBNET=10.244.3.1/24
+//! FLANNEL_MTU=1450
+//! FLANNEL_IPMASQ=false
+//! ```
+//!
+//! It is written atomically (temporary file in the same directory, fsync,
+//! rename), so a reader never sees half a file.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use crate::error::{Error, Result};
+
+/// The contents of `subnet.env`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubnetEnv {
+    pub network: Ipv4Net,
+    pub subnet: Ipv4Net,
+    pub mtu: u32,
+    pub ip_masq: bool,
+    pub ipv6_network: Option<Ipv6Net>,
+    pub ipv6_subnet: Option<Ipv6Net>,
+}
+
+impl SubnetEnv {
+    /// The file's text.
+    pub fn render(&self) -> String {
+        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
+        let mut s = format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
+            self.network,
+            first,
+            self.subnet.prefix_len()
+        );
+        if let Some(net) = self.ipv6_network {
+            s.push_str(&format!("FLANNEL_IPV6_NETWORK={net}\n"));
+        }
+        if let Some(sub) = self.ipv6_subnet {
+            let first = std::net::Ipv6Addr::from(u128::from(sub.network()) + 1);
+            s.push_str(&format!("FLANNEL_IPV6_SUBNET={}/{}\n", first, sub.prefix_len()));
+        }
+        s.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ip_masq));
+        s
+    }
+
+    /// Write the file atomically, creating its directory if needed.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let err = |source| Error::WriteFile {
+            path: path.display().to_string(),
+            source,
+        };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(self.render().as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(err)
+    }
+}
+
+/// The subnet recorded in an existing `subnet.env` (`FLANNEL_SUBNET`), if
+/// the file exists and holds one.
+pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_var(&text, "FLANNEL_SUBNET")?
+        .parse::<Ipv4Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// The value of `name` in a `KEY=value` file.
+pub fn parse_var<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    text.lines()
+        .filter_map(|l| l.trim().split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_flanneld_format_and_round_trips() {
+        let env = SubnetEnv {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: true,
+            ipv6_network: None,
+            ipv6_subnet: None,
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/flannel/subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
+        assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
+        // Only the file itself is left behind: no temporary files.
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn missing_or_garbled_file_has_no_previous_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(previous_subnet(&dir.path().join("nope.env")), None);
+        let p = dir.path().join("bad.env");
+        std::fs::write(&p, "FLANNEL_SUBNET=banana\n").unwrap();
+        assert_eq!(previous_subnet(&p), None);
+    }
+}

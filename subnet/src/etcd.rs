@@ -1,0 +1,168 @@
+//! Connecting to etcd: endpoints, prefix, TLS and credentials, and the
+//! time limit every request runs under.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+
+use crate::error::{Error, Result};
+
+/// flanneld's default key prefix.
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
+/// flanneld's default endpoint.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:2379";
+
+/// How to reach etcd, as given by the `--etcd-*` flags.
+#[derive(Debug, Clone)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Limit for connecting and for each request.
+    pub timeout: Duration,
+}
+
+impl EtcdOptions {
+    pub fn new(endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_string(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn uses_tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Check the options and build the client's connect options. With any TLS
+    /// file given, every endpoint must be `https://`: plain HTTP is never used.
+    fn connect_options(&self) -> Result<(Vec<String>, ConnectOptions)> {
+        if self.endpoints.is_empty() {
+            return Err(Error::EtcdOptions("no etcd endpoint given (--etcd-endpoints)".into()));
+        }
+        let mut endpoints = Vec::new();
+        for ep in &self.endpoints {
+            let ep = ep.trim();
+            let lower = ep.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                return Err(Error::EtcdOptions(format!(
+                    "endpoint {ep:?} must start with http:// or https://"
+                )));
+            }
+            if self.uses_tls() && lower.starts_with("http://") {
+                return Err(Error::EtcdOptions(format!(
+                    "endpoint {ep} is plain HTTP but TLS files are given; use https://"
+                )));
+            }
+            endpoints.push(ep.to_string());
+        }
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(self.timeout)
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true);
+        if self.uses_tls() {
+            let mut tls = TlsOptions::new();
+            if let Some(ca) = &self.ca_file {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA file")?));
+            }
+            match (&self.cert_file, &self.key_file) {
+                (Some(cert), Some(key)) => {
+                    tls = tls.identity(Identity::from_pem(
+                        read(cert, "certificate file")?,
+                        read(key, "key file")?,
+                    ));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(Error::EtcdOptions(
+                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
+                    ))
+                }
+            }
+            opts = opts.with_tls(tls);
+        }
+        match (&self.username, &self.password) {
+            (Some(u), Some(p)) => opts = opts.with_user(u.clone(), p.clone()),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(Error::EtcdOptions(
+                    "--etcd-username and --etcd-password must be given together".into(),
+                ))
+            }
+            (None, None) => {}
+        }
+        Ok((endpoints, opts))
+    }
+
+    /// Connect, failing with [`Error::Unreachable`] after `timeout`.
+    pub async fn connect(&self) -> Result<Client> {
+        let (endpoints, opts) = self.connect_options()?;
+        self.limit(async {
+            Client::connect(&endpoints, Some(opts))
+                .await
+                .map_err(Error::etcd("connect"))
+        })
+        .await
+    }
+
+    /// Run one etcd request under the time limit.
+    pub async fn limit<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Unreachable {
+                endpoints: self.endpoints.join(","),
+                secs: self.timeout.as_secs().max(1),
+            }),
+        }
+    }
+}
+
+fn read(path: &PathBuf, what: &'static str) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::ReadFile {
+        what,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_never_falls_back_to_http() {
+        let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()]);
+        o.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = o.connect_options().unwrap_err().to_string();
+        assert!(e.contains("plain HTTP but TLS files are given"), "{e}");
+    }
+
+    #[test]
+    fn missing_tls_file_is_named() {
+        let mut o = EtcdOptions::new(vec!["https://127.0.0.1:2379".into()]);
+        o.ca_file = Some("/nonexistent/ca.pem".into());
+        let e = o.connect_options().unwrap_err().to_string();
+        assert!(e.contains("cannot read CA file /nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_need_a_scheme_and_credentials_come_in_pairs() {
+        let o = EtcdOptions::new(vec!["127.0.0.1:2379".into()]);
+        assert!(o.connect_options().unwrap_err().to_string().contains("must start with http://"));
+        let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()]);
+        o.username = Some("root".into());
+        assert!(o.connect_options().unwrap_err().to_string().contains("given together"));
+        assert!(EtcdOptions::new(vec![]).connect_options().is_err());
+    }
+}

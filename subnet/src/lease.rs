@@ -1,0 +1,292 @@
+//! The lease model: which node holds which subnet, in flanneld's format.
+//!
+//! A lease lives at `<prefix>/subnets/<key>`, where `<key>` is the subnet with
+//! `/` replaced by `-` (`10.244.3.0-24`), followed by `&<v6 subnet>` on
+//! dual-stack networks (`10.244.3.0-24&fd00:10:244:3::-64`). The value is
+//! flanneld's `LeaseAttrs` JSON:
+//!
+//! ```json
+//! {"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:..."}}
+//! ```
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+use crate::config::NetworkConfig;
+
+/// What a node publishes about itself in its lease (flanneld's `LeaseAttrs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<Ipv6Addr>,
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    pub backend_type: String,
+    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
+    pub backend_data: Option<Value>,
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
+    pub backend_v6_data: Option<Value>,
+}
+
+impl LeaseAttrs {
+    /// The VXLAN tunnel endpoint MAC published in `BackendData.VtepMAC`.
+    pub fn vtep_mac(&self) -> Option<MacAddr> {
+        self.backend_data
+            .as_ref()?
+            .get("VtepMAC")?
+            .as_str()?
+            .parse()
+            .ok()
+    }
+}
+
+/// A subnet held by a node, as read from etcd.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lease {
+    pub subnet: Ipv4Net,
+    pub ipv6_subnet: Option<Ipv6Net>,
+    pub attrs: LeaseAttrs,
+    /// The etcd lease the key is attached to (0: none).
+    pub etcd_lease: i64,
+    /// The key's last modification revision, for compare-and-swap.
+    pub mod_revision: i64,
+    /// Time left before the lease expires, as of when it was read.
+    pub ttl: Option<Duration>,
+}
+
+/// Why an entry under `<prefix>/subnets/` is not a usable lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseParseError {
+    #[error("key {key:?} is not a subnet key such as 10.244.3.0-24: {reason}")]
+    BadKey { key: String, reason: String },
+    #[error("value of {key} is not lease JSON: {reason}")]
+    BadValue { key: String, reason: String },
+    #[error("{subnet} is not a /{len} subnet of the network {network}")]
+    OutsideNetwork {
+        subnet: Ipv4Net,
+        network: Ipv4Net,
+        len: u8,
+    },
+}
+
+/// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`.
+pub fn subnet_key(subnet: &Ipv4Net, ipv6: Option<&Ipv6Net>) -> String {
+    let mut key = format!("{}-{}", subnet.network(), subnet.prefix_len());
+    if let Some(v6) = ipv6 {
+        key.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
+    }
+    key
+}
+
+/// Parse a key name (without prefix) back into its subnets. The subnet must
+/// be written in canonical form (no host bits set).
+pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseParseError> {
+    let bad = |reason: &str| LeaseParseError::BadKey {
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    let (v4, v6) = match key.split_once('&') {
+        Some((a, b)) => (a, Some(b)),
+        None => (key, None),
+    };
+    let (addr, len) = v4.rsplit_once('-').ok_or_else(|| bad("no '-' before the prefix length"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+    let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
+    let subnet = Ipv4Net::new(addr, len).map_err(|_| bad("prefix length above 32"))?;
+    if subnet.network() != addr {
+        return Err(bad("host bits are set"));
+    }
+    let ipv6 = match v6 {
+        None => None,
+        Some(v6) => {
+            let (addr, len) = v6.rsplit_once('-').ok_or_else(|| bad("IPv6 part has no prefix length"))?;
+            let addr: Ipv6Addr = addr.parse().map_err(|_| bad("IPv6 part is not an address"))?;
+            let len: u8 = len.parse().map_err(|_| bad("bad IPv6 prefix length"))?;
+            let net = Ipv6Net::new(addr, len).map_err(|_| bad("IPv6 prefix length above 128"))?;
+            if net.network() != addr {
+                return Err(bad("IPv6 host bits are set"));
+            }
+            Some(net)
+        }
+    };
+    Ok((subnet, ipv6))
+}
+
+impl Lease {
+    /// Build a lease from an etcd entry (key without the `subnets/` prefix),
+    /// checking it against the network config.
+    pub fn from_entry(
+        key: &str,
+        value: &[u8],
+        config: &NetworkConfig,
+        etcd_lease: i64,
+        mod_revision: i64,
+    ) -> Result<Lease, LeaseParseError> {
+        let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
+        if subnet.prefix_len() != config.subnet_len || !config.network.contains(&subnet) {
+            return Err(LeaseParseError::OutsideNetwork {
+                subnet,
+                network: config.network,
+                len: config.subnet_len,
+            });
+        }
+        let attrs: LeaseAttrs =
+            serde_json::from_slice(value).map_err(|e| LeaseParseError::BadValue {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Lease {
+            subnet,
+            ipv6_subnet,
+            attrs,
+            etcd_lease,
+            mod_revision,
+            ttl: None,
+        })
+    }
+
+    /// This lease's key name (without prefix).
+    pub fn key(&self) -> String {
+        subnet_key(&self.subnet, self.ipv6_subnet.as_ref())
+    }
+}
+
+/// An Ethernet MAC address, written `0e:5f:aa:01:02:03`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Error for a malformed MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address such as 0e:5f:aa:01:02:03")]
+pub struct MacParseError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts.next().ok_or_else(|| MacParseError(s.to_string()))?;
+            if part.len() != 2 {
+                return Err(MacParseError(s.to_string()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(MacParseError(s.to_string()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trip() {
+        let table = [
+            ("10.244.3.0-24", "10.244.3.0/24", None),
+            ("10.0.0.0-8", "10.0.0.0/8", None),
+            ("10.244.0.4-30", "10.244.0.4/30", None),
+            ("10.244.3.0-24&fd00:10:244:3::-64", "10.244.3.0/24", Some("fd00:10:244:3::/64")),
+        ];
+        for (key, v4, v6) in table {
+            let (a, b) = parse_subnet_key(key).unwrap();
+            assert_eq!(a.to_string(), v4);
+            assert_eq!(b.map(|n| n.to_string()).as_deref(), v6);
+            assert_eq!(subnet_key(&a, b.as_ref()), key);
+        }
+    }
+
+    #[test]
+    fn malformed_keys_are_rejected() {
+        for key in [
+            "", "config", "10.244.3.0", "10.244.3.0/24", "10.244.3.0-", "10.244.3.0-33",
+            "10.244.3.1-24", "10.244.3-24", "300.1.1.0-24", "10.244.3.0-24&", "10.244.3.0-24&fd00::",
+            "10.244.3.0-24&zz::-64", "10.244.3.0-24x",
+        ] {
+            assert!(parse_subnet_key(key).is_err(), "{key:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn attrs_json_matches_flanneld() {
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::new(198, 18, 0, 2),
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"})),
+            backend_v6_data: None,
+        };
+        let text = serde_json::to_string(&attrs).unwrap();
+        assert_eq!(
+            text,
+            r#"{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:aa:01:02:03"}}"#
+        );
+        assert_eq!(attrs.vtep_mac().unwrap().to_string(), "0e:5f:aa:01:02:03");
+        // A value written by flanneld for the udp backend (no BackendData).
+        let flannel: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#).unwrap();
+        assert_eq!(flannel.public_ip, Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(flannel.vtep_mac(), None);
+    }
+
+    #[test]
+    fn entries_are_checked_against_the_config() {
+        let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
+        let good = br#"{"PublicIP":"198.18.0.2","BackendType":"udp"}"#;
+        assert!(Lease::from_entry("10.244.3.0-24", good, &config, 7, 9).is_ok());
+        let outside = Lease::from_entry("10.245.3.0-24", good, &config, 7, 9).unwrap_err();
+        assert!(outside.to_string().contains("not a /24 subnet of the network 10.244.0.0/16"));
+        assert!(Lease::from_entry("10.244.3.0-25", good, &config, 7, 9).is_err());
+        let bad = Lease::from_entry("10.244.3.0-24", b"{not json", &config, 7, 9).unwrap_err();
+        assert!(matches!(bad, LeaseParseError::BadValue { .. }));
+        let bad_ip = Lease::from_entry("10.244.3.0-24", br#"{"PublicIP":"banana"}"#, &config, 7, 9);
+        assert!(bad_ip.is_err());
+    }
+
+    #[test]
+    fn mac_parsing() {
+        assert_eq!("0E:5f:aa:01:02:03".parse::<MacAddr>().unwrap().0, [0x0e, 0x5f, 0xaa, 1, 2, 3]);
+        for bad in ["", "0e:5f:aa:01:02", "0e:5f:aa:01:02:03:04", "0e-5f-aa-01-02-03", "0e:5f:aa:01:02:zz", "e:5f:aa:01:02:03"] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! The etcd adapter: the only module that turns leases into etcd requests.
+//!
+//! Keys (flanneld's etcd v3 layout):
+//! - `<prefix>/config`: the network config JSON;
+//! - `<prefix>/subnets/<subnet key>`: one lease, attached to an etcd lease
+//!   so that it disappears when its holder stops renewing.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+    WatchOptions, WatchStream,
+};
+use ipnet::Ipv4Net;
+use tracing::warn;
+
+use crate::config::NetworkConfig;
+use crate::error::{Error, Result};
+use crate::etcd::EtcdOptions;
+use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseParseError};
+
+/// A connection to etcd plus the key prefix of one network.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    opts: EtcdOptions,
+}
+
+/// All entries under `<prefix>/subnets/` at one revision.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Entries that are valid leases of this network.
+    pub leases: Vec<Lease>,
+    /// Entries that are not, with the reason (to be skipped with a warning).
+    pub skipped: Vec<(String, LeaseParseError)>,
+    /// Every subnet that has a key, valid or not: none of them is free.
+    pub taken: BTreeSet<Ipv4Net>,
+    /// The store revision of the listing; a watch continues at `revision + 1`.
+    pub revision: i64,
+}
+
+/// The result of renewing the node's own lease.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RenewOutcome {
+    /// Renewed: the lease as it now is in etcd.
+    Renewed(Lease),
+    /// The key is gone or belongs to someone else: the subnet is no longer ours.
+    Lost(LostReason),
+}
+
+/// Why the node's own lease is no longer its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LostReason {
+    #[error("the lease of {subnet} expired or was deleted from etcd")]
+    Removed { subnet: Ipv4Net },
+    #[error("the lease of {subnet} now belongs to {holder}")]
+    TakenOver { subnet: Ipv4Net, holder: String },
+}
+
+impl Registry {
+    /// Connect to etcd (within the options' time limit).
+    pub async fn connect(opts: EtcdOptions) -> Result<Registry> {
+        let client = opts.connect().await?;
+        Ok(Registry { client, opts })
+    }
+
+    /// The options this registry was made with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.opts
+    }
+
+    /// A handle on the raw client, for tests and tools.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn prefix(&self) -> &str {
+        self.opts.prefix.trim_end_matches('/')
+    }
+
+    /// `<prefix>/config`
+    pub fn config_key(&self) -> String {
+        format!("{}/config", self.prefix())
+    }
+
+    /// `<prefix>/subnets/`
+    pub fn subnets_prefix(&self) -> String {
+        format!("{}/subnets/", self.prefix())
+    }
+
+    /// The full key of a subnet's lease.
+    pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet, None))
+    }
+
+    /// The config as stored, or `None` when there is none.
+    pub async fn get_config_text(&self) -> Result<Option<String>> {
+        let key = self.config_key();
+        let mut c = self.client.clone();
+        let resp = self
+            .opts
+            .limit(async { c.get(key, None).await.map_err(Error::etcd("get config")) })
+            .await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// The validated config; an error when it is missing or invalid.
+    pub async fn get_config(&self) -> Result<NetworkConfig> {
+        match self.get_config_text().await? {
+            None => Err(Error::ConfigNotFound {
+                key: self.config_key(),
+            }),
+            Some(text) => Ok(NetworkConfig::parse(&text)?),
+        }
+    }
+
+    /// Validate `text` and store it as the config. Nothing is written when it
+    /// is invalid.
+    pub async fn put_config(&self, text: &str) -> Result<NetworkConfig> {
+        let config = NetworkConfig::parse(text)?;
+        let key = self.config_key();
+        let mut c = self.client.clone();
+        self.opts
+            .limit(async { c.put(key, text, None).await.map_err(Error::etcd("put config")) })
+            .await?;
+        Ok(config)
+    }
+
+    /// List every entry under `<prefix>/subnets/`.
+    pub async fn list(&self, config: &NetworkConfig) -> Result<Listing> {
+        let prefix = self.subnets_prefix();
+        let mut c = self.client.clone();
+        let resp = self
+            .opts
+            .limit(async {
+                c.get(prefix.clone(), Some(GetOptions::new().with_prefix()))
+                    .await
+                    .map_err(Error::etcd("list leases"))
+            })
+            .await?;
+        let mut listing = Listing {
+            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ..Listing::default()
+        };
+        for kv in resp.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+            if let Ok((subnet, _)) = parse_subnet_key(&name) {
+                listing.taken.insert(subnet);
+            }
+            match lease_from_kv(&name, kv, config) {
+                Ok(lease) => listing.leases.push(lease),
+                Err(e) => listing.skipped.push((name, e)),
+            }
+        }
+        Ok(listing)
+    }
+
+    /// Fill in the time left on each lease (one request per lease).
+    pub async fn fill_ttls(&self, leases: &mut [Lease]) -> Result<()> {
+        for lease in leases.iter_mut() {
+            lease.ttl = self.ttl_of(lease.etcd_lease).await?;
+        }
+        Ok(())
+    }
+
+    async fn ttl_of(&self, etcd_lease: i64) -> Result<Option<Duration>> {
+        if etcd_lease == 0 {
+            return Ok(None);
+        }
+        let mut c = self.client.clone();
+        let resp = self
+            .opts
+            .limit(async {
+                c.lease_time_to_live(etcd_lease, None)
+                    .await
+                    .map_err(Error::etcd("lease time-to-live"))
+            })
+            .await?;
+        Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs))
+    }
+
+    async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let mut c = self.client.clone();
+        let secs = ttl.as_secs().max(1) as i64;
+        let resp = self
+            .opts
+            .limit(async { c.lease_grant(secs, None).await.map_err(Error::etcd("lease grant")) })
+            .await?;
+        Ok(resp.id())
+    }
+
+    /// Revoke an etcd lease we no longer need. A failure only delays its
+    /// expiry, so it is logged, not returned.
+    async fn revoke(&self, id: i64) {
+        let mut c = self.client.clone();
+        let res = self
+            .opts
+            .limit(async { c.lease_revoke(id).await.map_err(Error::etcd("lease revoke")) })
+            .await;
+        if let Err(e) = res {
+            warn!(lease_id = id, "could not revoke unused etcd lease (it will expire on its own): {e}");
+        }
+    }
+
+    async fn txn(&self, txn: Txn, op: &'static str) -> Result<etcd_client::TxnResponse> {
+        let mut c = self.client.clone();
+        self.opts
+            .limit(async { c.txn(txn).await.map_err(Error::etcd(op)) })
+            .await
+    }
+
+    /// Create the lease of `subnet` if, and only if, no key exists for it.
+    /// `Ok(None)` means someone else holds it.
+    pub async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let key = self.lease_key(&subnet);
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)))]);
+        let resp = match self.txn(txn, "create lease").await {
+            Ok(r) => r,
+            Err(e) => {
+                self.revoke(id).await;
+                return Err(e);
+            }
+        };
+        if !resp.succeeded() {
+            self.revoke(id).await;
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            subnet,
+            ipv6_subnet: None,
+            attrs: attrs.clone(),
+            etcd_lease: id,
+            mod_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            ttl: Some(ttl),
+        }))
+    }
+
+    /// Renew `lease` with `attrs` and a fresh TTL, as a compare-and-swap on
+    /// the key's revision: if anyone else wrote or deleted the key since we
+    /// last did, nothing is written and the outcome says what happened.
+    pub async fn renew_lease(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<RenewOutcome> {
+        let subnet = lease.subnet;
+        let key = self.lease_key(&subnet);
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let mut expected_rev = lease.mod_revision;
+        // Two rounds at most: the second only when the key was rewritten by
+        // this same node (same PublicIP), e.g. a renewal whose reply was lost.
+        for _ in 0..2 {
+            let id = self.grant(ttl).await?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_rev)])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(id)),
+                )])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let resp = match self.txn(txn, "renew lease").await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.revoke(id).await;
+                    return Err(e);
+                }
+            };
+            if resp.succeeded() {
+                if lease.etcd_lease != 0 && lease.etcd_lease != id {
+                    self.revoke(lease.etcd_lease).await;
+                }
+                return Ok(RenewOutcome::Renewed(Lease {
+                    subnet,
+                    ipv6_subnet: lease.ipv6_subnet,
+                    attrs: attrs.clone(),
+                    etcd_lease: id,
+                    mod_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+                    ttl: Some(ttl),
+                }));
+            }
+            self.revoke(id).await;
+            let current = resp.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            });
+            let Some(kv) = current else {
+                return Ok(RenewOutcome::Lost(LostReason::Removed { subnet }));
+            };
+            let holder: Option<Ipv4Addr> = serde_json::from_slice::<LeaseAttrs>(kv.value())
+                .ok()
+                .map(|a| a.public_ip);
+            if holder == Some(attrs.public_ip) {
+                expected_rev = kv.mod_revision();
+                continue;
+            }
+            return Ok(RenewOutcome::Lost(LostReason::TakenOver {
+                subnet,
+                holder: holder
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "an unreadable entry".into()),
+            }));
+        }
+        Ok(RenewOutcome::Lost(LostReason::TakenOver {
+            subnet,
+            holder: "a concurrent writer".into(),
+        }))
+    }
+
+    /// Delete the lease of `subnet` (used by tests and by tools).
+    pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
+        let key = self.lease_key(subnet);
+        let mut c = self.client.clone();
+        self.opts
+            .limit(async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) })
+            .await?;
+        Ok(())
+    }
+
+    /// Start a watch of `<prefix>/subnets/` from revision `from`.
+    pub async fn watch_subnets(&self, from: i64) -> Result<WatchStream> {
+        let prefix = self.subnets_prefix();
+        let mut c = self.client.clone();
+        self.opts
+            .limit(async {
+                c.watch(
+                    prefix,
+                    Some(WatchOptions::new().with_prefix().with_start_revision(from)),
+                )
+                .await
+                .map_err(Error::etcd("watch leases"))
+            })
+            .await
+    }
+}
+
+/// Parse one etcd entry (key name without prefix) as a lease.
+pub(crate) fn lease_from_kv(
+    name: &str,
+    kv: &KeyValue,
+    config: &NetworkConfig,
+) -> std::result::Result<Lease, LeaseParseError> {
+    Lease::from_entry(name, kv.value(), config, kv.lease(), kv.mod_revision())
+}

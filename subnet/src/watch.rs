@@ -1,0 +1,296 @@
+//! Following the lease table: list the prefix, then watch from the next
+//! revision, as a stream of [`LeaseEvent`]s.
+//!
+//! A broken connection is retried with capped exponential backoff and the
+//! watch resumes at the revision after the last one seen, so etcd replays
+//! what happened meanwhile. If that revision was compacted, the table is
+//! listed again and exactly the differences are emitted (removals included).
+//! Entries that are not valid leases are skipped with one warning each.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchStream};
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::NetworkConfig;
+use crate::error::Result;
+use crate::lease::{parse_subnet_key, Lease};
+use crate::registry::{lease_from_kv, Listing, Registry};
+
+/// A change in the lease table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeaseEvent {
+    /// A subnet was leased, or its lease's attributes changed.
+    Added(Lease),
+    /// A lease was deleted or expired.
+    Removed(Lease),
+}
+
+impl LeaseEvent {
+    pub fn lease(&self) -> &Lease {
+        match self {
+            LeaseEvent::Added(l) | LeaseEvent::Removed(l) => l,
+        }
+    }
+}
+
+/// The events that turn `known` into `fresh`: `Removed` for subnets gone,
+/// `Added` for subnets new or whose attributes changed (a renewal that only
+/// moves the expiry is not an event). Pure.
+pub fn diff_leases(
+    known: &BTreeMap<Ipv4Net, Lease>,
+    fresh: &BTreeMap<Ipv4Net, Lease>,
+) -> Vec<LeaseEvent> {
+    let mut events = Vec::new();
+    for (subnet, lease) in known {
+        if !fresh.contains_key(subnet) {
+            events.push(LeaseEvent::Removed(lease.clone()));
+        }
+    }
+    for (subnet, lease) in fresh {
+        match known.get(subnet) {
+            Some(old) if old.attrs == lease.attrs => {}
+            _ => events.push(LeaseEvent::Added(lease.clone())),
+        }
+    }
+    events
+}
+
+/// A live view of the lease table.
+pub struct LeaseWatch {
+    registry: Registry,
+    config: NetworkConfig,
+    known: BTreeMap<Ipv4Net, Lease>,
+    next_rev: i64,
+    stream: Option<WatchStream>,
+    backoff: Backoff,
+    warned: HashSet<String>,
+    disconnected: bool,
+}
+
+impl LeaseWatch {
+    /// List the current leases; `leases()` then holds them and `next()`
+    /// yields the changes from there on.
+    pub async fn start(registry: Registry, config: NetworkConfig) -> Result<LeaseWatch> {
+        let mut watch = LeaseWatch {
+            registry,
+            config,
+            known: BTreeMap::new(),
+            next_rev: 0,
+            stream: None,
+            backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
+            warned: HashSet::new(),
+            disconnected: false,
+        };
+        let listing = watch.registry.list(&watch.config).await?;
+        let _ = watch.absorb_listing(listing);
+        Ok(watch)
+    }
+
+    /// The current lease table.
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.known.values()
+    }
+
+    /// The revision the watch continues from.
+    pub fn next_revision(&self) -> i64 {
+        self.next_rev
+    }
+
+    fn warn_once(&mut self, key: &str, why: &dyn std::fmt::Display) {
+        if self.warned.insert(key.to_string()) {
+            warn!("skipping entry subnets/{key} in etcd: {why}");
+        }
+    }
+
+    fn absorb_listing(&mut self, listing: Listing) -> Vec<LeaseEvent> {
+        for (key, why) in &listing.skipped {
+            self.warn_once(key, why);
+        }
+        let fresh: BTreeMap<_, _> = listing.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        let events = diff_leases(&self.known, &fresh);
+        self.known = fresh;
+        self.next_rev = listing.revision + 1;
+        events
+    }
+
+    /// Wait for the next changes. Never fails: connection problems are
+    /// retried (and logged once per outage). Cancel-safe.
+    pub async fn next(&mut self) -> Vec<LeaseEvent> {
+        loop {
+            if self.stream.is_none() {
+                match self.registry.watch_subnets(self.next_rev).await {
+                    Ok(s) => self.stream = Some(s),
+                    Err(e) => {
+                        self.note_failure(&e);
+                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                continue;
+            };
+            let msg = stream.message().await;
+            match msg {
+                Ok(Some(resp)) => {
+                    if resp.compact_revision() > 0 {
+                        warn!(
+                            from = self.next_rev,
+                            compacted = resp.compact_revision(),
+                            "watch fell behind etcd compaction; listing leases again"
+                        );
+                        self.stream = None;
+                        match self.registry.list(&self.config).await {
+                            Ok(listing) => {
+                                self.note_success();
+                                let events = self.absorb_listing(listing);
+                                if !events.is_empty() {
+                                    return events;
+                                }
+                            }
+                            Err(e) => {
+                                self.note_failure(&e);
+                                tokio::time::sleep(self.backoff.next_delay()).await;
+                            }
+                        }
+                        continue;
+                    }
+                    if resp.canceled() {
+                        self.note_failure(&format!("watch canceled by etcd: {}", resp.cancel_reason()));
+                        self.stream = None;
+                        tokio::time::sleep(self.backoff.next_delay()).await;
+                        continue;
+                    }
+                    self.note_success();
+                    let events = self.apply(&resp);
+                    if !events.is_empty() {
+                        return events;
+                    }
+                }
+                Ok(None) => {
+                    self.note_failure(&"etcd closed the watch stream");
+                    self.stream = None;
+                    tokio::time::sleep(self.backoff.next_delay()).await;
+                }
+                Err(e) => {
+                    self.note_failure(&e);
+                    self.stream = None;
+                    tokio::time::sleep(self.backoff.next_delay()).await;
+                }
+            }
+        }
+    }
+
+    fn note_failure(&mut self, e: &dyn std::fmt::Display) {
+        if !self.disconnected {
+            warn!("lost the etcd watch of leases ({e}); reconnecting with backoff");
+            self.disconnected = true;
+        }
+    }
+
+    fn note_success(&mut self) {
+        if self.disconnected {
+            info!(from = self.next_rev, "etcd watch of leases restored");
+            self.disconnected = false;
+        }
+        self.backoff.reset();
+    }
+
+    fn apply(&mut self, resp: &etcd_client::WatchResponse) -> Vec<LeaseEvent> {
+        let prefix = self.registry.subnets_prefix();
+        let mut events = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            self.next_rev = self.next_rev.max(kv.mod_revision() + 1);
+            let key = String::from_utf8_lossy(kv.key());
+            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+            match ev.event_type() {
+                EventType::Delete => {
+                    if let Ok((subnet, _)) = parse_subnet_key(&name) {
+                        if let Some(old) = self.known.remove(&subnet) {
+                            events.push(LeaseEvent::Removed(old));
+                        }
+                    }
+                    self.warned.remove(&name);
+                }
+                EventType::Put => match lease_from_kv(&name, kv, &self.config) {
+                    Ok(lease) => {
+                        let changed = self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
+                        self.known.insert(lease.subnet, lease.clone());
+                        if changed {
+                            events.push(LeaseEvent::Added(lease));
+                        }
+                    }
+                    Err(why) => {
+                        self.warn_once(&name, &why);
+                        // A valid lease overwritten with garbage is no longer usable.
+                        if let Ok((subnet, _)) = parse_subnet_key(&name) {
+                            if let Some(old) = self.known.remove(&subnet) {
+                                events.push(LeaseEvent::Removed(old));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::LeaseAttrs;
+
+    fn lease(subnet: &str, ip: &str) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: "vxlan".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            etcd_lease: 1,
+            mod_revision: 1,
+            ttl: None,
+        }
+    }
+
+    fn table(leases: &[Lease]) -> BTreeMap<Ipv4Net, Lease> {
+        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+    }
+
+    #[test]
+    fn diff_table() {
+        let a = lease("10.244.1.0/24", "198.18.0.1");
+        let b = lease("10.244.2.0/24", "198.18.0.2");
+        let c = lease("10.244.3.0/24", "198.18.0.3");
+        let mut b_renewed = b.clone();
+        b_renewed.mod_revision = 99;
+        b_renewed.etcd_lease = 42;
+        let b_moved = lease("10.244.2.0/24", "198.18.0.9");
+        // (known, fresh, expected events)
+        let cases: Vec<(Vec<Lease>, Vec<Lease>, Vec<LeaseEvent>)> = vec![
+            (vec![], vec![], vec![]),
+            (vec![], vec![a.clone()], vec![LeaseEvent::Added(a.clone())]),
+            (vec![a.clone()], vec![], vec![LeaseEvent::Removed(a.clone())]),
+            (vec![a.clone(), b.clone()], vec![a.clone(), b_renewed.clone()], vec![]),
+            (vec![b.clone()], vec![b_moved.clone()], vec![LeaseEvent::Added(b_moved.clone())]),
+            (
+                vec![a.clone(), b.clone()],
+                vec![b.clone(), c.clone()],
+                vec![LeaseEvent::Removed(a.clone()), LeaseEvent::Added(c.clone())],
+            ),
+        ];
+        for (known, fresh, want) in cases {
+            assert_eq!(diff_leases(&table(&known), &table(&fresh)), want);
+        }
+    }
+}
