@@ -1,1 +1,78 @@
-fn main() {}
+//! `weft`: a flannel-compatible overlay network daemon.
+//!
+//! This binary is thin: it parses the command line, sets up logging and
+//! hands over to one module per subcommand.
+//!
+//! | module         | what it holds                                                 |
+//! |----------------|---------------------------------------------------------------|
+//! | [`cli`]        | the clap command line: flags, subcommands, help texts         |
+//! | [`compat`]     | flanneld compatibility of the command line and environment    |
+//! | [`cmd_config`] | `weft config put|get`                                         |
+//! | [`cmd_leases`] | `weft leases [--json] [--watch]`                              |
+//! | [`signals`]    | SIGINT/SIGTERM as a future                                    |
+//!
+//! The subnet manager is the `weft-subnet` crate; the forwarding backends
+//! are the `weft-dataplane` crate.
+
+mod cli;
+mod cmd_config;
+mod cmd_leases;
+mod compat;
+mod signals;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    compat::import_flanneld_env();
+    let args = compat::normalize_args(std::env::args_os().collect(), &Cli::command());
+    let matches = Cli::command().get_matches_from(args);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match &cli.command {
+            Command::Config(cmd) => cmd_config::run(&cli.etcd, cmd).await,
+            Command::Leases(args) => cmd_leases::run(&cli.etcd, args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    // Commands that print results keep the log to warnings unless asked.
+    let default = match cli.verbosity {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -24,7 +24,11 @@ pub fn etcd_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("WEFT_ETCD_BIN") {
         return Ok(PathBuf::from(p));
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin"])
+    {
         let p = PathBuf::from(dir).join("etcd");
         if p.is_file() {
             return Ok(p);
@@ -81,7 +85,9 @@ impl EtcdServer {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let mut server = EtcdServer {
             child,
             client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
@@ -97,18 +103,24 @@ impl EtcdServer {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                bail!("etcd did not become healthy within 20 s: {}", server.log_tail());
+                bail!(
+                    "etcd did not become healthy within 20 s: {}",
+                    server.log_tail()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200)) else {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200))
+        else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
             return false;
         }
         let mut body = String::new();

@@ -41,11 +41,18 @@ impl TcpProxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                st.conns.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
+                st.conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(task.abort_handle());
             }
         })
         .abort_handle();
-        Ok(TcpProxy { addr, state, accept })
+        Ok(TcpProxy {
+            addr,
+            state,
+            accept,
+        })
     }
 
     /// The proxy's address.
@@ -61,7 +68,13 @@ impl TcpProxy {
     /// Close every connection and refuse new ones until [`restore`](Self::restore).
     pub fn cut(&self) {
         self.state.open.store(false, Ordering::SeqCst);
-        for c in self.state.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for c in self
+            .state
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             c.abort();
         }
     }

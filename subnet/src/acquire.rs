@@ -89,7 +89,10 @@ pub async fn acquire_lease(
                 }
             }
         };
-        match registry.create_lease(candidate, &req.attrs, req.ttl).await? {
+        match registry
+            .create_lease(candidate, &req.attrs, req.ttl)
+            .await?
+        {
             Some(lease) => {
                 info!(subnet = %lease.subnet, attempt, "acquired a new lease");
                 return Ok(lease);

@@ -68,7 +68,9 @@ mod tests {
     #[test]
     fn finds_the_last_hole() {
         let c = config("10.244.1.0", "10.244.255.0");
-        let mut taken: BTreeSet<_> = (0..c.subnet_count()).filter_map(|i| c.nth_subnet(i)).collect();
+        let mut taken: BTreeSet<_> = (0..c.subnet_count())
+            .filter_map(|i| c.nth_subnet(i))
+            .collect();
         let hole: Ipv4Net = "10.244.77.0/24".parse().unwrap();
         taken.remove(&hole);
         for seed in 0..20 {
@@ -82,6 +84,9 @@ mod tests {
         let c = config("10.244.1.0", "10.244.1.0");
         let taken: BTreeSet<Ipv4Net> = ["10.244.2.0/24".parse().unwrap()].into();
         let mut rng = StdRng::seed_from_u64(3);
-        assert_eq!(choose_free_subnet(&c, &taken, &mut rng), Some("10.244.1.0/24".parse().unwrap()));
+        assert_eq!(
+            choose_free_subnet(&c, &taken, &mut rng),
+            Some("10.244.1.0/24".parse().unwrap())
+        );
     }
 }

@@ -142,7 +142,11 @@ impl NetworkConfig {
                 max: subnet_max,
             });
         }
-        let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
+        let ipv6 = if enable_v6 {
+            Some(parse_v6(obj)?)
+        } else {
+            None
+        };
         let backend = parse_backend(obj.get("Backend"))?;
         Ok(NetworkConfig {
             network,
@@ -226,28 +230,30 @@ fn check_bound(
 }
 
 fn parse_v4_cidr(field: &'static str, value: &str) -> Result<Ipv4Net, ConfigError> {
-    let net: Ipv4Net = value.parse().map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
-        field,
-        value: value.to_string(),
-        kind: "IPv4",
-        example: "10.244.0.0/16",
-        reason: e.to_string(),
-    })?;
+    let net: Ipv4Net = value
+        .parse()
+        .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+            field,
+            value: value.to_string(),
+            kind: "IPv4",
+            example: "10.244.0.0/16",
+            reason: e.to_string(),
+        })?;
     // flanneld masks host bits away; so do we.
     Ok(net.trunc())
 }
 
 fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
     let text = get_str(obj, "IPv6Network")?.ok_or(ConfigError::MissingIpv6Network)?;
-    let network: Ipv6Net = text
-        .parse()
-        .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
-            field: "IPv6Network",
-            value: text.to_string(),
-            kind: "IPv6",
-            example: "fd00:10:244::/56",
-            reason: e.to_string(),
-        })?;
+    let network: Ipv6Net =
+        text.parse()
+            .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+                field: "IPv6Network",
+                value: text.to_string(),
+                kind: "IPv6",
+                example: "fd00:10:244::/56",
+                reason: e.to_string(),
+            })?;
     let network = network.trunc();
     let prefix = network.prefix_len();
     let len = match get_u32(obj, "IPv6SubnetLen")?.unwrap_or(0) {
@@ -355,7 +361,10 @@ fn type_name(v: &Value) -> String {
     }
 }
 
-fn get_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
+fn get_str<'a>(
+    obj: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
@@ -402,10 +411,12 @@ fn get_u32(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u32>,
 fn get_port(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u16>, ConfigError> {
     match get_u32(obj, field)? {
         None | Some(0) => Ok(None),
-        Some(p) => u16::try_from(p).map(Some).map_err(|_| ConfigError::BadBackendOption {
-            field,
-            reason: format!("{p} is not a UDP port (1 - 65535)"),
-        }),
+        Some(p) => u16::try_from(p)
+            .map(Some)
+            .map_err(|_| ConfigError::BadBackendOption {
+                field,
+                reason: format!("{p} is not a UDP port (1 - 65535)"),
+            }),
     }
 }
 

@@ -45,9 +45,16 @@ impl SubnetEnv {
         }
         if let Some(sub) = self.ipv6_subnet {
             let first = std::net::Ipv6Addr::from(u128::from(sub.network()) + 1);
-            s.push_str(&format!("FLANNEL_IPV6_SUBNET={}/{}\n", first, sub.prefix_len()));
+            s.push_str(&format!(
+                "FLANNEL_IPV6_SUBNET={}/{}\n",
+                first,
+                sub.prefix_len()
+            ));
         }
-        s.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ip_masq));
+        s.push_str(&format!(
+            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ip_masq
+        ));
         s
     }
 
@@ -57,9 +64,15 @@ impl SubnetEnv {
             path: path.display().to_string(),
             source,
         };
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -114,9 +127,15 @@ mod tests {
         let path = dir.path().join("run/flannel/subnet.env");
         env.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
-        assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
+        assert_eq!(
+            previous_subnet(&path),
+            Some("10.244.3.0/24".parse().unwrap())
+        );
         // Only the file itself is left behind: no temporary files.
-        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(
+            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1
+        );
     }
 
     #[test]

@@ -30,7 +30,9 @@ pub enum ConfigError {
     },
     #[error("field {field}: {value:?} is not a valid IPv4 address")]
     BadAddress { field: &'static str, value: String },
-    #[error("field Network is required when EnableIPv4 is true (e.g. \"Network\": \"10.244.0.0/16\")")]
+    #[error(
+        "field Network is required when EnableIPv4 is true (e.g. \"Network\": \"10.244.0.0/16\")"
+    )]
     MissingNetwork,
     #[error("field IPv6Network is required when EnableIPv6 is true (e.g. \"IPv6Network\": \"fd00:10:244::/56\")")]
     MissingIpv6Network,
@@ -85,6 +87,8 @@ pub enum Error {
     },
     #[error("cannot reach etcd at {endpoints} within {secs} s; check --etcd-endpoints and that etcd is running")]
     Unreachable { endpoints: String, secs: u64 },
+    #[error("cannot reach etcd at {endpoints}: {detail}; check --etcd-endpoints and that etcd is running")]
+    Unavailable { endpoints: String, detail: String },
     #[error("etcd request {op} failed: {source}")]
     Etcd {
         op: &'static str,

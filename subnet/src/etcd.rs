@@ -50,7 +50,9 @@ impl EtcdOptions {
     /// file given, every endpoint must be `https://`: plain HTTP is never used.
     fn connect_options(&self) -> Result<(Vec<String>, ConnectOptions)> {
         if self.endpoints.is_empty() {
-            return Err(Error::EtcdOptions("no etcd endpoint given (--etcd-endpoints)".into()));
+            return Err(Error::EtcdOptions(
+                "no etcd endpoint given (--etcd-endpoints)".into(),
+            ));
         }
         let mut endpoints = Vec::new();
         for ep in &self.endpoints {
@@ -119,11 +121,33 @@ impl EtcdOptions {
     /// Run one etcd request under the time limit.
     pub async fn limit<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Err(Error::Etcd { op, source })) => Err(self.classify(op, source)),
             Ok(r) => r,
             Err(_) => Err(Error::Unreachable {
                 endpoints: self.endpoints.join(","),
                 secs: self.timeout.as_secs().max(1),
             }),
+        }
+    }
+}
+
+impl EtcdOptions {
+    /// Connection failures become [`Error::Unavailable`], which names the
+    /// endpoints; anything else stays an error of the request.
+    fn classify(&self, op: &'static str, source: etcd_client::Error) -> Error {
+        let detail = match &source {
+            etcd_client::Error::TransportError(e) => Some(e.to_string()),
+            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+                Some(s.message().to_string())
+            }
+            _ => None,
+        };
+        match detail {
+            Some(detail) => Error::Unavailable {
+                endpoints: self.endpoints.join(","),
+                detail,
+            },
+            None => Error::Etcd { op, source },
         }
     }
 }
@@ -159,10 +183,18 @@ mod tests {
     #[test]
     fn endpoints_need_a_scheme_and_credentials_come_in_pairs() {
         let o = EtcdOptions::new(vec!["127.0.0.1:2379".into()]);
-        assert!(o.connect_options().unwrap_err().to_string().contains("must start with http://"));
+        assert!(o
+            .connect_options()
+            .unwrap_err()
+            .to_string()
+            .contains("must start with http://"));
         let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()]);
         o.username = Some("root".into());
-        assert!(o.connect_options().unwrap_err().to_string().contains("given together"));
+        assert!(o
+            .connect_options()
+            .unwrap_err()
+            .to_string()
+            .contains("given together"));
         assert!(EtcdOptions::new(vec![]).connect_options().is_err());
     }
 }

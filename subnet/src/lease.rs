@@ -27,11 +27,23 @@ pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub backend_type: String,
-    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_data: Option<Value>,
-    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub backend_v6_data: Option<Value>,
 }
 
@@ -96,7 +108,9 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeasePa
         Some((a, b)) => (a, Some(b)),
         None => (key, None),
     };
-    let (addr, len) = v4.rsplit_once('-').ok_or_else(|| bad("no '-' before the prefix length"))?;
+    let (addr, len) = v4
+        .rsplit_once('-')
+        .ok_or_else(|| bad("no '-' before the prefix length"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
     let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
     let subnet = Ipv4Net::new(addr, len).map_err(|_| bad("prefix length above 32"))?;
@@ -106,8 +120,12 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeasePa
     let ipv6 = match v6 {
         None => None,
         Some(v6) => {
-            let (addr, len) = v6.rsplit_once('-').ok_or_else(|| bad("IPv6 part has no prefix length"))?;
-            let addr: Ipv6Addr = addr.parse().map_err(|_| bad("IPv6 part is not an address"))?;
+            let (addr, len) = v6
+                .rsplit_once('-')
+                .ok_or_else(|| bad("IPv6 part has no prefix length"))?;
+            let addr: Ipv6Addr = addr
+                .parse()
+                .map_err(|_| bad("IPv6 part is not an address"))?;
             let len: u8 = len.parse().map_err(|_| bad("bad IPv6 prefix length"))?;
             let net = Ipv6Net::new(addr, len).map_err(|_| bad("IPv6 prefix length above 128"))?;
             if net.network() != addr {
@@ -226,7 +244,11 @@ mod tests {
             ("10.244.3.0-24", "10.244.3.0/24", None),
             ("10.0.0.0-8", "10.0.0.0/8", None),
             ("10.244.0.4-30", "10.244.0.4/30", None),
-            ("10.244.3.0-24&fd00:10:244:3::-64", "10.244.3.0/24", Some("fd00:10:244:3::/64")),
+            (
+                "10.244.3.0-24&fd00:10:244:3::-64",
+                "10.244.3.0/24",
+                Some("fd00:10:244:3::/64"),
+            ),
         ];
         for (key, v4, v6) in table {
             let (a, b) = parse_subnet_key(key).unwrap();
@@ -239,9 +261,19 @@ mod tests {
     #[test]
     fn malformed_keys_are_rejected() {
         for key in [
-            "", "config", "10.244.3.0", "10.244.3.0/24", "10.244.3.0-", "10.244.3.0-33",
-            "10.244.3.1-24", "10.244.3-24", "300.1.1.0-24", "10.244.3.0-24&", "10.244.3.0-24&fd00::",
-            "10.244.3.0-24&zz::-64", "10.244.3.0-24x",
+            "",
+            "config",
+            "10.244.3.0",
+            "10.244.3.0/24",
+            "10.244.3.0-",
+            "10.244.3.0-33",
+            "10.244.3.1-24",
+            "10.244.3-24",
+            "300.1.1.0-24",
+            "10.244.3.0-24&",
+            "10.244.3.0-24&fd00::",
+            "10.244.3.0-24&zz::-64",
+            "10.244.3.0-24x",
         ] {
             assert!(parse_subnet_key(key).is_err(), "{key:?} should not parse");
         }
@@ -263,7 +295,10 @@ mod tests {
         );
         assert_eq!(attrs.vtep_mac().unwrap().to_string(), "0e:5f:aa:01:02:03");
         // A value written by flanneld for the udp backend (no BackendData).
-        let flannel: LeaseAttrs = serde_json::from_str(r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#).unwrap();
+        let flannel: LeaseAttrs = serde_json::from_str(
+            r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#,
+        )
+        .unwrap();
         assert_eq!(flannel.public_ip, Ipv4Addr::new(198, 18, 0, 3));
         assert_eq!(flannel.vtep_mac(), None);
     }
@@ -274,7 +309,9 @@ mod tests {
         let good = br#"{"PublicIP":"198.18.0.2","BackendType":"udp"}"#;
         assert!(Lease::from_entry("10.244.3.0-24", good, &config, 7, 9).is_ok());
         let outside = Lease::from_entry("10.245.3.0-24", good, &config, 7, 9).unwrap_err();
-        assert!(outside.to_string().contains("not a /24 subnet of the network 10.244.0.0/16"));
+        assert!(outside
+            .to_string()
+            .contains("not a /24 subnet of the network 10.244.0.0/16"));
         assert!(Lease::from_entry("10.244.3.0-25", good, &config, 7, 9).is_err());
         let bad = Lease::from_entry("10.244.3.0-24", b"{not json", &config, 7, 9).unwrap_err();
         assert!(matches!(bad, LeaseParseError::BadValue { .. }));
@@ -284,8 +321,18 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!("0E:5f:aa:01:02:03".parse::<MacAddr>().unwrap().0, [0x0e, 0x5f, 0xaa, 1, 2, 3]);
-        for bad in ["", "0e:5f:aa:01:02", "0e:5f:aa:01:02:03:04", "0e-5f-aa-01-02-03", "0e:5f:aa:01:02:zz", "e:5f:aa:01:02:03"] {
+        assert_eq!(
+            "0E:5f:aa:01:02:03".parse::<MacAddr>().unwrap().0,
+            [0x0e, 0x5f, 0xaa, 1, 2, 3]
+        );
+        for bad in [
+            "",
+            "0e:5f:aa:01:02",
+            "0e:5f:aa:01:02:03:04",
+            "0e-5f-aa-01-02-03",
+            "0e:5f:aa:01:02:zz",
+            "e:5f:aa:01:02:03",
+        ] {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

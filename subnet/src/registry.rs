@@ -126,7 +126,11 @@ impl Registry {
         let key = self.config_key();
         let mut c = self.client.clone();
         self.opts
-            .limit(async { c.put(key, text, None).await.map_err(Error::etcd("put config")) })
+            .limit(async {
+                c.put(key, text, None)
+                    .await
+                    .map_err(Error::etcd("put config"))
+            })
             .await?;
         Ok(config)
     }
@@ -190,7 +194,11 @@ impl Registry {
         let secs = ttl.as_secs().max(1) as i64;
         let resp = self
             .opts
-            .limit(async { c.lease_grant(secs, None).await.map_err(Error::etcd("lease grant")) })
+            .limit(async {
+                c.lease_grant(secs, None)
+                    .await
+                    .map_err(Error::etcd("lease grant"))
+            })
             .await?;
         Ok(resp.id())
     }
@@ -201,10 +209,17 @@ impl Registry {
         let mut c = self.client.clone();
         let res = self
             .opts
-            .limit(async { c.lease_revoke(id).await.map_err(Error::etcd("lease revoke")) })
+            .limit(async {
+                c.lease_revoke(id)
+                    .await
+                    .map_err(Error::etcd("lease revoke"))
+            })
             .await;
         if let Err(e) = res {
-            warn!(lease_id = id, "could not revoke unused etcd lease (it will expire on its own): {e}");
+            warn!(
+                lease_id = id,
+                "could not revoke unused etcd lease (it will expire on its own): {e}"
+            );
         }
     }
 
@@ -224,11 +239,16 @@ impl Registry {
         ttl: Duration,
     ) -> Result<Option<Lease>> {
         let key = self.lease_key(&subnet);
-        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let value =
+            serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
             .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(key, value, Some(PutOptions::new().with_lease(id)))]);
+            .and_then([TxnOp::put(
+                key,
+                value,
+                Some(PutOptions::new().with_lease(id)),
+            )]);
         let resp = match self.txn(txn, "create lease").await {
             Ok(r) => r,
             Err(e) => {
@@ -261,14 +281,19 @@ impl Registry {
     ) -> Result<RenewOutcome> {
         let subnet = lease.subnet;
         let key = self.lease_key(&subnet);
-        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let value =
+            serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let mut expected_rev = lease.mod_revision;
         // Two rounds at most: the second only when the key was rewritten by
         // this same node (same PublicIP), e.g. a renewal whose reply was lost.
         for _ in 0..2 {
             let id = self.grant(ttl).await?;
             let txn = Txn::new()
-                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_rev)])
+                .when([Compare::mod_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    expected_rev,
+                )])
                 .and_then([TxnOp::put(
                     key.clone(),
                     value.clone(),
@@ -328,7 +353,11 @@ impl Registry {
         let key = self.lease_key(subnet);
         let mut c = self.client.clone();
         self.opts
-            .limit(async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) })
+            .limit(async {
+                c.delete(key, None)
+                    .await
+                    .map_err(Error::etcd("delete lease"))
+            })
             .await?;
         Ok(())
     }

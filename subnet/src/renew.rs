@@ -47,7 +47,10 @@ impl Renewer {
     /// When the next renewal is due: `margin` before expiry (at least 1 s
     /// after the last write, so a margin close to the TTL cannot spin).
     pub fn due(&self) -> Instant {
-        let wait = self.ttl.saturating_sub(self.margin).max(Duration::from_secs(1));
+        let wait = self
+            .ttl
+            .saturating_sub(self.margin)
+            .max(Duration::from_secs(1));
         self.written_at + wait
     }
 
@@ -59,7 +62,11 @@ impl Renewer {
         loop {
             tokio::time::sleep_until(self.due()).await;
             loop {
-                match self.registry.renew_lease(&self.lease, &self.attrs, self.ttl).await {
+                match self
+                    .registry
+                    .renew_lease(&self.lease, &self.attrs, self.ttl)
+                    .await
+                {
                     Ok(RenewOutcome::Renewed(lease)) => {
                         if failing {
                             info!(subnet = %lease.subnet, "lease renewed again after errors");

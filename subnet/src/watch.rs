@@ -69,6 +69,7 @@ pub struct LeaseWatch {
     backoff: Backoff,
     warned: HashSet<String>,
     disconnected: bool,
+    relists: u64,
 }
 
 impl LeaseWatch {
@@ -84,6 +85,7 @@ impl LeaseWatch {
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
             warned: HashSet::new(),
             disconnected: false,
+            relists: 0,
         };
         let listing = watch.registry.list(&watch.config).await?;
         let _ = watch.absorb_listing(listing);
@@ -93,6 +95,12 @@ impl LeaseWatch {
     /// The current lease table.
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.known.values()
+    }
+
+    /// How many times the table was listed again because the watch fell
+    /// behind compaction.
+    pub fn relists(&self) -> u64 {
+        self.relists
     }
 
     /// The revision the watch continues from.
@@ -147,6 +155,7 @@ impl LeaseWatch {
                         match self.registry.list(&self.config).await {
                             Ok(listing) => {
                                 self.note_success();
+                                self.relists += 1;
                                 let events = self.absorb_listing(listing);
                                 if !events.is_empty() {
                                     return events;
@@ -160,7 +169,10 @@ impl LeaseWatch {
                         continue;
                     }
                     if resp.canceled() {
-                        self.note_failure(&format!("watch canceled by etcd: {}", resp.cancel_reason()));
+                        self.note_failure(&format!(
+                            "watch canceled by etcd: {}",
+                            resp.cancel_reason()
+                        ));
                         self.stream = None;
                         tokio::time::sleep(self.backoff.next_delay()).await;
                         continue;
@@ -219,7 +231,8 @@ impl LeaseWatch {
                 }
                 EventType::Put => match lease_from_kv(&name, kv, &self.config) {
                     Ok(lease) => {
-                        let changed = self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
+                        let changed =
+                            self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
                         self.known.insert(lease.subnet, lease.clone());
                         if changed {
                             events.push(LeaseEvent::Added(lease));
@@ -280,9 +293,21 @@ mod tests {
         let cases: Vec<(Vec<Lease>, Vec<Lease>, Vec<LeaseEvent>)> = vec![
             (vec![], vec![], vec![]),
             (vec![], vec![a.clone()], vec![LeaseEvent::Added(a.clone())]),
-            (vec![a.clone()], vec![], vec![LeaseEvent::Removed(a.clone())]),
-            (vec![a.clone(), b.clone()], vec![a.clone(), b_renewed.clone()], vec![]),
-            (vec![b.clone()], vec![b_moved.clone()], vec![LeaseEvent::Added(b_moved.clone())]),
+            (
+                vec![a.clone()],
+                vec![],
+                vec![LeaseEvent::Removed(a.clone())],
+            ),
+            (
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), b_renewed.clone()],
+                vec![],
+            ),
+            (
+                vec![b.clone()],
+                vec![b_moved.clone()],
+                vec![LeaseEvent::Added(b_moved.clone())],
+            ),
             (
                 vec![a.clone(), b.clone()],
                 vec![b.clone(), c.clone()],

@@ -1,0 +1,136 @@
+//! `weft leases`: who holds which subnet, straight from etcd.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+use weft_subnet::{Lease, LeaseEvent, LeaseWatch, Registry};
+
+use crate::cli::{EtcdArgs, LeasesArgs};
+
+/// One lease as printed by `--json`.
+#[derive(Serialize)]
+struct LeaseView<'a> {
+    subnet: String,
+    public_ip: String,
+    backend_type: &'a str,
+    vtep_mac: Option<String>,
+    /// Seconds left on the lease, when known.
+    expires_in_s: Option<u64>,
+    backend_data: &'a Option<serde_json::Value>,
+}
+
+impl<'a> LeaseView<'a> {
+    fn of(l: &'a Lease) -> Self {
+        LeaseView {
+            subnet: l.subnet.to_string(),
+            public_ip: l.attrs.public_ip.to_string(),
+            backend_type: &l.attrs.backend_type,
+            vtep_mac: l.attrs.vtep_mac().map(|m| m.to_string()),
+            expires_in_s: l.ttl.map(|d| d.as_secs()),
+            backend_data: &l.attrs.backend_data,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventView<'a> {
+    event: &'static str,
+    lease: LeaseView<'a>,
+}
+
+fn human(d: Option<Duration>) -> String {
+    let Some(d) = d else { return "-".into() };
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+const HEADER: &str =
+    "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
+
+fn row(l: &Lease) -> String {
+    format!(
+        "{:<19} {:<16} {:<9} {:<19} {}",
+        l.subnet.to_string(),
+        l.attrs.public_ip.to_string(),
+        if l.attrs.backend_type.is_empty() {
+            "-"
+        } else {
+            &l.attrs.backend_type
+        },
+        l.attrs
+            .vtep_mac()
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "-".into()),
+        human(l.ttl)
+    )
+}
+
+pub async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
+    let registry = Registry::connect(etcd.options()).await?;
+    let config = registry.get_config().await?;
+    let mut watch = LeaseWatch::start(registry.clone(), config).await?;
+    let mut leases: Vec<Lease> = watch.leases().cloned().collect();
+    registry.fill_ttls(&mut leases).await?;
+
+    let mut out = std::io::stdout().lock();
+    if args.json && !args.watch {
+        let views: Vec<_> = leases.iter().map(LeaseView::of).collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&views)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.json {
+        for l in &leases {
+            let ev = EventView {
+                event: "added",
+                lease: LeaseView::of(l),
+            };
+            writeln!(out, "{}", serde_json::to_string(&ev)?)?;
+        }
+    } else {
+        writeln!(out, "{HEADER}")?;
+        for l in &leases {
+            writeln!(out, "{}", row(l))?;
+        }
+        if leases.is_empty() && !args.watch {
+            eprintln!("no leases under {}", registry.subnets_prefix());
+        }
+    }
+    out.flush()?;
+    drop(out);
+    if !args.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let shutdown = crate::signals::shutdown();
+    tokio::pin!(shutdown);
+    loop {
+        let events = tokio::select! {
+            _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
+            ev = watch.next() => ev,
+        };
+        let mut out = std::io::stdout().lock();
+        for ev in &events {
+            let (word, lease) = match ev {
+                LeaseEvent::Added(l) => ("added", l),
+                LeaseEvent::Removed(l) => ("removed", l),
+            };
+            if args.json {
+                let ev = EventView {
+                    event: word,
+                    lease: LeaseView::of(lease),
+                };
+                writeln!(out, "{}", serde_json::to_string(&ev)?)?;
+            } else {
+                writeln!(out, "{word:<8} {}", row(lease))?;
+            }
+        }
+        out.flush()?;
+    }
+}

@@ -1,0 +1,230 @@
+//! Watching the lease table against a real etcd, through outages,
+//! compaction and garbage.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::*;
+use ipnet::Ipv4Net;
+use weft_lab::TcpProxy;
+use weft_subnet::{LeaseEvent, LeaseWatch, Registry};
+
+const NET: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
+
+fn net(s: &str) -> Ipv4Net {
+    s.parse().unwrap()
+}
+
+async fn add(reg: &Registry, subnet: &str, host: u8) {
+    reg.create_lease(net(subnet), &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR)
+        .await
+        .unwrap()
+        .expect("subnet free");
+}
+
+/// Collect events until the watch's table holds exactly `want`, or fail.
+async fn events_until(watch: &mut LeaseWatch, want: &[&str]) -> Vec<LeaseEvent> {
+    let want: Vec<Ipv4Net> = want.iter().map(|s| net(s)).collect();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let have: Vec<Ipv4Net> = watch.leases().map(|l| l.subnet).collect();
+        if have == want {
+            return events;
+        }
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(batch) => events.extend(batch),
+            Err(_) => {
+                panic!("watch table is {have:?}, expected {want:?}; events so far {events:?}")
+            }
+        }
+    }
+}
+
+/// Summarise events as ("+"/"-", subnet), sorted.
+fn summary(events: &[LeaseEvent]) -> Vec<(char, Ipv4Net)> {
+    let mut s: Vec<_> = events
+        .iter()
+        .map(|e| match e {
+            LeaseEvent::Added(l) => ('+', l.subnet),
+            LeaseEvent::Removed(l) => ('-', l.subnet),
+        })
+        .collect();
+    s.sort();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_follows_adds_and_removes() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, NET).await;
+    add(&reg, "10.244.1.0/24", 1).await;
+    let mut watch = LeaseWatch::start(reg.clone(), config).await.unwrap();
+    assert_eq!(watch.leases().count(), 1);
+
+    add(&reg, "10.244.2.0/24", 2).await;
+    let ev = events_until(&mut watch, &["10.244.1.0/24", "10.244.2.0/24"]).await;
+    assert_eq!(summary(&ev), vec![('+', net("10.244.2.0/24"))]);
+    assert_eq!(ev[0].lease().attrs.public_ip, Ipv4Addr::new(198, 18, 0, 2));
+
+    reg.delete_lease(&net("10.244.1.0/24")).await.unwrap();
+    let ev = events_until(&mut watch, &["10.244.2.0/24"]).await;
+    assert_eq!(summary(&ev), vec![('-', net("10.244.1.0/24"))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_recovers_from_outage_and_compaction_with_exact_differences() {
+    let etcd = etcd();
+    let direct = registry(&etcd.endpoint()).await;
+    let config = put_config(&direct, NET).await;
+    add(&direct, "10.244.1.0/24", 1).await;
+    add(&direct, "10.244.2.0/24", 2).await;
+
+    // The watcher reaches etcd through a proxy that the test can cut.
+    let proxy = TcpProxy::start(etcd.addr()).await.unwrap();
+    let via_proxy = registry(&proxy.endpoint()).await;
+    let mut watch = LeaseWatch::start(via_proxy, config.clone()).await.unwrap();
+    assert_eq!(watch.leases().count(), 2);
+
+    // Outage 1: changes happen and history is compacted while away.
+    proxy.cut();
+    let pending = tokio::spawn(async move {
+        let ev = watch.next().await; // runs into the outage and must survive it
+        (watch, ev)
+    });
+    direct.delete_lease(&net("10.244.1.0/24")).await.unwrap();
+    add(&direct, "10.244.3.0/24", 3).await;
+    add(&direct, "10.244.4.0/24", 4).await;
+    direct.delete_lease(&net("10.244.4.0/24")).await.unwrap(); // added and removed while away
+    add(&direct, "10.244.5.0/24", 5).await;
+    let rev = direct.list(&config).await.unwrap().revision;
+    direct.client().compact(rev, None).await.expect("compact");
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the watcher hit the outage
+    proxy.restore();
+
+    let (mut watch, first) = pending.await.unwrap();
+    let mut events = first;
+    events.extend(
+        events_until(
+            &mut watch,
+            &["10.244.2.0/24", "10.244.3.0/24", "10.244.5.0/24"],
+        )
+        .await,
+    );
+    assert_eq!(
+        summary(&events),
+        vec![
+            ('+', net("10.244.3.0/24")),
+            ('+', net("10.244.5.0/24")),
+            ('-', net("10.244.1.0/24"))
+        ],
+        "exactly the differences, including the removal that happened while away"
+    );
+    assert_eq!(
+        watch.relists(),
+        1,
+        "recovered by listing again after compaction"
+    );
+
+    // Outage 2, no compaction: etcd replays the missed events.
+    proxy.cut();
+    let pending = tokio::spawn(async move {
+        let ev = watch.next().await;
+        (watch, ev)
+    });
+    direct.delete_lease(&net("10.244.3.0/24")).await.unwrap();
+    add(&direct, "10.244.6.0/24", 6).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.restore();
+    let (mut watch, first) = pending.await.unwrap();
+    let mut events = first;
+    events.extend(
+        events_until(
+            &mut watch,
+            &["10.244.2.0/24", "10.244.5.0/24", "10.244.6.0/24"],
+        )
+        .await,
+    );
+    assert_eq!(
+        summary(&events),
+        vec![('+', net("10.244.6.0/24")), ('-', net("10.244.3.0/24"))]
+    );
+    assert_eq!(watch.relists(), 1, "recovered by replay, no second listing");
+
+    // And the table matches etcd's.
+    let truth: BTreeMap<_, _> = direct
+        .list(&config)
+        .await
+        .unwrap()
+        .leases
+        .into_iter()
+        .map(|l| (l.subnet, l.attrs))
+        .collect();
+    let seen: BTreeMap<_, _> = watch
+        .leases()
+        .map(|l| (l.subnet, l.attrs.clone()))
+        .collect();
+    assert_eq!(seen, truth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_are_skipped_not_fatal() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, NET).await;
+    let mut kv = reg.client();
+    let p = reg.subnets_prefix();
+    kv.put(format!("{p}garbage"), "x", None).await.unwrap();
+    kv.put(format!("{p}10.244.7.0-24"), "{not json", None)
+        .await
+        .unwrap();
+    kv.put(
+        format!("{p}10.99.0.0-24"),
+        r#"{"PublicIP":"198.18.0.9"}"#,
+        None,
+    )
+    .await
+    .unwrap(); // outside network
+    kv.put(
+        format!("{p}10.244.8.0-24"),
+        r#"{"PublicIP":"not-an-ip"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    add(&reg, "10.244.1.0/24", 1).await;
+
+    let listing = reg.list(&config).await.unwrap();
+    assert_eq!(listing.leases.len(), 1);
+    assert_eq!(listing.skipped.len(), 4, "{:?}", listing.skipped);
+    assert!(
+        listing.taken.contains(&net("10.244.7.0/24")),
+        "a garbled key still occupies its subnet"
+    );
+
+    let mut watch = LeaseWatch::start(reg.clone(), config.clone())
+        .await
+        .unwrap();
+    assert_eq!(watch.leases().count(), 1);
+    // Garbage arriving during the watch is skipped; the watch goes on.
+    kv.put(format!("{p}10.244.9.0-24"), "[]", None)
+        .await
+        .unwrap();
+    kv.put(format!("{p}also-garbage"), "{}", None)
+        .await
+        .unwrap();
+    add(&reg, "10.244.2.0/24", 2).await;
+    let ev = events_until(&mut watch, &["10.244.1.0/24", "10.244.2.0/24"]).await;
+    assert_eq!(summary(&ev), vec![('+', net("10.244.2.0/24"))]);
+
+    // A valid lease overwritten with garbage stops being a usable lease.
+    kv.put(format!("{p}10.244.2.0-24"), "garbage", None)
+        .await
+        .unwrap();
+    let ev = events_until(&mut watch, &["10.244.1.0/24"]).await;
+    assert_eq!(summary(&ev), vec![('-', net("10.244.2.0/24"))]);
+}
