@@ -17,6 +17,15 @@ pub struct EtcdServer {
     client_addr: SocketAddr,
     _dir: tempfile::TempDir,
     log: PathBuf,
+    tls: Option<TlsFiles>,
+}
+
+/// Certificates of a TLS etcd (made with the `openssl` command).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 /// Where the etcd binary is: `$WEFT_ETCD_BIN`, else `etcd` on `PATH`.
@@ -44,12 +53,27 @@ fn free_port() -> Result<u16> {
 impl EtcdServer {
     /// Start etcd and wait until it answers `/health`.
     pub fn start() -> Result<EtcdServer> {
+        Self::start_inner(false)
+    }
+
+    /// Start etcd serving clients over TLS only, requiring client
+    /// certificates signed by a CA made for this server.
+    pub fn start_tls() -> Result<EtcdServer> {
+        Self::start_inner(true)
+    }
+
+    /// The client certificates, for a TLS server.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn start_inner(tls: bool) -> Result<EtcdServer> {
         let bin = etcd_binary()?;
         let mut last_err = None;
         // Ports are picked by binding port 0 and releasing it; another
         // process may grab one in between, so a failed start is retried.
         for _ in 0..5 {
-            match Self::try_start(&bin) {
+            match Self::try_start(&bin, tls) {
                 Ok(s) => return Ok(s),
                 Err(e) => last_err = Some(e),
             }
@@ -57,11 +81,12 @@ impl EtcdServer {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("etcd did not start")))
     }
 
-    fn try_start(bin: &PathBuf) -> Result<EtcdServer> {
+    fn try_start(bin: &PathBuf, tls: bool) -> Result<EtcdServer> {
         let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
         let client_port = free_port()?;
         let peer_port = free_port()?;
-        let client = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{client_port}");
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = dir.path().join("etcd.log");
         let logfile = std::fs::File::create(&log)?;
@@ -73,8 +98,20 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=weft-test={peer}"))
-            .arg("--initial-cluster-state=new")
-            .stdin(Stdio::null())
+            .arg("--initial-cluster-state=new");
+        let tls_files = if tls {
+            Some(make_certs(dir.path())?)
+        } else {
+            None
+        };
+        if let Some(t) = &tls_files {
+            let d = dir.path();
+            cmd.arg(format!("--cert-file={}", d.join("server.pem").display()))
+                .arg(format!("--key-file={}", d.join("server.key").display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(logfile.try_clone()?)
             .stderr(logfile);
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
@@ -93,6 +130,7 @@ impl EtcdServer {
             client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
             _dir: dir,
             log,
+            tls: tls_files,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -113,6 +151,20 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
+        if let Some(t) = &self.tls {
+            return Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.endpoint()))
+                .arg(format!("--cacert={}", t.ca.display()))
+                .arg(format!("--cert={}", t.client_cert.display()))
+                .arg(format!("--key={}", t.client_key.display()))
+                .args(["--command-timeout=1s", "endpoint", "health"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        }
         let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200))
         else {
             return false;
@@ -128,9 +180,10 @@ impl EtcdServer {
         body.contains("\"health\":\"true\"")
     }
 
-    /// The client URL, e.g. `http://127.0.0.1:40123`.
+    /// The client URL, e.g. `http://127.0.0.1:40123` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr)
     }
 
     /// The client address.
@@ -144,6 +197,92 @@ impl EtcdServer {
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
     }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+fn make_certs(dir: &std::path::Path) -> Result<TlsFiles> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .context("running openssl (Debian package openssl)")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {:?} failed: {}",
+                args,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec[..],
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=weft-test-ca",
+        ][..],
+    ]
+    .concat())?;
+    for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
+        let key = format!("{name}.key");
+        let csr = format!("{name}.csr");
+        let pem = format!("{name}.pem");
+        let ext = format!("{name}.ext");
+        std::fs::write(
+            dir.join(&ext),
+            format!("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
+        )?;
+        run(&[
+            &["req"][..],
+            &ec[..],
+            &[
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                &format!("/CN=weft-test-{name}"),
+            ][..],
+        ]
+        .concat())?;
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ])?;
+    }
+    Ok(TlsFiles {
+        ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    })
 }
 
 impl Drop for EtcdServer {

@@ -11,6 +11,6 @@ pub mod etcd;
 pub mod proxy;
 pub mod wait;
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, TlsFiles};
 pub use proxy::TcpProxy;
 pub use wait::{wait_until, wait_until_async};

@@ -1,0 +1,172 @@
+//! TLS and user/password access to etcd, against real servers.
+
+use std::process::{Command, Output};
+
+use weft_lab::EtcdServer;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn weft(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.args(args)
+        .env_remove("WEFT_ETCD_USERNAME")
+        .env_remove("WEFT_ETCD_PASSWORD");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+const CONFIG: &str = r#"{"Network":"10.244.0.0/16"}"#;
+
+#[test]
+fn tls_etcd_works_with_certificates_and_never_over_http() {
+    let etcd = EtcdServer::start_tls().unwrap_or_else(|e| panic!("cannot start TLS etcd: {e:#}"));
+    let tls = etcd.tls_files().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("net.json");
+    std::fs::write(&file, CONFIG).unwrap();
+    let (ca, cert, key) = (
+        tls.ca.to_str().unwrap(),
+        tls.client_cert.to_str().unwrap(),
+        tls.client_key.to_str().unwrap(),
+    );
+    let ep = etcd.endpoint();
+    assert!(ep.starts_with("https://"));
+    let flags = [
+        "--etcd-endpoints",
+        &ep,
+        "--etcd-cafile",
+        ca,
+        "--etcd-certfile",
+        cert,
+        "--etcd-keyfile",
+        key,
+    ];
+
+    let out = weft(
+        &[&flags[..], &["config", "put", file.to_str().unwrap()]].concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = weft(&[&flags[..], &["config", "get"]].concat(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), CONFIG);
+
+    // TLS files given but an http:// endpoint: refused before any connection.
+    let http_ep = ep.replace("https://", "http://");
+    let out = weft(
+        &[
+            "--etcd-endpoints",
+            &http_ep,
+            "--etcd-cafile",
+            ca,
+            "config",
+            "get",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("plain HTTP but TLS files are given"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // The server requires a client certificate: without one, no access.
+    let out = weft(
+        &[
+            "--etcd-endpoints",
+            &ep,
+            "--etcd-cafile",
+            ca,
+            "config",
+            "get",
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "access without a client certificate");
+}
+
+fn etcdctl(ep: &str, args: &[&str]) {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={ep}"))
+        .args(args)
+        .output()
+        .expect("etcdctl (Debian package etcd-client)");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn username_and_password_from_flags_or_flanneld_environment() {
+    let etcd = EtcdServer::start().unwrap_or_else(|e| panic!("cannot start the test etcd: {e:#}"));
+    let ep = etcd.endpoint();
+    etcdctl(&ep, &["user", "add", "root:s3cret"]);
+    etcdctl(&ep, &["user", "grant-role", "root", "root"]);
+    etcdctl(&ep, &["auth", "enable"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("net.json");
+    std::fs::write(&file, CONFIG).unwrap();
+    let put = [
+        "--etcd-endpoints",
+        &ep,
+        "config",
+        "put",
+        file.to_str().unwrap(),
+    ];
+
+    let out = weft(&put, &[]);
+    assert!(
+        !out.status.success(),
+        "auth is enabled, anonymous writes must fail"
+    );
+
+    let out = weft(
+        &[
+            &put[..],
+            &["--etcd-username", "root", "--etcd-password", "s3cret"],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // flanneld's environment variables work unchanged.
+    let out = weft(
+        &["--etcd-endpoints", &ep, "config", "get"],
+        &[
+            ("FLANNELD_ETCD_USERNAME", "root"),
+            ("FLANNELD_ETCD_PASSWORD", "s3cret"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), CONFIG);
+
+    let out = weft(
+        &[
+            "--etcd-endpoints",
+            &ep,
+            "--etcd-username",
+            "root",
+            "--etcd-password",
+            "wrong",
+            "config",
+            "get",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("authentication failed"),
+        "{}",
+        text(&out.stderr)
+    );
+}
