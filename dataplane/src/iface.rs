@@ -1,0 +1,184 @@
+//! Choosing the external interface and the public IP, as flanneld does:
+//! `--iface` (names or addresses, first match wins), else `--iface-regex`,
+//! else the interface of the default route; the public IP is `--public-ip`
+//! or the interface's first IPv4 address.
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::error::{Error, Result};
+use crate::netlink::{Link, Netlink};
+
+/// What the user asked for.
+#[derive(Debug, Clone, Default)]
+pub struct IfaceRequest {
+    /// `--iface`: interface names or addresses.
+    pub ifaces: Vec<String>,
+    /// `--iface-regex`: patterns matched against names and addresses.
+    pub regexes: Vec<String>,
+    /// `--public-ip`.
+    pub public_ip: Option<Ipv4Addr>,
+}
+
+/// The interface pod traffic leaves the node through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalInterface {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The interface's address (the VXLAN source address).
+    pub addr: Ipv4Net,
+    /// The address published in the lease.
+    pub public_ip: Ipv4Addr,
+    /// All IPv4 addresses of the interface.
+    pub addrs: Vec<Ipv4Net>,
+}
+
+/// Pick the interface from the host's links and addresses. Pure.
+pub fn select(
+    links: &[Link],
+    addrs: &[(u32, Ipv4Net)],
+    default_oif: Option<u32>,
+    req: &IfaceRequest,
+) -> Result<ExternalInterface> {
+    let addrs_of = |index: u32| -> Vec<Ipv4Net> {
+        addrs.iter().filter(|(i, _)| *i == index).map(|(_, a)| *a).collect()
+    };
+    let link = if !req.ifaces.is_empty() {
+        let mut found = None;
+        for want in &req.ifaces {
+            found = match want.parse::<Ipv4Addr>() {
+                Ok(ip) => addrs
+                    .iter()
+                    .find(|(_, a)| a.addr() == ip)
+                    .and_then(|(i, _)| links.iter().find(|l| l.index == *i)),
+                Err(_) => links.iter().find(|l| &l.name == want),
+            };
+            if found.is_some() {
+                break;
+            }
+        }
+        match found {
+            Some(l) => l,
+            None => {
+                let first = &req.ifaces[0];
+                return Err(match first.parse::<Ipv4Addr>() {
+                    Ok(ip) => Error::NoInterfaceWithAddress(ip),
+                    Err(_) => Error::NoSuchInterface(first.clone()),
+                });
+            }
+        }
+    } else if !req.regexes.is_empty() {
+        let mut found = None;
+        'outer: for pattern in &req.regexes {
+            let re = regex::Regex::new(pattern).map_err(|e| Error::BadRegex {
+                pattern: pattern.clone(),
+                reason: e.to_string(),
+            })?;
+            for l in links {
+                let by_addr = addrs_of(l.index).iter().any(|a| re.is_match(&a.addr().to_string()));
+                if re.is_match(&l.name) || by_addr {
+                    found = Some(l);
+                    break 'outer;
+                }
+            }
+        }
+        found.ok_or_else(|| Error::NoInterfaceMatches(req.regexes.join(", ")))?
+    } else {
+        let oif = default_oif.ok_or(Error::NoDefaultInterface)?;
+        links.iter().find(|l| l.index == oif).ok_or(Error::NoDefaultInterface)?
+    };
+    let own = addrs_of(link.index);
+    let addr = *own.first().ok_or_else(|| Error::NoAddress { iface: link.name.clone() })?;
+    let public_ip = match req.public_ip {
+        None => addr.addr(),
+        Some(ip) => {
+            if !addrs.iter().any(|(_, a)| a.addr() == ip) {
+                return Err(Error::PublicIpNotLocal { ip });
+            }
+            ip
+        }
+    };
+    Ok(ExternalInterface {
+        index: link.index,
+        name: link.name.clone(),
+        mtu: link.mtu,
+        addr,
+        public_ip,
+        addrs: own,
+    })
+}
+
+/// Read the host's links and addresses and pick the external interface.
+pub async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
+    let links = nl.links().await?;
+    let addrs = nl.addresses().await?;
+    let default_oif = if req.ifaces.is_empty() && req.regexes.is_empty() {
+        nl.default_route_oif().await?
+    } else {
+        None
+    };
+    select(&links, &addrs, default_oif, req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str) -> Link {
+        Link { index, name: name.into(), mtu: 1500, mac: None, up: true, vxlan: None }
+    }
+
+    fn host() -> (Vec<Link>, Vec<(u32, Ipv4Net)>) {
+        (
+            vec![link(1, "lo"), link(2, "eth0"), link(3, "eth1"), link(4, "eth2")],
+            vec![
+                (1, "127.0.0.1/8".parse().unwrap()),
+                (2, "198.18.0.2/24".parse().unwrap()),
+                (3, "198.19.0.2/24".parse().unwrap()),
+                (3, "198.19.1.2/24".parse().unwrap()),
+            ],
+        )
+    }
+
+    fn pick(req: IfaceRequest, default_oif: Option<u32>) -> Result<ExternalInterface> {
+        let (links, addrs) = host();
+        select(&links, &addrs, default_oif, &req)
+    }
+
+    #[test]
+    fn selection_rules() {
+        let by_default = pick(IfaceRequest::default(), Some(2)).unwrap();
+        assert_eq!((by_default.name.as_str(), by_default.public_ip.to_string().as_str()), ("eth0", "198.18.0.2"));
+
+        let by_name = pick(IfaceRequest { ifaces: vec!["eth1".into()], ..Default::default() }, None).unwrap();
+        assert_eq!(by_name.name, "eth1");
+        assert_eq!(by_name.addrs.len(), 2);
+
+        let by_addr = pick(IfaceRequest { ifaces: vec!["198.19.1.2".into()], ..Default::default() }, None).unwrap();
+        assert_eq!(by_addr.name, "eth1");
+
+        let first_match = pick(IfaceRequest { ifaces: vec!["nope".into(), "eth0".into()], ..Default::default() }, None).unwrap();
+        assert_eq!(first_match.name, "eth0");
+
+        let by_regex = pick(IfaceRequest { regexes: vec!["^198\\.19\\.".into()], ..Default::default() }, None).unwrap();
+        assert_eq!(by_regex.name, "eth1");
+
+        let public = pick(IfaceRequest { ifaces: vec!["eth0".into()], public_ip: Some("198.19.0.2".parse().unwrap()), ..Default::default() }, None).unwrap();
+        assert_eq!((public.name.as_str(), public.public_ip.to_string().as_str()), ("eth0", "198.19.0.2"));
+    }
+
+    #[test]
+    fn selection_errors_say_what_to_fix() {
+        let e = |req, oif| pick(req, oif).unwrap_err().to_string();
+        assert!(e(IfaceRequest { ifaces: vec!["eth9".into()], ..Default::default() }, None).contains("interface \"eth9\" does not exist"));
+        assert!(e(IfaceRequest { ifaces: vec!["10.0.0.1".into()], ..Default::default() }, None).contains("no interface has address 10.0.0.1"));
+        assert!(e(IfaceRequest { regexes: vec!["^wlan".into()], ..Default::default() }, None).contains("no interface matches"));
+        assert!(e(IfaceRequest { regexes: vec!["(".into()], ..Default::default() }, None).contains("invalid --iface-regex"));
+        assert!(e(IfaceRequest::default(), None).contains("no default route"));
+        assert!(e(IfaceRequest { ifaces: vec!["eth2".into()], ..Default::default() }, None).contains("eth2 has no IPv4 address"));
+        assert!(e(IfaceRequest { ifaces: vec!["eth0".into()], public_ip: Some("203.0.113.9".parse().unwrap()), ..Default::default() }, None)
+            .contains("203.0.113.9 is not an address of this host"));
+    }
+}
