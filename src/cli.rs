@@ -2,7 +2,9 @@
 //! or environment works unchanged; each flag can also be set through
 //! `WEFT_<FLAG>` or flanneld's `FLANNELD_<FLAG>` environment variable.
 
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use weft_subnet::etcd::{DEFAULT_ENDPOINT, DEFAULT_PREFIX};
@@ -37,6 +39,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the node daemon: lease this node's subnet and carry pod traffic.
+    Run(Box<RunArgs>),
     /// Read or write the network config in etcd.
     #[command(subcommand)]
     Config(ConfigCmd),
@@ -108,5 +112,58 @@ impl EtcdArgs {
         o.username = self.etcd_username.clone();
         o.password = self.etcd_password.clone();
         o
+    }
+}
+
+/// `weft run`: flanneld's flags, so an existing unit file works unchanged.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Interface (name or IPv4 address) for traffic between nodes; may be
+    /// repeated, the first that exists wins. Default: the default route's.
+    #[arg(long = "iface", env = "WEFT_IFACE", value_delimiter = ',')]
+    pub iface: Vec<String>,
+    /// Regular expression matched against interface names and addresses
+    /// (used when --iface is not given); may be repeated.
+    #[arg(long = "iface-regex", env = "WEFT_IFACE_REGEX", value_delimiter = ',')]
+    pub iface_regex: Vec<String>,
+    /// IP address other nodes reach this one at. Default: the interface's address.
+    #[arg(long, env = "WEFT_PUBLIC_IP")]
+    pub public_ip: Option<Ipv4Addr>,
+    /// Where to write the subnet environment for the CNI plugin.
+    #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
+    pub subnet_file: PathBuf,
+    /// Renew the lease this many minutes before it expires.
+    #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub subnet_lease_renew_margin: u64,
+    /// Lifetime of the lease in etcd (e.g. 24h, 30m); renewed before it ends.
+    #[arg(long, env = "WEFT_SUBNET_LEASE_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub subnet_lease_ttl: Duration,
+    /// Masquerade pod traffic leaving the overlay network (--ip-masq or --ip-masq=false).
+    #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_value_t = false, default_missing_value = "true", value_parser = parse_bool)]
+    pub ip_masq: bool,
+    /// Address the health endpoints listen on.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    pub healthz_ip: Ipv4Addr,
+    /// Port of /healthz and /readyz; 0 disables them.
+    #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
+    pub healthz_port: u16,
+    /// How often to re-check and restore the dataplane (e.g. 10s).
+    #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. 30s, 10m, 24h)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "t" => Ok(true),
+        "false" | "0" | "no" | "f" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
     }
 }

@@ -9,6 +9,9 @@
 //! | [`compat`]     | flanneld compatibility of the command line and environment    |
 //! | [`cmd_config`] | `weft config put|get`                                         |
 //! | [`cmd_leases`] | `weft leases [--json] [--watch]`                              |
+//! | [`daemon`]     | `weft run`: lease, backend, watch, renew, resync, shutdown    |
+//! | [`health`]     | `/healthz` and `/readyz`                                      |
+//! | [`notify`]     | systemd readiness (`sd_notify READY=1`)                       |
 //! | [`signals`]    | SIGINT/SIGTERM as a future                                    |
 //!
 //! The subnet manager is the `weft-subnet` crate; the forwarding backends
@@ -18,6 +21,9 @@ mod cli;
 mod cmd_config;
 mod cmd_leases;
 mod compat;
+mod daemon;
+mod health;
+mod notify;
 mod signals;
 
 use std::process::ExitCode;
@@ -50,6 +56,7 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Config(cmd) => cmd_config::run(&cli.etcd, cmd).await,
             Command::Leases(args) => cmd_leases::run(&cli.etcd, args).await,
+            Command::Run(args) => daemon::run(&cli.etcd, args, signals::shutdown()).await,
         }
     });
     match result {
@@ -63,8 +70,10 @@ fn main() -> ExitCode {
 
 fn init_logging(cli: &Cli) {
     // Commands that print results keep the log to warnings unless asked.
+    let quiet = !matches!(cli.command, Command::Run(_));
     let default = match cli.verbosity {
-        0 => "warn",
+        0 if quiet => "warn",
+        0 => "info",
         1 => "info",
         2 => "debug",
         _ => "trace",

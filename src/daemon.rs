@@ -1,0 +1,210 @@
+//! `weft run`: the node daemon.
+//!
+//! Start-up, in this order, so that bad input fails before the host is
+//! touched: read the config (waiting while it is absent), pick the external
+//! interface and public IP, check that the backend can serve the config,
+//! acquire the lease, set up the backend, program every existing lease,
+//! write subnet.env, install masquerading, then report ready (sd_notify and
+//! `/readyz`). Then: lease events and a periodic resync reconcile the
+//! dataplane; the renewer keeps the lease. SIGTERM/SIGINT stop the daemon
+//! and leave the dataplane in place, so a restart does not interrupt pods.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use tracing::{error, info, warn};
+use weft_dataplane::hostgw::HostGwBackend;
+use weft_dataplane::iface::{find_external, IfaceRequest};
+use weft_dataplane::netlink::Netlink;
+use weft_dataplane::peer::desired_peers;
+use weft_dataplane::vxlan::VxlanBackend;
+use weft_dataplane::{masq, Backend};
+use weft_subnet::backoff::Backoff;
+use weft_subnet::env_file::{previous_subnet, SubnetEnv};
+use weft_subnet::renew::Renewer;
+use weft_subnet::{acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry};
+
+use crate::cli::{EtcdArgs, RunArgs};
+
+pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
+    tokio::pin!(shutdown);
+    let ttl = args.subnet_lease_ttl;
+    let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
+    if margin >= ttl {
+        bail!(
+            "--subnet-lease-renew-margin ({} min) must be shorter than --subnet-lease-ttl ({})",
+            args.subnet_lease_renew_margin,
+            humantime::format_duration(ttl)
+        );
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    let _health = if args.healthz_port != 0 {
+        let addr = SocketAddr::from((args.healthz_ip, args.healthz_port));
+        Some(crate::health::serve(addr, ready.clone()).await.with_context(|| format!("cannot serve health endpoints on {addr}"))?)
+    } else {
+        None
+    };
+
+    // 1. etcd and the config, waiting for either while they are absent.
+    let (registry, config) = tokio::select! {
+        r = wait_for_config(etcd) => r?,
+        _ = &mut shutdown => { info!("stopped while waiting for etcd"); return Ok(ExitCode::SUCCESS) }
+    };
+    info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
+
+    // 2. The external interface and the backend's checks: no changes yet.
+    let nl = Netlink::connect()?;
+    let req = IfaceRequest { ifaces: args.iface.clone(), regexes: args.iface_regex.clone(), public_ip: args.public_ip };
+    let ext = find_external(&nl, &req).await?;
+    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    let mut backend = match &config.backend {
+        BackendConfig::Vxlan(opts) => Backend::Vxlan(VxlanBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network).await?),
+        BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl.clone(), ext.clone(), config.network)?),
+        BackendConfig::Udp(_) => bail!(
+            "the udp backend is not available in this version of weft; set Backend.Type to vxlan or host-gw with `weft config put`"
+        ),
+    };
+
+    // 3. The lease.
+    let attrs = LeaseAttrs {
+        public_ip: ext.public_ip,
+        public_ipv6: None,
+        backend_type: backend.type_name().to_string(),
+        backend_data: backend.backend_data(),
+        backend_v6_data: None,
+    };
+    let previous = previous_subnet(&args.subnet_file);
+    let acquire = AcquireRequest { attrs, ttl, previous_subnet: previous };
+    let lease = acquire_lease(&registry, &config, &acquire).await?;
+    let subnet = lease.subnet;
+    info!(%subnet, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
+
+    // 4. The dataplane, the existing peers, subnet.env, masquerading.
+    backend.setup(subnet).await.context("setting up the backend")?;
+    let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
+    reconcile(&mut backend, &watch, subnet).await;
+    let env = SubnetEnv { network: config.network, subnet, mtu: backend.mtu(), ip_masq: args.ip_masq, ipv6_network: None, ipv6_subnet: None };
+    env.write(&args.subnet_file)?;
+    info!(path = %args.subnet_file.display(), "wrote subnet file");
+    if args.ip_masq {
+        masq::apply(config.network, subnet)?;
+        info!("installed IP masquerade rules");
+    } else {
+        masq::remove()?;
+    }
+    ready.store(true, Ordering::SeqCst);
+    if let Err(e) = crate::notify::ready() {
+        warn!("could not notify systemd of readiness: {e}");
+    }
+    info!(%subnet, backend = backend.type_name(), "weft is ready");
+
+    // 5. Run until stopped or until the lease is lost.
+    let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
+    let mut renewal = tokio::spawn(async move { renewer.run().await });
+    let mut resync = tokio::time::interval(args.resync_interval);
+    resync.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(ExitCode::SUCCESS),
+            lost = &mut renewal => {
+                let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("renewal task failed: {e}"));
+                break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
+            }
+            events = watch.next() => {
+                if let Some(why) = own_lease_gone(&events, subnet, &ext.public_ip) {
+                    break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
+                }
+                for ev in &events {
+                    match ev {
+                        LeaseEvent::Added(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added"),
+                        LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
+                    }
+                }
+                reconcile(&mut backend, &watch, subnet).await;
+            }
+            _ = resync.tick() => {
+                reconcile(&mut backend, &watch, subnet).await;
+                if args.ip_masq {
+                    if let Err(e) = masq::apply(config.network, subnet) {
+                        error!("refreshing masquerade rules: {e}");
+                    }
+                }
+            }
+        }
+    };
+    renewal.abort();
+    ready.store(false, Ordering::SeqCst);
+    if outcome.is_ok() {
+        info!(%subnet, "stopping; the dataplane stays in place for the next start");
+    }
+    outcome
+}
+
+/// Connect to etcd and read a valid config, retrying while etcd is
+/// unreachable or the config is absent (saying so once). An invalid config
+/// is an error: the operator has to fix it.
+async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
+    let opts = etcd.options();
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    let mut said_etcd = false;
+    let mut said_config = false;
+    let registry = loop {
+        match Registry::connect(opts.clone()).await {
+            Ok(r) => break r,
+            Err(e @ (SubnetError::Unreachable { .. } | SubnetError::Unavailable { .. })) => {
+                if !said_etcd {
+                    warn!("waiting for etcd: {e}");
+                    said_etcd = true;
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    };
+    loop {
+        match registry.get_config().await {
+            Ok(c) => return Ok((registry, c)),
+            Err(e @ SubnetError::ConfigNotFound { .. }) => {
+                if !said_config {
+                    warn!("waiting for the network config: {e}");
+                    said_config = true;
+                }
+            }
+            Err(e @ (SubnetError::Unreachable { .. } | SubnetError::Unavailable { .. })) => {
+                if !said_etcd {
+                    warn!("waiting for etcd: {e}");
+                    said_etcd = true;
+                }
+            }
+            Err(SubnetError::Config(e)) => bail!("the network config at {} is invalid: {e}", registry.config_key()),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Whether the events say our own lease is gone or held by someone else.
+fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::Ipv4Addr) -> Option<String> {
+    events.iter().find_map(|ev| match ev {
+        LeaseEvent::Removed(l) if l.subnet == subnet => Some(format!("the lease of {subnet} was removed from etcd")),
+        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => {
+            Some(format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip))
+        }
+        _ => None,
+    })
+}
+
+async fn reconcile(backend: &mut Backend, watch: &LeaseWatch, subnet: Ipv4Net) {
+    let peers = desired_peers(watch.leases(), subnet, backend.type_name());
+    match backend.reconcile(&peers).await {
+        Ok(0) => {}
+        Ok(n) => info!(peers = peers.len(), changes = n, "dataplane converged"),
+        Err(e) => error!("dataplane not fully programmed: {e}"),
+    }
+}
