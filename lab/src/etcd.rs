@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 pub struct EtcdServer {
     child: Child,
     client_addr: SocketAddr,
+    netns: Option<String>,
     _dir: tempfile::TempDir,
     log: PathBuf,
     tls: Option<TlsFiles>,
@@ -67,6 +68,13 @@ impl EtcdServer {
         self.tls.as_ref()
     }
 
+    /// Start etcd inside network namespace `ns`, serving clients on
+    /// `ip:2379` and on that namespace's loopback.
+    pub fn start_in_netns(ns: &str, ip: std::net::Ipv4Addr) -> Result<EtcdServer> {
+        let bin = etcd_binary()?;
+        Self::try_start_at(&bin, false, Some((ns.to_string(), ip)))
+    }
+
     fn start_inner(tls: bool) -> Result<EtcdServer> {
         let bin = etcd_binary()?;
         let mut last_err = None;
@@ -82,18 +90,37 @@ impl EtcdServer {
     }
 
     fn try_start(bin: &PathBuf, tls: bool) -> Result<EtcdServer> {
+        Self::try_start_at(bin, tls, None)
+    }
+
+    fn try_start_at(bin: &PathBuf, tls: bool, netns: Option<(String, std::net::Ipv4Addr)>) -> Result<EtcdServer> {
         let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
-        let client_port = free_port()?;
-        let peer_port = free_port()?;
+        // In its own namespace etcd has the ports to itself.
+        let (client_port, peer_port) = match netns {
+            Some(_) => (2379, 2380),
+            None => (free_port()?, free_port()?),
+        };
         let scheme = if tls { "https" } else { "http" };
-        let client = format!("{scheme}://127.0.0.1:{client_port}");
+        let host = netns.as_ref().map(|(_, ip)| *ip).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let client = format!("{scheme}://{host}:{client_port}");
+        let listen = match netns {
+            Some(_) => format!("{client},{scheme}://127.0.0.1:{client_port}"),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{peer_port}");
         let log = dir.path().join("etcd.log");
         let logfile = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(bin);
+        let mut cmd = match &netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("--name=weft-test")
             .arg(format!("--data-dir={}", dir.path().join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
@@ -127,7 +154,8 @@ impl EtcdServer {
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut server = EtcdServer {
             child,
-            client_addr: SocketAddr::from(([127, 0, 0, 1], client_port)),
+            client_addr: SocketAddr::from((host, client_port)),
+            netns: netns.as_ref().map(|(ns, _)| ns.clone()),
             _dir: dir,
             log,
             tls: tls_files,
@@ -151,6 +179,16 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
+        if let Some(ns) = &self.netns {
+            return Command::new("ip")
+                .args(["netns", "exec", ns, "etcdctl", "--endpoints=http://127.0.0.1:2379", "--command-timeout=1s", "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        }
         if let Some(t) = &self.tls {
             return Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")

@@ -5,12 +5,17 @@
 //! |-----------|------------------------------------------------------------------|
 //! | [`etcd`]  | a real etcd server on free loopback ports, removed on drop        |
 //! | [`proxy`] | a TCP proxy whose connections a test can cut, to fake an outage  |
+//! | [`netns`] | network namespaces: create, exec in, enter from a thread, sweep   |
+//! | [`lab`]   | the multi-node lab: switch, etcd, nodes running `weft run`, pods |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
 pub mod etcd;
+pub mod lab;
+pub mod netns;
 pub mod proxy;
 pub mod wait;
 
 pub use etcd::{EtcdServer, TlsFiles};
+pub use lab::Lab;
 pub use proxy::TcpProxy;
 pub use wait::{wait_until, wait_until_async};
