@@ -130,7 +130,11 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// Where to write the subnet environment for the CNI plugin.
-    #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
+    #[arg(
+        long,
+        env = "WEFT_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
     pub subnet_file: PathBuf,
     /// Renew the lease this many minutes before it expires.
     #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]

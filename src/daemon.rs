@@ -28,11 +28,18 @@ use weft_dataplane::{masq, Backend};
 use weft_subnet::backoff::Backoff;
 use weft_subnet::env_file::{previous_subnet, SubnetEnv};
 use weft_subnet::renew::Renewer;
-use weft_subnet::{acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry};
+use weft_subnet::{
+    acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent,
+    LeaseWatch, NetworkConfig, Registry,
+};
 
 use crate::cli::{EtcdArgs, RunArgs};
 
-pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
+pub async fn run(
+    etcd: &EtcdArgs,
+    args: &RunArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ExitCode> {
     tokio::pin!(shutdown);
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
@@ -46,7 +53,11 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
     let ready = Arc::new(AtomicBool::new(false));
     let _health = if args.healthz_port != 0 {
         let addr = SocketAddr::from((args.healthz_ip, args.healthz_port));
-        Some(crate::health::serve(addr, ready.clone()).await.with_context(|| format!("cannot serve health endpoints on {addr}"))?)
+        Some(
+            crate::health::serve(addr, ready.clone())
+                .await
+                .with_context(|| format!("cannot serve health endpoints on {addr}"))?,
+        )
     } else {
         None
     };
@@ -60,7 +71,11 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
 
     // 2. The external interface and the backend's checks: no changes yet.
     let nl = Netlink::connect()?;
-    let req = IfaceRequest { ifaces: args.iface.clone(), regexes: args.iface_regex.clone(), public_ip: args.public_ip };
+    let req = IfaceRequest {
+        ifaces: args.iface.clone(),
+        regexes: args.iface_regex.clone(),
+        public_ip: args.public_ip,
+    };
     let ext = find_external(&nl, &req).await?;
     info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
     let mut backend = match &config.backend {
@@ -80,16 +95,30 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
         backend_v6_data: None,
     };
     let previous = previous_subnet(&args.subnet_file);
-    let acquire = AcquireRequest { attrs, ttl, previous_subnet: previous };
+    let acquire = AcquireRequest {
+        attrs,
+        ttl,
+        previous_subnet: previous,
+    };
     let lease = acquire_lease(&registry, &config, &acquire).await?;
     let subnet = lease.subnet;
     info!(%subnet, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
 
     // 4. The dataplane, the existing peers, subnet.env, masquerading.
-    backend.setup(subnet).await.context("setting up the backend")?;
+    backend
+        .setup(subnet)
+        .await
+        .context("setting up the backend")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     reconcile(&mut backend, &watch, subnet).await;
-    let env = SubnetEnv { network: config.network, subnet, mtu: backend.mtu(), ip_masq: args.ip_masq, ipv6_network: None, ipv6_subnet: None };
+    let env = SubnetEnv {
+        network: config.network,
+        subnet,
+        mtu: backend.mtu(),
+        ip_masq: args.ip_masq,
+        ipv6_network: None,
+        ipv6_subnet: None,
+    };
     env.write(&args.subnet_file)?;
     info!(path = %args.subnet_file.display(), "wrote subnet file");
     if args.ip_masq {
@@ -182,7 +211,10 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
                     said_etcd = true;
                 }
             }
-            Err(SubnetError::Config(e)) => bail!("the network config at {} is invalid: {e}", registry.config_key()),
+            Err(SubnetError::Config(e)) => bail!(
+                "the network config at {} is invalid: {e}",
+                registry.config_key()
+            ),
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -190,12 +222,18 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
 }
 
 /// Whether the events say our own lease is gone or held by someone else.
-fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::Ipv4Addr) -> Option<String> {
+fn own_lease_gone(
+    events: &[LeaseEvent],
+    subnet: Ipv4Net,
+    public_ip: &std::net::Ipv4Addr,
+) -> Option<String> {
     events.iter().find_map(|ev| match ev {
-        LeaseEvent::Removed(l) if l.subnet == subnet => Some(format!("the lease of {subnet} was removed from etcd")),
-        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => {
-            Some(format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip))
+        LeaseEvent::Removed(l) if l.subnet == subnet => {
+            Some(format!("the lease of {subnet} was removed from etcd"))
         }
+        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => Some(
+            format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip),
+        ),
         _ => None,
     })
 }

@@ -10,7 +10,10 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 /// Bind and serve until the task is dropped.
-pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub async fn serve(
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     info!(%addr, "serving /healthz and /readyz");
     Ok(tokio::spawn(async move {
@@ -26,7 +29,12 @@ pub async fn serve(addr: SocketAddr, ready: Arc<AtomicBool>) -> std::io::Result<
             let ready = ready.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await {
+                let n = match tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    conn.read(&mut buf),
+                )
+                .await
+                {
                     Ok(Ok(n)) => n,
                     _ => return,
                 };

@@ -15,7 +15,8 @@ pub fn config(backend: &str) -> String {
 
 /// A lab with `n` nodes running `weft run` on `backend`, each with a pod.
 pub fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
-    let mut lab = Lab::new(n, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+    let mut lab = Lab::new(n, env!("CARGO_BIN_EXE_weft"))
+        .unwrap_or_else(|e| panic!("building the lab: {e:#}"));
     lab.put_config(&config(backend)).unwrap();
     for i in 1..=n {
         lab.start_daemon(i, extra).unwrap();
@@ -24,7 +25,31 @@ pub fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
         lab.wait_ready(i, READY).unwrap_or_else(|e| panic!("{e:#}"));
         lab.attach_pod(i).unwrap();
     }
+    wait_converged(&lab);
     lab
+}
+
+/// Wait until every node routes to every other node's subnet: once the
+/// last node is ready, this must hold within [`PROPAGATION`].
+pub fn wait_converged(lab: &Lab) {
+    let n = lab.nodes.len() as u8;
+    let subnets: Vec<String> = (1..=n)
+        .map(|i| lab.subnet_env(i).unwrap().0.to_string())
+        .collect();
+    for i in 1..=n {
+        weft_lab::wait_until(
+            &format!("node {i} to route to every other node"),
+            PROPAGATION,
+            || {
+                let routes = lab.weft_routes(i).unwrap();
+                let missing = (1..=n)
+                    .filter(|j| *j != i)
+                    .any(|j| !routes.contains(&subnets[usize::from(j) - 1]));
+                (!missing).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
 }
 
 /// Every pod pings every other pod; panics with the failing pairs.

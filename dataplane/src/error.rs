@@ -29,7 +29,10 @@ pub enum Error {
     #[error("{device} exists but is not a VXLAN device; remove it or change the VNI")]
     NotVxlan { device: String },
     #[error("the {backend} backend cannot serve this network: {reason}")]
-    Unsupported { backend: &'static str, reason: String },
+    Unsupported {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("{count} of {total} peers could not be programmed (first: {first}); will retry")]
     PeersFailed {
         count: usize,

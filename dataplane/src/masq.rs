@@ -39,7 +39,11 @@ fn iptables(args: &[&str]) -> Result<bool> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| Error::Masq(format!("cannot run iptables (install the iptables package): {e}")))?;
+        .map_err(|e| {
+            Error::Masq(format!(
+                "cannot run iptables (install the iptables package): {e}"
+            ))
+        })?;
     Ok(out.status.success())
 }
 
@@ -51,7 +55,9 @@ fn ensure_jump(table: &str, chain: &str, target: &str) -> Result<()> {
     }
     let insert: Vec<&str> = [&["-w", "-t", table, "-I", chain, "1"][..], &spec[..]].concat();
     if !iptables(&insert)? {
-        return Err(Error::Masq(format!("could not insert the jump from {table}/{chain} to {target}")));
+        return Err(Error::Masq(format!(
+            "could not insert the jump from {table}/{chain} to {target}"
+        )));
     }
     Ok(())
 }
@@ -64,15 +70,24 @@ pub fn apply(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| Error::Masq(format!("cannot run iptables-restore (install the iptables package): {e}")))?;
+        .map_err(|e| {
+            Error::Masq(format!(
+                "cannot run iptables-restore (install the iptables package): {e}"
+            ))
+        })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(rules(network, subnet).as_bytes())
             .map_err(|e| Error::Masq(format!("writing to iptables-restore: {e}")))?;
     }
-    let out = child.wait_with_output().map_err(|e| Error::Masq(e.to_string()))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Masq(e.to_string()))?;
     if !out.status.success() {
-        return Err(Error::Masq(format!("iptables-restore failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
+        return Err(Error::Masq(format!(
+            "iptables-restore failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
     }
     ensure_jump("nat", "POSTROUTING", NAT_CHAIN)?;
     ensure_jump("filter", "FORWARD", FWD_CHAIN)?;
@@ -82,7 +97,10 @@ pub fn apply(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
 /// Remove weft's chains and the jumps to them (stale rules of an earlier
 /// run with `--ip-masq`). Absent chains are fine.
 pub fn remove() -> Result<()> {
-    for (table, chain, target) in [("nat", "POSTROUTING", NAT_CHAIN), ("filter", "FORWARD", FWD_CHAIN)] {
+    for (table, chain, target) in [
+        ("nat", "POSTROUTING", NAT_CHAIN),
+        ("filter", "FORWARD", FWD_CHAIN),
+    ] {
         let spec = ["-m", "comment", "--comment", "weft", "-j", target];
         let del: Vec<&str> = [&["-w", "-t", table, "-D", chain][..], &spec[..]].concat();
         while iptables(&del)? {}
@@ -99,10 +117,19 @@ mod tests {
 
     #[test]
     fn pod_to_pod_is_never_masqueraded() {
-        let r = rules("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
-        let nat: Vec<&str> = r.lines().filter(|l| l.starts_with("-A WEFT-POSTRTG")).collect();
+        let r = rules(
+            "10.244.0.0/16".parse().unwrap(),
+            "10.244.3.0/24".parse().unwrap(),
+        );
+        let nat: Vec<&str> = r
+            .lines()
+            .filter(|l| l.starts_with("-A WEFT-POSTRTG"))
+            .collect();
         // The pod-to-pod RETURN comes before any MASQUERADE.
-        let ret = nat.iter().position(|l| l.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && l.ends_with("RETURN")).unwrap();
+        let ret = nat
+            .iter()
+            .position(|l| l.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && l.ends_with("RETURN"))
+            .unwrap();
         let first_masq = nat.iter().position(|l| l.contains("MASQUERADE")).unwrap();
         assert!(ret < first_masq);
         assert!(r.contains("! -s 10.244.0.0/16 -d 10.244.3.0/24"));

@@ -87,7 +87,11 @@ impl Netlink {
     pub async fn links(&self) -> Result<Vec<Link>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip link show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip link show", e))?
+        {
             links.push(parse_link(&msg));
         }
         Ok(links)
@@ -95,7 +99,12 @@ impl Netlink {
 
     /// `ip link show dev NAME`, `None` when there is no such link.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
             Ok(None) => Ok(None),
@@ -108,7 +117,11 @@ impl Netlink {
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip addr show", e))?
+        {
             let addr = msg.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
                 _ => None,
@@ -145,7 +158,12 @@ impl Netlink {
             .add(b.build())
             .execute()
             .await
-            .map_err(|e| Error::netlink(format!("ip link add {} type vxlan id {}", spec.name, spec.vni), e))
+            .map_err(|e| {
+                Error::netlink(
+                    format!("ip link add {} type vxlan id {}", spec.name, spec.vni),
+                    e,
+                )
+            })
     }
 
     /// `ip link set dev INDEX mtu M up`
@@ -190,7 +208,11 @@ impl Netlink {
             .set_address_filter(IpAddr::V4(addr.addr()))
             .set_prefix_length_filter(addr.prefix_len())
             .execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip addr show", e))?
+        {
             self.handle
                 .address()
                 .del(msg)
@@ -209,7 +231,11 @@ impl Netlink {
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip route show", e))?
+        {
             if msg.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO)
                 || msg.header.table != RouteHeader::RT_TABLE_MAIN
             {
@@ -229,8 +255,14 @@ impl Netlink {
             .route()
             .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
             .execute();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
-            if msg.header.destination_prefix_length == 0 && msg.header.table == RouteHeader::RT_TABLE_MAIN {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip route show", e))?
+        {
+            if msg.header.destination_prefix_length == 0
+                && msg.header.table == RouteHeader::RT_TABLE_MAIN
+            {
                 if let Some(oif) = msg.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),
                     _ => None,
@@ -262,12 +294,26 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| Error::netlink(format!("ip route replace {dst} via {} dev #{}", spec.gateway, spec.oif), e))
+            .map_err(|e| {
+                Error::netlink(
+                    format!(
+                        "ip route replace {dst} via {} dev #{}",
+                        spec.gateway, spec.oif
+                    ),
+                    e,
+                )
+            })
     }
 
     /// `ip route del DST via GW dev OIF proto 87` (absent is fine).
     pub async fn delete_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
-        match self.handle.route().del(Self::route_message(dst, spec)).execute().await {
+        match self
+            .handle
+            .route()
+            .del(Self::route_message(dst, spec))
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_esrch()) => Ok(()),
             Err(e) => Err(Error::netlink(format!("ip route del {dst}"), e)),
@@ -276,13 +322,24 @@ impl Netlink {
 
     /// `ip neigh show dev INDEX nud permanent`: IP -> MAC.
     pub async fn permanent_neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>> {
-        let mut stream = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        let mut stream = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(AddressFamily::Inet)
+            .execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip neigh show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("ip neigh show", e))?
+        {
             if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) = (neigh_dst(&msg), neigh_mac(&msg)) {
+            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) =
+                (neigh_dst(&msg), neigh_mac(&msg))
+            {
                 out.insert(ip, mac);
             }
         }
@@ -299,7 +356,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| Error::netlink(format!("ip neigh replace {ip} lladdr {mac} dev #{index}"), e))
+            .map_err(|e| {
+                Error::netlink(
+                    format!("ip neigh replace {ip} lladdr {mac} dev #{index}"),
+                    e,
+                )
+            })
     }
 
     /// `ip neigh del IP dev INDEX` (absent is fine).
@@ -307,7 +369,8 @@ impl Netlink {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
@@ -324,11 +387,17 @@ impl Netlink {
             .set_address_family(AddressFamily::Bridge)
             .execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("bridge fdb show", e))? {
+        while let Some(msg) = stream
+            .try_next()
+            .await
+            .map_err(|e| Error::netlink("bridge fdb show", e))?
+        {
             if msg.header.ifindex != index {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) = (neigh_dst(&msg), neigh_mac(&msg)) {
+            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) =
+                (neigh_dst(&msg), neigh_mac(&msg))
+            {
                 out.insert(mac, ip);
             }
         }
@@ -346,7 +415,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| Error::netlink(format!("bridge fdb replace {mac} dev #{index} dst {dst}"), e))
+            .map_err(|e| {
+                Error::netlink(
+                    format!("bridge fdb replace {mac} dev #{index} dst {dst}"),
+                    e,
+                )
+            })
     }
 
     /// `bridge fdb del MAC dev INDEX dst IP self` (absent is fine).
@@ -355,12 +429,17 @@ impl Netlink {
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         msg.header.flags = NeighbourFlags::Own;
-        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
-            Err(e) => Err(Error::netlink(format!("bridge fdb del {mac} dev #{index} dst {dst}"), e)),
+            Err(e) => Err(Error::netlink(
+                format!("bridge fdb del {mac} dev #{index} dst {dst}"),
+                e,
+            )),
         }
     }
 }
@@ -375,8 +454,13 @@ const fn libc_enodev() -> i32 {
     19
 }
 
+/// The destination of a neighbour or FDB entry. In FDB dumps (family
+/// `AF_BRIDGE`) the kernel's `NDA_DST` arrives as raw bytes.
 fn neigh_dst(msg: &NeighbourMessage) -> Option<NeighbourAddress> {
     msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => Some(
+            NeighbourAddress::Inet(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
+        ),
         NeighbourAttribute::Destination(d) => Some(d.clone()),
         _ => None,
     })
@@ -405,7 +489,11 @@ fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
             _ => {}
         }
     }
-    let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
+    let dst = Ipv4Net::new(
+        dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        msg.header.destination_prefix_length,
+    )
+    .ok()?;
     Some((
         dst,
         RouteSpec {
@@ -435,7 +523,9 @@ fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {
                 link.mac = Some(MacAddr(m));
             }
             LinkAttribute::LinkInfo(infos) => {
-                let is_vxlan = infos.iter().any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Vxlan)));
+                let is_vxlan = infos
+                    .iter()
+                    .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Vxlan)));
                 if is_vxlan {
                     let mut attrs = VxlanAttrs::default();
                     for i in infos {

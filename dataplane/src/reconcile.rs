@@ -54,13 +54,23 @@ mod tests {
     #[test]
     fn diff_table() {
         // (installed, desired, remove, install)
-        type Case = (Vec<(u8, &'static str)>, Vec<(u8, &'static str)>, Vec<(u8, &'static str)>, Vec<(u8, &'static str)>);
+        type Case = (
+            Vec<(u8, &'static str)>,
+            Vec<(u8, &'static str)>,
+            Vec<(u8, &'static str)>,
+            Vec<(u8, &'static str)>,
+        );
         let cases: Vec<Case> = vec![
             (vec![], vec![], vec![], vec![]),
             (vec![], vec![(1, "a")], vec![], vec![(1, "a")]),
             (vec![(1, "a")], vec![], vec![(1, "a")], vec![]),
             (vec![(1, "a")], vec![(1, "a")], vec![], vec![]),
-            (vec![(1, "a")], vec![(1, "b")], vec![(1, "a")], vec![(1, "b")]),
+            (
+                vec![(1, "a")],
+                vec![(1, "b")],
+                vec![(1, "a")],
+                vec![(1, "b")],
+            ),
             (
                 vec![(1, "a"), (2, "b"), (3, "c")],
                 vec![(2, "b"), (3, "x"), (4, "d")],
@@ -70,8 +80,14 @@ mod tests {
         ];
         for (installed, desired, remove, install) in cases {
             let d = diff(&map(&installed), &map(&desired));
-            assert_eq!(d.remove, remove, "installed {installed:?} desired {desired:?}");
-            assert_eq!(d.install, install, "installed {installed:?} desired {desired:?}");
+            assert_eq!(
+                d.remove, remove,
+                "installed {installed:?} desired {desired:?}"
+            );
+            assert_eq!(
+                d.install, install,
+                "installed {installed:?} desired {desired:?}"
+            );
         }
     }
 

@@ -93,7 +93,11 @@ impl EtcdServer {
         Self::try_start_at(bin, tls, None)
     }
 
-    fn try_start_at(bin: &PathBuf, tls: bool, netns: Option<(String, std::net::Ipv4Addr)>) -> Result<EtcdServer> {
+    fn try_start_at(
+        bin: &PathBuf,
+        tls: bool,
+        netns: Option<(String, std::net::Ipv4Addr)>,
+    ) -> Result<EtcdServer> {
         let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
         // In its own namespace etcd has the ports to itself.
         let (client_port, peer_port) = match netns {
@@ -101,7 +105,10 @@ impl EtcdServer {
             None => (free_port()?, free_port()?),
         };
         let scheme = if tls { "https" } else { "http" };
-        let host = netns.as_ref().map(|(_, ip)| *ip).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let host = netns
+            .as_ref()
+            .map(|(_, ip)| *ip)
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let client = format!("{scheme}://{host}:{client_port}");
         let listen = match netns {
             Some(_) => format!("{client},{scheme}://127.0.0.1:{client_port}"),
@@ -181,7 +188,16 @@ impl EtcdServer {
     fn healthy(&self) -> bool {
         if let Some(ns) = &self.netns {
             return Command::new("ip")
-                .args(["netns", "exec", ns, "etcdctl", "--endpoints=http://127.0.0.1:2379", "--command-timeout=1s", "endpoint", "health"])
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    "etcdctl",
+                    "--endpoints=http://127.0.0.1:2379",
+                    "--command-timeout=1s",
+                    "endpoint",
+                    "health",
+                ])
                 .env("ETCDCTL_API", "3")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -82,7 +82,15 @@ impl Lab {
         };
         netns::add(&lab.switch_ns)?;
         ip(&["-n", &lab.switch_ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &lab.switch_ns, "addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"])?;
+        ip(&[
+            "-n",
+            &lab.switch_ns,
+            "addr",
+            "add",
+            &format!("{SWITCH_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
         ip(&["-n", &lab.switch_ns, "link", "set", "br0", "up"])?;
 
         let etcd_ns = lab.etcd_ns.clone();
@@ -97,9 +105,39 @@ impl Lab {
     /// Connect namespace `ns` to the switch as `eth0` with `addr`/24.
     fn plug(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
         netns::add(ns)?;
-        ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", &self.switch_ns])?;
-        ip(&["-n", &self.switch_ns, "link", "set", port, "master", "br0", "up"])?;
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&[
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            port,
+            "netns",
+            &self.switch_ns,
+        ])?;
+        ip(&[
+            "-n",
+            &self.switch_ns,
+            "link",
+            "set",
+            port,
+            "master",
+            "br0",
+            "up",
+        ])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         Ok(())
     }
@@ -108,7 +146,15 @@ impl Lab {
         let ns = format!("{}-n{i}", self.name);
         let addr = Ipv4Addr::new(198, 18, 0, i);
         self.plug(&ns, &format!("n{i}"), addr)?;
-        ip(&["-n", &ns, "route", "add", "default", "via", &SWITCH_IP.to_string()])?;
+        ip(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &SWITCH_IP.to_string(),
+        ])?;
         netns::run(exec(&ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
         let node_dir = self.dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&node_dir)?;
@@ -147,12 +193,21 @@ impl Lab {
     /// Run `weft ARGS` in the etcd namespace, against the lab's etcd.
     pub fn weft(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = exec(&self.etcd_ns, self.weft.to_str().context("weft path")?);
-        cmd.args(["--etcd-endpoints", "http://127.0.0.1:2379"]).args(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.args(["--etcd-endpoints", "http://127.0.0.1:2379"])
+            .args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         if let Some(text) = stdin {
-            child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
+            child
+                .stdin
+                .take()
+                .context("stdin")?
+                .write_all(text.as_bytes())?;
         }
         Ok(child.wait_with_output()?)
     }
@@ -161,22 +216,33 @@ impl Lab {
     pub fn put_config(&self, json: &str) -> Result<()> {
         let out = self.weft(&["config", "put", "-"], Some(json))?;
         if !out.status.success() {
-            bail!("config put failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "config put failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(())
     }
 
     /// `etcdctl ARGS` against the lab's etcd.
     pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
-        netns::run(exec(&self.etcd_ns, "etcdctl").env("ETCDCTL_API", "3").arg("--endpoints=http://127.0.0.1:2379").args(args))
+        netns::run(
+            exec(&self.etcd_ns, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg("--endpoints=http://127.0.0.1:2379")
+                .args(args),
+        )
     }
 
     /// The command line `weft run` gets in node `i` (before `extra`).
     pub fn run_command(&self, i: u8, extra: &[&str]) -> Result<Command> {
         let n = self.node(i);
         let mut cmd = exec(&n.ns, self.weft.to_str().context("weft path")?);
-        cmd.args(["run", "--etcd-endpoints", &self.etcd_endpoint(), "--iface", "eth0"])
-            .args(["--subnet-file", n.subnet_file.to_str().context("path")?])
+        cmd.args(["run", "--etcd-endpoints", &self.etcd_endpoint()]);
+        if !extra.contains(&"--iface") {
+            cmd.args(["--iface", "eth0"]);
+        }
+        cmd.args(["--subnet-file", n.subnet_file.to_str().context("path")?])
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()])
             .args(extra);
         Ok(cmd)
@@ -184,9 +250,22 @@ impl Lab {
 
     /// Start `weft run` in node `i`, logging to the node's log file.
     pub fn start_daemon(&mut self, i: u8, extra: &[&str]) -> Result<()> {
+        self.start_daemon_env(i, extra, &[])
+    }
+
+    /// [`start_daemon`](Self::start_daemon) with extra environment variables.
+    pub fn start_daemon_env(&mut self, i: u8, extra: &[&str], envs: &[(&str, &str)]) -> Result<()> {
         let mut cmd = self.run_command(i, extra)?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(i).log)?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.node(i).log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
         // SAFETY: prctl(PR_SET_PDEATHSIG) runs in the child between fork and
         // exec and touches no memory of the parent.
         unsafe {
@@ -204,15 +283,24 @@ impl Lab {
     pub fn wait_ready(&mut self, i: u8, limit: Duration) -> Result<()> {
         let ns = self.node(i).ns.clone();
         let res = wait_until(&format!("node {i} to be ready"), limit, || {
-            if let Some(status) = self.node_mut(i).daemon.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                return Some(Err(anyhow::anyhow!("weft on node {i} exited with {status}")));
+            if let Some(status) = self
+                .node_mut(i)
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(Err(anyhow::anyhow!(
+                    "weft on node {i} exited with {status}"
+                )));
             }
             let ns = ns.clone();
-            let ok = netns::in_netns(&ns, || http_get(SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT)), "/readyz"))
-                .ok()
-                .flatten()
-                .map(|(code, _)| code == 200)
-                .unwrap_or(false);
+            let ok = netns::in_netns(&ns, || {
+                http_get(SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT)), "/readyz")
+            })
+            .ok()
+            .flatten()
+            .map(|(code, _)| code == 200)
+            .unwrap_or(false);
             ok.then_some(Ok(()))
         });
         match res {
@@ -223,7 +311,11 @@ impl Lab {
 
     /// Send `sig` to node `i`'s daemon and wait for it to exit.
     pub fn stop_daemon(&mut self, i: u8, sig: i32) -> Result<std::process::ExitStatus> {
-        let mut child = self.node_mut(i).daemon.take().context("daemon not running")?;
+        let mut child = self
+            .node_mut(i)
+            .daemon
+            .take()
+            .context("daemon not running")?;
         signal(&child, sig);
         Ok(child.wait()?)
     }
@@ -231,7 +323,10 @@ impl Lab {
     /// Wait for node `i`'s daemon to exit by itself (within `limit`).
     pub fn wait_exit(&mut self, i: u8, limit: Duration) -> Result<std::process::ExitStatus> {
         let status = wait_until(&format!("weft on node {i} to exit"), limit, || {
-            self.node_mut(i).daemon.as_mut().and_then(|c| c.try_wait().ok().flatten())
+            self.node_mut(i)
+                .daemon
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
         })?;
         self.node_mut(i).daemon = None;
         Ok(status)
@@ -241,7 +336,10 @@ impl Lab {
     pub fn log_tail(&self, i: u8) -> String {
         let text = std::fs::read_to_string(&self.node(i).log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!("--- weft log of node {i} ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+        format!(
+            "--- weft log of node {i} ---\n{}",
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        )
     }
 
     /// The whole log of node `i`.
@@ -265,13 +363,40 @@ impl Lab {
         let len = subnet.prefix_len();
         netns::add(&pod_ns)?;
         ip(&["-n", &ns, "link", "add", "cni0", "type", "bridge"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{gw}/{len}"), "dev", "cni0"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{gw}/{len}"),
+            "dev",
+            "cni0",
+        ])?;
         ip(&["-n", &ns, "link", "set", "cni0", "mtu", &mtu, "up"])?;
-        ip(&["-n", &ns, "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns])?;
+        ip(&[
+            "-n", &ns, "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
+            "netns", &pod_ns,
+        ])?;
         ip(&["-n", &ns, "link", "set", "veth0", "master", "cni0", "up"])?;
-        ip(&["-n", &pod_ns, "addr", "add", &format!("{pod_ip}/{len}"), "dev", "eth0"])?;
+        ip(&[
+            "-n",
+            &pod_ns,
+            "addr",
+            "add",
+            &format!("{pod_ip}/{len}"),
+            "dev",
+            "eth0",
+        ])?;
         ip(&["-n", &pod_ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        ip(&["-n", &pod_ns, "route", "add", "default", "via", &gw.to_string()])?;
+        ip(&[
+            "-n",
+            &pod_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw.to_string(),
+        ])?;
         self.node_mut(i).pod_ip = Some(pod_ip);
         Ok(pod_ip)
     }
@@ -279,19 +404,34 @@ impl Lab {
     /// `ping -c COUNT -i INTERVAL -W 1 DST` from node `i`'s pod.
     pub fn ping(&self, i: u8, dst: Ipv4Addr, count: u32, interval: &str) -> Result<Output> {
         Ok(exec(&self.node(i).pod_ns, "ping")
-            .args(["-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", &dst.to_string()])
+            .args([
+                "-n",
+                "-q",
+                "-c",
+                &count.to_string(),
+                "-i",
+                interval,
+                "-W",
+                "1",
+                &dst.to_string(),
+            ])
             .stdin(Stdio::null())
             .output()?)
     }
 
     /// Whether one ping from pod `i` to `dst` is answered.
     pub fn ping_once(&self, i: u8, dst: Ipv4Addr) -> bool {
-        self.ping(i, dst, 1, "1").map(|o| o.status.success()).unwrap_or(false)
+        self.ping(i, dst, 1, "1")
+            .map(|o| o.status.success())
+            .unwrap_or(false)
     }
 
     /// `ip -4 route show proto 87` in node `i`.
     pub fn weft_routes(&self, i: u8) -> Result<String> {
-        Ok(String::from_utf8_lossy(&ip(&["-n", &self.node(i).ns, "-4", "route", "show", "proto", "87"])?.stdout).into_owned())
+        Ok(String::from_utf8_lossy(
+            &ip(&["-n", &self.node(i).ns, "-4", "route", "show", "proto", "87"])?.stdout,
+        )
+        .into_owned())
     }
 
     /// Any command in node `i`.
@@ -325,7 +465,8 @@ impl Drop for Lab {
 
 /// Parse `FLANNEL_SUBNET` (gateway/len) and `FLANNEL_MTU`.
 pub fn read_subnet_env(path: &Path) -> Result<(Ipv4Net, Ipv4Addr, u32)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -372,7 +513,8 @@ pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<u
         Ok(hash.finish() ^ total as u64)
     });
     let sent = netns::in_netns(&from_ns, move || -> Result<u64> {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((dst, 5201)), Duration::from_secs(5))?;
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((dst, 5201)), Duration::from_secs(5))?;
         let mut hash = Fnv::default();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut left = len;
@@ -391,7 +533,9 @@ pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<u
         }
         Ok(hash.finish() ^ len as u64)
     })??;
-    let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     if sent != received {
         bail!("the bytes received differ from the bytes sent");
     }
