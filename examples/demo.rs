@@ -1,108 +1,158 @@
-//! The weft demo: starts a throwaway etcd on loopback, writes a network
-//! config with `weft config put`, lets three nodes lease subnets through the
-//! subnet manager, and shows the result with `weft leases`.
+//! The weft demo: a 3-node lab in network namespaces (an underlay switch, a
+//! real etcd, three nodes running `weft run`, a pod behind each), then
+//! `weft leases`, a ping matrix between the pods and a short iperf3 figure.
+//! Everything is torn down at the end.
 //!
-//! Run it with `scripts/demo.sh` (which installs what is needed and builds).
+//! Run it with `scripts/demo.sh [--backend vxlan|host-gw] [--nodes N]`.
 
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use weft_lab::EtcdServer;
-use weft_subnet::{acquire_lease, AcquireRequest, EtcdOptions, LeaseAttrs, Registry};
-
-const CONFIG: &str =
-    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}"#;
+use weft_lab::{netns, Lab};
 
 fn weft_bin() -> Result<PathBuf> {
-    // examples live in target/<profile>/examples; the binary one level up.
+    // Examples live in target/<profile>/examples; the binary one level up.
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("weft"))
-        .context("locating the weft binary")?;
+    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("weft")).context("locating the weft binary")?;
     if !bin.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release --bin weft`",
-            bin.display()
-        );
+        bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
     }
     Ok(bin)
 }
 
-fn weft(bin: &PathBuf, etcd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    println!("$ weft {}", args.join(" "));
-    let mut child = Command::new(bin)
-        .arg("--etcd-endpoints")
-        .arg(etcd)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    if let Some(text) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(text.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("weft {} failed with {}", args.join(" "), out.status);
-    }
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    print!("{text}");
-    Ok(text)
+struct Args {
+    backend: String,
+    nodes: u8,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let bin = weft_bin()?;
-    println!("== starting a throwaway etcd on loopback");
-    let etcd = EtcdServer::start()?;
-    let ep = etcd.endpoint();
-    println!("   etcd at {ep}\n");
+fn parse_args() -> Result<Args> {
+    let mut args = Args { backend: "vxlan".into(), nodes: 3 };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--backend" => args.backend = it.next().context("--backend needs a value")?,
+            "--nodes" => args.nodes = it.next().context("--nodes needs a value")?.parse().context("--nodes")?,
+            "-h" | "--help" => {
+                println!("usage: demo [--backend vxlan|host-gw] [--nodes N (2-9)]");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?}; try --help"),
+        }
+    }
+    if !["vxlan", "host-gw"].contains(&args.backend.as_str()) {
+        bail!("--backend must be vxlan or host-gw (the udp backend is not available yet)");
+    }
+    if !(2..=9).contains(&args.nodes) {
+        bail!("--nodes must be between 2 and 9");
+    }
+    Ok(args)
+}
 
-    println!("== writing the network config");
-    weft(&bin, &ep, &["config", "put", "-"], Some(CONFIG))?;
-    weft(&bin, &ep, &["config", "get"], None)?;
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let weft = weft_bin()?;
+    let n = args.nodes;
+    println!("== building the lab: switch, etcd and {n} nodes in network namespaces");
+    let mut lab = Lab::new(n, &weft)?;
+    let config = format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"{}"}}}}"#, args.backend);
+    println!("$ weft config put -   <<< {config}");
+    lab.put_config(&config)?;
 
-    println!("\n== three nodes lease a subnet each");
-    let registry = Registry::connect(EtcdOptions::new(vec![ep.clone()])).await?;
-    let config = registry.get_config().await?;
-    for i in 1..=3u8 {
-        let attrs = LeaseAttrs {
-            public_ip: Ipv4Addr::new(198, 18, 0, i),
-            public_ipv6: None,
-            backend_type: "vxlan".into(),
-            backend_data: Some(
-                serde_json::json!({"VNI": 1, "VtepMAC": format!("0e:00:00:00:00:0{i}")}),
-            ),
-            backend_v6_data: None,
-        };
-        let req = AcquireRequest {
-            attrs,
-            ttl: Duration::from_secs(24 * 3600),
-            previous_subnet: None,
-        };
-        let lease = acquire_lease(&registry, &config, &req).await?;
-        println!("   node 198.18.0.{i} leased {}", lease.subnet);
+    println!("\n== starting `weft run` on every node ({} backend)", args.backend);
+    let started = Instant::now();
+    for i in 1..=n {
+        lab.start_daemon(i, &[])?;
+    }
+    for i in 1..=n {
+        lab.wait_ready(i, Duration::from_secs(30))?;
+        let pod = lab.attach_pod(i)?;
+        let (subnet, _, mtu) = lab.subnet_env(i)?;
+        println!("   node {i} ({}) leased {subnet}, MTU {mtu}; pod at {pod}", lab.node(i).underlay_ip);
+    }
+    println!("   all nodes ready in {:.1} s", started.elapsed().as_secs_f64());
+
+    println!("\n$ weft leases");
+    let out = lab.weft(&["leases"], None)?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    println!("\n== ping matrix (pod -> pod, average RTT)");
+    print!("{:>8}", "");
+    for j in 1..=n {
+        print!("{:>12}", format!("pod {j}"));
+    }
+    println!();
+    let mut failures = 0;
+    for i in 1..=n {
+        print!("{:>8}", format!("pod {i}"));
+        for j in 1..=n {
+            if i == j {
+                print!("{:>12}", "-");
+                continue;
+            }
+            let dst = lab.node(j).pod_ip.context("pod")?;
+            // The first ping may race a peer that has only just joined.
+            let mut cell = "unreachable".to_string();
+            for _ in 0..3 {
+                let out = lab.ping(i, dst, 3, "0.2")?;
+                if out.status.success() {
+                    cell = avg_rtt(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|| "ok".into());
+                    break;
+                }
+            }
+            if cell == "unreachable" {
+                failures += 1;
+            }
+            print!("{cell:>12}");
+        }
+        println!();
     }
 
-    println!();
-    weft(&bin, &ep, &["leases"], None)?;
-    println!();
-    weft(&bin, &ep, &["leases", "--json"], None)?;
-    println!("\n== done; stopping etcd and removing its data");
-    drop(etcd);
+    println!("\n== iperf3, pod 1 -> pod 2, 3 seconds");
+    match iperf(&lab) {
+        Ok(gbps) => println!("   {gbps:.2} Gbit/s"),
+        Err(e) => println!("   iperf3 failed: {e:#}"),
+    }
+
+    println!("\n== tearing the lab down");
+    drop(lab);
+    if failures > 0 {
+        bail!("{failures} pod pairs could not reach each other");
+    }
+    println!("done");
     Ok(())
 }
+
+fn avg_rtt(ping: &str) -> Option<String> {
+    // "rtt min/avg/max/mdev = 0.051/0.062/0.075/0.010 ms"
+    let stats = ping.lines().find(|l| l.contains("min/avg/max"))?;
+    let avg = stats.split('=').nth(1)?.trim().split('/').nth(1)?;
+    Some(format!("{avg} ms"))
+}
+
+fn iperf(lab: &Lab) -> Result<f64> {
+    let dst = lab.node(2).pod_ip.context("pod")?;
+    let mut server = netns::exec(&lab.node(2).pod_ns, "iperf3")
+        .args(["-s", "-1", "-B", &dst.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (Debian package iperf3)")?;
+    let mut out = None;
+    for _ in 0..50 {
+        let o = netns::exec(&lab.node(1).pod_ns, "iperf3").args(["-c", &dst.to_string(), "-t", "3", "-J"]).output()?;
+        if o.status.success() {
+            out = Some(o);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // server not listening yet
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    let out = out.context("iperf3 client did not connect")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no bits_per_second in iperf3 output")?;
+    Ok(bps / 1e9)
+}
+
