@@ -121,11 +121,12 @@ pub async fn run(
     };
     env.write(&args.subnet_file)?;
     info!(path = %args.subnet_file.display(), "wrote subnet file");
+    masq::apply_forward(config.network)?;
     if args.ip_masq {
-        masq::apply(config.network, subnet)?;
+        masq::apply_masq(config.network, subnet)?;
         info!("installed IP masquerade rules");
     } else {
-        masq::remove()?;
+        masq::remove_masq()?;
     }
     ready.store(true, Ordering::SeqCst);
     if let Err(e) = crate::notify::ready() {
@@ -159,10 +160,10 @@ pub async fn run(
             }
             _ = resync.tick() => {
                 reconcile(&mut backend, &watch, subnet).await;
-                if args.ip_masq {
-                    if let Err(e) = masq::apply(config.network, subnet) {
-                        error!("refreshing masquerade rules: {e}");
-                    }
+                let refreshed = masq::apply_forward(config.network)
+                    .and_then(|()| if args.ip_masq { masq::apply_masq(config.network, subnet) } else { Ok(()) });
+                if let Err(e) = refreshed {
+                    error!("refreshing iptables rules: {e}");
                 }
             }
         }

@@ -452,4 +452,13 @@ fn systemd_readiness_health_and_ip_masq() {
         text(&chain.stdout)
     );
     assert!(!lab.ping_once(1, SWITCH_IP));
+    let fwd = text(
+        &netns::run(lab.node_cmd(1, "iptables").args(["-S", "WEFT-FWD"]))
+            .unwrap()
+            .stdout,
+    );
+    assert!(
+        fwd.contains("-A WEFT-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"),
+        "forwarding stays accepted: {fwd}"
+    );
 }

@@ -1,6 +1,9 @@
-//! IP masquerading for pod traffic that leaves the overlay network, in
-//! chains of weft's own (`WEFT-POSTRTG` in nat, `WEFT-FWD` in filter), the
-//! way flanneld does it: pod-to-pod traffic is never masqueraded.
+//! Forwarding and IP masquerading rules, in chains of weft's own, the way
+//! flanneld does it:
+//! - `WEFT-FWD` (filter, from `FORWARD`): traffic from and to the pod
+//!   network is accepted, always;
+//! - `WEFT-POSTRTG` (nat, from `POSTROUTING`), with `--ip-masq` only: pod
+//!   traffic leaving the overlay is masqueraded; pod-to-pod traffic never is.
 //!
 //! Rules are loaded with `iptables-restore --noflush`, which replaces the
 //! contents of weft's chains atomically and leaves every other chain alone.
@@ -15,8 +18,8 @@ use crate::error::{Error, Result};
 const NAT_CHAIN: &str = "WEFT-POSTRTG";
 const FWD_CHAIN: &str = "WEFT-FWD";
 
-/// The `iptables-restore` input for weft's chains. Pure.
-pub fn rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
+/// The `iptables-restore` input for the masquerade chain. Pure.
+pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
     format!(
         "*nat\n\
          :{NAT_CHAIN} - [0:0]\n\
@@ -25,8 +28,14 @@ pub fn rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
          -A {NAT_CHAIN} ! -s {network} -d {subnet} -m comment --comment \"weft: to local pods\" -j RETURN\n\
          -A {NAT_CHAIN} -s {network} ! -d 224.0.0.0/4 -m comment --comment \"weft: pods to outside\" -j MASQUERADE --random-fully\n\
          -A {NAT_CHAIN} ! -s {network} -d {network} -m comment --comment \"weft: outside to remote pods\" -j MASQUERADE --random-fully\n\
-         COMMIT\n\
-         *filter\n\
+         COMMIT\n"
+    )
+}
+
+/// The `iptables-restore` input for the forward chain. Pure.
+pub fn forward_rules(network: Ipv4Net) -> String {
+    format!(
+        "*filter\n\
          :{FWD_CHAIN} - [0:0]\n\
          -A {FWD_CHAIN} -s {network} -m comment --comment \"weft: forward from pods\" -j ACCEPT\n\
          -A {FWD_CHAIN} -d {network} -m comment --comment \"weft: forward to pods\" -j ACCEPT\n\
@@ -62,8 +71,19 @@ fn ensure_jump(table: &str, chain: &str, target: &str) -> Result<()> {
     Ok(())
 }
 
-/// Install (or refresh) the rules for `network` with this node's `subnet`.
-pub fn apply(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
+/// Accept forwarding for the pod network (installed on every start).
+pub fn apply_forward(network: Ipv4Net) -> Result<()> {
+    restore(&forward_rules(network))?;
+    ensure_jump("filter", "FORWARD", FWD_CHAIN)
+}
+
+/// Install (or refresh) masquerading for `network` with this node's `subnet`.
+pub fn apply_masq(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
+    restore(&masq_rules(network, subnet))?;
+    ensure_jump("nat", "POSTROUTING", NAT_CHAIN)
+}
+
+fn restore(input: &str) -> Result<()> {
     let mut child = Command::new("iptables-restore")
         .args(["-w", "--noflush"])
         .stdin(Stdio::piped())
@@ -77,7 +97,7 @@ pub fn apply(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(rules(network, subnet).as_bytes())
+            .write_all(input.as_bytes())
             .map_err(|e| Error::Masq(format!("writing to iptables-restore: {e}")))?;
     }
     let out = child
@@ -89,18 +109,14 @@ pub fn apply(network: Ipv4Net, subnet: Ipv4Net) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    ensure_jump("nat", "POSTROUTING", NAT_CHAIN)?;
-    ensure_jump("filter", "FORWARD", FWD_CHAIN)?;
     Ok(())
 }
 
-/// Remove weft's chains and the jumps to them (stale rules of an earlier
-/// run with `--ip-masq`). Absent chains are fine.
-pub fn remove() -> Result<()> {
-    for (table, chain, target) in [
-        ("nat", "POSTROUTING", NAT_CHAIN),
-        ("filter", "FORWARD", FWD_CHAIN),
-    ] {
+/// Remove the masquerade chain and the jump to it (stale rules of an
+/// earlier run with `--ip-masq`). An absent chain is fine.
+pub fn remove_masq() -> Result<()> {
+    let (table, chain, target) = ("nat", "POSTROUTING", NAT_CHAIN);
+    {
         let spec = ["-m", "comment", "--comment", "weft", "-j", target];
         let del: Vec<&str> = [&["-w", "-t", table, "-D", chain][..], &spec[..]].concat();
         while iptables(&del)? {}
@@ -117,7 +133,7 @@ mod tests {
 
     #[test]
     fn pod_to_pod_is_never_masqueraded() {
-        let r = rules(
+        let r = masq_rules(
             "10.244.0.0/16".parse().unwrap(),
             "10.244.3.0/24".parse().unwrap(),
         );
@@ -133,7 +149,11 @@ mod tests {
         let first_masq = nat.iter().position(|l| l.contains("MASQUERADE")).unwrap();
         assert!(ret < first_masq);
         assert!(r.contains("! -s 10.244.0.0/16 -d 10.244.3.0/24"));
-        assert!(r.contains("-A WEFT-FWD -s 10.244.0.0/16"));
-        assert_eq!(r.matches("COMMIT").count(), 2);
+        assert_eq!(r.matches("COMMIT").count(), 1);
+        let f = forward_rules("10.244.0.0/16".parse().unwrap());
+        assert!(
+            f.contains("-A WEFT-FWD -s 10.244.0.0/16")
+                && f.contains("-A WEFT-FWD -d 10.244.0.0/16")
+        );
     }
 }
