@@ -3,7 +3,7 @@
 //! `weft leases`, a ping matrix between the pods and a short iperf3 figure.
 //! Everything is torn down at the end.
 //!
-//! Run it with `scripts/demo.sh [--backend vxlan|host-gw] [--nodes N]`.
+//! Run it with `scripts/demo.sh [--backend vxlan|host-gw|udp] [--nodes N]`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -15,16 +15,9 @@ use weft_lab::{netns, Lab};
 fn weft_bin() -> Result<PathBuf> {
     // Examples live in target/<profile>/examples; the binary one level up.
     let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|p| p.parent())
-        .map(|p| p.join("weft"))
-        .context("locating the weft binary")?;
+    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("weft")).context("locating the weft binary")?;
     if !bin.is_file() {
-        bail!(
-            "{} not found; build it with `cargo build --release --bin weft`",
-            bin.display()
-        );
+        bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
     }
     Ok(bin)
 }
@@ -35,30 +28,21 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        backend: "vxlan".into(),
-        nodes: 3,
-    };
+    let mut args = Args { backend: "vxlan".into(), nodes: 3 };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--backend" => args.backend = it.next().context("--backend needs a value")?,
-            "--nodes" => {
-                args.nodes = it
-                    .next()
-                    .context("--nodes needs a value")?
-                    .parse()
-                    .context("--nodes")?
-            }
+            "--nodes" => args.nodes = it.next().context("--nodes needs a value")?.parse().context("--nodes")?,
             "-h" | "--help" => {
-                println!("usage: demo [--backend vxlan|host-gw] [--nodes N (2-9)]");
+                println!("usage: demo [--backend vxlan|host-gw|udp] [--nodes N (2-9)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; try --help"),
         }
     }
-    if !["vxlan", "host-gw"].contains(&args.backend.as_str()) {
-        bail!("--backend must be vxlan or host-gw (the udp backend is not available yet)");
+    if !["vxlan", "host-gw", "udp"].contains(&args.backend.as_str()) {
+        bail!("--backend must be vxlan, host-gw or udp");
     }
     if !(2..=9).contains(&args.nodes) {
         bail!("--nodes must be between 2 and 9");
@@ -72,17 +56,11 @@ fn main() -> Result<()> {
     let n = args.nodes;
     println!("== building the lab: switch, etcd and {n} nodes in network namespaces");
     let mut lab = Lab::new(n, &weft)?;
-    let config = format!(
-        r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"{}"}}}}"#,
-        args.backend
-    );
+    let config = format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"{}"}}}}"#, args.backend);
     println!("$ weft config put -   <<< {config}");
     lab.put_config(&config)?;
 
-    println!(
-        "\n== starting `weft run` on every node ({} backend)",
-        args.backend
-    );
+    println!("\n== starting `weft run` on every node ({} backend)", args.backend);
     let started = Instant::now();
     for i in 1..=n {
         lab.start_daemon(i, &[])?;
@@ -91,15 +69,9 @@ fn main() -> Result<()> {
         lab.wait_ready(i, Duration::from_secs(30))?;
         let pod = lab.attach_pod(i)?;
         let (subnet, _, mtu) = lab.subnet_env(i)?;
-        println!(
-            "   node {i} ({}) leased {subnet}, MTU {mtu}; pod at {pod}",
-            lab.node(i).underlay_ip
-        );
+        println!("   node {i} ({}) leased {subnet}, MTU {mtu}; pod at {pod}", lab.node(i).underlay_ip);
     }
-    println!(
-        "   all nodes ready in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("   all nodes ready in {:.1} s", started.elapsed().as_secs_f64());
 
     println!("\n$ weft leases");
     let out = lab.weft(&["leases"], None)?;
@@ -125,8 +97,7 @@ fn main() -> Result<()> {
             for _ in 0..3 {
                 let out = lab.ping(i, dst, 3, "0.2")?;
                 if out.status.success() {
-                    cell = avg_rtt(&String::from_utf8_lossy(&out.stdout))
-                        .unwrap_or_else(|| "ok".into());
+                    cell = avg_rtt(&String::from_utf8_lossy(&out.stdout)).unwrap_or_else(|| "ok".into());
                     break;
                 }
             }
@@ -170,9 +141,7 @@ fn iperf(lab: &Lab) -> Result<f64> {
         .context("starting iperf3 (Debian package iperf3)")?;
     let mut out = None;
     for _ in 0..50 {
-        let o = netns::exec(&lab.node(1).pod_ns, "iperf3")
-            .args(["-c", &dst.to_string(), "-t", "3", "-J"])
-            .output()?;
+        let o = netns::exec(&lab.node(1).pod_ns, "iperf3").args(["-c", &dst.to_string(), "-t", "3", "-J"]).output()?;
         if o.status.success() {
             out = Some(o);
             break;
@@ -183,8 +152,6 @@ fn iperf(lab: &Lab) -> Result<f64> {
     let _ = server.wait();
     let out = out.context("iperf3 client did not connect")?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("no bits_per_second in iperf3 output")?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no bits_per_second in iperf3 output")?;
     Ok(bps / 1e9)
 }

@@ -24,13 +24,7 @@ pub struct Cli {
     pub etcd: EtcdArgs,
 
     /// Log verbosity: 0 warnings, 1 info, 2 debug, 3 trace (RUST_LOG overrides).
-    #[arg(
-        short = 'v',
-        long = "v",
-        global = true,
-        default_value_t = 0,
-        env = "WEFT_V"
-    )]
+    #[arg(short = 'v', long = "v", global = true, default_value_t = 0, env = "WEFT_V")]
     pub verbosity: u8,
 
     #[command(subcommand)]
@@ -93,12 +87,7 @@ pub struct EtcdArgs {
     #[arg(long, global = true, env = "WEFT_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
     /// etcd password (with --etcd-username).
-    #[arg(
-        long,
-        global = true,
-        env = "WEFT_ETCD_PASSWORD",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "WEFT_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
 }
 
@@ -130,11 +119,7 @@ pub struct RunArgs {
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
     /// Where to write the subnet environment for the CNI plugin.
-    #[arg(
-        long,
-        env = "WEFT_SUBNET_FILE",
-        default_value = "/run/flannel/subnet.env"
-    )]
+    #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,
     /// Renew the lease this many minutes before it expires.
     #[arg(long, env = "WEFT_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]

@@ -13,13 +13,10 @@ pub async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
         ConfigCmd::Put { file } => {
             let text = if file.as_os_str() == "-" {
                 let mut s = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut s)
-                    .context("reading the config from standard input")?;
+                std::io::stdin().read_to_string(&mut s).context("reading the config from standard input")?;
                 s
             } else {
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("reading {}", file.display()))?
+                std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
             };
             // Validate before connecting: an invalid config never reaches etcd.
             let config = NetworkConfig::parse(&text).context("the config was not written")?;
@@ -40,9 +37,7 @@ pub async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
         ConfigCmd::Get => {
             let registry = Registry::connect(etcd.options()).await?;
             let Some(text) = registry.get_config_text().await? else {
-                anyhow::bail!(weft_subnet::Error::ConfigNotFound {
-                    key: registry.config_key()
-                });
+                anyhow::bail!(weft_subnet::Error::ConfigNotFound { key: registry.config_key() });
             };
             println!("{}", text.trim_end());
             if let Err(e) = NetworkConfig::parse(&text) {

@@ -51,23 +51,15 @@ fn human(d: Option<Duration>) -> String {
     }
 }
 
-const HEADER: &str =
-    "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
+const HEADER: &str = "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
 
 fn row(l: &Lease) -> String {
     format!(
         "{:<19} {:<16} {:<9} {:<19} {}",
         l.subnet.to_string(),
         l.attrs.public_ip.to_string(),
-        if l.attrs.backend_type.is_empty() {
-            "-"
-        } else {
-            &l.attrs.backend_type
-        },
-        l.attrs
-            .vtep_mac()
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| "-".into()),
+        if l.attrs.backend_type.is_empty() { "-" } else { &l.attrs.backend_type },
+        l.attrs.vtep_mac().map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         human(l.ttl)
     )
 }
@@ -87,10 +79,7 @@ pub async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
     }
     if args.json {
         for l in &leases {
-            let ev = EventView {
-                event: "added",
-                lease: LeaseView::of(l),
-            };
+            let ev = EventView { event: "added", lease: LeaseView::of(l) };
             writeln!(out, "{}", serde_json::to_string(&ev)?)?;
         }
     } else {
@@ -122,10 +111,7 @@ pub async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
                 LeaseEvent::Removed(l) => ("removed", l),
             };
             if args.json {
-                let ev = EventView {
-                    event: word,
-                    lease: LeaseView::of(lease),
-                };
+                let ev = EventView { event: word, lease: LeaseView::of(lease) };
                 writeln!(out, "{}", serde_json::to_string(&ev)?)?;
             } else {
                 writeln!(out, "{word:<8} {}", row(lease))?;

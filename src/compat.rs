@@ -66,39 +66,17 @@ mod tests {
 
     fn norm(args: &[&str]) -> Vec<String> {
         let args = args.iter().map(OsString::from).collect();
-        normalize_args(args, &crate::cli::Cli::command())
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
+        normalize_args(args, &crate::cli::Cli::command()).into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     #[test]
     fn single_dash_long_flags_are_accepted() {
         assert_eq!(
-            norm(&[
-                "weft",
-                "-etcd-endpoints=http://a:2379",
-                "leases",
-                "-json",
-                "-v=2",
-                "-etcd-prefix",
-                "/x"
-            ]),
-            [
-                "weft",
-                "--etcd-endpoints=http://a:2379",
-                "leases",
-                "--json",
-                "-v=2",
-                "--etcd-prefix",
-                "/x"
-            ]
+            norm(&["weft", "-etcd-endpoints=http://a:2379", "leases", "-json", "-v=2", "-etcd-prefix", "/x"]),
+            ["weft", "--etcd-endpoints=http://a:2379", "leases", "--json", "-v=2", "--etcd-prefix", "/x"]
         );
         // Unknown names and values are left for clap to judge.
-        assert_eq!(
-            norm(&["weft", "-bogus", "leases"]),
-            ["weft", "-bogus", "leases"]
-        );
+        assert_eq!(norm(&["weft", "-bogus", "leases"]), ["weft", "-bogus", "leases"]);
         assert_eq!(
             norm(&["weft", "config", "put", "--", "-etcd-prefix"]),
             ["weft", "config", "put", "--", "-etcd-prefix"]

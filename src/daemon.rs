@@ -12,7 +12,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,23 +23,20 @@ use weft_dataplane::hostgw::HostGwBackend;
 use weft_dataplane::iface::{find_external, IfaceRequest};
 use weft_dataplane::netlink::Netlink;
 use weft_dataplane::peer::desired_peers;
+use weft_dataplane::udp::UdpBackend;
 use weft_dataplane::vxlan::VxlanBackend;
 use weft_dataplane::{masq, Backend};
 use weft_subnet::backoff::Backoff;
 use weft_subnet::env_file::{previous_subnet, SubnetEnv};
 use weft_subnet::renew::Renewer;
 use weft_subnet::{
-    acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent,
-    LeaseWatch, NetworkConfig, Registry,
+    acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch,
+    NetworkConfig, Registry,
 };
 
 use crate::cli::{EtcdArgs, RunArgs};
 
-pub async fn run(
-    etcd: &EtcdArgs,
-    args: &RunArgs,
-    shutdown: impl Future<Output = ()>,
-) -> Result<ExitCode> {
+pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
     tokio::pin!(shutdown);
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
@@ -50,11 +47,11 @@ pub async fn run(
             humantime::format_duration(ttl)
         );
     }
-    let ready = Arc::new(AtomicBool::new(false));
-    let _health = if args.healthz_port != 0 {
+    let health = Arc::new(crate::health::HealthState::default());
+    let _health_task = if args.healthz_port != 0 {
         let addr = SocketAddr::from((args.healthz_ip, args.healthz_port));
         Some(
-            crate::health::serve(addr, ready.clone())
+            crate::health::serve(addr, health.clone())
                 .await
                 .with_context(|| format!("cannot serve health endpoints on {addr}"))?,
         )
@@ -71,19 +68,17 @@ pub async fn run(
 
     // 2. The external interface and the backend's checks: no changes yet.
     let nl = Netlink::connect()?;
-    let req = IfaceRequest {
-        ifaces: args.iface.clone(),
-        regexes: args.iface_regex.clone(),
-        public_ip: args.public_ip,
-    };
+    let req = IfaceRequest { ifaces: args.iface.clone(), regexes: args.iface_regex.clone(), public_ip: args.public_ip };
     let ext = find_external(&nl, &req).await?;
     info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
     let mut backend = match &config.backend {
-        BackendConfig::Vxlan(opts) => Backend::Vxlan(VxlanBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network).await?),
+        BackendConfig::Vxlan(opts) => {
+            Backend::Vxlan(VxlanBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network).await?)
+        }
         BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl.clone(), ext.clone(), config.network)?),
-        BackendConfig::Udp(_) => bail!(
-            "the udp backend is not available in this version of weft; set Backend.Type to vxlan or host-gw with `weft config put`"
-        ),
+        BackendConfig::Udp(opts) => {
+            Backend::Udp(UdpBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network)?)
+        }
     };
 
     // 3. The lease.
@@ -95,20 +90,17 @@ pub async fn run(
         backend_v6_data: None,
     };
     let previous = previous_subnet(&args.subnet_file);
-    let acquire = AcquireRequest {
-        attrs,
-        ttl,
-        previous_subnet: previous,
-    };
+    let acquire = AcquireRequest { attrs, ttl, previous_subnet: previous };
     let lease = acquire_lease(&registry, &config, &acquire).await?;
     let subnet = lease.subnet;
     info!(%subnet, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
 
     // 4. The dataplane, the existing peers, subnet.env, masquerading.
-    backend
-        .setup(subnet)
-        .await
-        .context("setting up the backend")?;
+    backend.setup(subnet).await.context("setting up the backend")?;
+    if let Some(stats) = backend.udp_stats() {
+        let _ = health.udp.set(stats);
+    }
+
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     reconcile(&mut backend, &watch, subnet).await;
     let env = SubnetEnv {
@@ -128,7 +120,7 @@ pub async fn run(
     } else {
         masq::remove_masq()?;
     }
-    ready.store(true, Ordering::SeqCst);
+    health.ready.store(true, Ordering::SeqCst);
     if let Err(e) = crate::notify::ready() {
         warn!("could not notify systemd of readiness: {e}");
     }
@@ -169,7 +161,7 @@ pub async fn run(
         }
     };
     renewal.abort();
-    ready.store(false, Ordering::SeqCst);
+    health.ready.store(false, Ordering::SeqCst);
     if outcome.is_ok() {
         info!(%subnet, "stopping; the dataplane stays in place for the next start");
     }
@@ -212,10 +204,7 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
                     said_etcd = true;
                 }
             }
-            Err(SubnetError::Config(e)) => bail!(
-                "the network config at {} is invalid: {e}",
-                registry.config_key()
-            ),
+            Err(SubnetError::Config(e)) => bail!("the network config at {} is invalid: {e}", registry.config_key()),
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(backoff.next_delay()).await;
@@ -223,18 +212,12 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
 }
 
 /// Whether the events say our own lease is gone or held by someone else.
-fn own_lease_gone(
-    events: &[LeaseEvent],
-    subnet: Ipv4Net,
-    public_ip: &std::net::Ipv4Addr,
-) -> Option<String> {
+fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::Ipv4Addr) -> Option<String> {
     events.iter().find_map(|ev| match ev {
-        LeaseEvent::Removed(l) if l.subnet == subnet => {
-            Some(format!("the lease of {subnet} was removed from etcd"))
+        LeaseEvent::Removed(l) if l.subnet == subnet => Some(format!("the lease of {subnet} was removed from etcd")),
+        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => {
+            Some(format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip))
         }
-        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => Some(
-            format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip),
-        ),
         _ => None,
     })
 }

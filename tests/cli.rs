@@ -13,21 +13,12 @@ fn etcd() -> EtcdServer {
 fn weft(etcd: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
     cmd.arg("--etcd-endpoints").arg(etcd).args(args);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("run weft");
     if let Some(text) = stdin {
         use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     }
     child.wait_with_output().unwrap()
 }
@@ -43,9 +34,8 @@ fn config_put_and_get() {
     let etcd = etcd();
     let out = weft(&etcd.endpoint(), &["config", "put", "-"], Some(CONFIG));
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains(
-        "network 10.244.0.0/16, /24 subnets 10.244.1.0 - 10.244.255.0 (255 subnets), backend vxlan"
-    ));
+    assert!(text(&out.stderr)
+        .contains("network 10.244.0.0/16, /24 subnets 10.244.1.0 - 10.244.255.0 (255 subnets), backend vxlan"));
     let out = weft(&etcd.endpoint(), &["config", "get"], None);
     assert!(out.status.success());
     assert_eq!(text(&out.stdout).trim(), CONFIG);
@@ -61,29 +51,17 @@ fn config_put_and_get() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("backend udp"),
-        "missing Backend means udp"
-    );
+    assert!(text(&out.stderr).contains("backend udp"), "missing Backend means udp");
 }
 
 #[test]
 fn invalid_config_is_refused_and_nothing_is_written() {
     let etcd = etcd();
     let cases = [
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#,
-            "field SubnetLen: 33 is too long",
-        ),
+        (r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#, "field SubnetLen: 33 is too long"),
         (r#"{"Network":"10.244.0.0"}"#, "field Network"),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.1.0.0"}"#,
-            "field SubnetMin: 10.1.0.0 is outside Network",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#,
-            "unknown backend type \"ipip\"",
-        ),
+        (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.1.0.0"}"#, "field SubnetMin: 10.1.0.0 is outside Network"),
+        (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#, "unknown backend type \"ipip\""),
         ("{", "not valid JSON"),
     ];
     for (config, want) in cases {
@@ -95,45 +73,27 @@ fn invalid_config_is_refused_and_nothing_is_written() {
     }
     let out = weft(&etcd.endpoint(), &["config", "get"], None);
     assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("no network config at /coreos.com/network/config"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("no network config at /coreos.com/network/config"), "{}", text(&out.stderr));
 }
 
 #[test]
 fn unreachable_etcd_fails_fast() {
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let endpoint = format!("http://127.0.0.1:{port}");
     for args in [&["leases"][..], &["config", "get"][..]] {
         let start = Instant::now();
         let out = weft(&endpoint, args, None);
-        assert!(
-            start.elapsed() < Duration::from_secs(7),
-            "{args:?} took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(7), "{args:?} took {:?}", start.elapsed());
         assert!(!out.status.success());
         let err = text(&out.stderr);
-        assert!(
-            err.contains(&format!("cannot reach etcd at {endpoint}")),
-            "{err}"
-        );
+        assert!(err.contains(&format!("cannot reach etcd at {endpoint}")), "{err}");
     }
 }
 
 #[test]
 fn bad_flags_are_usage_errors() {
-    let out = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["leases", "--frobnicate"])
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_weft")).args(["leases", "--frobnicate"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("--frobnicate"));
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -141,24 +101,14 @@ fn bad_flags_are_usage_errors() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("must start with http:// or https://"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("must start with http:// or https://"), "{}", text(&out.stderr));
 }
 
 fn put_lease(etcd: &str, key: &str, value: &str) {
     // Write like another node (or flanneld) would: through etcd directly.
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            etcd,
-            "put",
-            &format!("/coreos.com/network/subnets/{key}"),
-            value,
-        ])
+        .args(["--endpoints", etcd, "put", &format!("/coreos.com/network/subnets/{key}"), value])
         .output()
         .expect("etcdctl (Debian package etcd-client) is needed by this test");
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -168,19 +118,13 @@ fn put_lease(etcd: &str, key: &str, value: &str) {
 fn leases_table_json_and_watch() {
     let etcd = etcd();
     let ep = etcd.endpoint();
-    assert!(weft(&ep, &["config", "put", "-"], Some(CONFIG))
-        .status
-        .success());
+    assert!(weft(&ep, &["config", "put", "-"], Some(CONFIG)).status.success());
     put_lease(
         &ep,
         "10.244.3.0-24",
         r#"{"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:aa:01:02:03"}}"#,
     );
-    put_lease(
-        &ep,
-        "10.244.4.0-24",
-        r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#,
-    );
+    put_lease(&ep, "10.244.4.0-24", r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#);
     put_lease(&ep, "bogus", "nonsense");
 
     let out = weft(&ep, &["leases"], None);
@@ -195,10 +139,7 @@ fn leases_table_json_and_watch() {
             && lines[1].contains("0e:5f:aa:01:02:03")
     );
     assert!(lines[2].starts_with("10.244.4.0/24") && lines[2].contains("udp"));
-    assert!(
-        text(&out.stderr).contains("skipping entry subnets/bogus"),
-        "malformed entry is warned about"
-    );
+    assert!(text(&out.stderr).contains("skipping entry subnets/bogus"), "malformed entry is warned about");
 
     let out = weft(&ep, &["leases", "--json"], None);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
@@ -223,39 +164,21 @@ fn leases_table_json_and_watch() {
             let _ = tx.send(line);
         }
     });
-    let next = |what: &str| {
-        rx.recv_timeout(Duration::from_secs(10))
-            .unwrap_or_else(|_| panic!("no line for {what}"))
-    };
+    let next = |what: &str| rx.recv_timeout(Duration::from_secs(10)).unwrap_or_else(|_| panic!("no line for {what}"));
     assert!(next("header").starts_with("SUBNET"));
     next("row 1");
     next("row 2");
-    put_lease(
-        &ep,
-        "10.244.5.0-24",
-        r#"{"PublicIP":"198.18.0.4","BackendType":"host-gw"}"#,
-    );
+    put_lease(&ep, "10.244.5.0-24", r#"{"PublicIP":"198.18.0.4","BackendType":"host-gw"}"#);
     let line = next("added event");
-    assert!(
-        line.starts_with("added") && line.contains("10.244.5.0/24") && line.contains("host-gw"),
-        "{line}"
-    );
+    assert!(line.starts_with("added") && line.contains("10.244.5.0/24") && line.contains("host-gw"), "{line}");
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args([
-            "--endpoints",
-            &ep,
-            "del",
-            "/coreos.com/network/subnets/10.244.3.0-24",
-        ])
+        .args(["--endpoints", &ep, "del", "/coreos.com/network/subnets/10.244.3.0-24"])
         .output()
         .unwrap();
     assert!(out.status.success());
     let line = next("removed event");
-    assert!(
-        line.starts_with("removed") && line.contains("10.244.3.0/24"),
-        "{line}"
-    );
+    assert!(line.starts_with("removed") && line.contains("10.244.3.0/24"), "{line}");
     // SIGTERM ends it cleanly.
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

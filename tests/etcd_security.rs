@@ -10,9 +10,7 @@ fn text(b: &[u8]) -> String {
 
 fn weft(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.args(args)
-        .env_remove("WEFT_ETCD_USERNAME")
-        .env_remove("WEFT_ETCD_PASSWORD");
+    cmd.args(args).env_remove("WEFT_ETCD_USERNAME").env_remove("WEFT_ETCD_PASSWORD");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -28,28 +26,13 @@ fn tls_etcd_works_with_certificates_and_never_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("net.json");
     std::fs::write(&file, CONFIG).unwrap();
-    let (ca, cert, key) = (
-        tls.ca.to_str().unwrap(),
-        tls.client_cert.to_str().unwrap(),
-        tls.client_key.to_str().unwrap(),
-    );
+    let (ca, cert, key) =
+        (tls.ca.to_str().unwrap(), tls.client_cert.to_str().unwrap(), tls.client_key.to_str().unwrap());
     let ep = etcd.endpoint();
     assert!(ep.starts_with("https://"));
-    let flags = [
-        "--etcd-endpoints",
-        &ep,
-        "--etcd-cafile",
-        ca,
-        "--etcd-certfile",
-        cert,
-        "--etcd-keyfile",
-        key,
-    ];
+    let flags = ["--etcd-endpoints", &ep, "--etcd-cafile", ca, "--etcd-certfile", cert, "--etcd-keyfile", key];
 
-    let out = weft(
-        &[&flags[..], &["config", "put", file.to_str().unwrap()]].concat(),
-        &[],
-    );
+    let out = weft(&[&flags[..], &["config", "put", file.to_str().unwrap()]].concat(), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = weft(&[&flags[..], &["config", "get"]].concat(), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -57,36 +40,12 @@ fn tls_etcd_works_with_certificates_and_never_over_http() {
 
     // TLS files given but an http:// endpoint: refused before any connection.
     let http_ep = ep.replace("https://", "http://");
-    let out = weft(
-        &[
-            "--etcd-endpoints",
-            &http_ep,
-            "--etcd-cafile",
-            ca,
-            "config",
-            "get",
-        ],
-        &[],
-    );
+    let out = weft(&["--etcd-endpoints", &http_ep, "--etcd-cafile", ca, "config", "get"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("plain HTTP but TLS files are given"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("plain HTTP but TLS files are given"), "{}", text(&out.stderr));
 
     // The server requires a client certificate: without one, no access.
-    let out = weft(
-        &[
-            "--etcd-endpoints",
-            &ep,
-            "--etcd-cafile",
-            ca,
-            "config",
-            "get",
-        ],
-        &[],
-    );
+    let out = weft(&["--etcd-endpoints", &ep, "--etcd-cafile", ca, "config", "get"], &[]);
     assert!(!out.status.success(), "access without a client certificate");
 }
 
@@ -97,11 +56,7 @@ fn etcdctl(ep: &str, args: &[&str]) {
         .args(args)
         .output()
         .expect("etcdctl (Debian package etcd-client)");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        text(&out.stderr)
-    );
+    assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out.stderr));
 }
 
 #[test]
@@ -115,58 +70,24 @@ fn username_and_password_from_flags_or_flanneld_environment() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("net.json");
     std::fs::write(&file, CONFIG).unwrap();
-    let put = [
-        "--etcd-endpoints",
-        &ep,
-        "config",
-        "put",
-        file.to_str().unwrap(),
-    ];
+    let put = ["--etcd-endpoints", &ep, "config", "put", file.to_str().unwrap()];
 
     let out = weft(&put, &[]);
-    assert!(
-        !out.status.success(),
-        "auth is enabled, anonymous writes must fail"
-    );
+    assert!(!out.status.success(), "auth is enabled, anonymous writes must fail");
 
-    let out = weft(
-        &[
-            &put[..],
-            &["--etcd-username", "root", "--etcd-password", "s3cret"],
-        ]
-        .concat(),
-        &[],
-    );
+    let out = weft(&[&put[..], &["--etcd-username", "root", "--etcd-password", "s3cret"]].concat(), &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
     // flanneld's environment variables work unchanged.
     let out = weft(
         &["--etcd-endpoints", &ep, "config", "get"],
-        &[
-            ("FLANNELD_ETCD_USERNAME", "root"),
-            ("FLANNELD_ETCD_PASSWORD", "s3cret"),
-        ],
+        &[("FLANNELD_ETCD_USERNAME", "root"), ("FLANNELD_ETCD_PASSWORD", "s3cret")],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), CONFIG);
 
-    let out = weft(
-        &[
-            "--etcd-endpoints",
-            &ep,
-            "--etcd-username",
-            "root",
-            "--etcd-password",
-            "wrong",
-            "config",
-            "get",
-        ],
-        &[],
-    );
+    let out =
+        weft(&["--etcd-endpoints", &ep, "--etcd-username", "root", "--etcd-password", "wrong", "config", "get"], &[]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        text(&out.stderr).contains("authentication failed"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert!(text(&out.stderr).contains("authentication failed"), "{}", text(&out.stderr));
 }

@@ -15,9 +15,14 @@ pub fn config(backend: &str) -> String {
 
 /// A lab with `n` nodes running `weft run` on `backend`, each with a pod.
 pub fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
-    let mut lab = Lab::new(n, env!("CARGO_BIN_EXE_weft"))
-        .unwrap_or_else(|e| panic!("building the lab: {e:#}"));
-    lab.put_config(&config(backend)).unwrap();
+    lab_with_config(n, &config(backend), extra)
+}
+
+/// A lab with `n` nodes running `weft run` with the network config `json`.
+pub fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
+    let mut lab = Lab::new(n, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+    lab.put_config(json).unwrap();
+
     for i in 1..=n {
         lab.start_daemon(i, extra).unwrap();
     }
@@ -30,24 +35,32 @@ pub fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
 }
 
 /// Wait until every node routes to every other node's subnet: once the
-/// last node is ready, this must hold within [`PROPAGATION`].
+/// last node is ready, this must hold within [`PROPAGATION`]. For the udp
+/// backend, whose routes live in weft's own table, pods must answer.
 pub fn wait_converged(lab: &Lab) {
+    let udp =
+        lab.node_cmd(1, "ip").args(["link", "show", "flannel0"]).output().map(|o| o.status.success()).unwrap_or(false);
+    if udp {
+        let n = lab.nodes.len() as u8;
+        for i in 1..=n {
+            for j in (1..=n).filter(|j| *j != i) {
+                let dst = lab.node(j).pod_ip.unwrap();
+                weft_lab::wait_until(&format!("pod {i} to reach pod {j}"), PROPAGATION, || {
+                    lab.ping_once(i, dst).then_some(())
+                })
+                .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+            }
+        }
+        return;
+    }
     let n = lab.nodes.len() as u8;
-    let subnets: Vec<String> = (1..=n)
-        .map(|i| lab.subnet_env(i).unwrap().0.to_string())
-        .collect();
+    let subnets: Vec<String> = (1..=n).map(|i| lab.subnet_env(i).unwrap().0.to_string()).collect();
     for i in 1..=n {
-        weft_lab::wait_until(
-            &format!("node {i} to route to every other node"),
-            PROPAGATION,
-            || {
-                let routes = lab.weft_routes(i).unwrap();
-                let missing = (1..=n)
-                    .filter(|j| *j != i)
-                    .any(|j| !routes.contains(&subnets[usize::from(j) - 1]));
-                (!missing).then_some(())
-            },
-        )
+        weft_lab::wait_until(&format!("node {i} to route to every other node"), PROPAGATION, || {
+            let routes = lab.weft_routes(i).unwrap();
+            let missing = (1..=n).filter(|j| *j != i).any(|j| !routes.contains(&subnets[usize::from(j) - 1]));
+            (!missing).then_some(())
+        })
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
     }
 }

@@ -20,26 +20,14 @@ fn subnet_of(lab: &weft_lab::Lab, i: u8) -> ipnet::Ipv4Net {
 
 /// The VXLAN device's MAC in node `i`.
 fn vtep_mac(lab: &weft_lab::Lab, i: u8) -> String {
-    let out = netns::run(
-        lab.node_cmd(i, "ip")
-            .args(["-j", "link", "show", "flannel.1"]),
-    )
-    .unwrap();
+    let out = netns::run(lab.node_cmd(i, "ip").args(["-j", "link", "show", "flannel.1"])).unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v[0]["address"].as_str().unwrap().to_string()
 }
 
 fn fdb_and_neigh(lab: &weft_lab::Lab, i: u8) -> String {
-    let fdb = netns::run(
-        lab.node_cmd(i, "bridge")
-            .args(["fdb", "show", "dev", "flannel.1"]),
-    )
-    .unwrap();
-    let neigh = netns::run(
-        lab.node_cmd(i, "ip")
-            .args(["neigh", "show", "dev", "flannel.1"]),
-    )
-    .unwrap();
+    let fdb = netns::run(lab.node_cmd(i, "bridge").args(["fdb", "show", "dev", "flannel.1"])).unwrap();
+    let neigh = netns::run(lab.node_cmd(i, "ip").args(["neigh", "show", "dev", "flannel.1"])).unwrap();
     format!("{}{}", text(&fdb.stdout), text(&neigh.stdout))
 }
 
@@ -63,15 +51,9 @@ fn pods_reach_each_other(backend: &str) {
         // Published MAC == device MAC, as flanneld nodes expect.
         let mac1 = vtep_mac(&lab, 1);
         let sub1 = subnet_of(&lab, 1).to_string();
-        assert!(leases
-            .iter()
-            .any(|l| l["subnet"] == sub1 && l["vtep_mac"] == mac1.as_str()));
+        assert!(leases.iter().any(|l| l["subnet"] == sub1 && l["vtep_mac"] == mac1.as_str()));
         // And the device is what the issue asks for.
-        let out = netns::run(
-            lab.node_cmd(1, "ip")
-                .args(["-d", "-j", "link", "show", "flannel.1"]),
-        )
-        .unwrap();
+        let out = netns::run(lab.node_cmd(1, "ip").args(["-d", "-j", "link", "show", "flannel.1"])).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let info = &v[0]["linkinfo"]["info_data"];
         assert_eq!(info["id"], 1);
@@ -91,15 +73,7 @@ fn leaving_and_joining(backend: &str) {
     }
     // Node 3 leaves: its daemon stops and its lease is deleted.
     assert!(lab.stop_daemon(3, libc::SIGTERM).unwrap().success());
-    lab.etcdctl(&[
-        "del",
-        &format!(
-            "/coreos.com/network/subnets/{}-{}",
-            gone.network(),
-            gone.prefix_len()
-        ),
-    ])
-    .unwrap();
+    lab.etcdctl(&["del", &format!("/coreos.com/network/subnets/{}-{}", gone.network(), gone.prefix_len())]).unwrap();
     let start = Instant::now();
     for i in [1, 2] {
         wait_until(&format!("node {i} to drop {gone}"), PROPAGATION, || {
@@ -122,10 +96,7 @@ fn leaving_and_joining(backend: &str) {
     let sub4 = subnet_of(&lab, four);
     for i in [1, 2] {
         wait_until(&format!("node {i} to learn {sub4}"), PROPAGATION, || {
-            lab.weft_routes(i)
-                .unwrap()
-                .contains(&sub4.to_string())
-                .then_some(())
+            lab.weft_routes(i).unwrap().contains(&sub4.to_string()).then_some(())
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
     }
@@ -144,42 +115,21 @@ fn restart_keeps_subnet_and_traffic(backend: &str) {
     let pod2 = lab.node(2).pod_ns.clone();
     let pinger = std::thread::spawn(move || {
         netns::exec(&pod2, "ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                "500",
-                "-i",
-                "0.01",
-                "-W",
-                "1",
-                &dst.to_string(),
-            ])
+            .args(["-n", "-q", "-c", "500", "-i", "0.01", "-W", "1", &dst.to_string()])
             .output()
             .unwrap()
     });
     std::thread::sleep(Duration::from_millis(500)); // let the ping stream start before the restart
     let status = lab.stop_daemon(1, libc::SIGTERM).unwrap();
-    assert!(
-        status.success(),
-        "SIGTERM is a clean stop: {status}\n{}",
-        lab.log_tail(1)
-    );
+    assert!(status.success(), "SIGTERM is a clean stop: {status}\n{}", lab.log_tail(1));
     lab.start_daemon(1, &[]).unwrap();
     lab.wait_ready(1, READY).unwrap();
     let out = pinger.join().unwrap();
     let summary = text(&out.stdout);
-    assert!(
-        summary.contains("500 packets transmitted, 500 received"),
-        "pings lost during the restart:\n{summary}"
-    );
+    assert!(summary.contains("500 packets transmitted, 500 received"), "pings lost during the restart:\n{summary}");
     assert_eq!(subnet_of(&lab, 1), subnet, "same subnet after restart");
     if let Some(mac) = mac {
-        assert_eq!(
-            vtep_mac(&lab, 1),
-            mac,
-            "same VXLAN device MAC after restart"
-        );
+        assert_eq!(vtep_mac(&lab, 1), mac, "same VXLAN device MAC after restart");
         assert!(lab.log(1).contains("reusing existing VXLAN device"));
     }
     assert!(lab.log(1).contains("reusing this node's existing lease"));
@@ -191,32 +141,9 @@ fn resync_restores_and_startup_cleans(backend: &str) {
     // Before weft starts on node 1: a stale weft route (proto 87) for a
     // subnet nobody leases, and a route of someone else's.
     let ns1 = lab.node(1).ns.clone();
-    netns::ip(&[
-        "-n",
-        &ns1,
-        "route",
-        "add",
-        "10.244.200.0/24",
-        "via",
-        "198.18.0.99",
-        "dev",
-        "eth0",
-        "proto",
-        "87",
-    ])
-    .unwrap();
-    netns::ip(&[
-        "-n",
-        &ns1,
-        "route",
-        "add",
-        "10.244.201.0/24",
-        "via",
-        "198.18.0.98",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
+    netns::ip(&["-n", &ns1, "route", "add", "10.244.200.0/24", "via", "198.18.0.99", "dev", "eth0", "proto", "87"])
+        .unwrap();
+    netns::ip(&["-n", &ns1, "route", "add", "10.244.201.0/24", "via", "198.18.0.98", "dev", "eth0"]).unwrap();
     for i in [1, 2] {
         lab.start_daemon(i, &["--resync-interval", "1s"]).unwrap();
     }
@@ -226,15 +153,9 @@ fn resync_restores_and_startup_cleans(backend: &str) {
     }
     wait_converged(&lab);
     let routes = lab.weft_routes(1).unwrap();
-    assert!(
-        !routes.contains("10.244.200.0/24"),
-        "stale weft route removed at start-up:\n{routes}"
-    );
+    assert!(!routes.contains("10.244.200.0/24"), "stale weft route removed at start-up:\n{routes}");
     let all = text(&netns::ip(&["-n", &ns1, "route"]).unwrap().stdout);
-    assert!(
-        all.contains("10.244.201.0/24 via 198.18.0.98"),
-        "a route weft did not create is untouched:\n{all}"
-    );
+    assert!(all.contains("10.244.201.0/24 via 198.18.0.98"), "a route weft did not create is untouched:\n{all}");
 
     // Out-of-band deletion is repaired by the periodic resync.
     let sub2 = subnet_of(&lab, 2).to_string();
@@ -253,17 +174,11 @@ fn resync_restores_and_startup_cleans(backend: &str) {
         ]))
         .unwrap();
     }
-    wait_until(
-        "the resync to restore the route",
-        Duration::from_secs(3),
-        || lab.weft_routes(1).unwrap().contains(&sub2).then_some(()),
-    )
+    wait_until("the resync to restore the route", Duration::from_secs(3), || {
+        lab.weft_routes(1).unwrap().contains(&sub2).then_some(())
+    })
     .unwrap();
-    assert!(
-        lab.ping_once(1, lab.node(2).pod_ip.unwrap()),
-        "{}",
-        lab.log_tail(1)
-    );
+    assert!(lab.ping_once(1, lab.node(2).pod_ip.unwrap()), "{}", lab.log_tail(1));
 }
 
 macro_rules! backend_tests {
@@ -295,8 +210,10 @@ backend_tests!(host_gw, "host-gw");
 #[test]
 fn six_nodes_three_subnets() {
     let mut lab = weft_lab::Lab::new(6, env!("CARGO_BIN_EXE_weft")).unwrap();
-    lab.put_config(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0","Backend":{"Type":"vxlan"}}"#)
-        .unwrap();
+    lab.put_config(
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.3.0","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
     for i in 1..=6 {
         lab.start_daemon(i, &[]).unwrap();
     }
@@ -309,20 +226,10 @@ fn six_nodes_three_subnets() {
                 let status = lab.wait_exit(i, Duration::from_secs(5)).unwrap();
                 assert_eq!(status.code(), Some(1), "{}", lab.log_tail(i));
                 let log = lab.log(i);
-                assert!(
-                    log.contains("out of subnets") && log.contains("10.244.1.0 - 10.244.3.0"),
-                    "{log}"
-                );
+                assert!(log.contains("out of subnets") && log.contains("10.244.1.0 - 10.244.3.0"), "{log}");
                 // Refused before touching the host: no VXLAN device, no subnet.env.
-                let link = lab
-                    .node_cmd(i, "ip")
-                    .args(["link", "show", "flannel.1"])
-                    .output()
-                    .unwrap();
-                assert!(
-                    !link.status.success(),
-                    "node {i} created a device although it got no subnet"
-                );
+                let link = lab.node_cmd(i, "ip").args(["link", "show", "flannel.1"]).output().unwrap();
+                assert!(!link.status.success(), "node {i} created a device although it got no subnet");
                 assert!(!lab.node(i).subnet_file.exists());
                 refused += 1;
             }
@@ -340,23 +247,13 @@ fn bad_input_fails_before_changing_anything() {
     let ns = lab.node(1).ns.clone();
     netns::ip(&["-n", &ns, "addr", "add", "198.19.5.5/32", "dev", "lo"]).unwrap();
     let cases: [(&str, Vec<&str>, &str); 4] = [
-        (
-            "vxlan",
-            vec!["--iface", "nosuch0"],
-            "interface \"nosuch0\" does not exist",
-        ),
-        (
-            "vxlan",
-            vec!["--public-ip", "198.18.9.9"],
-            "198.18.9.9 is not an address of this host",
-        ),
-        (
-            "host-gw",
-            vec!["--public-ip", "198.19.5.5"],
-            "198.19.5.5 is not an address of eth0",
-        ),
-        ("udp", vec![], "udp backend is not available"),
+        ("vxlan", vec!["--iface", "nosuch0"], "interface \"nosuch0\" does not exist"),
+        ("vxlan", vec!["--public-ip", "198.18.9.9"], "198.18.9.9 is not an address of this host"),
+        ("host-gw", vec!["--public-ip", "198.19.5.5"], "198.19.5.5 is not an address of eth0"),
+        ("udp", vec![], "cannot use UDP port 198.18.0.1:8285"),
     ];
+    // Something else holds the udp backend's port.
+    let _squatter = netns::in_netns(&ns, || std::net::UdpSocket::bind("198.18.0.1:8285")).unwrap().unwrap();
     for (backend, extra, want) in cases {
         lab.put_config(&config(backend)).unwrap();
         let out = lab.run_command(1, &extra).unwrap().output().unwrap();
@@ -368,13 +265,7 @@ fn bad_input_fails_before_changing_anything() {
     // Nothing was changed: no lease, no device, no routes, no subnet.env.
     let leases = lab.weft(&["leases", "--json"], None).unwrap();
     assert_eq!(text(&leases.stdout).trim(), "[]");
-    assert!(!lab
-        .node_cmd(1, "ip")
-        .args(["link", "show", "flannel.1"])
-        .output()
-        .unwrap()
-        .status
-        .success());
+    assert!(!lab.node_cmd(1, "ip").args(["link", "show", "flannel.1"]).output().unwrap().status.success());
     assert_eq!(lab.weft_routes(1).unwrap(), "");
     assert!(!lab.node(1).subnet_file.exists());
 }
@@ -386,26 +277,15 @@ fn systemd_readiness_health_and_ip_masq() {
     let sock_path = lab.dir().join("notify.sock");
     let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(READY)).unwrap();
-    lab.start_daemon_env(
-        1,
-        &["--ip-masq"],
-        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
-    )
-    .unwrap();
+    lab.start_daemon_env(1, &["--ip-masq"], &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())]).unwrap();
     let mut buf = [0u8; 256];
     let n = sock.recv(&mut buf).expect("READY=1 from weft");
     assert!(text(&buf[..n]).contains("READY=1"));
     // At that moment the subnet file exists and /readyz answers 200.
     assert!(lab.node(1).subnet_file.exists());
-    let ns1 = lab.node(1).ns.clone();
-    let get = |path: &'static str| {
-        netns::in_netns(&ns1, move || {
-            weft_lab::lab::http_get(([127, 0, 0, 1], weft_lab::lab::HEALTHZ_PORT).into(), path)
-        })
-        .unwrap()
-    };
-    assert_eq!(get("/healthz").unwrap().0, 200);
-    assert_eq!(get("/readyz").unwrap().0, 200);
+    assert_eq!(lab.http(1, "/healthz").unwrap().0, 200);
+    assert_eq!(lab.http(1, "/readyz").unwrap().0, 200);
+
     assert!(text(&std::fs::read(&lab.node(1).subnet_file).unwrap()).contains("FLANNEL_IPMASQ=true"));
 
     lab.start_daemon(2, &[]).unwrap();
@@ -415,50 +295,19 @@ fn systemd_readiness_health_and_ip_masq() {
     wait_converged(&lab);
     assert_ping_matrix(&lab);
     // The switch has no route to the pods: only a masqueraded ping gets an answer.
-    assert!(
-        lab.ping_once(1, SWITCH_IP),
-        "pod 1 (masqueraded) reaches the underlay\n{}",
-        lab.log_tail(1)
-    );
-    assert!(
-        !lab.ping_once(2, SWITCH_IP),
-        "pod 2 (not masqueraded) cannot"
-    );
-    let rules = text(
-        &netns::run(
-            lab.node_cmd(1, "iptables")
-                .args(["-t", "nat", "-S", "WEFT-POSTRTG"]),
-        )
-        .unwrap()
-        .stdout,
-    );
-    assert!(
-        rules.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && rules.contains("RETURN"),
-        "{rules}"
-    );
+    assert!(lab.ping_once(1, SWITCH_IP), "pod 1 (masqueraded) reaches the underlay\n{}", lab.log_tail(1));
+    assert!(!lab.ping_once(2, SWITCH_IP), "pod 2 (not masqueraded) cannot");
+    let rules =
+        text(&netns::run(lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "WEFT-POSTRTG"])).unwrap().stdout);
+    assert!(rules.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && rules.contains("RETURN"), "{rules}");
 
     // Restarted without masquerading, weft removes its stale rules.
     assert!(lab.stop_daemon(1, libc::SIGTERM).unwrap().success());
     lab.start_daemon(1, &["--ip-masq=false"]).unwrap();
     lab.wait_ready(1, READY).unwrap();
-    let chain = lab
-        .node_cmd(1, "iptables")
-        .args(["-t", "nat", "-S", "WEFT-POSTRTG"])
-        .output()
-        .unwrap();
-    assert!(
-        !chain.status.success(),
-        "WEFT-POSTRTG is gone: {}",
-        text(&chain.stdout)
-    );
+    let chain = lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "WEFT-POSTRTG"]).output().unwrap();
+    assert!(!chain.status.success(), "WEFT-POSTRTG is gone: {}", text(&chain.stdout));
     assert!(!lab.ping_once(1, SWITCH_IP));
-    let fwd = text(
-        &netns::run(lab.node_cmd(1, "iptables").args(["-S", "WEFT-FWD"]))
-            .unwrap()
-            .stdout,
-    );
-    assert!(
-        fwd.contains("-A WEFT-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"),
-        "forwarding stays accepted: {fwd}"
-    );
+    let fwd = text(&netns::run(lab.node_cmd(1, "iptables").args(["-S", "WEFT-FWD"])).unwrap().stdout);
+    assert!(fwd.contains("-A WEFT-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"), "forwarding stays accepted: {fwd}");
 }

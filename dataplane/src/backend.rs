@@ -6,11 +6,13 @@ use ipnet::Ipv4Net;
 use crate::error::Result;
 use crate::hostgw::HostGwBackend;
 use crate::peer::Peer;
+use crate::udp::UdpBackend;
 use crate::vxlan::VxlanBackend;
 
 pub enum Backend {
     Vxlan(VxlanBackend),
     HostGw(HostGwBackend),
+    Udp(UdpBackend),
 }
 
 impl Backend {
@@ -19,6 +21,7 @@ impl Backend {
         match self {
             Backend::Vxlan(_) => "vxlan",
             Backend::HostGw(_) => "host-gw",
+            Backend::Udp(_) => "udp",
         }
     }
 
@@ -26,7 +29,7 @@ impl Backend {
     pub fn backend_data(&self) -> Option<serde_json::Value> {
         match self {
             Backend::Vxlan(b) => Some(b.backend_data()),
-            Backend::HostGw(_) => None,
+            Backend::HostGw(_) | Backend::Udp(_) => None,
         }
     }
 
@@ -35,6 +38,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.mtu(),
             Backend::HostGw(b) => b.mtu(),
+            Backend::Udp(b) => b.mtu(),
         }
     }
 
@@ -43,6 +47,7 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.setup(subnet).await,
             Backend::HostGw(_) => Ok(()),
+            Backend::Udp(b) => b.setup(subnet).await,
         }
     }
 
@@ -51,6 +56,17 @@ impl Backend {
         match self {
             Backend::Vxlan(b) => b.reconcile(peers).await,
             Backend::HostGw(b) => b.reconcile(peers).await,
+            Backend::Udp(b) => b.reconcile(peers),
+        }
+    }
+}
+
+impl Backend {
+    /// The udp backend's counters, for `/metrics`.
+    pub fn udp_stats(&self) -> Option<std::sync::Arc<crate::udp::stats::Stats>> {
+        match self {
+            Backend::Udp(b) => Some(b.stats()),
+            _ => None,
         }
     }
 }

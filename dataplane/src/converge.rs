@@ -31,12 +31,8 @@ pub async fn routes(
     desired: &BTreeMap<Ipv4Net, RouteSpec>,
     failures: &mut Failures,
 ) -> Result<usize> {
-    let installed: BTreeMap<_, _> = nl
-        .weft_routes()
-        .await?
-        .into_iter()
-        .filter(|(dst, _)| network.contains(dst))
-        .collect();
+    let installed: BTreeMap<_, _> =
+        nl.weft_routes().await?.into_iter().filter(|(dst, _)| network.contains(dst)).collect();
     let d = diff(&installed, desired);
     for (dst, spec) in &d.remove {
         // A route that only changes is replaced in place below.

@@ -29,26 +29,20 @@ pub enum Error {
     #[error("{device} exists but is not a VXLAN device; remove it or change the VNI")]
     NotVxlan { device: String },
     #[error("the {backend} backend cannot serve this network: {reason}")]
-    Unsupported {
-        backend: &'static str,
-        reason: String,
-    },
+    Unsupported { backend: &'static str, reason: String },
     #[error("{count} of {total} peers could not be programmed (first: {first}); will retry")]
-    PeersFailed {
-        count: usize,
-        total: usize,
-        first: String,
-    },
+    PeersFailed { count: usize, total: usize, first: String },
+    #[error("cannot use UDP port {addr}: {reason}; is another flanneld or weft running on this node?")]
+    UdpSocket { addr: std::net::SocketAddrV4, reason: String },
+    #[error("TUN device: {0}")]
+    Tun(String),
     #[error("ip masquerading: {0}")]
     Masq(String),
 }
 
 impl Error {
     pub(crate) fn netlink(op: impl Into<String>, e: rtnetlink::Error) -> Error {
-        Error::Netlink {
-            op: op.into(),
-            detail: describe(&e),
-        }
+        Error::Netlink { op: op.into(), detail: describe(&e) }
     }
 }
 

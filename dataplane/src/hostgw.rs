@@ -22,10 +22,7 @@ impl HostGwBackend {
     /// Check that host-gw can work here; changes nothing.
     pub fn prepare(nl: Netlink, ext: ExternalInterface, network: Ipv4Net) -> Result<HostGwBackend> {
         if !ext.addrs.iter().any(|a| a.addr() == ext.public_ip) {
-            return Err(Error::HostGwPublicIpNotOnIface {
-                ip: ext.public_ip,
-                iface: ext.name.clone(),
-            });
+            return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip, iface: ext.name.clone() });
         }
         Ok(HostGwBackend { nl, ext, network })
     }
@@ -37,25 +34,12 @@ impl HostGwBackend {
     pub async fn reconcile(&mut self, peers: &[Peer]) -> Result<usize> {
         let desired: BTreeMap<_, _> = peers
             .iter()
-            .map(|p| {
-                (
-                    p.subnet,
-                    RouteSpec {
-                        gateway: p.public_ip,
-                        oif: self.ext.index,
-                        onlink: false,
-                    },
-                )
-            })
+            .map(|p| (p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false }))
             .collect();
         let mut failures = Failures::default();
         let changes = converge::routes(&self.nl, self.network, &desired, &mut failures).await?;
         if let Some(first) = failures.0.first() {
-            return Err(Error::PeersFailed {
-                count: failures.0.len(),
-                total: peers.len(),
-                first: first.clone(),
-            });
+            return Err(Error::PeersFailed { count: failures.0.len(), total: peers.len(), first: first.clone() });
         }
         Ok(changes)
     }

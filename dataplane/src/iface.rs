@@ -42,21 +42,15 @@ pub fn select(
     default_oif: Option<u32>,
     req: &IfaceRequest,
 ) -> Result<ExternalInterface> {
-    let addrs_of = |index: u32| -> Vec<Ipv4Net> {
-        addrs
-            .iter()
-            .filter(|(i, _)| *i == index)
-            .map(|(_, a)| *a)
-            .collect()
-    };
+    let addrs_of =
+        |index: u32| -> Vec<Ipv4Net> { addrs.iter().filter(|(i, _)| *i == index).map(|(_, a)| *a).collect() };
     let link = if !req.ifaces.is_empty() {
         let mut found = None;
         for want in &req.ifaces {
             found = match want.parse::<Ipv4Addr>() {
-                Ok(ip) => addrs
-                    .iter()
-                    .find(|(_, a)| a.addr() == ip)
-                    .and_then(|(i, _)| links.iter().find(|l| l.index == *i)),
+                Ok(ip) => {
+                    addrs.iter().find(|(_, a)| a.addr() == ip).and_then(|(i, _)| links.iter().find(|l| l.index == *i))
+                }
                 Err(_) => links.iter().find(|l| &l.name == want),
             };
             if found.is_some() {
@@ -76,14 +70,10 @@ pub fn select(
     } else if !req.regexes.is_empty() {
         let mut found = None;
         'outer: for pattern in &req.regexes {
-            let re = regex::Regex::new(pattern).map_err(|e| Error::BadRegex {
-                pattern: pattern.clone(),
-                reason: e.to_string(),
-            })?;
+            let re = regex::Regex::new(pattern)
+                .map_err(|e| Error::BadRegex { pattern: pattern.clone(), reason: e.to_string() })?;
             for l in links {
-                let by_addr = addrs_of(l.index)
-                    .iter()
-                    .any(|a| re.is_match(&a.addr().to_string()));
+                let by_addr = addrs_of(l.index).iter().any(|a| re.is_match(&a.addr().to_string()));
                 if re.is_match(&l.name) || by_addr {
                     found = Some(l);
                     break 'outer;
@@ -93,15 +83,10 @@ pub fn select(
         found.ok_or_else(|| Error::NoInterfaceMatches(req.regexes.join(", ")))?
     } else {
         let oif = default_oif.ok_or(Error::NoDefaultInterface)?;
-        links
-            .iter()
-            .find(|l| l.index == oif)
-            .ok_or(Error::NoDefaultInterface)?
+        links.iter().find(|l| l.index == oif).ok_or(Error::NoDefaultInterface)?
     };
     let own = addrs_of(link.index);
-    let addr = *own.first().ok_or_else(|| Error::NoAddress {
-        iface: link.name.clone(),
-    })?;
+    let addr = *own.first().ok_or_else(|| Error::NoAddress { iface: link.name.clone() })?;
     let public_ip = match req.public_ip {
         None => addr.addr(),
         Some(ip) => {
@@ -111,25 +96,15 @@ pub fn select(
             ip
         }
     };
-    Ok(ExternalInterface {
-        index: link.index,
-        name: link.name.clone(),
-        mtu: link.mtu,
-        addr,
-        public_ip,
-        addrs: own,
-    })
+    Ok(ExternalInterface { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, public_ip, addrs: own })
 }
 
 /// Read the host's links and addresses and pick the external interface.
 pub async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
     let links = nl.links().await?;
     let addrs = nl.addresses().await?;
-    let default_oif = if req.ifaces.is_empty() && req.regexes.is_empty() {
-        nl.default_route_oif().await?
-    } else {
-        None
-    };
+    let default_oif =
+        if req.ifaces.is_empty() && req.regexes.is_empty() { nl.default_route_oif().await? } else { None };
     select(&links, &addrs, default_oif, req)
 }
 
@@ -138,24 +113,12 @@ mod tests {
     use super::*;
 
     fn link(index: u32, name: &str) -> Link {
-        Link {
-            index,
-            name: name.into(),
-            mtu: 1500,
-            mac: None,
-            up: true,
-            vxlan: None,
-        }
+        Link { index, name: name.into(), mtu: 1500, mac: None, up: true, vxlan: None }
     }
 
     fn host() -> (Vec<Link>, Vec<(u32, Ipv4Net)>) {
         (
-            vec![
-                link(1, "lo"),
-                link(2, "eth0"),
-                link(3, "eth1"),
-                link(4, "eth2"),
-            ],
+            vec![link(1, "lo"), link(2, "eth0"), link(3, "eth1"), link(4, "eth2")],
             vec![
                 (1, "127.0.0.1/8".parse().unwrap()),
                 (2, "198.18.0.2/24".parse().unwrap()),
@@ -173,53 +136,20 @@ mod tests {
     #[test]
     fn selection_rules() {
         let by_default = pick(IfaceRequest::default(), Some(2)).unwrap();
-        assert_eq!(
-            (
-                by_default.name.as_str(),
-                by_default.public_ip.to_string().as_str()
-            ),
-            ("eth0", "198.18.0.2")
-        );
+        assert_eq!((by_default.name.as_str(), by_default.public_ip.to_string().as_str()), ("eth0", "198.18.0.2"));
 
-        let by_name = pick(
-            IfaceRequest {
-                ifaces: vec!["eth1".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let by_name = pick(IfaceRequest { ifaces: vec!["eth1".into()], ..Default::default() }, None).unwrap();
         assert_eq!(by_name.name, "eth1");
         assert_eq!(by_name.addrs.len(), 2);
 
-        let by_addr = pick(
-            IfaceRequest {
-                ifaces: vec!["198.19.1.2".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let by_addr = pick(IfaceRequest { ifaces: vec!["198.19.1.2".into()], ..Default::default() }, None).unwrap();
         assert_eq!(by_addr.name, "eth1");
 
-        let first_match = pick(
-            IfaceRequest {
-                ifaces: vec!["nope".into(), "eth0".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let first_match =
+            pick(IfaceRequest { ifaces: vec!["nope".into(), "eth0".into()], ..Default::default() }, None).unwrap();
         assert_eq!(first_match.name, "eth0");
 
-        let by_regex = pick(
-            IfaceRequest {
-                regexes: vec!["^198\\.19\\.".into()],
-                ..Default::default()
-            },
-            None,
-        )
-        .unwrap();
+        let by_regex = pick(IfaceRequest { regexes: vec!["^198\\.19\\.".into()], ..Default::default() }, None).unwrap();
         assert_eq!(by_regex.name, "eth1");
 
         let public = pick(
@@ -231,56 +161,24 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!(
-            (public.name.as_str(), public.public_ip.to_string().as_str()),
-            ("eth0", "198.19.0.2")
-        );
+        assert_eq!((public.name.as_str(), public.public_ip.to_string().as_str()), ("eth0", "198.19.0.2"));
     }
 
     #[test]
     fn selection_errors_say_what_to_fix() {
         let e = |req, oif| pick(req, oif).unwrap_err().to_string();
-        assert!(e(
-            IfaceRequest {
-                ifaces: vec!["eth9".into()],
-                ..Default::default()
-            },
-            None
-        )
-        .contains("interface \"eth9\" does not exist"));
-        assert!(e(
-            IfaceRequest {
-                ifaces: vec!["10.0.0.1".into()],
-                ..Default::default()
-            },
-            None
-        )
-        .contains("no interface has address 10.0.0.1"));
-        assert!(e(
-            IfaceRequest {
-                regexes: vec!["^wlan".into()],
-                ..Default::default()
-            },
-            None
-        )
-        .contains("no interface matches"));
-        assert!(e(
-            IfaceRequest {
-                regexes: vec!["(".into()],
-                ..Default::default()
-            },
-            None
-        )
-        .contains("invalid --iface-regex"));
+        assert!(e(IfaceRequest { ifaces: vec!["eth9".into()], ..Default::default() }, None)
+            .contains("interface \"eth9\" does not exist"));
+        assert!(e(IfaceRequest { ifaces: vec!["10.0.0.1".into()], ..Default::default() }, None)
+            .contains("no interface has address 10.0.0.1"));
+        assert!(e(IfaceRequest { regexes: vec!["^wlan".into()], ..Default::default() }, None)
+            .contains("no interface matches"));
+        assert!(
+            e(IfaceRequest { regexes: vec!["(".into()], ..Default::default() }, None).contains("invalid --iface-regex")
+        );
         assert!(e(IfaceRequest::default(), None).contains("no default route"));
-        assert!(e(
-            IfaceRequest {
-                ifaces: vec!["eth2".into()],
-                ..Default::default()
-            },
-            None
-        )
-        .contains("eth2 has no IPv4 address"));
+        assert!(e(IfaceRequest { ifaces: vec!["eth2".into()], ..Default::default() }, None)
+            .contains("eth2 has no IPv4 address"));
         assert!(e(
             IfaceRequest {
                 ifaces: vec!["eth0".into()],

@@ -10,6 +10,7 @@
 //! | [`iface`]    | choosing the external interface and public IP                      |
 //! | [`vxlan`]    | the vxlan backend: device, FDB, neighbour and route per peer        |
 //! | [`hostgw`]   | the host-gw backend: one route per peer via its public IP           |
+//! | [`udp`]      | the udp backend: TUN + UDP forwarding threads in userspace          |
 //! | [`backend`]  | the backend enum the daemon drives                                  |
 //! | [`masq`]     | IP masquerading rules for pod traffic leaving the overlay          |
 //! | [`error`]    | the crate's error type                                              |
@@ -29,6 +30,7 @@ pub mod masq;
 pub mod netlink;
 pub mod peer;
 pub mod reconcile;
+pub mod udp;
 pub mod vxlan;
 
 pub use backend::Backend;

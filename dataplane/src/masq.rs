@@ -48,11 +48,7 @@ fn iptables(args: &[&str]) -> Result<bool> {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| {
-            Error::Masq(format!(
-                "cannot run iptables (install the iptables package): {e}"
-            ))
-        })?;
+        .map_err(|e| Error::Masq(format!("cannot run iptables (install the iptables package): {e}")))?;
     Ok(out.status.success())
 }
 
@@ -64,9 +60,7 @@ fn ensure_jump(table: &str, chain: &str, target: &str) -> Result<()> {
     }
     let insert: Vec<&str> = [&["-w", "-t", table, "-I", chain, "1"][..], &spec[..]].concat();
     if !iptables(&insert)? {
-        return Err(Error::Masq(format!(
-            "could not insert the jump from {table}/{chain} to {target}"
-        )));
+        return Err(Error::Masq(format!("could not insert the jump from {table}/{chain} to {target}")));
     }
     Ok(())
 }
@@ -90,24 +84,13 @@ fn restore(input: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| {
-            Error::Masq(format!(
-                "cannot run iptables-restore (install the iptables package): {e}"
-            ))
-        })?;
+        .map_err(|e| Error::Masq(format!("cannot run iptables-restore (install the iptables package): {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| Error::Masq(format!("writing to iptables-restore: {e}")))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| Error::Masq(format!("writing to iptables-restore: {e}")))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| Error::Masq(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| Error::Masq(e.to_string()))?;
     if !out.status.success() {
-        return Err(Error::Masq(format!(
-            "iptables-restore failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(Error::Masq(format!("iptables-restore failed: {}", String::from_utf8_lossy(&out.stderr).trim())));
     }
     Ok(())
 }
@@ -133,27 +116,16 @@ mod tests {
 
     #[test]
     fn pod_to_pod_is_never_masqueraded() {
-        let r = masq_rules(
-            "10.244.0.0/16".parse().unwrap(),
-            "10.244.3.0/24".parse().unwrap(),
-        );
-        let nat: Vec<&str> = r
-            .lines()
-            .filter(|l| l.starts_with("-A WEFT-POSTRTG"))
-            .collect();
+        let r = masq_rules("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+        let nat: Vec<&str> = r.lines().filter(|l| l.starts_with("-A WEFT-POSTRTG")).collect();
         // The pod-to-pod RETURN comes before any MASQUERADE.
-        let ret = nat
-            .iter()
-            .position(|l| l.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && l.ends_with("RETURN"))
-            .unwrap();
+        let ret =
+            nat.iter().position(|l| l.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && l.ends_with("RETURN")).unwrap();
         let first_masq = nat.iter().position(|l| l.contains("MASQUERADE")).unwrap();
         assert!(ret < first_masq);
         assert!(r.contains("! -s 10.244.0.0/16 -d 10.244.3.0/24"));
         assert_eq!(r.matches("COMMIT").count(), 1);
         let f = forward_rules("10.244.0.0/16".parse().unwrap());
-        assert!(
-            f.contains("-A WEFT-FWD -s 10.244.0.0/16")
-                && f.contains("-A WEFT-FWD -d 10.244.0.0/16")
-        );
+        assert!(f.contains("-A WEFT-FWD -s 10.244.0.0/16") && f.contains("-A WEFT-FWD -d 10.244.0.0/16"));
     }
 }

@@ -8,9 +8,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo,
-};
+use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -87,11 +85,7 @@ impl Netlink {
     pub async fn links(&self) -> Result<Vec<Link>> {
         let mut stream = self.handle.link().get().execute();
         let mut links = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip link show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip link show", e))? {
             links.push(parse_link(&msg));
         }
         Ok(links)
@@ -99,12 +93,7 @@ impl Netlink {
 
     /// `ip link show dev NAME`, `None` when there is no such link.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<Link>> {
-        let mut stream = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut stream = self.handle.link().get().match_name(name.to_string()).execute();
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
             Ok(None) => Ok(None),
@@ -117,11 +106,7 @@ impl Netlink {
     pub async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip addr show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
             let addr = msg.attributes.iter().find_map(|a| match a {
                 AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
                 _ => None,
@@ -158,12 +143,7 @@ impl Netlink {
             .add(b.build())
             .execute()
             .await
-            .map_err(|e| {
-                Error::netlink(
-                    format!("ip link add {} type vxlan id {}", spec.name, spec.vni),
-                    e,
-                )
-            })
+            .map_err(|e| Error::netlink(format!("ip link add {} type vxlan id {}", spec.name, spec.vni), e))
     }
 
     /// `ip link set dev INDEX mtu M up`
@@ -208,11 +188,7 @@ impl Netlink {
             .set_address_filter(IpAddr::V4(addr.addr()))
             .set_prefix_length_filter(addr.prefix_len())
             .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip addr show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
             self.handle
                 .address()
                 .del(msg)
@@ -225,17 +201,9 @@ impl Netlink {
 
     /// `ip route show table main proto 87`: the routes weft installed.
     pub async fn weft_routes(&self) -> Result<BTreeMap<Ipv4Net, RouteSpec>> {
-        let mut stream = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
+        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip route show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
             if msg.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO)
                 || msg.header.table != RouteHeader::RT_TABLE_MAIN
             {
@@ -250,19 +218,9 @@ impl Netlink {
 
     /// The interface of the IPv4 default route, if there is one.
     pub async fn default_route_oif(&self) -> Result<Option<u32>> {
-        let mut stream = self
-            .handle
-            .route()
-            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
-            .execute();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip route show", e))?
-        {
-            if msg.header.destination_prefix_length == 0
-                && msg.header.table == RouteHeader::RT_TABLE_MAIN
-            {
+        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
+            if msg.header.destination_prefix_length == 0 && msg.header.table == RouteHeader::RT_TABLE_MAIN {
                 if let Some(oif) = msg.attributes.iter().find_map(|a| match a {
                     RouteAttribute::Oif(i) => Some(*i),
                     _ => None,
@@ -294,26 +252,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| {
-                Error::netlink(
-                    format!(
-                        "ip route replace {dst} via {} dev #{}",
-                        spec.gateway, spec.oif
-                    ),
-                    e,
-                )
-            })
+            .map_err(|e| Error::netlink(format!("ip route replace {dst} via {} dev #{}", spec.gateway, spec.oif), e))
     }
 
     /// `ip route del DST via GW dev OIF proto 87` (absent is fine).
     pub async fn delete_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
-        match self
-            .handle
-            .route()
-            .del(Self::route_message(dst, spec))
-            .execute()
-            .await
-        {
+        match self.handle.route().del(Self::route_message(dst, spec)).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_esrch()) => Ok(()),
             Err(e) => Err(Error::netlink(format!("ip route del {dst}"), e)),
@@ -322,24 +266,13 @@ impl Netlink {
 
     /// `ip neigh show dev INDEX nud permanent`: IP -> MAC.
     pub async fn permanent_neighbours(&self, index: u32) -> Result<BTreeMap<Ipv4Addr, MacAddr>> {
-        let mut stream = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Inet)
-            .execute();
+        let mut stream = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("ip neigh show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip neigh show", e))? {
             if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) =
-                (neigh_dst(&msg), neigh_mac(&msg))
-            {
+            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) = (neigh_dst(&msg), neigh_mac(&msg)) {
                 out.insert(ip, mac);
             }
         }
@@ -356,12 +289,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| {
-                Error::netlink(
-                    format!("ip neigh replace {ip} lladdr {mac} dev #{index}"),
-                    e,
-                )
-            })
+            .map_err(|e| Error::netlink(format!("ip neigh replace {ip} lladdr {mac} dev #{index}"), e))
     }
 
     /// `ip neigh del IP dev INDEX` (absent is fine).
@@ -369,8 +297,7 @@ impl Netlink {
         let mut msg = NeighbourMessage::default();
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = index;
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
@@ -380,24 +307,13 @@ impl Netlink {
 
     /// `bridge fdb show dev INDEX`: MAC -> remote IP, for entries with a destination.
     pub async fn fdb(&self, index: u32) -> Result<BTreeMap<MacAddr, Ipv4Addr>> {
-        let mut stream = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(AddressFamily::Bridge)
-            .execute();
+        let mut stream = self.handle.neighbours().get().set_address_family(AddressFamily::Bridge).execute();
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream
-            .try_next()
-            .await
-            .map_err(|e| Error::netlink("bridge fdb show", e))?
-        {
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("bridge fdb show", e))? {
             if msg.header.ifindex != index {
                 continue;
             }
-            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) =
-                (neigh_dst(&msg), neigh_mac(&msg))
-            {
+            if let (Some(NeighbourAddress::Inet(ip)), Some(mac)) = (neigh_dst(&msg), neigh_mac(&msg)) {
                 out.insert(mac, ip);
             }
         }
@@ -415,12 +331,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| {
-                Error::netlink(
-                    format!("bridge fdb replace {mac} dev #{index} dst {dst}"),
-                    e,
-                )
-            })
+            .map_err(|e| Error::netlink(format!("bridge fdb replace {mac} dev #{index} dst {dst}"), e))
     }
 
     /// `bridge fdb del MAC dev INDEX dst IP self` (absent is fine).
@@ -429,17 +340,12 @@ impl Netlink {
         msg.header.family = AddressFamily::Bridge;
         msg.header.ifindex = index;
         msg.header.flags = NeighbourFlags::Own;
-        msg.attributes
-            .push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
-        msg.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
-            Err(e) => Err(Error::netlink(
-                format!("bridge fdb del {mac} dev #{index} dst {dst}"),
-                e,
-            )),
+            Err(e) => Err(Error::netlink(format!("bridge fdb del {mac} dev #{index} dst {dst}"), e)),
         }
     }
 }
@@ -458,9 +364,9 @@ const fn libc_enodev() -> i32 {
 /// `AF_BRIDGE`) the kernel's `NDA_DST` arrives as raw bytes.
 fn neigh_dst(msg: &NeighbourMessage) -> Option<NeighbourAddress> {
     msg.attributes.iter().find_map(|a| match a {
-        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => Some(
-            NeighbourAddress::Inet(Ipv4Addr::new(b[0], b[1], b[2], b[3])),
-        ),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
+            Some(NeighbourAddress::Inet(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+        }
         NeighbourAttribute::Destination(d) => Some(d.clone()),
         _ => None,
     })
@@ -489,19 +395,8 @@ fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
             _ => {}
         }
     }
-    let dst = Ipv4Net::new(
-        dst.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        msg.header.destination_prefix_length,
-    )
-    .ok()?;
-    Some((
-        dst,
-        RouteSpec {
-            gateway: gateway?,
-            oif: oif?,
-            onlink: msg.header.flags.contains(RouteFlags::Onlink),
-        },
-    ))
+    let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
+    Some((dst, RouteSpec { gateway: gateway?, oif: oif?, onlink: msg.header.flags.contains(RouteFlags::Onlink) }))
 }
 
 fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {
@@ -523,9 +418,7 @@ fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {
                 link.mac = Some(MacAddr(m));
             }
             LinkAttribute::LinkInfo(infos) => {
-                let is_vxlan = infos
-                    .iter()
-                    .any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Vxlan)));
+                let is_vxlan = infos.iter().any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Vxlan)));
                 if is_vxlan {
                     let mut attrs = VxlanAttrs::default();
                     for i in infos {

@@ -42,11 +42,7 @@ pub fn desired_peers<'a>(
             warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
-        peers.push(Peer {
-            subnet: lease.subnet,
-            public_ip: lease.attrs.public_ip,
-            vtep_mac,
-        });
+        peers.push(Peer { subnet: lease.subnet, public_ip: lease.attrs.public_ip, vtep_mac });
     }
     peers.sort();
     peers
@@ -77,18 +73,8 @@ mod tests {
     #[test]
     fn own_other_type_and_macless_leases_are_left_out() {
         let leases = [
-            lease(
-                "10.244.1.0/24",
-                "198.18.0.1",
-                "vxlan",
-                Some("0e:00:00:00:00:01"),
-            ),
-            lease(
-                "10.244.2.0/24",
-                "198.18.0.2",
-                "vxlan",
-                Some("0e:00:00:00:00:02"),
-            ),
+            lease("10.244.1.0/24", "198.18.0.1", "vxlan", Some("0e:00:00:00:00:01")),
+            lease("10.244.2.0/24", "198.18.0.2", "vxlan", Some("0e:00:00:00:00:02")),
             lease("10.244.3.0/24", "198.18.0.3", "udp", None),
             lease("10.244.4.0/24", "198.18.0.4", "vxlan", None),
             lease("10.244.5.0/24", "198.18.0.5", "vxlan", Some("garbage")),

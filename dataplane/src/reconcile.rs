@@ -23,10 +23,7 @@ impl<K, V> Diff<K, V> {
 /// Compare `installed` with `desired`. An entry whose value differs is both
 /// removed (old value) and installed (new value): replace semantics that
 /// also work for kernel objects without an atomic replace.
-pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
-    installed: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-) -> Diff<K, V> {
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(installed: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Diff<K, V> {
     let mut remove = Vec::new();
     let mut install = Vec::new();
     for (k, v) in installed {
@@ -54,23 +51,14 @@ mod tests {
     #[test]
     fn diff_table() {
         // (installed, desired, remove, install)
-        type Case = (
-            Vec<(u8, &'static str)>,
-            Vec<(u8, &'static str)>,
-            Vec<(u8, &'static str)>,
-            Vec<(u8, &'static str)>,
-        );
+        type Case =
+            (Vec<(u8, &'static str)>, Vec<(u8, &'static str)>, Vec<(u8, &'static str)>, Vec<(u8, &'static str)>);
         let cases: Vec<Case> = vec![
             (vec![], vec![], vec![], vec![]),
             (vec![], vec![(1, "a")], vec![], vec![(1, "a")]),
             (vec![(1, "a")], vec![], vec![(1, "a")], vec![]),
             (vec![(1, "a")], vec![(1, "a")], vec![], vec![]),
-            (
-                vec![(1, "a")],
-                vec![(1, "b")],
-                vec![(1, "a")],
-                vec![(1, "b")],
-            ),
+            (vec![(1, "a")], vec![(1, "b")], vec![(1, "a")], vec![(1, "b")]),
             (
                 vec![(1, "a"), (2, "b"), (3, "c")],
                 vec![(2, "b"), (3, "x"), (4, "d")],
@@ -80,14 +68,8 @@ mod tests {
         ];
         for (installed, desired, remove, install) in cases {
             let d = diff(&map(&installed), &map(&desired));
-            assert_eq!(
-                d.remove, remove,
-                "installed {installed:?} desired {desired:?}"
-            );
-            assert_eq!(
-                d.install, install,
-                "installed {installed:?} desired {desired:?}"
-            );
+            assert_eq!(d.remove, remove, "installed {installed:?} desired {desired:?}");
+            assert_eq!(d.install, install, "installed {installed:?} desired {desired:?}");
         }
     }
 

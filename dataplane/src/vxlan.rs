@@ -75,22 +75,10 @@ impl VxlanBackend {
                 }
             }
         }
-        Ok(VxlanBackend {
-            nl,
-            opts,
-            ext,
-            network,
-            name,
-            mac,
-            index: None,
-        })
+        Ok(VxlanBackend { nl, opts, ext, network, name, mac, index: None })
     }
 
-    fn compatible(
-        opts: &VxlanOptions,
-        ext: &ExternalInterface,
-        link: &crate::netlink::Link,
-    ) -> bool {
+    fn compatible(opts: &VxlanOptions, ext: &ExternalInterface, link: &crate::netlink::Link) -> bool {
         let Some(v) = &link.vxlan else { return false };
         v.vni == Some(opts.vni)
             && v.port == Some(opts.port)
@@ -105,9 +93,7 @@ impl VxlanBackend {
     }
 
     pub fn mtu(&self) -> u32 {
-        self.opts
-            .mtu
-            .unwrap_or(self.ext.mtu.saturating_sub(VXLAN_OVERHEAD))
+        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(VXLAN_OVERHEAD))
     }
 
     pub fn device(&self) -> &str {
@@ -140,13 +126,10 @@ impl VxlanBackend {
                 }
                 self.nl.create_vxlan(&spec).await?;
                 info!(device = %self.name, vni = self.opts.vni, mac = %self.mac, port = self.opts.port, "created VXLAN device");
-                self.nl
-                    .link_by_name(&self.name)
-                    .await?
-                    .ok_or_else(|| Error::Netlink {
-                        op: format!("ip link show {}", self.name),
-                        detail: "device vanished after creation".into(),
-                    })?
+                self.nl.link_by_name(&self.name).await?.ok_or_else(|| Error::Netlink {
+                    op: format!("ip link show {}", self.name),
+                    detail: "device vanished after creation".into(),
+                })?
             }
         };
         self.nl.set_up_with_mtu(link.index, spec.mtu).await?;
@@ -164,38 +147,20 @@ impl VxlanBackend {
     /// Converge FDB, neighbour and route entries to `peers`.
     pub async fn reconcile(&mut self, peers: &[Peer]) -> Result<usize> {
         let Some(index) = self.index else {
-            return Err(Error::Unsupported {
-                backend: "vxlan",
-                reason: "reconcile before setup".into(),
-            });
+            return Err(Error::Unsupported { backend: "vxlan", reason: "reconcile before setup".into() });
         };
         let mut routes = BTreeMap::new();
         let mut neigh = BTreeMap::new();
         let mut fdb = BTreeMap::new();
         for p in peers {
             let Some(mac) = p.vtep_mac else { continue };
-            let direct =
-                self.opts.direct_routing && self.ext.addrs.iter().any(|a| a.contains(&p.public_ip));
+            let direct = self.opts.direct_routing && self.ext.addrs.iter().any(|a| a.contains(&p.public_ip));
             if direct {
-                routes.insert(
-                    p.subnet,
-                    RouteSpec {
-                        gateway: p.public_ip,
-                        oif: self.ext.index,
-                        onlink: false,
-                    },
-                );
+                routes.insert(p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false });
             } else {
                 neigh.insert(p.subnet.network(), mac);
                 fdb.insert(mac, p.public_ip);
-                routes.insert(
-                    p.subnet,
-                    RouteSpec {
-                        gateway: p.subnet.network(),
-                        oif: index,
-                        onlink: true,
-                    },
-                );
+                routes.insert(p.subnet, RouteSpec { gateway: p.subnet.network(), oif: index, onlink: true });
             }
         }
         let mut failures = Failures::default();
@@ -205,11 +170,7 @@ impl VxlanBackend {
         changes += converge::neighbours(&self.nl, index, &neigh, &mut failures).await?;
         changes += converge::routes(&self.nl, self.network, &routes, &mut failures).await?;
         if let Some(first) = failures.0.first() {
-            return Err(Error::PeersFailed {
-                count: failures.0.len(),
-                total: peers.len(),
-                first: first.clone(),
-            });
+            return Err(Error::PeersFailed { count: failures.0.len(), total: peers.len(), first: first.clone() });
         }
         Ok(changes)
     }

@@ -20,25 +20,11 @@ impl Ns {
         netns::sweep_stale();
         let name = format!("{}{}-dp-{tag}", netns::NS_PREFIX, std::process::id());
         netns::add(&name).unwrap();
-        netns::ip(&[
-            "-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
-        ])
-        .unwrap();
+        netns::ip(&["-n", &name, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0"]).unwrap();
         netns::ip(&["-n", &name, "addr", "add", "198.18.0.1/24", "dev", "eth0"]).unwrap();
         netns::ip(&["-n", &name, "link", "set", "eth0", "up"]).unwrap();
         netns::ip(&["-n", &name, "link", "set", "peer0", "up"]).unwrap();
-        netns::ip(&[
-            "-n",
-            &name,
-            "route",
-            "add",
-            "10.244.99.0/24",
-            "via",
-            "198.18.0.99",
-            "dev",
-            "eth0",
-        ])
-        .unwrap();
+        netns::ip(&["-n", &name, "route", "add", "10.244.99.0/24", "via", "198.18.0.99", "dev", "eth0"]).unwrap();
         Ns(name)
     }
 
@@ -48,23 +34,14 @@ impl Ns {
     }
 
     fn fdb(&self) -> String {
-        let out =
-            netns::run(netns::exec(&self.0, "bridge").args(["fdb", "show", "dev", "flannel.1"]))
-                .unwrap();
+        let out = netns::run(netns::exec(&self.0, "bridge").args(["fdb", "show", "dev", "flannel.1"])).unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Run an async block on a runtime whose thread lives in this namespace.
-    fn block_on<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = T> + Send + 'static,
-    ) -> T {
+    fn block_on<T: Send + 'static>(&self, f: impl std::future::Future<Output = T> + Send + 'static) -> T {
         netns::in_netns(&self.0, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f)
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
         })
         .unwrap()
     }
@@ -85,14 +62,7 @@ fn peer(n: u8, mac: bool) -> Peer {
 }
 
 fn vxlan_opts() -> VxlanOptions {
-    VxlanOptions {
-        vni: 1,
-        port: 8472,
-        gbp: false,
-        direct_routing: false,
-        learning: false,
-        mtu: None,
-    }
+    VxlanOptions { vni: 1, port: 8472, gbp: false, direct_routing: false, learning: false, mtu: None }
 }
 
 #[test]
@@ -100,14 +70,9 @@ fn vxlan_converges_idempotently_and_removes_stale_peers() {
     let ns = Ns::new("vxlan");
     let (first, again, shrink, after) = ns.block_on(async {
         let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest {
-            ifaces: vec!["eth0".into()],
-            ..Default::default()
-        };
+        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
         let ext = find_external(&nl, &req).await.unwrap();
-        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap())
-            .await
-            .unwrap();
+        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
         b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
         let peers = vec![peer(2, true), peer(3, true)];
         let first = b.reconcile(&peers).await.unwrap();
@@ -123,39 +88,19 @@ fn vxlan_converges_idempotently_and_removes_stale_peers() {
 
     let link = ns.show(&["-d", "link", "show", "flannel.1"]);
     assert!(
-        link.contains("vxlan id 1")
-            && link.contains("local 198.18.0.1")
-            && link.contains("dstport 8472"),
+        link.contains("vxlan id 1") && link.contains("local 198.18.0.1") && link.contains("dstport 8472"),
         "{link}"
     );
-    assert!(
-        link.contains("nolearning") && link.contains("mtu 1450"),
-        "{link}"
-    );
-    assert!(ns
-        .show(&["addr", "show", "flannel.1"])
-        .contains("inet 10.244.1.0/32"));
+    assert!(link.contains("nolearning") && link.contains("mtu 1450"), "{link}");
+    assert!(ns.show(&["addr", "show", "flannel.1"]).contains("inet 10.244.1.0/32"));
     let routes = ns.show(&["route", "show", "proto", "87"]);
-    assert_eq!(
-        routes.trim(),
-        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink",
-        "{routes}"
-    );
-    assert!(
-        ns.show(&["route"])
-            .contains("10.244.99.0/24 via 198.18.0.99"),
-        "foreign route untouched"
-    );
+    assert_eq!(routes.trim(), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink", "{routes}");
+    assert!(ns.show(&["route"]).contains("10.244.99.0/24 via 198.18.0.99"), "foreign route untouched");
     let fdb = ns.fdb();
-    assert!(
-        fdb.contains("0e:00:00:00:00:02 dst 198.18.0.2 self permanent")
-            && !fdb.contains("198.18.0.3"),
-        "{fdb}"
-    );
+    assert!(fdb.contains("0e:00:00:00:00:02 dst 198.18.0.2 self permanent") && !fdb.contains("198.18.0.3"), "{fdb}");
     let neigh = ns.show(&["neigh", "show", "dev", "flannel.1"]);
     assert!(
-        neigh.contains("10.244.2.0 lladdr 0e:00:00:00:00:02 PERMANENT")
-            && !neigh.contains("10.244.3.0"),
+        neigh.contains("10.244.2.0 lladdr 0e:00:00:00:00:02 PERMANENT") && !neigh.contains("10.244.3.0"),
         "{neigh}"
     );
 }
@@ -165,34 +110,17 @@ fn vxlan_direct_routing_uses_the_underlay_for_peers_on_the_same_subnet() {
     let ns = Ns::new("direct");
     ns.block_on(async {
         let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest {
-            ifaces: vec!["eth0".into()],
-            ..Default::default()
-        };
+        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
         let ext = find_external(&nl, &req).await.unwrap();
-        let opts = VxlanOptions {
-            direct_routing: true,
-            ..vxlan_opts()
-        };
-        let mut b = VxlanBackend::prepare(nl, opts, ext, "10.244.0.0/16".parse().unwrap())
-            .await
-            .unwrap();
+        let opts = VxlanOptions { direct_routing: true, ..vxlan_opts() };
+        let mut b = VxlanBackend::prepare(nl, opts, ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
         b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
-        let far = Peer {
-            public_ip: Ipv4Addr::new(198, 19, 0, 7),
-            ..peer(7, true)
-        };
+        let far = Peer { public_ip: Ipv4Addr::new(198, 19, 0, 7), ..peer(7, true) };
         b.reconcile(&[peer(2, true), far]).await.unwrap();
     });
     let routes = ns.show(&["route", "show", "proto", "87"]);
-    assert!(
-        routes.contains("10.244.2.0/24 via 198.18.0.2 dev eth0"),
-        "same-subnet peer routed directly: {routes}"
-    );
-    assert!(
-        routes.contains("10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink"),
-        "other peer through VXLAN: {routes}"
-    );
+    assert!(routes.contains("10.244.2.0/24 via 198.18.0.2 dev eth0"), "same-subnet peer routed directly: {routes}");
+    assert!(routes.contains("10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink"), "other peer through VXLAN: {routes}");
 }
 
 #[test]
@@ -200,10 +128,7 @@ fn host_gw_converges_and_is_idempotent() {
     let ns = Ns::new("hostgw");
     let (first, again, gone) = ns.block_on(async {
         let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest {
-            ifaces: vec!["eth0".into()],
-            ..Default::default()
-        };
+        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
         let ext = find_external(&nl, &req).await.unwrap();
         let mut b = HostGwBackend::prepare(nl, ext, "10.244.0.0/16".parse().unwrap()).unwrap();
         let peers = vec![peer(2, false), peer(3, false)];
@@ -214,63 +139,30 @@ fn host_gw_converges_and_is_idempotent() {
     });
     assert_eq!((first, again, gone), (2, 0, 2));
     assert_eq!(ns.show(&["route", "show", "proto", "87"]).trim(), "");
-    assert!(ns
-        .show(&["route"])
-        .contains("10.244.99.0/24 via 198.18.0.99"));
+    assert!(ns.show(&["route"]).contains("10.244.99.0/24 via 198.18.0.99"));
 }
 
 #[test]
 fn an_incompatible_existing_device_is_recreated_and_a_foreign_one_refused() {
     let ns = Ns::new("recreate");
-    netns::ip(&[
-        "-n",
-        &ns.0,
-        "link",
-        "add",
-        "flannel.1",
-        "type",
-        "vxlan",
-        "id",
-        "1",
-        "dstport",
-        "4789",
-        "dev",
-        "eth0",
-    ])
-    .unwrap();
+    netns::ip(&["-n", &ns.0, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "4789", "dev", "eth0"])
+        .unwrap();
     ns.block_on(async {
         let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest {
-            ifaces: vec!["eth0".into()],
-            ..Default::default()
-        };
+        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
         let ext = find_external(&nl, &req).await.unwrap();
-        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap())
-            .await
-            .unwrap();
+        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
         b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
     });
-    assert!(ns
-        .show(&["-d", "link", "show", "flannel.1"])
-        .contains("dstport 8472"));
+    assert!(ns.show(&["-d", "link", "show", "flannel.1"]).contains("dstport 8472"));
 
     let ns = Ns::new("foreign");
     netns::ip(&["-n", &ns.0, "link", "add", "flannel.1", "type", "bridge"]).unwrap();
     let err = ns.block_on(async {
         let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest {
-            ifaces: vec!["eth0".into()],
-            ..Default::default()
-        };
+        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
         let ext = find_external(&nl, &req).await.unwrap();
-        VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap())
-            .await
-            .err()
-            .unwrap()
-            .to_string()
+        VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.err().unwrap().to_string()
     });
-    assert!(
-        err.contains("flannel.1 exists but is not a VXLAN device"),
-        "{err}"
-    );
+    assert!(err.contains("flannel.1 exists but is not a VXLAN device"), "{err}");
 }

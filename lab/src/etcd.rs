@@ -34,11 +34,7 @@ pub fn etcd_binary() -> Result<PathBuf> {
     if let Ok(p) = std::env::var("WEFT_ETCD_BIN") {
         return Ok(PathBuf::from(p));
     }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/bin", "/usr/local/bin"])
-    {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
         let p = PathBuf::from(dir).join("etcd");
         if p.is_file() {
             return Ok(p);
@@ -93,11 +89,7 @@ impl EtcdServer {
         Self::try_start_at(bin, tls, None)
     }
 
-    fn try_start_at(
-        bin: &PathBuf,
-        tls: bool,
-        netns: Option<(String, std::net::Ipv4Addr)>,
-    ) -> Result<EtcdServer> {
+    fn try_start_at(bin: &PathBuf, tls: bool, netns: Option<(String, std::net::Ipv4Addr)>) -> Result<EtcdServer> {
         let dir = tempfile::Builder::new().prefix("weft-etcd-").tempdir()?;
         // In its own namespace etcd has the ports to itself.
         let (client_port, peer_port) = match netns {
@@ -105,10 +97,7 @@ impl EtcdServer {
             None => (free_port()?, free_port()?),
         };
         let scheme = if tls { "https" } else { "http" };
-        let host = netns
-            .as_ref()
-            .map(|(_, ip)| *ip)
-            .unwrap_or(std::net::Ipv4Addr::LOCALHOST);
+        let host = netns.as_ref().map(|(_, ip)| *ip).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let client = format!("{scheme}://{host}:{client_port}");
         let listen = match netns {
             Some(_) => format!("{client},{scheme}://127.0.0.1:{client_port}"),
@@ -133,11 +122,7 @@ impl EtcdServer {
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=weft-test={peer}"))
             .arg("--initial-cluster-state=new");
-        let tls_files = if tls {
-            Some(make_certs(dir.path())?)
-        } else {
-            None
-        };
+        let tls_files = if tls { Some(make_certs(dir.path())?) } else { None };
         if let Some(t) = &tls_files {
             let d = dir.path();
             cmd.arg(format!("--cert-file={}", d.join("server.pem").display()))
@@ -145,9 +130,7 @@ impl EtcdServer {
                 .arg(format!("--trusted-ca-file={}", t.ca.display()))
                 .arg("--client-cert-auth");
         }
-        cmd.stdin(Stdio::null())
-            .stdout(logfile.try_clone()?)
-            .stderr(logfile);
+        cmd.stdin(Stdio::null()).stdout(logfile.try_clone()?).stderr(logfile);
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches
         // no memory of the parent; it runs in the child between fork and exec.
         unsafe {
@@ -156,9 +139,7 @@ impl EtcdServer {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         let mut server = EtcdServer {
             child,
             client_addr: SocketAddr::from((host, client_port)),
@@ -176,10 +157,7 @@ impl EtcdServer {
                 return Ok(server);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "etcd did not become healthy within 20 s: {}",
-                    server.log_tail()
-                );
+                bail!("etcd did not become healthy within 20 s: {}", server.log_tail());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -219,14 +197,11 @@ impl EtcdServer {
                 .map(|s| s.success())
                 .unwrap_or(false);
         }
-        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200))
-        else {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.client_addr, Duration::from_millis(200)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .is_err()
-        {
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n").is_err() {
             return false;
         }
         let mut body = String::new();
@@ -262,34 +237,15 @@ fn make_certs(dir: &std::path::Path) -> Result<TlsFiles> {
             .output()
             .context("running openssl (Debian package openssl)")?;
         if !out.status.success() {
-            bail!(
-                "openssl {:?} failed: {}",
-                args,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("openssl {:?} failed: {}", args, String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     run(&[
         &["req", "-x509"][..],
         &ec[..],
-        &[
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=weft-test-ca",
-        ][..],
+        &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=weft-test-ca"][..],
     ]
     .concat())?;
     for (name, usage) in [("server", "serverAuth"), ("client", "clientAuth")] {
@@ -301,19 +257,8 @@ fn make_certs(dir: &std::path::Path) -> Result<TlsFiles> {
             dir.join(&ext),
             format!("basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n"),
         )?;
-        run(&[
-            &["req"][..],
-            &ec[..],
-            &[
-                "-keyout",
-                &key,
-                "-out",
-                &csr,
-                "-subj",
-                &format!("/CN=weft-test-{name}"),
-            ][..],
-        ]
-        .concat())?;
+        run(&[&["req"][..], &ec[..], &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN=weft-test-{name}")][..]]
+            .concat())?;
         run(&[
             "x509",
             "-req",
@@ -332,11 +277,7 @@ fn make_certs(dir: &std::path::Path) -> Result<TlsFiles> {
             &ext,
         ])?;
     }
-    Ok(TlsFiles {
-        ca: dir.join("ca.pem"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
-    })
+    Ok(TlsFiles { ca: dir.join("ca.pem"), client_cert: dir.join("client.pem"), client_key: dir.join("client.key") })
 }
 
 impl Drop for EtcdServer {

@@ -56,6 +56,7 @@ pub struct Lab {
     etcd_ns: String,
     etcd: Option<EtcdServer>,
     pub nodes: Vec<Node>,
+    extra_ns: Vec<String>,
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -79,18 +80,11 @@ impl Lab {
             name,
             etcd: None,
             nodes: Vec::new(),
+            extra_ns: Vec::new(),
         };
         netns::add(&lab.switch_ns)?;
         ip(&["-n", &lab.switch_ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &lab.switch_ns,
-            "addr",
-            "add",
-            &format!("{SWITCH_IP}/24"),
-            "dev",
-            "br0",
-        ])?;
+        ip(&["-n", &lab.switch_ns, "addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"])?;
         ip(&["-n", &lab.switch_ns, "link", "set", "br0", "up"])?;
 
         let etcd_ns = lab.etcd_ns.clone();
@@ -105,39 +99,9 @@ impl Lab {
     /// Connect namespace `ns` to the switch as `eth0` with `addr`/24.
     fn plug(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
         netns::add(ns)?;
-        ip(&[
-            "link",
-            "add",
-            "eth0",
-            "netns",
-            ns,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            port,
-            "netns",
-            &self.switch_ns,
-        ])?;
-        ip(&[
-            "-n",
-            &self.switch_ns,
-            "link",
-            "set",
-            port,
-            "master",
-            "br0",
-            "up",
-        ])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{addr}/24"),
-            "dev",
-            "eth0",
-        ])?;
+        ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", &self.switch_ns])?;
+        ip(&["-n", &self.switch_ns, "link", "set", port, "master", "br0", "up"])?;
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         Ok(())
     }
@@ -146,15 +110,7 @@ impl Lab {
         let ns = format!("{}-n{i}", self.name);
         let addr = Ipv4Addr::new(198, 18, 0, i);
         self.plug(&ns, &format!("n{i}"), addr)?;
-        ip(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &SWITCH_IP.to_string(),
-        ])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &SWITCH_IP.to_string()])?;
         netns::run(exec(&ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
         let node_dir = self.dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&node_dir)?;
@@ -169,6 +125,19 @@ impl Lab {
             pod_ip: None,
         });
         Ok(())
+    }
+
+    /// A namespace on the underlay that is not a node, holding `addrs`
+    /// (the first as its /24 address, the rest as extra addresses).
+    pub fn add_intruder(&mut self, addrs: &[&str]) -> Result<String> {
+        let ns = format!("{}-x", self.name);
+        let first: Ipv4Addr = addrs.first().context("no address")?.parse()?;
+        self.plug(&ns, "x", first)?;
+        for a in &addrs[1..] {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/24"), "dev", "eth0"])?;
+        }
+        self.extra_ns.push(ns.clone());
+        Ok(ns)
     }
 
     /// Add one more node namespace (daemon not started); returns its index.
@@ -193,21 +162,12 @@ impl Lab {
     /// Run `weft ARGS` in the etcd namespace, against the lab's etcd.
     pub fn weft(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = exec(&self.etcd_ns, self.weft.to_str().context("weft path")?);
-        cmd.args(["--etcd-endpoints", "http://127.0.0.1:2379"])
-            .args(args);
-        cmd.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
+        cmd.args(["--etcd-endpoints", "http://127.0.0.1:2379"]).args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
         if let Some(text) = stdin {
-            child
-                .stdin
-                .take()
-                .context("stdin")?
-                .write_all(text.as_bytes())?;
+            child.stdin.take().context("stdin")?.write_all(text.as_bytes())?;
         }
         Ok(child.wait_with_output()?)
     }
@@ -216,10 +176,7 @@ impl Lab {
     pub fn put_config(&self, json: &str) -> Result<()> {
         let out = self.weft(&["config", "put", "-"], Some(json))?;
         if !out.status.success() {
-            bail!(
-                "config put failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("config put failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(())
     }
@@ -227,10 +184,7 @@ impl Lab {
     /// `etcdctl ARGS` against the lab's etcd.
     pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
         netns::run(
-            exec(&self.etcd_ns, "etcdctl")
-                .env("ETCDCTL_API", "3")
-                .arg("--endpoints=http://127.0.0.1:2379")
-                .args(args),
+            exec(&self.etcd_ns, "etcdctl").env("ETCDCTL_API", "3").arg("--endpoints=http://127.0.0.1:2379").args(args),
         )
     }
 
@@ -259,13 +213,8 @@ impl Lab {
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.node(i).log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.node(i).log)?;
+        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         // SAFETY: prctl(PR_SET_PDEATHSIG) runs in the child between fork and
         // exec and touches no memory of the parent.
         unsafe {
@@ -283,24 +232,15 @@ impl Lab {
     pub fn wait_ready(&mut self, i: u8, limit: Duration) -> Result<()> {
         let ns = self.node(i).ns.clone();
         let res = wait_until(&format!("node {i} to be ready"), limit, || {
-            if let Some(status) = self
-                .node_mut(i)
-                .daemon
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                return Some(Err(anyhow::anyhow!(
-                    "weft on node {i} exited with {status}"
-                )));
+            if let Some(status) = self.node_mut(i).daemon.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Some(Err(anyhow::anyhow!("weft on node {i} exited with {status}")));
             }
             let ns = ns.clone();
-            let ok = netns::in_netns(&ns, || {
-                http_get(SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT)), "/readyz")
-            })
-            .ok()
-            .flatten()
-            .map(|(code, _)| code == 200)
-            .unwrap_or(false);
+            let ok = netns::in_netns(&ns, || http_get(SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT)), "/readyz"))
+                .ok()
+                .flatten()
+                .map(|(code, _)| code == 200)
+                .unwrap_or(false);
             ok.then_some(Ok(()))
         });
         match res {
@@ -311,11 +251,7 @@ impl Lab {
 
     /// Send `sig` to node `i`'s daemon and wait for it to exit.
     pub fn stop_daemon(&mut self, i: u8, sig: i32) -> Result<std::process::ExitStatus> {
-        let mut child = self
-            .node_mut(i)
-            .daemon
-            .take()
-            .context("daemon not running")?;
+        let mut child = self.node_mut(i).daemon.take().context("daemon not running")?;
         signal(&child, sig);
         Ok(child.wait()?)
     }
@@ -323,10 +259,7 @@ impl Lab {
     /// Wait for node `i`'s daemon to exit by itself (within `limit`).
     pub fn wait_exit(&mut self, i: u8, limit: Duration) -> Result<std::process::ExitStatus> {
         let status = wait_until(&format!("weft on node {i} to exit"), limit, || {
-            self.node_mut(i)
-                .daemon
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
+            self.node_mut(i).daemon.as_mut().and_then(|c| c.try_wait().ok().flatten())
         })?;
         self.node_mut(i).daemon = None;
         Ok(status)
@@ -336,10 +269,7 @@ impl Lab {
     pub fn log_tail(&self, i: u8) -> String {
         let text = std::fs::read_to_string(&self.node(i).log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        format!(
-            "--- weft log of node {i} ---\n{}",
-            lines[lines.len().saturating_sub(30)..].join("\n")
-        )
+        format!("--- weft log of node {i} ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
     }
 
     /// The whole log of node `i`.
@@ -363,40 +293,15 @@ impl Lab {
         let len = subnet.prefix_len();
         netns::add(&pod_ns)?;
         ip(&["-n", &ns, "link", "add", "cni0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{gw}/{len}"),
-            "dev",
-            "cni0",
-        ])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{gw}/{len}"), "dev", "cni0"])?;
         ip(&["-n", &ns, "link", "set", "cni0", "mtu", &mtu, "up"])?;
         ip(&[
-            "-n", &ns, "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0",
-            "netns", &pod_ns,
+            "-n", &ns, "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
         ])?;
         ip(&["-n", &ns, "link", "set", "veth0", "master", "cni0", "up"])?;
-        ip(&[
-            "-n",
-            &pod_ns,
-            "addr",
-            "add",
-            &format!("{pod_ip}/{len}"),
-            "dev",
-            "eth0",
-        ])?;
+        ip(&["-n", &pod_ns, "addr", "add", &format!("{pod_ip}/{len}"), "dev", "eth0"])?;
         ip(&["-n", &pod_ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        ip(&[
-            "-n",
-            &pod_ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw.to_string(),
-        ])?;
+        ip(&["-n", &pod_ns, "route", "add", "default", "via", &gw.to_string()])?;
         self.node_mut(i).pod_ip = Some(pod_ip);
         Ok(pod_ip)
     }
@@ -404,39 +309,55 @@ impl Lab {
     /// `ping -c COUNT -i INTERVAL -W 1 DST` from node `i`'s pod.
     pub fn ping(&self, i: u8, dst: Ipv4Addr, count: u32, interval: &str) -> Result<Output> {
         Ok(exec(&self.node(i).pod_ns, "ping")
-            .args([
-                "-n",
-                "-q",
-                "-c",
-                &count.to_string(),
-                "-i",
-                interval,
-                "-W",
-                "1",
-                &dst.to_string(),
-            ])
+            .args(["-n", "-q", "-c", &count.to_string(), "-i", interval, "-W", "1", &dst.to_string()])
             .stdin(Stdio::null())
             .output()?)
     }
 
-    /// Whether one ping from pod `i` to `dst` is answered.
+    /// Whether pod `i` gets an answer from `dst` within 3 s.
     pub fn ping_once(&self, i: u8, dst: Ipv4Addr) -> bool {
-        self.ping(i, dst, 1, "1")
+        // Echoes every 0.2 s until the first answer, for at most 3 s: a
+        // loaded machine may lose or delay one without anything being wrong.
+        exec(&self.node(i).pod_ns, "ping")
+            .args(["-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &dst.to_string()])
+            .stdin(Stdio::null())
+            .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
     }
 
     /// `ip -4 route show proto 87` in node `i`.
     pub fn weft_routes(&self, i: u8) -> Result<String> {
-        Ok(String::from_utf8_lossy(
-            &ip(&["-n", &self.node(i).ns, "-4", "route", "show", "proto", "87"])?.stdout,
-        )
-        .into_owned())
+        Ok(String::from_utf8_lossy(&ip(&["-n", &self.node(i).ns, "-4", "route", "show", "proto", "87"])?.stdout)
+            .into_owned())
     }
 
     /// Any command in node `i`.
     pub fn node_cmd(&self, i: u8, program: &str) -> Command {
         exec(&self.node(i).ns, program)
+    }
+
+    /// `GET path` on node `i`'s health port: (status, body).
+    pub fn http(&self, i: u8, path: &'static str) -> Result<(u16, String)> {
+        // A loaded machine may miss one timeout; try a few times.
+        for _ in 0..5 {
+            let addr = SocketAddr::from(([127, 0, 0, 1], HEALTHZ_PORT));
+            if let Some(r) = netns::in_netns(&self.node(i).ns, move || http_get(addr, path))? {
+                return Ok(r);
+            }
+        }
+        bail!("GET {path} on node {i} failed 5 times")
+    }
+
+    /// One counter from node `i`'s `/metrics` (0 when absent).
+    pub fn metric(&self, i: u8, name_and_labels: &str) -> Result<u64> {
+        let (_, body) = self.http(i, "/metrics")?;
+        Ok(metric_in(&body, name_and_labels))
+    }
+
+    /// The PID of node `i`'s daemon.
+    pub fn daemon_pid(&self, i: u8) -> Option<u32> {
+        self.node(i).daemon.as_ref().map(|c| c.id())
     }
 
     /// The lab's scratch directory.
@@ -458,6 +379,9 @@ impl Drop for Lab {
             netns::del(&n.pod_ns);
             netns::del(&n.ns);
         }
+        for ns in &self.extra_ns {
+            netns::del(ns);
+        }
         netns::del(&self.etcd_ns);
         netns::del(&self.switch_ns);
     }
@@ -465,8 +389,7 @@ impl Drop for Lab {
 
 /// Parse `FLANNEL_SUBNET` (gateway/len) and `FLANNEL_MTU`.
 pub fn read_subnet_env(path: &Path) -> Result<(Ipv4Net, Ipv4Addr, u32)> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let get = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}=")))
@@ -480,8 +403,8 @@ pub fn read_subnet_env(path: &Path) -> Result<(Ipv4Net, Ipv4Addr, u32)> {
 
 /// A minimal HTTP GET: (status code, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n").ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
@@ -493,9 +416,11 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// Send `len` pseudo-random bytes from pod `from` to pod `to` over TCP and
 /// check that exactly those bytes arrived. Returns the bytes transferred.
 pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<usize> {
+    static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
+    let port = 5201 + (NEXT_PORT.fetch_add(1, Ordering::SeqCst) % 1000) as u16;
     let dst = lab.node(to).pod_ip.context("pod not attached")?;
     let (from_ns, to_ns) = (lab.node(from).pod_ns.clone(), lab.node(to).pod_ns.clone());
-    let listener = netns::in_netns(&to_ns, move || std::net::TcpListener::bind((dst, 5201)))??;
+    let listener = netns::in_netns(&to_ns, move || std::net::TcpListener::bind((dst, port)))??;
     let receiver = std::thread::spawn(move || -> Result<u64> {
         let (mut conn, _) = listener.accept()?;
         conn.set_read_timeout(Some(Duration::from_secs(20)))?;
@@ -513,8 +438,7 @@ pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<u
         Ok(hash.finish() ^ total as u64)
     });
     let sent = netns::in_netns(&from_ns, move || -> Result<u64> {
-        let mut conn =
-            TcpStream::connect_timeout(&SocketAddr::from((dst, 5201)), Duration::from_secs(5))?;
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::from((dst, port)), Duration::from_secs(5))?;
         let mut hash = Fnv::default();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut left = len;
@@ -533,9 +457,7 @@ pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<u
         }
         Ok(hash.finish() ^ len as u64)
     })??;
-    let received = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let received = receiver.join().map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     if sent != received {
         bail!("the bytes received differ from the bytes sent");
     }
@@ -561,4 +483,9 @@ impl Fnv {
     fn finish(&self) -> u64 {
         self.0
     }
+}
+
+/// One counter from a Prometheus text body (0 when absent).
+pub fn metric_in(body: &str, name_and_labels: &str) -> u64 {
+    body.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
 }

@@ -13,15 +13,9 @@ pub const NS_PREFIX: &str = "weftlab-";
 
 /// Run a command and fail with its stderr if it fails.
 pub fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out)
 }
@@ -47,10 +41,7 @@ pub fn add(name: &str) -> Result<()> {
 
 /// `ip netns del NAME` (absent is fine).
 pub fn del(name: &str) {
-    let _ = Command::new("ip")
-        .args(["netns", "del", name])
-        .stderr(Stdio::null())
-        .status();
+    let _ = Command::new("ip").args(["netns", "del", name]).stderr(Stdio::null()).status();
 }
 
 /// Delete lab namespaces whose creating process no longer exists.
@@ -84,7 +75,5 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
         }
         Ok(f())
     });
-    handle
-        .join()
-        .map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
+    handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }

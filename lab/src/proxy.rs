@@ -25,10 +25,7 @@ impl TcpProxy {
     pub async fn start(target: SocketAddr) -> std::io::Result<TcpProxy> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(State {
-            open: AtomicBool::new(true),
-            conns: Mutex::new(Vec::new()),
-        });
+        let state = Arc::new(State { open: AtomicBool::new(true), conns: Mutex::new(Vec::new()) });
         let st = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
@@ -41,18 +38,11 @@ impl TcpProxy {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
-                st.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(task.abort_handle());
+                st.conns.lock().unwrap_or_else(|p| p.into_inner()).push(task.abort_handle());
             }
         })
         .abort_handle();
-        Ok(TcpProxy {
-            addr,
-            state,
-            accept,
-        })
+        Ok(TcpProxy { addr, state, accept })
     }
 
     /// The proxy's address.
@@ -68,13 +58,7 @@ impl TcpProxy {
     /// Close every connection and refuse new ones until [`restore`](Self::restore).
     pub fn cut(&self) {
         self.state.open.store(false, Ordering::SeqCst);
-        for c in self
-            .state
-            .conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
+        for c in self.state.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
             c.abort();
         }
     }

@@ -6,11 +6,7 @@ use std::time::{Duration, Instant};
 
 /// Poll `check` every 20 ms until it returns `Some`, or fail after `limit`
 /// with `what` and the last state seen.
-pub fn wait_until<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Option<T>,
-) -> anyhow::Result<T> {
+pub fn wait_until<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(v) = check() {
@@ -24,11 +20,7 @@ pub fn wait_until<T>(
 }
 
 /// Async version of [`wait_until`].
-pub async fn wait_until_async<T, F, Fut>(
-    what: &str,
-    limit: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
+pub async fn wait_until_async<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,

@@ -33,11 +33,7 @@ pub struct AcquireRequest {
 }
 
 /// Acquire a lease for this node; see the module doc for the policy.
-pub async fn acquire_lease(
-    registry: &Registry,
-    config: &NetworkConfig,
-    req: &AcquireRequest,
-) -> Result<Lease> {
+pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &AcquireRequest) -> Result<Lease> {
     // Every failed attempt means another writer won a subnet or rewrote a
     // key, so the loop ends; the bound only guards against a pathological store.
     let max_attempts = (config.subnet_count() + 16).min(1000) as u32;
@@ -52,10 +48,8 @@ pub async fn acquire_lease(
             debug!("ignoring entry {key}: {why}");
         }
 
-        if let Some(own) = listing
-            .leases
-            .iter()
-            .find(|l| l.attrs.public_ip == req.attrs.public_ip && config.is_leasable(&l.subnet))
+        if let Some(own) =
+            listing.leases.iter().find(|l| l.attrs.public_ip == req.attrs.public_ip && config.is_leasable(&l.subnet))
         {
             match registry.renew_lease(own, &req.attrs, req.ttl).await? {
                 RenewOutcome::Renewed(lease) => {
@@ -89,10 +83,7 @@ pub async fn acquire_lease(
                 }
             }
         };
-        match registry
-            .create_lease(candidate, &req.attrs, req.ttl)
-            .await?
-        {
+        match registry.create_lease(candidate, &req.attrs, req.ttl).await? {
             Some(lease) => {
                 info!(subnet = %lease.subnet, attempt, "acquired a new lease");
                 return Ok(lease);
@@ -100,7 +91,5 @@ pub async fn acquire_lease(
             None => debug!(subnet = %candidate, "lost the race for a subnet; retrying"),
         }
     }
-    Err(Error::TooManyConflicts {
-        attempts: max_attempts,
-    })
+    Err(Error::TooManyConflicts { attempts: max_attempts })
 }

@@ -15,11 +15,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff {
-            initial,
-            max,
-            current: initial,
-        }
+        Backoff { initial, max, current: initial }
     }
 
     /// The next delay to wait.
@@ -47,10 +43,7 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(100) && delays[0] < Duration::from_millis(120));
         assert!(delays[1] >= Duration::from_millis(200) && delays[1] < Duration::from_millis(240));
         for d in &delays[6..] {
-            assert!(
-                *d >= Duration::from_secs(5) && *d <= Duration::from_secs(6),
-                "{d:?}"
-            );
+            assert!(*d >= Duration::from_secs(5) && *d <= Duration::from_secs(6), "{d:?}");
         }
         b.reset();
         assert!(b.next_delay() < Duration::from_millis(120));

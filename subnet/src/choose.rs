@@ -33,10 +33,7 @@ pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
     // until a hole, and the range cannot have more taken subnets than that.
     let start = rng.random_range(0..count);
     let limit = count.min(taken.len() as u64 + 1);
-    (0..limit)
-        .map(|i| (start + i) % count)
-        .filter_map(|i| config.nth_subnet(i))
-        .find(|s| !taken.contains(s))
+    (0..limit).map(|i| (start + i) % count).filter_map(|i| config.nth_subnet(i)).find(|s| !taken.contains(s))
 }
 
 #[cfg(test)]
@@ -46,10 +43,8 @@ mod tests {
     use rand::SeedableRng;
 
     fn config(min: &str, max: &str) -> NetworkConfig {
-        NetworkConfig::parse(&format!(
-            r#"{{"Network":"10.244.0.0/16","SubnetMin":"{min}","SubnetMax":"{max}"}}"#
-        ))
-        .unwrap()
+        NetworkConfig::parse(&format!(r#"{{"Network":"10.244.0.0/16","SubnetMin":"{min}","SubnetMax":"{max}"}}"#))
+            .unwrap()
     }
 
     #[test]
@@ -68,9 +63,7 @@ mod tests {
     #[test]
     fn finds_the_last_hole() {
         let c = config("10.244.1.0", "10.244.255.0");
-        let mut taken: BTreeSet<_> = (0..c.subnet_count())
-            .filter_map(|i| c.nth_subnet(i))
-            .collect();
+        let mut taken: BTreeSet<_> = (0..c.subnet_count()).filter_map(|i| c.nth_subnet(i)).collect();
         let hole: Ipv4Net = "10.244.77.0/24".parse().unwrap();
         taken.remove(&hole);
         for seed in 0..20 {
@@ -84,9 +77,6 @@ mod tests {
         let c = config("10.244.1.0", "10.244.1.0");
         let taken: BTreeSet<Ipv4Net> = ["10.244.2.0/24".parse().unwrap()].into();
         let mut rng = StdRng::seed_from_u64(3);
-        assert_eq!(
-            choose_free_subnet(&c, &taken, &mut rng),
-            Some("10.244.1.0/24".parse().unwrap())
-        );
+        assert_eq!(choose_free_subnet(&c, &taken, &mut rng), Some("10.244.1.0/24".parse().unwrap()));
     }
 }

@@ -99,8 +99,7 @@ impl BackendConfig {
 impl NetworkConfig {
     /// Parse and validate a config as stored in etcd.
     pub fn parse(text: &str) -> Result<NetworkConfig, ConfigError> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| ConfigError::Json(e.to_string()))?;
         Self::from_value(&value)
     }
 
@@ -137,25 +136,11 @@ impl NetworkConfig {
             Some(s) => check_bound("SubnetMax", s, network, subnet_len)?,
         };
         if subnet_min > subnet_max {
-            return Err(ConfigError::EmptyRange {
-                min: subnet_min,
-                max: subnet_max,
-            });
+            return Err(ConfigError::EmptyRange { min: subnet_min, max: subnet_max });
         }
-        let ipv6 = if enable_v6 {
-            Some(parse_v6(obj)?)
-        } else {
-            None
-        };
+        let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
         let backend = parse_backend(obj.get("Backend"))?;
-        Ok(NetworkConfig {
-            network,
-            subnet_len,
-            subnet_min,
-            subnet_max,
-            ipv6,
-            backend,
-        })
+        Ok(NetworkConfig { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
     }
 
     /// How many subnets `[SubnetMin, SubnetMax]` holds.
@@ -196,31 +181,15 @@ fn v4_subnet_len(network: Ipv4Net, len: u32) -> Result<u8, ConfigError> {
         return Err(ConfigError::SubnetLenTooLong { len });
     }
     if len < u32::from(prefix) + 2 {
-        return Err(ConfigError::SubnetLenTooShort {
-            len,
-            network,
-            min: prefix + 2,
-        });
+        return Err(ConfigError::SubnetLenTooShort { len, network, min: prefix + 2 });
     }
     Ok(len as u8)
 }
 
-fn check_bound(
-    field: &'static str,
-    value: &str,
-    network: Ipv4Net,
-    len: u8,
-) -> Result<Ipv4Addr, ConfigError> {
-    let addr: Ipv4Addr = value.parse().map_err(|_| ConfigError::BadAddress {
-        field,
-        value: value.to_string(),
-    })?;
+fn check_bound(field: &'static str, value: &str, network: Ipv4Net, len: u8) -> Result<Ipv4Addr, ConfigError> {
+    let addr: Ipv4Addr = value.parse().map_err(|_| ConfigError::BadAddress { field, value: value.to_string() })?;
     if !network.contains(&addr) {
-        return Err(ConfigError::OutsideNetwork {
-            field,
-            addr,
-            network,
-        });
+        return Err(ConfigError::OutsideNetwork { field, addr, network });
     }
     let mask = u32::MAX << (32 - len);
     if u32::from(addr) & mask != u32::from(addr) {
@@ -230,46 +199,34 @@ fn check_bound(
 }
 
 fn parse_v4_cidr(field: &'static str, value: &str) -> Result<Ipv4Net, ConfigError> {
-    let net: Ipv4Net = value
-        .parse()
-        .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
-            field,
-            value: value.to_string(),
-            kind: "IPv4",
-            example: "10.244.0.0/16",
-            reason: e.to_string(),
-        })?;
+    let net: Ipv4Net = value.parse().map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+        field,
+        value: value.to_string(),
+        kind: "IPv4",
+        example: "10.244.0.0/16",
+        reason: e.to_string(),
+    })?;
     // flanneld masks host bits away; so do we.
     Ok(net.trunc())
 }
 
 fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
     let text = get_str(obj, "IPv6Network")?.ok_or(ConfigError::MissingIpv6Network)?;
-    let network: Ipv6Net =
-        text.parse()
-            .map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
-                field: "IPv6Network",
-                value: text.to_string(),
-                kind: "IPv6",
-                example: "fd00:10:244::/56",
-                reason: e.to_string(),
-            })?;
+    let network: Ipv6Net = text.parse().map_err(|e: ipnet::AddrParseError| ConfigError::BadCidr {
+        field: "IPv6Network",
+        value: text.to_string(),
+        kind: "IPv6",
+        example: "fd00:10:244::/56",
+        reason: e.to_string(),
+    })?;
     let network = network.trunc();
     let prefix = network.prefix_len();
     let len = match get_u32(obj, "IPv6SubnetLen")?.unwrap_or(0) {
-        0 if prefix > 124 => {
-            return Err(ConfigError::Ipv6NetworkTooSmall {
-                network: network.to_string(),
-            })
-        }
+        0 if prefix > 124 => return Err(ConfigError::Ipv6NetworkTooSmall { network: network.to_string() }),
         0 if prefix <= 62 => 64,
         0 => prefix + 2,
         n if n > 126 || n < u32::from(prefix) + 2 => {
-            return Err(ConfigError::BadIpv6SubnetLen {
-                len: n,
-                network: network.to_string(),
-                min: prefix + 2,
-            })
+            return Err(ConfigError::BadIpv6SubnetLen { len: n, network: network.to_string(), min: prefix + 2 })
         }
         n => n as u8,
     };
@@ -280,10 +237,7 @@ fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
         match get_str(obj, field)? {
             None => Ok(Ipv6Addr::from(default)),
             Some(s) => {
-                let addr: Ipv6Addr = s.parse().map_err(|_| ConfigError::BadAddress {
-                    field,
-                    value: s.to_string(),
-                })?;
+                let addr: Ipv6Addr = s.parse().map_err(|_| ConfigError::BadAddress { field, value: s.to_string() })?;
                 let raw = u128::from(addr);
                 if raw < start || raw > end || raw % size != 0 {
                     return Err(ConfigError::BadIpv6Bound {
@@ -306,11 +260,7 @@ fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
 fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
     let obj = match value {
         None | Some(Value::Null) => {
-            return Ok(BackendConfig::Udp(UdpOptions {
-                port: UDP_DEFAULT_PORT,
-                mtu: None,
-                offload: true,
-            }))
+            return Ok(BackendConfig::Udp(UdpOptions { port: UDP_DEFAULT_PORT, mtu: None, offload: true }))
         }
         Some(Value::Object(obj)) => obj,
         Some(other) => {
@@ -361,19 +311,12 @@ fn type_name(v: &Value) -> String {
     }
 }
 
-fn get_str<'a>(
-    obj: &'a Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<&'a str>, ConfigError> {
+fn get_str<'a>(obj: &'a Map<String, Value>, field: &'static str) -> Result<Option<&'a str>, ConfigError> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(other) => Err(ConfigError::WrongType {
-            field,
-            expected: "a string",
-            found: type_name(other),
-        }),
+        Some(other) => Err(ConfigError::WrongType { field, expected: "a string", found: type_name(other) }),
     }
 }
 
@@ -381,11 +324,7 @@ fn get_bool(obj: &Map<String, Value>, field: &'static str) -> Result<Option<bool
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(ConfigError::WrongType {
-            field,
-            expected: "true or false",
-            found: type_name(other),
-        }),
+        Some(other) => Err(ConfigError::WrongType { field, expected: "true or false", found: type_name(other) }),
     }
 }
 
@@ -394,17 +333,13 @@ fn get_u32(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u32>,
         None | Some(Value::Null) => Ok(None),
         Some(Value::Number(n)) => match n.as_u64().and_then(|v| u32::try_from(v).ok()) {
             Some(v) => Ok(Some(v)),
-            None => Err(ConfigError::WrongType {
-                field,
-                expected: "a non-negative integer",
-                found: format!("number {n}"),
-            }),
+            None => {
+                Err(ConfigError::WrongType { field, expected: "a non-negative integer", found: format!("number {n}") })
+            }
         },
-        Some(other) => Err(ConfigError::WrongType {
-            field,
-            expected: "a non-negative integer",
-            found: type_name(other),
-        }),
+        Some(other) => {
+            Err(ConfigError::WrongType { field, expected: "a non-negative integer", found: type_name(other) })
+        }
     }
 }
 
@@ -413,20 +348,16 @@ fn get_port(obj: &Map<String, Value>, field: &'static str) -> Result<Option<u16>
         None | Some(0) => Ok(None),
         Some(p) => u16::try_from(p)
             .map(Some)
-            .map_err(|_| ConfigError::BadBackendOption {
-                field,
-                reason: format!("{p} is not a UDP port (1 - 65535)"),
-            }),
+            .map_err(|_| ConfigError::BadBackendOption { field, reason: format!("{p} is not a UDP port (1 - 65535)") }),
     }
 }
 
 fn get_mtu(obj: &Map<String, Value>) -> Result<Option<u32>, ConfigError> {
     match get_u32(obj, "MTU")? {
         None | Some(0) => Ok(None),
-        Some(m) if !(576..=65535).contains(&m) => Err(ConfigError::BadBackendOption {
-            field: "MTU",
-            reason: format!("{m} is outside 576 - 65535"),
-        }),
+        Some(m) if !(576..=65535).contains(&m) => {
+            Err(ConfigError::BadBackendOption { field: "MTU", reason: format!("{m} is outside 576 - 65535") })
+        }
         Some(m) => Ok(Some(m)),
     }
 }

@@ -26,24 +26,15 @@ fn defaults_follow_flanneld() {
         assert_eq!(c.subnet_len, len, "{net}");
         assert_eq!(c.subnet_min.to_string(), min, "{net}");
         assert_eq!(c.subnet_max.to_string(), max, "{net}");
-        assert_eq!(
-            c.backend,
-            BackendConfig::Udp(UdpOptions {
-                port: 8285,
-                mtu: None,
-                offload: true
-            })
-        );
+        assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 8285, mtu: None, offload: true }));
         assert!(c.ipv6.is_none());
     }
 }
 
 #[test]
 fn explicit_values_are_kept() {
-    let c = ok(
-        r#"{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.1.64","SubnetMax":"10.244.2.0",
-                  "Backend":{"Type":"vxlan","VNI":42,"Port":4789,"GBP":true,"DirectRouting":true,"MTU":1400}}"#,
-    );
+    let c = ok(r#"{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.1.64","SubnetMax":"10.244.2.0",
+                  "Backend":{"Type":"vxlan","VNI":42,"Port":4789,"GBP":true,"DirectRouting":true,"MTU":1400}}"#);
     assert_eq!(c.subnet_len, 26);
     assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 64));
     assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 2, 0));
@@ -79,16 +70,8 @@ fn backend_defaults() {
     assert_eq!(c.backend.type_name(), "host-gw");
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{}}"#);
     assert_eq!(c.backend.type_name(), "udp");
-    let c =
-        ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false}}"#);
-    assert_eq!(
-        c.backend,
-        BackendConfig::Udp(UdpOptions {
-            port: 9000,
-            mtu: None,
-            offload: false
-        })
-    );
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false}}"#);
+    assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 9000, mtu: None, offload: false }));
 }
 
 #[test]
@@ -113,47 +96,23 @@ fn bad_configs_name_the_field_and_rule() {
         ("not json", "not valid JSON"),
         ("[1,2]", "must be a JSON object"),
         ("{}", "field Network is required"),
-        (
-            r#"{"Network":"10.244.0.0"}"#,
-            "field Network: \"10.244.0.0\" is not a valid IPv4 CIDR",
-        ),
+        (r#"{"Network":"10.244.0.0"}"#, "field Network: \"10.244.0.0\" is not a valid IPv4 CIDR"),
         (r#"{"Network":"banana"}"#, "field Network"),
-        (
-            r#"{"Network":16}"#,
-            "field Network: expected a string, found number 16",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#,
-            "field SubnetLen: 33 is too long",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
-            "field SubnetLen: 31 is too long",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#,
-            "field SubnetLen: 17 is too short",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetLen":-1}"#,
-            "field SubnetLen: expected a non-negative integer",
-        ),
+        (r#"{"Network":16}"#, "field Network: expected a string, found number 16"),
+        (r#"{"Network":"10.244.0.0/16","SubnetLen":33}"#, "field SubnetLen: 33 is too long"),
+        (r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#, "field SubnetLen: 31 is too long"),
+        (r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#, "field SubnetLen: 17 is too short"),
+        (r#"{"Network":"10.244.0.0/16","SubnetLen":-1}"#, "field SubnetLen: expected a non-negative integer"),
         (
             r#"{"Network":"10.244.0.0/16","SubnetLen":"24"}"#,
             "field SubnetLen: expected a non-negative integer, found string",
         ),
-        (
-            r#"{"Network":"10.244.0.0/30"}"#,
-            "field Network: 10.244.0.0/30 is too small",
-        ),
+        (r#"{"Network":"10.244.0.0/30"}"#, "field Network: 10.244.0.0/30 is too small"),
         (
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#,
             "field SubnetMin: 10.245.0.0 is outside Network 10.244.0.0/16",
         ),
-        (
-            r#"{"Network":"10.244.0.0/16","SubnetMax":"192.168.0.0"}"#,
-            "field SubnetMax: 192.168.0.0 is outside Network",
-        ),
+        (r#"{"Network":"10.244.0.0/16","SubnetMax":"192.168.0.0"}"#, "field SubnetMax: 192.168.0.0 is outside Network"),
         (
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5"}"#,
             "field SubnetMin: 10.244.1.5 is not on a /24 boundary",
@@ -166,34 +125,16 @@ fn bad_configs_name_the_field_and_rule() {
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
             "SubnetMin 10.244.9.0 is above SubnetMax 10.244.3.0",
         ),
-        (
-            r#"{"Network":"10.244.0.0/16","EnableIPv4":"yes"}"#,
-            "field EnableIPv4: expected true or false",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":false}"#,
-            "enable at least one",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#,
-            "field IPv6Network is required",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
-            "field IPv6Network",
-        ),
+        (r#"{"Network":"10.244.0.0/16","EnableIPv4":"yes"}"#, "field EnableIPv4: expected true or false"),
+        (r#"{"Network":"10.244.0.0/16","EnableIPv4":false,"EnableIPv6":false}"#, "enable at least one"),
+        (r#"{"Network":"10.244.0.0/16","EnableIPv6":true}"#, "field IPv6Network is required"),
+        (r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#, "field IPv6Network"),
         (
             r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
             "field IPv6SubnetLen: 127",
         ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"gre"}}"#,
-            "field Backend.Type: unknown backend type \"gre\"",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#,
-            "field Backend: expected an object",
-        ),
+        (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"gre"}}"#, "field Backend.Type: unknown backend type \"gre\""),
+        (r#"{"Network":"10.244.0.0/16","Backend":"vxlan"}"#, "field Backend: expected an object"),
         (
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             "field Backend.VNI: 16777216 does not fit in 24 bits",
@@ -202,21 +143,12 @@ fn bad_configs_name_the_field_and_rule() {
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","Port":70000}}"#,
             "field Backend.Port: 70000 is not a UDP port",
         ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","MTU":100}}"#,
-            "field Backend.MTU: 100 is outside",
-        ),
-        (
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"on"}}"#,
-            "field GBP: expected true or false",
-        ),
+        (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","MTU":100}}"#, "field Backend.MTU: 100 is outside"),
+        (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"on"}}"#, "field GBP: expected true or false"),
     ];
     for (json, want) in table {
         let msg = err(json);
-        assert!(
-            msg.contains(want),
-            "config {json}\n  message {msg:?}\n  should contain {want:?}"
-        );
+        assert!(msg.contains(want), "config {json}\n  message {msg:?}\n  should contain {want:?}");
     }
 }
 
@@ -228,20 +160,8 @@ fn leasable_and_nth_subnet() {
     assert_eq!(c.nth_subnet(15).unwrap().to_string(), "10.244.16.0/24");
     assert_eq!(c.nth_subnet(16), None);
     assert!(c.is_leasable(&"10.244.5.0/24".parse().unwrap()));
-    assert!(
-        !c.is_leasable(&"10.244.17.0/24".parse().unwrap()),
-        "above SubnetMax"
-    );
-    assert!(
-        !c.is_leasable(&"10.244.0.0/24".parse().unwrap()),
-        "below SubnetMin"
-    );
-    assert!(
-        !c.is_leasable(&"10.244.5.0/25".parse().unwrap()),
-        "wrong length"
-    );
-    assert!(
-        !c.is_leasable(&"10.245.5.0/24".parse().unwrap()),
-        "outside network"
-    );
+    assert!(!c.is_leasable(&"10.244.17.0/24".parse().unwrap()), "above SubnetMax");
+    assert!(!c.is_leasable(&"10.244.0.0/24".parse().unwrap()), "below SubnetMin");
+    assert!(!c.is_leasable(&"10.244.5.0/25".parse().unwrap()), "wrong length");
+    assert!(!c.is_leasable(&"10.245.5.0/24".parse().unwrap()), "outside network");
 }

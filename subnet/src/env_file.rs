@@ -34,45 +34,25 @@ impl SubnetEnv {
     /// The file's text.
     pub fn render(&self) -> String {
         let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        let mut s = format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n",
-            self.network,
-            first,
-            self.subnet.prefix_len()
-        );
+        let mut s =
+            format!("FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n", self.network, first, self.subnet.prefix_len());
         if let Some(net) = self.ipv6_network {
             s.push_str(&format!("FLANNEL_IPV6_NETWORK={net}\n"));
         }
         if let Some(sub) = self.ipv6_subnet {
             let first = std::net::Ipv6Addr::from(u128::from(sub.network()) + 1);
-            s.push_str(&format!(
-                "FLANNEL_IPV6_SUBNET={}/{}\n",
-                first,
-                sub.prefix_len()
-            ));
+            s.push_str(&format!("FLANNEL_IPV6_SUBNET={}/{}\n", first, sub.prefix_len()));
         }
-        s.push_str(&format!(
-            "FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.mtu, self.ip_masq
-        ));
+        s.push_str(&format!("FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n", self.mtu, self.ip_masq));
         s
     }
 
     /// Write the file atomically, creating its directory if needed.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let err = |source| Error::WriteFile {
-            path: path.display().to_string(),
-            source,
-        };
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let err = |source| Error::WriteFile { path: path.display().to_string(), source };
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         std::fs::create_dir_all(dir).map_err(err)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
@@ -91,18 +71,12 @@ impl SubnetEnv {
 /// the file exists and holds one.
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     let text = std::fs::read_to_string(path).ok()?;
-    parse_var(&text, "FLANNEL_SUBNET")?
-        .parse::<Ipv4Net>()
-        .ok()
-        .map(|n| n.trunc())
+    parse_var(&text, "FLANNEL_SUBNET")?.parse::<Ipv4Net>().ok().map(|n| n.trunc())
 }
 
 /// The value of `name` in a `KEY=value` file.
 pub fn parse_var<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    text.lines()
-        .filter_map(|l| l.trim().split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim())
+    text.lines().filter_map(|l| l.trim().split_once('=')).find(|(k, _)| k.trim() == name).map(|(_, v)| v.trim())
 }
 
 #[cfg(test)]
@@ -127,15 +101,9 @@ mod tests {
         let path = dir.path().join("run/flannel/subnet.env");
         env.write(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), env.render());
-        assert_eq!(
-            previous_subnet(&path),
-            Some("10.244.3.0/24".parse().unwrap())
-        );
+        assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
         // Only the file itself is left behind: no temporary files.
-        assert_eq!(
-            std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
-            1
-        );
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
     }
 
     #[test]

@@ -15,24 +15,12 @@ pub enum ConfigError {
     #[error("network config must be a JSON object, e.g. {{\"Network\": \"10.244.0.0/16\"}}")]
     NotAnObject,
     #[error("field {field}: expected {expected}, found {found}")]
-    WrongType {
-        field: &'static str,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { field: &'static str, expected: &'static str, found: String },
     #[error("field {field}: {value:?} is not a valid {kind} CIDR (e.g. {example}): {reason}")]
-    BadCidr {
-        field: &'static str,
-        value: String,
-        kind: &'static str,
-        example: &'static str,
-        reason: String,
-    },
+    BadCidr { field: &'static str, value: String, kind: &'static str, example: &'static str, reason: String },
     #[error("field {field}: {value:?} is not a valid IPv4 address")]
     BadAddress { field: &'static str, value: String },
-    #[error(
-        "field Network is required when EnableIPv4 is true (e.g. \"Network\": \"10.244.0.0/16\")"
-    )]
+    #[error("field Network is required when EnableIPv4 is true (e.g. \"Network\": \"10.244.0.0/16\")")]
     MissingNetwork,
     #[error("field IPv6Network is required when EnableIPv6 is true (e.g. \"IPv6Network\": \"fd00:10:244::/56\")")]
     MissingIpv6Network,
@@ -45,17 +33,9 @@ pub enum ConfigError {
     #[error("field Network: {network} is too small; the prefix must be /28 or shorter")]
     NetworkTooSmall { network: Ipv4Net },
     #[error("field {field}: {addr} is outside Network {network}")]
-    OutsideNetwork {
-        field: &'static str,
-        addr: Ipv4Addr,
-        network: Ipv4Net,
-    },
+    OutsideNetwork { field: &'static str, addr: Ipv4Addr, network: Ipv4Net },
     #[error("field {field}: {addr} is not on a /{len} boundary (SubnetLen)")]
-    NotAligned {
-        field: &'static str,
-        addr: Ipv4Addr,
-        len: u8,
-    },
+    NotAligned { field: &'static str, addr: Ipv4Addr, len: u8 },
     #[error("fields SubnetMin/SubnetMax: SubnetMin {min} is above SubnetMax {max}")]
     EmptyRange { min: Ipv4Addr, max: Ipv4Addr },
     #[error("field IPv6SubnetLen: {len} is invalid for IPv6Network {network}; it must be between {min} and 126")]
@@ -80,11 +60,7 @@ pub enum Error {
     #[error("invalid etcd option: {0}")]
     EtcdOptions(String),
     #[error("cannot read {what} {path}: {source}")]
-    ReadFile {
-        what: &'static str,
-        path: String,
-        source: std::io::Error,
-    },
+    ReadFile { what: &'static str, path: String, source: std::io::Error },
     #[error("cannot reach etcd at {endpoints} within {secs} s; check --etcd-endpoints and that etcd is running")]
     Unreachable { endpoints: String, secs: u64 },
     #[error("cannot reach etcd at {endpoints}: {detail}; check --etcd-endpoints and that etcd is running")]
@@ -95,24 +71,16 @@ pub enum Error {
         #[source]
         source: etcd_client::Error,
     },
-    #[error("out of subnets: every /{len} subnet in {min} - {max} is leased; widen SubnetMin/SubnetMax or free a lease")]
-    OutOfSubnets {
-        min: Ipv4Addr,
-        max: Ipv4Addr,
-        len: u8,
-    },
+    #[error(
+        "out of subnets: every /{len} subnet in {min} - {max} is leased; widen SubnetMin/SubnetMax or free a lease"
+    )]
+    OutOfSubnets { min: Ipv4Addr, max: Ipv4Addr, len: u8 },
     #[error("gave up acquiring a subnet after {attempts} attempts lost to concurrent writers")]
     TooManyConflicts { attempts: u32 },
     #[error("cannot write {path}: {source}")]
-    WriteFile {
-        path: String,
-        source: std::io::Error,
-    },
+    WriteFile { path: String, source: std::io::Error },
     #[error("cannot encode lease for {subnet}: {source}")]
-    Encode {
-        subnet: Ipv4Net,
-        source: serde_json::Error,
-    },
+    Encode { subnet: Ipv4Net, source: serde_json::Error },
 }
 
 impl Error {

@@ -50,18 +50,14 @@ impl EtcdOptions {
     /// file given, every endpoint must be `https://`: plain HTTP is never used.
     fn connect_options(&self) -> Result<(Vec<String>, ConnectOptions)> {
         if self.endpoints.is_empty() {
-            return Err(Error::EtcdOptions(
-                "no etcd endpoint given (--etcd-endpoints)".into(),
-            ));
+            return Err(Error::EtcdOptions("no etcd endpoint given (--etcd-endpoints)".into()));
         }
         let mut endpoints = Vec::new();
         for ep in &self.endpoints {
             let ep = ep.trim();
             let lower = ep.to_ascii_lowercase();
             if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                return Err(Error::EtcdOptions(format!(
-                    "endpoint {ep:?} must start with http:// or https://"
-                )));
+                return Err(Error::EtcdOptions(format!("endpoint {ep:?} must start with http:// or https://")));
             }
             if self.uses_tls() && lower.starts_with("http://") {
                 return Err(Error::EtcdOptions(format!(
@@ -81,16 +77,11 @@ impl EtcdOptions {
             }
             match (&self.cert_file, &self.key_file) {
                 (Some(cert), Some(key)) => {
-                    tls = tls.identity(Identity::from_pem(
-                        read(cert, "certificate file")?,
-                        read(key, "key file")?,
-                    ));
+                    tls = tls.identity(Identity::from_pem(read(cert, "certificate file")?, read(key, "key file")?));
                 }
                 (None, None) => {}
                 _ => {
-                    return Err(Error::EtcdOptions(
-                        "--etcd-certfile and --etcd-keyfile must be given together".into(),
-                    ))
+                    return Err(Error::EtcdOptions("--etcd-certfile and --etcd-keyfile must be given together".into()))
                 }
             }
             opts = opts.with_tls(tls);
@@ -98,9 +89,7 @@ impl EtcdOptions {
         match (&self.username, &self.password) {
             (Some(u), Some(p)) => opts = opts.with_user(u.clone(), p.clone()),
             (Some(_), None) | (None, Some(_)) => {
-                return Err(Error::EtcdOptions(
-                    "--etcd-username and --etcd-password must be given together".into(),
-                ))
+                return Err(Error::EtcdOptions("--etcd-username and --etcd-password must be given together".into()))
             }
             (None, None) => {}
         }
@@ -110,12 +99,7 @@ impl EtcdOptions {
     /// Connect, failing with [`Error::Unreachable`] after `timeout`.
     pub async fn connect(&self) -> Result<Client> {
         let (endpoints, opts) = self.connect_options()?;
-        self.limit(async {
-            Client::connect(&endpoints, Some(opts))
-                .await
-                .map_err(Error::etcd("connect"))
-        })
-        .await
+        self.limit(async { Client::connect(&endpoints, Some(opts)).await.map_err(Error::etcd("connect")) }).await
     }
 
     /// Run one etcd request under the time limit.
@@ -123,10 +107,9 @@ impl EtcdOptions {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(Err(Error::Etcd { op, source })) => Err(self.classify(op, source)),
             Ok(r) => r,
-            Err(_) => Err(Error::Unreachable {
-                endpoints: self.endpoints.join(","),
-                secs: self.timeout.as_secs().max(1),
-            }),
+            Err(_) => {
+                Err(Error::Unreachable { endpoints: self.endpoints.join(","), secs: self.timeout.as_secs().max(1) })
+            }
         }
     }
 }
@@ -137,27 +120,18 @@ impl EtcdOptions {
     fn classify(&self, op: &'static str, source: etcd_client::Error) -> Error {
         let detail = match &source {
             etcd_client::Error::TransportError(e) => Some(e.to_string()),
-            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
-                Some(s.message().to_string())
-            }
+            etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => Some(s.message().to_string()),
             _ => None,
         };
         match detail {
-            Some(detail) => Error::Unavailable {
-                endpoints: self.endpoints.join(","),
-                detail,
-            },
+            Some(detail) => Error::Unavailable { endpoints: self.endpoints.join(","), detail },
             None => Error::Etcd { op, source },
         }
     }
 }
 
 fn read(path: &PathBuf, what: &'static str) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::ReadFile {
-        what,
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| Error::ReadFile { what, path: path.display().to_string(), source })
 }
 
 #[cfg(test)]
@@ -183,18 +157,10 @@ mod tests {
     #[test]
     fn endpoints_need_a_scheme_and_credentials_come_in_pairs() {
         let o = EtcdOptions::new(vec!["127.0.0.1:2379".into()]);
-        assert!(o
-            .connect_options()
-            .unwrap_err()
-            .to_string()
-            .contains("must start with http://"));
+        assert!(o.connect_options().unwrap_err().to_string().contains("must start with http://"));
         let mut o = EtcdOptions::new(vec!["http://127.0.0.1:2379".into()]);
         o.username = Some("root".into());
-        assert!(o
-            .connect_options()
-            .unwrap_err()
-            .to_string()
-            .contains("given together"));
+        assert!(o.connect_options().unwrap_err().to_string().contains("given together"));
         assert!(EtcdOptions::new(vec![]).connect_options().is_err());
     }
 }

@@ -27,35 +27,18 @@ pub struct LeaseAttrs {
     pub public_ip: Ipv4Addr,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
-    #[serde(
-        rename = "BackendType",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
+    #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
     pub backend_type: String,
-    #[serde(
-        rename = "BackendData",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "BackendData", default, skip_serializing_if = "Option::is_none")]
     pub backend_data: Option<Value>,
-    #[serde(
-        rename = "BackendV6Data",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
     pub backend_v6_data: Option<Value>,
 }
 
 impl LeaseAttrs {
     /// The VXLAN tunnel endpoint MAC published in `BackendData.VtepMAC`.
     pub fn vtep_mac(&self) -> Option<MacAddr> {
-        self.backend_data
-            .as_ref()?
-            .get("VtepMAC")?
-            .as_str()?
-            .parse()
-            .ok()
+        self.backend_data.as_ref()?.get("VtepMAC")?.as_str()?.parse().ok()
     }
 }
 
@@ -81,11 +64,7 @@ pub enum LeaseParseError {
     #[error("value of {key} is not lease JSON: {reason}")]
     BadValue { key: String, reason: String },
     #[error("{subnet} is not a /{len} subnet of the network {network}")]
-    OutsideNetwork {
-        subnet: Ipv4Net,
-        network: Ipv4Net,
-        len: u8,
-    },
+    OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net, len: u8 },
 }
 
 /// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`.
@@ -100,17 +79,12 @@ pub fn subnet_key(subnet: &Ipv4Net, ipv6: Option<&Ipv6Net>) -> String {
 /// Parse a key name (without prefix) back into its subnets. The subnet must
 /// be written in canonical form (no host bits set).
 pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseParseError> {
-    let bad = |reason: &str| LeaseParseError::BadKey {
-        key: key.to_string(),
-        reason: reason.to_string(),
-    };
+    let bad = |reason: &str| LeaseParseError::BadKey { key: key.to_string(), reason: reason.to_string() };
     let (v4, v6) = match key.split_once('&') {
         Some((a, b)) => (a, Some(b)),
         None => (key, None),
     };
-    let (addr, len) = v4
-        .rsplit_once('-')
-        .ok_or_else(|| bad("no '-' before the prefix length"))?;
+    let (addr, len) = v4.rsplit_once('-').ok_or_else(|| bad("no '-' before the prefix length"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
     let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
     let subnet = Ipv4Net::new(addr, len).map_err(|_| bad("prefix length above 32"))?;
@@ -120,12 +94,8 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeasePa
     let ipv6 = match v6 {
         None => None,
         Some(v6) => {
-            let (addr, len) = v6
-                .rsplit_once('-')
-                .ok_or_else(|| bad("IPv6 part has no prefix length"))?;
-            let addr: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| bad("IPv6 part is not an address"))?;
+            let (addr, len) = v6.rsplit_once('-').ok_or_else(|| bad("IPv6 part has no prefix length"))?;
+            let addr: Ipv6Addr = addr.parse().map_err(|_| bad("IPv6 part is not an address"))?;
             let len: u8 = len.parse().map_err(|_| bad("bad IPv6 prefix length"))?;
             let net = Ipv6Net::new(addr, len).map_err(|_| bad("IPv6 prefix length above 128"))?;
             if net.network() != addr {
@@ -149,25 +119,11 @@ impl Lease {
     ) -> Result<Lease, LeaseParseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
         if subnet.prefix_len() != config.subnet_len || !config.network.contains(&subnet) {
-            return Err(LeaseParseError::OutsideNetwork {
-                subnet,
-                network: config.network,
-                len: config.subnet_len,
-            });
+            return Err(LeaseParseError::OutsideNetwork { subnet, network: config.network, len: config.subnet_len });
         }
-        let attrs: LeaseAttrs =
-            serde_json::from_slice(value).map_err(|e| LeaseParseError::BadValue {
-                key: key.to_string(),
-                reason: e.to_string(),
-            })?;
-        Ok(Lease {
-            subnet,
-            ipv6_subnet,
-            attrs,
-            etcd_lease,
-            mod_revision,
-            ttl: None,
-        })
+        let attrs: LeaseAttrs = serde_json::from_slice(value)
+            .map_err(|e| LeaseParseError::BadValue { key: key.to_string(), reason: e.to_string() })?;
+        Ok(Lease { subnet, ipv6_subnet, attrs, etcd_lease, mod_revision, ttl: None })
     }
 
     /// This lease's key name (without prefix).
@@ -183,11 +139,7 @@ pub struct MacAddr(pub [u8; 6]);
 impl fmt::Display for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
     }
 }
 
@@ -244,11 +196,7 @@ mod tests {
             ("10.244.3.0-24", "10.244.3.0/24", None),
             ("10.0.0.0-8", "10.0.0.0/8", None),
             ("10.244.0.4-30", "10.244.0.4/30", None),
-            (
-                "10.244.3.0-24&fd00:10:244:3::-64",
-                "10.244.3.0/24",
-                Some("fd00:10:244:3::/64"),
-            ),
+            ("10.244.3.0-24&fd00:10:244:3::-64", "10.244.3.0/24", Some("fd00:10:244:3::/64")),
         ];
         for (key, v4, v6) in table {
             let (a, b) = parse_subnet_key(key).unwrap();
@@ -295,10 +243,8 @@ mod tests {
         );
         assert_eq!(attrs.vtep_mac().unwrap().to_string(), "0e:5f:aa:01:02:03");
         // A value written by flanneld for the udp backend (no BackendData).
-        let flannel: LeaseAttrs = serde_json::from_str(
-            r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#,
-        )
-        .unwrap();
+        let flannel: LeaseAttrs =
+            serde_json::from_str(r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#).unwrap();
         assert_eq!(flannel.public_ip, Ipv4Addr::new(198, 18, 0, 3));
         assert_eq!(flannel.vtep_mac(), None);
     }
@@ -309,9 +255,7 @@ mod tests {
         let good = br#"{"PublicIP":"198.18.0.2","BackendType":"udp"}"#;
         assert!(Lease::from_entry("10.244.3.0-24", good, &config, 7, 9).is_ok());
         let outside = Lease::from_entry("10.245.3.0-24", good, &config, 7, 9).unwrap_err();
-        assert!(outside
-            .to_string()
-            .contains("not a /24 subnet of the network 10.244.0.0/16"));
+        assert!(outside.to_string().contains("not a /24 subnet of the network 10.244.0.0/16"));
         assert!(Lease::from_entry("10.244.3.0-25", good, &config, 7, 9).is_err());
         let bad = Lease::from_entry("10.244.3.0-24", b"{not json", &config, 7, 9).unwrap_err();
         assert!(matches!(bad, LeaseParseError::BadValue { .. }));
@@ -321,18 +265,10 @@ mod tests {
 
     #[test]
     fn mac_parsing() {
-        assert_eq!(
-            "0E:5f:aa:01:02:03".parse::<MacAddr>().unwrap().0,
-            [0x0e, 0x5f, 0xaa, 1, 2, 3]
-        );
-        for bad in [
-            "",
-            "0e:5f:aa:01:02",
-            "0e:5f:aa:01:02:03:04",
-            "0e-5f-aa-01-02-03",
-            "0e:5f:aa:01:02:zz",
-            "e:5f:aa:01:02:03",
-        ] {
+        assert_eq!("0E:5f:aa:01:02:03".parse::<MacAddr>().unwrap().0, [0x0e, 0x5f, 0xaa, 1, 2, 3]);
+        for bad in
+            ["", "0e:5f:aa:01:02", "0e:5f:aa:01:02:03:04", "0e-5f-aa-01-02-03", "0e:5f:aa:01:02:zz", "e:5f:aa:01:02:03"]
+        {
             assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
         }
     }

@@ -10,8 +10,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions, WatchStream,
+    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
 use ipnet::Ipv4Net;
 use tracing::warn;
@@ -99,22 +98,14 @@ impl Registry {
     pub async fn get_config_text(&self) -> Result<Option<String>> {
         let key = self.config_key();
         let mut c = self.client.clone();
-        let resp = self
-            .opts
-            .limit(async { c.get(key, None).await.map_err(Error::etcd("get config")) })
-            .await?;
-        Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+        let resp = self.opts.limit(async { c.get(key, None).await.map_err(Error::etcd("get config")) }).await?;
+        Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
     /// The validated config; an error when it is missing or invalid.
     pub async fn get_config(&self) -> Result<NetworkConfig> {
         match self.get_config_text().await? {
-            None => Err(Error::ConfigNotFound {
-                key: self.config_key(),
-            }),
+            None => Err(Error::ConfigNotFound { key: self.config_key() }),
             Some(text) => Ok(NetworkConfig::parse(&text)?),
         }
     }
@@ -125,13 +116,7 @@ impl Registry {
         let config = NetworkConfig::parse(text)?;
         let key = self.config_key();
         let mut c = self.client.clone();
-        self.opts
-            .limit(async {
-                c.put(key, text, None)
-                    .await
-                    .map_err(Error::etcd("put config"))
-            })
-            .await?;
+        self.opts.limit(async { c.put(key, text, None).await.map_err(Error::etcd("put config")) }).await?;
         Ok(config)
     }
 
@@ -142,15 +127,10 @@ impl Registry {
         let resp = self
             .opts
             .limit(async {
-                c.get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-                    .await
-                    .map_err(Error::etcd("list leases"))
+                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(Error::etcd("list leases"))
             })
             .await?;
-        let mut listing = Listing {
-            revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-            ..Listing::default()
-        };
+        let mut listing = Listing { revision: resp.header().map(|h| h.revision()).unwrap_or(0), ..Listing::default() };
         for kv in resp.kvs() {
             let key = String::from_utf8_lossy(kv.key());
             let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
@@ -180,11 +160,7 @@ impl Registry {
         let mut c = self.client.clone();
         let resp = self
             .opts
-            .limit(async {
-                c.lease_time_to_live(etcd_lease, None)
-                    .await
-                    .map_err(Error::etcd("lease time-to-live"))
-            })
+            .limit(async { c.lease_time_to_live(etcd_lease, None).await.map_err(Error::etcd("lease time-to-live")) })
             .await?;
         Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs))
     }
@@ -192,14 +168,8 @@ impl Registry {
     async fn grant(&self, ttl: Duration) -> Result<i64> {
         let mut c = self.client.clone();
         let secs = ttl.as_secs().max(1) as i64;
-        let resp = self
-            .opts
-            .limit(async {
-                c.lease_grant(secs, None)
-                    .await
-                    .map_err(Error::etcd("lease grant"))
-            })
-            .await?;
+        let resp =
+            self.opts.limit(async { c.lease_grant(secs, None).await.map_err(Error::etcd("lease grant")) }).await?;
         Ok(resp.id())
     }
 
@@ -207,48 +177,28 @@ impl Registry {
     /// expiry, so it is logged, not returned.
     async fn revoke(&self, id: i64) {
         let mut c = self.client.clone();
-        let res = self
-            .opts
-            .limit(async {
-                c.lease_revoke(id)
-                    .await
-                    .map_err(Error::etcd("lease revoke"))
-            })
-            .await;
+        let res = self.opts.limit(async { c.lease_revoke(id).await.map_err(Error::etcd("lease revoke")) }).await;
         if let Err(e) = res {
-            warn!(
-                lease_id = id,
-                "could not revoke unused etcd lease (it will expire on its own): {e}"
-            );
+            warn!(lease_id = id, "could not revoke unused etcd lease (it will expire on its own): {e}");
         }
     }
 
     async fn txn(&self, txn: Txn, op: &'static str) -> Result<etcd_client::TxnResponse> {
         let mut c = self.client.clone();
-        self.opts
-            .limit(async { c.txn(txn).await.map_err(Error::etcd(op)) })
-            .await
+        self.opts.limit(async { c.txn(txn).await.map_err(Error::etcd(op)) }).await
     }
 
     /// Create the lease of `subnet` if, and only if, no key exists for it.
     /// `Ok(None)` means someone else holds it.
-    pub async fn create_lease(
-        &self,
-        subnet: Ipv4Net,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<Option<Lease>> {
+    pub async fn create_lease(&self, subnet: Ipv4Net, attrs: &LeaseAttrs, ttl: Duration) -> Result<Option<Lease>> {
         let key = self.lease_key(&subnet);
-        let value =
-            serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let id = self.grant(ttl).await?;
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(id)),
-            )]);
+        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(id)),
+        )]);
         let resp = match self.txn(txn, "create lease").await {
             Ok(r) => r,
             Err(e) => {
@@ -273,32 +223,18 @@ impl Registry {
     /// Renew `lease` with `attrs` and a fresh TTL, as a compare-and-swap on
     /// the key's revision: if anyone else wrote or deleted the key since we
     /// last did, nothing is written and the outcome says what happened.
-    pub async fn renew_lease(
-        &self,
-        lease: &Lease,
-        attrs: &LeaseAttrs,
-        ttl: Duration,
-    ) -> Result<RenewOutcome> {
+    pub async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<RenewOutcome> {
         let subnet = lease.subnet;
         let key = self.lease_key(&subnet);
-        let value =
-            serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let mut expected_rev = lease.mod_revision;
         // Two rounds at most: the second only when the key was rewritten by
         // this same node (same PublicIP), e.g. a renewal whose reply was lost.
         for _ in 0..2 {
             let id = self.grant(ttl).await?;
             let txn = Txn::new()
-                .when([Compare::mod_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    expected_rev,
-                )])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    value.clone(),
-                    Some(PutOptions::new().with_lease(id)),
-                )])
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_rev)])
+                .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(id)))])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let resp = match self.txn(txn, "renew lease").await {
                 Ok(r) => r,
@@ -328,37 +264,24 @@ impl Registry {
             let Some(kv) = current else {
                 return Ok(RenewOutcome::Lost(LostReason::Removed { subnet }));
             };
-            let holder: Option<Ipv4Addr> = serde_json::from_slice::<LeaseAttrs>(kv.value())
-                .ok()
-                .map(|a| a.public_ip);
+            let holder: Option<Ipv4Addr> = serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip);
             if holder == Some(attrs.public_ip) {
                 expected_rev = kv.mod_revision();
                 continue;
             }
             return Ok(RenewOutcome::Lost(LostReason::TakenOver {
                 subnet,
-                holder: holder
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_else(|| "an unreadable entry".into()),
+                holder: holder.map(|ip| ip.to_string()).unwrap_or_else(|| "an unreadable entry".into()),
             }));
         }
-        Ok(RenewOutcome::Lost(LostReason::TakenOver {
-            subnet,
-            holder: "a concurrent writer".into(),
-        }))
+        Ok(RenewOutcome::Lost(LostReason::TakenOver { subnet, holder: "a concurrent writer".into() }))
     }
 
     /// Delete the lease of `subnet` (used by tests and by tools).
     pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
         let key = self.lease_key(subnet);
         let mut c = self.client.clone();
-        self.opts
-            .limit(async {
-                c.delete(key, None)
-                    .await
-                    .map_err(Error::etcd("delete lease"))
-            })
-            .await?;
+        self.opts.limit(async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) }).await?;
         Ok(())
     }
 
@@ -368,12 +291,9 @@ impl Registry {
         let mut c = self.client.clone();
         self.opts
             .limit(async {
-                c.watch(
-                    prefix,
-                    Some(WatchOptions::new().with_prefix().with_start_revision(from)),
-                )
-                .await
-                .map_err(Error::etcd("watch leases"))
+                c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from)))
+                    .await
+                    .map_err(Error::etcd("watch leases"))
             })
             .await
     }

@@ -29,14 +29,7 @@ impl Renewer {
     /// `lease` was just acquired or renewed with `ttl`.
     pub fn new(registry: Registry, lease: Lease, ttl: Duration, margin: Duration) -> Renewer {
         let attrs = lease.attrs.clone();
-        Renewer {
-            registry,
-            lease,
-            attrs,
-            ttl,
-            margin,
-            written_at: Instant::now(),
-        }
+        Renewer { registry, lease, attrs, ttl, margin, written_at: Instant::now() }
     }
 
     /// The lease as last written.
@@ -47,10 +40,7 @@ impl Renewer {
     /// When the next renewal is due: `margin` before expiry (at least 1 s
     /// after the last write, so a margin close to the TTL cannot spin).
     pub fn due(&self) -> Instant {
-        let wait = self
-            .ttl
-            .saturating_sub(self.margin)
-            .max(Duration::from_secs(1));
+        let wait = self.ttl.saturating_sub(self.margin).max(Duration::from_secs(1));
         self.written_at + wait
     }
 
@@ -62,11 +52,7 @@ impl Renewer {
         loop {
             tokio::time::sleep_until(self.due()).await;
             loop {
-                match self
-                    .registry
-                    .renew_lease(&self.lease, &self.attrs, self.ttl)
-                    .await
-                {
+                match self.registry.renew_lease(&self.lease, &self.attrs, self.ttl).await {
                     Ok(RenewOutcome::Renewed(lease)) => {
                         if failing {
                             info!(subnet = %lease.subnet, "lease renewed again after errors");

@@ -40,10 +40,7 @@ impl LeaseEvent {
 /// The events that turn `known` into `fresh`: `Removed` for subnets gone,
 /// `Added` for subnets new or whose attributes changed (a renewal that only
 /// moves the expiry is not an event). Pure.
-pub fn diff_leases(
-    known: &BTreeMap<Ipv4Net, Lease>,
-    fresh: &BTreeMap<Ipv4Net, Lease>,
-) -> Vec<LeaseEvent> {
+pub fn diff_leases(known: &BTreeMap<Ipv4Net, Lease>, fresh: &BTreeMap<Ipv4Net, Lease>) -> Vec<LeaseEvent> {
     let mut events = Vec::new();
     for (subnet, lease) in known {
         if !fresh.contains_key(subnet) {
@@ -169,10 +166,7 @@ impl LeaseWatch {
                         continue;
                     }
                     if resp.canceled() {
-                        self.note_failure(&format!(
-                            "watch canceled by etcd: {}",
-                            resp.cancel_reason()
-                        ));
+                        self.note_failure(&format!("watch canceled by etcd: {}", resp.cancel_reason()));
                         self.stream = None;
                         tokio::time::sleep(self.backoff.next_delay()).await;
                         continue;
@@ -231,8 +225,7 @@ impl LeaseWatch {
                 }
                 EventType::Put => match lease_from_kv(&name, kv, &self.config) {
                     Ok(lease) => {
-                        let changed =
-                            self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
+                        let changed = self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
                         self.known.insert(lease.subnet, lease.clone());
                         if changed {
                             events.push(LeaseEvent::Added(lease));
@@ -293,21 +286,9 @@ mod tests {
         let cases: Vec<(Vec<Lease>, Vec<Lease>, Vec<LeaseEvent>)> = vec![
             (vec![], vec![], vec![]),
             (vec![], vec![a.clone()], vec![LeaseEvent::Added(a.clone())]),
-            (
-                vec![a.clone()],
-                vec![],
-                vec![LeaseEvent::Removed(a.clone())],
-            ),
-            (
-                vec![a.clone(), b.clone()],
-                vec![a.clone(), b_renewed.clone()],
-                vec![],
-            ),
-            (
-                vec![b.clone()],
-                vec![b_moved.clone()],
-                vec![LeaseEvent::Added(b_moved.clone())],
-            ),
+            (vec![a.clone()], vec![], vec![LeaseEvent::Removed(a.clone())]),
+            (vec![a.clone(), b.clone()], vec![a.clone(), b_renewed.clone()], vec![]),
+            (vec![b.clone()], vec![b_moved.clone()], vec![LeaseEvent::Added(b_moved.clone())]),
             (
                 vec![a.clone(), b.clone()],
                 vec![b.clone(), c.clone()],

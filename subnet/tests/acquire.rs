@@ -11,7 +11,8 @@ use weft_subnet::registry::{LostReason, RenewOutcome};
 use weft_subnet::renew::Renewer;
 use weft_subnet::{acquire_lease, AcquireRequest, Error};
 
-const RANGE_16: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;
+const RANGE_16: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_racers_on_sixteen_subnets() {
@@ -27,11 +28,7 @@ async fn twenty_racers_on_sixteen_subnets() {
             // Each racer has its own connection, as separate nodes would.
             let reg = registry(&endpoint).await;
             let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
-            let req = AcquireRequest {
-                attrs: attrs(ip),
-                ttl: HOUR,
-                previous_subnet: None,
-            };
+            let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
             (ip, acquire_lease(&reg, &config, &req).await)
         }));
     }
@@ -46,16 +43,9 @@ async fn twenty_racers_on_sixteen_subnets() {
         }
     }
     assert_eq!(won.len(), 16, "16 racers get a lease");
-    assert_eq!(
-        out_of_subnets.len(),
-        4,
-        "4 racers are told the range is full"
-    );
+    assert_eq!(out_of_subnets.len(), 4, "4 racers are told the range is full");
     for msg in &out_of_subnets {
-        assert!(
-            msg.contains("out of subnets") && msg.contains("10.244.1.0 - 10.244.16.0"),
-            "{msg}"
-        );
+        assert!(msg.contains("out of subnets") && msg.contains("10.244.1.0 - 10.244.16.0"), "{msg}");
     }
     let distinct: BTreeSet<_> = won.iter().map(|(_, l)| l.subnet).collect();
     assert_eq!(distinct.len(), 16, "no subnet handed out twice");
@@ -64,16 +54,8 @@ async fn twenty_racers_on_sixteen_subnets() {
     let listing = reg.list(&config).await.unwrap();
     assert_eq!(listing.leases.len(), 16);
     for (ip, lease) in &won {
-        let stored = listing
-            .leases
-            .iter()
-            .find(|l| l.subnet == lease.subnet)
-            .unwrap();
-        assert_eq!(
-            stored.attrs.public_ip, *ip,
-            "{} is held by its winner",
-            lease.subnet
-        );
+        let stored = listing.leases.iter().find(|l| l.subnet == lease.subnet).unwrap();
+        assert_eq!(stored.attrs.public_ip, *ip, "{} is held by its winner", lease.subnet);
     }
 }
 
@@ -83,35 +65,18 @@ async fn restart_reuses_own_lease_then_previous_subnet() {
     let reg = registry(&etcd.endpoint()).await;
     let config = put_config(&reg, RANGE_16).await;
     let ip = Ipv4Addr::new(198, 18, 0, 2);
-    let req = AcquireRequest {
-        attrs: attrs(ip),
-        ttl: HOUR,
-        previous_subnet: None,
-    };
+    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
     let first = acquire_lease(&reg, &config, &req).await.unwrap();
     let again = acquire_lease(&reg, &config, &req).await.unwrap();
-    assert_eq!(
-        again.subnet, first.subnet,
-        "same PublicIP gets its own lease back"
-    );
-    assert_eq!(
-        reg.list(&config).await.unwrap().leases.len(),
-        1,
-        "and no second key"
-    );
+    assert_eq!(again.subnet, first.subnet, "same PublicIP gets its own lease back");
+    assert_eq!(reg.list(&config).await.unwrap().leases.len(), 1, "and no second key");
 
     // The lease is gone (e.g. expired while the node was down), but the
     // node's subnet.env remembers the subnet: it gets it back when free.
     reg.delete_lease(&first.subnet).await.unwrap();
     let wanted = "10.244.9.0/24".parse().unwrap();
-    let req = AcquireRequest {
-        previous_subnet: Some(wanted),
-        ..req
-    };
-    assert_eq!(
-        acquire_lease(&reg, &config, &req).await.unwrap().subnet,
-        wanted
-    );
+    let req = AcquireRequest { previous_subnet: Some(wanted), ..req };
+    assert_eq!(acquire_lease(&reg, &config, &req).await.unwrap().subnet, wanted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,44 +86,20 @@ async fn renewal_never_overwrites_a_subnet_taken_over_by_another_node() {
     let config = put_config(&reg, RANGE_16).await;
     let a = Ipv4Addr::new(198, 18, 0, 2);
     let b = Ipv4Addr::new(198, 18, 0, 3);
-    let lease_a = acquire_lease(
-        &reg,
-        &config,
-        &AcquireRequest {
-            attrs: attrs(a),
-            ttl: HOUR,
-            previous_subnet: None,
-        },
-    )
-    .await
-    .unwrap();
+    let lease_a = acquire_lease(&reg, &config, &AcquireRequest { attrs: attrs(a), ttl: HOUR, previous_subnet: None })
+        .await
+        .unwrap();
 
     // A is away; its lease goes, and B takes the subnet.
     reg.delete_lease(&lease_a.subnet).await.unwrap();
-    let lease_b = reg
-        .create_lease(lease_a.subnet, &attrs(b), HOUR)
-        .await
-        .unwrap()
-        .expect("subnet is free");
+    let lease_b = reg.create_lease(lease_a.subnet, &attrs(b), HOUR).await.unwrap().expect("subnet is free");
 
     let outcome = reg.renew_lease(&lease_a, &attrs(a), HOUR).await.unwrap();
-    assert_eq!(
-        outcome,
-        RenewOutcome::Lost(LostReason::TakenOver {
-            subnet: lease_a.subnet,
-            holder: b.to_string()
-        })
-    );
+    assert_eq!(outcome, RenewOutcome::Lost(LostReason::TakenOver { subnet: lease_a.subnet, holder: b.to_string() }));
     let listing = reg.list(&config).await.unwrap();
     assert_eq!(listing.leases.len(), 1);
-    assert_eq!(
-        listing.leases[0].attrs.public_ip, b,
-        "B still holds the subnet"
-    );
-    assert_eq!(
-        listing.leases[0].mod_revision, lease_b.mod_revision,
-        "B's entry untouched"
-    );
+    assert_eq!(listing.leases[0].attrs.public_ip, b, "B still holds the subnet");
+    assert_eq!(listing.leases[0].mod_revision, lease_b.mod_revision, "B's entry untouched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,17 +110,8 @@ async fn renewer_keeps_the_lease_alive_and_reports_its_loss() {
     let ip = Ipv4Addr::new(198, 18, 0, 2);
     // TTL 3 s, renewed 2 s before expiry: a renewal every second.
     let ttl = Duration::from_secs(3);
-    let lease = acquire_lease(
-        &reg,
-        &config,
-        &AcquireRequest {
-            attrs: attrs(ip),
-            ttl,
-            previous_subnet: None,
-        },
-    )
-    .await
-    .unwrap();
+    let lease =
+        acquire_lease(&reg, &config, &AcquireRequest { attrs: attrs(ip), ttl, previous_subnet: None }).await.unwrap();
     let mut renewer = Renewer::new(reg.clone(), lease.clone(), ttl, Duration::from_secs(2));
     let subnet = lease.subnet;
 
@@ -188,21 +120,13 @@ async fn renewer_keeps_the_lease_alive_and_reports_its_loss() {
     assert!(outcome.is_err(), "renewer kept running: {outcome:?}");
     let listing = reg.list(&config).await.unwrap();
     assert_eq!(listing.leases.len(), 1, "lease survived two TTLs");
-    assert!(
-        listing.leases[0].mod_revision > lease.mod_revision,
-        "it was rewritten"
-    );
+    assert!(listing.leases[0].mod_revision > lease.mod_revision, "it was rewritten");
 
     // Now it disappears out from under the node: the renewer says so.
     reg.delete_lease(&subnet).await.unwrap();
-    let reason = tokio::time::timeout(Duration::from_secs(5), renewer.run())
-        .await
-        .expect("renewer noticed");
+    let reason = tokio::time::timeout(Duration::from_secs(5), renewer.run()).await.expect("renewer noticed");
     assert_eq!(reason, LostReason::Removed { subnet });
-    assert!(
-        reg.list(&config).await.unwrap().leases.is_empty(),
-        "and did not recreate it"
-    );
+    assert!(reg.list(&config).await.unwrap().leases.is_empty(), "and did not recreate it");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,19 +144,12 @@ async fn an_unrenewed_lease_expires() {
     reg.fill_ttls(&mut listing.leases).await.unwrap();
     assert!(listing.leases[0].ttl.unwrap() <= Duration::from_secs(2));
     weft_lab::wait_until_async("the lease to expire", Duration::from_secs(10), || async {
-        reg.list(&config)
-            .await
-            .unwrap()
-            .leases
-            .is_empty()
-            .then_some(())
+        reg.list(&config).await.unwrap().leases.is_empty().then_some(())
     })
     .await
     .unwrap();
     assert_eq!(
         reg.renew_lease(&lease, &req.attrs, HOUR).await.unwrap(),
-        RenewOutcome::Lost(LostReason::Removed {
-            subnet: lease.subnet
-        })
+        RenewOutcome::Lost(LostReason::Removed { subnet: lease.subnet })
     );
 }

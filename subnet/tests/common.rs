@@ -13,9 +13,7 @@ pub fn etcd() -> EtcdServer {
 }
 
 pub async fn registry(endpoint: &str) -> Registry {
-    Registry::connect(EtcdOptions::new(vec![endpoint.to_string()]))
-        .await
-        .expect("connect to test etcd")
+    Registry::connect(EtcdOptions::new(vec![endpoint.to_string()])).await.expect("connect to test etcd")
 }
 
 pub async fn put_config(reg: &Registry, json: &str) -> NetworkConfig {

@@ -19,10 +19,7 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 async fn add(reg: &Registry, subnet: &str, host: u8) {
-    reg.create_lease(net(subnet), &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR)
-        .await
-        .unwrap()
-        .expect("subnet free");
+    reg.create_lease(net(subnet), &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR).await.unwrap().expect("subnet free");
 }
 
 /// Collect events until the watch's table holds exactly `want`, or fail.
@@ -108,27 +105,13 @@ async fn watch_recovers_from_outage_and_compaction_with_exact_differences() {
 
     let (mut watch, first) = pending.await.unwrap();
     let mut events = first;
-    events.extend(
-        events_until(
-            &mut watch,
-            &["10.244.2.0/24", "10.244.3.0/24", "10.244.5.0/24"],
-        )
-        .await,
-    );
+    events.extend(events_until(&mut watch, &["10.244.2.0/24", "10.244.3.0/24", "10.244.5.0/24"]).await);
     assert_eq!(
         summary(&events),
-        vec![
-            ('+', net("10.244.3.0/24")),
-            ('+', net("10.244.5.0/24")),
-            ('-', net("10.244.1.0/24"))
-        ],
+        vec![('+', net("10.244.3.0/24")), ('+', net("10.244.5.0/24")), ('-', net("10.244.1.0/24"))],
         "exactly the differences, including the removal that happened while away"
     );
-    assert_eq!(
-        watch.relists(),
-        1,
-        "recovered by listing again after compaction"
-    );
+    assert_eq!(watch.relists(), 1, "recovered by listing again after compaction");
 
     // Outage 2, no compaction: etcd replays the missed events.
     proxy.cut();
@@ -142,32 +125,14 @@ async fn watch_recovers_from_outage_and_compaction_with_exact_differences() {
     proxy.restore();
     let (mut watch, first) = pending.await.unwrap();
     let mut events = first;
-    events.extend(
-        events_until(
-            &mut watch,
-            &["10.244.2.0/24", "10.244.5.0/24", "10.244.6.0/24"],
-        )
-        .await,
-    );
-    assert_eq!(
-        summary(&events),
-        vec![('+', net("10.244.6.0/24")), ('-', net("10.244.3.0/24"))]
-    );
+    events.extend(events_until(&mut watch, &["10.244.2.0/24", "10.244.5.0/24", "10.244.6.0/24"]).await);
+    assert_eq!(summary(&events), vec![('+', net("10.244.6.0/24")), ('-', net("10.244.3.0/24"))]);
     assert_eq!(watch.relists(), 1, "recovered by replay, no second listing");
 
     // And the table matches etcd's.
-    let truth: BTreeMap<_, _> = direct
-        .list(&config)
-        .await
-        .unwrap()
-        .leases
-        .into_iter()
-        .map(|l| (l.subnet, l.attrs))
-        .collect();
-    let seen: BTreeMap<_, _> = watch
-        .leases()
-        .map(|l| (l.subnet, l.attrs.clone()))
-        .collect();
+    let truth: BTreeMap<_, _> =
+        direct.list(&config).await.unwrap().leases.into_iter().map(|l| (l.subnet, l.attrs)).collect();
+    let seen: BTreeMap<_, _> = watch.leases().map(|l| (l.subnet, l.attrs.clone())).collect();
     assert_eq!(seen, truth);
 }
 
@@ -179,52 +144,27 @@ async fn malformed_entries_are_skipped_not_fatal() {
     let mut kv = reg.client();
     let p = reg.subnets_prefix();
     kv.put(format!("{p}garbage"), "x", None).await.unwrap();
-    kv.put(format!("{p}10.244.7.0-24"), "{not json", None)
-        .await
-        .unwrap();
-    kv.put(
-        format!("{p}10.99.0.0-24"),
-        r#"{"PublicIP":"198.18.0.9"}"#,
-        None,
-    )
-    .await
-    .unwrap(); // outside network
-    kv.put(
-        format!("{p}10.244.8.0-24"),
-        r#"{"PublicIP":"not-an-ip"}"#,
-        None,
-    )
-    .await
-    .unwrap();
+    kv.put(format!("{p}10.244.7.0-24"), "{not json", None).await.unwrap();
+    kv.put(format!("{p}10.99.0.0-24"), r#"{"PublicIP":"198.18.0.9"}"#, None).await.unwrap(); // outside network
+    kv.put(format!("{p}10.244.8.0-24"), r#"{"PublicIP":"not-an-ip"}"#, None).await.unwrap();
     add(&reg, "10.244.1.0/24", 1).await;
 
     let listing = reg.list(&config).await.unwrap();
     assert_eq!(listing.leases.len(), 1);
     assert_eq!(listing.skipped.len(), 4, "{:?}", listing.skipped);
-    assert!(
-        listing.taken.contains(&net("10.244.7.0/24")),
-        "a garbled key still occupies its subnet"
-    );
+    assert!(listing.taken.contains(&net("10.244.7.0/24")), "a garbled key still occupies its subnet");
 
-    let mut watch = LeaseWatch::start(reg.clone(), config.clone())
-        .await
-        .unwrap();
+    let mut watch = LeaseWatch::start(reg.clone(), config.clone()).await.unwrap();
     assert_eq!(watch.leases().count(), 1);
     // Garbage arriving during the watch is skipped; the watch goes on.
-    kv.put(format!("{p}10.244.9.0-24"), "[]", None)
-        .await
-        .unwrap();
-    kv.put(format!("{p}also-garbage"), "{}", None)
-        .await
-        .unwrap();
+    kv.put(format!("{p}10.244.9.0-24"), "[]", None).await.unwrap();
+    kv.put(format!("{p}also-garbage"), "{}", None).await.unwrap();
     add(&reg, "10.244.2.0/24", 2).await;
     let ev = events_until(&mut watch, &["10.244.1.0/24", "10.244.2.0/24"]).await;
     assert_eq!(summary(&ev), vec![('+', net("10.244.2.0/24"))]);
 
     // A valid lease overwritten with garbage stops being a usable lease.
-    kv.put(format!("{p}10.244.2.0-24"), "garbage", None)
-        .await
-        .unwrap();
+    kv.put(format!("{p}10.244.2.0-24"), "garbage", None).await.unwrap();
     let ev = events_until(&mut watch, &["10.244.1.0/24"]).await;
     assert_eq!(summary(&ev), vec![('-', net("10.244.2.0/24"))]);
 }
