@@ -3,7 +3,7 @@
 # Idempotent: installs only what is missing. Run as root.
 set -euo pipefail
 
-packages=(etcd-server etcd-client openssl protobuf-compiler iproute2 iptables nftables iperf3 iputils-ping procps)
+packages=(etcd-server etcd-client openssl protobuf-compiler g++ iproute2 iptables nftables iperf3 iputils-ping procps)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

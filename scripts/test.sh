@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit tests, and the integration
-# tests against real etcd servers and network namespaces. Run as root.
+# The whole test suite: formatting, lints, unit tests, the integration tests
+# against real etcd servers and network namespaces, and short fuzz runs of the
+# udp backend's parser and route table. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,3 +9,4 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo nextest run --workspace --locked --no-fail-fast
+scripts/fuzz.sh 20

@@ -1,0 +1,248 @@
+//! The lab benchmark: one run measures the bare underlay, host-gw, vxlan,
+//! and udp with and without offloads, on a 2-node lab, so that the figures
+//! compare as ratios taken under the same conditions.
+//!
+//! Per case: pod-to-pod TCP throughput (iperf3, 1 and 2 streams), RTT
+//! (ping: average and p99), the rate of 64-byte UDP packets received
+//! (iperf3 -u -l 64), and the daemons' CPU seconds per gigabit during the
+//! 1-stream run. Prints a table, writes JSON.
+//!
+//! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...]`
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use weft_lab::{netns, Lab};
+
+struct Case {
+    name: &'static str,
+    /// Network config, or None for the bare underlay.
+    config: Option<&'static str>,
+}
+
+const CASES: &[Case] = &[
+    Case { name: "underlay", config: None },
+    Case { name: "host-gw", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#) },
+    Case { name: "vxlan", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#) },
+    Case { name: "udp", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#) },
+    Case {
+        name: "udp-no-offload",
+        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Offload":false}}"#),
+    },
+];
+
+#[derive(Debug, Default, Clone)]
+struct Figures {
+    tcp1_gbps: f64,
+    tcp2_gbps: f64,
+    rtt_avg_us: f64,
+    rtt_p99_us: f64,
+    udp64_kpps: f64,
+    cpu_s_per_gbit: Option<f64>,
+}
+
+fn weft_bin() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("weft")).context("locating the weft binary")?;
+    if !bin.is_file() {
+        bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Where iperf3/ping run from and to: pods, or the nodes themselves.
+struct Ends {
+    client_ns: String,
+    server_ns: String,
+    server_ip: String,
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+    // Fields after the command name: utime is the 14th, stime the 15th field.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    get(11) + get(12)
+}
+
+fn iperf_server(ns: &str, ip: &str) -> Result<Child> {
+    netns::exec(ns, "iperf3")
+        .args(["-s", "-B", ip])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 (Debian package iperf3)")
+}
+
+fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {
+    for _ in 0..50 {
+        let out = netns::exec(&ends.client_ns, "iperf3").args(["-c", &ends.server_ip, "-J"]).args(args).output()?;
+        if out.status.success() {
+            return Ok(serde_json::from_slice(&out.stdout)?);
+        }
+        std::thread::sleep(Duration::from_millis(100)); // server not up yet
+    }
+    bail!("iperf3 {args:?} to {} failed", ends.server_ip)
+}
+
+fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
+    let t = secs.to_string();
+    let mut f = Figures::default();
+    let before: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
+    let one = iperf(ends, &["-t", &t])?;
+    let after: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
+    let bps = one["end"]["sum_received"]["bits_per_second"].as_f64().context("tcp1 bps")?;
+    let secs_measured = one["end"]["sum_received"]["seconds"].as_f64().unwrap_or(f64::from(secs));
+    f.tcp1_gbps = bps / 1e9;
+    if !daemons.is_empty() {
+        // clock ticks are 1/100 s on Linux
+        let cpu_s = (after - before) as f64 / 100.0;
+        f.cpu_s_per_gbit = Some(cpu_s / (bps * secs_measured / 1e9));
+    }
+    let two = iperf(ends, &["-t", &t, "-P", "2"])?;
+    f.tcp2_gbps = two["end"]["sum_received"]["bits_per_second"].as_f64().context("tcp2 bps")? / 1e9;
+    let udp = iperf(ends, &["-t", &t, "-u", "-l", "64", "-b", "0"])?;
+    let sum = &udp["end"]["sum"];
+    let packets = sum["packets"].as_f64().unwrap_or(0.0);
+    let lost = sum["lost_packets"].as_f64().unwrap_or(0.0);
+    let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(secs)).max(0.001);
+    f.udp64_kpps = (packets - lost).max(0.0) / seconds / 1e3;
+
+    let out = netns::exec(&ends.client_ns, "ping")
+        .args(["-n", "-c", "500", "-i", "0.002", "-W", "1", &ends.server_ip])
+        .output()?;
+    let mut rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    if rtts.is_empty() {
+        bail!("ping to {} got no answers", ends.server_ip);
+    }
+    rtts.sort_by(|a, b| a.total_cmp(b));
+    f.rtt_avg_us = rtts.iter().sum::<f64>() / rtts.len() as f64;
+    f.rtt_p99_us = rtts[((rtts.len() as f64 * 0.99) as usize).min(rtts.len() - 1)];
+    Ok(f)
+}
+
+fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
+    let mut lab = Lab::new(2, weft)?;
+    let (ends, daemons) = match case.config {
+        None => {
+            let ends = Ends {
+                client_ns: lab.node(1).ns.clone(),
+                server_ns: lab.node(2).ns.clone(),
+                server_ip: lab.node(2).underlay_ip.to_string(),
+            };
+            (ends, vec![])
+        }
+        Some(config) => {
+            lab.put_config(config)?;
+            for i in 1..=2 {
+                lab.start_daemon(i, &[])?;
+            }
+            for i in 1..=2 {
+                lab.wait_ready(i, Duration::from_secs(30))?;
+                lab.attach_pod(i)?;
+            }
+            let dst = lab.node(2).pod_ip.context("pod")?;
+            // Until the peers know each other.
+            weft_lab::wait_until("pods to reach each other", Duration::from_secs(10), || lab.ping_once(1, dst).then_some(()))?;
+            let ends = Ends {
+                client_ns: lab.node(1).pod_ns.clone(),
+                server_ns: lab.node(2).pod_ns.clone(),
+                server_ip: dst.to_string(),
+            };
+            (ends, (1..=2).filter_map(|i| lab.daemon_pid(i)).collect())
+        }
+    };
+    let mut server = iperf_server(&ends.server_ns, &ends.server_ip)?;
+    let result = measure(&ends, secs, &daemons);
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}
+
+fn main() -> Result<()> {
+    let mut secs = 5u32;
+    let mut out = PathBuf::from("target/bench.json");
+    let mut only: Option<Vec<String>> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
+            "--out" => out = args.next().context("--out FILE")?.into(),
+            "--only" => only = Some(args.next().context("--only CASE,...")?.split(',').map(String::from).collect()),
+            "-h" | "--help" => {
+                println!("usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}; try --help"),
+        }
+    }
+    let weft = weft_bin()?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("weft lab benchmark: kernel {kernel}, {cpus} CPUs, {secs} s per iperf3 run, 2 nodes");
+    println!();
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>11} {:>12}",
+        "case", "tcp1 Gb/s", "tcp2 Gb/s", "rtt avg us", "rtt p99 us", "udp64 kpps", "cpu s/Gbit"
+    );
+    let mut results = Vec::new();
+    for case in CASES {
+        if let Some(only) = &only {
+            if !only.iter().any(|o| o == case.name) {
+                continue;
+            }
+        }
+        match run_case(case, &weft, secs) {
+            Ok(f) => {
+                println!(
+                    "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>11.0} {:>12}",
+                    case.name,
+                    f.tcp1_gbps,
+                    f.tcp2_gbps,
+                    f.rtt_avg_us,
+                    f.rtt_p99_us,
+                    f.udp64_kpps,
+                    f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
+                );
+                results.push((case.name, f));
+            }
+            Err(e) => println!("{:<16} failed: {e:#}", case.name),
+        }
+    }
+    let get = |n: &str| results.iter().find(|(c, _)| *c == n).map(|(_, f)| f.clone());
+    if let (Some(u), Some(v)) = (get("udp"), get("vxlan")) {
+        println!();
+        println!("udp vs vxlan: tcp1 {:.2}x, rtt {:+.0} us, udp64 {:.2}x", u.tcp1_gbps / v.tcp1_gbps, u.rtt_avg_us - v.rtt_avg_us, u.udp64_kpps / v.udp64_kpps);
+        if let Some(p) = get("udp-no-offload") {
+            println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
+        }
+    }
+    let json = json!({
+        "kernel": kernel,
+        "cpus": cpus,
+        "seconds_per_run": secs,
+        "cases": results.iter().map(|(name, f)| json!({
+            "case": name,
+            "tcp_1_stream_gbps": f.tcp1_gbps,
+            "tcp_2_streams_gbps": f.tcp2_gbps,
+            "rtt_avg_us": f.rtt_avg_us,
+            "rtt_p99_us": f.rtt_p99_us,
+            "udp_64b_kpps_received": f.udp64_kpps,
+            "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
