@@ -42,6 +42,8 @@ struct Figures {
     rtt_p99_us: f64,
     udp64_kpps: f64,
     cpu_s_per_gbit: Option<f64>,
+    /// Busy fraction of each forwarding thread during the 1-stream run.
+    threads: Vec<(String, f64)>,
 }
 
 fn weft_bin() -> Result<PathBuf> {
@@ -69,6 +71,22 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+/// CPU ticks per named thread of `pid` (e.g. weft-tx-0, weft-rx-0).
+fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
+    let mut out = Vec::new();
+    for t in dir.flatten() {
+        let path = t.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        out.push((name, get(11) + get(12)));
+    }
+    out
+}
+
 fn iperf_server(ns: &str, ip: &str) -> Result<Child> {
     netns::exec(ns, "iperf3")
         .args(["-s", "-B", ip])
@@ -93,8 +111,17 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let t = secs.to_string();
     let mut f = Figures::default();
     let before: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
+    let threads_before: Vec<_> = daemons.iter().map(|p| thread_ticks(*p)).collect();
     let one = iperf(ends, &["-t", &t])?;
     let after: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
+    for (i, (p, tb)) in daemons.iter().zip(threads_before).enumerate() {
+        for (name, ticks) in thread_ticks(*p) {
+            let was = tb.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or(0);
+            if name.starts_with("weft-") && ticks > was {
+                f.threads.push((format!("node{}:{name}", i + 1), (ticks - was) as f64 / 100.0 / f64::from(secs)));
+            }
+        }
+    }
     let bps = one["end"]["sum_received"]["bits_per_second"].as_f64().context("tcp1 bps")?;
     let secs_measured = one["end"]["sum_received"]["seconds"].as_f64().unwrap_or(f64::from(secs));
     f.tcp1_gbps = bps / 1e9;
@@ -151,7 +178,9 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
             }
             let dst = lab.node(2).pod_ip.context("pod")?;
             // Until the peers know each other.
-            weft_lab::wait_until("pods to reach each other", Duration::from_secs(10), || lab.ping_once(1, dst).then_some(()))?;
+            weft_lab::wait_until("pods to reach each other", Duration::from_secs(10), || {
+                lab.ping_once(1, dst).then_some(())
+            })?;
             let ends = Ends {
                 client_ns: lab.node(1).pod_ns.clone(),
                 server_ns: lab.node(2).pod_ns.clone(),
@@ -212,6 +241,9 @@ fn main() -> Result<()> {
                     f.udp64_kpps,
                     f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
                 );
+                for (t, busy) in &f.threads {
+                    println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
+                }
                 results.push((case.name, f));
             }
             Err(e) => println!("{:<16} failed: {e:#}", case.name),
@@ -220,7 +252,12 @@ fn main() -> Result<()> {
     let get = |n: &str| results.iter().find(|(c, _)| *c == n).map(|(_, f)| f.clone());
     if let (Some(u), Some(v)) = (get("udp"), get("vxlan")) {
         println!();
-        println!("udp vs vxlan: tcp1 {:.2}x, rtt {:+.0} us, udp64 {:.2}x", u.tcp1_gbps / v.tcp1_gbps, u.rtt_avg_us - v.rtt_avg_us, u.udp64_kpps / v.udp64_kpps);
+        println!(
+            "udp vs vxlan: tcp1 {:.2}x, rtt {:+.0} us, udp64 {:.2}x",
+            u.tcp1_gbps / v.tcp1_gbps,
+            u.rtt_avg_us - v.rtt_avg_us,
+            u.udp64_kpps / v.udp64_kpps
+        );
         if let Some(p) = get("udp-no-offload") {
             println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
         }
@@ -237,6 +274,8 @@ fn main() -> Result<()> {
             "rtt_p99_us": f.rtt_p99_us,
             "udp_64b_kpps_received": f.udp64_kpps,
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
+            "forwarding_thread_busy_tcp1": f.threads.iter().map(|(t, b)| json!({"thread": t, "busy": b})).collect::<Vec<_>>(),
+
         })).collect::<Vec<_>>(),
     });
     if let Some(dir) = out.parent() {

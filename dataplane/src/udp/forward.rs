@@ -27,6 +27,8 @@ use super::table::RouteTable;
 
 /// Largest IPv4 datagram, and so the largest buffer any packet needs.
 const MAX_PACKET: usize = 65535;
+/// Largest UDP payload over IPv4 (65535 − 20 − 8): the most one GSO send carries.
+const MAX_UDP_PAYLOAD: usize = 65507;
 
 /// What every forwarding thread shares.
 #[derive(Clone)]
@@ -154,7 +156,7 @@ impl GsoBatch {
                 && !self.closed
                 && pkt <= self.seg
                 && self.count < max_segments
-                && self.len + pkt <= self.buf.len())
+                && self.len + pkt <= MAX_UDP_PAYLOAD)
     }
 
     fn push(&mut self, dest: SocketAddrV4, pkt: &[u8]) {
@@ -179,34 +181,8 @@ impl GsoBatch {
         errors: &mut ErrorLog,
         tally: &mut Tally,
     ) {
-        let Some(dest) = self.dest else { return };
-        if self.count == 0 {
-            return;
-        }
-        let transmit = Transmit {
-            destination: SocketAddr::V4(dest),
-            ecn: None,
-            contents: &self.buf[..self.len],
-            segment_size: (self.count > 1).then_some(self.seg),
-            src_ip: None,
-        };
-        loop {
-            match state.try_send(sock.into(), &transmit) {
-                Ok(()) => {
-                    tally.packets += self.count as u64;
-                    tally.bytes += self.len as u64;
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(sock.as_raw_fd(), libc::POLLOUT),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    errors.note(&e);
-                    for _ in 0..self.count {
-                        shared.stats.count_drop(DropReason::IoError);
-                    }
-                    break;
-                }
-            }
+        if let (Some(dest), true) = (self.dest, self.count > 0) {
+            send_gso(sock, state, shared, errors, tally, dest, &self.buf[..self.len], self.seg, self.count);
         }
         self.len = 0;
         self.count = 0;
@@ -248,6 +224,12 @@ fn add(counter: &std::sync::atomic::AtomicU64, v: u64) {
 }
 
 /// TUN -> UDP with offloads: GSO split on read, UDP GSO on send.
+///
+/// Packets are split into fixed slots of `mtu` bytes in one area. A TCP
+/// super-packet splits into full-size segments that then lie back to back,
+/// so when a whole read goes to one peer it leaves in one GSO send straight
+/// from the area, without another copy; anything else is gathered into a
+/// [`GsoBatch`] per peer.
 pub fn tun_to_udp_offload(
     dev: Arc<SyncDevice>,
     sock: Arc<UdpSocket>,
@@ -255,16 +237,25 @@ pub fn tun_to_udp_offload(
     shared: Shared,
     mtu: usize,
 ) {
+    let slot = mtu.max(576);
     let mut original = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
-    let mut bufs = vec![vec![0u8; mtu.max(1500) + 64]; IDEAL_BATCH_SIZE];
-    let mut sizes = vec![0usize; IDEAL_BATCH_SIZE];
+    let mut area = vec![0u8; slot * IDEAL_BATCH_SIZE];
+    let mut sizes = [0usize; IDEAL_BATCH_SIZE];
+    let mut peers: [Option<SocketAddrV4>; IDEAL_BATCH_SIZE] = [None; IDEAL_BATCH_SIZE];
     let mut batch = GsoBatch::new();
     let max_segments = state.max_gso_segments().clamp(1, 64);
+    // Segments per send on the fast path, also bounded by the UDP payload limit.
+    let fast_segments = max_segments.min(MAX_UDP_PAYLOAD / slot).max(1);
     let mut icmp = Icmp::new();
     let mut errors = ErrorLog::new("reading from the TUN device");
     let mut send_errors = ErrorLog::new("sending UDP");
     loop {
-        let n = match dev.recv_multiple(&mut original, &mut bufs, &mut sizes, 0) {
+        let read = {
+            let mut chunks = area.chunks_mut(slot);
+            let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+            dev.recv_multiple(&mut original, &mut slots, &mut sizes, 0)
+        };
+        let n = match read {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => {
@@ -276,18 +267,76 @@ pub fn tun_to_udp_offload(
         let snap = shared.table.load();
         let mut tally = Tally::default();
         for i in 0..n {
-            let pkt = &mut bufs[i][..sizes[i]];
-            let Some(peer) = route_outbound(pkt, &snap, &dev, &shared, &mut icmp) else {
-                continue;
-            };
-            if !batch.fits(peer, pkt.len(), max_segments) {
-                batch.flush(&sock, &state, &shared, &mut send_errors, &mut tally);
-            }
-            batch.push(peer, pkt);
+            let pkt = &mut area[i * slot..i * slot + sizes[i]];
+            peers[i] = route_outbound(pkt, &snap, &dev, &shared, &mut icmp);
         }
-        batch.flush(&sock, &state, &shared, &mut send_errors, &mut tally);
+        // Fast path: full-size segments for one peer, contiguous in the area.
+        let uniform = n > 1
+            && peers[0].is_some()
+            && (1..n).all(|i| peers[i] == peers[0])
+            && sizes[..n - 1].iter().all(|s| *s == slot);
+        if let (true, Some(dest)) = (uniform, peers[0]) {
+            let mut first = 0;
+            while first < n {
+                let last = (first + fast_segments).min(n);
+                let bytes = (last - 1 - first) * slot + sizes[last - 1];
+                let contents = &area[first * slot..first * slot + bytes];
+                send_gso(&sock, &state, &shared, &mut send_errors, &mut tally, dest, contents, slot, last - first);
+                first = last;
+            }
+        } else {
+            for i in 0..n {
+                let Some(peer) = peers[i] else { continue };
+                let pkt = &area[i * slot..i * slot + sizes[i]];
+                if !batch.fits(peer, pkt.len(), max_segments) {
+                    batch.flush(&sock, &state, &shared, &mut send_errors, &mut tally);
+                }
+                batch.push(peer, pkt);
+            }
+            batch.flush(&sock, &state, &shared, &mut send_errors, &mut tally);
+        }
         add(&shared.stats.tx_packets, tally.packets);
         add(&shared.stats.tx_bytes, tally.bytes);
+    }
+}
+
+/// One UDP send of `count` segments of `seg` bytes (the last may be shorter).
+#[allow(clippy::too_many_arguments)]
+fn send_gso(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    shared: &Shared,
+    errors: &mut ErrorLog,
+    tally: &mut Tally,
+    dest: SocketAddrV4,
+    contents: &[u8],
+    seg: usize,
+    count: usize,
+) {
+    let transmit = Transmit {
+        destination: SocketAddr::V4(dest),
+        ecn: None,
+        contents,
+        segment_size: (count > 1).then_some(seg),
+        src_ip: None,
+    };
+    loop {
+        match state.try_send(sock.into(), &transmit) {
+            Ok(()) => {
+                tally.packets += count as u64;
+                tally.bytes += contents.len() as u64;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(sock.as_raw_fd(), libc::POLLOUT),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                errors.note(&e);
+                for _ in 0..count {
+                    shared.stats.count_drop(DropReason::IoError);
+                }
+                return;
+            }
+        }
     }
 }
 
