@@ -99,9 +99,14 @@ fn iperf_server(ns: &str, ip: &str) -> Result<Child> {
 fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {
     for _ in 0..50 {
         let out = netns::exec(&ends.client_ns, "iperf3").args(["-c", &ends.server_ip, "-J"]).args(args).output()?;
-        if out.status.success() {
-            return Ok(serde_json::from_slice(&out.stdout)?);
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && json.get("error").is_none() {
+            return Ok(json);
         }
+        if let Some(e) = json.get("error") {
+            eprintln!("iperf3 {args:?}: {e}; retrying");
+        }
+
         std::thread::sleep(Duration::from_millis(100)); // server not up yet
     }
     bail!("iperf3 {args:?} to {} failed", ends.server_ip)
