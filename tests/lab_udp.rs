@@ -54,6 +54,14 @@ fn udp_without_offloads_carries_pings_and_checked_tcp() {
 }
 
 #[test]
+fn udp_with_two_queues_carries_pings_and_checked_tcp() {
+    let json = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Queues":2}}"#;
+    let lab = lab_with_config(3, json, &[]);
+    ping_sizes_and_streams(&lab);
+    assert!(lab.log(2).contains("queues=2"), "{}", lab.log_tail(2));
+}
+
+#[test]
 fn udp_mtu_is_external_minus_28_and_df_is_honoured() {
     let lab = lab_with_config(2, &udp_config(true), &[]);
     let (_, _, mtu) = lab.subnet_env(1).unwrap();

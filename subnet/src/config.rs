@@ -66,6 +66,9 @@ pub struct UdpOptions {
     pub mtu: Option<u32>,
     /// `Offload` (weft's own): use TUN/UDP segmentation offloads, default true.
     pub offload: bool,
+    /// `Queues` (weft's own): forwarding queues; default one per two cores
+    /// with offloads (at most 4), else one.
+    pub queues: Option<u32>,
 }
 
 /// Options of the vxlan backend.
@@ -260,7 +263,12 @@ fn parse_v6(obj: &Map<String, Value>) -> Result<Ipv6Settings, ConfigError> {
 fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
     let obj = match value {
         None | Some(Value::Null) => {
-            return Ok(BackendConfig::Udp(UdpOptions { port: UDP_DEFAULT_PORT, mtu: None, offload: true }))
+            return Ok(BackendConfig::Udp(UdpOptions {
+                port: UDP_DEFAULT_PORT,
+                mtu: None,
+                offload: true,
+                queues: None,
+            }))
         }
         Some(Value::Object(obj)) => obj,
         Some(other) => {
@@ -277,6 +285,16 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             port: get_port(obj, "Port")?.unwrap_or(UDP_DEFAULT_PORT),
             mtu: get_mtu(obj)?,
             offload: get_bool(obj, "Offload")?.unwrap_or(true),
+            queues: match get_u32(obj, "Queues")? {
+                None | Some(0) => None,
+                Some(q) if q > 16 => {
+                    return Err(ConfigError::BadBackendOption {
+                        field: "Queues",
+                        reason: format!("{q} is more than 16"),
+                    })
+                }
+                Some(q) => Some(q),
+            },
         })),
         "vxlan" => {
             let vni = get_u32(obj, "VNI")?.unwrap_or(1);

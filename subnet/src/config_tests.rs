@@ -26,7 +26,7 @@ fn defaults_follow_flanneld() {
         assert_eq!(c.subnet_len, len, "{net}");
         assert_eq!(c.subnet_min.to_string(), min, "{net}");
         assert_eq!(c.subnet_max.to_string(), max, "{net}");
-        assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 8285, mtu: None, offload: true }));
+        assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 8285, mtu: None, offload: true, queues: None }));
         assert!(c.ipv6.is_none());
     }
 }
@@ -70,8 +70,8 @@ fn backend_defaults() {
     assert_eq!(c.backend.type_name(), "host-gw");
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{}}"#);
     assert_eq!(c.backend.type_name(), "udp");
-    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false}}"#);
-    assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 9000, mtu: None, offload: false }));
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false,"Queues":2}}"#);
+    assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 9000, mtu: None, offload: false, queues: Some(2) }));
 }
 
 #[test]
@@ -144,6 +144,10 @@ fn bad_configs_name_the_field_and_rule() {
             "field Backend.Port: 70000 is not a UDP port",
         ),
         (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","MTU":100}}"#, "field Backend.MTU: 100 is outside"),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Queues":64}}"#,
+            "field Backend.Queues: 64 is more than 16",
+        ),
         (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","GBP":"on"}}"#, "field GBP: expected true or false"),
     ];
     for (json, want) in table {

@@ -57,8 +57,12 @@ pub struct UdpBackend {
     routes: Vec<(Ipv4Net, SocketAddrV4)>,
 }
 
-/// Forwarding queues: one per two cores with offloads (at most 4), else one.
-fn queue_count(offload: bool) -> usize {
+/// Forwarding queues: `Queues` if set, else one per two cores with
+/// offloads (at most 4), else one.
+fn queue_count(offload: bool, configured: Option<u32>) -> usize {
+    if let Some(q) = configured {
+        return q.max(1) as usize;
+    }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     if offload && cores >= 4 {
         (cores / 2).min(4)
@@ -105,7 +109,7 @@ fn bind(addr: SocketAddrV4, reuse_port: bool) -> Result<UdpSocket> {
 impl UdpBackend {
     /// Bind the UDP port(s); nothing on the host changes yet.
     pub fn prepare(nl: Netlink, opts: UdpOptions, ext: ExternalInterface, network: Ipv4Net) -> Result<UdpBackend> {
-        let queues = queue_count(opts.offload);
+        let queues = queue_count(opts.offload, opts.queues);
         let addr = SocketAddrV4::new(ext.public_ip, opts.port);
         let sockets = (0..queues).map(|_| bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         Ok(UdpBackend {
