@@ -8,12 +8,14 @@
 //! | [`packet`]  | checked IPv4 views, TTL handling, ICMP errors (pure)       |
 //! | [`table`]   | the LPM route table, swapped lock-free under the threads   |
 //! | [`stats`]   | packet, byte and per-reason drop counters                  |
-//! | [`forward`] | the forwarding threads, with and without offloads          |
+//! | [`offload`] | the offload path: TUN->UDP and UDP->TUN halves, batched     |
+//! | [`forward`] | the forwarding threads and the plain one-packet path       |
 //!
 //! The TUN device gets `<subnet network>/<network prefix>` (so the kernel
 //! routes the whole overlay network into it) and MTU = external MTU − 28.
 
 pub mod forward;
+pub mod offload;
 pub mod packet;
 pub mod stats;
 pub mod table;
@@ -198,9 +200,9 @@ impl UdpBackend {
                 gro = state.gro_segments();
                 let tx_state = state.clone();
                 spawn(format!("weft-tx-{q}"), move || {
-                    forward::tun_to_udp_offload(tx_dev, tx_sock, tx_state, tx_shared, mtu as usize)
+                    forward::run_tx(tx_dev, tx_sock, tx_state, tx_shared, mtu as usize)
                 })?;
-                spawn(format!("weft-rx-{q}"), move || forward::udp_to_tun_offload(rx_dev, rx_sock, state, rx_shared))?;
+                spawn(format!("weft-rx-{q}"), move || forward::run_rx(rx_dev, rx_sock, state, rx_shared))?;
             } else {
                 spawn(format!("weft-tx-{q}"), move || forward::tun_to_udp_plain(tx_dev, tx_sock, tx_shared))?;
                 spawn(format!("weft-rx-{q}"), move || forward::udp_to_tun_plain(rx_dev, rx_sock, rx_shared))?;

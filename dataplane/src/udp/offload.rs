@@ -1,0 +1,344 @@
+//! The offload path, as two halves that each handle one wake-up's worth of
+//! packets without blocking: [`TxPath`] (TUN -> UDP) and [`RxPath`]
+//! (UDP -> TUN). `forward` runs them on threads.
+//!
+//! - TX: TUN reads return up to 64 KB TCP/UDP super-packets that `tun-rs`
+//!   splits into MTU-sized slots of one area. Full-size segments then lie
+//!   back to back, so when a read goes to one peer it leaves in one UDP GSO
+//!   send straight from the area; anything else is gathered per peer.
+//! - RX: `recvmmsg` with UDP GRO returns batches of datagrams; inner TCP
+//!   packets are coalesced again into large TUN writes (`tun-rs` GRO table).
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use super::forward::{add, route_outbound, wait_fd, ErrorLog, Icmp, Shared, Tally, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::packet::{check_inbound, DropReason};
+
+/// Whether a step found work.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Worked,
+    Idle,
+}
+
+/// TUN -> UDP, with buffers owned by the forwarding thread.
+pub struct TxPath {
+    slot: usize,
+    original: Vec<u8>,
+    area: Vec<u8>,
+    sizes: [usize; IDEAL_BATCH_SIZE],
+    peers: [Option<SocketAddrV4>; IDEAL_BATCH_SIZE],
+    batch: GsoBatch,
+    max_segments: usize,
+    fast_segments: usize,
+    icmp: Icmp,
+    read_errors: ErrorLog,
+    send_errors: ErrorLog,
+}
+
+impl TxPath {
+    pub fn new(state: &UdpSocketState, mtu: usize) -> TxPath {
+        let slot = mtu.max(576);
+        let max_segments = state.max_gso_segments().clamp(1, 64);
+        TxPath {
+            slot,
+            original: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            area: vec![0u8; slot * IDEAL_BATCH_SIZE],
+            sizes: [0; IDEAL_BATCH_SIZE],
+            peers: [None; IDEAL_BATCH_SIZE],
+            batch: GsoBatch::new(),
+            max_segments,
+            // Also bounded by the UDP payload limit.
+            fast_segments: max_segments.min(MAX_UDP_PAYLOAD / slot).max(1),
+            icmp: Icmp::new(),
+            read_errors: ErrorLog::new("reading from the TUN device"),
+            send_errors: ErrorLog::new("sending UDP"),
+        }
+    }
+
+    /// Read one batch from the TUN device (blocking or not, as the device
+    /// is set) and send it.
+    pub fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
+        let slot = self.slot;
+        let read = {
+            let mut chunks = self.area.chunks_mut(slot);
+            let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+            dev.recv_multiple(&mut self.original, &mut slots, &mut self.sizes, 0)
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Step::Idle,
+            Err(e) => {
+                self.read_errors.note(&e);
+                shared.stats.count_drop(DropReason::IoError);
+                return Step::Worked;
+            }
+        };
+        let snap = shared.table.load();
+        let mut tally = Tally::default();
+        for i in 0..n {
+            let pkt = &mut self.area[i * slot..i * slot + self.sizes[i]];
+            self.peers[i] = route_outbound(pkt, &snap, dev, shared, &mut self.icmp);
+        }
+        // Fast path: full-size segments for one peer, contiguous in the area.
+        let uniform = n > 1
+            && self.peers[0].is_some()
+            && (1..n).all(|i| self.peers[i] == self.peers[0])
+            && self.sizes[..n - 1].iter().all(|s| *s == slot);
+        if let (true, Some(dest)) = (uniform, self.peers[0]) {
+            let mut first = 0;
+            while first < n {
+                let last = (first + self.fast_segments).min(n);
+                let bytes = (last - 1 - first) * slot + self.sizes[last - 1];
+                let contents = &self.area[first * slot..first * slot + bytes];
+                send_gso(sock, state, shared, &mut self.send_errors, &mut tally, dest, contents, slot, last - first);
+                first = last;
+            }
+        } else {
+            for i in 0..n {
+                let Some(peer) = self.peers[i] else { continue };
+                let pkt = &self.area[i * slot..i * slot + self.sizes[i]];
+                if !self.batch.fits(peer, pkt.len(), self.max_segments) {
+                    self.batch.flush(sock, state, shared, &mut self.send_errors, &mut tally);
+                }
+                self.batch.push(peer, pkt);
+            }
+            self.batch.flush(sock, state, shared, &mut self.send_errors, &mut tally);
+        }
+        add(&shared.stats.tx_packets, tally.packets);
+        add(&shared.stats.tx_bytes, tally.bytes);
+        Step::Worked
+    }
+}
+
+/// UDP -> TUN, with buffers owned by the forwarding thread.
+pub struct RxPath {
+    rx: Vec<u8>,
+    metas: [RecvMeta; BATCH_SIZE],
+    out: Vec<Vec<u8>>,
+    gro: GROTable,
+    recv_errors: ErrorLog,
+    write_errors: ErrorLog,
+}
+
+const CHUNK: usize = MAX_PACKET + 1;
+
+impl RxPath {
+    pub fn new() -> RxPath {
+        RxPath {
+            rx: vec![0u8; CHUNK * BATCH_SIZE],
+            metas: [RecvMeta::default(); BATCH_SIZE],
+            out: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + MAX_PACKET)).collect(),
+            gro: GROTable::default(),
+            recv_errors: ErrorLog::new("receiving UDP"),
+            write_errors: ErrorLog::new("writing to the TUN device"),
+        }
+    }
+
+    /// Receive one batch of datagrams without blocking and write what is
+    /// valid into the TUN device.
+    pub fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
+        let n = {
+            let mut chunks = self.rx.chunks_mut(CHUNK);
+            let mut iovs: [IoSliceMut; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match state.recv(sock.into(), &mut iovs, &mut self.metas) {
+                Ok(n) => n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
+                    return Step::Idle
+                }
+                Err(e) => {
+                    self.recv_errors.note(&e);
+                    return Step::Worked;
+                }
+            }
+        };
+        let snap = shared.table.load();
+        let mut count = 0;
+        let mut tally = Tally::default();
+        for (i, meta) in self.metas[..n].iter().enumerate() {
+            let data = &self.rx[i * CHUNK..i * CHUNK + meta.len.min(CHUNK)];
+            let stride = if meta.stride == 0 { data.len().max(1) } else { meta.stride };
+            if data.is_empty() {
+                let reason =
+                    if snap.accepts_from(&meta.addr) { DropReason::TooShort } else { DropReason::UnknownSource };
+                shared.stats.count_drop(reason);
+                continue;
+            }
+            if !snap.accepts_from(&meta.addr) {
+                for _ in data.chunks(stride) {
+                    shared.stats.count_drop(DropReason::UnknownSource);
+                }
+                continue;
+            }
+            for seg in data.chunks(stride) {
+                if let Err(reason) = check_inbound(seg, &shared.local) {
+                    shared.stats.count_drop(reason);
+                    continue;
+                }
+                let o = &mut self.out[count];
+                o.clear();
+                o.resize(VIRTIO_NET_HDR_LEN, 0);
+                o.extend_from_slice(seg);
+                tally.packets += 1;
+                tally.bytes += seg.len() as u64;
+                count += 1;
+                if count == self.out.len() {
+                    write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors);
+                    count = 0;
+                }
+            }
+        }
+        if count > 0 {
+            write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors);
+        }
+        add(&shared.stats.rx_packets, tally.packets);
+        add(&shared.stats.rx_bytes, tally.bytes);
+        Step::Worked
+    }
+}
+
+impl Default for RxPath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn write_batch(dev: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], shared: &Shared, errors: &mut ErrorLog) {
+    if let Err(e) = dev.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+        errors.note(&e);
+        shared.stats.count_drop(DropReason::IoError);
+    }
+}
+
+/// A run of packets to one peer, laid out back to back for one GSO send.
+struct GsoBatch {
+    buf: Vec<u8>,
+    len: usize,
+    count: usize,
+    seg: usize,
+    dest: Option<SocketAddrV4>,
+    closed: bool,
+}
+
+impl GsoBatch {
+    fn new() -> GsoBatch {
+        GsoBatch { buf: vec![0u8; MAX_PACKET], len: 0, count: 0, seg: 0, dest: None, closed: false }
+    }
+
+    /// Whether `pkt` bytes for `dest` can join the batch.
+    fn fits(&self, dest: SocketAddrV4, pkt: usize, max_segments: usize) -> bool {
+        self.count == 0
+            || (self.dest == Some(dest)
+                && !self.closed
+                && pkt <= self.seg
+                && self.count < max_segments
+                && self.len + pkt <= MAX_UDP_PAYLOAD)
+    }
+
+    fn push(&mut self, dest: SocketAddrV4, pkt: &[u8]) {
+        if self.count == 0 {
+            self.dest = Some(dest);
+            self.seg = pkt.len();
+        }
+        self.buf[self.len..self.len + pkt.len()].copy_from_slice(pkt);
+        self.len += pkt.len();
+        self.count += 1;
+        // A shorter packet must be the last segment of a GSO send.
+        if pkt.len() < self.seg {
+            self.closed = true;
+        }
+    }
+
+    fn flush(
+        &mut self,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        shared: &Shared,
+        errors: &mut ErrorLog,
+        tally: &mut Tally,
+    ) {
+        if let (Some(dest), true) = (self.dest, self.count > 0) {
+            send_gso(sock, state, shared, errors, tally, dest, &self.buf[..self.len], self.seg, self.count);
+        }
+        self.len = 0;
+        self.count = 0;
+        self.dest = None;
+        self.closed = false;
+    }
+}
+
+/// One UDP send of `count` segments of `seg` bytes (the last may be shorter).
+#[allow(clippy::too_many_arguments)]
+fn send_gso(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    shared: &Shared,
+    errors: &mut ErrorLog,
+    tally: &mut Tally,
+    dest: SocketAddrV4,
+    contents: &[u8],
+    seg: usize,
+    count: usize,
+) {
+    let transmit = Transmit {
+        destination: SocketAddr::V4(dest),
+        ecn: None,
+        contents,
+        segment_size: (count > 1).then_some(seg),
+        src_ip: None,
+    };
+    loop {
+        match state.try_send(sock.into(), &transmit) {
+            Ok(()) => {
+                tally.packets += count as u64;
+                tally.bytes += contents.len() as u64;
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(sock.as_raw_fd(), libc::POLLOUT),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                errors.note(&e);
+                for _ in 0..count {
+                    shared.stats.count_drop(DropReason::IoError);
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(n: u8) -> SocketAddrV4 {
+        SocketAddrV4::new([198, 18, 0, n].into(), 8285)
+    }
+
+    #[test]
+    fn gso_batches_stop_at_the_udp_payload_limit_and_at_short_segments() {
+        let mut b = GsoBatch::new();
+        let pkt = vec![0u8; 1472];
+        let mut n = 0;
+        while b.fits(dest(2), pkt.len(), 64) {
+            b.push(dest(2), &pkt);
+            n += 1;
+        }
+        assert_eq!(n, MAX_UDP_PAYLOAD / 1472, "44 segments of 1472 bytes fit in one datagram burst");
+        assert!(b.len <= MAX_UDP_PAYLOAD);
+
+        let mut b = GsoBatch::new();
+        b.push(dest(2), &pkt);
+        assert!(!b.fits(dest(3), 1472, 64), "another peer starts a new batch");
+        assert!(!b.fits(dest(2), 1500, 64), "a bigger packet cannot follow");
+        b.push(dest(2), &pkt[..100]);
+        assert!(!b.fits(dest(2), 100, 64), "nothing follows a short last segment");
+        assert!(!GsoBatch { count: 64, ..GsoBatch::new() }.fits(dest(2), 10, 64), "segment cap");
+    }
+}
