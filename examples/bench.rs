@@ -46,15 +46,6 @@ struct Figures {
     threads: Vec<(String, f64)>,
 }
 
-fn weft_bin() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("weft")).context("locating the weft binary")?;
-    if !bin.is_file() {
-        bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
-    }
-    Ok(bin)
-}
-
 /// Where iperf3/ping run from and to: pods, or the nodes themselves.
 struct Ends {
     client_ns: String,
@@ -218,7 +209,7 @@ fn main() -> Result<()> {
             other => bail!("unknown argument {other:?}; try --help"),
         }
     }
-    let weft = weft_bin()?;
+    let weft = weft_lab::weft_next_to_example()?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("weft lab benchmark: kernel {kernel}, {cpus} CPUs, {secs} s per iperf3 run, 2 nodes");

@@ -5,22 +5,11 @@
 //!
 //! Run it with `scripts/demo.sh [--backend vxlan|host-gw|udp] [--nodes N]`.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use weft_lab::{netns, Lab};
-
-fn weft_bin() -> Result<PathBuf> {
-    // Examples live in target/<profile>/examples; the binary one level up.
-    let exe = std::env::current_exe()?;
-    let bin = exe.parent().and_then(|p| p.parent()).map(|p| p.join("weft")).context("locating the weft binary")?;
-    if !bin.is_file() {
-        bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
-    }
-    Ok(bin)
-}
 
 struct Args {
     backend: String,
@@ -52,7 +41,7 @@ fn parse_args() -> Result<Args> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let weft = weft_bin()?;
+    let weft = weft_lab::weft_next_to_example()?;
     let n = args.nodes;
     println!("== building the lab: switch, etcd and {n} nodes in network namespaces");
     let mut lab = Lab::new(n, &weft)?;

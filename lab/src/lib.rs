@@ -19,3 +19,18 @@ pub use etcd::{EtcdServer, TlsFiles};
 pub use lab::Lab;
 pub use proxy::TcpProxy;
 pub use wait::{wait_until, wait_until_async};
+
+/// The `weft` binary built alongside the running example
+/// (`target/<profile>/examples/x` -> `target/<profile>/weft`).
+pub fn weft_next_to_example() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("weft"))
+        .ok_or_else(|| anyhow::anyhow!("cannot locate the weft binary next to {}", exe.display()))?;
+    if !bin.is_file() {
+        anyhow::bail!("{} not found; build it with `cargo build --release --bin weft`", bin.display());
+    }
+    Ok(bin)
+}
