@@ -34,7 +34,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node daemon: lease this node's subnet and carry pod traffic.
+    #[command(next_display_order = None)]
     Run(Box<RunArgs>),
+
     /// Read or write the network config in etcd.
     #[command(subcommand)]
     Config(ConfigCmd),
