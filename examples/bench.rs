@@ -10,7 +10,6 @@
 //! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...]`
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -78,29 +77,8 @@ fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
     out
 }
 
-fn iperf_server(ns: &str, ip: &str) -> Result<Child> {
-    netns::exec(ns, "iperf3")
-        .args(["-s", "-B", ip])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 (Debian package iperf3)")
-}
-
 fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {
-    for _ in 0..50 {
-        let out = netns::exec(&ends.client_ns, "iperf3").args(["-c", &ends.server_ip, "-J"]).args(args).output()?;
-        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if out.status.success() && json.get("error").is_none() {
-            return Ok(json);
-        }
-        if let Some(e) = json.get("error") {
-            eprintln!("iperf3 {args:?}: {e}; retrying");
-        }
-
-        std::thread::sleep(Duration::from_millis(100)); // server not up yet
-    }
-    bail!("iperf3 {args:?} to {} failed", ends.server_ip)
+    weft_lab::iperf::client(&ends.client_ns, &ends.server_ip, args)
 }
 
 fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
@@ -185,11 +163,8 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
             (ends, (1..=2).filter_map(|i| lab.daemon_pid(i)).collect())
         }
     };
-    let mut server = iperf_server(&ends.server_ns, &ends.server_ip)?;
-    let result = measure(&ends, secs, &daemons);
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    let _server = weft_lab::iperf::Server::start(&ends.server_ns, &ends.server_ip)?;
+    measure(&ends, secs, &daemons)
 }
 
 fn main() -> Result<()> {

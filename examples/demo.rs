@@ -5,11 +5,10 @@
 //!
 //! Run it with `scripts/demo.sh [--backend vxlan|host-gw|udp] [--nodes N]`.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use weft_lab::{netns, Lab};
+use weft_lab::Lab;
 
 struct Args {
     backend: String,
@@ -121,26 +120,8 @@ fn avg_rtt(ping: &str) -> Option<String> {
 }
 
 fn iperf(lab: &Lab) -> Result<f64> {
-    let dst = lab.node(2).pod_ip.context("pod")?;
-    let mut server = netns::exec(&lab.node(2).pod_ns, "iperf3")
-        .args(["-s", "-1", "-B", &dst.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting iperf3 (Debian package iperf3)")?;
-    let mut out = None;
-    for _ in 0..50 {
-        let o = netns::exec(&lab.node(1).pod_ns, "iperf3").args(["-c", &dst.to_string(), "-t", "3", "-J"]).output()?;
-        if o.status.success() {
-            out = Some(o);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100)); // server not listening yet
-    }
-    let _ = server.kill();
-    let _ = server.wait();
-    let out = out.context("iperf3 client did not connect")?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("no bits_per_second in iperf3 output")?;
-    Ok(bps / 1e9)
+    let dst = lab.node(2).pod_ip.context("pod")?.to_string();
+    let _server = weft_lab::iperf::Server::start(&lab.node(2).pod_ns, &dst)?;
+    let report = weft_lab::iperf::client(&lab.node(1).pod_ns, &dst, &["-t", "3"])?;
+    weft_lab::iperf::tcp_gbps(&report)
 }

@@ -7,9 +7,11 @@
 //! | [`proxy`] | a TCP proxy whose connections a test can cut, to fake an outage  |
 //! | [`netns`] | network namespaces: create, exec in, enter from a thread, sweep   |
 //! | [`lab`]   | the multi-node lab: switch, etcd, nodes running `weft run`, pods |
+//! | [`iperf`] | iperf3 server and client between lab namespaces                  |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
 pub mod etcd;
+pub mod iperf;
 pub mod lab;
 pub mod netns;
 pub mod proxy;
