@@ -104,12 +104,23 @@ pub async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
             _ = &mut shutdown => return Ok(ExitCode::SUCCESS),
             ev = watch.next() => ev,
         };
+        // Time left, for what was just added (best effort: a lease that
+        // is already gone again simply shows none).
+        let mut added: Vec<Lease> = events
+            .iter()
+            .filter_map(|e| match e {
+                LeaseEvent::Added(l) => Some(l.clone()),
+                LeaseEvent::Removed(_) => None,
+            })
+            .collect();
+        let _ = registry.fill_ttls(&mut added).await;
         let mut out = std::io::stdout().lock();
         for ev in &events {
             let (word, lease) = match ev {
-                LeaseEvent::Added(l) => ("added", l),
+                LeaseEvent::Added(l) => ("added", added.iter().find(|a| a.subnet == l.subnet).unwrap_or(l)),
                 LeaseEvent::Removed(l) => ("removed", l),
             };
+
             if args.json {
                 let ev = EventView { event: word, lease: LeaseView::of(lease) };
                 writeln!(out, "{}", serde_json::to_string(&ev)?)?;

@@ -168,9 +168,24 @@ fn leases_table_json_and_watch() {
     assert!(next("header").starts_with("SUBNET"));
     next("row 1");
     next("row 2");
-    put_lease(&ep, "10.244.5.0-24", r#"{"PublicIP":"198.18.0.4","BackendType":"host-gw"}"#);
+    // A lease written the way a node writes it: attached to an etcd lease.
+    let grant = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "lease", "grant", "3600"])
+        .output()
+        .unwrap();
+    let id = text(&grant.stdout).split_whitespace().nth(1).unwrap().to_string();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "put", "--lease", &id, "/coreos.com/network/subnets/10.244.5.0-24"])
+        .arg(r#"{"PublicIP":"198.18.0.4","BackendType":"host-gw"}"#)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let line = next("added event");
     assert!(line.starts_with("added") && line.contains("10.244.5.0/24") && line.contains("host-gw"), "{line}");
+    assert!(line.contains(" 59m") || line.contains(" 1h00m"), "time left is shown: {line}");
+
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .args(["--endpoints", &ep, "del", "/coreos.com/network/subnets/10.244.3.0-24"])

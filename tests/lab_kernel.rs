@@ -311,3 +311,20 @@ fn systemd_readiness_health_and_ip_masq() {
     let fwd = text(&netns::run(lab.node_cmd(1, "iptables").args(["-S", "WEFT-FWD"])).unwrap().stdout);
     assert!(fwd.contains("-A WEFT-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"), "forwarding stays accepted: {fwd}");
 }
+
+#[test]
+fn a_lost_lease_stops_the_daemon_for_a_clean_restart() {
+    let mut lab = lab(2, "host-gw", &[]);
+    let own = subnet_of(&lab, 1);
+    // Someone deletes node 1's lease: weft must not go on using the subnet.
+    lab.etcdctl(&["del", &format!("/coreos.com/network/subnets/{}-{}", own.network(), own.prefix_len())]).unwrap();
+    let status = lab.wait_exit(1, Duration::from_secs(5)).unwrap();
+    assert_eq!(status.code(), Some(1));
+    let log = lab.log(1);
+    assert!(log.contains(&format!("the lease of {own} was removed from etcd")), "{log}");
+    assert!(log.contains("exiting so that the service manager restarts weft"), "{log}");
+    // The restart (as systemd would do it) takes the subnet back from subnet.env.
+    lab.start_daemon(1, &[]).unwrap();
+    lab.wait_ready(1, READY).unwrap();
+    assert_eq!(subnet_of(&lab, 1), own);
+}
