@@ -27,6 +27,16 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// A child process that is killed if the test fails before it ends it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 const CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
 
 #[test]
@@ -151,14 +161,16 @@ fn leases_table_json_and_watch() {
     assert_eq!(arr[1]["vtep_mac"], serde_json::Value::Null);
 
     // --watch prints the table, then events as they happen.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .args(["--etcd-endpoints", &ep, "leases", "--watch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_weft"))
+            .args(["--etcd-endpoints", &ep, "leases", "--watch"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -196,7 +208,7 @@ fn leases_table_json_and_watch() {
     assert!(line.starts_with("removed") && line.contains("10.244.3.0/24"), "{line}");
     // SIGTERM ends it cleanly.
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
+    let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
