@@ -52,8 +52,9 @@ struct Ends {
     server_ip: String,
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
+/// utime + stime, in clock ticks, from a `/proc/.../stat` file (0 if unreadable).
+fn stat_ticks(path: &std::path::Path) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name: utime is the 14th, stime the 15th field.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
@@ -61,20 +62,20 @@ fn cpu_ticks(pid: u32) -> u64 {
     get(11) + get(12)
 }
 
+fn cpu_ticks(pid: u32) -> u64 {
+    stat_ticks(std::path::Path::new(&format!("/proc/{pid}/stat")))
+}
+
 /// CPU ticks per named thread of `pid` (e.g. weft-tx-0, weft-rx-0).
 fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
-    let mut out = Vec::new();
-    for t in dir.flatten() {
-        let path = t.path();
-        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
-        let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        out.push((name, get(11) + get(12)));
-    }
-    out
+    dir.flatten()
+        .map(|t| {
+            let path = t.path();
+            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
+            (name, stat_ticks(&path.join("stat")))
+        })
+        .collect()
 }
 
 fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {

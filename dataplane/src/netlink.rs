@@ -97,7 +97,7 @@ impl Netlink {
         match stream.try_next().await {
             Ok(Some(msg)) => Ok(Some(parse_link(&msg))),
             Ok(None) => Ok(None),
-            Err(e) if errno(&e) == Some(libc_enodev()) => Ok(None),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
             Err(e) => Err(Error::netlink(format!("ip link show dev {name}"), e)),
         }
     }
@@ -259,7 +259,7 @@ impl Netlink {
     pub async fn delete_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
         match self.handle.route().del(Self::route_message(dst, spec)).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc_esrch()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
             Err(e) => Err(Error::netlink(format!("ip route del {dst}"), e)),
         }
     }
@@ -300,7 +300,7 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(Error::netlink(format!("ip neigh del {ip} dev #{index}"), e)),
         }
     }
@@ -344,20 +344,10 @@ impl Netlink {
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(dst)));
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc_enoent()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(Error::netlink(format!("bridge fdb del {mac} dev #{index} dst {dst}"), e)),
         }
     }
-}
-
-const fn libc_enoent() -> i32 {
-    2
-}
-const fn libc_esrch() -> i32 {
-    3
-}
-const fn libc_enodev() -> i32 {
-    19
 }
 
 /// The destination of a neighbour or FDB entry. In FDB dumps (family

@@ -55,8 +55,6 @@ pub struct UdpBackend {
     table: Arc<RouteTable>,
     stats: Arc<Stats>,
     sockets: Vec<Arc<UdpSocket>>,
-    started: bool,
-    routes: Vec<(Ipv4Net, SocketAddrV4)>,
 }
 
 /// Forwarding queues: `Queues` if set, else one per two cores with
@@ -114,17 +112,7 @@ impl UdpBackend {
         let queues = queue_count(opts.offload, opts.queues);
         let addr = SocketAddrV4::new(ext.public_ip, opts.port);
         let sockets = (0..queues).map(|_| bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
-        Ok(UdpBackend {
-            nl,
-            opts,
-            ext,
-            network,
-            table: RouteTable::new(),
-            stats: Arc::new(Stats::default()),
-            sockets,
-            started: false,
-            routes: Vec::new(),
-        })
+        Ok(UdpBackend { nl, opts, ext, network, table: RouteTable::new(), stats: Arc::new(Stats::default()), sockets })
     }
 
     pub fn mtu(&self) -> u32 {
@@ -228,19 +216,16 @@ impl UdpBackend {
             udp_gro_segments = gro,
             "udp backend forwarding"
         );
-        self.started = true;
         Ok(())
     }
 
     /// Swap in a route table for `peers`; returns how many routes changed.
     pub fn reconcile(&mut self, peers: &[Peer]) -> Result<usize> {
         let snapshot = Snapshot::new(peers, self.opts.port);
-        let routes = snapshot.routes();
-        let before: std::collections::BTreeSet<_> = self.routes.iter().collect();
-        let after: std::collections::BTreeSet<_> = routes.iter().collect();
+        let before: std::collections::BTreeSet<_> = self.table.load().routes().into_iter().collect();
+        let after: std::collections::BTreeSet<_> = snapshot.routes().into_iter().collect();
         let changes = before.symmetric_difference(&after).count();
         self.table.store(snapshot);
-        self.routes = routes;
         Ok(changes)
     }
 }
