@@ -19,7 +19,7 @@ use weft_subnet::EtcdOptions;
                   and carries pod traffic between nodes (udp, vxlan or host-gw backend). \
                   It shares etcd keys, JSON, flags and subnet.env with flanneld."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
     pub etcd: EtcdArgs,
 
@@ -32,7 +32,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the node daemon: lease this node's subnet and carry pod traffic.
     #[command(next_display_order = None)]
     Run(Box<RunArgs>),
@@ -45,7 +45,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ConfigCmd {
+pub(crate) enum ConfigCmd {
     /// Validate a network config and store it at <prefix>/config.
     ///
     /// Example: echo '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}' | weft config put -
@@ -58,7 +58,7 @@ pub enum ConfigCmd {
 }
 
 #[derive(Debug, Args)]
-pub struct LeasesArgs {
+pub(crate) struct LeasesArgs {
     /// Print a JSON array instead of a table (one JSON object per line with --watch).
     #[arg(long)]
     pub json: bool,
@@ -69,7 +69,7 @@ pub struct LeasesArgs {
 
 /// How to reach etcd (flanneld's flags).
 #[derive(Debug, Args)]
-pub struct EtcdArgs {
+pub(crate) struct EtcdArgs {
     /// Comma-separated etcd endpoints.
     #[arg(long, global = true, env = "WEFT_ETCD_ENDPOINTS", value_delimiter = ',', default_value = DEFAULT_ENDPOINT)]
     pub etcd_endpoints: Vec<String>,
@@ -94,7 +94,7 @@ pub struct EtcdArgs {
 }
 
 impl EtcdArgs {
-    pub fn options(&self) -> EtcdOptions {
+    pub(crate) fn options(&self) -> EtcdOptions {
         let mut o = EtcdOptions::new(self.etcd_endpoints.clone());
         o.prefix = self.etcd_prefix.clone();
         o.key_file = self.etcd_keyfile.clone();
@@ -108,7 +108,7 @@ impl EtcdArgs {
 
 /// `weft run`: flanneld's flags, so an existing unit file works unchanged.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Interface (name or IPv4 address) for traffic between nodes; may be
     /// repeated, the first that exists wins. Default: the default route's.
     #[arg(long = "iface", env = "WEFT_IFACE", value_delimiter = ',')]

@@ -8,7 +8,7 @@ use weft_subnet::{NetworkConfig, Registry};
 
 use crate::cli::{ConfigCmd, EtcdArgs};
 
-pub async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
+pub(crate) async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
     match cmd {
         ConfigCmd::Put { file } => {
             let text = if file.as_os_str() == "-" {

@@ -64,7 +64,7 @@ fn row(l: &Lease) -> String {
     )
 }
 
-pub async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
+pub(crate) async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
     let registry = Registry::connect(etcd.options()).await?;
     let config = registry.get_config().await?;
     let mut watch = LeaseWatch::start(registry.clone(), config).await?;

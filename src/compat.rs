@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 
 /// Copy `FLANNELD_X` to `WEFT_X` where only the former is set.
-pub fn import_flanneld_env() {
+pub(crate) fn import_flanneld_env() {
     let imports: Vec<(String, OsString)> = std::env::vars_os()
         .filter_map(|(k, v)| {
             let name = k.to_str()?.strip_prefix("FLANNELD_")?.to_string();
@@ -24,7 +24,7 @@ pub fn import_flanneld_env() {
 }
 
 /// Turn `-long-flag[=v]` into `--long-flag[=v]` for known long flags.
-pub fn normalize_args(args: Vec<OsString>, cmd: &clap::Command) -> Vec<OsString> {
+pub(crate) fn normalize_args(args: Vec<OsString>, cmd: &clap::Command) -> Vec<OsString> {
     let mut longs: Vec<String> = Vec::new();
     collect_longs(cmd, &mut longs);
     let mut out = Vec::with_capacity(args.len());

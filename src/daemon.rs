@@ -12,31 +12,30 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
-use tracing::{error, info, warn};
-use weft_dataplane::hostgw::HostGwBackend;
-use weft_dataplane::iface::{find_external, IfaceRequest};
-use weft_dataplane::netlink::Netlink;
-use weft_dataplane::peer::desired_peers;
-use weft_dataplane::udp::UdpBackend;
-use weft_dataplane::vxlan::VxlanBackend;
-use weft_dataplane::{masq, Backend};
+use tracing::{info, warn};
+use weft_dataplane::iface::IfaceRequest;
+use weft_dataplane::{Dataplane, DataplaneConfig};
 use weft_subnet::backoff::Backoff;
 use weft_subnet::env_file::{previous_subnet, SubnetEnv};
 use weft_subnet::renew::Renewer;
 use weft_subnet::{
-    acquire_lease, AcquireRequest, BackendConfig, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch,
-    NetworkConfig, Registry,
+    acquire_lease, AcquireRequest, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry,
 };
 
 use crate::cli::{EtcdArgs, RunArgs};
+use crate::health::{HealthState, Readiness};
+use crate::peers::desired_peers;
 
-pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
+/// Kernel events come in bursts (a device deleted takes its routes and
+/// entries with it): wait this long after the first so one pass repairs all.
+const EVENT_SETTLE: Duration = Duration::from_millis(20);
+
+pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
     tokio::pin!(shutdown);
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
@@ -47,7 +46,8 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
             humantime::format_duration(ttl)
         );
     }
-    let health = Arc::new(crate::health::HealthState::default());
+    let health = Arc::new(HealthState::default());
+    let mut readiness = Readiness::new(health.clone());
     let _health_task = if args.healthz_port != 0 {
         let addr = SocketAddr::from((args.healthz_ip, args.healthz_port));
         Some(
@@ -64,82 +64,81 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
         r = wait_for_config(etcd) => r?,
         _ = &mut shutdown => { info!("stopped while waiting for etcd"); return Ok(ExitCode::SUCCESS) }
     };
+    health.set_control(registry.metrics().clone());
     info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
 
-    // 2. The external interface and the backend's checks: no changes yet.
-    let nl = Netlink::connect()?;
-    let req = IfaceRequest { ifaces: args.iface.clone(), regexes: args.iface_regex.clone(), public_ip: args.public_ip };
-    let ext = find_external(&nl, &req).await?;
-    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
-    let mut backend = match &config.backend {
-        BackendConfig::Vxlan(opts) => {
-            Backend::Vxlan(VxlanBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network).await?)
-        }
-        BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl.clone(), ext.clone(), config.network)?),
-        BackendConfig::Udp(opts) => {
-            Backend::Udp(UdpBackend::prepare(nl.clone(), opts.clone(), ext.clone(), config.network)?)
-        }
+    // 2. The external interface and the backend's checks: no changes yet
+    //    (the udp backend binds its port and re-attaches its TUN device, so
+    //    that packets wait instead of being dropped while the rest starts).
+    let dp_config = DataplaneConfig {
+        backend: config.backend.clone(),
+        network: config.network,
+        iface: IfaceRequest {
+            ifaces: args.iface.clone(),
+            regexes: args.iface_regex.clone(),
+            public_ip: args.public_ip,
+        },
+        ip_masq: args.ip_masq,
+        resync: args.resync_interval,
     };
+    let mut dp = Dataplane::prepare(dp_config).await?;
+    let ext = dp.external().clone();
+    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    health.set_dataplane(dp.metrics());
 
     // 3. The lease.
     let attrs = LeaseAttrs {
         public_ip: ext.public_ip,
         public_ipv6: None,
-        backend_type: backend.type_name().to_string(),
-        backend_data: backend.backend_data(),
+        backend_type: dp.type_name().to_string(),
+        backend_data: dp.backend_data(),
         backend_v6_data: None,
     };
     let previous = previous_subnet(&args.subnet_file);
     let acquire = AcquireRequest { attrs, ttl, previous_subnet: previous };
     let lease = acquire_lease(&registry, &config, &acquire).await?;
     let subnet = lease.subnet;
+    registry.metrics().lease_written(subnet, ttl, false);
     info!(%subnet, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
 
-    // 4. The dataplane, the existing peers, subnet.env, masquerading.
-    backend.setup(subnet).await.context("setting up the backend")?;
-    if let Some(stats) = backend.udp_stats() {
-        let _ = health.udp.set(stats);
-    }
-
+    // 4. The dataplane (devices, rules), the existing peers, subnet.env.
+    dp.start(subnet).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
-    reconcile(&mut backend, &watch, subnet).await;
+    reconcile(&mut dp, &watch, subnet, &mut readiness).await;
     let env = SubnetEnv {
         network: config.network,
         subnet,
-        mtu: backend.mtu(),
+        mtu: dp.mtu(),
         ip_masq: args.ip_masq,
         ipv6_network: None,
         ipv6_subnet: None,
     };
     env.write(&args.subnet_file)?;
     info!(path = %args.subnet_file.display(), "wrote subnet file");
-    masq::apply_forward(config.network)?;
-    if args.ip_masq {
-        masq::apply_masq(config.network, subnet)?;
-        info!("installed IP masquerade rules");
-    } else {
-        masq::remove_masq()?;
-    }
-    health.ready.store(true, Ordering::SeqCst);
     if let Err(e) = crate::notify::ready() {
         warn!("could not notify systemd of readiness: {e}");
     }
-    info!(%subnet, backend = backend.type_name(), "weft is ready");
+    info!(%subnet, backend = dp.type_name(), "weft is running");
 
-    // 5. Run until stopped or until the lease is lost.
+    // 5. Run until stopped or until the lease is lost. Kernel events and
+    //    ended forwarding threads trigger a pass at once; the resync timer
+    //    is the safety net.
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
     let mut resync = tokio::time::interval(args.resync_interval);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(ExitCode::SUCCESS),
             lost = &mut renewal => {
+                registry.metrics().lease_lost();
                 let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("renewal task failed: {e}"));
                 break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
             }
             events = watch.next() => {
                 if let Some(why) = own_lease_gone(&events, subnet, &ext.public_ip) {
+                    registry.metrics().lease_lost();
                     break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
                 }
                 for ev in &events {
@@ -148,20 +147,18 @@ pub async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output =
                         LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
                     }
                 }
-                reconcile(&mut backend, &watch, subnet).await;
+                reconcile(&mut dp, &watch, subnet, &mut readiness).await;
             }
-            _ = resync.tick() => {
-                reconcile(&mut backend, &watch, subnet).await;
-                let refreshed = masq::apply_forward(config.network)
-                    .and_then(|()| if args.ip_masq { masq::apply_masq(config.network, subnet) } else { Ok(()) });
-                if let Err(e) = refreshed {
-                    error!("refreshing iptables rules: {e}");
-                }
+            _ = dp.changed() => {
+                tokio::time::sleep(EVENT_SETTLE).await;
+                reconcile(&mut dp, &watch, subnet, &mut readiness).await;
             }
+            _ = resync.tick() => reconcile(&mut dp, &watch, subnet, &mut readiness).await,
         }
     };
     renewal.abort();
-    health.ready.store(false, Ordering::SeqCst);
+    readiness.stopping();
+    dp.shutdown();
     if outcome.is_ok() {
         info!(%subnet, "stopping; the dataplane stays in place for the next start");
     }
@@ -222,11 +219,18 @@ fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::
     })
 }
 
-async fn reconcile(backend: &mut Backend, watch: &LeaseWatch, subnet: Ipv4Net) {
-    let peers = desired_peers(watch.leases(), subnet, backend.type_name());
-    match backend.reconcile(&peers).await {
-        Ok(0) => {}
-        Ok(n) => info!(peers = peers.len(), changes = n, "dataplane converged"),
-        Err(e) => error!("dataplane not fully programmed: {e}"),
+/// One pass: converge the dataplane to the leases, then tell readiness.
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, readiness: &mut Readiness) {
+    let peers = desired_peers(watch.leases(), subnet, dp.type_name());
+    let report = dp.reconcile(&peers).await;
+    if report.changes > 0 {
+        info!(
+            peers = report.peers_desired,
+            programmed = report.peers_programmed,
+            changes = report.changes,
+            repairs = report.total_repairs(),
+            "dataplane converged"
+        );
     }
+    readiness.set(dp.health());
 }

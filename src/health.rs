@@ -1,28 +1,110 @@
-//! `/healthz` (the process is alive), `/readyz` (the dataplane and
-//! subnet.env are in place) and `/metrics` (forwarding counters of the udp
-//! backend, Prometheus text format) over plain HTTP/1.x.
+//! The health endpoints over plain HTTP/1.x on `--healthz-port`:
+//! - `/healthz`: the process is alive (always 200);
+//! - `/readyz`: 200 `ready` only while the lease is held and the dataplane
+//!   matches the desired state; otherwise 503 with one line per reason
+//!   (e.g. `flannel.1 missing, repairing: ...`);
+//! - `/metrics`: Prometheus text format: the lease, etcd, the dataplane and,
+//!   with the udp backend, forwarding counters (documented in
+//!   docs/operations.md).
+//!
+//! [`Readiness`] is the daemon's side: it sets the reasons after every
+//! reconcile and logs once when they change, not on every pass.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
-
-use weft_dataplane::udp::stats::Stats;
-
-/// What the endpoints report.
-#[derive(Default)]
-pub struct HealthState {
-    pub ready: AtomicBool,
-    pub udp: OnceLock<Arc<Stats>>,
-}
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+use weft_dataplane::DataplaneMetrics;
+use weft_subnet::metrics::Metrics as ControlMetrics;
+
+/// What the endpoints report.
+#[derive(Default)]
+pub(crate) struct HealthState {
+    /// Why the node is not ready; empty: ready.
+    reasons: Mutex<Vec<String>>,
+    ready: std::sync::atomic::AtomicBool,
+    control: OnceLock<Arc<ControlMetrics>>,
+    dataplane: OnceLock<DataplaneMetrics>,
+}
+
+impl HealthState {
+    pub(crate) fn set_control(&self, m: Arc<ControlMetrics>) {
+        let _ = self.control.set(m);
+    }
+
+    pub(crate) fn set_dataplane(&self, m: DataplaneMetrics) {
+        let _ = self.dataplane.set(m);
+    }
+
+    fn readyz(&self) -> (bool, String) {
+        let ready = self.ready.load(std::sync::atomic::Ordering::SeqCst);
+        let reasons = self.reasons.lock().map(|r| r.clone()).unwrap_or_default();
+        if ready {
+            (true, "ready\n".into())
+        } else if reasons.is_empty() {
+            (false, "not ready: starting\n".into())
+        } else {
+            (false, format!("not ready:\n{}\n", reasons.join("\n")))
+        }
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = self.control.get() {
+            c.render(&mut weft_types::metrics::Writer::new(&mut out));
+        }
+        if let Some(d) = self.dataplane.get() {
+            d.render(&mut out);
+        }
+        out
+    }
+}
+
+/// The daemon's view of readiness: reasons in, one log line per change out.
+pub(crate) struct Readiness {
+    state: Arc<HealthState>,
+    last: Option<Vec<String>>,
+}
+
+impl Readiness {
+    pub(crate) fn new(state: Arc<HealthState>) -> Readiness {
+        Readiness { state, last: None }
+    }
+
+    /// Set the reasons the node is not ready (empty: ready).
+    pub(crate) fn set(&mut self, reasons: Vec<String>) {
+        if self.last.as_ref() == Some(&reasons) {
+            return;
+        }
+        if reasons.is_empty() {
+            if self.last.is_some() {
+                info!("ready again: the dataplane matches the desired state");
+            }
+        } else {
+            warn!("not ready: {}", reasons.join("; "));
+        }
+        if let Ok(mut r) = self.state.reasons.lock() {
+            r.clone_from(&reasons);
+        }
+        self.state.ready.store(reasons.is_empty(), std::sync::atomic::Ordering::SeqCst);
+        self.last = Some(reasons);
+    }
+
+    /// Not ready any more (stopping).
+    pub(crate) fn stopping(&mut self) {
+        self.state.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut r) = self.state.reasons.lock() {
+            *r = vec!["stopping".into()];
+        }
+    }
+}
 
 /// Bind and serve until the task is dropped.
-pub async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub(crate) async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
-    info!(%addr, "serving /healthz and /readyz");
+    info!(%addr, "serving /healthz, /readyz and /metrics");
     Ok(tokio::spawn(async move {
         loop {
             let (mut conn, _) = match listener.accept().await {
@@ -42,19 +124,17 @@ pub async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io::Result
                 };
                 let request = String::from_utf8_lossy(&buf[..n]);
                 let path = request.split_whitespace().nth(1).unwrap_or("");
-                let metrics;
-                let (status, body) = match path {
-                    "/healthz" => ("200 OK", "ok\n"),
-                    "/readyz" if state.ready.load(Ordering::SeqCst) => ("200 OK", "ready\n"),
-                    "/readyz" => ("503 Service Unavailable", "not ready\n"),
-                    "/metrics" => {
-                        metrics = state.udp.get().map(|s| s.render()).unwrap_or_default();
-                        ("200 OK", metrics.as_str())
-                    }
-                    _ => ("404 Not Found", "try /healthz, /readyz or /metrics\n"),
+                let (status, content_type, body) = match path {
+                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                    "/readyz" => match state.readyz() {
+                        (true, body) => ("200 OK", "text/plain", body),
+                        (false, body) => ("503 Service Unavailable", "text/plain", body),
+                    },
+                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", state.metrics()),
+                    _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".to_string()),
                 };
                 let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = conn.write_all(resp.as_bytes()).await;

@@ -24,6 +24,7 @@ mod compat;
 mod daemon;
 mod health;
 mod notify;
+mod peers;
 mod signals;
 
 use std::process::ExitCode;

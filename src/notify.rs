@@ -3,7 +3,7 @@
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 /// Tell the service manager we are ready. Does nothing outside systemd.
-pub fn ready() -> std::io::Result<()> {
+pub(crate) fn ready() -> std::io::Result<()> {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };

@@ -3,7 +3,7 @@
 use tokio::signal::unix::{signal, SignalKind};
 
 /// Resolves on the first SIGINT or SIGTERM.
-pub async fn shutdown() {
+pub(crate) async fn shutdown() {
     let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the default action (exit) still applies.
         std::future::pending::<()>().await;

@@ -5,21 +5,21 @@ use std::time::Duration;
 
 use weft_lab::Lab;
 
-pub const READY: Duration = Duration::from_secs(20);
+pub(crate) const READY: Duration = Duration::from_secs(20);
 /// Lease changes must reach every node within this.
-pub const PROPAGATION: Duration = Duration::from_secs(2);
+pub(crate) const PROPAGATION: Duration = Duration::from_secs(2);
 
-pub fn config(backend: &str) -> String {
+pub(crate) fn config(backend: &str) -> String {
     format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"{backend}"}}}}"#)
 }
 
 /// A lab with `n` nodes running `weft run` on `backend`, each with a pod.
-pub fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
+pub(crate) fn lab(n: u8, backend: &str, extra: &[&str]) -> Lab {
     lab_with_config(n, &config(backend), extra)
 }
 
 /// A lab with `n` nodes running `weft run` with the network config `json`.
-pub fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
+pub(crate) fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
     let mut lab = Lab::new(n, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
     lab.put_config(json).unwrap();
 
@@ -37,7 +37,7 @@ pub fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
 /// Wait until every node routes to every other node's subnet: once the
 /// last node is ready, this must hold within [`PROPAGATION`]. For the udp
 /// backend, whose routes live in weft's own table, pods must answer.
-pub fn wait_converged(lab: &Lab) {
+pub(crate) fn wait_converged(lab: &Lab) {
     let udp =
         lab.node_cmd(1, "ip").args(["link", "show", "flannel0"]).output().map(|o| o.status.success()).unwrap_or(false);
     if udp {
@@ -66,7 +66,7 @@ pub fn wait_converged(lab: &Lab) {
 }
 
 /// Every pod pings every other pod; panics with the failing pairs.
-pub fn assert_ping_matrix(lab: &Lab) {
+pub(crate) fn assert_ping_matrix(lab: &Lab) {
     let mut failed = Vec::new();
     let n = lab.nodes.len() as u8;
     for from in 1..=n {

@@ -1,4 +1,5 @@
-//! Dataplane errors: which kernel object, which operation, what the kernel said.
+//! Dataplane errors: which kernel object, which operation, and the kernel's
+//! own error kept as the source (`{:#}` in anyhow, or [`chain`], prints both).
 
 use std::net::Ipv4Addr;
 
@@ -6,10 +7,14 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot open a netlink socket: {0}")]
-    NetlinkSocket(std::io::Error),
-    #[error("netlink: {op} failed: {detail}")]
-    Netlink { op: String, detail: String },
+    #[error("cannot open a netlink socket")]
+    NetlinkSocket(#[source] std::io::Error),
+    #[error("netlink: {op} failed")]
+    Netlink {
+        op: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
     #[error("interface {0:?} does not exist; check --iface")]
     NoSuchInterface(String),
     #[error("no interface has address {0}; check --iface")]
@@ -28,21 +33,42 @@ pub enum Error {
     HostGwPublicIpNotOnIface { ip: Ipv4Addr, iface: String },
     #[error("{device} exists but is not a VXLAN device; remove it or change the VNI")]
     NotVxlan { device: String },
+    #[error("{device} vanished right after it was created")]
+    Vanished { device: String },
     #[error("the {backend} backend cannot serve this network: {reason}")]
     Unsupported { backend: &'static str, reason: String },
-    #[error("{count} of {total} peers could not be programmed (first: {first}); will retry")]
-    PeersFailed { count: usize, total: usize, first: String },
-    #[error("cannot use UDP port {addr}: {reason}; is another flanneld or weft running on this node?")]
-    UdpSocket { addr: std::net::SocketAddrV4, reason: String },
-    #[error("TUN device: {0}")]
-    Tun(String),
+    #[error("cannot use UDP port {addr}; is another flanneld or weft running on this node?")]
+    UdpSocket {
+        addr: std::net::SocketAddrV4,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TUN device: {what}")]
+    Tun {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ip masquerading: {0}")]
     Masq(String),
 }
 
 impl Error {
-    pub(crate) fn netlink(op: impl Into<String>, e: rtnetlink::Error) -> Error {
-        Error::Netlink { op: op.into(), detail: describe(&e) }
+    pub(crate) fn netlink(op: impl Into<String>, source: rtnetlink::Error) -> Error {
+        Error::Netlink { op: op.into(), source }
+    }
+
+    pub(crate) fn tun(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Tun { what: what.into(), source }
+    }
+
+    /// The errno of the kernel error behind this one, if there is one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Netlink { source, .. } => errno(source),
+            Error::Tun { source, .. } | Error::UdpSocket { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
     }
 }
 
@@ -54,9 +80,19 @@ pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
     }
 }
 
-fn describe(e: &rtnetlink::Error) -> String {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io().to_string(),
-        other => other.to_string(),
+/// An error and its sources on one line: `what failed: why: deeper why`.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let text = match c.downcast_ref::<rtnetlink::Error>() {
+            // The kernel's message reads better than the wrapper's.
+            Some(rtnetlink::Error::NetlinkError(m)) => m.to_io().to_string(),
+            _ => c.to_string(),
+        };
+        s.push_str(": ");
+        s.push_str(&text);
+        cur = c.source();
     }
+    s
 }

@@ -1,46 +1,62 @@
 //! The host-gw backend: `ip route replace <peer subnet> via <peer public IP>
 //! dev <external interface> proto 87` per peer. Works when all nodes share
 //! one L2 segment; the public IP must be an address of the external interface.
+//! It owns no device: only the routes.
 
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
 
-use crate::converge::{self, Failures};
-use crate::error::{Error, Result};
+use crate::converge;
+use crate::error::{chain, Error, Result};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Netlink, RouteSpec};
 use crate::peer::Peer;
+use crate::report::{ObjectKind, Report};
 
-pub struct HostGwBackend {
+pub(crate) struct HostGwBackend {
     nl: Netlink,
     ext: ExternalInterface,
     network: Ipv4Net,
+    /// What the last pass left in place.
+    routes: BTreeMap<Ipv4Net, RouteSpec>,
 }
 
 impl HostGwBackend {
     /// Check that host-gw can work here; changes nothing.
-    pub fn prepare(nl: Netlink, ext: ExternalInterface, network: Ipv4Net) -> Result<HostGwBackend> {
+    pub(crate) fn prepare(nl: Netlink, ext: ExternalInterface, network: Ipv4Net) -> Result<HostGwBackend> {
         if !ext.addrs.iter().any(|a| a.addr() == ext.public_ip) {
             return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip, iface: ext.name.clone() });
         }
-        Ok(HostGwBackend { nl, ext, network })
+        Ok(HostGwBackend { nl, ext, network, routes: BTreeMap::new() })
     }
 
-    pub fn mtu(&self) -> u32 {
+    pub(crate) fn mtu(&self) -> u32 {
         self.ext.mtu
     }
 
-    pub async fn reconcile(&mut self, peers: &[Peer]) -> Result<usize> {
+    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
+        report.peers_desired = peers.len();
         let desired: BTreeMap<_, _> = peers
             .iter()
             .map(|p| (p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false }))
             .collect();
-        let mut failures = Failures::default();
-        let changes = converge::routes(&self.nl, self.network, &desired, &mut failures).await?;
-        if let Some(first) = failures.0.first() {
-            return Err(Error::PeersFailed { count: failures.0.len(), total: peers.len(), first: first.clone() });
+        match converge::routes(&self.nl, self.network, &desired, &self.routes).await {
+            Ok(o) => {
+                report.changes += o.changes;
+                report.repaired(ObjectKind::Route, o.repairs);
+                let failed = o.failed.iter().filter(|(dst, _)| desired.contains_key(dst)).count();
+                report.peers_programmed = peers.len() - failed;
+                if let Some((dst, e)) = o.failed.first() {
+                    report.problem(format!(
+                        "{failed} of {} peers not programmed, retrying (first: {dst}: {})",
+                        peers.len(),
+                        chain(e)
+                    ));
+                }
+                self.routes = o.programmed(&desired);
+            }
+            Err(e) => report.problem(format!("cannot read the routes: {}", chain(&e))),
         }
-        Ok(changes)
     }
 }

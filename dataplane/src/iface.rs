@@ -113,7 +113,7 @@ mod tests {
     use super::*;
 
     fn link(index: u32, name: &str) -> Link {
-        Link { index, name: name.into(), mtu: 1500, mac: None, up: true, vxlan: None }
+        Link { index, name: name.into(), mtu: 1500, mac: None, up: true, kind: None, vxlan: None }
     }
 
     fn host() -> (Vec<Link>, Vec<(u32, Ipv4Net)>) {

@@ -17,7 +17,7 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
-use weft_subnet::MacAddr;
+use weft_types::MacAddr;
 
 use crate::error::{errno, Error, Result};
 use crate::WEFT_ROUTE_PROTO;
@@ -30,6 +30,8 @@ pub struct Link {
     pub mtu: u32,
     pub mac: Option<MacAddr>,
     pub up: bool,
+    /// `IFLA_INFO_KIND`: "vxlan", "tun", "bridge", ...
+    pub kind: Option<String>,
     /// Set when the link is a VXLAN device.
     pub vxlan: Option<VxlanAttrs>,
 }
@@ -155,6 +157,49 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("ip link set dev #{index} mtu {mtu} up"), e))
+    }
+
+    /// `ip -4 addr show dev INDEX`: the device's IPv4 addresses.
+    pub async fn addresses_of(&self, index: u32) -> Result<Vec<Ipv4Net>> {
+        Ok(self.addresses().await?.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
+    }
+
+    /// Make `addr` the only IPv4 address of device `index`: `ip addr del`
+    /// the others, `ip addr replace` it. Returns whether anything changed.
+    pub async fn ensure_only_address(&self, index: u32, addr: Ipv4Net) -> Result<bool> {
+        let have = self.addresses_of(index).await?;
+        if have == [addr] {
+            return Ok(false);
+        }
+        for a in have.into_iter().filter(|a| *a != addr) {
+            self.delete_address(index, a).await?;
+        }
+        self.replace_address(index, addr).await?;
+        Ok(true)
+    }
+
+    /// Whether the main table has a route to exactly `dst` out of `oif`
+    /// (`ip route show table main exact DST dev OIF`), whatever its protocol.
+    pub async fn has_route(&self, dst: Ipv4Net, oif: u32) -> Result<bool> {
+        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        let mut found = false;
+        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
+            if msg.header.table != RouteHeader::RT_TABLE_MAIN
+                || msg.header.destination_prefix_length != dst.prefix_len()
+            {
+                continue;
+            }
+            let (mut d, mut o) = (Ipv4Addr::UNSPECIFIED, None);
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(x)) => d = *x,
+                    RouteAttribute::Oif(i) => o = Some(*i),
+                    _ => {}
+                }
+            }
+            found |= d == dst.network() && o == Some(oif);
+        }
+        Ok(found)
     }
 
     /// `ip link del dev INDEX`
@@ -396,6 +441,7 @@ fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {
         mtu: 0,
         mac: None,
         up: msg.header.flags.contains(LinkFlags::Up),
+        kind: None,
         vxlan: None,
     };
     for a in &msg.attributes {
@@ -408,6 +454,10 @@ fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {
                 link.mac = Some(MacAddr(m));
             }
             LinkAttribute::LinkInfo(infos) => {
+                link.kind = infos.iter().find_map(|i| match i {
+                    NlLinkInfo::Kind(k) => Some(k.to_string()),
+                    _ => None,
+                });
                 let is_vxlan = infos.iter().any(|i| matches!(i, NlLinkInfo::Kind(InfoKind::Vxlan)));
                 if is_vxlan {
                     let mut attrs = VxlanAttrs::default();

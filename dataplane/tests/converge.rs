@@ -4,13 +4,12 @@
 use std::net::Ipv4Addr;
 use std::process::Command;
 
-use weft_dataplane::hostgw::HostGwBackend;
-use weft_dataplane::iface::{find_external, IfaceRequest};
-use weft_dataplane::netlink::Netlink;
-use weft_dataplane::vxlan::VxlanBackend;
-use weft_dataplane::Peer;
+use std::time::Duration;
+
+use weft_dataplane::iface::IfaceRequest;
+use weft_dataplane::{Dataplane, DataplaneConfig, ObjectKind, Peer};
 use weft_lab::netns;
-use weft_subnet::config::VxlanOptions;
+use weft_types::{BackendConfig, VxlanOptions};
 
 /// A namespace with `eth0` (198.18.0.1/24, one end of a veth) and a foreign route.
 struct Ns(String);
@@ -65,21 +64,36 @@ fn vxlan_opts() -> VxlanOptions {
     VxlanOptions { vni: 1, port: 8472, gbp: false, direct_routing: false, learning: false, mtu: None }
 }
 
+fn config(backend: BackendConfig) -> DataplaneConfig {
+    DataplaneConfig {
+        backend,
+        network: "10.244.0.0/16".parse().unwrap(),
+        iface: IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() },
+        ip_masq: false,
+        resync: Duration::from_secs(10),
+    }
+}
+
+/// A started dataplane for 10.244.1.0/24 (inside a namespace's runtime).
+async fn started(backend: BackendConfig) -> Dataplane {
+    let mut dp = Dataplane::prepare(config(backend)).await.unwrap();
+    dp.start("10.244.1.0/24".parse().unwrap()).await.unwrap();
+    dp
+}
+
 #[test]
 fn vxlan_converges_idempotently_and_removes_stale_peers() {
     let ns = Ns::new("vxlan");
     let (first, again, shrink, after) = ns.block_on(async {
-        let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
-        let ext = find_external(&nl, &req).await.unwrap();
-        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
-        b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
+        let mut b = started(BackendConfig::Vxlan(vxlan_opts())).await;
         let peers = vec![peer(2, true), peer(3, true)];
-        let first = b.reconcile(&peers).await.unwrap();
-        let again = b.reconcile(&peers).await.unwrap();
-        let shrink = b.reconcile(&peers[..1]).await.unwrap();
-        let after = b.reconcile(&peers[..1]).await.unwrap();
-        (first, again, shrink, after)
+        let first = b.reconcile(&peers).await.changes;
+        let again = b.reconcile(&peers).await.clone();
+        assert_eq!((again.peers_desired, again.peers_programmed), (2, 2));
+        assert!(again.problems.is_empty() && again.total_repairs() == 0, "{again:?}");
+        let shrink = b.reconcile(&peers[..1]).await.changes;
+        let after = b.reconcile(&peers[..1]).await.changes;
+        (first, again.changes, shrink, after)
     });
     assert_eq!(first, 6, "2 peers x (fdb, neighbour, route)");
     assert_eq!(again, 0, "a second run changes nothing");
@@ -109,14 +123,9 @@ fn vxlan_converges_idempotently_and_removes_stale_peers() {
 fn vxlan_direct_routing_uses_the_underlay_for_peers_on_the_same_subnet() {
     let ns = Ns::new("direct");
     ns.block_on(async {
-        let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
-        let ext = find_external(&nl, &req).await.unwrap();
-        let opts = VxlanOptions { direct_routing: true, ..vxlan_opts() };
-        let mut b = VxlanBackend::prepare(nl, opts, ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
-        b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
+        let mut b = started(BackendConfig::Vxlan(VxlanOptions { direct_routing: true, ..vxlan_opts() })).await;
         let far = Peer { public_ip: Ipv4Addr::new(198, 19, 0, 7), ..peer(7, true) };
-        b.reconcile(&[peer(2, true), far]).await.unwrap();
+        assert!(b.reconcile(&[peer(2, true), far]).await.problems.is_empty());
     });
     let routes = ns.show(&["route", "show", "proto", "87"]);
     assert!(routes.contains("10.244.2.0/24 via 198.18.0.2 dev eth0"), "same-subnet peer routed directly: {routes}");
@@ -127,14 +136,11 @@ fn vxlan_direct_routing_uses_the_underlay_for_peers_on_the_same_subnet() {
 fn host_gw_converges_and_is_idempotent() {
     let ns = Ns::new("hostgw");
     let (first, again, gone) = ns.block_on(async {
-        let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
-        let ext = find_external(&nl, &req).await.unwrap();
-        let mut b = HostGwBackend::prepare(nl, ext, "10.244.0.0/16".parse().unwrap()).unwrap();
+        let mut b = started(BackendConfig::HostGw).await;
         let peers = vec![peer(2, false), peer(3, false)];
-        let first = b.reconcile(&peers).await.unwrap();
-        let again = b.reconcile(&peers).await.unwrap();
-        let gone = b.reconcile(&[]).await.unwrap();
+        let first = b.reconcile(&peers).await.changes;
+        let again = b.reconcile(&peers).await.changes;
+        let gone = b.reconcile(&[]).await.changes;
         (first, again, gone)
     });
     assert_eq!((first, again, gone), (2, 0, 2));
@@ -148,21 +154,60 @@ fn an_incompatible_existing_device_is_recreated_and_a_foreign_one_refused() {
     netns::ip(&["-n", &ns.0, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "dstport", "4789", "dev", "eth0"])
         .unwrap();
     ns.block_on(async {
-        let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
-        let ext = find_external(&nl, &req).await.unwrap();
-        let mut b = VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.unwrap();
-        b.setup("10.244.1.0/24".parse().unwrap()).await.unwrap();
+        started(BackendConfig::Vxlan(vxlan_opts())).await;
     });
     assert!(ns.show(&["-d", "link", "show", "flannel.1"]).contains("dstport 8472"));
 
     let ns = Ns::new("foreign");
     netns::ip(&["-n", &ns.0, "link", "add", "flannel.1", "type", "bridge"]).unwrap();
     let err = ns.block_on(async {
-        let nl = Netlink::connect().unwrap();
-        let req = IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() };
-        let ext = find_external(&nl, &req).await.unwrap();
-        VxlanBackend::prepare(nl, vxlan_opts(), ext, "10.244.0.0/16".parse().unwrap()).await.err().unwrap().to_string()
+        Dataplane::prepare(config(BackendConfig::Vxlan(vxlan_opts()))).await.err().unwrap().to_string()
     });
     assert!(err.contains("flannel.1 exists but is not a VXLAN device"), "{err}");
+}
+
+#[test]
+fn vxlan_repairs_what_was_removed_or_changed_and_counts_it() {
+    let ns = Ns::new("repair");
+    let name = ns.0.clone();
+    let ip = move |args: &[&str]| {
+        netns::run(Command::new("ip").args(["-n", &name]).args(args)).unwrap();
+    };
+    let reports = ns.block_on(async move {
+        let mut b = started(BackendConfig::Vxlan(vxlan_opts())).await;
+        let peers = vec![peer(2, true), peer(3, true)];
+        b.reconcile(&peers).await;
+        let mut reports = Vec::new();
+        // One fault at a time, then one pass; every pass must end healthy.
+        ip(&["neigh", "del", "10.244.2.0", "dev", "flannel.1"]);
+        reports.push(("neighbour", b.reconcile(&peers).await.clone()));
+        ip(&["route", "del", "10.244.3.0/24"]);
+        reports.push(("route", b.reconcile(&peers).await.clone()));
+        ip(&["link", "set", "flannel.1", "mtu", "1300"]);
+        reports.push(("mtu", b.reconcile(&peers).await.clone()));
+        ip(&["link", "set", "flannel.1", "down"]);
+        reports.push(("down", b.reconcile(&peers).await.clone()));
+        ip(&["link", "del", "flannel.1"]);
+        reports.push(("deleted", b.reconcile(&peers).await.clone()));
+        // Learning cannot change in place: the device is recreated.
+        ip(&["link", "set", "flannel.1", "type", "vxlan", "learning"]);
+        reports.push(("learning", b.reconcile(&peers).await.clone()));
+        reports
+    });
+    for (fault, r) in &reports {
+        assert!(r.problems.is_empty(), "{fault}: {r:?}");
+        assert_eq!(r.peers_programmed, 2, "{fault}: {r:?}");
+        assert!(r.total_repairs() > 0, "{fault} is counted as a repair: {r:?}");
+    }
+    let kind = |i: usize, k: ObjectKind| reports[i].1.repairs[k as usize];
+    assert_eq!(kind(0, ObjectKind::Neighbour), 1);
+    assert_eq!(kind(1, ObjectKind::Route), 1);
+    assert_eq!(kind(2, ObjectKind::Device), 1);
+    assert_eq!(kind(3, ObjectKind::Device), 1);
+    assert_eq!(kind(4, ObjectKind::Device), 1);
+    let link = ns.show(&["-d", "link", "show", "flannel.1"]);
+    assert!(link.contains("nolearning") && link.contains("mtu 1450") && link.contains(",UP"), "{link}");
+    assert!(ns.show(&["addr", "show", "flannel.1"]).contains("inet 10.244.1.0/32"));
+    assert_eq!(ns.show(&["route", "show", "proto", "87"]).lines().count(), 2);
+    assert_eq!(ns.fdb().lines().filter(|l| l.contains("permanent")).count(), 2, "{}", ns.fdb());
 }

@@ -18,10 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ConfigError;
 
-/// Default UDP port of the udp backend (flanneld's).
-pub const UDP_DEFAULT_PORT: u16 = 8285;
-/// Default UDP port of the vxlan backend (the Linux kernel's, as flanneld uses it).
-pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+pub use weft_types::{BackendConfig, UdpOptions, VxlanOptions, UDP_DEFAULT_PORT, VXLAN_DEFAULT_PORT};
 
 /// A validated network config, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,56 +44,6 @@ pub struct Ipv6Settings {
     pub subnet_len: u8,
     pub subnet_min: Ipv6Addr,
     pub subnet_max: Ipv6Addr,
-}
-
-/// `Backend` of the config: its `Type` and that type's options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BackendConfig {
-    Udp(UdpOptions),
-    Vxlan(VxlanOptions),
-    HostGw,
-}
-
-/// Options of the udp backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpOptions {
-    /// `Port`, default 8285.
-    pub port: u16,
-    /// `MTU` of the TUN device; default: the external MTU − 28.
-    pub mtu: Option<u32>,
-    /// `Offload` (weft's own): use TUN/UDP segmentation offloads, default true.
-    pub offload: bool,
-    /// `Queues` (weft's own): forwarding queues; default one per two cores
-    /// with offloads (at most 4), else one.
-    pub queues: Option<u32>,
-}
-
-/// Options of the vxlan backend.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VxlanOptions {
-    /// `VNI`, default 1.
-    pub vni: u32,
-    /// `Port`, default 8472.
-    pub port: u16,
-    /// `GBP`: group based policy extension.
-    pub gbp: bool,
-    /// `DirectRouting`: route directly to peers on the same subnet.
-    pub direct_routing: bool,
-    /// `Learning`: let the kernel learn FDB entries (default false).
-    pub learning: bool,
-    /// `MTU` of the VXLAN device; default: the external MTU − 50.
-    pub mtu: Option<u32>,
-}
-
-impl BackendConfig {
-    /// The backend type as written in `Backend.Type` and in leases.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Udp(_) => "udp",
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw => "host-gw",
-        }
-    }
 }
 
 impl NetworkConfig {

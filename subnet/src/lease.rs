@@ -9,13 +9,11 @@
 //! {"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:..."}}
 //! ```
 
-use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::{Ipv4Net, Ipv6Net};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::NetworkConfig;
@@ -132,59 +130,7 @@ impl Lease {
     }
 }
 
-/// An Ethernet MAC address, written `0e:5f:aa:01:02:03`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
-    }
-}
-
-impl fmt::Debug for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-/// Error for a malformed MAC address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a MAC address such as 0e:5f:aa:01:02:03")]
-pub struct MacParseError(pub String);
-
-impl FromStr for MacAddr {
-    type Err = MacParseError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in out.iter_mut() {
-            let part = parts.next().ok_or_else(|| MacParseError(s.to_string()))?;
-            if part.len() != 2 {
-                return Err(MacParseError(s.to_string()));
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.to_string()))?;
-        }
-        if parts.next().is_some() {
-            return Err(MacParseError(s.to_string()));
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use weft_types::{MacAddr, MacParseError};
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@
 //! | [`renew`]    | the renewal loop and what it reports about the node's own lease       |
 //! | [`backoff`]  | capped exponential backoff with jitter for retries                  |
 //! | [`watch`]    | list + watch with reconnect and compaction recovery -> lease events   |
+//! | [`metrics`]  | etcd request timings, watch restarts, the own lease's state           |
 //! | [`env_file`] | `subnet.env`, written atomically for the flannel CNI plugin           |
 //! | [`error`]    | the crate's error type                                                |
 //!
@@ -28,6 +29,7 @@ pub mod env_file;
 pub mod error;
 pub mod etcd;
 pub mod lease;
+pub mod metrics;
 pub mod registry;
 pub mod renew;
 pub mod watch;

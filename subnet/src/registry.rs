@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
@@ -19,12 +20,14 @@ use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdOptions;
 use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseParseError};
+use crate::metrics::Metrics;
 
 /// A connection to etcd plus the key prefix of one network.
 #[derive(Clone)]
 pub struct Registry {
     client: Client,
     opts: EtcdOptions,
+    metrics: Arc<Metrics>,
 }
 
 /// All entries under `<prefix>/subnets/` at one revision.
@@ -62,7 +65,20 @@ impl Registry {
     /// Connect to etcd (within the options' time limit).
     pub async fn connect(opts: EtcdOptions) -> Result<Registry> {
         let client = opts.connect().await?;
-        Ok(Registry { client, opts })
+        Ok(Registry { client, opts, metrics: Arc::default() })
+    }
+
+    /// The counters of this registry's requests (shared by its clones).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Run one etcd request of `op` within the options' time limit, timed.
+    async fn timed<T>(&self, op: &'static str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let began = std::time::Instant::now();
+        let r = self.opts.limit(fut).await;
+        self.metrics.request(op, began.elapsed(), r.is_err());
+        r
     }
 
     /// The options this registry was made with.
@@ -98,7 +114,8 @@ impl Registry {
     pub async fn get_config_text(&self) -> Result<Option<String>> {
         let key = self.config_key();
         let mut c = self.client.clone();
-        let resp = self.opts.limit(async { c.get(key, None).await.map_err(Error::etcd("get config")) }).await?;
+        let resp =
+            self.timed("get_config", async { c.get(key, None).await.map_err(Error::etcd("get config")) }).await?;
         Ok(resp.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
     }
 
@@ -116,7 +133,7 @@ impl Registry {
         let config = NetworkConfig::parse(text)?;
         let key = self.config_key();
         let mut c = self.client.clone();
-        self.opts.limit(async { c.put(key, text, None).await.map_err(Error::etcd("put config")) }).await?;
+        self.timed("put_config", async { c.put(key, text, None).await.map_err(Error::etcd("put config")) }).await?;
         Ok(config)
     }
 
@@ -125,8 +142,7 @@ impl Registry {
         let prefix = self.subnets_prefix();
         let mut c = self.client.clone();
         let resp = self
-            .opts
-            .limit(async {
+            .timed("list_leases", async {
                 c.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(Error::etcd("list leases"))
             })
             .await?;
@@ -159,8 +175,9 @@ impl Registry {
         }
         let mut c = self.client.clone();
         let resp = self
-            .opts
-            .limit(async { c.lease_time_to_live(etcd_lease, None).await.map_err(Error::etcd("lease time-to-live")) })
+            .timed("lease_ttl", async {
+                c.lease_time_to_live(etcd_lease, None).await.map_err(Error::etcd("lease time-to-live"))
+            })
             .await?;
         Ok(u64::try_from(resp.ttl()).ok().map(Duration::from_secs))
     }
@@ -168,8 +185,9 @@ impl Registry {
     async fn grant(&self, ttl: Duration) -> Result<i64> {
         let mut c = self.client.clone();
         let secs = ttl.as_secs().max(1) as i64;
-        let resp =
-            self.opts.limit(async { c.lease_grant(secs, None).await.map_err(Error::etcd("lease grant")) }).await?;
+        let resp = self
+            .timed("lease_grant", async { c.lease_grant(secs, None).await.map_err(Error::etcd("lease grant")) })
+            .await?;
         Ok(resp.id())
     }
 
@@ -177,7 +195,8 @@ impl Registry {
     /// expiry, so it is logged, not returned.
     async fn revoke(&self, id: i64) {
         let mut c = self.client.clone();
-        let res = self.opts.limit(async { c.lease_revoke(id).await.map_err(Error::etcd("lease revoke")) }).await;
+        let res =
+            self.timed("lease_revoke", async { c.lease_revoke(id).await.map_err(Error::etcd("lease revoke")) }).await;
         if let Err(e) = res {
             warn!(lease_id = id, "could not revoke unused etcd lease (it will expire on its own): {e}");
         }
@@ -185,7 +204,7 @@ impl Registry {
 
     async fn txn(&self, txn: Txn, op: &'static str) -> Result<etcd_client::TxnResponse> {
         let mut c = self.client.clone();
-        self.opts.limit(async { c.txn(txn).await.map_err(Error::etcd(op)) }).await
+        self.timed(op, async { c.txn(txn).await.map_err(Error::etcd(op)) }).await
     }
 
     /// Create the lease of `subnet` if, and only if, no key exists for it.
@@ -199,7 +218,7 @@ impl Registry {
             value,
             Some(PutOptions::new().with_lease(id)),
         )]);
-        let resp = match self.txn(txn, "create lease").await {
+        let resp = match self.txn(txn, "create_lease").await {
             Ok(r) => r,
             Err(e) => {
                 self.revoke(id).await;
@@ -236,7 +255,7 @@ impl Registry {
                 .when([Compare::mod_revision(key.clone(), CompareOp::Equal, expected_rev)])
                 .and_then([TxnOp::put(key.clone(), value.clone(), Some(PutOptions::new().with_lease(id)))])
                 .or_else([TxnOp::get(key.clone(), None)]);
-            let resp = match self.txn(txn, "renew lease").await {
+            let resp = match self.txn(txn, "renew_lease").await {
                 Ok(r) => r,
                 Err(e) => {
                     self.revoke(id).await;
@@ -281,7 +300,7 @@ impl Registry {
     pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
         let key = self.lease_key(subnet);
         let mut c = self.client.clone();
-        self.opts.limit(async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) }).await?;
+        self.timed("delete_lease", async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) }).await?;
         Ok(())
     }
 
@@ -289,13 +308,12 @@ impl Registry {
     pub async fn watch_subnets(&self, from: i64) -> Result<WatchStream> {
         let prefix = self.subnets_prefix();
         let mut c = self.client.clone();
-        self.opts
-            .limit(async {
-                c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from)))
-                    .await
-                    .map_err(Error::etcd("watch leases"))
-            })
-            .await
+        self.timed("watch_leases", async {
+            c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from)))
+                .await
+                .map_err(Error::etcd("watch leases"))
+        })
+        .await
     }
 }
 

@@ -61,6 +61,7 @@ impl Renewer {
                         }
                         failing = false;
                         backoff.reset();
+                        self.registry.metrics().lease_written(lease.subnet, self.ttl, true);
                         self.lease = lease;
                         self.written_at = Instant::now();
                         break;

@@ -128,7 +128,12 @@ impl LeaseWatch {
         loop {
             if self.stream.is_none() {
                 match self.registry.watch_subnets(self.next_rev).await {
-                    Ok(s) => self.stream = Some(s),
+                    Ok(s) => {
+                        if self.disconnected {
+                            self.registry.metrics().watch_restarted();
+                        }
+                        self.stream = Some(s);
+                    }
                     Err(e) => {
                         self.note_failure(&e);
                         tokio::time::sleep(self.backoff.next_delay()).await;
@@ -153,6 +158,7 @@ impl LeaseWatch {
                             Ok(listing) => {
                                 self.note_success();
                                 self.relists += 1;
+                                self.registry.metrics().relisted();
                                 let events = self.absorb_listing(listing);
                                 if !events.is_empty() {
                                     return events;

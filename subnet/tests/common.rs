@@ -8,19 +8,19 @@ use weft_lab::EtcdServer;
 use weft_subnet::{EtcdOptions, LeaseAttrs, NetworkConfig, Registry};
 
 /// A fresh etcd. Panics loudly if etcd cannot run: these tests are never skipped.
-pub fn etcd() -> EtcdServer {
+pub(crate) fn etcd() -> EtcdServer {
     EtcdServer::start().unwrap_or_else(|e| panic!("cannot start the test etcd: {e:#}"))
 }
 
-pub async fn registry(endpoint: &str) -> Registry {
+pub(crate) async fn registry(endpoint: &str) -> Registry {
     Registry::connect(EtcdOptions::new(vec![endpoint.to_string()])).await.expect("connect to test etcd")
 }
 
-pub async fn put_config(reg: &Registry, json: &str) -> NetworkConfig {
+pub(crate) async fn put_config(reg: &Registry, json: &str) -> NetworkConfig {
     reg.put_config(json).await.expect("put config")
 }
 
-pub fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
+pub(crate) fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
     LeaseAttrs {
         public_ip: ip,
         public_ipv6: None,
@@ -30,4 +30,4 @@ pub fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
     }
 }
 
-pub const HOUR: Duration = Duration::from_secs(3600);
+pub(crate) const HOUR: Duration = Duration::from_secs(3600);

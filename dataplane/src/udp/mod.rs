@@ -3,42 +3,63 @@
 //! (port 8285, nothing added: flanneld's wire format), and enter the peer's
 //! TUN device. All in userspace, built for speed:
 //!
-//! | module      | what it holds                                              |
-//! |-------------|------------------------------------------------------------|
-//! | [`packet`]  | checked IPv4 views, TTL handling, ICMP errors (pure)       |
-//! | [`table`]   | the LPM route table, swapped lock-free under the threads   |
-//! | [`stats`]   | packet, byte and per-reason drop counters                  |
-//! | [`offload`] | the offload path: TUN->UDP and UDP->TUN halves, batched     |
-//! | [`forward`] | the forwarding threads and the plain one-packet path       |
+//! | module      | what it holds                                                  |
+//! |-------------|----------------------------------------------------------------|
+//! | [`packet`]  | checked IPv4 views, TTL handling, ICMP errors (pure)           |
+//! | [`decide`]  | the per-packet decisions: forward, answer with ICMP, drop (pure) |
+//! | [`table`]   | the LPM route table, swapped lock-free under the threads       |
+//! | [`stats`]   | packet, byte and per-reason drop counters                      |
+//! | `io`        | what threads share: stop signal, waits, ICMP sender, error log |
+//! | `offload`   | the offload path: TUN->UDP and UDP->TUN steps, batched         |
+//! | `plain`     | the plain path: one packet per syscall                         |
+//! | `workers`   | the forwarding threads: started, stopped and joined together   |
 //!
 //! The TUN device gets `<subnet network>/<network prefix>` (so the kernel
 //! routes the whole overlay network into it) and MTU = external MTU − 28.
+//! It is persistent (`IFF_PERSIST`): it outlives the process with its
+//! address and route, and a restart re-attaches to it as soon as the
+//! external interface is known, before etcd is asked anything. Until the
+//! route table is loaded, packets wait in the TUN queue and the UDP socket
+//! buffer instead of being dropped.
+//!
+//! Supervision: every reconcile checks the device (exists, up, MTU,
+//! address, route) and the threads. A thread that ended (persistent error
+//! or panic) gets its queues rebuilt and restarted after a backoff of 100 ms
+//! doubling to 10 s (reset after 30 s of healthy running).
 
-pub mod forward;
-pub mod offload;
+pub mod decide;
+mod io;
+mod offload;
 pub mod packet;
+mod plain;
 pub mod stats;
 pub mod table;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use quinn_udp::UdpSocketState;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::Notify;
 use tracing::{info, warn};
-use weft_subnet::config::UdpOptions;
+use tun_rs::SyncDevice;
+use weft_types::UdpOptions;
 
-use crate::converge::{self, Failures};
-use crate::error::{Error, Result};
+use crate::converge;
+use crate::error::{chain, Error, Result};
 use crate::iface::ExternalInterface;
 use crate::netlink::Netlink;
 use crate::peer::Peer;
-use forward::Shared;
-use stats::Stats;
+use crate::report::{ObjectKind, Report, UdpCounters};
+use io::{Exit, Shared};
 use table::{RouteTable, Snapshot};
+use workers::{Queue, Workers};
 
 /// IPv4 (20) + UDP (8).
 pub const UDP_OVERHEAD: u32 = 28;
@@ -46,15 +67,31 @@ pub const UDP_OVERHEAD: u32 = 28;
 pub const TUN_NAME: &str = "flannel0";
 /// Socket buffer size asked for (SO_RCVBUFFORCE/SO_SNDBUFFORCE as root).
 const SOCKET_BUFFER: usize = 8 << 20;
+const RESTART_FIRST: Duration = Duration::from_millis(100);
+const RESTART_MAX: Duration = Duration::from_secs(10);
+/// Threads that ran this long count as healthy: the backoff starts over.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
-pub struct UdpBackend {
+pub(crate) struct UdpBackend {
     nl: Netlink,
     opts: UdpOptions,
     ext: ExternalInterface,
     network: Ipv4Net,
     table: Arc<RouteTable>,
-    stats: Arc<Stats>,
+    counters: Arc<UdpCounters>,
     sockets: Vec<Arc<UdpSocket>>,
+    states: Vec<Option<Arc<UdpSocketState>>>,
+    subnet: Option<Ipv4Net>,
+    /// The attached TUN queues (empty: none attached).
+    tun: Vec<Arc<SyncDevice>>,
+    vnet_hdr: bool,
+    /// The device's index as last seen.
+    index: Option<u32>,
+    workers: Option<Workers>,
+    restart_delay: Duration,
+    restart_at: Option<Instant>,
+    started_at: Instant,
+    wake: Arc<Notify>,
 }
 
 /// Forwarding queues: `Queues` if set, else one per two cores with
@@ -71,6 +108,9 @@ fn queue_count(offload: bool, configured: Option<u32>) -> usize {
     }
 }
 
+/// Ask for a large socket buffer: `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` as root,
+/// else within the sysctl limits. A smaller buffer only costs speed, so a
+/// refusal is logged, not fatal.
 fn force_buffer(sock: &Socket, opt: libc::c_int) {
     let size = SOCKET_BUFFER as libc::c_int;
     // SAFETY: setsockopt on a valid fd with a pointer to a c_int that
@@ -84,18 +124,22 @@ fn force_buffer(sock: &Socket, opt: libc::c_int) {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        // Without CAP_NET_ADMIN: ask within the sysctl limits instead.
-        let _ = if opt == libc::SO_RCVBUFFORCE {
-            sock.set_recv_buffer_size(SOCKET_BUFFER)
-        } else {
-            sock.set_send_buffer_size(SOCKET_BUFFER)
-        };
+    if rc == 0 {
+        return;
+    }
+    let forced = std::io::Error::last_os_error();
+    let fallback = if opt == libc::SO_RCVBUFFORCE {
+        sock.set_recv_buffer_size(SOCKET_BUFFER)
+    } else {
+        sock.set_send_buffer_size(SOCKET_BUFFER)
+    };
+    if let Err(e) = fallback {
+        warn!("cannot enlarge the UDP socket buffer ({forced}; then {e}); forwarding may be slower");
     }
 }
 
 fn bind(addr: SocketAddrV4, reuse_port: bool) -> Result<UdpSocket> {
-    let fail = |e: std::io::Error| Error::UdpSocket { addr, reason: e.to_string() };
+    let fail = |source: std::io::Error| Error::UdpSocket { addr, source };
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
     if reuse_port {
         sock.set_reuse_port(true).map_err(fail)?;
@@ -103,115 +147,304 @@ fn bind(addr: SocketAddrV4, reuse_port: bool) -> Result<UdpSocket> {
     force_buffer(&sock, libc::SO_RCVBUFFORCE);
     force_buffer(&sock, libc::SO_SNDBUFFORCE);
     sock.bind(&SocketAddr::V4(addr).into()).map_err(fail)?;
+    sock.set_nonblocking(true).map_err(fail)?;
     Ok(sock.into())
 }
 
 impl UdpBackend {
-    /// Bind the UDP port(s); nothing on the host changes yet.
-    pub fn prepare(nl: Netlink, opts: UdpOptions, ext: ExternalInterface, network: Ipv4Net) -> Result<UdpBackend> {
+    /// Bind the UDP port(s) and, when `flannel0` is left from an earlier
+    /// run, attach to it at once; nothing on the host changes.
+    pub(crate) async fn prepare(
+        nl: Netlink,
+        opts: UdpOptions,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        wake: Arc<Notify>,
+    ) -> Result<UdpBackend> {
         let queues = queue_count(opts.offload, opts.queues);
         let addr = SocketAddrV4::new(ext.public_ip, opts.port);
         let sockets = (0..queues).map(|_| bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
-        Ok(UdpBackend { nl, opts, ext, network, table: RouteTable::new(), stats: Arc::new(Stats::default()), sockets })
+        let states = sockets
+            .iter()
+            .map(|s| {
+                if !opts.offload {
+                    return Ok(None);
+                }
+                UdpSocketState::new((&**s).into())
+                    .map(|st| Some(Arc::new(st)))
+                    .map_err(|source| Error::UdpSocket { addr, source })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut b = UdpBackend {
+            nl,
+            opts,
+            ext,
+            network,
+            table: RouteTable::new(),
+            counters: Arc::new(UdpCounters {
+                stats: Arc::default(),
+                restarts: (0..queues).map(|_| AtomicU64::new(0)).collect(),
+            }),
+            sockets,
+            states,
+            subnet: None,
+            tun: Vec::new(),
+            vnet_hdr: false,
+            index: None,
+            workers: None,
+            restart_delay: RESTART_FIRST,
+            restart_at: None,
+            started_at: Instant::now(),
+            wake,
+        };
+        if let Some(link) = b.nl.link_by_name(TUN_NAME).await? {
+            if link.kind.as_deref() == Some("tun") {
+                match b.open_queues() {
+                    Ok(()) => info!(device = TUN_NAME, "re-attached to the TUN device left by the last run"),
+                    Err(e) => warn!("cannot re-attach to the existing {TUN_NAME} ({}); recreating it later", chain(&e)),
+                }
+            }
+        }
+        Ok(b)
     }
 
-    pub fn mtu(&self) -> u32 {
+    pub(crate) fn mtu(&self) -> u32 {
         self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(UDP_OVERHEAD))
     }
 
-    /// The forwarding counters.
-    pub fn stats(&self) -> Arc<Stats> {
-        self.stats.clone()
+    pub(crate) fn device(&self) -> (&str, Option<u32>) {
+        (TUN_NAME, self.index)
     }
 
-    /// Create the TUN device, address it, and start forwarding.
-    pub async fn setup(&mut self, subnet: Ipv4Net) -> Result<()> {
-        // Routes of an earlier kernel-backend run are stale now.
-        let mut failures = Failures::default();
-        converge::routes(&self.nl, self.network, &BTreeMap::new(), &mut failures).await?;
-        if let Some(first) = failures.0.first() {
-            warn!("could not remove stale routes: {first}");
-        }
-        let mtu = self.mtu();
-        let queues = self.sockets.len();
+    /// Create the TUN device (or attach to it), persistent, one file
+    /// descriptor per queue, non-blocking.
+    fn open_queues(&mut self) -> Result<()> {
+        let n = self.sockets.len();
         let first = tun_rs::DeviceBuilder::new()
             .name(TUN_NAME)
-            .mtu(mtu.min(u32::from(u16::MAX)) as u16)
+            .mtu(self.mtu().min(u32::from(u16::MAX)) as u16)
             .offload(self.opts.offload)
-            .multi_queue(queues > 1)
+            .multi_queue(n > 1)
             .build_sync()
-            .map_err(|e| Error::Tun(format!("creating {TUN_NAME}: {e}")))?;
-        let vnet_hdr = self.opts.offload && (first.tcp_gso() || first.udp_gso());
+            .map_err(|e| Error::tun(format!("creating or attaching {TUN_NAME}"), e))?;
+        first.persist().map_err(|e| Error::tun(format!("making {TUN_NAME} persistent"), e))?;
+        self.vnet_hdr = self.opts.offload && (first.tcp_gso() || first.udp_gso());
         let mut devices = vec![Arc::new(first)];
-        for _ in 1..queues {
+        for _ in 1..n {
             let q =
-                devices[0].try_clone().map_err(|e| Error::Tun(format!("opening another queue of {TUN_NAME}: {e}")))?;
+                devices[0].try_clone().map_err(|e| Error::tun(format!("opening another queue of {TUN_NAME}"), e))?;
             devices.push(Arc::new(q));
         }
-        let link = self
-            .nl
-            .link_by_name(TUN_NAME)
-            .await?
-            .ok_or_else(|| Error::Tun(format!("{TUN_NAME} vanished after creation")))?;
-        let addr = Ipv4Net::new(subnet.network(), self.network.prefix_len()).map_err(|e| Error::Tun(e.to_string()))?;
-        for (idx, a) in self.nl.addresses().await? {
-            if idx == link.index && a != addr {
-                self.nl.delete_address(link.index, a).await?;
+        for d in &devices {
+            d.set_nonblocking(true).map_err(|e| Error::tun(format!("making {TUN_NAME} non-blocking"), e))?;
+        }
+        self.tun = devices;
+        Ok(())
+    }
+
+    fn stop_workers(&mut self) {
+        if let Some(mut w) = self.workers.take() {
+            w.stop_all();
+        }
+    }
+
+    /// Give up the TUN queues (after stopping the threads that use them).
+    fn detach(&mut self) {
+        self.stop_workers();
+        self.tun.clear();
+    }
+
+    /// Remove stale routes of an earlier kernel-backend run and set up the
+    /// device. Forwarding starts at the first reconcile, once the route
+    /// table is loaded.
+    pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
+        self.subnet = Some(subnet);
+        let o = converge::routes(&self.nl, self.network, &BTreeMap::new(), &BTreeMap::new()).await?;
+        if let Some((dst, e)) = o.failed.first() {
+            warn!("could not remove the stale route to {dst}: {}", chain(e));
+        }
+        self.ensure_device(subnet, &mut Report::default()).await.map(|_| ())
+    }
+
+    /// Make `flannel0` exist and be attached, up, with its MTU, address and
+    /// the route of the whole network; returns its index.
+    async fn ensure_device(&mut self, subnet: Ipv4Net, report: &mut Report) -> Result<u32> {
+        let known = self.index.is_some();
+        let link = self.nl.link_by_name(TUN_NAME).await?;
+        if let Some(l) = &link {
+            if l.kind.as_deref() != Some("tun") {
+                return Err(Error::Unsupported {
+                    backend: "udp",
+                    reason: format!("{TUN_NAME} exists but is not a TUN device; remove it"),
+                });
             }
         }
-        self.nl.replace_address(link.index, addr).await?;
-        self.nl.set_up_with_mtu(link.index, mtu).await?;
-        // The ICMP errors weft writes into the device come from the device's
-        // own address; without accept_local the kernel drops them as martians.
-        let sysctl = format!("/proc/sys/net/ipv4/conf/{TUN_NAME}/accept_local");
-        std::fs::write(&sysctl, "1").map_err(|e| Error::Tun(format!("setting {sysctl}: {e}")))?;
+        let replaced = match (&link, self.index) {
+            (None, _) => true,
+            (Some(l), Some(i)) => l.index != i,
+            (Some(_), None) => false,
+        };
+        if replaced {
+            if known {
+                warn!(device = TUN_NAME, "TUN device is missing or was replaced; recreating it");
+                report.repaired(ObjectKind::Device, 1);
+            }
+            self.detach();
+        }
+        let fresh = self.tun.is_empty();
+        if fresh {
+            self.open_queues()?;
+        }
+        let link = self.nl.link_by_name(TUN_NAME).await?.ok_or(Error::Vanished { device: TUN_NAME.into() })?;
+        let same = known && !replaced;
+        let mtu = self.mtu();
+        if !link.up || link.mtu != mtu {
+            if same {
+                warn!(
+                    device = TUN_NAME,
+                    up = link.up,
+                    mtu = link.mtu,
+                    "TUN device was set down or its MTU changed; restoring it"
+                );
+                report.repaired(ObjectKind::Device, 1);
+            }
+            self.nl.set_up_with_mtu(link.index, mtu).await?;
+        }
+        let addr = Ipv4Net::new(subnet.network(), self.network.prefix_len()).expect("network prefix is valid");
+        if self.nl.ensure_only_address(link.index, addr).await? && same {
+            warn!(device = TUN_NAME, %addr, "TUN device lost its address; restoring it");
+            report.repaired(ObjectKind::Address, 1);
+        }
+        if !self.nl.has_route(self.network, link.index).await? {
+            // The kernel adds the network's route for the address; adding
+            // the address again brings it back as flanneld has it.
+            if same {
+                warn!(device = TUN_NAME, network = %self.network, "the route of the network was removed; restoring it");
+                report.repaired(ObjectKind::Route, 1);
+            }
+            self.nl.delete_address(link.index, addr).await?;
+            self.nl.replace_address(link.index, addr).await?;
+        }
+        if fresh || replaced {
+            // The ICMP errors weft writes into the device come from the
+            // device's own address; without accept_local the kernel drops
+            // them as martians.
+            let sysctl = format!("/proc/sys/net/ipv4/conf/{TUN_NAME}/accept_local");
+            std::fs::write(&sysctl, "1").map_err(|e| Error::tun(format!("setting {sysctl}"), e))?;
+        }
+        self.index = Some(link.index);
+        Ok(link.index)
+    }
 
+    /// Swap in the route table for `peers`, check the device, and keep the
+    /// forwarding threads running.
+    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
+        report.peers_desired = peers.len();
+        let snapshot = Snapshot::new(peers, self.opts.port);
+        let before: std::collections::BTreeSet<_> = self.table.load().routes().into_iter().collect();
+        let after: std::collections::BTreeSet<_> = snapshot.routes().into_iter().collect();
+        report.changes += before.symmetric_difference(&after).count();
+        self.table.store(snapshot);
+
+        let Some(subnet) = self.subnet else {
+            report.problem("udp backend not started");
+            return;
+        };
+        self.reap_workers(report);
+        if let Err(e) = self.ensure_device(subnet, report).await {
+            report.problem(format!("{TUN_NAME} missing or wrong, repairing: {}", chain(&e)));
+            return;
+        }
+        if self.workers.is_none() {
+            match self.restart_at {
+                Some(at) if Instant::now() < at => {
+                    report.problem("udp forwarding threads stopped, restarting after a backoff");
+                    return;
+                }
+                _ => {}
+            }
+            if let Err(e) = self.start_workers(subnet) {
+                report.problem(format!("cannot start the udp forwarding threads: {}", chain(&e)));
+                self.schedule_restart();
+                return;
+            }
+        }
+        report.peers_programmed = peers.len();
+    }
+
+    /// Collect threads that ended; a failed one means rebuilding the queues.
+    fn reap_workers(&mut self, report: &mut Report) {
+        let Some(w) = &mut self.workers else { return };
+        if w.all_alive() {
+            return;
+        }
+        let ended = w.stop_all();
+        self.workers = None;
+        let mut failed_queues = Vec::new();
+        for e in &ended {
+            let why = match &e.exit {
+                Some(Exit::Stopped) => continue,
+                Some(Exit::Failed(err)) => err.to_string(),
+                None => "panicked".to_string(),
+            };
+            warn!(thread = %e.thread, "udp forwarding thread ended: {why}; rebuilding its queues");
+            if !failed_queues.contains(&e.queue) {
+                failed_queues.push(e.queue);
+            }
+        }
+        for q in failed_queues {
+            self.counters.restarts[q].fetch_add(1, Ordering::Relaxed);
+            report.repaired(ObjectKind::Thread, 1);
+        }
+        // The queues may be broken (device deleted under them): reopen.
+        self.tun.clear();
+        self.schedule_restart();
+    }
+
+    fn schedule_restart(&mut self) {
+        if self.started_at.elapsed() >= HEALTHY_RUN {
+            self.restart_delay = RESTART_FIRST;
+        }
+        self.restart_at = Some(Instant::now() + self.restart_delay);
+        self.restart_delay = (self.restart_delay * 2).min(RESTART_MAX);
+    }
+
+    fn start_workers(&mut self, subnet: Ipv4Net) -> Result<()> {
         let shared = Shared {
             table: self.table.clone(),
-            stats: self.stats.clone(),
+            stats: self.counters.stats.clone(),
             local: subnet,
             icmp_from: subnet.network(),
-            vnet_hdr,
+            vnet_hdr: self.vnet_hdr,
         };
-        let mut gso = 1;
-        let mut gro = 1;
-        for (q, (dev, sock)) in devices.into_iter().zip(self.sockets.iter()).enumerate() {
-            let (tx_shared, rx_shared) = (shared.clone(), shared.clone());
-            let (tx_dev, rx_dev) = (dev.clone(), dev);
-            let (tx_sock, rx_sock) = (sock.clone(), sock.clone());
-            if vnet_hdr {
-                let state = Arc::new(
-                    UdpSocketState::new((&**sock).into())
-                        .map_err(|e| Error::Tun(format!("UDP socket offloads: {e}")))?,
-                );
-                gso = state.max_gso_segments();
-                gro = state.gro_segments();
-                let tx_state = state.clone();
-                spawn(format!("weft-tx-{q}"), move || {
-                    forward::run_tx(tx_dev, tx_sock, tx_state, tx_shared, mtu as usize)
-                })?;
-                spawn(format!("weft-rx-{q}"), move || forward::run_rx(rx_dev, rx_sock, state, rx_shared))?;
-            } else {
-                spawn(format!("weft-tx-{q}"), move || forward::tun_to_udp_plain(tx_dev, tx_sock, tx_shared))?;
-                spawn(format!("weft-rx-{q}"), move || forward::udp_to_tun_plain(rx_dev, rx_sock, rx_shared))?;
-            }
-        }
-        if self.opts.offload && !vnet_hdr {
+        let queues: Vec<Queue> = self
+            .tun
+            .iter()
+            .zip(&self.sockets)
+            .zip(&self.states)
+            .map(|((dev, sock), state)| Queue {
+                dev: dev.clone(),
+                sock: sock.clone(),
+                state: if self.vnet_hdr { state.clone() } else { None },
+            })
+            .collect();
+        let mtu = self.mtu() as usize;
+        self.workers = Some(Workers::start(&queues, &shared, mtu, &self.wake)?);
+        self.started_at = Instant::now();
+        self.restart_at = None;
+        let (gso, gro) = match self.states.first().and_then(|s| s.as_ref()).filter(|_| self.vnet_hdr) {
+            Some(s) => (s.max_gso_segments(), s.gro_segments()),
+            None => (1, 1),
+        };
+        if self.opts.offload && !self.vnet_hdr {
             warn!("the kernel refused TUN offloads; forwarding one packet per syscall");
-        }
-        if vnet_hdr && gso <= 1 {
-            warn!("UDP GSO is not available; sending one datagram per packet");
-        }
-        if vnet_hdr && gro <= 1 {
-            warn!("UDP GRO is not available; receiving one datagram per packet");
         }
         info!(
             device = TUN_NAME,
-            %addr,
-            mtu,
+            mtu = self.mtu(),
             port = self.opts.port,
-            queues,
-            tun_offload = vnet_hdr,
+            queues = queues.len(),
+            tun_offload = self.vnet_hdr,
             udp_gso_segments = gso,
             udp_gro_segments = gro,
             "udp backend forwarding"
@@ -219,21 +452,26 @@ impl UdpBackend {
         Ok(())
     }
 
-    /// Swap in a route table for `peers`; returns how many routes changed.
-    pub fn reconcile(&mut self, peers: &[Peer]) -> Result<usize> {
-        let snapshot = Snapshot::new(peers, self.opts.port);
-        let before: std::collections::BTreeSet<_> = self.table.load().routes().into_iter().collect();
-        let after: std::collections::BTreeSet<_> = snapshot.routes().into_iter().collect();
-        let changes = before.symmetric_difference(&after).count();
-        self.table.store(snapshot);
-        Ok(changes)
+    /// When a stopped set of threads is due to be restarted.
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
+        self.restart_at.filter(|_| self.workers.is_none())
     }
-}
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(f)
-        .map(|_| ())
-        .map_err(|e| Error::Tun(format!("starting thread {name}: {e}")))
+    /// Problems visible without a reconcile pass: threads that ended.
+    pub(crate) fn live_problems(&self, out: &mut Vec<String>) {
+        if let Some(w) = &self.workers {
+            if !w.all_alive() {
+                out.push("a udp forwarding thread ended, restarting".into());
+            }
+        }
+    }
+
+    pub(crate) fn counters(&self) -> &Arc<UdpCounters> {
+        &self.counters
+    }
+
+    /// Stop and join the threads; the device stays (it is persistent).
+    pub(crate) fn shutdown(&mut self) {
+        self.stop_workers();
+    }
 }

@@ -1,6 +1,6 @@
 //! The offload path, as two halves that each handle one wake-up's worth of
 //! packets without blocking: [`TxPath`] (TUN -> UDP) and [`RxPath`]
-//! (UDP -> TUN). `forward` runs them on threads.
+//! (UDP -> TUN). `workers` runs them on threads.
 //!
 //! - TX: TUN reads return up to 64 KB TCP/UDP super-packets that `tun-rs`
 //!   splits into MTU-sized slots of one area. Full-size segments then lie
@@ -16,18 +16,22 @@ use std::os::fd::AsRawFd;
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::forward::{add, route_outbound, wait_fd, ErrorLog, Icmp, Shared, Tally, MAX_PACKET, MAX_UDP_PAYLOAD};
-use super::packet::{check_inbound, DropReason};
+use super::decide::{inbound, outbound, Outbound};
+use super::io::{add, wait, ErrorLog, Icmp, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::packet::DropReason;
 
-/// Whether a step found work.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Step {
+/// What a step found.
+#[derive(Debug)]
+pub(crate) enum Step {
     Worked,
+    /// Nothing to read: wait for the descriptor.
     Idle,
+    /// A persistent error: the thread must end.
+    Failed(io::Error),
 }
 
 /// TUN -> UDP, with buffers owned by the forwarding thread.
-pub struct TxPath {
+pub(crate) struct TxPath {
     slot: usize,
     original: Vec<u8>,
     area: Vec<u8>,
@@ -42,7 +46,7 @@ pub struct TxPath {
 }
 
 impl TxPath {
-    pub fn new(state: &UdpSocketState, mtu: usize) -> TxPath {
+    pub(crate) fn new(state: &UdpSocketState, mtu: usize) -> TxPath {
         let slot = mtu.max(576);
         let max_segments = state.max_gso_segments().clamp(1, 64);
         TxPath {
@@ -61,9 +65,15 @@ impl TxPath {
         }
     }
 
-    /// Read one batch from the TUN device (blocking or not, as the device
-    /// is set) and send it.
-    pub fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
+    /// Read one batch from the (non-blocking) TUN device and send it.
+    pub(crate) fn step(
+        &mut self,
+        dev: &SyncDevice,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        shared: &Shared,
+        stop: &StopSignal,
+    ) -> Step {
         let slot = self.slot;
         let read = {
             let mut chunks = self.area.chunks_mut(slot);
@@ -72,19 +82,35 @@ impl TxPath {
         };
         let n = match read {
             Ok(n) => n,
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => return Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
             Err(e) => {
-                self.read_errors.note(&e);
                 shared.stats.count_drop(DropReason::IoError);
-                return Step::Worked;
+                return match self.read_errors.note(e) {
+                    Ok(()) => Step::Worked,
+                    Err(e) => Step::Failed(e),
+                };
             }
         };
+        self.read_errors.ok();
         let snap = shared.table.load();
         let mut tally = Tally::default();
         for i in 0..n {
             let pkt = &mut self.area[i * slot..i * slot + self.sizes[i]];
-            self.peers[i] = route_outbound(pkt, &snap, dev, shared, &mut self.icmp);
+            self.peers[i] = match outbound(pkt, &snap) {
+                Outbound::Send(peer) => Some(peer),
+                Outbound::Reply(kind, reason) => {
+                    shared.stats.count_drop(reason);
+                    self.icmp.send(dev, shared, kind, pkt);
+                    None
+                }
+                Outbound::Drop(reason) => {
+                    shared.stats.count_drop(reason);
+                    None
+                }
+            };
         }
+
         // Fast path: full-size segments for one peer, contiguous in the area.
         let uniform = n > 1
             && self.peers[0].is_some()
@@ -96,7 +122,8 @@ impl TxPath {
                 let last = (first + self.fast_segments).min(n);
                 let bytes = (last - 1 - first) * slot + self.sizes[last - 1];
                 let contents = &self.area[first * slot..first * slot + bytes];
-                send_gso(sock, state, shared, &mut self.send_errors, &mut tally, dest, contents, slot, last - first);
+                let gso = Gso { dest, contents, seg: slot, count: last - first };
+                send_gso(sock, state, shared, stop, &mut self.send_errors, &mut tally, gso);
                 first = last;
             }
         } else {
@@ -104,11 +131,11 @@ impl TxPath {
                 let Some(peer) = self.peers[i] else { continue };
                 let pkt = &self.area[i * slot..i * slot + self.sizes[i]];
                 if !self.batch.fits(peer, pkt.len(), self.max_segments) {
-                    self.batch.flush(sock, state, shared, &mut self.send_errors, &mut tally);
+                    self.batch.flush(sock, state, shared, stop, &mut self.send_errors, &mut tally);
                 }
                 self.batch.push(peer, pkt);
             }
-            self.batch.flush(sock, state, shared, &mut self.send_errors, &mut tally);
+            self.batch.flush(sock, state, shared, stop, &mut self.send_errors, &mut tally);
         }
         add(&shared.stats.tx_packets, tally.packets);
         add(&shared.stats.tx_bytes, tally.bytes);
@@ -117,7 +144,7 @@ impl TxPath {
 }
 
 /// UDP -> TUN, with buffers owned by the forwarding thread.
-pub struct RxPath {
+pub(crate) struct RxPath {
     rx: Vec<u8>,
     metas: [RecvMeta; BATCH_SIZE],
     out: Vec<Vec<u8>>,
@@ -129,7 +156,7 @@ pub struct RxPath {
 const CHUNK: usize = MAX_PACKET + 1;
 
 impl RxPath {
-    pub fn new() -> RxPath {
+    pub(crate) fn new() -> RxPath {
         RxPath {
             rx: vec![0u8; CHUNK * BATCH_SIZE],
             metas: [RecvMeta::default(); BATCH_SIZE],
@@ -142,22 +169,24 @@ impl RxPath {
 
     /// Receive one batch of datagrams without blocking and write what is
     /// valid into the TUN device.
-    pub fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
+    pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
         let n = {
             let mut chunks = self.rx.chunks_mut(CHUNK);
             let mut iovs: [IoSliceMut; BATCH_SIZE] =
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             match state.recv(sock.into(), &mut iovs, &mut self.metas) {
                 Ok(n) => n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {
-                    return Step::Idle
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
                 Err(e) => {
-                    self.recv_errors.note(&e);
-                    return Step::Worked;
+                    return match self.recv_errors.note(e) {
+                        Ok(()) => Step::Worked,
+                        Err(e) => Step::Failed(e),
+                    }
                 }
             }
         };
+        self.recv_errors.ok();
         let snap = shared.table.load();
         let mut count = 0;
         let mut tally = Tally::default();
@@ -165,19 +194,13 @@ impl RxPath {
             let data = &self.rx[i * CHUNK..i * CHUNK + meta.len.min(CHUNK)];
             let stride = if meta.stride == 0 { data.len().max(1) } else { meta.stride };
             if data.is_empty() {
-                let reason =
-                    if snap.accepts_from(&meta.addr) { DropReason::TooShort } else { DropReason::UnknownSource };
-                shared.stats.count_drop(reason);
-                continue;
-            }
-            if !snap.accepts_from(&meta.addr) {
-                for _ in data.chunks(stride) {
-                    shared.stats.count_drop(DropReason::UnknownSource);
+                if let Err(reason) = inbound(data, &meta.addr, &snap, &shared.local) {
+                    shared.stats.count_drop(reason);
                 }
                 continue;
             }
             for seg in data.chunks(stride) {
-                if let Err(reason) = check_inbound(seg, &shared.local) {
+                if let Err(reason) = inbound(seg, &meta.addr, &snap, &shared.local) {
                     shared.stats.count_drop(reason);
                     continue;
                 }
@@ -189,13 +212,19 @@ impl RxPath {
                 tally.bytes += seg.len() as u64;
                 count += 1;
                 if count == self.out.len() {
-                    write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors);
+                    if let Err(e) =
+                        write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors)
+                    {
+                        return Step::Failed(e);
+                    }
                     count = 0;
                 }
             }
         }
         if count > 0 {
-            write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors);
+            if let Err(e) = write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors) {
+                return Step::Failed(e);
+            }
         }
         add(&shared.stats.rx_packets, tally.packets);
         add(&shared.stats.rx_bytes, tally.bytes);
@@ -209,10 +238,23 @@ impl Default for RxPath {
     }
 }
 
-fn write_batch(dev: &SyncDevice, gro: &mut GROTable, bufs: &mut [Vec<u8>], shared: &Shared, errors: &mut ErrorLog) {
-    if let Err(e) = dev.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
-        errors.note(&e);
-        shared.stats.count_drop(DropReason::IoError);
+/// Write a batch into the TUN device; `Err` on a persistent error.
+fn write_batch(
+    dev: &SyncDevice,
+    gro: &mut GROTable,
+    bufs: &mut [Vec<u8>],
+    shared: &Shared,
+    errors: &mut ErrorLog,
+) -> io::Result<()> {
+    match dev.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
+        Ok(_) => {
+            errors.ok();
+            Ok(())
+        }
+        Err(e) => {
+            shared.stats.count_drop(DropReason::IoError);
+            errors.note(e)
+        }
     }
 }
 
@@ -255,16 +297,19 @@ impl GsoBatch {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn flush(
         &mut self,
         sock: &UdpSocket,
         state: &UdpSocketState,
         shared: &Shared,
+        stop: &StopSignal,
         errors: &mut ErrorLog,
         tally: &mut Tally,
     ) {
         if let (Some(dest), true) = (self.dest, self.count > 0) {
-            send_gso(sock, state, shared, errors, tally, dest, &self.buf[..self.len], self.seg, self.count);
+            let gso = Gso { dest, contents: &self.buf[..self.len], seg: self.seg, count: self.count };
+            send_gso(sock, state, shared, stop, errors, tally, gso);
         }
         self.len = 0;
         self.count = 0;
@@ -273,43 +318,54 @@ impl GsoBatch {
     }
 }
 
-/// One UDP send of `count` segments of `seg` bytes (the last may be shorter).
-#[allow(clippy::too_many_arguments)]
+/// One UDP send: `count` segments of `seg` bytes (the last may be shorter).
+struct Gso<'a> {
+    dest: SocketAddrV4,
+    contents: &'a [u8],
+    seg: usize,
+    count: usize,
+}
+
+/// Send one GSO batch, waiting while the socket's buffer is full. Send
+/// errors are counted and logged but never end the thread: a peer's ICMP
+/// errors show up as send errors on the shared socket.
 fn send_gso(
     sock: &UdpSocket,
     state: &UdpSocketState,
     shared: &Shared,
+    stop: &StopSignal,
     errors: &mut ErrorLog,
     tally: &mut Tally,
-    dest: SocketAddrV4,
-    contents: &[u8],
-    seg: usize,
-    count: usize,
+    gso: Gso<'_>,
 ) {
     let transmit = Transmit {
-        destination: SocketAddr::V4(dest),
+        destination: SocketAddr::V4(gso.dest),
         ecn: None,
-        contents,
-        segment_size: (count > 1).then_some(seg),
+        contents: gso.contents,
+        segment_size: (gso.count > 1).then_some(gso.seg),
         src_ip: None,
     };
     loop {
-        match state.try_send(sock.into(), &transmit) {
+        let e = match state.try_send(sock.into(), &transmit) {
             Ok(()) => {
-                tally.packets += count as u64;
-                tally.bytes += contents.len() as u64;
+                errors.ok();
+                tally.packets += gso.count as u64;
+                tally.bytes += gso.contents.len() as u64;
                 return;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_fd(sock.as_raw_fd(), libc::POLLOUT),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                errors.note(&e);
-                for _ in 0..count {
-                    shared.stats.count_drop(DropReason::IoError);
-                }
-                return;
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match wait(sock.as_raw_fd(), libc::POLLOUT, stop) {
+                Ok(Wake::Ready) => continue,
+                Ok(Wake::Stop) => e,
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        let _ = errors.note(e);
+        for _ in 0..gso.count {
+            shared.stats.count_drop(DropReason::IoError);
         }
+        return;
     }
 }
 

@@ -8,13 +8,13 @@ use ipnet::Ipv4Net;
 
 /// Offsets of the IPv4 header fields used here.
 mod field {
-    pub const VER_IHL: usize = 0;
-    pub const TOTAL_LEN: usize = 2;
-    pub const TTL: usize = 8;
-    pub const PROTOCOL: usize = 9;
-    pub const CHECKSUM: usize = 10;
-    pub const SRC: usize = 12;
-    pub const DST: usize = 16;
+    pub(super) const VER_IHL: usize = 0;
+    pub(super) const TOTAL_LEN: usize = 2;
+    pub(super) const TTL: usize = 8;
+    pub(super) const PROTOCOL: usize = 9;
+    pub(super) const CHECKSUM: usize = 10;
+    pub(super) const SRC: usize = 12;
+    pub(super) const DST: usize = 16;
 }
 
 /// Minimum IPv4 header length.

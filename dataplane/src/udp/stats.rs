@@ -1,8 +1,9 @@
 //! Forwarding counters: packets and bytes each way, drops per reason.
 //! Threads add to them with relaxed atomics, batched per wake-up.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use weft_types::metrics::{Kind, Writer};
 
 use super::packet::DropReason;
 
@@ -25,24 +26,20 @@ impl Stats {
         self.drops[reason as usize].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut s = String::new();
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let _ = writeln!(s, "# HELP weft_udp_packets_total Packets forwarded by the udp backend.");
-        let _ = writeln!(s, "# TYPE weft_udp_packets_total counter");
-        let _ = writeln!(s, "weft_udp_packets_total{{direction=\"tx\"}} {}", g(&self.tx_packets));
-        let _ = writeln!(s, "weft_udp_packets_total{{direction=\"rx\"}} {}", g(&self.rx_packets));
-        let _ = writeln!(s, "# TYPE weft_udp_bytes_total counter");
-        let _ = writeln!(s, "weft_udp_bytes_total{{direction=\"tx\"}} {}", g(&self.tx_bytes));
-        let _ = writeln!(s, "weft_udp_bytes_total{{direction=\"rx\"}} {}", g(&self.rx_bytes));
-        let _ = writeln!(s, "# TYPE weft_udp_icmp_sent_total counter");
-        let _ = writeln!(s, "weft_udp_icmp_sent_total {}", g(&self.icmp_sent));
-        let _ = writeln!(s, "# HELP weft_udp_dropped_total Packets dropped by the udp backend, by reason.");
-        let _ = writeln!(s, "# TYPE weft_udp_dropped_total counter");
+    /// The counters as Prometheus metric families.
+    pub fn render(&self, w: &mut Writer<'_>) {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        w.family("weft_udp_packets_total", Kind::Counter, "Packets forwarded by the udp backend, by direction.")
+            .sample("weft_udp_packets_total", &[("direction", "tx")], g(&self.tx_packets))
+            .sample("weft_udp_packets_total", &[("direction", "rx")], g(&self.rx_packets))
+            .family("weft_udp_bytes_total", Kind::Counter, "Bytes forwarded by the udp backend, by direction.")
+            .sample("weft_udp_bytes_total", &[("direction", "tx")], g(&self.tx_bytes))
+            .sample("weft_udp_bytes_total", &[("direction", "rx")], g(&self.rx_bytes))
+            .family("weft_udp_icmp_sent_total", Kind::Counter, "ICMP errors the udp backend sent back to pods.")
+            .sample("weft_udp_icmp_sent_total", &[], g(&self.icmp_sent))
+            .family("weft_udp_dropped_total", Kind::Counter, "Packets dropped by the udp backend, by reason.");
         for r in DropReason::ALL {
-            let _ = writeln!(s, "weft_udp_dropped_total{{reason=\"{}\"}} {}", r.name(), self.drops(r));
+            w.sample("weft_udp_dropped_total", &[("reason", r.name())], self.drops(r) as f64);
         }
-        s
     }
 }

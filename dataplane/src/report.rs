@@ -1,0 +1,177 @@
+//! What a reconcile pass found and did, and the counters kept across passes:
+//! the data behind `/readyz` and the dataplane's metrics.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use weft_types::metrics::{Histogram, Kind, Writer};
+
+use crate::udp::stats::Stats;
+
+/// The kinds of objects weft owns and repairs, as metrics label them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum ObjectKind {
+    Device = 0,
+    Address,
+    Route,
+    Fdb,
+    Neighbour,
+    Rules,
+    Thread,
+}
+
+impl ObjectKind {
+    pub const ALL: [ObjectKind; 7] = [
+        ObjectKind::Device,
+        ObjectKind::Address,
+        ObjectKind::Route,
+        ObjectKind::Fdb,
+        ObjectKind::Neighbour,
+        ObjectKind::Rules,
+        ObjectKind::Thread,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectKind::Device => "device",
+            ObjectKind::Address => "address",
+            ObjectKind::Route => "route",
+            ObjectKind::Fdb => "fdb",
+            ObjectKind::Neighbour => "neighbour",
+            ObjectKind::Rules => "rules",
+            ObjectKind::Thread => "thread",
+        }
+    }
+}
+
+/// One reconcile pass.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub peers_desired: usize,
+    /// Peers whose every entry is in place.
+    pub peers_programmed: usize,
+    /// Entries added, removed or changed.
+    pub changes: usize,
+    /// Objects put back after they went missing or changed, by kind.
+    pub repairs: [u64; ObjectKind::ALL.len()],
+    /// What does not match the desired state, one short line each
+    /// (e.g. `flannel.1 missing, repairing: ...`). Empty: all is in place.
+    pub problems: Vec<String>,
+}
+
+impl Report {
+    pub fn repaired(&mut self, kind: ObjectKind, n: usize) {
+        self.repairs[kind as usize] += n as u64;
+    }
+
+    pub fn problem(&mut self, text: impl Into<String>) {
+        self.problems.push(text.into());
+    }
+
+    pub fn total_repairs(&self) -> u64 {
+        self.repairs.iter().sum()
+    }
+}
+
+/// Counters across passes (rendered on `/metrics`).
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    repairs: [AtomicU64; ObjectKind::ALL.len()],
+    failed_passes: AtomicU64,
+    duration: Histogram,
+    peers_desired: AtomicU64,
+    peers_programmed: AtomicU64,
+    ready: AtomicBool,
+}
+
+impl Counters {
+    pub(crate) fn record(&self, r: &Report, took: std::time::Duration) {
+        for (i, n) in r.repairs.iter().enumerate() {
+            self.repairs[i].fetch_add(*n, Ordering::Relaxed);
+        }
+        if !r.problems.is_empty() {
+            self.failed_passes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.duration.observe(took);
+        self.peers_desired.store(r.peers_desired as u64, Ordering::Relaxed);
+        self.peers_programmed.store(r.peers_programmed as u64, Ordering::Relaxed);
+        self.ready.store(r.problems.is_empty(), Ordering::Relaxed);
+    }
+
+    fn render(&self, w: &mut Writer<'_>, backend: &str) {
+        let ready = self.ready.load(Ordering::Relaxed);
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        let b = [("backend", backend)];
+        w.family("weft_dataplane_peers_desired", Kind::Gauge, "Peers the dataplane should reach.")
+            .sample("weft_dataplane_peers_desired", &b, g(&self.peers_desired))
+            .family("weft_dataplane_peers_programmed", Kind::Gauge, "Peers whose routes and entries are all in place.")
+            .sample("weft_dataplane_peers_programmed", &b, g(&self.peers_programmed))
+            .family("weft_dataplane_ready", Kind::Gauge, "1 while the host matches the desired state.")
+            .sample("weft_dataplane_ready", &b, if ready { 1.0 } else { 0.0 })
+            .family(
+                "weft_dataplane_reconcile_duration_seconds",
+                Kind::Histogram,
+                "Time of one reconcile pass (check and repair everything weft owns).",
+            )
+            .histogram("weft_dataplane_reconcile_duration_seconds", &b, &self.duration)
+            .family(
+                "weft_dataplane_reconcile_failures_total",
+                Kind::Counter,
+                "Reconcile passes that left something not as desired.",
+            )
+            .sample("weft_dataplane_reconcile_failures_total", &b, g(&self.failed_passes))
+            .family(
+                "weft_dataplane_repairs_total",
+                Kind::Counter,
+                "Objects weft put back after they were removed or changed, by kind.",
+            );
+        for k in ObjectKind::ALL {
+            w.sample(
+                "weft_dataplane_repairs_total",
+                &[("backend", backend), ("kind", k.name())],
+                g(&self.repairs[k as usize]),
+            );
+        }
+    }
+}
+
+/// The udp backend's counters.
+#[derive(Debug, Default)]
+pub(crate) struct UdpCounters {
+    pub(crate) stats: Arc<Stats>,
+    /// Thread restarts per queue.
+    pub(crate) restarts: Vec<AtomicU64>,
+}
+
+/// A handle on the dataplane's counters that renders them at any time
+/// (the health server holds one while the daemon owns the dataplane).
+#[derive(Debug, Clone)]
+pub struct DataplaneMetrics {
+    pub(crate) backend: &'static str,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) udp: Option<Arc<UdpCounters>>,
+}
+
+impl DataplaneMetrics {
+    /// The dataplane's metric families, in Prometheus text format.
+    pub fn render(&self, out: &mut String) {
+        let mut w = Writer::new(out);
+        self.counters.render(&mut w, self.backend);
+        if let Some(u) = &self.udp {
+            u.stats.render(&mut w);
+            w.family(
+                "weft_udp_thread_restarts_total",
+                Kind::Counter,
+                "Restarts of a queue's forwarding threads after a persistent error or a panic.",
+            );
+            for (q, n) in u.restarts.iter().enumerate() {
+                w.sample(
+                    "weft_udp_thread_restarts_total",
+                    &[("queue", &q.to_string())],
+                    n.load(Ordering::Relaxed) as f64,
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The per-packet decisions of the udp backend, pure: what to do with a
+//! packet read from the TUN device, and whether a datagram from a peer may
+//! enter it. The forwarding threads do the I/O the decision asks for.
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use ipnet::Ipv4Net;
+
+use super::packet::{check_inbound, decrement_ttl, dst_of, DropReason, IcmpError, Ttl};
+use super::table::Snapshot;
+
+/// What to do with one outbound packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outbound {
+    /// Send it (TTL already decremented) to this peer.
+    Send(SocketAddrV4),
+    /// Drop it and answer the sender with this ICMP error.
+    Reply(IcmpError, DropReason),
+    /// Drop it silently.
+    Drop(DropReason),
+}
+
+/// Decide for one packet from the TUN device. Decrements its TTL when it is
+/// to be forwarded.
+pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
+    let Some(dst) = dst_of(pkt) else {
+        return Outbound::Drop(DropReason::NotIpv4Outbound);
+    };
+    let Some(peer) = snap.lookup(dst) else {
+        return Outbound::Reply(IcmpError::NetUnreachable, DropReason::NoRoute);
+    };
+    if decrement_ttl(pkt) == Ttl::Expired {
+        return Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded);
+    }
+    Outbound::Send(peer)
+}
+
+/// Whether a datagram from `from` may be written into the TUN device: the
+/// sender must hold a lease, and the packet must be a well-formed IPv4
+/// packet for this node's subnet `local`.
+pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Ipv4Net) -> Result<(), DropReason> {
+    if !snap.accepts_from(from) {
+        return Err(DropReason::UnknownSource);
+    }
+    check_inbound(seg, local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::udp::packet::checksum;
+    use crate::Peer;
+
+    fn packet(dst: [u8; 4], ttl: u8) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, ttl, 17, 0, 0, 10, 244, 1, 2, dst[0], dst[1], dst[2], dst[3]];
+        p.extend_from_slice(&[0u8; 8]);
+        let c = checksum(&p[..20]);
+        p[10..12].copy_from_slice(&c.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn outbound_decisions() {
+        let peer = Peer { subnet: "10.244.2.0/24".parse().unwrap(), public_ip: [198, 18, 0, 2].into(), vtep_mac: None };
+        let snap = Snapshot::new(&[peer], 8285);
+        let to_peer = SocketAddrV4::new([198, 18, 0, 2].into(), 8285);
+        let mut p = packet([10, 244, 2, 5], 64);
+        assert_eq!(outbound(&mut p, &snap), Outbound::Send(to_peer));
+        assert_eq!(p[8], 63, "TTL decremented");
+        assert_eq!(
+            outbound(&mut packet([10, 244, 9, 5], 64), &snap),
+            Outbound::Reply(IcmpError::NetUnreachable, DropReason::NoRoute)
+        );
+        assert_eq!(
+            outbound(&mut packet([10, 244, 2, 5], 1), &snap),
+            Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded)
+        );
+        let mut v6 = vec![0x60u8; 40];
+        assert_eq!(outbound(&mut v6, &snap), Outbound::Drop(DropReason::NotIpv4Outbound));
+
+        let local: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let from_peer = SocketAddr::V4(to_peer);
+        let stranger = SocketAddr::V4(SocketAddrV4::new([198, 18, 0, 9].into(), 8285));
+        assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &from_peer, &snap, &local), Ok(()));
+        assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &stranger, &snap, &local), Err(DropReason::UnknownSource));
+        assert_eq!(inbound(&packet([10, 244, 3, 2], 63), &from_peer, &snap, &local), Err(DropReason::NotForThisNode));
+    }
+}

@@ -1,0 +1,126 @@
+//! The plain path (`Offload: false`): one packet per syscall each way, the
+//! baseline the benchmark compares the offload path against. Same step
+//! shape as [`super::offload`]: each call handles one packet without blocking.
+
+use std::io;
+use std::net::UdpSocket;
+
+use tun_rs::SyncDevice;
+
+use super::decide::{inbound, outbound, Outbound};
+use super::io::{add, ErrorLog, Icmp, Shared, MAX_PACKET};
+use super::offload::Step;
+use super::packet::DropReason;
+
+/// TUN -> UDP, one packet per step.
+pub(crate) struct PlainTx {
+    buf: Vec<u8>,
+    icmp: Icmp,
+    read_errors: ErrorLog,
+    send_errors: ErrorLog,
+}
+
+impl PlainTx {
+    pub(crate) fn new() -> PlainTx {
+        PlainTx {
+            buf: vec![0u8; MAX_PACKET],
+            icmp: Icmp::new(),
+            read_errors: ErrorLog::new("reading from the TUN device"),
+            send_errors: ErrorLog::new("sending UDP"),
+        }
+    }
+
+    pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, shared: &Shared) -> Step {
+        let n = match dev.recv(&mut self.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
+            Err(e) => {
+                return match self.read_errors.note(e) {
+                    Ok(()) => Step::Worked,
+                    Err(e) => Step::Failed(e),
+                }
+            }
+        };
+        self.read_errors.ok();
+        let snap = shared.table.load();
+        let pkt = &mut self.buf[..n];
+        let peer = match outbound(pkt, &snap) {
+            Outbound::Send(peer) => peer,
+            Outbound::Reply(kind, reason) => {
+                shared.stats.count_drop(reason);
+                self.icmp.send(dev, shared, kind, pkt);
+                return Step::Worked;
+            }
+            Outbound::Drop(reason) => {
+                shared.stats.count_drop(reason);
+                return Step::Worked;
+            }
+        };
+        match sock.send_to(pkt, peer) {
+            Ok(_) => {
+                self.send_errors.ok();
+                add(&shared.stats.tx_packets, 1);
+                add(&shared.stats.tx_bytes, n as u64);
+            }
+            Err(e) => {
+                // Never fatal: a peer's ICMP errors show up here.
+                let _ = self.send_errors.note(e);
+                shared.stats.count_drop(DropReason::IoError);
+            }
+        }
+        Step::Worked
+    }
+}
+
+/// UDP -> TUN, one datagram per step.
+pub(crate) struct PlainRx {
+    buf: Vec<u8>,
+    recv_errors: ErrorLog,
+    write_errors: ErrorLog,
+}
+
+impl PlainRx {
+    pub(crate) fn new() -> PlainRx {
+        PlainRx {
+            buf: vec![0u8; MAX_PACKET + 1],
+            recv_errors: ErrorLog::new("receiving UDP"),
+            write_errors: ErrorLog::new("writing to the TUN device"),
+        }
+    }
+
+    pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, shared: &Shared) -> Step {
+        let (n, from) = match sock.recv_from(&mut self.buf) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
+            Err(e) => {
+                return match self.recv_errors.note(e) {
+                    Ok(()) => Step::Worked,
+                    Err(e) => Step::Failed(e),
+                }
+            }
+        };
+        self.recv_errors.ok();
+        let snap = shared.table.load();
+        if let Err(reason) = inbound(&self.buf[..n], &from, &snap, &shared.local) {
+            shared.stats.count_drop(reason);
+            return Step::Worked;
+        }
+        match dev.send(&self.buf[..n]) {
+            Ok(_) => {
+                self.write_errors.ok();
+                add(&shared.stats.rx_packets, 1);
+                add(&shared.stats.rx_bytes, n as u64);
+                Step::Worked
+            }
+            Err(e) => {
+                shared.stats.count_drop(DropReason::IoError);
+                match self.write_errors.note(e) {
+                    Ok(()) => Step::Worked,
+                    Err(e) => Step::Failed(e),
+                }
+            }
+        }
+    }
+}

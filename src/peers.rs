@@ -1,0 +1,83 @@
+//! The desired peer set, derived from the lease table: the bridge between
+//! the control plane (leases) and the dataplane (peers). Pure.
+
+use ipnet::Ipv4Net;
+use tracing::warn;
+use weft_dataplane::Peer;
+use weft_subnet::Lease;
+
+/// The peers a backend of type `backend_type` should program, from the full
+/// lease table: every lease but our own, of the same backend type (leases of
+/// another type are skipped with a warning, as flanneld does), and for
+/// vxlan only those that publish a VTEP MAC.
+pub(crate) fn desired_peers<'a>(
+    leases: impl IntoIterator<Item = &'a Lease>,
+    own_subnet: Ipv4Net,
+    backend_type: &str,
+) -> Vec<Peer> {
+    let mut peers = Vec::new();
+    for lease in leases {
+        if lease.subnet == own_subnet {
+            continue;
+        }
+        if lease.attrs.backend_type != backend_type {
+            warn!(
+                subnet = %lease.subnet,
+                "ignoring lease of backend type {:?}; this network runs {backend_type}",
+                lease.attrs.backend_type
+            );
+            continue;
+        }
+        let vtep_mac = lease.attrs.vtep_mac();
+        if backend_type == "vxlan" && vtep_mac.is_none() {
+            warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
+            continue;
+        }
+        peers.push(Peer { subnet: lease.subnet, public_ip: lease.attrs.public_ip, vtep_mac });
+    }
+    peers.sort();
+    peers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_subnet::LeaseAttrs;
+
+    fn lease(subnet: &str, ip: &str, kind: &str, mac: Option<&str>) -> Lease {
+        Lease {
+            subnet: subnet.parse().unwrap(),
+            ipv6_subnet: None,
+            attrs: LeaseAttrs {
+                public_ip: ip.parse().unwrap(),
+                public_ipv6: None,
+                backend_type: kind.into(),
+                backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m})),
+                backend_v6_data: None,
+            },
+            etcd_lease: 0,
+            mod_revision: 0,
+            ttl: None,
+        }
+    }
+
+    #[test]
+    fn own_other_type_and_macless_leases_are_left_out() {
+        let leases = [
+            lease("10.244.1.0/24", "198.18.0.1", "vxlan", Some("0e:00:00:00:00:01")),
+            lease("10.244.2.0/24", "198.18.0.2", "vxlan", Some("0e:00:00:00:00:02")),
+            lease("10.244.3.0/24", "198.18.0.3", "udp", None),
+            lease("10.244.4.0/24", "198.18.0.4", "vxlan", None),
+            lease("10.244.5.0/24", "198.18.0.5", "vxlan", Some("garbage")),
+        ];
+        let peers = desired_peers(&leases, "10.244.1.0/24".parse().unwrap(), "vxlan");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].subnet.to_string(), "10.244.2.0/24");
+        assert_eq!(peers[0].vtep_mac.unwrap().to_string(), "0e:00:00:00:00:02");
+
+        let hostgw = [lease("10.244.7.0/24", "198.18.0.7", "host-gw", None)];
+        let peers = desired_peers(&hostgw, "10.244.1.0/24".parse().unwrap(), "host-gw");
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].vtep_mac, None);
+    }
+}

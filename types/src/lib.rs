@@ -1,0 +1,124 @@
+//! weft-types: the few types that weft's control plane (`weft-subnet`) and
+//! dataplane (`weft-dataplane`) both need, kept here so that neither crate
+//! depends on the other: the dataplane, its fuzz targets and its benchmarks
+//! build without etcd or protoc.
+//!
+//! - [`MacAddr`]: an Ethernet address, as published in vxlan leases (`VtepMAC`);
+//! - [`BackendConfig`], [`UdpOptions`], [`VxlanOptions`]: the `Backend` part of
+//!   the network config, after validation (parsing lives in `weft-subnet`).
+
+pub mod metrics;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Default UDP port of the udp backend (flanneld's).
+pub const UDP_DEFAULT_PORT: u16 = 8285;
+/// Default UDP port of the vxlan backend (the Linux kernel's, as flanneld uses it).
+pub const VXLAN_DEFAULT_PORT: u16 = 8472;
+
+/// `Backend` of the config: its `Type` and that type's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    Udp(UdpOptions),
+    Vxlan(VxlanOptions),
+    HostGw,
+}
+
+/// Options of the udp backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpOptions {
+    /// `Port`, default 8285.
+    pub port: u16,
+    /// `MTU` of the TUN device; default: the external MTU − 28.
+    pub mtu: Option<u32>,
+    /// `Offload` (weft's own): use TUN/UDP segmentation offloads, default true.
+    pub offload: bool,
+    /// `Queues` (weft's own): forwarding queues; default one per two cores
+    /// with offloads (at most 4), else one.
+    pub queues: Option<u32>,
+}
+
+/// Options of the vxlan backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanOptions {
+    /// `VNI`, default 1.
+    pub vni: u32,
+    /// `Port`, default 8472.
+    pub port: u16,
+    /// `GBP`: group based policy extension.
+    pub gbp: bool,
+    /// `DirectRouting`: route directly to peers on the same subnet.
+    pub direct_routing: bool,
+    /// `Learning`: let the kernel learn FDB entries (default false).
+    pub learning: bool,
+    /// `MTU` of the VXLAN device; default: the external MTU − 50.
+    pub mtu: Option<u32>,
+}
+
+impl BackendConfig {
+    /// The backend type as written in `Backend.Type` and in leases.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            BackendConfig::Udp(_) => "udp",
+            BackendConfig::Vxlan(_) => "vxlan",
+            BackendConfig::HostGw => "host-gw",
+        }
+    }
+}
+
+/// An Ethernet MAC address, written `0e:5f:aa:01:02:03`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Error for a malformed MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address such as 0e:5f:aa:01:02:03")]
+pub struct MacParseError(pub String);
+
+impl FromStr for MacAddr {
+    type Err = MacParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in out.iter_mut() {
+            let part = parts.next().ok_or_else(|| MacParseError(s.to_string()))?;
+            if part.len() != 2 {
+                return Err(MacParseError(s.to_string()));
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| MacParseError(s.to_string()))?;
+        }
+        if parts.next().is_some() {
+            return Err(MacParseError(s.to_string()));
+        }
+        Ok(MacAddr(out))
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
