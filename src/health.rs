@@ -101,6 +101,26 @@ impl Readiness {
     }
 }
 
+/// Read a request's head (up to the blank line, at most 8 KiB, within 2 s):
+/// answering before the whole request has arrived would make the kernel
+/// reset the connection.
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
+            let n = conn.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(())
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(2), read).await.ok()??;
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
 /// Bind and serve until the task is dropped.
 pub(crate) async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -117,12 +137,7 @@ pub(crate) async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io:
             };
             let state = state.clone();
             tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let n = match tokio::time::timeout(std::time::Duration::from_secs(2), conn.read(&mut buf)).await {
-                    Ok(Ok(n)) => n,
-                    _ => return,
-                };
-                let request = String::from_utf8_lossy(&buf[..n]);
+                let Some(request) = read_head(&mut conn).await else { return };
                 let path = request.split_whitespace().nth(1).unwrap_or("");
                 let (status, content_type, body) = match path {
                     "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),

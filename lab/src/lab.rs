@@ -360,6 +360,51 @@ impl Lab {
         self.node(i).daemon.as_ref().map(|c| c.id())
     }
 
+    /// CPU time (user + system) node `i`'s daemon has used so far.
+    pub fn daemon_cpu(&self, i: u8) -> Result<Duration> {
+        let pid = self.daemon_pid(i).context("daemon not running")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which ends with ')'): utime is the
+        // 12th and stime the 13th of them.
+        let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+        // SAFETY: sysconf takes no pointers.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Ok(Duration::from_millis(ticks * 1000 / hz))
+    }
+
+    /// How long until pod `i` gets an answer from `dst` (one echo every
+    /// 10 ms, each waiting up to 50 ms), or `None` after `limit`.
+    pub fn time_to_reach(&self, i: u8, dst: Ipv4Addr, limit: Duration) -> Option<Duration> {
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            let ok = exec(&self.node(i).pod_ns, "ping")
+                .args(["-n", "-q", "-c", "1", "-W", "0.05", &dst.to_string()])
+                .stdin(Stdio::null())
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// Start `ping -i INTERVAL -c COUNT` from pod `i` to `dst` in the
+    /// background; [`Pinger::finish`] returns (sent, received).
+    pub fn pinger(&self, i: u8, dst: Ipv4Addr, interval: &str, count: u32) -> Result<Pinger> {
+        let child = exec(&self.node(i).pod_ns, "ping")
+            .args(["-n", "-q", "-i", interval, "-c", &count.to_string(), "-W", "1", &dst.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        Ok(Pinger { child: Some(child) })
+    }
+
     /// The lab's scratch directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -387,6 +432,37 @@ impl Drop for Lab {
     }
 }
 
+/// A background `ping`; interrupted (SIGINT, so it prints its summary)
+/// when finished early or dropped.
+pub struct Pinger {
+    child: Option<Child>,
+}
+
+impl Pinger {
+    /// Stop the ping (SIGINT) and return (transmitted, received).
+    pub fn finish(mut self) -> Result<(u64, u64)> {
+        let child = self.child.take().context("already finished")?;
+        signal(&child, libc::SIGINT);
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().find(|l| l.contains("packets transmitted")).context("no ping summary")?;
+        let num = |label: &str| -> Result<u64> {
+            let before = line.split(label).next().context("summary")?;
+            Ok(before.trim().rsplit([' ', ',']).next().unwrap_or("").parse()?)
+        };
+        Ok((num(" packets transmitted")?, num(" received")?))
+    }
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(&c, libc::SIGKILL);
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Parse `FLANNEL_SUBNET` (gateway/len) and `FLANNEL_MTU`.
 pub fn read_subnet_env(path: &Path) -> Result<(Ipv4Net, Ipv4Addr, u32)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -405,7 +481,8 @@ pub fn read_subnet_env(path: &Path) -> Result<(Ipv4Net, Ipv4Addr, u32)> {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n").ok()?;
+    // One write: the whole request in one segment.
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: lab\r\n\r\n").as_bytes()).ok()?;
     let mut resp = String::new();
     s.read_to_string(&mut resp).ok()?;
     let code = resp.split_whitespace().nth(1)?.parse().ok()?;
