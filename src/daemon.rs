@@ -104,7 +104,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     // 4. The dataplane (devices, rules), the existing peers, subnet.env.
     dp.start(subnet).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
-    reconcile(&mut dp, &watch, subnet, &mut readiness).await;
+    let first = reconcile(&mut dp, &watch, subnet).await;
     let env = SubnetEnv {
         network: config.network,
         subnet,
@@ -115,6 +115,8 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     };
     env.write(&args.subnet_file)?;
     info!(path = %args.subnet_file.display(), "wrote subnet file");
+    // Ready (in /readyz) only now that subnet.env exists: CNI reads it.
+    readiness.set(first);
     if let Err(e) = crate::notify::ready() {
         warn!("could not notify systemd of readiness: {e}");
     }
@@ -147,13 +149,13 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
                         LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
                     }
                 }
-                reconcile(&mut dp, &watch, subnet, &mut readiness).await;
+                readiness.set(reconcile(&mut dp, &watch, subnet).await);
             }
             _ = dp.changed() => {
                 tokio::time::sleep(EVENT_SETTLE).await;
-                reconcile(&mut dp, &watch, subnet, &mut readiness).await;
+                readiness.set(reconcile(&mut dp, &watch, subnet).await);
             }
-            _ = resync.tick() => reconcile(&mut dp, &watch, subnet, &mut readiness).await,
+            _ = resync.tick() => readiness.set(reconcile(&mut dp, &watch, subnet).await),
         }
     };
     renewal.abort();
@@ -219,8 +221,9 @@ fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::
     })
 }
 
-/// One pass: converge the dataplane to the leases, then tell readiness.
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, readiness: &mut Readiness) {
+/// One pass: converge the dataplane to the leases; returns why the node is
+/// not ready (empty: it is).
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net) -> Vec<String> {
     let peers = desired_peers(watch.leases(), subnet, dp.type_name());
     let report = dp.reconcile(&peers).await;
     if report.changes > 0 {
@@ -232,5 +235,5 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, read
             "dataplane converged"
         );
     }
-    readiness.set(dp.health());
+    dp.health()
 }

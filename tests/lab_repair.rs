@@ -97,15 +97,46 @@ fn assert_quiet(lab: &Lab, backend: &str) {
     assert!(used < Duration::from_secs(1), "{backend}: the daemon used {used:?} of CPU in 20 s");
 }
 
-fn start(backend_json: &str) -> Lab {
+/// The metrics docs/operations.md documents for `backend`.
+fn documented_metrics(backend: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let rows: Vec<Vec<&str>> =
+        doc.lines().filter(|l| l.starts_with("| `weft_")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    assert!(rows.len() >= 15, "the metrics table in docs/operations.md");
+    rows.iter().filter(|r| r[4] == "all" || r[4] == backend).map(|r| r[1].trim_matches('`').to_string()).collect()
+}
+
+/// `/metrics` of node 2 parses as Prometheus text format and has every
+/// metric documented for `backend`, each with its HELP text.
+fn assert_metrics_documented(lab: &Lab, backend: &str) {
+    let (code, body) = lab.http(2, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    // The parser skips lines it does not understand: check there are none.
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "not a sample line: {line}");
+    }
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    for name in documented_metrics(backend) {
+        assert!(scrape.docs.contains_key(&name), "{backend}: no HELP for {name}:\n{body}");
+        assert!(scrape.samples.iter().any(|s| s.metric == name), "{backend}: no sample of {name}:\n{body}");
+    }
+    let n = |name: &str| scrape.samples.iter().filter(|s| s.metric == name).count();
+    assert_eq!(n("weft_lease_info"), 1, "{body}");
+}
+
+fn start(backend_json: &str, backend: &str) -> Lab {
     let lab = lab_with_config(2, backend_json, &["--resync-interval", RESYNC]);
     assert_eq!(lab.http(2, "/readyz").unwrap().0, 200);
+    assert_metrics_documented(&lab, backend);
+    let peers = |what: &str| lab.metric(2, &format!("weft_dataplane_peers_{what}{{backend=\"{backend}\"}}")).unwrap();
+    assert_eq!((peers("desired"), peers("programmed")), (1, 1));
     lab
 }
 
 #[test]
 fn vxlan_repairs_every_object_it_owns() {
-    let lab = start(&config("vxlan"));
+    let lab = start(&config("vxlan"), "vxlan");
     let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 100_000).unwrap();
     let node1 = lab.subnet_env(1).unwrap().0;
     let fdb = on_node(&lab, 2, "bridge", &["fdb", "show", "dev", "flannel.1"]);
@@ -164,7 +195,7 @@ fn vxlan_repairs_every_object_it_owns() {
 
 #[test]
 fn udp_repairs_its_device_and_restarts_its_threads() {
-    let lab = start(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#);
+    let lab = start(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#, "udp");
     let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 100_000).unwrap();
     let u = "udp";
     let restarts = || lab.metric(2, "weft_udp_thread_restarts_total{queue=\"0\"}").unwrap();
@@ -210,7 +241,7 @@ fn udp_repairs_its_device_and_restarts_its_threads() {
 
 #[test]
 fn host_gw_repairs_its_routes_and_rules() {
-    let lab = start(&config("host-gw"));
+    let lab = start(&config("host-gw"), "host-gw");
     let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 100_000).unwrap();
     let h = "host-gw";
     fault(&lab, h, "routes flushed", "route", || {

@@ -280,3 +280,45 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
     let _ = node1;
     lab.wait_ready(1, READY).unwrap();
 }
+
+/// The TUN device outlives the process: 20 SIGKILLs and restarts, 1 s
+/// apart, under a 10 ms ping, and the node keeps one lease and its subnet.
+/// What is lost is what arrives between the kill and the new process
+/// binding its port (about 10 ms with a debug build): measured 0.8 pings
+/// per restart alone, 1.15 with the rest of the suite running; the bound
+/// (2) leaves room for a loaded CI machine, and the log line proves the
+/// device was re-attached rather than recreated.
+#[test]
+fn udp_survives_sigkill_restarts_with_little_loss() {
+    const RESTARTS: u64 = 20;
+    let mut lab = lab_with_config(2, &udp_config(true), &[]);
+    let subnet = lab.subnet_env(2).unwrap().0;
+    let tx_dropped = |lab: &Lab| {
+        let out = netns::run(lab.node_cmd(2, "ip").args(["-s", "-j", "link", "show", "flannel0"])).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap()
+    };
+    let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 100_000).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let dropped_before = tx_dropped(&lab);
+    for _ in 0..RESTARTS {
+        lab.stop_daemon(2, libc::SIGKILL).unwrap();
+        lab.start_daemon(2, &[]).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    lab.wait_ready(2, READY).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (sent, received) = pinger.finish().unwrap();
+    let lost = sent - received;
+    // Packets the kernel routed into flannel0 while no queue was attached.
+    let dropped = tx_dropped(&lab) - dropped_before;
+    eprintln!(
+        "udp: {RESTARTS} SIGKILL restarts under a 10 ms ping: {sent} sent, {lost} lost; \
+         flannel0 dropped {dropped} packets while no queue was attached"
+    );
+    assert!(lost <= 2 * RESTARTS, "{lost} pings lost over {RESTARTS} restarts\n{}", lab.log_tail(2));
+    assert_eq!(lab.subnet_env(2).unwrap().0, subnet);
+    let leases = text(&lab.weft(&["leases", "--json"], None).unwrap().stdout);
+    assert_eq!(leases.matches("198.18.0.2\"").count(), 1, "one lease for node 2: {leases}");
+    assert!(lab.log(2).contains("re-attached to the TUN device left by the last run"));
+}
