@@ -141,6 +141,10 @@ pub(crate) struct RunArgs {
     /// How often to re-check and restore the dataplane (e.g. 10s).
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// How often to list every lease again, in case the etcd watch stalled
+    /// without an error (a safety net; the watch normally sees every change).
+    #[arg(long, env = "WEFT_LEASE_RELIST_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub lease_relist_interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -27,7 +27,7 @@ impl<'a> LeaseView<'a> {
         LeaseView {
             subnet: l.subnet.to_string(),
             public_ip: l.attrs.public_ip.to_string(),
-            backend_type: &l.attrs.backend_type,
+            backend_type: l.attrs.backend_kind(),
             vtep_mac: l.attrs.vtep_mac().map(|m| m.to_string()),
             expires_in_s: l.ttl.map(|d| d.as_secs()),
             backend_data: &l.attrs.backend_data,
@@ -58,7 +58,7 @@ fn row(l: &Lease) -> String {
         "{:<19} {:<16} {:<9} {:<19} {}",
         l.subnet.to_string(),
         l.attrs.public_ip.to_string(),
-        if l.attrs.backend_type.is_empty() { "-" } else { &l.attrs.backend_type },
+        l.attrs.backend_kind(),
         l.attrs.vtep_mac().map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         human(l.ttl)
     )

@@ -46,6 +46,13 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
             humantime::format_duration(ttl)
         );
     }
+    let cleartext = etcd.options().cleartext_password_endpoints().join(",");
+    if !cleartext.is_empty() {
+        warn!(
+            endpoints = %cleartext,
+            "the etcd password travels in clear text over plain http://; use https:// endpoints (with --etcd-cafile, or the system's CA roots)"
+        );
+    }
     let health = Arc::new(HealthState::default());
     let mut readiness = Readiness::new(health.clone());
     let _health_task = if args.healthz_port != 0 {
@@ -90,7 +97,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let attrs = LeaseAttrs {
         public_ip: ext.public_ip,
         public_ipv6: None,
-        backend_type: dp.type_name().to_string(),
+        backend_type: LeaseAttrs::backend_type_for(dp.type_name()),
         backend_data: dp.backend_data(),
         backend_v6_data: None,
     };
@@ -104,6 +111,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     // 4. The dataplane (devices, rules), the existing peers, subnet.env.
     dp.start(subnet).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
+    watch.set_relist_interval(args.lease_relist_interval);
     let first = reconcile(&mut dp, &watch, subnet).await;
     let env = SubnetEnv {
         network: config.network,
@@ -127,6 +135,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     //    is the safety net.
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
+    let mut own_check = tokio::spawn(watch_own_lease(registry.clone(), subnet, ext.public_ip, args.resync_interval));
     let mut resync = tokio::time::interval(args.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -136,6 +145,11 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
             lost = &mut renewal => {
                 registry.metrics().lease_lost();
                 let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("renewal task failed: {e}"));
+                break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
+            }
+            lost = &mut own_check => {
+                registry.metrics().lease_lost();
+                let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("lease check failed: {e}"));
                 break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
             }
             events = watch.next() => {
@@ -159,6 +173,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         }
     };
     renewal.abort();
+    own_check.abort();
     readiness.stopping();
     dp.shutdown();
     if outcome.is_ok() {
@@ -207,6 +222,26 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Read the own key every `every`: returns once it is gone or names another
+/// holder. This notices a lost lease even when the watch has stalled; an
+/// unreachable etcd is not a loss (the renewer and the metrics cover it).
+async fn watch_own_lease(
+    registry: Registry,
+    subnet: Ipv4Net,
+    public_ip: std::net::Ipv4Addr,
+    every: Duration,
+) -> weft_subnet::registry::LostReason {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Ok(Some(why)) = registry.check_own(subnet, public_ip).await {
+            return why;
+        }
     }
 }
 

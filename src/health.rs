@@ -41,12 +41,17 @@ impl HealthState {
     fn readyz(&self) -> (bool, String) {
         let ready = self.ready.load(std::sync::atomic::Ordering::SeqCst);
         let reasons = self.reasons.lock().map(|r| r.clone()).unwrap_or_default();
+        // etcd being unreachable alone does not make a node not ready: its
+        // dataplane still matches the last known leases and carries traffic
+        // (every node would turn not ready at once otherwise). It is said.
+        let etcd_down = self.control.get().is_some_and(|c| !c.available());
+        let note = if etcd_down { "etcd unavailable: forwarding with the last known leases\n" } else { "" };
         if ready {
-            (true, "ready\n".into())
+            (true, format!("ready\n{note}"))
         } else if reasons.is_empty() {
-            (false, "not ready: starting\n".into())
+            (false, format!("not ready: starting\n{note}"))
         } else {
-            (false, format!("not ready:\n{}\n", reasons.join("\n")))
+            (false, format!("not ready:\n{}\n{note}", reasons.join("\n")))
         }
     }
 

@@ -20,11 +20,11 @@ pub(crate) fn desired_peers<'a>(
         if lease.subnet == own_subnet {
             continue;
         }
-        if lease.attrs.backend_type != backend_type {
+        if lease.attrs.backend_kind() != backend_type {
             warn!(
                 subnet = %lease.subnet,
                 "ignoring lease of backend type {:?}; this network runs {backend_type}",
-                lease.attrs.backend_type
+                lease.attrs.backend_kind()
             );
             continue;
         }

@@ -10,7 +10,11 @@ fn text(b: &[u8]) -> String {
 
 fn weft(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.args(args).env_remove("WEFT_ETCD_USERNAME").env_remove("WEFT_ETCD_PASSWORD");
+    cmd.args(args)
+        .env_remove("WEFT_ETCD_USERNAME")
+        .env_remove("WEFT_ETCD_PASSWORD")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -47,6 +51,20 @@ fn tls_etcd_works_with_certificates_and_never_over_http() {
     // The server requires a client certificate: without one, no access.
     let out = weft(&["--etcd-endpoints", &ep, "--etcd-cafile", ca, "config", "get"], &[]);
     assert!(!out.status.success(), "access without a client certificate");
+
+    // https:// without --etcd-cafile verifies the server with the system's
+    // roots (here pointed at the test CA by SSL_CERT_FILE, which the system
+    // store honours) ...
+    let no_ca = ["--etcd-endpoints", &ep, "--etcd-certfile", cert, "--etcd-keyfile", key, "config", "get"];
+    let out = weft(&no_ca, &[("SSL_CERT_FILE", ca)]);
+    assert!(out.status.success(), "system roots: {}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), CONFIG);
+    // ... and a server the system's store (Debian's ca-certificates) does
+    // not trust is refused, saying why.
+    let out = weft(&no_ca, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("cannot reach etcd") && err.contains("invalid peer certificate"), "{err}");
 }
 
 fn etcdctl(ep: &str, args: &[&str]) {

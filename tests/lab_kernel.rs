@@ -298,18 +298,21 @@ fn systemd_readiness_health_and_ip_masq() {
     assert!(lab.ping_once(1, SWITCH_IP), "pod 1 (masqueraded) reaches the underlay\n{}", lab.log_tail(1));
     assert!(!lab.ping_once(2, SWITCH_IP), "pod 2 (not masqueraded) cannot");
     let rules =
-        text(&netns::run(lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "WEFT-POSTRTG"])).unwrap().stdout);
+        text(&netns::run(lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "FLANNEL-POSTRTG"])).unwrap().stdout);
     assert!(rules.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && rules.contains("RETURN"), "{rules}");
 
     // Restarted without masquerading, weft removes its stale rules.
     assert!(lab.stop_daemon(1, libc::SIGTERM).unwrap().success());
     lab.start_daemon(1, &["--ip-masq=false"]).unwrap();
     lab.wait_ready(1, READY).unwrap();
-    let chain = lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "WEFT-POSTRTG"]).output().unwrap();
-    assert!(!chain.status.success(), "WEFT-POSTRTG is gone: {}", text(&chain.stdout));
+    let chain = lab.node_cmd(1, "iptables").args(["-t", "nat", "-S", "FLANNEL-POSTRTG"]).output().unwrap();
+    assert!(!chain.status.success(), "FLANNEL-POSTRTG is gone: {}", text(&chain.stdout));
     assert!(!lab.ping_once(1, SWITCH_IP));
-    let fwd = text(&netns::run(lab.node_cmd(1, "iptables").args(["-S", "WEFT-FWD"])).unwrap().stdout);
-    assert!(fwd.contains("-A WEFT-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"), "forwarding stays accepted: {fwd}");
+    let fwd = text(&netns::run(lab.node_cmd(1, "iptables").args(["-S", "FLANNEL-FWD"])).unwrap().stdout);
+    assert!(
+        fwd.contains("-A FLANNEL-FWD -s 10.244.0.0/16") && fwd.contains("ACCEPT"),
+        "forwarding stays accepted: {fwd}"
+    );
 }
 
 #[test]
@@ -327,4 +330,14 @@ fn a_lost_lease_stops_the_daemon_for_a_clean_restart() {
     lab.start_daemon(1, &[]).unwrap();
     lab.wait_ready(1, READY).unwrap();
     assert_eq!(subnet_of(&lab, 1), own);
+}
+
+#[test]
+fn sighup_is_ignored_and_said() {
+    let mut lab = lab(1, "host-gw", &[]);
+    lab.signal_daemon(1, libc::SIGHUP);
+    wait_until("the SIGHUP log line", Duration::from_secs(5), || lab.log(1).contains("SIGHUP ignored").then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert!(lab.daemon_running(1), "SIGHUP must not stop weft");
+    lab.wait_ready(1, READY).unwrap();
 }

@@ -74,14 +74,19 @@ fn put_foreign_device(lab: &Lab, name: &str) {
 /// Remove weft's forward chain; it must be back within one resync interval.
 fn iptables_fault(lab: &Lab, backend: &str) {
     let before = repairs(lab, 2, backend, "rules");
-    on_node(lab, 2, "iptables", &["-D", "FORWARD", "-m", "comment", "--comment", "weft", "-j", "WEFT-FWD"]);
-    on_node(lab, 2, "iptables", &["-F", "WEFT-FWD"]);
-    on_node(lab, 2, "iptables", &["-X", "WEFT-FWD"]);
+    on_node(
+        lab,
+        2,
+        "iptables",
+        &["-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"],
+    );
+    on_node(lab, 2, "iptables", &["-F", "FLANNEL-FWD"]);
+    on_node(lab, 2, "iptables", &["-X", "FLANNEL-FWD"]);
     let began = Instant::now();
-    wait_until("the WEFT-FWD chain and its jump to be back", Duration::from_secs(3), || {
+    wait_until("the FLANNEL-FWD chain and its jump to be back", Duration::from_secs(3), || {
         let rules = text(&lab.node_cmd(2, "iptables").args(["-S", "FORWARD"]).output().ok()?.stdout);
-        let chain = text(&lab.node_cmd(2, "iptables").args(["-S", "WEFT-FWD"]).output().ok()?.stdout);
-        (rules.contains("-j WEFT-FWD") && chain.contains("-A WEFT-FWD -s 10.244.0.0/16")).then_some(())
+        let chain = text(&lab.node_cmd(2, "iptables").args(["-S", "FLANNEL-FWD"]).output().ok()?.stdout);
+        (rules.contains("-j FLANNEL-FWD") && chain.contains("-A FLANNEL-FWD -s 10.244.0.0/16")).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(2)));
     eprintln!("{backend}: iptables chain deleted: back after {:.0} ms", began.elapsed().as_secs_f64() * 1000.0);

@@ -178,13 +178,13 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
     });
 
     // Valid-looking IPv4 to a pod, to corrupt.
-    let good = |ttl: u8, dst: [u8; 4], len: usize| {
+    let from = |src: [u8; 4], ttl: u8, dst: [u8; 4], len: usize| {
         let mut p = vec![0u8; len];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         p[8] = ttl;
         p[9] = 17;
-        p[12..16].copy_from_slice(&[10, 244, 250, 2]);
+        p[12..16].copy_from_slice(&src);
         p[16..20].copy_from_slice(&dst);
         let mut sum = 0u32;
         for c in p[..20].chunks(2) {
@@ -196,7 +196,11 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
         p[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
         p
     };
+    let good = |ttl: u8, dst: [u8; 4], len: usize| from([10, 244, 250, 2], ttl, dst, len);
     let pod = pod1.octets();
+    // From the intruder's leased address, but in pod 2's name (outside the
+    // intruder's subnet): an impersonation.
+    let spoofed = from(lab.node(2).pod_ip.unwrap().octets(), 64, pod, 60);
     let mut bad_version = good(64, pod, 60);
     bad_version[0] = 0x65;
     let mut bad_ihl = good(64, pod, 60);
@@ -219,12 +223,15 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
         (ttl0, "ttl_zero"),
         (bad_sum, "bad_checksum"),
         (outside, "not_for_this_node"),
+        (spoofed, "spoofed_source"),
     ];
     let rounds = 200u64;
     let target = SocketAddr::from(([198, 18, 0, 1], 8285));
     let sent = netns::in_netns(&intruder, move || {
-        let leased = UdpSocket::bind("198.18.0.200:0").unwrap();
-        let unleased = UdpSocket::bind("198.18.0.201:0").unwrap();
+        // Peers send from the backend's port; any other port is refused.
+        let leased = UdpSocket::bind("198.18.0.200:8285").unwrap();
+        let other_port = UdpSocket::bind("198.18.0.200:0").unwrap();
+        let unleased = UdpSocket::bind("198.18.0.201:8285").unwrap();
         let mut n = 0u64;
         for _ in 0..rounds {
             for (p, _) in &payloads {
@@ -232,12 +239,14 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
                 unleased.send_to(p, target).unwrap();
                 n += 2;
             }
+            other_port.send_to(&payloads[payloads.len() - 1].0, target).unwrap();
+            n += 1;
         }
         (n, payloads.iter().map(|(_, r)| *r).collect::<Vec<_>>())
     })
     .unwrap();
     let (count, reasons) = sent;
-    assert_eq!(count, rounds * 22);
+    assert_eq!(count, rounds * (2 * reasons.len() as u64 + 1));
 
     let out = pinger.join().unwrap();
     assert!(
@@ -254,6 +263,7 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
         assert!(m(r) > 0, "no {r} drops counted:\n{metrics}");
     }
     assert!(m("unknown_source") >= rounds * 5, "{metrics}");
+    assert!(m("spoofed_source") >= rounds / 2, "impersonations dropped and counted:\n{metrics}");
     let total: u64 = [
         "too_short",
         "not_ipv4",
@@ -263,6 +273,7 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
         "bad_checksum",
         "not_for_this_node",
         "unknown_source",
+        "spoofed_source",
     ]
     .iter()
     .map(|r| m(r))

@@ -1,9 +1,12 @@
-//! Forwarding and IP masquerading rules, in chains of weft's own, the way
-//! flanneld does it:
-//! - `WEFT-FWD` (filter, from `FORWARD`): traffic from and to the pod
+//! Forwarding and IP masquerading rules, exactly as flanneld v0.20.2 writes
+//! them (chain names, rules, order and comments), so that a node moved from
+//! flanneld to weft (or back) has one set of rules, not two:
+//! - `FLANNEL-FWD` (filter, from `FORWARD`): traffic from and to the pod
 //!   network is accepted, always;
-//! - `WEFT-POSTRTG` (nat, from `POSTROUTING`), with `--ip-masq` only: pod
+//! - `FLANNEL-POSTRTG` (nat, from `POSTROUTING`), with `--ip-masq` only: pod
 //!   traffic leaving the overlay is masqueraded; pod-to-pod traffic never is.
+//!
+//! The `WEFT-*` chains of weft before 0.1 are removed at start.
 //!
 //! Rules are loaded with `iptables-restore --noflush`, which replaces the
 //! contents of weft's chains atomically and leaves every other chain alone.
@@ -29,30 +32,40 @@ use crate::report::{ObjectKind, Report};
 /// The longest an iptables command may take.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-const NAT_CHAIN: &str = "WEFT-POSTRTG";
-const FWD_CHAIN: &str = "WEFT-FWD";
+pub const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
+pub const FWD_CHAIN: &str = "FLANNEL-FWD";
+/// flanneld's comments, on every rule and jump of each chain.
+const NAT_COMMENT: &str = "flanneld masq";
+const FWD_COMMENT: &str = "flanneld forward";
+/// (table, chain, jumped to from) of earlier weft versions (their jumps
+/// carry the comment `weft`).
+const LEGACY: [(&str, &str, &str); 2] = [("nat", "WEFT-POSTRTG", "POSTROUTING"), ("filter", "WEFT-FWD", "FORWARD")];
 
-/// The `iptables-restore` input for the masquerade chain. Pure.
+/// The `iptables-restore` input for the masquerade chain, flanneld's rules
+/// in flanneld's order (pod-to-pod is returned before anything is
+/// masqueraded). Pure.
 pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
+    let c = NAT_COMMENT;
     format!(
         "*nat\n\
          :{NAT_CHAIN} - [0:0]\n\
-         -A {NAT_CHAIN} -m mark --mark 0x4000/0x4000 -m comment --comment \"weft: traffic marked for masquerade elsewhere\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {network} -d {network} -m comment --comment \"weft: pod to pod\" -j RETURN\n\
-         -A {NAT_CHAIN} ! -s {network} -d {subnet} -m comment --comment \"weft: to local pods\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {network} ! -d 224.0.0.0/4 -m comment --comment \"weft: pods to outside\" -j MASQUERADE --random-fully\n\
-         -A {NAT_CHAIN} ! -s {network} -d {network} -m comment --comment \"weft: outside to remote pods\" -j MASQUERADE --random-fully\n\
+         -A {NAT_CHAIN} -m mark --mark 0x4000/0x4000 -m comment --comment \"{c}\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {network} -d {network} -m comment --comment \"{c}\" -j RETURN\n\
+         -A {NAT_CHAIN} -s {network} ! -d 224.0.0.0/4 -m comment --comment \"{c}\" -j MASQUERADE --random-fully\n\
+         -A {NAT_CHAIN} ! -s {network} -d {subnet} -m comment --comment \"{c}\" -j RETURN\n\
+         -A {NAT_CHAIN} ! -s {network} -d {network} -m comment --comment \"{c}\" -j MASQUERADE --random-fully\n\
          COMMIT\n"
     )
 }
 
 /// The `iptables-restore` input for the forward chain. Pure.
 pub fn forward_rules(network: Ipv4Net) -> String {
+    let c = FWD_COMMENT;
     format!(
         "*filter\n\
          :{FWD_CHAIN} - [0:0]\n\
-         -A {FWD_CHAIN} -s {network} -m comment --comment \"weft: forward from pods\" -j ACCEPT\n\
-         -A {FWD_CHAIN} -d {network} -m comment --comment \"weft: forward to pods\" -j ACCEPT\n\
+         -A {FWD_CHAIN} -s {network} -m comment --comment \"{c}\" -j ACCEPT\n\
+         -A {FWD_CHAIN} -d {network} -m comment --comment \"{c}\" -j ACCEPT\n\
          COMMIT\n"
     )
 }
@@ -85,9 +98,19 @@ async fn iptables(args: &[&str]) -> Result<bool> {
     Ok(run("iptables", args, None).await?.0)
 }
 
-/// `iptables -t TABLE OP CHAIN -m comment --comment weft -j TARGET`.
+/// The comment on the jump to `target` (flanneld's for its chains).
+fn comment_of(target: &str) -> &'static str {
+    match target {
+        NAT_CHAIN => NAT_COMMENT,
+        FWD_CHAIN => FWD_COMMENT,
+        _ => "weft",
+    }
+}
+
+/// `iptables -t TABLE OP CHAIN -m comment --comment C -j TARGET`.
 async fn jump(table: &str, op: &str, chain: &str, target: &str) -> Result<bool> {
-    iptables(&["-w", "5", "-t", table, op, chain, "-m", "comment", "--comment", "weft", "-j", target]).await
+    let comment = comment_of(target);
+    iptables(&["-w", "5", "-t", table, op, chain, "-m", "comment", "--comment", comment, "-j", target]).await
 }
 
 /// Make sure `table/chain` jumps to `target` (inserted first).
@@ -152,8 +175,11 @@ impl Rules {
     /// an earlier run with `--ip-masq` when it is off now).
     pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
         self.subnet = Some(subnet);
+        for (table, chain, from) in LEGACY {
+            remove_chain(table, from, chain).await?;
+        }
         if !self.ip_masq {
-            remove_masq().await?;
+            remove_chain("nat", "POSTROUTING", NAT_CHAIN).await?;
         }
         self.apply(subnet).await?;
         if self.ip_masq {
@@ -185,12 +211,13 @@ impl Rules {
     }
 }
 
-/// Remove the masquerade chain and the jump to it (stale rules of an
-/// earlier run with `--ip-masq`). An absent chain is fine.
-async fn remove_masq() -> Result<()> {
-    while jump("nat", "-D", "POSTROUTING", NAT_CHAIN).await? {}
-    if iptables(&["-w", "5", "-t", "nat", "-F", NAT_CHAIN]).await? {
-        iptables(&["-w", "5", "-t", "nat", "-X", NAT_CHAIN]).await?;
+/// Remove `table/chain` and the jumps to it from `from` (stale rules: the
+/// masquerade chain of an earlier run with `--ip-masq`, or the chains of an
+/// earlier weft). An absent chain is fine.
+async fn remove_chain(table: &str, from: &str, chain: &str) -> Result<()> {
+    while jump(table, "-D", from, chain).await? {}
+    if iptables(&["-w", "5", "-t", table, "-F", chain]).await? {
+        iptables(&["-w", "5", "-t", table, "-X", chain]).await?;
     }
     Ok(())
 }
@@ -202,7 +229,7 @@ mod tests {
     #[test]
     fn pod_to_pod_is_never_masqueraded() {
         let r = masq_rules("10.244.0.0/16".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
-        let nat: Vec<&str> = r.lines().filter(|l| l.starts_with("-A WEFT-POSTRTG")).collect();
+        let nat: Vec<&str> = r.lines().filter(|l| l.starts_with("-A FLANNEL-POSTRTG")).collect();
         // The pod-to-pod RETURN comes before any MASQUERADE.
         let ret =
             nat.iter().position(|l| l.contains("-s 10.244.0.0/16 -d 10.244.0.0/16") && l.ends_with("RETURN")).unwrap();
@@ -211,6 +238,6 @@ mod tests {
         assert!(r.contains("! -s 10.244.0.0/16 -d 10.244.3.0/24"));
         assert_eq!(r.matches("COMMIT").count(), 1);
         let f = forward_rules("10.244.0.0/16".parse().unwrap());
-        assert!(f.contains("-A WEFT-FWD -s 10.244.0.0/16") && f.contains("-A WEFT-FWD -d 10.244.0.0/16"));
+        assert!(f.contains("-A FLANNEL-FWD -s 10.244.0.0/16") && f.contains("-A FLANNEL-FWD -d 10.244.0.0/16"));
     }
 }

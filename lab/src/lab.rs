@@ -24,7 +24,7 @@ use ipnet::Ipv4Net;
 
 use crate::netns::{self, exec, ip, NS_PREFIX};
 use crate::wait::wait_until;
-use crate::EtcdServer;
+use crate::{EtcdCluster, EtcdServer};
 
 /// Port of `/healthz` and `/readyz` on every lab node.
 pub const HEALTHZ_PORT: u16 = 9808;
@@ -55,6 +55,8 @@ pub struct Lab {
     switch_ns: String,
     etcd_ns: String,
     etcd: Option<EtcdServer>,
+    /// With [`Lab::with_etcd`]: the members (member 1 in `etcd_ns`).
+    pub cluster: Option<EtcdCluster>,
     pub nodes: Vec<Node>,
     extra_ns: Vec<String>,
 }
@@ -69,16 +71,29 @@ fn signal(child: &Child, sig: i32) {
 impl Lab {
     /// Build the underlay, etcd and `nodes` node namespaces (daemons not started).
     pub fn new(nodes: u8, weft: impl Into<PathBuf>) -> Result<Lab> {
+        Self::build(nodes, weft.into(), None)
+    }
+
+    /// [`Lab::new`] with an etcd cluster of `members` members, each in its
+    /// own namespace on the underlay (198.18.0.250, .251, ...), started
+    /// with `extra` arguments (e.g. `--auth-token-ttl=5`). Nodes are given
+    /// every member's endpoint.
+    pub fn with_etcd(nodes: u8, weft: impl Into<PathBuf>, members: u8, extra: &[&str]) -> Result<Lab> {
+        Self::build(nodes, weft.into(), Some((members, extra)))
+    }
+
+    fn build(nodes: u8, weft: PathBuf, cluster: Option<(u8, &[&str])>) -> Result<Lab> {
         netns::sweep_stale();
         let id = LAB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("{NS_PREFIX}{}-{id}", std::process::id());
         let mut lab = Lab {
-            weft: weft.into(),
+            weft,
             dir: tempfile::Builder::new().prefix("weft-lab-").tempdir()?,
             switch_ns: format!("{name}-sw"),
             etcd_ns: format!("{name}-etcd"),
             name,
             etcd: None,
+            cluster: None,
             nodes: Vec::new(),
             extra_ns: Vec::new(),
         };
@@ -89,7 +104,20 @@ impl Lab {
 
         let etcd_ns = lab.etcd_ns.clone();
         lab.plug(&etcd_ns, "etcd", ETCD_IP)?;
-        lab.etcd = Some(EtcdServer::start_in_netns(&etcd_ns, ETCD_IP)?);
+        match cluster {
+            None => lab.etcd = Some(EtcdServer::start_in_netns(&etcd_ns, ETCD_IP)?),
+            Some((members, extra)) => {
+                let mut places = vec![(etcd_ns, ETCD_IP)];
+                for k in 2..=members {
+                    let ns = format!("{}-etcd{k}", lab.name);
+                    let ip = Ipv4Addr::new(198, 18, 0, 249 + k);
+                    lab.plug(&ns, &format!("etcd{k}"), ip)?;
+                    lab.extra_ns.push(ns.clone());
+                    places.push((ns, ip));
+                }
+                lab.cluster = Some(EtcdCluster::start(&places, extra)?);
+            }
+        }
         for i in 1..=nodes {
             lab.add_node_ns(i)?;
         }
@@ -148,7 +176,18 @@ impl Lab {
     }
 
     pub fn etcd_endpoint(&self) -> String {
-        format!("http://{ETCD_IP}:2379")
+        match &self.cluster {
+            Some(c) => c.endpoints(),
+            None => format!("http://{ETCD_IP}:2379"),
+        }
+    }
+
+    /// The endpoints `weft` and `etcdctl` use from etcd's namespace.
+    fn admin_endpoints(&self) -> String {
+        match &self.cluster {
+            Some(c) => c.endpoints(),
+            None => "http://127.0.0.1:2379".into(),
+        }
     }
 
     pub fn node(&self, i: u8) -> &Node {
@@ -162,7 +201,7 @@ impl Lab {
     /// Run `weft ARGS` in the etcd namespace, against the lab's etcd.
     pub fn weft(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
         let mut cmd = exec(&self.etcd_ns, self.weft.to_str().context("weft path")?);
-        cmd.args(["--etcd-endpoints", "http://127.0.0.1:2379"]).args(args);
+        cmd.args(["--etcd-endpoints", &self.admin_endpoints()]).args(args);
         cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn()?;
@@ -184,7 +223,10 @@ impl Lab {
     /// `etcdctl ARGS` against the lab's etcd.
     pub fn etcdctl(&self, args: &[&str]) -> Result<Output> {
         netns::run(
-            exec(&self.etcd_ns, "etcdctl").env("ETCDCTL_API", "3").arg("--endpoints=http://127.0.0.1:2379").args(args),
+            exec(&self.etcd_ns, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={}", self.admin_endpoints()))
+                .args(args),
         )
     }
 
@@ -254,6 +296,13 @@ impl Lab {
         let mut child = self.node_mut(i).daemon.take().context("daemon not running")?;
         signal(&child, sig);
         Ok(child.wait()?)
+    }
+
+    /// Send `sig` to node `i`'s daemon (without waiting).
+    pub fn signal_daemon(&self, i: u8, sig: i32) {
+        if let Some(c) = &self.node(i).daemon {
+            signal(c, sig);
+        }
     }
 
     /// Wait for node `i`'s daemon to exit by itself (within `limit`).
@@ -355,6 +404,11 @@ impl Lab {
         Ok(metric_in(&body, name_and_labels))
     }
 
+    /// Whether node `i`'s daemon is running (started and not exited).
+    pub fn daemon_running(&mut self, i: u8) -> bool {
+        self.node_mut(i).daemon.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// The PID of node `i`'s daemon.
     pub fn daemon_pid(&self, i: u8) -> Option<u32> {
         self.node(i).daemon.as_ref().map(|c| c.id())
@@ -420,6 +474,7 @@ impl Drop for Lab {
             }
         }
         self.etcd = None;
+        self.cluster = None;
         for n in &self.nodes {
             netns::del(&n.pod_ns);
             netns::del(&n.ns);

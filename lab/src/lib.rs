@@ -10,6 +10,7 @@
 //! | [`iperf`] | iperf3 server and client between lab namespaces                  |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
+pub mod cluster;
 pub mod etcd;
 pub mod iperf;
 pub mod lab;
@@ -17,6 +18,7 @@ pub mod netns;
 pub mod proxy;
 pub mod wait;
 
+pub use cluster::EtcdCluster;
 pub use etcd::{EtcdServer, TlsFiles};
 pub use lab::Lab;
 pub use proxy::TcpProxy;

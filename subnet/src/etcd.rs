@@ -66,12 +66,22 @@ impl EtcdOptions {
             }
             endpoints.push(ep.to_string());
         }
+        // Require a leader on every request and watch (etcd's Go clients:
+        // WithRequireLeader): a member cut off from the others fails them at
+        // once instead of serving a stale read or a watch that never fires.
         let mut opts = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
-            .with_keep_alive_while_idle(true);
-        if self.uses_tls() {
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let https = endpoints.iter().any(|e| e.to_ascii_lowercase().starts_with("https://"));
+        if self.uses_tls() || https {
+            // Without --etcd-cafile the system's roots verify the server
+            // (/etc/ssl/certs, or SSL_CERT_FILE / SSL_CERT_DIR).
             let mut tls = TlsOptions::new();
+            if self.ca_file.is_none() {
+                tls = tls.with_native_roots();
+            }
             if let Some(ca) = &self.ca_file {
                 tls = tls.ca_certificate(Certificate::from_pem(read(ca, "CA file")?));
             }
@@ -87,13 +97,24 @@ impl EtcdOptions {
             opts = opts.with_tls(tls);
         }
         match (&self.username, &self.password) {
-            (Some(u), Some(p)) => opts = opts.with_user(u.clone(), p.clone()),
+            // etcd's auth tokens expire (--auth-token-ttl, 300 s by
+            // default): log in again whenever a request finds it stale.
+            (Some(u), Some(p)) => opts = opts.with_user(u.clone(), p.clone()).with_auto_token_refresh(true),
             (Some(_), None) | (None, Some(_)) => {
                 return Err(Error::EtcdOptions("--etcd-username and --etcd-password must be given together".into()))
             }
             (None, None) => {}
         }
         Ok((endpoints, opts))
+    }
+
+    /// The endpoints over which a password would travel in clear text
+    /// (plain `http://` with `--etcd-password` set).
+    pub fn cleartext_password_endpoints(&self) -> Vec<&str> {
+        if self.password.is_none() {
+            return Vec::new();
+        }
+        self.endpoints.iter().map(|e| e.trim()).filter(|e| e.to_ascii_lowercase().starts_with("http://")).collect()
     }
 
     /// Connect, failing with [`Error::Unreachable`] after `timeout`.
@@ -119,7 +140,7 @@ impl EtcdOptions {
     /// endpoints; anything else stays an error of the request.
     fn classify(&self, op: &'static str, source: etcd_client::Error) -> Error {
         let detail = match &source {
-            etcd_client::Error::TransportError(e) => Some(e.to_string()),
+            etcd_client::Error::TransportError(e) => Some(chain(e)),
             etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => Some(s.message().to_string()),
             _ => None,
         };
@@ -128,6 +149,22 @@ impl EtcdOptions {
             None => Error::Etcd { op, source },
         }
     }
+}
+
+/// An error and its causes, `: `-separated (a transport error alone says
+/// only "transport error"; its causes say e.g. which certificate failed).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let msg = s.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 fn read(path: &PathBuf, what: &'static str) -> Result<Vec<u8>> {

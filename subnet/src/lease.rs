@@ -34,6 +34,26 @@ pub struct LeaseAttrs {
 }
 
 impl LeaseAttrs {
+    /// The backend the lease is for. flanneld's udp backend writes no
+    /// `BackendType` at all, so none means `udp`.
+    pub fn backend_kind(&self) -> &str {
+        if self.backend_type.is_empty() {
+            "udp"
+        } else {
+            &self.backend_type
+        }
+    }
+
+    /// `BackendType` as written for `kind`: nothing for udp (as flanneld
+    /// writes it, so the values are byte for byte the same), else the name.
+    pub fn backend_type_for(kind: &str) -> String {
+        if kind == "udp" {
+            String::new()
+        } else {
+            kind.to_string()
+        }
+    }
+
     /// The VXLAN tunnel endpoint MAC published in `BackendData.VtepMAC`.
     pub fn vtep_mac(&self) -> Option<MacAddr> {
         self.backend_data.as_ref()?.get("VtepMAC")?.as_str()?.parse().ok()

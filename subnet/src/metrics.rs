@@ -1,5 +1,5 @@
 //! The control plane's counters: every etcd request timed by operation,
-//! watch restarts and compaction re-lists, and the node's own lease
+//! watch restarts, re-lists, whether etcd answers, and the node's own lease
 //! (subnet, time to expiry, renewals, losses). Shared by the registry, the
 //! watch and the renewer through one `Arc`; rendered on `/metrics`.
 
@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use weft_types::metrics::{Histogram, Kind, Writer};
 
 /// The etcd operations weft makes, as the `op` label names them.
-pub const OPS: [&str; 10] = [
+pub const OPS: [&str; 11] = [
     "get_config",
     "put_config",
     "list_leases",
@@ -21,6 +21,7 @@ pub const OPS: [&str; 10] = [
     "create_lease",
     "renew_lease",
     "delete_lease",
+    "get_lease",
     "watch_leases",
 ];
 
@@ -29,7 +30,10 @@ pub struct Metrics {
     durations: [Histogram; OPS.len()],
     failures: [AtomicU64; OPS.len()],
     watch_restarts: AtomicU64,
-    relists: AtomicU64,
+    /// Re-lists by reason: [compaction, interval].
+    relists: [AtomicU64; 2],
+    /// Whether the last etcd request or watch message succeeded.
+    unavailable: std::sync::atomic::AtomicBool,
     renewals: AtomicU64,
     losses: AtomicU64,
     /// Unix time (s) the own lease expires; 0: no lease.
@@ -53,6 +57,17 @@ impl Metrics {
         if failed {
             self.failures[i].fetch_add(1, Ordering::Relaxed);
         }
+        self.set_available(!failed);
+    }
+
+    /// Whether etcd answered the last request or watch message.
+    pub fn set_available(&self, ok: bool) {
+        self.unavailable.store(!ok, Ordering::Relaxed);
+    }
+
+    /// Whether etcd answered the last request or watch message.
+    pub fn available(&self) -> bool {
+        !self.unavailable.load(Ordering::Relaxed)
     }
 
     pub fn request_count(&self, op: &str) -> u64 {
@@ -63,8 +78,11 @@ impl Metrics {
         self.watch_restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn relisted(&self) {
-        self.relists.fetch_add(1, Ordering::Relaxed);
+    /// The leases were listed again: `why` is `compaction` or anything
+    /// else (the relist interval).
+    pub fn relisted(&self, why: &str) {
+        let i = if why == "compaction" { 0 } else { 1 };
+        self.relists[i].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The own lease of `subnet` was written (acquired or renewed) with `ttl`.
@@ -120,8 +138,11 @@ impl Metrics {
         .family(
             "weft_etcd_relists_total",
             Kind::Counter,
-            "Times the leases were listed again because the watch fell behind compaction.",
+            "Times the leases were listed again: the watch fell behind compaction, or the relist interval.",
         )
-        .sample("weft_etcd_relists_total", &[], g(&self.relists));
+        .sample("weft_etcd_relists_total", &[("reason", "compaction")], g(&self.relists[0]))
+        .sample("weft_etcd_relists_total", &[("reason", "interval")], g(&self.relists[1]))
+        .family("weft_etcd_available", Kind::Gauge, "1 while etcd answers weft's requests and watch, 0 otherwise.")
+        .sample("weft_etcd_available", &[], if self.available() { 1.0 } else { 0.0 });
     }
 }

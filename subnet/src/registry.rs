@@ -214,29 +214,52 @@ impl Registry {
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let id = self.grant(ttl).await?;
         let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
-            key,
+            key.clone(),
             value,
             Some(PutOptions::new().with_lease(id)),
         )]);
-        let resp = match self.txn(txn, "create_lease").await {
-            Ok(r) => r,
-            Err(e) => {
+        let mod_revision = match self.txn(txn, "create_lease").await {
+            Ok(resp) if resp.succeeded() => resp.header().map(|h| h.revision()).unwrap_or(0),
+            Ok(_) => {
                 self.revoke(id).await;
-                return Err(e);
+                return Ok(None);
             }
+            Err(e) => self.committed_with(&key, id, e).await?,
         };
-        if !resp.succeeded() {
-            self.revoke(id).await;
-            return Ok(None);
-        }
         Ok(Some(Lease {
             subnet,
             ipv6_subnet: None,
             attrs: attrs.clone(),
             etcd_lease: id,
-            mod_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
+            mod_revision,
             ttl: Some(ttl),
         }))
+    }
+
+    /// After a transaction that put `key` with etcd lease `id` failed with
+    /// `err`, its outcome is unknown (the reply may have been lost after it
+    /// committed). Read the key back: its mod revision when it carries `id`
+    /// (the write took effect); otherwise `id` is revoked and `err`
+    /// returned. When even the read fails, `id` is left to expire on its
+    /// own (revoking it could delete a key we did write) and `err` returned.
+    async fn committed_with(&self, key: &str, id: i64, err: Error) -> Result<i64> {
+        let mut c = self.client.clone();
+        let k = key.to_string();
+        let read =
+            self.timed("get_lease", async { c.get(k, None).await.map_err(Error::etcd("read back lease")) }).await;
+        match read {
+            Ok(resp) => match resp.kvs().first() {
+                Some(kv) if kv.lease() == id => {
+                    warn!(key, "a lease write reported an error ({err}) but took effect; keeping it");
+                    Ok(kv.mod_revision())
+                }
+                _ => {
+                    self.revoke(id).await;
+                    Err(err)
+                }
+            },
+            Err(_) => Err(err),
+        }
     }
 
     /// Renew `lease` with `attrs` and a fresh TTL, as a compare-and-swap on
@@ -258,22 +281,13 @@ impl Registry {
             let resp = match self.txn(txn, "renew_lease").await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.revoke(id).await;
-                    return Err(e);
+                    let mod_revision = self.committed_with(&key, id, e).await?;
+                    return Ok(self.renewed(lease, attrs, ttl, id, mod_revision).await);
                 }
             };
             if resp.succeeded() {
-                if lease.etcd_lease != 0 && lease.etcd_lease != id {
-                    self.revoke(lease.etcd_lease).await;
-                }
-                return Ok(RenewOutcome::Renewed(Lease {
-                    subnet,
-                    ipv6_subnet: lease.ipv6_subnet,
-                    attrs: attrs.clone(),
-                    etcd_lease: id,
-                    mod_revision: resp.header().map(|h| h.revision()).unwrap_or(0),
-                    ttl: Some(ttl),
-                }));
+                let mod_revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+                return Ok(self.renewed(lease, attrs, ttl, id, mod_revision).await);
             }
             self.revoke(id).await;
             let current = resp.op_responses().into_iter().find_map(|r| match r {
@@ -296,6 +310,50 @@ impl Registry {
         Ok(RenewOutcome::Lost(LostReason::TakenOver { subnet, holder: "a concurrent writer".into() }))
     }
 
+    /// The lease after a renewal that wrote etcd lease `id`: the old etcd
+    /// lease is revoked (it holds nothing any more).
+    async fn renewed(
+        &self,
+        lease: &Lease,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+        id: i64,
+        mod_revision: i64,
+    ) -> RenewOutcome {
+        if lease.etcd_lease != 0 && lease.etcd_lease != id {
+            self.revoke(lease.etcd_lease).await;
+        }
+        RenewOutcome::Renewed(Lease {
+            subnet: lease.subnet,
+            ipv6_subnet: lease.ipv6_subnet,
+            attrs: attrs.clone(),
+            etcd_lease: id,
+            mod_revision,
+            ttl: Some(ttl),
+        })
+    }
+
+    /// Whether the key of `subnet` still names `public_ip` as its holder:
+    /// `None` when it does, the reason when it does not. Checked on every
+    /// resync, so a lost lease is noticed even when the watch has stalled.
+    pub async fn check_own(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<Option<LostReason>> {
+        let key = self.lease_key(&subnet);
+        let mut c = self.client.clone();
+        let resp =
+            self.timed("get_lease", async { c.get(key, None).await.map_err(Error::etcd("get own lease")) }).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(Some(LostReason::Removed { subnet }));
+        };
+        let holder = serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip);
+        Ok(match holder {
+            Some(ip) if ip == public_ip => None,
+            other => Some(LostReason::TakenOver {
+                subnet,
+                holder: other.map(|ip| ip.to_string()).unwrap_or_else(|| "an unreadable entry".into()),
+            }),
+        })
+    }
+
     /// Delete the lease of `subnet` (used by tests and by tools).
     pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
         let key = self.lease_key(subnet);
@@ -309,7 +367,7 @@ impl Registry {
         let prefix = self.subnets_prefix();
         let mut c = self.client.clone();
         self.timed("watch_leases", async {
-            c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from)))
+            c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify()))
                 .await
                 .map_err(Error::etcd("watch leases"))
         })

@@ -6,6 +6,13 @@
 //! what happened meanwhile. If that revision was compacted, the table is
 //! listed again and exactly the differences are emitted (removals included).
 //! Entries that are not valid leases are skipped with one warning each.
+//!
+//! A watch can also stall without an error (a member cut off from its
+//! peers serves nothing new). Three things bound that: every request
+//! requires a leader (see `etcd.rs`), so such a member cancels the watch;
+//! the watch asks for progress notifications; and the table is listed
+//! again every relist interval (5 min by default), emitting exactly the
+//! differences, after which the watch restarts from the listing.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -67,7 +74,12 @@ pub struct LeaseWatch {
     warned: HashSet<String>,
     disconnected: bool,
     relists: u64,
+    relist_every: Duration,
+    next_relist: tokio::time::Instant,
 }
+
+/// How often the table is listed again when nothing else forces it.
+pub const DEFAULT_RELIST_INTERVAL: Duration = Duration::from_secs(300);
 
 impl LeaseWatch {
     /// List the current leases; `leases()` then holds them and `next()`
@@ -83,10 +95,19 @@ impl LeaseWatch {
             warned: HashSet::new(),
             disconnected: false,
             relists: 0,
+            relist_every: DEFAULT_RELIST_INTERVAL,
+            next_relist: tokio::time::Instant::now() + DEFAULT_RELIST_INTERVAL,
         };
         let listing = watch.registry.list(&watch.config).await?;
         let _ = watch.absorb_listing(listing);
         Ok(watch)
+    }
+
+    /// List the table again every `every` (the safety net against a watch
+    /// that stalls silently).
+    pub fn set_relist_interval(&mut self, every: Duration) {
+        self.relist_every = every.max(Duration::from_secs(1));
+        self.next_relist = tokio::time::Instant::now() + self.relist_every;
     }
 
     /// The current lease table.
@@ -144,7 +165,16 @@ impl LeaseWatch {
             let Some(stream) = self.stream.as_mut() else {
                 continue;
             };
-            let msg = stream.message().await;
+            let relist_due = self.next_relist;
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = tokio::time::sleep_until(relist_due) => {
+                    if let Some(events) = self.relist("relist interval").await {
+                        return events;
+                    }
+                    continue;
+                }
+            };
             match msg {
                 Ok(Some(resp)) => {
                     if resp.compact_revision() > 0 {
@@ -153,21 +183,8 @@ impl LeaseWatch {
                             compacted = resp.compact_revision(),
                             "watch fell behind etcd compaction; listing leases again"
                         );
-                        self.stream = None;
-                        match self.registry.list(&self.config).await {
-                            Ok(listing) => {
-                                self.note_success();
-                                self.relists += 1;
-                                self.registry.metrics().relisted();
-                                let events = self.absorb_listing(listing);
-                                if !events.is_empty() {
-                                    return events;
-                                }
-                            }
-                            Err(e) => {
-                                self.note_failure(&e);
-                                tokio::time::sleep(self.backoff.next_delay()).await;
-                            }
+                        if let Some(events) = self.relist("compaction").await {
+                            return events;
                         }
                         continue;
                     }
@@ -197,7 +214,33 @@ impl LeaseWatch {
         }
     }
 
+    /// List the table again and restart the watch from there. Returns the
+    /// differences, if any (`None` also when the listing failed: retried).
+    async fn relist(&mut self, why: &'static str) -> Option<Vec<LeaseEvent>> {
+        self.stream = None;
+        self.next_relist = tokio::time::Instant::now() + self.relist_every;
+        match self.registry.list(&self.config).await {
+            Ok(listing) => {
+                self.note_success();
+                self.relists += 1;
+                self.registry.metrics().relisted(why);
+                let events = self.absorb_listing(listing);
+                if !events.is_empty() {
+                    info!(why, changes = events.len(), "listing leases again found changes the watch had missed");
+                    return Some(events);
+                }
+                None
+            }
+            Err(e) => {
+                self.note_failure(&e);
+                tokio::time::sleep(self.backoff.next_delay()).await;
+                None
+            }
+        }
+    }
+
     fn note_failure(&mut self, e: &dyn std::fmt::Display) {
+        self.registry.metrics().set_available(false);
         if !self.disconnected {
             warn!("lost the etcd watch of leases ({e}); reconnecting with backoff");
             self.disconnected = true;
@@ -205,6 +248,7 @@ impl LeaseWatch {
     }
 
     fn note_success(&mut self) {
+        self.registry.metrics().set_available(true);
         if self.disconnected {
             info!(from = self.next_rev, "etcd watch of leases restored");
             self.disconnected = false;

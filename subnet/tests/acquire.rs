@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use weft_subnet::registry::{LostReason, RenewOutcome};
 use weft_subnet::renew::Renewer;
-use weft_subnet::{acquire_lease, AcquireRequest, Error};
+use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, Registry};
 
 const RANGE_16: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;
@@ -152,4 +152,44 @@ async fn an_unrenewed_lease_expires() {
         reg.renew_lease(&lease, &req.attrs, HOUR).await.unwrap(),
         RenewOutcome::Lost(LostReason::Removed { subnet: lease.subnet })
     );
+}
+
+/// A renewal that commits but whose reply never arrives must not delete the
+/// key it just wrote (revoking the new etcd lease would): the key is still
+/// there, attached to a live etcd lease, and the next renewal succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_whose_reply_is_lost_keeps_the_lease() {
+    let etcd = etcd();
+    let direct = registry(&etcd.endpoint()).await;
+    let config = put_config(&direct, RANGE_16).await;
+    let proxy = weft_lab::TcpProxy::start(etcd.addr()).await.unwrap();
+    let mut opts = EtcdOptions::new(vec![proxy.endpoint()]);
+    opts.timeout = Duration::from_secs(1);
+    let reg = Registry::connect(opts).await.unwrap();
+    let ip = Ipv4Addr::new(198, 18, 0, 10);
+    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
+    let lease = acquire_lease(&reg, &config, &req).await.unwrap();
+
+    proxy.mute_from_request_with(reg.lease_key(&lease.subnet).as_bytes());
+    let err = reg.renew_lease(&lease, &lease.attrs, HOUR).await.unwrap_err();
+    let kv = direct.client().get(reg.lease_key(&lease.subnet), None).await.unwrap();
+    let kv = kv.kvs().first().unwrap_or_else(|| panic!("the key was deleted after the renewal error: {err}"));
+    assert_ne!(kv.lease(), lease.etcd_lease, "the renewal did commit (a new etcd lease)");
+    let ttl = direct.client().lease_time_to_live(kv.lease(), None).await.unwrap().ttl();
+    assert!(ttl > 3000, "the key's etcd lease is alive: ttl {ttl}");
+
+    proxy.cut();
+    proxy.restore();
+    let renewed =
+        weft_lab::wait_until_async("a renewal through the restored proxy", Duration::from_secs(10), || async {
+            match reg.renew_lease(&lease, &lease.attrs, HOUR).await {
+                Ok(RenewOutcome::Renewed(l)) => Some(l),
+                _ => None,
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(renewed.subnet, lease.subnet);
+    let kv = direct.client().get(reg.lease_key(&lease.subnet), None).await.unwrap();
+    assert_eq!(kv.kvs()[0].lease(), renewed.etcd_lease);
 }

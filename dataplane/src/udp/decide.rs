@@ -36,13 +36,22 @@ pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
 }
 
 /// Whether a datagram from `from` may be written into the TUN device: the
-/// sender must hold a lease, and the packet must be a well-formed IPv4
-/// packet for this node's subnet `local`.
+/// sender must hold a lease and send from the backend's port, the packet
+/// must be a well-formed IPv4 packet for this node's subnet `local`, and
+/// its source must be inside a subnet leased to the sender (flanneld
+/// accepts anything; a leaseholder must not be able to inject packets in
+/// another node's name, or a host-local source through `accept_local`).
 pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Ipv4Net) -> Result<(), DropReason> {
-    if !snap.accepts_from(from) {
+    let Some(subnets) = snap.sender_subnets(from) else {
         return Err(DropReason::UnknownSource);
+    };
+    check_inbound(seg, local)?;
+    // check_inbound verified a whole IPv4 header.
+    let src = std::net::Ipv4Addr::new(seg[12], seg[13], seg[14], seg[15]);
+    if !subnets.iter().any(|n| n.contains(&src)) {
+        return Err(DropReason::SpoofedSource);
     }
-    check_inbound(seg, local)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -52,7 +61,12 @@ mod tests {
     use crate::Peer;
 
     fn packet(dst: [u8; 4], ttl: u8) -> Vec<u8> {
-        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, ttl, 17, 0, 0, 10, 244, 1, 2, dst[0], dst[1], dst[2], dst[3]];
+        packet_from([10, 244, 2, 7], dst, ttl)
+    }
+
+    fn packet_from(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
+        let mut p = vec![0x45, 0, 0, 28, 0, 0, 0, 0, ttl, 17, 0, 0, src[0], src[1], src[2], src[3]];
+        p.extend_from_slice(&dst);
         p.extend_from_slice(&[0u8; 8]);
         let c = checksum(&p[..20]);
         p[10..12].copy_from_slice(&c.to_be_bytes());
@@ -84,5 +98,12 @@ mod tests {
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &from_peer, &snap, &local), Ok(()));
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &stranger, &snap, &local), Err(DropReason::UnknownSource));
         assert_eq!(inbound(&packet([10, 244, 3, 2], 63), &from_peer, &snap, &local), Err(DropReason::NotForThisNode));
+        let other_port = SocketAddr::V4(SocketAddrV4::new([198, 18, 0, 2].into(), 40000));
+        assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &other_port, &snap, &local), Err(DropReason::UnknownSource));
+        // The peer leases 10.244.2.0/24: packets from anywhere else are spoofed.
+        for src in [[10, 244, 3, 7], [10, 244, 1, 9], [198, 18, 0, 2], [127, 0, 0, 1]] {
+            let p = packet_from(src, [10, 244, 1, 2], 63);
+            assert_eq!(inbound(&p, &from_peer, &snap, &local), Err(DropReason::SpoofedSource), "{src:?}");
+        }
     }
 }

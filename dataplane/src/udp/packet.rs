@@ -49,10 +49,12 @@ pub enum DropReason {
     NotIpv4Outbound,
     /// A send or write to the kernel failed.
     IoError,
+    /// The inner source is outside every subnet leased to the sender.
+    SpoofedSource,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::UnknownSource,
         DropReason::TooShort,
         DropReason::NotIpv4,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::TtlExceeded,
         DropReason::NotIpv4Outbound,
         DropReason::IoError,
+        DropReason::SpoofedSource,
     ];
 
     /// The reason as it appears in metrics.
@@ -82,6 +85,7 @@ impl DropReason {
             DropReason::TtlExceeded => "ttl_exceeded",
             DropReason::NotIpv4Outbound => "not_ipv4_outbound",
             DropReason::IoError => "io_error",
+            DropReason::SpoofedSource => "spoofed_source",
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The route table of the udp backend: remote subnets to peers, by
-//! longest-prefix match, plus the set of addresses datagrams may come from.
+//! longest-prefix match, plus who may send what: datagrams are accepted
+//! only from a leaseholder's public IP and the backend's port, carrying
+//! packets whose source is inside that leaseholder's subnet.
 //!
 //! The control plane builds a new [`Snapshot`] and swaps it in; forwarding
 //! threads load the current one per batch without taking a lock
 //! (`arc-swap`), so lease changes never stall forwarding.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
@@ -19,24 +21,27 @@ use crate::peer::Peer;
 pub struct Snapshot {
     /// (prefix length, network -> peer), longest prefix first.
     by_len: Vec<(u8, HashMap<u32, SocketAddrV4>)>,
-    /// Public IPs of current leases: the only sources accepted.
-    sources: HashSet<Ipv4Addr>,
+    /// Public IPs of current leases, each with its subnets: the only
+    /// senders accepted, and what they may send from.
+    sources: HashMap<Ipv4Addr, Vec<Ipv4Net>>,
+    /// The port every peer sends from (the backend's port).
+    port: u16,
 }
 
 impl Snapshot {
     /// Build from the peer set; every peer is reached at `public_ip:port`.
     pub fn new(peers: &[Peer], port: u16) -> Snapshot {
         let mut lens: HashMap<u8, HashMap<u32, SocketAddrV4>> = HashMap::new();
-        let mut sources = HashSet::new();
+        let mut sources: HashMap<Ipv4Addr, Vec<Ipv4Net>> = HashMap::new();
         for p in peers {
             lens.entry(p.subnet.prefix_len())
                 .or_default()
                 .insert(u32::from(p.subnet.network()), SocketAddrV4::new(p.public_ip, port));
-            sources.insert(p.public_ip);
+            sources.entry(p.public_ip).or_default().push(p.subnet);
         }
         let mut by_len: Vec<_> = lens.into_iter().collect();
         by_len.sort_by_key(|b| std::cmp::Reverse(b.0));
-        Snapshot { by_len, sources }
+        Snapshot { by_len, sources, port }
     }
 
     /// The peer whose subnet holds `dst`, by longest prefix.
@@ -51,12 +56,22 @@ impl Snapshot {
         None
     }
 
+    /// The subnets leased to the sender `src`, if it is a leaseholder
+    /// sending from the backend's port (`None`: not accepted).
+    pub fn sender_subnets(&self, src: &SocketAddr) -> Option<&[Ipv4Net]> {
+        let (ip, port) = match src {
+            SocketAddr::V4(v4) => (*v4.ip(), v4.port()),
+            SocketAddr::V6(v6) => (v6.ip().to_ipv4_mapped()?, v6.port()),
+        };
+        if port != self.port {
+            return None;
+        }
+        self.sources.get(&ip).map(Vec::as_slice)
+    }
+
     /// Whether datagrams from `src` are accepted.
     pub fn accepts_from(&self, src: &SocketAddr) -> bool {
-        match src {
-            SocketAddr::V4(v4) => self.sources.contains(v4.ip()),
-            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_some_and(|ip| self.sources.contains(&ip)),
-        }
+        self.sender_subnets(src).is_some()
     }
 
     /// How many routes the snapshot holds.
@@ -136,7 +151,7 @@ mod tests {
     fn sources_are_the_public_ips_of_leases() {
         let s = Snapshot::new(&[peer("10.244.2.0/24", [198, 18, 0, 2])], 8285);
         assert!(s.accepts_from(&"198.18.0.2:8285".parse().unwrap()));
-        assert!(s.accepts_from(&"198.18.0.2:40000".parse().unwrap()));
+        assert!(!s.accepts_from(&"198.18.0.2:40000".parse().unwrap()), "only from the backend's port");
         assert!(!s.accepts_from(&"198.18.0.9:8285".parse().unwrap()));
         assert!(s.accepts_from(&"[::ffff:198.18.0.2]:8285".parse().unwrap()));
     }

@@ -1,0 +1,179 @@
+//! The control plane under etcd faults, at the level of the daemon: a real
+//! 3-member etcd cluster on the lab's underlay (each member in its own
+//! namespace), and etcd with short-lived auth tokens. A pod pings across
+//! nodes every 10 ms throughout; no ping may be lost.
+
+mod lab_common;
+
+use std::time::{Duration, Instant};
+
+use lab_common::*;
+use weft_lab::{wait_until, Lab};
+
+const VXLAN: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A vxlan lease of a node that does not exist (nothing to reach), enough
+/// to check that every node programs it.
+fn foreign_lease(third_octet: u8) -> (String, String) {
+    (
+        format!("/coreos.com/network/subnets/10.244.{third_octet}.0-24"),
+        format!(
+            r#"{{"PublicIP":"198.18.1.{third_octet}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:01:{third_octet:02x}"}}}}"#
+        ),
+    )
+}
+
+/// Time until every node routes to 10.244.`third_octet`.0/24 (panics after `limit`).
+fn programmed_everywhere(lab: &Lab, third_octet: u8, limit: Duration) -> Duration {
+    let began = Instant::now();
+    let want = format!("10.244.{third_octet}.0/24");
+    for i in 1..=lab.nodes.len() as u8 {
+        wait_until(&format!("node {i} to program {want}"), limit.saturating_sub(began.elapsed()), || {
+            lab.weft_routes(i).ok().filter(|r| r.contains(&want)).map(|_| ())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+    began.elapsed()
+}
+
+/// Put a key through member `k` only (a member that is partitioned or down
+/// must not be asked).
+fn put_via(lab: &Lab, k: usize, key: &str, value: &str, creds: &[&str]) {
+    let ep = lab.cluster.as_ref().unwrap().members[k - 1].endpoint();
+    let out = weft_lab::netns::run(
+        lab.node_cmd(1, "etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={ep}"))
+            .args(creds)
+            .args(["put", key, value]),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+fn start_nodes(lab: &mut Lab, extra: &[&str]) {
+    for i in 1..=lab.nodes.len() as u8 {
+        lab.start_daemon(i, extra).unwrap();
+    }
+    for i in 1..=lab.nodes.len() as u8 {
+        lab.wait_ready(i, READY).unwrap_or_else(|e| panic!("{e:#}"));
+        lab.attach_pod(i).unwrap();
+    }
+    wait_converged(lab);
+}
+
+/// Kill the member serving the watches, partition each member in turn,
+/// lose quorum and get it back: every lease added through the majority is
+/// programmed in time, and the pods never lose a ping.
+#[test]
+fn a_three_member_cluster_fails_in_every_way_without_losing_a_ping() {
+    let mut lab = Lab::with_etcd(2, env!("CARGO_BIN_EXE_weft"), 3, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(VXLAN).unwrap();
+    start_nodes(&mut lab, &["--resync-interval", "2s"]);
+    let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 1_000_000).unwrap();
+    let mut report = Vec::new();
+
+    // 1. Kill a member that serves a watch; add a lease through the others.
+    let serving = lab.cluster.as_ref().unwrap().serving_watches();
+    let k = *serving.first().unwrap_or_else(|| panic!("no member serves a watch"));
+    lab.cluster.as_mut().unwrap().member(k).kill();
+    let (key, value) = foreign_lease(201);
+    put_via(&lab, k % 3 + 1, &key, &value, &[]);
+    let t = programmed_everywhere(&lab, 201, Duration::from_secs(5));
+    report.push(format!("member {k} (serving a watch) killed: new lease programmed in {t:.2?}"));
+    lab.cluster.as_mut().unwrap().restart(k, Duration::from_secs(30)).unwrap();
+
+    // 2. Cut each member off from its peers in turn (clients still reach it).
+    for k in 1..=3usize {
+        lab.cluster.as_mut().unwrap().member(k).partition().unwrap();
+        let (key, value) = foreign_lease(210 + k as u8);
+        // Through a member of the majority, once it has a leader again.
+        let other = k % 3 + 1;
+        wait_until("the majority to have a leader", Duration::from_secs(15), || {
+            lab.cluster.as_ref().unwrap().members[other - 1].healthy().then_some(())
+        })
+        .unwrap();
+        put_via(&lab, other, &key, &value, &[]);
+        let t = programmed_everywhere(&lab, 210 + k as u8, Duration::from_secs(10));
+        report.push(format!("member {k} partitioned: new lease programmed in {t:.2?}"));
+        lab.cluster.as_mut().unwrap().member(k).heal().unwrap();
+        wait_until("the healed member to catch up", Duration::from_secs(30), || {
+            lab.cluster.as_ref().unwrap().members[k - 1].healthy().then_some(())
+        })
+        .unwrap();
+    }
+
+    // 3. No quorum: two members down. weft keeps forwarding, stays alive and
+    //    ready, and says etcd is unavailable.
+    lab.cluster.as_mut().unwrap().member(2).kill();
+    lab.cluster.as_mut().unwrap().member(3).kill();
+    for i in 1..=2u8 {
+        wait_until(&format!("node {i} to report etcd unavailable"), Duration::from_secs(20), || {
+            (lab.metric(i, "weft_etcd_available").ok()? == 0).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+        let (code, body) = lab.http(i, "/readyz").unwrap();
+        assert_eq!(code, 200, "etcd down alone does not make a node not ready: {body}");
+        assert!(body.contains("etcd unavailable"), "{body}");
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(lab.ping_once(1, lab.node(2).pod_ip.unwrap()));
+    let began = Instant::now();
+    lab.cluster.as_mut().unwrap().restart(2, Duration::from_secs(30)).unwrap();
+    lab.cluster.as_mut().unwrap().restart(3, Duration::from_secs(30)).unwrap();
+    let back = began.elapsed();
+    let (key, value) = foreign_lease(220);
+    put_via(&lab, 1, &key, &value, &[]);
+    let t = programmed_everywhere(&lab, 220, Duration::from_secs(10));
+    report.push(format!("quorum lost and back ({back:.2?} to restart): new lease programmed in {t:.2?}"));
+    for i in 1..=2u8 {
+        wait_until(&format!("node {i} to see etcd again"), Duration::from_secs(10), || {
+            (lab.metric(i, "weft_etcd_available").ok()? == 1).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+
+    let (sent, received) = pinger.finish().unwrap();
+    eprintln!("{}\npings: {sent} sent, {received} received", report.join("\n"));
+    assert_eq!(sent, received, "no ping lost while etcd failed\n{}\n{}", lab.log_tail(1), lab.log_tail(2));
+    for i in 1..=2u8 {
+        assert!(lab.daemon_running(i), "node {i} still running");
+    }
+}
+
+/// etcd's auth tokens live 5 s; the lease is renewed every 30 s. weft must
+/// log in again whenever its token has expired: after 3 minutes the lease
+/// has been renewed, and a lease added at the end is programmed.
+#[test]
+fn expired_auth_tokens_are_renewed() {
+    let mut lab =
+        Lab::with_etcd(2, env!("CARGO_BIN_EXE_weft"), 1, &["--auth-token-ttl=5"]).unwrap_or_else(|e| panic!("{e:#}"));
+    for args in [&["user", "add", "root:s3cret"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]] {
+        let out = lab.etcdctl(args).unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let creds = ["--etcd-username", "root", "--etcd-password", "s3cret"];
+    let out = lab.weft(&[&creds[..], &["config", "put", "-"]].concat(), Some(VXLAN)).unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    start_nodes(&mut lab, &[&creds[..], &["--subnet-lease-ttl", "90s", "--subnet-lease-renew-margin", "1"]].concat());
+    let log = lab.log(1);
+    assert!(log.contains("the etcd password travels in clear text"), "{log}");
+    let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 1_000_000).unwrap();
+
+    std::thread::sleep(Duration::from_secs(180));
+    for i in 1..=2u8 {
+        let renewals = lab.metric(i, "weft_lease_renewals_total").unwrap();
+        assert!(renewals >= 2, "node {i}: {renewals} renewals in 3 minutes\n{}", lab.log_tail(i));
+        assert!(lab.daemon_running(i), "node {i} still running\n{}", lab.log_tail(i));
+    }
+    let (key, value) = foreign_lease(230);
+    put_via(&lab, 1, &key, &value, &["--user", "root:s3cret"]);
+    let t = programmed_everywhere(&lab, 230, PROPAGATION);
+    let (sent, received) = pinger.finish().unwrap();
+    eprintln!("auth token ttl 5 s: lease added after 3 min programmed in {t:.2?}; pings {received}/{sent}");
+    assert_eq!(sent, received, "no ping lost");
+}
