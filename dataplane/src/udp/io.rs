@@ -138,7 +138,31 @@ pub(crate) struct ErrorLog {
     consecutive: u32,
 }
 
+/// What a forwarding step found.
+#[derive(Debug)]
+pub(crate) enum Step {
+    Worked,
+    /// Nothing to read: wait for the descriptor.
+    Idle,
+    /// A persistent error: the thread must end.
+    Failed(io::Error),
+}
+
 impl ErrorLog {
+    /// The step after a failed read: nothing to read (`WouldBlock`) is
+    /// idle, an interrupted call is retried, anything else is noted and
+    /// ends the thread when persistent.
+    pub(crate) fn step_after(&mut self, e: io::Error) -> Step {
+        match e.kind() {
+            io::ErrorKind::WouldBlock => Step::Idle,
+            io::ErrorKind::Interrupted => Step::Worked,
+            _ => match self.note(e) {
+                Ok(()) => Step::Worked,
+                Err(e) => Step::Failed(e),
+            },
+        }
+    }
+
     pub(crate) fn new(what: &'static str) -> ErrorLog {
         ErrorLog { what, last: None, suppressed: 0, consecutive: 0 }
     }

@@ -17,18 +17,9 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::decide::{inbound, outbound, Outbound};
+pub(crate) use super::io::Step;
 use super::io::{add, wait, ErrorLog, Icmp, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
 use super::packet::DropReason;
-
-/// What a step found.
-#[derive(Debug)]
-pub(crate) enum Step {
-    Worked,
-    /// Nothing to read: wait for the descriptor.
-    Idle,
-    /// A persistent error: the thread must end.
-    Failed(io::Error),
-}
 
 /// TUN -> UDP, with buffers owned by the forwarding thread.
 pub(crate) struct TxPath {
@@ -82,14 +73,11 @@ impl TxPath {
         };
         let n = match read {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
             Err(e) => {
-                shared.stats.count_drop(DropReason::IoError);
-                return match self.read_errors.note(e) {
-                    Ok(()) => Step::Worked,
-                    Err(e) => Step::Failed(e),
-                };
+                if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
+                    shared.stats.count_drop(DropReason::IoError);
+                }
+                return self.read_errors.step_after(e);
             }
         };
         self.read_errors.ok();
@@ -176,14 +164,7 @@ impl RxPath {
                 std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             match state.recv(sock.into(), &mut iovs, &mut self.metas) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
-                Err(e) => {
-                    return match self.recv_errors.note(e) {
-                        Ok(()) => Step::Worked,
-                        Err(e) => Step::Failed(e),
-                    }
-                }
+                Err(e) => return self.recv_errors.step_after(e),
             }
         };
         self.recv_errors.ok();

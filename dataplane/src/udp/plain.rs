@@ -2,14 +2,13 @@
 //! baseline the benchmark compares the offload path against. Same step
 //! shape as [`super::offload`]: each call handles one packet without blocking.
 
-use std::io;
 use std::net::UdpSocket;
 
 use tun_rs::SyncDevice;
 
 use super::decide::{inbound, outbound, Outbound};
+use super::io::Step;
 use super::io::{add, ErrorLog, Icmp, Shared, MAX_PACKET};
-use super::offload::Step;
 use super::packet::DropReason;
 
 /// TUN -> UDP, one packet per step.
@@ -33,14 +32,7 @@ impl PlainTx {
     pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, shared: &Shared) -> Step {
         let n = match dev.recv(&mut self.buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
-            Err(e) => {
-                return match self.read_errors.note(e) {
-                    Ok(()) => Step::Worked,
-                    Err(e) => Step::Failed(e),
-                }
-            }
+            Err(e) => return self.read_errors.step_after(e),
         };
         self.read_errors.ok();
         let snap = shared.table.load();
@@ -92,14 +84,7 @@ impl PlainRx {
     pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, shared: &Shared) -> Step {
         let (n, from) = match sock.recv_from(&mut self.buf) {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Idle,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Step::Worked,
-            Err(e) => {
-                return match self.recv_errors.note(e) {
-                    Ok(()) => Step::Worked,
-                    Err(e) => Step::Failed(e),
-                }
-            }
+            Err(e) => return self.recv_errors.step_after(e),
         };
         self.recv_errors.ok();
         let snap = shared.table.load();
