@@ -288,6 +288,15 @@ impl UdpBackend {
             if known {
                 warn!(device = TUN_NAME, "TUN device is missing or was replaced; recreating it");
                 report.repaired(ObjectKind::Device, 1);
+                // Threads still running lost their device before they could
+                // notice it themselves (the link event won the race): they
+                // are restarted on the new device and counted the same way.
+                if self.workers.is_some() {
+                    for n in self.counters.restarts.iter().take(self.tun.len()) {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    report.repaired(ObjectKind::Thread, self.tun.len());
+                }
             }
             self.detach();
         }
