@@ -6,8 +6,11 @@
 //! acquire the lease, set up the backend, program every existing lease,
 //! write subnet.env, install masquerading, then report ready (sd_notify and
 //! `/readyz`). Then: lease events and a periodic resync reconcile the
-//! dataplane; the renewer keeps the lease. SIGTERM/SIGINT stop the daemon
-//! and leave the dataplane in place, so a restart does not interrupt pods.
+//! dataplane; the renewer keeps the lease; every resync the own key and the
+//! config are read back (a lost lease, or a config change that cannot be
+//! applied in place, ends the daemon for a restart; a deleted or invalid
+//! config turns it not ready). SIGTERM/SIGINT stop the daemon and leave the
+//! dataplane in place, so a restart does not interrupt pods.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +32,7 @@ use weft_subnet::{
 
 use crate::cli::{EtcdArgs, RunArgs};
 use crate::health::{HealthState, Readiness};
+use crate::node_check::{ConfigFollower, ConfigStep};
 use crate::peers::desired_peers;
 
 /// Kernel events come in bursts (a device deleted takes its routes and
@@ -135,7 +139,9 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     //    is the safety net.
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
-    let mut own_check = tokio::spawn(watch_own_lease(registry.clone(), subnet, ext.public_ip, args.resync_interval));
+    let (mut checks, check_task) =
+        crate::node_check::spawn(registry.clone(), subnet, ext.public_ip, args.resync_interval);
+    let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), subnet, registry.metrics().clone());
     let mut resync = tokio::time::interval(args.resync_interval);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -147,10 +153,17 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
                 let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("renewal task failed: {e}"));
                 break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
             }
-            lost = &mut own_check => {
-                registry.metrics().lease_lost();
-                let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("lease check failed: {e}"));
-                break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
+            check = checks.recv() => {
+                let Some(check) = check else { break Err(anyhow::anyhow!("the lease and config check ended")) };
+                if let Some(why) = check.lost {
+                    registry.metrics().lease_lost();
+                    break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
+                }
+                match follower.observe(check.config.as_deref()) {
+                    ConfigStep::Fine => readiness.set_config(None),
+                    ConfigStep::NotReady(why) => readiness.set_config(Some(why)),
+                    ConfigStep::Restart(why) => break Err(anyhow::anyhow!(why)),
+                }
             }
             events = watch.next() => {
                 if let Some(why) = own_lease_gone(&events, subnet, &ext.public_ip) {
@@ -173,7 +186,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         }
     };
     renewal.abort();
-    own_check.abort();
+    check_task.abort();
     readiness.stopping();
     dp.shutdown();
     if outcome.is_ok() {
@@ -222,26 +235,6 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
             Err(e) => return Err(e.into()),
         }
         tokio::time::sleep(backoff.next_delay()).await;
-    }
-}
-
-/// Read the own key every `every`: returns once it is gone or names another
-/// holder. This notices a lost lease even when the watch has stalled; an
-/// unreachable etcd is not a loss (the renewer and the metrics cover it).
-async fn watch_own_lease(
-    registry: Registry,
-    subnet: Ipv4Net,
-    public_ip: std::net::Ipv4Addr,
-    every: Duration,
-) -> weft_subnet::registry::LostReason {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        if let Ok(Some(why)) = registry.check_own(subnet, public_ip).await {
-            return why;
-        }
     }
 }
 

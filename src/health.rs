@@ -1,8 +1,9 @@
 //! The health endpoints over plain HTTP/1.x on `--healthz-port`:
 //! - `/healthz`: the process is alive (always 200);
-//! - `/readyz`: 200 `ready` only while the lease is held and the dataplane
-//!   matches the desired state; otherwise 503 with one line per reason
-//!   (e.g. `flannel.1 missing, repairing: ...`);
+//! - `/readyz`: 200 `ready` only while the lease is held, the dataplane
+//!   matches the desired state and the config in etcd is the one running;
+//!   otherwise 503 with one line per reason (e.g. `flannel.1 missing,
+//!   repairing: ...`);
 //! - `/metrics`: Prometheus text format: the lease, etcd, the dataplane and,
 //!   with the udp backend, forwarding counters (documented in
 //!   docs/operations.md).
@@ -67,19 +68,39 @@ impl HealthState {
     }
 }
 
-/// The daemon's view of readiness: reasons in, one log line per change out.
+/// The daemon's view of readiness: reasons in (from the dataplane after
+/// every reconcile, and from the config check), one log line per change out.
 pub(crate) struct Readiness {
     state: Arc<HealthState>,
     last: Option<Vec<String>>,
+    dataplane: Vec<String>,
+    config: Option<String>,
 }
 
 impl Readiness {
     pub(crate) fn new(state: Arc<HealthState>) -> Readiness {
-        Readiness { state, last: None }
+        Readiness { state, last: None, dataplane: Vec::new(), config: None }
     }
 
-    /// Set the reasons the node is not ready (empty: ready).
+    /// Set the reasons the dataplane is not ready (empty: it is).
     pub(crate) fn set(&mut self, reasons: Vec<String>) {
+        self.dataplane = reasons;
+        self.publish();
+    }
+
+    /// Set why the config in etcd keeps the node from being ready (`None`:
+    /// it does not). Takes effect with the next [`set`](Self::set) before
+    /// the node was first ready.
+    pub(crate) fn set_config(&mut self, reason: Option<String>) {
+        self.config = reason;
+        if self.last.is_some() {
+            self.publish();
+        }
+    }
+
+    fn publish(&mut self) {
+        let mut reasons = self.dataplane.clone();
+        reasons.extend(self.config.clone());
         if self.last.as_ref() == Some(&reasons) {
             return;
         }

@@ -10,9 +10,11 @@
 //! | [`cmd_config`] | `weft config put|get`                                         |
 //! | [`cmd_leases`] | `weft leases [--json] [--watch]`                              |
 //! | [`daemon`]     | `weft run`: lease, backend, watch, renew, resync, shutdown    |
-//! | [`health`]     | `/healthz` and `/readyz`                                      |
+//! | [`health`]     | `/healthz`, `/readyz` and `/metrics`                          |
+//! | [`node_check`] | the own lease and the config read back every resync           |
 //! | [`notify`]     | systemd readiness (`sd_notify READY=1`)                       |
-//! | [`signals`]    | SIGINT/SIGTERM as a future                                    |
+//! | [`peers`]      | the leases of the other nodes that the backend programs       |
+//! | [`signals`]    | SIGINT/SIGTERM as a future, SIGHUP ignored                    |
 //!
 //! The subnet manager is the `weft-subnet` crate; the forwarding backends
 //! are the `weft-dataplane` crate.
@@ -23,6 +25,7 @@ mod cmd_leases;
 mod compat;
 mod daemon;
 mod health;
+mod node_check;
 mod notify;
 mod peers;
 mod signals;

@@ -41,18 +41,33 @@ fn programmed_everywhere(lab: &Lab, third_octet: u8, limit: Duration) -> Duratio
 }
 
 /// Put a key through member `k` only (a member that is partitioned or down
-/// must not be asked).
+/// must not be asked). Retried for up to 20 s: after a member is killed or
+/// cut off, the rest may still be electing a leader.
 fn put_via(lab: &Lab, k: usize, key: &str, value: &str, creds: &[&str]) {
     let ep = lab.cluster.as_ref().unwrap().members[k - 1].endpoint();
-    let out = weft_lab::netns::run(
-        lab.node_cmd(1, "etcdctl")
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={ep}"))
-            .args(creds)
-            .args(["put", key, value]),
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut last = String::new();
+    let put = wait_until(&format!("a put through member {k}"), Duration::from_secs(20), || {
+        let out = weft_lab::netns::run(
+            lab.node_cmd(1, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={ep}"))
+                .arg("--command-timeout=2s")
+                .args(creds)
+                .args(["put", key, value]),
+        );
+        match out {
+            Ok(o) if o.status.success() => Some(()),
+            Ok(o) => {
+                last = text(&o.stderr);
+                None
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                None
+            }
+        }
+    });
+    put.unwrap_or_else(|e| panic!("{e}: {last}"));
 }
 
 fn start_nodes(lab: &mut Lab, extra: &[&str]) {
@@ -176,4 +191,41 @@ fn expired_auth_tokens_are_renewed() {
     let (sent, received) = pinger.finish().unwrap();
     eprintln!("auth token ttl 5 s: lease added after 3 min programmed in {t:.2?}; pings {received}/{sent}");
     assert_eq!(sent, received, "no ping lost");
+}
+
+/// The watch goes silent without an error (a proxy drops what etcd sends on
+/// it, while new requests are answered); the own lease deleted meanwhile is
+/// noticed by reading it back, within one resync interval.
+#[test]
+fn a_deleted_lease_is_noticed_within_a_resync_with_the_watch_stalled() {
+    let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(VXLAN).unwrap();
+    let proxy = lab.etcd_proxy().unwrap_or_else(|e| panic!("{e:#}"));
+    let resync = Duration::from_secs(3);
+    lab.start_daemon(1, &["--etcd-endpoints", &proxy.endpoint(), "--resync-interval", "3s"]).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+
+    // The watch is open once a lease added now is programmed.
+    let (key, value) = foreign_lease(200);
+    assert!(lab.etcdctl(&["put", &key, &value]).unwrap().status.success());
+    programmed_everywhere(&lab, 200, PROPAGATION);
+
+    proxy.stall_open_streams();
+    let (key, value) = foreign_lease(201);
+    assert!(lab.etcdctl(&["put", &key, &value]).unwrap().status.success());
+    // Longer than a resync: a lease added now is not programmed, so the
+    // watch is really stalled (and nothing else brings leases in).
+    std::thread::sleep(resync + Duration::from_secs(1));
+    assert!(!lab.weft_routes(1).unwrap().contains("10.244.201.0/24"), "the watch was not stalled\n{}", lab.log(1));
+
+    let subnet = lab.subnet_env(1).unwrap().0;
+    let own = format!("/coreos.com/network/subnets/{}-{}", subnet.addr(), subnet.prefix_len());
+    let began = Instant::now();
+    assert!(lab.etcdctl(&["del", &own]).unwrap().status.success());
+    let status = lab.wait_exit(1, resync * 3).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.log_tail(1)));
+    let took = began.elapsed();
+    eprintln!("own lease deleted under a stalled watch: the daemon exited after {took:.2?} (resync {resync:?})");
+    assert!(!status.success(), "a lost lease exits non-zero for a restart");
+    assert!(took <= resync + Duration::from_secs(1), "noticed after {took:?}\n{}", lab.log_tail(1));
+    assert!(lab.log(1).contains(&format!("the lease of {subnet} expired or was deleted")), "{}", lab.log_tail(1));
 }

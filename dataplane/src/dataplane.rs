@@ -129,6 +129,12 @@ impl Dataplane {
     /// Program what depends on the node's own subnet (devices, addresses,
     /// forwarding and masquerade rules) and start watching the kernel.
     pub async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
+        let keep = match &self.backend {
+            Backend::Vxlan(b) => Some(b.device().0.to_string()),
+            Backend::Udp(b) => Some(b.device().0.to_string()),
+            Backend::HostGw(_) => None,
+        };
+        crate::leftovers::remove(&Netlink::connect()?, keep.as_deref(), self.network).await?;
         match &mut self.backend {
             Backend::Vxlan(b) => b.start(subnet).await?,
             Backend::HostGw(_) => {}

@@ -10,6 +10,7 @@
 //! | [`netlink`]   | thin rtnetlink wrappers: links, addresses, routes, neighbours, FDB |
 //! | `events`      | netlink multicast events that trigger repair at once               |
 //! | [`iface`]     | choosing the external interface and public IP                      |
+//! | `leftovers`   | devices and routes an earlier run with another config left, removed |
 //! | `vxlan`       | the vxlan backend: device, FDB, neighbour and route per peer        |
 //! | `hostgw`      | the host-gw backend: one route per peer via its public IP           |
 //! | [`udp`]       | the udp backend: persistent TUN + UDP, supervised forwarding threads |
@@ -34,6 +35,7 @@ pub mod error;
 mod events;
 mod hostgw;
 pub mod iface;
+mod leftovers;
 pub mod masq;
 pub mod netlink;
 pub mod peer;

@@ -182,6 +182,18 @@ impl Lab {
         }
     }
 
+    /// A proxy in etcd's namespace, on the underlay, in front of the single
+    /// etcd server (not a cluster): give nodes `--etcd-endpoints
+    /// http://<its addr>` to put it between them and etcd.
+    pub fn etcd_proxy(&self) -> Result<crate::TcpProxy> {
+        anyhow::ensure!(self.cluster.is_none(), "the proxy fronts the single etcd server");
+        crate::TcpProxy::start_in_netns(
+            &self.etcd_ns,
+            SocketAddr::from((ETCD_IP, 0)),
+            SocketAddr::from(([127, 0, 0, 1], 2379)),
+        )
+    }
+
     /// The endpoints `weft` and `etcdctl` use from etcd's namespace.
     fn admin_endpoints(&self) -> String {
         match &self.cluster {
@@ -234,7 +246,10 @@ impl Lab {
     pub fn run_command(&self, i: u8, extra: &[&str]) -> Result<Command> {
         let n = self.node(i);
         let mut cmd = exec(&n.ns, self.weft.to_str().context("weft path")?);
-        cmd.args(["run", "--etcd-endpoints", &self.etcd_endpoint()]);
+        cmd.arg("run");
+        if !extra.contains(&"--etcd-endpoints") {
+            cmd.args(["--etcd-endpoints", &self.etcd_endpoint()]);
+        }
         if !extra.contains(&"--iface") {
             cmd.args(["--iface", "eth0"]);
         }

@@ -61,18 +61,26 @@ pub fn sweep_stale() {
     }
 }
 
+/// Move the calling thread into namespace `ns`: sockets it opens from now
+/// on live there. Only for threads of their own (see [`in_netns`]).
+pub fn enter(ns: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{ns}");
+    let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+    // SAFETY: setns(2) on a valid namespace fd only changes this thread's
+    // network namespace; the fd outlives the call.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        bail!("setns({path}): {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Run `f` on a thread that has entered namespace `ns`: sockets it opens
 /// live in that namespace.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-    let path = format!("/var/run/netns/{ns}");
+    let ns_owned = ns.to_string();
     let handle = std::thread::spawn(move || -> Result<T> {
-        let file = File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns(2) on a valid namespace fd only changes this
-        // thread's network namespace; the fd outlives the call.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns({path}): {}", std::io::Error::last_os_error());
-        }
+        enter(&ns_owned)?;
         Ok(f())
     });
     handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?

@@ -5,6 +5,7 @@
 //! | module       | what it holds                                                        |
 //! |--------------|----------------------------------------------------------------------|
 //! | [`config`]   | the network config (`<prefix>/config`): parsing, defaults, validation |
+//! | [`config_change`] | what a config changed while running means: same, applies, restart |
 //! | [`lease`]    | the lease model, its JSON (flannel's `LeaseAttrs`) and key naming     |
 //! | [`choose`]   | picking a free subnet from `[SubnetMin, SubnetMax]` (pure)            |
 //! | [`etcd`]     | connecting to etcd: endpoints, TLS, timeouts                          |
@@ -25,6 +26,7 @@ pub mod acquire;
 pub mod backoff;
 pub mod choose;
 pub mod config;
+pub mod config_change;
 pub mod env_file;
 pub mod error;
 pub mod etcd;

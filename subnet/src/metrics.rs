@@ -11,7 +11,7 @@ use ipnet::Ipv4Net;
 use weft_types::metrics::{Histogram, Kind, Writer};
 
 /// The etcd operations weft makes, as the `op` label names them.
-pub const OPS: [&str; 11] = [
+pub const OPS: [&str; 12] = [
     "get_config",
     "put_config",
     "list_leases",
@@ -22,6 +22,7 @@ pub const OPS: [&str; 11] = [
     "renew_lease",
     "delete_lease",
     "get_lease",
+    "check_node",
     "watch_leases",
 ];
 
@@ -34,6 +35,9 @@ pub struct Metrics {
     relists: [AtomicU64; 2],
     /// Whether the last etcd request or watch message succeeded.
     unavailable: std::sync::atomic::AtomicBool,
+    /// Whether the stored config differs from the one the node runs with
+    /// (deleted, invalid or changed).
+    config_differs: std::sync::atomic::AtomicBool,
     renewals: AtomicU64,
     losses: AtomicU64,
     /// Unix time (s) the own lease expires; 0: no lease.
@@ -68,6 +72,11 @@ impl Metrics {
     /// Whether etcd answered the last request or watch message.
     pub fn available(&self) -> bool {
         !self.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// Whether the config stored in etcd is the one the node runs with.
+    pub fn set_config_current(&self, current: bool) {
+        self.config_differs.store(!current, Ordering::Relaxed);
     }
 
     pub fn request_count(&self, op: &str) -> u64 {
@@ -143,6 +152,12 @@ impl Metrics {
         .sample("weft_etcd_relists_total", &[("reason", "compaction")], g(&self.relists[0]))
         .sample("weft_etcd_relists_total", &[("reason", "interval")], g(&self.relists[1]))
         .family("weft_etcd_available", Kind::Gauge, "1 while etcd answers weft's requests and watch, 0 otherwise.")
-        .sample("weft_etcd_available", &[], if self.available() { 1.0 } else { 0.0 });
+        .sample("weft_etcd_available", &[], if self.available() { 1.0 } else { 0.0 })
+        .family(
+            "weft_config_current",
+            Kind::Gauge,
+            "1 while the network config in etcd is the one this node runs with; 0 when it was deleted, made invalid or changed.",
+        )
+        .sample("weft_config_current", &[], if self.config_differs.load(Ordering::Relaxed) { 0.0 } else { 1.0 });
     }
 }

@@ -61,6 +61,15 @@ pub enum LostReason {
     TakenOver { subnet: Ipv4Net, holder: String },
 }
 
+/// What [`Registry::check_node`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeCheck {
+    /// Why the own lease is no longer the node's; `None`: it is.
+    pub lost: Option<LostReason>,
+    /// The config text as stored; `None`: deleted.
+    pub config: Option<String>,
+}
+
 impl Registry {
     /// Connect to etcd (within the options' time limit).
     pub async fn connect(opts: EtcdOptions) -> Result<Registry> {
@@ -333,25 +342,30 @@ impl Registry {
         })
     }
 
-    /// Whether the key of `subnet` still names `public_ip` as its holder:
-    /// `None` when it does, the reason when it does not. Checked on every
-    /// resync, so a lost lease is noticed even when the watch has stalled.
-    pub async fn check_own(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<Option<LostReason>> {
+    /// Read the own key and the config in one request: whether the key of
+    /// `subnet` still names `public_ip` as its holder, and the config text
+    /// as stored. Done on every resync, so a lost lease or a changed config
+    /// is noticed even when the watch has stalled.
+    pub async fn check_node(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<NodeCheck> {
         let key = self.lease_key(&subnet);
-        let mut c = self.client.clone();
-        let resp =
-            self.timed("get_lease", async { c.get(key, None).await.map_err(Error::etcd("get own lease")) }).await?;
-        let Some(kv) = resp.kvs().first() else {
-            return Ok(Some(LostReason::Removed { subnet }));
+        let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(self.config_key(), None)]);
+        let resp = self.txn(txn, "check_node").await?;
+        let mut gets = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        let (own, config) = (gets.next().flatten(), gets.next().flatten());
+        let lost = match own {
+            None => Some(LostReason::Removed { subnet }),
+            Some(kv) => match serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip) {
+                Some(ip) if ip == public_ip => None,
+                other => Some(LostReason::TakenOver {
+                    subnet,
+                    holder: other.map(|ip| ip.to_string()).unwrap_or_else(|| "an unreadable entry".into()),
+                }),
+            },
         };
-        let holder = serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip);
-        Ok(match holder {
-            Some(ip) if ip == public_ip => None,
-            other => Some(LostReason::TakenOver {
-                subnet,
-                holder: other.map(|ip| ip.to_string()).unwrap_or_else(|| "an unreadable entry".into()),
-            }),
-        })
+        Ok(NodeCheck { lost, config: config.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()) })
     }
 
     /// Delete the lease of `subnet` (used by tests and by tools).

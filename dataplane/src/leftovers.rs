@@ -1,0 +1,65 @@
+//! What an earlier run with another config left on the host, removed when
+//! the dataplane starts: the device of another backend (`flannel0` after
+//! udp, `flannel.<VNI>` after vxlan or another VNI) and weft's routes
+//! outside the current network. Without this, switching a node from udp to
+//! vxlan would leave the persistent `flannel0` holding the network's route
+//! with nobody reading it.
+
+use ipnet::Ipv4Net;
+use tracing::{info, warn};
+
+use crate::error::Result;
+use crate::netlink::Netlink;
+
+/// Whether `name` of kind `kind` is a device weft makes and `keep` is not.
+fn is_leftover(name: &str, kind: Option<&str>, keep: Option<&str>) -> bool {
+    if Some(name) == keep {
+        return false;
+    }
+    let udp = name == crate::udp::TUN_NAME && kind == Some("tun");
+    let vxlan = kind == Some("vxlan")
+        && name.strip_prefix("flannel.").is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()));
+    udp || vxlan
+}
+
+/// Remove the devices weft makes other than `keep`, and weft's routes
+/// outside `network`. Failures are logged; the backend's own start decides
+/// whether the node can work.
+pub(crate) async fn remove(nl: &Netlink, keep: Option<&str>, network: Ipv4Net) -> Result<()> {
+    for link in nl.links().await? {
+        if !is_leftover(&link.name, link.kind.as_deref(), keep) {
+            continue;
+        }
+        match nl.delete_link(link.index).await {
+            Ok(()) => info!(device = %link.name, "removed a device an earlier run with another backend config left"),
+            Err(e) => warn!(device = %link.name, "could not remove a device an earlier config left: {e}"),
+        }
+    }
+    for (dst, spec) in nl.weft_routes().await?.into_iter().filter(|(dst, _)| !network.contains(dst)) {
+        match nl.delete_route(dst, &spec).await {
+            Ok(()) => info!(%dst, "removed a route outside the network {network} (an earlier network config)"),
+            Err(e) => warn!(%dst, "could not remove a route outside the network {network}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_leftover;
+
+    #[test]
+    fn only_weft_devices_other_than_the_kept_one() {
+        assert!(is_leftover("flannel0", Some("tun"), Some("flannel.1")));
+        assert!(is_leftover("flannel0", Some("tun"), None));
+        assert!(!is_leftover("flannel0", Some("tun"), Some("flannel0")));
+        assert!(is_leftover("flannel.1", Some("vxlan"), Some("flannel.2")));
+        assert!(!is_leftover("flannel.1", Some("vxlan"), Some("flannel.1")));
+        // Someone else's devices.
+        assert!(!is_leftover("flannel0", Some("bridge"), None));
+        assert!(!is_leftover("flannel.1", Some("bridge"), None));
+        assert!(!is_leftover("flannel.x", Some("vxlan"), None));
+        assert!(!is_leftover("flannel.", Some("vxlan"), None));
+        assert!(!is_leftover("vxlan0", Some("vxlan"), None));
+    }
+}
