@@ -40,34 +40,35 @@ fn programmed_everywhere(lab: &Lab, third_octet: u8, limit: Duration) -> Duratio
     began.elapsed()
 }
 
-/// Put a key through member `k` only (a member that is partitioned or down
-/// must not be asked). Retried for up to 20 s: after a member is killed or
-/// cut off, the rest may still be electing a leader.
-fn put_via(lab: &Lab, k: usize, key: &str, value: &str, creds: &[&str]) {
+/// `etcdctl ARGS` through member `k` only (a member that is partitioned or
+/// down must not be asked); its stdout. Retried for up to 20 s: after a
+/// member is killed or cut off, the rest may still be electing a leader.
+fn ctl_via(lab: &Lab, k: usize, creds: &[&str], args: &[&str]) -> String {
     let ep = lab.cluster.as_ref().unwrap().members[k - 1].endpoint();
     let mut last = String::new();
-    let put = wait_until(&format!("a put through member {k}"), Duration::from_secs(20), || {
+    let out = wait_until(&format!("etcdctl {args:?} through member {k}"), Duration::from_secs(20), || {
         let out = weft_lab::netns::run(
             lab.node_cmd(1, "etcdctl")
                 .env("ETCDCTL_API", "3")
                 .arg(format!("--endpoints={ep}"))
                 .arg("--command-timeout=2s")
                 .args(creds)
-                .args(["put", key, value]),
+                .args(args),
         );
         match out {
-            Ok(o) if o.status.success() => Some(()),
-            Ok(o) => {
-                last = text(&o.stderr);
-                None
-            }
+            Ok(o) => Some(text(&o.stdout)),
             Err(e) => {
                 last = format!("{e:#}");
                 None
             }
         }
     });
-    put.unwrap_or_else(|e| panic!("{e}: {last}"));
+    out.unwrap_or_else(|e| panic!("{e}: {last}"))
+}
+
+/// `etcdctl put` through member `k` only.
+fn put_via(lab: &Lab, k: usize, key: &str, value: &str, creds: &[&str]) {
+    ctl_via(lab, k, creds, &["put", key, value]);
 }
 
 fn start_nodes(lab: &mut Lab, extra: &[&str]) {
@@ -228,4 +229,85 @@ fn a_deleted_lease_is_noticed_within_a_resync_with_the_watch_stalled() {
     assert!(!status.success(), "a lost lease exits non-zero for a restart");
     assert!(took <= resync + Duration::from_secs(1), "noticed after {took:?}\n{}", lab.log_tail(1));
     assert!(lab.log(1).contains(&format!("the lease of {subnet} expired or was deleted")), "{}", lab.log_tail(1));
+}
+
+/// One member cut off from its peers, and the nodes talk only to it; on the
+/// majority a lease is deleted and the store compacted past it. After the
+/// heal, that lease's route is gone on every node and no other route was
+/// touched.
+#[test]
+fn a_lease_deleted_and_compacted_during_a_partition_is_removed_after_the_heal() {
+    let mut lab = Lab::with_etcd(2, env!("CARGO_BIN_EXE_weft"), 3, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(VXLAN).unwrap();
+    let m3 = lab.cluster.as_ref().unwrap().members[2].endpoint();
+    start_nodes(&mut lab, &["--etcd-endpoints", &m3, "--resync-interval", "2s"]);
+    let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 1_000_000).unwrap();
+    for o in [230, 231, 232] {
+        let (key, value) = foreign_lease(o);
+        put_via(&lab, 1, &key, &value, &[]);
+        programmed_everywhere(&lab, o, Duration::from_secs(5));
+    }
+    let before: Vec<String> = (1..=2).map(|i| lab.weft_routes(i).unwrap()).collect();
+
+    lab.cluster.as_mut().unwrap().member(3).partition().unwrap();
+    // Until member 3 knows it has no leader: the nodes' watches are then
+    // cancelled (require-leader) and retried with backoff meanwhile.
+    wait_until("member 3 to lose its leader", Duration::from_secs(15), || {
+        (lab.cluster.as_ref().unwrap().members[2].metric("etcd_server_has_leader") == 0.0).then_some(())
+    })
+    .unwrap();
+    // Nodes cannot reach it either, so that their watches come back only
+    // after it has caught up with the compaction.
+    lab.cluster.as_ref().unwrap().members[2].shut_out_clients().unwrap();
+    let (gone, _) = foreign_lease(231);
+    ctl_via(&lab, 1, &[], &["del", &gone]);
+    for n in 0..5 {
+        put_via(&lab, 1, "/weft-test/filler", &n.to_string(), &[]);
+    }
+    let status = ctl_via(&lab, 1, &[], &["get", "/weft-test/filler", "-w", "json"]);
+    let rev = status.split("\"revision\":").nth(1).and_then(|r| r.split([',', '}']).next()).unwrap().to_string();
+    ctl_via(&lab, 1, &[], &["compact", &rev]);
+    let logs: Vec<usize> = (1..=2).map(|i| lab.log(i).len()).collect();
+
+    lab.cluster.as_mut().unwrap().member(3).heal().unwrap();
+    let before_compaction = (rev.parse::<i64>().unwrap() - 1).to_string();
+    wait_until("member 3 to apply the compaction", Duration::from_secs(20), || {
+        let m3 = &lab.cluster.as_ref().unwrap().members[2];
+        m3.ctl(&["get", "/weft-test/filler", "--consistency=s", "--rev", &before_compaction])
+            .err()
+            .filter(|e| format!("{e:#}").contains("compacted"))
+    })
+    .unwrap();
+    let began = Instant::now();
+    lab.cluster.as_ref().unwrap().members[2].let_in_clients().unwrap();
+    for i in 1..=2u8 {
+        wait_until(&format!("node {i} to remove 10.244.231.0/24"), Duration::from_secs(20), || {
+            (!lab.weft_routes(i).ok()?.contains("10.244.231.0/24")).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+    let took = began.elapsed();
+    let (sent, received) = pinger.finish().unwrap();
+    for i in 1..=2u8 {
+        let want: Vec<&str> = before[usize::from(i) - 1].lines().filter(|l| !l.contains("10.244.231.0/24")).collect();
+        let routes = lab.weft_routes(i).unwrap();
+        assert_eq!(routes.lines().collect::<Vec<_>>(), want, "node {i}: only the deleted lease's route goes");
+        let after = &lab.log(i)[logs[usize::from(i) - 1]..];
+        assert!(!after.contains("installed route"), "node {i} touched other routes:\n{after}");
+        assert_eq!(after.matches("removed route").count(), 1, "node {i}:\n{after}");
+    }
+    let compactions: Vec<u64> =
+        (1..=2).map(|i| lab.metric(i, "weft_etcd_relists_total{reason=\"compaction\"}").unwrap()).collect();
+    eprintln!(
+        "lease deleted and compacted during a partition: route removed {took:.2?} after the member took clients again \
+         (relists after compaction: {compactions:?}); {sent} pings, {} lost",
+        sent - received
+    );
+    assert!(
+        compactions.iter().all(|n| *n >= 1),
+        "each node's watch resumed past the compaction and listed again\n{}\n{}",
+        lab.log(1),
+        lab.cluster.as_ref().unwrap().members[2].log_tail()
+    );
+    assert_eq!(sent, received, "no ping lost");
 }

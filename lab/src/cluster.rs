@@ -150,6 +150,36 @@ impl Member {
         Ok(())
     }
 
+    /// Refuse clients from other namespaces (connections reset), peers and
+    /// the member's own namespace still reach it.
+    pub fn shut_out_clients(&self) -> Result<()> {
+        self.client_rule("-I")
+    }
+
+    /// Undo [`shut_out_clients`](Self::shut_out_clients).
+    pub fn let_in_clients(&self) -> Result<()> {
+        self.client_rule("-D")
+    }
+
+    fn client_rule(&self, op: &str) -> Result<()> {
+        let port = CLIENT_PORT.to_string();
+        let rule = ["INPUT", "-i", "eth0", "-p", "tcp", "--dport", &port, "-j", "REJECT", "--reject-with", "tcp-reset"];
+        netns::run(exec(&self.ns, "iptables").arg(op).args(rule))?;
+        Ok(())
+    }
+
+    /// `etcdctl ARGS` from the member's own namespace against this member
+    /// alone; its stdout.
+    pub fn ctl(&self, args: &[&str]) -> Result<String> {
+        let out = netns::run(
+            exec(&self.ns, "etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args([&format!("--endpoints={}", self.endpoint()), "--command-timeout=2s"])
+                .args(args),
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     fn peer_rules(&self, op: &str) -> Result<()> {
         let port = PEER_PORT.to_string();
         for (chain, dir) in [("INPUT", "--dport"), ("INPUT", "--sport"), ("OUTPUT", "--dport"), ("OUTPUT", "--sport")] {
