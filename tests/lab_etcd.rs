@@ -311,3 +311,50 @@ fn a_lease_deleted_and_compacted_during_a_partition_is_removed_after_the_heal() 
     );
     assert_eq!(sent, received, "no ping lost");
 }
+
+/// The etcd lease a key is attached to (0: none), and whether the key exists.
+fn key_lease(lab: &Lab, key: &str) -> Option<i64> {
+    let out = lab.etcdctl(&["get", key, "-w", "json"]).unwrap();
+    let json = text(&out.stdout);
+    json.contains("\"kvs\"").then(|| {
+        json.split("\"lease\":").nth(1).and_then(|r| r.split([',', '}']).next()).map_or(0, |n| n.parse().unwrap())
+    })
+}
+
+/// A renewal that commits in etcd but whose reply never reaches the daemon
+/// (a proxy swallows everything from that request on) must not cost the
+/// lease: the key stays, and once etcd answers again the daemon renews it.
+#[test]
+fn a_renewal_whose_reply_is_lost_keeps_the_daemons_lease() {
+    let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(VXLAN).unwrap();
+    let proxy = lab.etcd_proxy().unwrap_or_else(|e| panic!("{e:#}"));
+    // A 70 s lease renewed 1 min before it expires: the first renewal comes
+    // 10 s after start. The resync (which reads the own key) is kept out of
+    // the way so that the renewal is the first request naming the key.
+    let args = ["--etcd-endpoints", &proxy.endpoint(), "--subnet-lease-ttl", "70s", "--subnet-lease-renew-margin", "1"];
+    lab.start_daemon(1, &[&args[..], &["--resync-interval", "5m"]].concat()).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let subnet = lab.subnet_env(1).unwrap().0;
+    let key = format!("/coreos.com/network/subnets/{}-{}", subnet.addr(), subnet.prefix_len());
+    let first = key_lease(&lab, &key).expect("the lease is in etcd");
+
+    proxy.mute_from_request_with(key.as_bytes());
+    let failures = |lab: &Lab| lab.metric(1, "weft_etcd_request_failures_total{op=\"renew_lease\"}").unwrap();
+    wait_until("the renewal to time out", Duration::from_secs(30), || (failures(&lab) >= 1).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    let during = key_lease(&lab, &key).unwrap_or_else(|| panic!("the key was deleted\n{}", lab.log_tail(1)));
+    assert_ne!(during, first, "the renewal committed (the key has a new etcd lease)");
+
+    proxy.cut();
+    proxy.restore();
+    wait_until("a renewal once etcd answers again", Duration::from_secs(30), || {
+        lab.log(1).contains("lease renewed again after errors").then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert!(lab.daemon_running(1), "{}", lab.log_tail(1));
+    assert_eq!(lab.http(1, "/readyz").unwrap().0, 200);
+    assert!(key_lease(&lab, &key).is_some_and(|l| l != 0), "the key is still held");
+    assert_eq!(lab.subnet_env(1).unwrap().0, subnet);
+    assert_eq!(lab.metric(1, "weft_lease_losses_total").unwrap(), 0);
+}
