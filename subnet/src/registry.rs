@@ -61,6 +61,22 @@ pub enum LostReason {
     TakenOver { subnet: Ipv4Net, holder: String },
 }
 
+/// Keys per page when listing the leases.
+const LIST_PAGE: i64 = 2000;
+
+/// The first key after every key that starts with `prefix` (etcd's range
+/// end for a prefix).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
 /// What [`Registry::check_node`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeCheck {
@@ -149,25 +165,45 @@ impl Registry {
     /// List every entry under `<prefix>/subnets/`.
     pub async fn list(&self, config: &NetworkConfig) -> Result<Listing> {
         let prefix = self.subnets_prefix();
-        let mut c = self.client.clone();
-        let resp = self
-            .timed("list_leases", async {
-                c.get(prefix.clone(), Some(GetOptions::new().with_prefix())).await.map_err(Error::etcd("list leases"))
-            })
-            .await?;
-        let mut listing = Listing { revision: resp.header().map(|h| h.revision()).unwrap_or(0), ..Listing::default() };
-        for kv in resp.kvs() {
-            let key = String::from_utf8_lossy(kv.key());
-            let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-            if let Ok((subnet, _)) = parse_subnet_key(&name) {
-                listing.taken.insert(subnet);
+        let end = prefix_end(prefix.as_bytes());
+        let mut listing = Listing::default();
+        let mut from = prefix.clone().into_bytes();
+        // Pages of LIST_PAGE keys, all at the revision of the first page: one
+        // consistent picture, and no reply near gRPC's 4 MiB limit (65,534
+        // leases are about 11 MB).
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            if listing.revision > 0 {
+                opts = opts.with_revision(listing.revision);
             }
-            match lease_from_kv(&name, kv, config) {
-                Ok(lease) => listing.leases.push(lease),
-                Err(e) => listing.skipped.push((name, e)),
+            let mut c = self.client.clone();
+            let key = from.clone();
+            let resp = self
+                .timed("list_leases", async { c.get(key, Some(opts)).await.map_err(Error::etcd("list leases")) })
+                .await?;
+            if listing.revision == 0 {
+                listing.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+            }
+            for kv in resp.kvs() {
+                let key = String::from_utf8_lossy(kv.key());
+                let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
+                if let Ok((subnet, _)) = parse_subnet_key(&name) {
+                    listing.taken.insert(subnet);
+                }
+                match lease_from_kv(&name, kv, config) {
+                    Ok(lease) => listing.leases.push(lease),
+                    Err(e) => listing.skipped.push((name, e)),
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    // The next page starts just after the last key.
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => return Ok(listing),
             }
         }
-        Ok(listing)
     }
 
     /// Fill in the time left on each lease (one request per lease).

@@ -168,3 +168,46 @@ async fn malformed_entries_are_skipped_not_fatal() {
     let ev = events_until(&mut watch, &["10.244.1.0/24"]).await;
     assert_eq!(summary(&ev), vec![('-', net("10.244.2.0/24"))]);
 }
+
+/// More leases than fit in one gRPC reply (4 MiB): 40,000 vxlan leases of a
+/// /8, about 7 MB. The listing (paged, at one revision) holds every one, a
+/// watch starts from it, and a lease added afterwards is seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_larger_than_a_grpc_reply_is_complete() {
+    const N: u32 = 40_000;
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#).await;
+    let mut client = reg.client();
+    let prefix = reg.subnets_prefix();
+    let value = |i: u32| {
+        let ip = Ipv4Addr::from(0xc612_0000 + i); // 198.18.x.y
+        let a = attrs(ip);
+        serde_json::to_string(&a).unwrap()
+    };
+    let mut bytes = 0;
+    for chunk in (1..=N).collect::<Vec<_>>().chunks(128) {
+        let ops: Vec<etcd_client::TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                let subnet = Ipv4Addr::from(0x0a00_0000 + (i << 8));
+                let (k, v) = (format!("{prefix}{subnet}-24"), value(*i));
+                bytes += k.len() + v.len();
+                etcd_client::TxnOp::put(k, v, None)
+            })
+            .collect();
+        client.txn(etcd_client::Txn::new().and_then(ops)).await.unwrap();
+    }
+    assert!(bytes > 4 * 1024 * 1024, "the leases must not fit in one reply: {bytes} bytes");
+
+    let listing = reg.list(&config).await.unwrap();
+    assert_eq!(listing.leases.len(), N as usize, "every lease listed");
+    assert!(listing.skipped.is_empty());
+    let distinct: std::collections::BTreeSet<_> = listing.leases.iter().map(|l| l.subnet).collect();
+    assert_eq!(distinct.len(), N as usize, "no lease listed twice");
+    let mut watch = LeaseWatch::start(reg.clone(), config.clone()).await.unwrap();
+    assert_eq!(watch.leases().count(), N as usize);
+    add(&reg, "10.255.0.0/24", 9).await;
+    let events = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("the new lease is seen");
+    assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == net("10.255.0.0/24")), "{events:?}");
+}
