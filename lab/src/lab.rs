@@ -175,6 +175,11 @@ impl Lab {
         Ok(i)
     }
 
+    /// The namespace etcd (or member 1) runs in.
+    pub fn etcd_ns(&self) -> &str {
+        &self.etcd_ns
+    }
+
     pub fn etcd_endpoint(&self) -> String {
         match &self.cluster {
             Some(c) => c.endpoints(),

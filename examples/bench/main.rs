@@ -7,7 +7,11 @@
 //! (iperf3 -u -l 64), and the daemons' CPU seconds per gigabit during the
 //! 1-stream run. Prints a table, writes JSON.
 //!
-//! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...]`
+//! With `--scale N,...`: the control-plane case as well (see `scale.rs`).
+//!
+//! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...]`
+
+mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -172,14 +176,25 @@ fn main() -> Result<()> {
     let mut secs = 5u32;
     let mut out = PathBuf::from("target/bench.json");
     let mut only: Option<Vec<String>> = None;
+    let mut scales: Vec<u32> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--seconds" => secs = args.next().context("--seconds N")?.parse()?,
             "--out" => out = args.next().context("--out FILE")?.into(),
             "--only" => only = Some(args.next().context("--only CASE,...")?.split(',').map(String::from).collect()),
+            "--scale" => {
+                scales = args
+                    .next()
+                    .context("--scale N,...")?
+                    .split(',')
+                    .map(|n| n.parse().with_context(|| format!("--scale: {n:?} is not a lease count")))
+                    .collect::<Result<_>>()?
+            }
             "-h" | "--help" => {
-                println!("usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload]");
+                println!(
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?}; try --help"),
@@ -234,6 +249,23 @@ fn main() -> Result<()> {
             println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
         }
     }
+    let mut scale_results = Vec::new();
+    if !scales.is_empty() {
+        println!();
+        println!("{:<10} {:>14} {:>14} {:>8} {:>8}", "leases", "programmed s", "+100 s", "RSS MB", "CPU s");
+    }
+    for n in scales {
+        match scale::run(&weft, n) {
+            Ok(s) => {
+                println!(
+                    "{:<10} {:>14.2} {:>14.3} {:>8.0} {:>8.1}",
+                    s.leases, s.programmed_s, s.add_100_s, s.rss_mb, s.cpu_s
+                );
+                scale_results.push(s);
+            }
+            Err(e) => println!("{n:<10} failed: {e:#}"),
+        }
+    }
     let json = json!({
         "kernel": kernel,
         "cpus": cpus,
@@ -248,6 +280,13 @@ fn main() -> Result<()> {
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
             "forwarding_thread_busy_tcp1": f.threads.iter().map(|(t, b)| json!({"thread": t, "busy": b})).collect::<Vec<_>>(),
 
+        })).collect::<Vec<_>>(),
+        "scale": scale_results.iter().map(|s| json!({
+            "leases": s.leases,
+            "programmed_s": s.programmed_s,
+            "add_100_s": s.add_100_s,
+            "rss_mb": s.rss_mb,
+            "cpu_s": s.cpu_s,
         })).collect::<Vec<_>>(),
     });
     if let Some(dir) = out.parent() {

@@ -1,0 +1,120 @@
+//! The control-plane scale case: N vxlan leases already in etcd, one daemon
+//! started in a lab node, timed until every peer's route is in the kernel;
+//! then 100 more leases added in one transaction, timed the same way. Also
+//! the daemon's RSS and CPU seconds at the end.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use weft_lab::{netns, Lab};
+
+/// A /8 network of /24s: 65,534 leasable subnets, flannel's ceiling.
+const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
+
+#[derive(Debug, Clone)]
+pub(crate) struct ScaleFigures {
+    pub(crate) leases: u32,
+    pub(crate) programmed_s: f64,
+    pub(crate) add_100_s: f64,
+    pub(crate) rss_mb: f64,
+    pub(crate) cpu_s: f64,
+}
+
+/// Lease `i` (from 1): subnet 10.a.b.0/24, a public IP and VTEP MAC of its own.
+fn lease(prefix: &str, i: u32) -> (String, String) {
+    let subnet = Ipv4Addr::from(0x0a00_0000 + (i << 8));
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i);
+    let [_, b, c, d] = i.to_be_bytes();
+    let value = format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:{b:02x}:{c:02x}:{d:02x}"}}}}"#
+    );
+    (format!("{prefix}{subnet}-24"), value)
+}
+
+/// Write leases `ids` in transactions of 128 puts (etcd's default
+/// limit), each transaction at once; through etcd's own namespace.
+fn put_leases(lab: &Lab, ids: Vec<u32>, one_txn: bool) -> Result<()> {
+    let ns = lab.etcd_ns().to_string();
+    netns::in_netns(&ns, move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let mut client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+            let prefix = "/coreos.com/network/subnets/";
+            let size = if one_txn { ids.len().max(1) } else { 128 };
+            for chunk in ids.chunks(size) {
+                let ops: Vec<_> = chunk
+                    .iter()
+                    .map(|i| {
+                        let (k, v) = lease(prefix, *i);
+                        etcd_client::TxnOp::put(k, v, None)
+                    })
+                    .collect();
+                client.txn(etcd_client::Txn::new().and_then(ops)).await?;
+            }
+            Ok(())
+        })
+    })?
+}
+
+/// weft's routes in node 1 (`ip route show proto 87`, counted).
+fn routes(lab: &Lab) -> Result<usize> {
+    let out = netns::run(lab.node_cmd(1, "ip").args(["-4", "route", "show", "proto", "87"]))?;
+    Ok(out.stdout.iter().filter(|b| **b == b'\n').count())
+}
+
+fn wait_routes(lab: &Lab, want: usize, limit: Duration) -> Result<Duration> {
+    let began = Instant::now();
+    loop {
+        if routes(lab)? >= want {
+            return Ok(began.elapsed());
+        }
+        if began.elapsed() > limit {
+            bail!("{} of {want} routes after {limit:?}", routes(lab)?);
+        }
+        // Counting is a full dump (tens of ms for tens of thousands of
+        // routes): poll at 5% of the time so far, so the count does not
+        // take the CPU the daemon is measured on (the figure is at most 5%
+        // late).
+        std::thread::sleep((began.elapsed() / 20).clamp(Duration::from_millis(10), Duration::from_millis(500)));
+    }
+}
+
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
+/// One scale run with `n` leases.
+pub(crate) fn run(weft: &std::path::Path, n: u32) -> Result<ScaleFigures> {
+    if !(1..=65_433).contains(&n) {
+        bail!("--scale takes lease counts from 1 to 65433 (the node and 100 more leases come on top)");
+    }
+    let mut lab = Lab::new(1, weft)?;
+    lab.put_config(CONFIG)?;
+    // Leases 1..=n; the node itself takes another subnet.
+    put_leases(&lab, (1..=n).collect(), false)?;
+    let began = Instant::now();
+    lab.start_daemon(1, &["--subnet-lease-ttl", "24h"])?;
+    let pid = lab.daemon_pid(1).context("daemon pid")?;
+    let limit = Duration::from_secs(300);
+    wait_routes(&lab, n as usize, limit).with_context(|| lab.log_tail(1))?;
+    let programmed = began.elapsed();
+    lab.wait_ready(1, limit)?;
+    let own = (u32::from(lab.subnet_env(1)?.0.network()) - 0x0a00_0000) >> 8;
+    put_leases(&lab, (n + 1..).filter(|i| *i != own).take(100).collect(), true)?;
+    let add = wait_routes(&lab, n as usize + 100, limit).with_context(|| lab.log_tail(1))?;
+    let cpu_s = lab.daemon_cpu(1)?.as_secs_f64();
+    Ok(ScaleFigures {
+        leases: n,
+        programmed_s: programmed.as_secs_f64(),
+        add_100_s: add.as_secs_f64(),
+        rss_mb: rss_mb(pid),
+        cpu_s,
+    })
+}
