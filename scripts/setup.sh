@@ -26,6 +26,7 @@ packages=(
     iputils-ping       # ping: the lab's reachability checks
     iperf3             # throughput in the demo and benchmark
     procps             # sysctl in the lab's namespaces
+    containernetworking-plugins # bridge, host-local: the delegates of weft's CNI plugin in the lab
 )
 
 fail() {
@@ -82,6 +83,10 @@ need iptables-restore iptables
 need ping iputils-ping
 need iperf3 iperf3
 need sysctl procps
+for plugin in bridge host-local; do
+    [ -x "/usr/lib/cni/$plugin" ] ||
+        fail "no CNI plugin /usr/lib/cni/$plugin; it comes with Debian's containernetworking-plugins package"
+done
 [ -e /etc/ssl/certs/ca-certificates.crt ] ||
     fail "no CA bundle at /etc/ssl/certs/ca-certificates.crt; it comes with Debian's ca-certificates package"
 

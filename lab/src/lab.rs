@@ -168,6 +168,34 @@ impl Lab {
         Ok(ns)
     }
 
+    /// A namespace of its own (e.g. a pod's, for a CNI plugin to wire),
+    /// removed with the lab.
+    pub fn add_netns(&mut self, suffix: &str) -> Result<String> {
+        let ns = format!("{}-{suffix}", self.name);
+        netns::add(&ns)?;
+        self.extra_ns.push(ns.clone());
+        Ok(ns)
+    }
+
+    /// Run the CNI plugin `plugin` in node `i` for `command` on container
+    /// `id` whose namespace is `pod_ns`, with `config` on stdin and Debian's
+    /// plugins (`/usr/lib/cni`) on `CNI_PATH`.
+    pub fn cni(&self, i: u8, plugin: &Path, command: &str, id: &str, pod_ns: &str, config: &str) -> Result<Output> {
+        let mut child = exec(&self.node(i).ns, plugin.to_str().context("plugin path")?)
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", id)
+            .env("CNI_NETNS", format!("/var/run/netns/{pod_ns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", plugin.display()))?;
+        child.stdin.take().context("stdin")?.write_all(config.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
     /// Add one more node namespace (daemon not started); returns its index.
     pub fn add_node(&mut self) -> Result<u8> {
         let i = self.nodes.len() as u8 + 1;
