@@ -42,6 +42,34 @@ pub(crate) enum Command {
     Config(ConfigCmd),
     /// Show which node holds which subnet, straight from etcd.
     Leases(LeasesArgs),
+    /// Write Docker daemon options from the subnet file (flannel's mk-docker-opts.sh).
+    ///
+    /// Example: weft docker-opts -c -d /run/docker_opts.env, then in docker's unit:
+    /// EnvironmentFile=/run/docker_opts.env and ExecStart=/usr/bin/dockerd $DOCKER_OPTS
+    DockerOpts(DockerOptsArgs),
+}
+
+/// `weft docker-opts`, with mk-docker-opts.sh's one-letter options.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct DockerOptsArgs {
+    /// The subnet file to read.
+    #[arg(short = 'f', value_name = "FLANNEL-ENV-FILE", default_value = "/run/flannel/subnet.env")]
+    pub flannel_env: PathBuf,
+    /// The file to write (- for standard output).
+    #[arg(short = 'd', value_name = "DOCKER-ENV-FILE", default_value = "/run/docker_opts.env")]
+    pub docker_env: PathBuf,
+    /// Write each option as its own variable (DOCKER_OPT_MTU="--mtu=1450").
+    #[arg(short = 'i')]
+    pub individual: bool,
+    /// Write all options as one variable (DOCKER_OPTS=" --bip=... ").
+    #[arg(short = 'c')]
+    pub combined: bool,
+    /// Do not write --ip-masq=false (for old Docker versions).
+    #[arg(short = 'm')]
+    pub no_ip_masq: bool,
+    /// The name of the combined variable.
+    #[arg(short = 'k', value_name = "COMBINED-KEY", default_value = "DOCKER_OPTS")]
+    pub key: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,6 +9,7 @@
 //! | [`compat`]     | flanneld compatibility of the command line and environment    |
 //! | [`cmd_config`] | `weft config put|get`                                         |
 //! | [`cmd_leases`] | `weft leases [--json] [--watch]`                              |
+//! | [`cmd_docker_opts`] | `weft docker-opts`: flannel's mk-docker-opts.sh          |
 //! | [`daemon`]     | `weft run`: lease, backend, watch, renew, resync, shutdown    |
 //! | [`health`]     | `/healthz`, `/readyz` and `/metrics`                          |
 //! | [`node_check`] | the own lease and the config read back every resync           |
@@ -21,6 +22,7 @@
 
 mod cli;
 mod cmd_config;
+mod cmd_docker_opts;
 mod cmd_leases;
 mod compat;
 mod daemon;
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         match &cli.command {
             Command::Config(cmd) => cmd_config::run(&cli.etcd, cmd).await,
             Command::Leases(args) => cmd_leases::run(&cli.etcd, args).await,
+            Command::DockerOpts(args) => cmd_docker_opts::run(args),
             Command::Run(args) => daemon::run(&cli.etcd, args, signals::shutdown()).await,
         }
     });

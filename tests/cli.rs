@@ -212,3 +212,60 @@ fn leases_table_json_and_watch() {
     let status = child.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// `weft docker-opts` in a scratch dir: the file it writes (or the failed
+/// output). The environment has no DOCKER_OPT* variables.
+fn docker_opts(subnet_env: Option<&str>, args: &[&str]) -> (Output, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("subnet.env"), dir.path().join("docker_opts.env"));
+    if let Some(text) = subnet_env {
+        std::fs::write(&input, text).unwrap();
+    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    cmd.arg("docker-opts").arg("-f").arg(&input).arg("-d").arg(&output).args(args);
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("DOCKER_OPT")) {
+        cmd.env_remove(k);
+    }
+    let out = cmd.output().unwrap();
+    (out, std::fs::read_to_string(&output).ok())
+}
+
+const SUBNET_ENV: &str =
+    "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+
+/// Expected outputs written from mk-docker-opts.sh's format: `NAME="value"`
+/// lines in name order, then the combined key, its value starting with a
+/// space and with a space after each option.
+#[test]
+fn docker_opts_match_mk_docker_opts() {
+    let all = "DOCKER_OPT_BIP=\"--bip=10.244.3.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPTS=\" --bip=10.244.3.1/24 --ip-masq=false --mtu=1450 \"\n";
+    let no_masq = SUBNET_ENV.replace("FLANNEL_IPMASQ=true", "FLANNEL_IPMASQ=false");
+    let cases: [(&str, &[&str], &str); 6] = [
+        (SUBNET_ENV, &[], all),
+        (&no_masq, &[], "DOCKER_OPT_BIP=\"--bip=10.244.3.1/24\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPTS=\" --bip=10.244.3.1/24 --mtu=1450 \"\n"),
+        (SUBNET_ENV, &["-c"], "DOCKER_OPTS=\" --bip=10.244.3.1/24 --ip-masq=false --mtu=1450 \"\n"),
+        (SUBNET_ENV, &["-i"], "DOCKER_OPT_BIP=\"--bip=10.244.3.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n"),
+        (SUBNET_ENV, &["-c", "-k", "DOCKER_NETWORK_OPTIONS"], "DOCKER_NETWORK_OPTIONS=\" --bip=10.244.3.1/24 --ip-masq=false --mtu=1450 \"\n"),
+        (SUBNET_ENV, &["-i", "-c"], all),
+    ];
+    for (input, args, want) in cases {
+        let (out, written) = docker_opts(Some(input), args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert_eq!(written.as_deref(), Some(want), "docker-opts {args:?} with {input:?}");
+    }
+    // -m leaves out --ip-masq=false (as the script's usage describes it).
+    let (_, written) = docker_opts(Some(SUBNET_ENV), &["-c", "-m"]);
+    assert_eq!(written.as_deref(), Some("DOCKER_OPTS=\" --bip=10.244.3.1/24 --mtu=1450 \"\n"));
+}
+
+#[test]
+fn docker_opts_without_a_subnet_file_fail_and_write_nothing() {
+    let (out, written) = docker_opts(None, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("subnet.env does not exist"), "{}", text(&out.stderr));
+    assert_eq!(written, None, "no options file is written");
+    let (out, written) = docker_opts(Some("garbage\n"), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("has no FLANNEL_SUBNET"), "{}", text(&out.stderr));
+    assert_eq!(written, None);
+}
