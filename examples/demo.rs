@@ -1,5 +1,6 @@
 //! The weft demo: a 3-node lab in network namespaces (an underlay switch, a
-//! real etcd, three nodes running `weft run`, a pod behind each), then
+//! real etcd, three nodes running `weft run`, a pod behind each wired by
+//! weft's CNI plugin with Debian's `bridge` and `host-local`), then
 //! `weft leases`, a ping matrix between the pods and a short iperf3 figure.
 //! Everything is torn down at the end.
 //!
@@ -57,7 +58,10 @@ fn main() -> Result<()> {
         lab.wait_ready(i, Duration::from_secs(30))?;
         let pod = lab.attach_pod(i)?;
         let (subnet, _, mtu) = lab.subnet_env(i)?;
-        println!("   node {i} ({}) leased {subnet}, MTU {mtu}; pod at {pod}", lab.node(i).underlay_ip);
+        println!(
+            "   node {i} ({}) leased {subnet}, MTU {mtu}; pod at {pod} (weft-cni: bridge + host-local)",
+            lab.node(i).underlay_ip
+        );
     }
     println!("   all nodes ready in {:.1} s", started.elapsed().as_secs_f64());
 

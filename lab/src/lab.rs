@@ -379,28 +379,46 @@ impl Lab {
         read_subnet_env(&self.node(i).subnet_file)
     }
 
-    /// Attach a pod to node `i` the way the flannel CNI plugin and the
-    /// bridge plugin do: `cni0` with the subnet's gateway and MTU, a veth
-    /// into the pod, a default route. Returns the pod's address.
+    /// Give node `i` a pod the way a runtime does: a namespace, then weft's
+    /// CNI plugin (`weft-cni`, next to the `weft` binary) with Debian's
+    /// `bridge` and `host-local` as its delegates, reading the node's
+    /// `subnet.env`. The bridge does not masquerade (`ipMasq: false`), so
+    /// pod addresses are seen end to end. Returns the pod's address.
     pub fn attach_pod(&mut self, i: u8) -> Result<Ipv4Addr> {
-        let (subnet, gw, mtu) = self.subnet_env(i)?;
-        let (ns, pod_ns) = (self.node(i).ns.clone(), self.node(i).pod_ns.clone());
-        let pod_ip = Ipv4Addr::from(u32::from(subnet.network()) + 2);
-        let mtu = mtu.to_string();
-        let len = subnet.prefix_len();
+        let plugin = self.weft.with_file_name("weft-cni");
+        if !plugin.is_file() {
+            bail!(
+                "{} is missing: build it with `cargo build -p weft-cni` (with --release for the demo)",
+                plugin.display()
+            );
+        }
+        let pod_ns = self.node(i).pod_ns.clone();
+        let dir = self.dir.path().join(format!("n{i}"));
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "cbr0",
+            "type": "flannel",
+            "subnetFile": self.node(i).subnet_file,
+            "dataDir": dir.join("cni"),
+            "delegate": {"hairpinMode": true, "isDefaultGateway": true, "ipMasq": false},
+            "ipam": {"dataDir": dir.join("ipam")}
+        });
         netns::add(&pod_ns)?;
-        ip(&["-n", &ns, "link", "add", "cni0", "type", "bridge"])?;
-        ip(&["-n", &ns, "addr", "add", &format!("{gw}/{len}"), "dev", "cni0"])?;
-        ip(&["-n", &ns, "link", "set", "cni0", "mtu", &mtu, "up"])?;
-        ip(&[
-            "-n", &ns, "link", "add", "veth0", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns,
-        ])?;
-        ip(&["-n", &ns, "link", "set", "veth0", "master", "cni0", "up"])?;
-        ip(&["-n", &pod_ns, "addr", "add", &format!("{pod_ip}/{len}"), "dev", "eth0"])?;
-        ip(&["-n", &pod_ns, "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        ip(&["-n", &pod_ns, "route", "add", "default", "via", &gw.to_string()])?;
-        self.node_mut(i).pod_ip = Some(pod_ip);
-        Ok(pod_ip)
+        let out = self.cni(i, &plugin, "ADD", &format!("pod{i}"), &pod_ns, &conf.to_string())?;
+        if !out.status.success() {
+            bail!(
+                "weft-cni ADD on node {i} failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).context("weft-cni's result")?;
+        let addr: Ipv4Net = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no IPv4 address in weft-cni's result {result}"))?;
+        self.node_mut(i).pod_ip = Some(addr.addr());
+        Ok(addr.addr())
     }
 
     /// `ping -c COUNT -i INTERVAL -W 1 DST` from node `i`'s pod.
