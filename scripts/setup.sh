@@ -27,6 +27,8 @@ packages=(
     iperf3             # throughput in the demo and benchmark
     procps             # sysctl in the lab's namespaces
     containernetworking-plugins # bridge, host-local: the delegates of weft's CNI plugin in the lab
+    lintian            # checks the Debian package (scripts/package.sh, tests/package.rs)
+    systemd            # systemd-analyze verify on the packaged unit
 )
 
 fail() {
@@ -83,6 +85,10 @@ need iptables-restore iptables
 need ping iputils-ping
 need iperf3 iperf3
 need sysctl procps
+need lintian lintian
+need systemd-analyze systemd
+need dpkg-deb dpkg
+need unshare util-linux
 for plugin in bridge host-local; do
     [ -x "/usr/lib/cni/$plugin" ] ||
         fail "no CNI plugin /usr/lib/cni/$plugin; it comes with Debian's containernetworking-plugins package"

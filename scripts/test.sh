@@ -9,4 +9,6 @@ scripts/setup.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 scripts/fuzz.sh 20
+# The Debian package, which tests/package.rs checks and runs.
+scripts/package.sh
 cargo nextest run --workspace --locked --no-fail-fast

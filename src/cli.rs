@@ -47,6 +47,12 @@ pub(crate) enum Command {
     /// Example: weft docker-opts -c -d /run/docker_opts.env, then in docker's unit:
     /// EnvironmentFile=/run/docker_opts.env and ExecStart=/usr/bin/dockerd $DOCKER_OPTS
     DockerOpts(DockerOptsArgs),
+    /// Write the man pages (weft.1, weft-run.1, ...) generated from these definitions into DIR.
+    #[command(hide = true)]
+    Man {
+        /// The directory to write the pages to.
+        dir: PathBuf,
+    },
 }
 
 /// `weft docker-opts`, with mk-docker-opts.sh's one-letter options.

@@ -60,6 +60,7 @@ fn main() -> ExitCode {
             Command::Config(cmd) => cmd_config::run(&cli.etcd, cmd).await,
             Command::Leases(args) => cmd_leases::run(&cli.etcd, args).await,
             Command::DockerOpts(args) => cmd_docker_opts::run(args),
+            Command::Man { dir } => write_man_pages(dir),
             Command::Run(args) => daemon::run(&cli.etcd, args, signals::shutdown()).await,
         }
     });
@@ -70,6 +71,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `weft man DIR`: the man pages of weft and each subcommand, for
+/// packaging (`scripts/package.sh`).
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    clap_mangen::generate_to(Cli::command(), dir).with_context(|| format!("writing man pages to {}", dir.display()))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(cli: &Cli) {

@@ -59,6 +59,9 @@ pub struct Lab {
     pub cluster: Option<EtcdCluster>,
     pub nodes: Vec<Node>,
     extra_ns: Vec<String>,
+    /// The CNI plugin [`attach_pod`](Lab::attach_pod) runs; default:
+    /// `weft-cni` next to the `weft` binary.
+    pub cni_plugin: Option<PathBuf>,
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -96,6 +99,7 @@ impl Lab {
             cluster: None,
             nodes: Vec::new(),
             extra_ns: Vec::new(),
+            cni_plugin: None,
         };
         netns::add(&lab.switch_ns)?;
         ip(&["-n", &lab.switch_ns, "link", "add", "br0", "type", "bridge"])?;
@@ -385,7 +389,7 @@ impl Lab {
     /// `subnet.env`. The bridge does not masquerade (`ipMasq: false`), so
     /// pod addresses are seen end to end. Returns the pod's address.
     pub fn attach_pod(&mut self, i: u8) -> Result<Ipv4Addr> {
-        let plugin = self.weft.with_file_name("weft-cni");
+        let plugin = self.cni_plugin.clone().unwrap_or_else(|| self.weft.with_file_name("weft-cni"));
         if !plugin.is_file() {
             bail!(
                 "{} is missing: build it with `cargo build -p weft-cni` (with --release for the demo)",
