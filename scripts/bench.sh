@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --release --locked --bin weft --bin weft-cni --example bench -p weft -p weft-cni
+cargo build --release --locked --bin weft --bin weft-cni --example bench
 exec target/release/examples/bench "$@"

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
-cargo build --release --locked --bin weft --bin weft-cni --example demo -p weft -p weft-cni
+cargo build --release --locked --bin weft --bin weft-cni --example demo
 exec target/release/examples/demo "$@"

@@ -11,7 +11,7 @@ if ! cargo deb --version >/dev/null 2>&1; then
     echo "package: installing cargo-deb" >&2
     cargo install --locked cargo-deb
 fi
-cargo build --release --locked --bin weft --bin weft-cni -p weft -p weft-cni
+cargo build --release --locked --bin weft --bin weft-cni
 rm -rf target/man
 target/release/weft man target/man
 cargo deb --no-build --locked -p weft --output target/debian/ | tail -n 1

@@ -11,10 +11,9 @@ use lab_common::*;
 use serde_json::{json, Value};
 use weft_lab::Lab;
 
-/// The plugin binary, built next to `weft` by `cargo nextest run --workspace`.
+/// The plugin binary (built with the tests).
 fn plugin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_weft")).with_file_name("weft-cni");
-    assert!(p.is_file(), "{} is missing: build it with `cargo build -p weft-cni`", p.display());
+    let p = PathBuf::from(env!("CARGO_BIN_EXE_weft-cni"));
     assert!(
         Path::new("/usr/lib/cni/bridge").is_file(),
         "Debian's containernetworking-plugins are missing (scripts/setup.sh)"
@@ -134,6 +133,17 @@ fn pods_wired_by_the_plugin_reach_each_other_and_are_removed_cleanly() {
     assert!(err["msg"].as_str().unwrap().contains("/nonexistent/subnet.env does not exist"), "{err}");
     assert!(text(&lab, ns, &["link", "show", "eth0"]).is_empty());
     assert!(reserved(&ipam).is_empty() && !lab.dir().join("n1/cni/pod3").exists());
+
+    // A delegate that is not on CNI_PATH, and stdin that is not JSON.
+    let mut unknown = netconf(&lab, 1);
+    unknown["delegate"] = json!({"type": "no-such-plugin"});
+    let out = lab.cni(1, &plugin, "ADD", "pod4", ns, &unknown.to_string()).unwrap();
+    let err = stdout_json(&out);
+    assert!(!out.status.success() && err["code"] == json!(100), "{err}");
+    assert!(err["msg"].as_str().unwrap().contains("failed to find plugin \"no-such-plugin\" in path [/usr/lib/cni]"));
+    let out = lab.cni(1, &plugin, "ADD", "pod5", ns, "not json").unwrap();
+    assert!(!out.status.success() && stdout_json(&out)["code"] == json!(6));
+    assert!(text(&lab, ns, &["link", "show", "eth0"]).is_empty());
 }
 
 /// The same network config once through weft's plugin and once through the

@@ -32,29 +32,13 @@ fn lease(prefix: &str, i: u32) -> (String, String) {
     (format!("{prefix}{subnet}-24"), value)
 }
 
-/// Write leases `ids` in transactions of 128 puts (etcd's default
-/// limit), each transaction at once; through etcd's own namespace.
+/// Write leases `ids`, in transactions of 1,000 (or all in one).
 fn put_leases(lab: &Lab, ids: Vec<u32>, one_txn: bool) -> Result<()> {
-    let ns = lab.etcd_ns().to_string();
-    netns::in_netns(&ns, move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(async {
-            let mut client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
-            let prefix = "/coreos.com/network/subnets/";
-            let size = if one_txn { ids.len().max(1) } else { 128 };
-            for chunk in ids.chunks(size) {
-                let ops: Vec<_> = chunk
-                    .iter()
-                    .map(|i| {
-                        let (k, v) = lease(prefix, *i);
-                        etcd_client::TxnOp::put(k, v, None)
-                    })
-                    .collect();
-                client.txn(etcd_client::Txn::new().and_then(ops)).await?;
-            }
-            Ok(())
-        })
-    })?
+    let size = if one_txn { ids.len().max(1) } else { 1000 };
+    for chunk in ids.chunks(size) {
+        lab.etcd_txn(chunk.iter().map(|i| lease("/coreos.com/network/subnets/", *i)).collect(), vec![])?;
+    }
+    Ok(())
 }
 
 /// weft's routes in node 1 (`ip route show proto 87`, counted).

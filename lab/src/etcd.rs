@@ -121,7 +121,9 @@ impl EtcdServer {
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
             .arg(format!("--initial-cluster=weft-test={peer}"))
-            .arg("--initial-cluster-state=new");
+            .arg("--initial-cluster-state=new")
+            // Tests change thousands of leases in one transaction (default 128 ops).
+            .arg("--max-txn-ops=20000");
         let tls_files = if tls { Some(make_certs(dir.path())?) } else { None };
         if let Some(t) = &tls_files {
             let d = dir.path();

@@ -231,6 +231,25 @@ impl Lab {
         )
     }
 
+    /// Put `puts` and delete `deletes` in one etcd transaction, through
+    /// etcd's own namespace (the single server, not a cluster).
+    pub fn etcd_txn(&self, puts: Vec<(String, String)>, deletes: Vec<String>) -> Result<()> {
+        let ns = self.etcd_ns.clone();
+        netns::in_netns(&ns, move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(async {
+                let mut client = etcd_client::Client::connect(["http://127.0.0.1:2379"], None).await?;
+                let ops: Vec<_> = deletes
+                    .into_iter()
+                    .map(|k| etcd_client::TxnOp::delete(k, None))
+                    .chain(puts.into_iter().map(|(k, v)| etcd_client::TxnOp::put(k, v, None)))
+                    .collect();
+                client.txn(etcd_client::Txn::new().and_then(ops)).await?;
+                Ok(())
+            })
+        })?
+    }
+
     /// The endpoints `weft` and `etcdctl` use from etcd's namespace.
     fn admin_endpoints(&self) -> String {
         match &self.cluster {
@@ -392,7 +411,7 @@ impl Lab {
         let plugin = self.cni_plugin.clone().unwrap_or_else(|| self.weft.with_file_name("weft-cni"));
         if !plugin.is_file() {
             bail!(
-                "{} is missing: build it with `cargo build -p weft-cni` (with --release for the demo)",
+                "{} is missing: build it with `cargo build --bin weft-cni` (with --release for the demo)",
                 plugin.display()
             );
         }
