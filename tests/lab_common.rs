@@ -9,8 +9,12 @@ pub(crate) const READY: Duration = Duration::from_secs(20);
 /// Lease changes must reach every node within this.
 pub(crate) const PROPAGATION: Duration = Duration::from_secs(2);
 
+/// The lab's network: nodes lease from 10.244.1.0 - 10.244.199.0, so that
+/// tests can use 10.244.200.0 and up for subnets no node holds.
 pub(crate) fn config(backend: &str) -> String {
-    format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"{backend}"}}}}"#)
+    format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{{"Type":"{backend}"}}}}"#
+    )
 }
 
 /// A lab with `n` nodes running `weft run` on `backend`, each with a pod.

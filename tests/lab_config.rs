@@ -67,7 +67,7 @@ fn link(lab: &Lab, i: u8, name: &str) -> Option<String> {
 
 #[test]
 fn config_changes_are_followed_or_restarted_for() {
-    let mut lab = lab_with_config(2, &vxlan(r#","SubnetMax":"10.244.200.0""#), &["--resync-interval", RESYNC]);
+    let mut lab = lab_with_config(2, &vxlan(r#","SubnetMax":"10.244.199.0""#), &["--resync-interval", RESYNC]);
     let subnets: Vec<_> = (1..=2).map(|i| lab.subnet_env(i).unwrap().0).collect();
     let pod2 = lab.node(2).pod_ip.unwrap();
     let pinger = lab.pinger(1, pod2, "0.01", 1_000_000).unwrap();
@@ -81,7 +81,7 @@ fn config_changes_are_followed_or_restarted_for() {
         assert_eq!(metric(&lab, i), 0);
     }
     // Back, in other words (key order, defaults written out): ready again.
-    lab.put_config(r#"{"Backend":{"VNI":1,"Type":"vxlan"},"SubnetMax":"10.244.200.0","Network":"10.244.0.0/16"}"#)
+    lab.put_config(r#"{"Backend":{"VNI":1,"Type":"vxlan"},"SubnetMax":"10.244.199.0","Network":"10.244.0.0/16"}"#)
         .unwrap();
     for i in 1..=2 {
         readyz(&lab, i, 200, "ready");

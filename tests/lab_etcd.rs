@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use lab_common::*;
 use weft_lab::{wait_until, Lab};
 
-const VXLAN: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+/// Nodes lease from 10.244.1.0 - 10.244.199.0; the tests put leases of
+/// nodes that do not exist at 10.244.200.0 and up, which no node can hold.
+const VXLAN: &str =
+    r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"vxlan"}}"#;
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -249,13 +252,20 @@ fn a_lease_deleted_and_compacted_during_a_partition_is_removed_after_the_heal() 
     }
     let before: Vec<String> = (1..=2).map(|i| lab.weft_routes(i).unwrap()).collect();
 
+    let marks: Vec<usize> = (1..=2).map(|i| lab.log(i).len()).collect();
     lab.cluster.as_mut().unwrap().member(3).partition().unwrap();
-    // Until member 3 knows it has no leader: the nodes' watches are then
-    // cancelled (require-leader) and retried with backoff meanwhile.
+    // Until member 3 knows it has no leader and has cancelled the nodes'
+    // watches (require-leader); they retry with backoff meanwhile.
     wait_until("member 3 to lose its leader", Duration::from_secs(15), || {
         (lab.cluster.as_ref().unwrap().members[2].metric("etcd_server_has_leader") == 0.0).then_some(())
     })
     .unwrap();
+    for i in 1..=2u8 {
+        wait_until(&format!("node {i}'s watch to be cancelled"), Duration::from_secs(20), || {
+            lab.log(i)[marks[usize::from(i) - 1]..].contains("lost the etcd watch of leases").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
     // Nodes cannot reach it either, so that their watches come back only
     // after it has caught up with the compaction.
     lab.cluster.as_ref().unwrap().members[2].shut_out_clients().unwrap();

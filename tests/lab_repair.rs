@@ -204,7 +204,7 @@ fn vxlan_repairs_every_object_it_owns() {
 
 #[test]
 fn udp_repairs_its_device_and_restarts_its_threads() {
-    let lab = start(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#, "udp");
+    let lab = start(r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.199.0","Backend":{"Type":"udp"}}"#, "udp");
     let pinger = lab.pinger(1, lab.node(2).pod_ip.unwrap(), "0.01", 100_000).unwrap();
     let u = "udp";
     let restarts = || lab.metric(2, "weft_udp_thread_restarts_total{queue=\"0\"}").unwrap();

@@ -14,7 +14,9 @@ fn text(b: &[u8]) -> String {
 }
 
 fn udp_config(offload: bool) -> String {
-    format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"udp","Offload":{offload}}}}}"#)
+    format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{{"Type":"udp","Offload":{offload}}}}}"#
+    )
 }
 
 fn ping_sizes_and_streams(lab: &Lab) {
@@ -55,7 +57,7 @@ fn udp_without_offloads_carries_pings_and_checked_tcp() {
 
 #[test]
 fn udp_with_two_queues_carries_pings_and_checked_tcp() {
-    let json = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Queues":2}}"#;
+    let json = r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.199.0","Backend":{"Type":"udp","Queues":2}}"#;
     let lab = lab_with_config(3, json, &[]);
     ping_sizes_and_streams(&lab);
     assert!(lab.log(2).contains("queues=2"), "{}", lab.log_tail(2));

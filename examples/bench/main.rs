@@ -3,7 +3,8 @@
 //! compare as ratios taken under the same conditions.
 //!
 //! Per case: pod-to-pod TCP throughput (iperf3, 1 and 2 streams), RTT
-//! (ping: average and p99), the rate of 64-byte UDP packets received
+//! (ping: average and p99; and p50/p99 of pings every 10 ms during the
+//! 1-stream run, latency under load), the rate of 64-byte UDP packets received
 //! (iperf3 -u -l 64), and the daemons' CPU seconds per gigabit during the
 //! 1-stream run. Prints a table, writes JSON.
 //!
@@ -11,6 +12,7 @@
 //!
 //! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...]`
 
+mod charts;
 mod scale;
 
 use std::path::PathBuf;
@@ -43,6 +45,9 @@ struct Figures {
     tcp2_gbps: f64,
     rtt_avg_us: f64,
     rtt_p99_us: f64,
+    /// Ping RTT while the 1-stream TCP run loads the path.
+    loaded_p50_us: f64,
+    loaded_p99_us: f64,
     udp64_kpps: f64,
     cpu_s_per_gbit: Option<f64>,
     /// Busy fraction of each forwarding thread during the 1-stream run.
@@ -91,7 +96,16 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let mut f = Figures::default();
     let before: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
     let threads_before: Vec<_> = daemons.iter().map(|p| thread_ticks(*p)).collect();
+    // Latency under load: pings every 10 ms while the bulk stream runs.
+    let pinger = netns::exec(&ends.client_ns, "ping")
+        .args(["-n", "-i", "0.01", "-W", "1", "-w", &t, &ends.server_ip])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
     let one = iperf(ends, &["-t", &t])?;
+    let loaded = rtts_us(&pinger.wait_with_output()?.stdout);
+    f.loaded_p50_us = percentile(&loaded, 0.50);
+    f.loaded_p99_us = percentile(&loaded, 0.99);
     let after: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
     for (i, (p, tb)) in daemons.iter().zip(threads_before).enumerate() {
         for (name, ticks) in thread_ticks(*p) {
@@ -121,18 +135,32 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let out = netns::exec(&ends.client_ns, "ping")
         .args(["-n", "-c", "500", "-i", "0.002", "-W", "1", &ends.server_ip])
         .output()?;
-    let mut rtts: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+    let rtts = rtts_us(&out.stdout);
+    if rtts.is_empty() {
+        bail!("ping to {} got no answers", ends.server_ip);
+    }
+    f.rtt_avg_us = rtts.iter().sum::<f64>() / rtts.len() as f64;
+    f.rtt_p99_us = percentile(&rtts, 0.99);
+    Ok(f)
+}
+
+/// The round-trip times (µs) in ping's output, sorted.
+fn rtts_us(stdout: &[u8]) -> Vec<f64> {
+    let mut rtts: Vec<f64> = String::from_utf8_lossy(stdout)
         .lines()
         .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
         .map(|ms| ms * 1000.0)
         .collect();
-    if rtts.is_empty() {
-        bail!("ping to {} got no answers", ends.server_ip);
-    }
     rtts.sort_by(|a, b| a.total_cmp(b));
-    f.rtt_avg_us = rtts.iter().sum::<f64>() / rtts.len() as f64;
-    f.rtt_p99_us = rtts[((rtts.len() as f64 * 0.99) as usize).min(rtts.len() - 1)];
-    Ok(f)
+    rtts
+}
+
+/// The `q` quantile of sorted `v` (0 when empty).
+fn percentile(v: &[f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
 fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
@@ -206,8 +234,16 @@ fn main() -> Result<()> {
     println!("weft lab benchmark: kernel {kernel}, {cpus} CPUs, {secs} s per iperf3 run, 2 nodes");
     println!();
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>11} {:>12}",
-        "case", "tcp1 Gb/s", "tcp2 Gb/s", "rtt avg us", "rtt p99 us", "udp64 kpps", "cpu s/Gbit"
+        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12} {:>11} {:>12}",
+        "case",
+        "tcp1 Gb/s",
+        "tcp2 Gb/s",
+        "rtt avg us",
+        "rtt p99 us",
+        "load p50 us",
+        "load p99 us",
+        "udp64 kpps",
+        "cpu s/Gbit"
     );
     let mut results = Vec::new();
     for case in CASES {
@@ -219,12 +255,14 @@ fn main() -> Result<()> {
         match run_case(case, &weft, secs) {
             Ok(f) => {
                 println!(
-                    "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>11.0} {:>12}",
+                    "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>11.0} {:>12}",
                     case.name,
                     f.tcp1_gbps,
                     f.tcp2_gbps,
                     f.rtt_avg_us,
                     f.rtt_p99_us,
+                    f.loaded_p50_us,
+                    f.loaded_p99_us,
                     f.udp64_kpps,
                     f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
                 );
@@ -276,6 +314,8 @@ fn main() -> Result<()> {
             "tcp_2_streams_gbps": f.tcp2_gbps,
             "rtt_avg_us": f.rtt_avg_us,
             "rtt_p99_us": f.rtt_p99_us,
+            "rtt_under_load_p50_us": f.loaded_p50_us,
+            "rtt_under_load_p99_us": f.loaded_p99_us,
             "udp_64b_kpps_received": f.udp64_kpps,
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
             "forwarding_thread_busy_tcp1": f.threads.iter().map(|(t, b)| json!({"thread": t, "busy": b})).collect::<Vec<_>>(),
@@ -294,5 +334,76 @@ fn main() -> Result<()> {
     }
     std::fs::write(&out, serde_json::to_string_pretty(&json)?)?;
     println!("\nwrote {}", out.display());
+    for chart in write_charts(&out, &results, &scale_results)? {
+        println!("wrote {}", chart.display());
+    }
     Ok(())
+}
+
+/// The charts next to the JSON (`bench.json` -> `bench-throughput.svg`, ...).
+fn write_charts(
+    out: &std::path::Path,
+    results: &[(&str, Figures)],
+    scale: &[scale::ScaleFigures],
+) -> Result<Vec<PathBuf>> {
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
+    let path = |what: &str| out.with_file_name(format!("{stem}-{what}.svg"));
+    let mut written = Vec::new();
+    if !results.is_empty() {
+        let cases: Vec<&str> = results.iter().map(|(c, _)| *c).collect();
+        let col = |f: fn(&Figures) -> f64| results.iter().map(|(_, r)| f(r)).collect::<Vec<f64>>();
+        let p = path("throughput");
+        charts::bars(
+            &p,
+            "Pod-to-pod TCP throughput (iperf3)",
+            "Gbit/s",
+            &cases,
+            &[("1 stream", col(|f| f.tcp1_gbps)), ("2 streams", col(|f| f.tcp2_gbps))],
+            false,
+        )?;
+        written.push(p);
+        let p = path("rtt");
+        charts::bars(
+            &p,
+            "Pod-to-pod ping RTT, idle and under a TCP stream (log scale)",
+            "microseconds",
+            &cases,
+            &[
+                ("idle avg", col(|f| f.rtt_avg_us)),
+                ("idle p99", col(|f| f.rtt_p99_us)),
+                ("loaded p50", col(|f| f.loaded_p50_us)),
+                ("loaded p99", col(|f| f.loaded_p99_us)),
+            ],
+            true,
+        )?;
+        written.push(p);
+        let p = path("udp64");
+        charts::bars(
+            &p,
+            "64-byte UDP packets received",
+            "kpps",
+            &cases,
+            &[("received", col(|f| f.udp64_kpps))],
+            false,
+        )?;
+        written.push(p);
+    }
+    if !scale.is_empty() {
+        let p = path("scale");
+        // flanneld v0.20.2 on the same kind of lab (issue 10's figures; at
+        // 65,434 leases it had not finished after 120 s).
+        let flanneld = vec![(5000.0, 3.01), (20000.0, 16.9)];
+        charts::lines(
+            &p,
+            "Time from start until every lease's route is in the kernel (vxlan)",
+            "leases",
+            "seconds",
+            &[
+                ("weft", scale.iter().map(|s| (f64::from(s.leases), s.programmed_s)).collect()),
+                ("flanneld v0.20.2 (reference)", flanneld),
+            ],
+        )?;
+        written.push(p);
+    }
+    Ok(written)
 }
