@@ -56,9 +56,9 @@ fn ok(out: Output) -> Output {
     out
 }
 
-fn text(lab: &Lab, ns: &str, args: &[&str]) -> String {
+/// `ip ARGS` in namespace `ns`: its stdout.
+fn text(ns: &str, args: &[&str]) -> String {
     let out = weft_lab::netns::exec(ns, "ip").args(args).output().unwrap();
-    let _ = lab;
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -89,7 +89,7 @@ fn pods_wired_by_the_plugin_reach_each_other_and_are_removed_cleanly() {
         let addr: ipnet::Ipv4Net = result["ips"][0]["address"].as_str().unwrap().parse().unwrap();
         let (subnet, _, mtu) = lab.subnet_env(i).unwrap();
         assert!(subnet.contains(&addr.addr()), "node {i}: pod address {addr} outside the node's subnet {subnet}");
-        let link = text(&lab, &ns, &["link", "show", "eth0"]);
+        let link = text(&ns, &["link", "show", "eth0"]);
         assert!(link.contains(&format!("mtu {mtu}")), "the pod's MTU is FLANNEL_MTU: {link}");
         pods.push((ns, addr.addr(), result));
     }
@@ -117,7 +117,7 @@ fn pods_wired_by_the_plugin_reach_each_other_and_are_removed_cleanly() {
     assert_eq!(reserved(&ipam).len(), 1);
     let conf = netconf(&lab, 1).to_string();
     ok(lab.cni(1, &plugin, "DEL", "pod1", ns, &conf).unwrap());
-    assert!(text(&lab, ns, &["link", "show", "eth0"]).is_empty(), "the pod's interface is gone");
+    assert!(text(ns, &["link", "show", "eth0"]).is_empty(), "the pod's interface is gone");
     assert!(reserved(&ipam).is_empty(), "host-local released the address: {:?}", reserved(&ipam));
     assert!(!lab.dir().join("n1/cni/pod1").exists(), "the kept delegate config is removed");
     let again = ok(lab.cni(1, &plugin, "DEL", "pod1", ns, &conf).unwrap());
@@ -131,7 +131,7 @@ fn pods_wired_by_the_plugin_reach_each_other_and_are_removed_cleanly() {
     let err = stdout_json(&out);
     assert_eq!(err["code"], json!(11), "{err}");
     assert!(err["msg"].as_str().unwrap().contains("/nonexistent/subnet.env does not exist"), "{err}");
-    assert!(text(&lab, ns, &["link", "show", "eth0"]).is_empty());
+    assert!(text(ns, &["link", "show", "eth0"]).is_empty());
     assert!(reserved(&ipam).is_empty() && !lab.dir().join("n1/cni/pod3").exists());
 
     // A delegate that is not on CNI_PATH, and stdin that is not JSON.
@@ -143,7 +143,7 @@ fn pods_wired_by_the_plugin_reach_each_other_and_are_removed_cleanly() {
     assert!(err["msg"].as_str().unwrap().contains("failed to find plugin \"no-such-plugin\" in path [/usr/lib/cni]"));
     let out = lab.cni(1, &plugin, "ADD", "pod5", ns, "not json").unwrap();
     assert!(!out.status.success() && stdout_json(&out)["code"] == json!(6));
-    assert!(text(&lab, ns, &["link", "show", "eth0"]).is_empty());
+    assert!(text(ns, &["link", "show", "eth0"]).is_empty());
 }
 
 /// The same network config once through weft's plugin and once through the
@@ -187,7 +187,7 @@ fn the_plugin_wires_a_pod_as_flannels_delegate_config_does() {
     let shape = |ns: &str| -> Vec<String> {
         let mut lines = Vec::new();
         for args in [&["-4", "-o", "addr", "show"][..], &["-4", "route", "show"][..], &["-o", "link", "show"][..]] {
-            lines.extend(text(&lab, ns, args).lines().map(|l| {
+            lines.extend(text(ns, args).lines().map(|l| {
                 let mut words: Vec<String> = l.split_whitespace().map(String::from).collect();
                 for w in words.iter_mut() {
                     if w.starts_with(&subnet.network().to_string()[..7]) && !w.ends_with(".1") && !w.contains(".0/") {

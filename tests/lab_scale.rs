@@ -7,38 +7,12 @@
 mod lab_common;
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use lab_common::*;
 use serde_json::Value;
+use weft_lab::peers::{peer_index, peer_lease, peer_mac, peer_public_ip, peer_subnet, PEERS_CONFIG};
 use weft_lab::{wait_until, Lab};
-
-const PREFIX: &str = "/coreos.com/network/subnets/";
-
-/// Lease `i`: subnet 10.a.b.0/24, public IP 198.18.1.0 + i, VTEP MAC from i.
-fn lease(i: u32) -> (String, String) {
-    let subnet = Ipv4Addr::from(0x0a00_0000 + (i << 8));
-    let [_, b, c, d] = i.to_be_bytes();
-    let value = format!(
-        r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:{b:02x}:{c:02x}:{d:02x}"}}}}"#,
-        public_ip(i)
-    );
-    (format!("{PREFIX}{subnet}-24"), value)
-}
-
-fn public_ip(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i)
-}
-
-fn subnet(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(0x0a00_0000 + (i << 8))
-}
-
-fn mac(i: u32) -> String {
-    let [_, b, c, d] = i.to_be_bytes();
-    format!("0e:00:00:{b:02x}:{c:02x}:{d:02x}")
-}
 
 /// `ip -j ARGS` (or `bridge -j`) in node 1, as JSON.
 fn json(lab: &Lab, program: &str, args: &[&str]) -> Vec<Value> {
@@ -70,9 +44,9 @@ fn kernel(lab: &Lab) -> Kernel {
 
 /// What the kernel must have for leases `ids`.
 fn expected(ids: &BTreeSet<u32>) -> Kernel {
-    let routes = ids.iter().map(|i| format!("{}/24 via {} dev flannel.1", subnet(*i), subnet(*i))).collect();
-    let fdb = ids.iter().map(|i| format!("{} dst {}", mac(*i), public_ip(*i))).collect();
-    let neigh = ids.iter().map(|i| format!("{} lladdr {}", subnet(*i), mac(*i))).collect();
+    let routes = ids.iter().map(|i| format!("{}/24 via {} dev flannel.1", peer_subnet(*i), peer_subnet(*i))).collect();
+    let fdb = ids.iter().map(|i| format!("{} dst {}", peer_mac(*i), peer_public_ip(*i))).collect();
+    let neigh = ids.iter().map(|i| format!("{} lladdr {}", peer_subnet(*i), peer_mac(*i))).collect();
     (routes, fdb, neigh)
 }
 
@@ -103,21 +77,21 @@ fn converge(lab: &Lab, ids: &BTreeSet<u32>, what: &str) {
 #[test]
 fn five_thousand_peers_are_programmed_exactly_and_follow_a_mass_change() {
     let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("{e:#}"));
-    lab.put_config(r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#).unwrap();
+    lab.put_config(PEERS_CONFIG).unwrap();
     lab.start_daemon(1, &[]).unwrap();
     lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
-    let own = (u32::from(lab.subnet_env(1).unwrap().0.network()) - 0x0a00_0000) >> 8;
+    let own = peer_index(lab.subnet_env(1).unwrap().0);
     let ids: Vec<u32> = (1..).filter(|i| *i != own).take(7500).collect();
 
     let first: BTreeSet<u32> = ids[..5000].iter().copied().collect();
     for chunk in ids[..5000].chunks(1000) {
-        lab.etcd_txn(chunk.iter().map(|i| lease(*i)).collect(), vec![]).unwrap();
+        lab.etcd_txn(chunk.iter().map(|i| peer_lease(*i)).collect(), vec![]).unwrap();
     }
     converge(&lab, &first, "5,000 peers to be programmed");
 
     // One transaction: the first 2,500 go, 2,500 new ones come.
-    let deletes = ids[..2500].iter().map(|i| lease(*i).0).collect();
-    let puts = ids[5000..].iter().map(|i| lease(*i)).collect();
+    let deletes = ids[..2500].iter().map(|i| peer_lease(*i).0).collect();
+    let puts = ids[5000..].iter().map(|i| peer_lease(*i)).collect();
     lab.etcd_txn(puts, deletes).unwrap();
     let second: BTreeSet<u32> = ids[2500..].iter().copied().collect();
     converge(&lab, &second, "2,500 removed and 2,500 added in one transaction");

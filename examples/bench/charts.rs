@@ -14,6 +14,24 @@ fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing a chart: {e}")
 }
 
+/// A white SVG canvas at `path`.
+fn canvas(path: &Path) -> Result<DrawingArea<SVGBackend<'_>, plotters::coord::Shift>> {
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    Ok(root)
+}
+
+/// The series' legend, in the upper left corner.
+fn legend<'a, CT: CoordTranslate>(chart: &mut ChartContext<'a, SVGBackend<'a>, CT>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(err)
+}
+
 /// One bar per (case, series), grouped by case, each labelled with its
 /// value; with `log`, the value axis is logarithmic (from 1).
 pub(crate) fn bars(
@@ -24,8 +42,7 @@ pub(crate) fn bars(
     series: &[(&str, Vec<f64>)],
     log: bool,
 ) -> Result<()> {
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    let root = canvas(path)?;
     let max = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0f64, f64::max).max(1e-9);
     let n = cases.len() as f64;
     let builder = || {
@@ -94,13 +111,7 @@ where
             .map_err(err)?;
     }
     if series.len() > 1 {
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(err)?;
+        legend(chart)?;
     }
     Ok(())
 }
@@ -113,8 +124,7 @@ pub(crate) fn lines(
     y_desc: &str,
     series: &[(&str, Vec<(f64, f64)>)],
 ) -> Result<()> {
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
+    let root = canvas(path)?;
     let points = || series.iter().flat_map(|(_, p)| p.iter().copied());
     let x_max = points().map(|p| p.0).fold(0.0f64, f64::max).max(1.0) * 1.05;
     let y_max = points().map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.15;
@@ -147,12 +157,6 @@ pub(crate) fn lines(
             }))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(err)?;
+    legend(&mut chart)?;
     root.present().map_err(err)
 }

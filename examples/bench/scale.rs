@@ -3,14 +3,11 @@
 //! then 100 more leases added in one transaction, timed the same way. Also
 //! the daemon's RSS and CPU seconds at the end.
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use weft_lab::peers::{peer_index, peer_lease, PEERS_CONFIG};
 use weft_lab::{netns, Lab};
-
-/// A /8 network of /24s: 65,534 leasable subnets, flannel's ceiling.
-const CONFIG: &str = r#"{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}"#;
 
 #[derive(Debug, Clone)]
 pub(crate) struct ScaleFigures {
@@ -21,22 +18,11 @@ pub(crate) struct ScaleFigures {
     pub(crate) cpu_s: f64,
 }
 
-/// Lease `i` (from 1): subnet 10.a.b.0/24, a public IP and VTEP MAC of its own.
-fn lease(prefix: &str, i: u32) -> (String, String) {
-    let subnet = Ipv4Addr::from(0x0a00_0000 + (i << 8));
-    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 1, 0)) + i);
-    let [_, b, c, d] = i.to_be_bytes();
-    let value = format!(
-        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:{b:02x}:{c:02x}:{d:02x}"}}}}"#
-    );
-    (format!("{prefix}{subnet}-24"), value)
-}
-
 /// Write leases `ids`, in transactions of 1,000 (or all in one).
 fn put_leases(lab: &Lab, ids: Vec<u32>, one_txn: bool) -> Result<()> {
     let size = if one_txn { ids.len().max(1) } else { 1000 };
     for chunk in ids.chunks(size) {
-        lab.etcd_txn(chunk.iter().map(|i| lease("/coreos.com/network/subnets/", *i)).collect(), vec![])?;
+        lab.etcd_txn(chunk.iter().map(|i| peer_lease(*i)).collect(), vec![])?;
     }
     Ok(())
 }
@@ -80,7 +66,8 @@ pub(crate) fn run(weft: &std::path::Path, n: u32) -> Result<ScaleFigures> {
         bail!("--scale takes lease counts from 1 to 65433 (the node and 100 more leases come on top)");
     }
     let mut lab = Lab::new(1, weft)?;
-    lab.put_config(CONFIG)?;
+    // A /8 network of /24s: 65,534 leasable subnets, flannel's ceiling.
+    lab.put_config(PEERS_CONFIG)?;
     // Leases 1..=n; the node itself takes another subnet.
     put_leases(&lab, (1..=n).collect(), false)?;
     let began = Instant::now();
@@ -90,7 +77,7 @@ pub(crate) fn run(weft: &std::path::Path, n: u32) -> Result<ScaleFigures> {
     wait_routes(&lab, n as usize, limit).with_context(|| lab.log_tail(1))?;
     let programmed = began.elapsed();
     lab.wait_ready(1, limit)?;
-    let own = (u32::from(lab.subnet_env(1)?.0.network()) - 0x0a00_0000) >> 8;
+    let own = peer_index(lab.subnet_env(1)?.0);
     put_leases(&lab, (n + 1..).filter(|i| *i != own).take(100).collect(), true)?;
     let add = wait_routes(&lab, n as usize + 100, limit).with_context(|| lab.log_tail(1))?;
     let cpu_s = lab.daemon_cpu(1)?.as_secs_f64();

@@ -8,6 +8,7 @@
 //! | [`netns`] | network namespaces: create, exec in, enter from a thread, sweep   |
 //! | [`lab`]   | the multi-node lab: switch, etcd, nodes running `weft run`, pods |
 //! | [`iperf`] | iperf3 server and client between lab namespaces                  |
+//! | [`peers`] | numbered fake vxlan peers (leases) for scale tests and the benchmark |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
 pub mod cluster;
@@ -15,6 +16,7 @@ pub mod etcd;
 pub mod iperf;
 pub mod lab;
 pub mod netns;
+pub mod peers;
 pub mod proxy;
 pub mod wait;
 

@@ -292,10 +292,7 @@ impl UdpBackend {
                 // notice it themselves (the link event won the race): they
                 // are restarted on the new device and counted the same way.
                 if self.workers.is_some() {
-                    for n in self.counters.restarts.iter().take(self.tun.len()) {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
-                    report.repaired(ObjectKind::Thread, self.tun.len());
+                    self.count_restarts(0..self.tun.len(), report);
                 }
             }
             self.detach();
@@ -401,13 +398,19 @@ impl UdpBackend {
                 failed_queues.push(e.queue);
             }
         }
-        for q in failed_queues {
-            self.counters.restarts[q].fetch_add(1, Ordering::Relaxed);
-            report.repaired(ObjectKind::Thread, 1);
-        }
+        self.count_restarts(failed_queues, report);
         // The queues may be broken (device deleted under them): reopen.
         self.tun.clear();
         self.schedule_restart();
+    }
+
+    /// The threads of `queues` are restarted: counted per queue and as
+    /// repairs.
+    fn count_restarts(&self, queues: impl IntoIterator<Item = usize>, report: &mut Report) {
+        for q in queues {
+            self.counters.restarts[q].fetch_add(1, Ordering::Relaxed);
+            report.repaired(ObjectKind::Thread, 1);
+        }
     }
 
     fn schedule_restart(&mut self) {
