@@ -167,7 +167,9 @@ fn programs_flanneld_peers(backend: &str) {
                 continue; // nothing programmed per peer (udp; host-gw has no FDB)
             }
             wait_until(&format!("{what} to hold {peer}'s entries"), PROPAGATION, || {
-                let ours = text(args, program).replace(" proto 87", "");
+                // weft's routes name a nexthop object (`nhid N`) that
+                // holds flanneld's gateway and device.
+                let ours = netns::without_nhid(&text(args, program)).replace(" proto 87", "");
                 recorded
                     .iter()
                     .filter(|l| !l.contains("proto kernel") && !l.contains("dev flannel0"))

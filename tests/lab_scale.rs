@@ -21,14 +21,14 @@ fn json(lab: &Lab, program: &str, args: &[&str]) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
-/// What the kernel has, as (routes, fdb, neighbours) sets of strings.
-type Kernel = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+/// What the kernel has, as (routes, fdb, neighbours, nexthops) sets of strings.
+type Kernel = (BTreeSet<String>, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
 
 fn kernel(lab: &Lab) -> Kernel {
     let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
     let routes = json(lab, "ip", &["-4", "route", "show", "proto", "87"])
         .iter()
-        .map(|r| format!("{} via {} dev {}", s(&r["dst"]), s(&r["gateway"]), s(&r["dev"])))
+        .map(|r| format!("{} nhid {} via {} dev {}", s(&r["dst"]), r["nhid"], s(&r["gateway"]), s(&r["dev"])))
         .collect();
     let fdb = json(lab, "bridge", &["fdb", "show", "dev", "flannel.1"])
         .iter()
@@ -39,15 +39,25 @@ fn kernel(lab: &Lab) -> Kernel {
         .iter()
         .map(|n| format!("{} lladdr {}", s(&n["dst"]), s(&n["lladdr"])))
         .collect();
-    (routes, fdb, neigh)
+    let nexthops = json(lab, "ip", &["nexthop", "show", "proto", "87"])
+        .iter()
+        .map(|n| format!("id {} via {} dev {}", n["id"], s(&n["gateway"]), s(&n["dev"])))
+        .collect();
+    (routes, fdb, neigh, nexthops)
 }
 
 /// What the kernel must have for leases `ids`.
 fn expected(ids: &BTreeSet<u32>) -> Kernel {
-    let routes = ids.iter().map(|i| format!("{}/24 via {} dev flannel.1", peer_subnet(*i), peer_subnet(*i))).collect();
+    // Each route points at a nexthop object whose id is the subnet's address.
+    let id = |i: u32| u32::from(peer_subnet(i));
+    let routes = ids
+        .iter()
+        .map(|i| format!("{}/24 nhid {} via {} dev flannel.1", peer_subnet(*i), id(*i), peer_subnet(*i)))
+        .collect();
     let fdb = ids.iter().map(|i| format!("{} dst {}", peer_mac(*i), peer_public_ip(*i))).collect();
     let neigh = ids.iter().map(|i| format!("{} lladdr {}", peer_subnet(*i), peer_mac(*i))).collect();
-    (routes, fdb, neigh)
+    let nexthops = ids.iter().map(|i| format!("id {} via {} dev flannel.1", id(*i), peer_subnet(*i))).collect();
+    (routes, fdb, neigh, nexthops)
 }
 
 fn converge(lab: &Lab, ids: &BTreeSet<u32>, what: &str) {
@@ -60,15 +70,16 @@ fn converge(lab: &Lab, ids: &BTreeSet<u32>, what: &str) {
         same.then_some(())
     });
     if done.is_err() {
-        let (r, f, n) = last.unwrap();
+        let (r, f, n, h) = last.unwrap();
         let diff = |a: &BTreeSet<String>, b: &BTreeSet<String>| {
             (a.difference(b).take(3).cloned().collect::<Vec<_>>(), b.difference(a).take(3).cloned().collect::<Vec<_>>())
         };
         panic!(
-            "{what}: routes (extra, missing) {:?}, fdb {:?}, neigh {:?}\n{}",
+            "{what}: routes (extra, missing) {:?}, fdb {:?}, neigh {:?}, nexthops {:?}\n{}",
             diff(&r, &want.0),
             diff(&f, &want.1),
             diff(&n, &want.2),
+            diff(&h, &want.3),
             lab.log_tail(1)
         );
     }

@@ -10,13 +10,67 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+use futures::{stream, FutureExt, StreamExt};
 use ipnet::Ipv4Net;
+use std::future::Future;
 use tracing::{debug, info};
 use weft_types::MacAddr;
 
 use crate::error::{Error, Result};
 use crate::netlink::{Netlink, RouteSpec};
+use crate::nexthop::NexthopSpec;
 use crate::reconcile::{diff, Diff};
+use crate::WEFT_ROUTE_PROTO;
+
+/// Netlink requests kept in flight at once. The kernel answers each in
+/// order as it is sent; keeping a window open instead of waiting for every
+/// answer before the next request removes a scheduler round trip per
+/// object (tens of thousands at start-up on a large cluster).
+const IN_FLIGHT: usize = 64;
+
+/// Changes logged one line each up to this many per kind and pass; beyond
+/// it, one summary line (a cluster's worth of routes at start-up would
+/// flood the journal).
+const LOG_EACH_UP_TO: usize = 16;
+
+/// Run `op` on every entry, [`IN_FLIGHT`] at a time; the failures, by key.
+async fn each<K, V, F, Fut>(entries: &[(K, V)], op: F) -> Vec<(K, Error)>
+where
+    K: Copy,
+    V: Copy,
+    F: Fn(K, V) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    stream::iter(entries.iter().copied())
+        .map(|(k, v)| op(k, v).map(move |r| r.err().map(|e| (k, e))))
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await
+}
+
+/// One info line per change for a few, one summary line for many; the
+/// entries that failed are left out (they are reported as problems).
+fn log_changes<K: Ord, V>(
+    verb: &str,
+    what: &str,
+    entries: &[(K, V)],
+    failed: &[(K, Error)],
+    show: impl Fn(&K, &V) -> String,
+) {
+    let failed: std::collections::BTreeSet<&K> = failed.iter().map(|(k, _)| k).collect();
+    let done = entries.len().saturating_sub(failed.len());
+    if done == 0 {
+        return;
+    }
+    if done <= LOG_EACH_UP_TO {
+        for (k, v) in entries.iter().filter(|(k, _)| !failed.contains(k)) {
+            info!("{verb} {what} {}", show(k, v));
+        }
+    } else {
+        info!(count = done, "{verb} {done} {what}s");
+    }
+}
 
 /// What one converge pass did.
 #[derive(Debug)]
@@ -45,32 +99,83 @@ impl<K: Ord + Clone> Outcome<K> {
     }
 }
 
-/// Converge weft's routes inside `network` to `desired`.
+/// Converge weft's routes inside `network` to `desired`, and the nexthop
+/// objects those routes name. Nexthops are put in place before the routes
+/// that use them and removed after (removing one takes its routes along).
 pub async fn routes(
     nl: &Netlink,
     network: Ipv4Net,
     desired: &BTreeMap<Ipv4Net, RouteSpec>,
     previous: &BTreeMap<Ipv4Net, RouteSpec>,
 ) -> Result<Outcome<Ipv4Net>> {
-    let installed: BTreeMap<_, _> =
+    let nexthops = if nl.nexthops_supported().await { Some(nl.nexthops().dump().await?) } else { None };
+    let mut installed: BTreeMap<_, _> =
         nl.weft_routes().await?.into_iter().filter(|(dst, _)| network.contains(dst)).collect();
-    let d = diff(&installed, desired);
-    let mut out = Outcome::new(&d, previous);
-    for (dst, spec) in &d.remove {
-        // A route that only changes is replaced in place below.
-        if desired.contains_key(dst) {
-            continue;
-        }
-        match nl.delete_route(*dst, spec).await {
-            Ok(()) => info!(%dst, via = %spec.gateway, "removed route"),
-            Err(e) => out.failed.push((*dst, e)),
+    if let Some(all) = &nexthops {
+        for spec in installed.values_mut() {
+            // A route that shows only its nexthop id (compat mode off).
+            if let (0, Some(nh)) = (spec.oif, spec.nhid.and_then(|id| all.get(&id))) {
+                if let Some(n) = nh.spec {
+                    (spec.gateway, spec.oif, spec.onlink) = (n.gateway, n.oif, n.onlink);
+                }
+            }
         }
     }
-    for (dst, spec) in &d.install {
-        match nl.replace_route(*dst, spec).await {
-            Ok(()) => info!(%dst, via = %spec.gateway, onlink = spec.onlink, "installed route"),
-            Err(e) => out.failed.push((*dst, e)),
+    let d = diff(&installed, desired);
+    let mut out = Outcome::new(&d, previous);
+    let mut install: Vec<(Ipv4Net, RouteSpec)> = d.install;
+
+    // Nexthops first: weft's (protocol 87) that differ are replaced; an id
+    // held by another program's nexthop is left alone and its route fails.
+    let mut ours: BTreeMap<u32, NexthopSpec> = BTreeMap::new();
+    if let Some(all) = &nexthops {
+        let want: BTreeMap<u32, (Ipv4Net, NexthopSpec)> =
+            desired.iter().filter_map(|(dst, s)| Some((s.nhid?, (*dst, s.nexthop())))).collect();
+        ours = all
+            .iter()
+            .filter(|(_, n)| n.protocol == WEFT_ROUTE_PROTO)
+            .filter_map(|(id, n)| Some((*id, n.spec?)))
+            .collect();
+        let mut put = Vec::new();
+        for (id, (dst, spec)) in &want {
+            match all.get(id) {
+                Some(n) if n.protocol != WEFT_ROUTE_PROTO => out.failed.push((
+                    *dst,
+                    Error::Conflict(format!("nexthop id {id} belongs to another program (protocol {})", n.protocol)),
+                )),
+                Some(n) if n.spec == Some(*spec) => {}
+                _ => put.push((*id, (*dst, *spec))),
+            }
         }
+        let nh = nl.nexthops();
+        let failed = each(&put, |id, (_, spec)| async move { nh.replace(id, spec).await }).await;
+        debug!(installed = put.len() - failed.len(), "nexthops converged");
+        for (id, e) in failed {
+            out.failed.push((want[&id].0, e));
+        }
+    }
+    let failed_dst: std::collections::BTreeSet<Ipv4Net> = out.failed.iter().map(|(d, _)| *d).collect();
+    install.retain(|(dst, _)| !failed_dst.contains(dst));
+
+    // A route that only changes is replaced in place below.
+    let stale: Vec<(Ipv4Net, RouteSpec)> = d.remove.into_iter().filter(|(dst, _)| !desired.contains_key(dst)).collect();
+    let failed = each(&stale, |dst, spec| async move { nl.delete_route(dst, &spec).await }).await;
+    log_changes("removed", "route", &stale, &failed, |dst, s| format!("{dst} via {}", s.gateway));
+    out.failed.extend(failed);
+    let failed = each(&install, |dst, spec| async move { nl.replace_route(dst, &spec).await }).await;
+    log_changes("installed", "route", &install, &failed, |dst, s| {
+        format!("{dst} via {}{}", s.gateway, if s.onlink { " onlink" } else { "" })
+    });
+    out.failed.extend(failed);
+
+    // Then weft's nexthops no route wants any more.
+    let wanted: std::collections::BTreeSet<u32> = desired.values().filter_map(|s| s.nhid).collect();
+    let unused: Vec<(u32, NexthopSpec)> = ours.into_iter().filter(|(id, _)| !wanted.contains(id)).collect();
+    let nh = nl.nexthops();
+    let failed = each(&unused, |id, _| nh.delete(id)).await;
+    debug!(removed = unused.len() - failed.len(), "unused nexthops removed");
+    for (id, e) in failed {
+        debug!(id, "could not remove an unused nexthop: {}", crate::error::chain(&e));
     }
     Ok(out)
 }
@@ -85,21 +190,10 @@ pub async fn neighbours(
     let installed = nl.permanent_neighbours(index).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
-    for (ip, _) in &d.remove {
-        if desired.contains_key(ip) {
-            continue;
-        }
-        match nl.delete_neighbour(index, *ip).await {
-            Ok(()) => debug!(%ip, "removed neighbour"),
-            Err(e) => out.failed.push((*ip, e)),
-        }
-    }
-    for (ip, mac) in &d.install {
-        match nl.replace_neighbour(index, *ip, *mac).await {
-            Ok(()) => debug!(%ip, %mac, "installed neighbour"),
-            Err(e) => out.failed.push((*ip, e)),
-        }
-    }
+    let stale: Vec<_> = d.remove.iter().filter(|(ip, _)| !desired.contains_key(ip)).cloned().collect();
+    out.failed.extend(each(&stale, |ip, _| nl.delete_neighbour(index, ip)).await);
+    out.failed.extend(each(&d.install, |ip, mac| nl.replace_neighbour(index, ip, mac)).await);
+    debug!(removed = stale.len(), installed = d.install.len(), failed = out.failed.len(), "neighbours converged");
     Ok(out)
 }
 
@@ -113,18 +207,9 @@ pub async fn fdb(
     let installed = nl.fdb(index).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
-    for (mac, dst) in &d.remove {
-        // An FDB entry is keyed by (MAC, dst): a changed one is deleted first.
-        match nl.delete_fdb(index, *mac, *dst).await {
-            Ok(()) => debug!(%mac, %dst, "removed fdb entry"),
-            Err(e) => out.failed.push((*mac, e)),
-        }
-    }
-    for (mac, dst) in &d.install {
-        match nl.replace_fdb(index, *mac, *dst).await {
-            Ok(()) => debug!(%mac, %dst, "installed fdb entry"),
-            Err(e) => out.failed.push((*mac, e)),
-        }
-    }
+    // An FDB entry is keyed by (MAC, dst): a changed one is deleted first.
+    out.failed.extend(each(&d.remove, |mac, dst| nl.delete_fdb(index, mac, dst)).await);
+    out.failed.extend(each(&d.install, |mac, dst| nl.replace_fdb(index, mac, dst)).await);
+    debug!(removed = d.remove.len(), installed = d.install.len(), failed = out.failed.len(), "fdb converged");
     Ok(out)
 }

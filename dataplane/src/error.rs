@@ -51,6 +51,8 @@ pub enum Error {
     },
     #[error("ip masquerading: {0}")]
     Masq(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl Error {

@@ -63,25 +63,44 @@ impl Interest {
     }
 }
 
+/// Aborts a task when dropped, so that aborting the event task also ends
+/// the connections it reads from.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Join the groups and forward matching events to `wake` until the task is
-/// aborted. Must run inside a tokio runtime.
+/// aborted; nexthop events too where the kernel has them. Must run inside
+/// a tokio runtime.
 pub(crate) fn subscribe(interest: Arc<RwLock<Interest>>, wake: Arc<Notify>) -> Result<JoinHandle<()>> {
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
     let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH;
     conn.socket_mut().socket_mut().bind(&SocketAddr::new(0, groups)).map_err(Error::NetlinkSocket)?;
-    let conn_task = tokio::spawn(conn);
+    let conn_task = AbortOnDrop(tokio::spawn(conn));
+    let nexthops = crate::nexthop::subscribe(wake.clone())
+        .map_err(|e| tracing::debug!("no nexthop events: {}", crate::error::chain(&e)))
+        .ok()
+        .map(AbortOnDrop);
     Ok(tokio::spawn(async move {
+        let _tasks = (conn_task, nexthops);
         while let Some((msg, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(inner) = &msg.payload {
-                let hit = interest.read().map(|i| i.matches(inner)).unwrap_or(true);
-                if hit {
-                    wake.notify_one();
-                }
+            let hit = match &msg.payload {
+                NetlinkPayload::InnerMessage(inner) => interest.read().map(|i| i.matches(inner)).unwrap_or(true),
+                // The socket's buffer overflowed and events were lost
+                // (thousands of changes at once): look at everything.
+                NetlinkPayload::Overrun(_) => true,
+                _ => false,
+            };
+            if hit {
+                wake.notify_one();
             }
         }
         // The socket closed (it does not, short of a kernel error): the
         // periodic resync still repairs, but say so.
         tracing::warn!("netlink event socket closed; repairs wait for the periodic resync");
-        conn_task.abort();
     }))
 }

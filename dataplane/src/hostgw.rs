@@ -1,5 +1,6 @@
 //! The host-gw backend: `ip route replace <peer subnet> via <peer public IP>
-//! dev <external interface> proto 87` per peer. Works when all nodes share
+//! dev <external interface> proto 87` per peer (through a nexthop object
+//! per peer where the kernel has them, see [`crate::nexthop`]). Works when all nodes share
 //! one L2 segment; the public IP must be an address of the external interface.
 //! It owns no device: only the routes.
 
@@ -11,6 +12,7 @@ use crate::converge;
 use crate::error::{chain, Error, Result};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Netlink, RouteSpec};
+use crate::nexthop;
 use crate::peer::Peer;
 use crate::report::{ObjectKind, Report};
 
@@ -37,9 +39,13 @@ impl HostGwBackend {
 
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
         report.peers_desired = peers.len();
+        let nexthops = self.nl.nexthops_supported().await;
         let desired: BTreeMap<_, _> = peers
             .iter()
-            .map(|p| (p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false }))
+            .map(|p| {
+                let nhid = nexthops.then(|| nexthop::id_for(p.subnet));
+                (p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false, nhid })
+            })
             .collect();
         match converge::routes(&self.nl, self.network, &desired, &self.routes).await {
             Ok(o) => {

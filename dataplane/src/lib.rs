@@ -8,6 +8,7 @@
 //! | [`reconcile`] | the installed-vs-desired diff every backend converges with (pure) |
 //! | [`converge`]  | applying reconcile diffs to routes, neighbours and FDB over netlink |
 //! | [`netlink`]   | thin rtnetlink wrappers: links, addresses, routes, neighbours, FDB |
+//! | [`nexthop`]   | nexthop objects (`ip nexthop`), which keep route programming linear |
 //! | `events`      | netlink multicast events that trigger repair at once               |
 //! | [`iface`]     | choosing the external interface and public IP                      |
 //! | `leftovers`   | devices and routes an earlier run with another config left, removed |
@@ -38,6 +39,7 @@ pub mod iface;
 mod leftovers;
 pub mod masq;
 pub mod netlink;
+pub mod nexthop;
 pub mod peer;
 pub mod reconcile;
 pub mod report;

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
@@ -17,9 +18,11 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
+use tokio::sync::OnceCell;
 use weft_types::MacAddr;
 
 use crate::error::{errno, Error, Result};
+use crate::nexthop::{NexthopSpec, Nexthops};
 use crate::WEFT_ROUTE_PROTO;
 
 /// A network interface as the kernel reports it.
@@ -67,12 +70,25 @@ pub struct RouteSpec {
     pub gateway: Ipv4Addr,
     pub oif: u32,
     pub onlink: bool,
+    /// The nexthop object carrying gateway, device and onlink, when the
+    /// kernel has them ([`crate::nexthop`]).
+    pub nhid: Option<u32>,
+}
+
+impl RouteSpec {
+    /// The part a nexthop object holds.
+    pub fn nexthop(&self) -> NexthopSpec {
+        NexthopSpec { gateway: self.gateway, oif: self.oif, onlink: self.onlink }
+    }
 }
 
 /// A netlink connection (one per daemon).
 #[derive(Clone)]
 pub struct Netlink {
     handle: Handle,
+    nexthops: Nexthops,
+    /// Whether the kernel has nexthop objects, found out on first use.
+    nexthops_supported: Arc<OnceCell<bool>>,
 }
 
 impl Netlink {
@@ -80,7 +96,34 @@ impl Netlink {
     pub fn connect() -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle })
+        Ok(Netlink { handle, nexthops: Nexthops::connect()?, nexthops_supported: Arc::default() })
+    }
+
+    /// The nexthop objects (`ip nexthop`).
+    pub fn nexthops(&self) -> &Nexthops {
+        &self.nexthops
+    }
+
+    /// Whether routes can point at nexthop objects here (Linux 5.3 and
+    /// later). Asked once; a kernel without them is logged once, and
+    /// routes then carry their gateway themselves.
+    pub async fn nexthops_supported(&self) -> bool {
+        *self
+            .nexthops_supported
+            .get_or_init(|| async {
+                match self.nexthops.supported().await {
+                    Ok(true) => true,
+                    Ok(false) => {
+                        tracing::warn!("this kernel has no nexthop objects (Linux 5.3+); routes carry their gateway, which the kernel programs in quadratic time with many peers");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot list nexthop objects ({}); routes carry their gateway", crate::error::chain(&e));
+                        false
+                    }
+                }
+            })
+            .await
     }
 
     /// `ip link show`
@@ -278,26 +321,31 @@ impl Netlink {
     }
 
     fn route_message(dst: Ipv4Net, spec: &RouteSpec) -> RouteMessage {
-        let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        let b = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
-            .gateway(spec.gateway)
-            .output_interface(spec.oif)
             .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO));
+        if let Some(id) = spec.nhid {
+            let mut msg = b.build();
+            msg.attributes.push(RouteAttribute::NhId(id));
+            return msg;
+        }
+        let mut b = b.gateway(spec.gateway).output_interface(spec.oif);
         if spec.onlink {
             b = b.onlink();
         }
         b.build()
     }
 
-    /// `ip route replace DST via GW dev OIF [onlink] proto 87`
+    /// `ip route replace DST nhid ID proto 87`, or without nexthop objects
+    /// `ip route replace DST via GW dev OIF [onlink] proto 87`.
     pub async fn replace_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
-        self.handle
-            .route()
-            .add(Self::route_message(dst, spec))
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("ip route replace {dst} via {} dev #{}", spec.gateway, spec.oif), e))
+        self.handle.route().add(Self::route_message(dst, spec)).replace().execute().await.map_err(|e| {
+            let op = match spec.nhid {
+                Some(id) => format!("ip route replace {dst} nhid {id}"),
+                None => format!("ip route replace {dst} via {} dev #{}", spec.gateway, spec.oif),
+            };
+            Error::netlink(op, e)
+        })
     }
 
     /// `ip route del DST via GW dev OIF proto 87` (absent is fine).
@@ -422,16 +470,27 @@ fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
     let mut dst = None;
     let mut gateway = None;
     let mut oif = None;
+    let mut nhid = None;
     for a in &msg.attributes {
         match a {
             RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::NhId(id) => nhid = Some(*id),
             _ => {}
         }
     }
     let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
-    Some((dst, RouteSpec { gateway: gateway?, oif: oif?, onlink: msg.header.flags.contains(RouteFlags::Onlink) }))
+    let onlink = msg.header.flags.contains(RouteFlags::Onlink);
+    match (gateway, oif, nhid) {
+        (Some(gateway), Some(oif), nhid) => Some((dst, RouteSpec { gateway, oif, onlink, nhid })),
+        // With `net.ipv4.nexthop_compat_mode=0` a route shows only its
+        // nexthop id; the caller fills in the rest from the nexthop.
+        (_, _, Some(id)) => {
+            Some((dst, RouteSpec { gateway: Ipv4Addr::UNSPECIFIED, oif: 0, onlink: false, nhid: Some(id) }))
+        }
+        _ => None,
+    }
 }
 
 fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Link {

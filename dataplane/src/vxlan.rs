@@ -6,7 +6,9 @@
 //! - per peer: `ip neigh replace <peer net addr> lladdr <peer VTEP MAC> dev
 //!   flannel.1 nud permanent`, `bridge fdb replace <peer VTEP MAC> dev
 //!   flannel.1 dst <peer public IP> self permanent`, and `ip route replace
-//!   <peer subnet> via <peer net addr> dev flannel.1 onlink proto 87`;
+//!   <peer subnet> via <peer net addr> dev flannel.1 onlink proto 87`
+//!   (through a nexthop object per peer where the kernel has them, see
+//!   [`crate::nexthop`]);
 //! - with `DirectRouting`, a peer on the external interface's own subnet gets
 //!   `ip route replace <peer subnet> via <peer public IP> dev <iface>` instead.
 //!
@@ -25,6 +27,7 @@ use crate::converge;
 use crate::error::{chain, Error, Result};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Link, Netlink, RouteSpec, VxlanSpec};
+use crate::nexthop;
 use crate::peer::Peer;
 use crate::report::{ObjectKind, Report};
 
@@ -205,15 +208,17 @@ impl VxlanBackend {
         let mut routes = BTreeMap::new();
         let mut neigh = BTreeMap::new();
         let mut fdb = BTreeMap::new();
+        let nexthops = self.nl.nexthops_supported().await;
         for p in peers {
+            let nhid = nexthops.then(|| nexthop::id_for(p.subnet));
             let Some(mac) = p.vtep_mac else { continue };
             let direct = self.opts.direct_routing && self.ext.addrs.iter().any(|a| a.contains(&p.public_ip));
             if direct {
-                routes.insert(p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false });
+                routes.insert(p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false, nhid });
             } else {
                 neigh.insert(p.subnet.network(), mac);
                 fdb.insert(mac, p.public_ip);
-                routes.insert(p.subnet, RouteSpec { gateway: p.subnet.network(), oif: index, onlink: true });
+                routes.insert(p.subnet, RouteSpec { gateway: p.subnet.network(), oif: index, onlink: true, nhid });
             }
         }
         // Add paths bottom-up (FDB, neighbour, route) so a route never points

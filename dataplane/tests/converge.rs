@@ -108,7 +108,13 @@ fn vxlan_converges_idempotently_and_removes_stale_peers() {
     assert!(link.contains("nolearning") && link.contains("mtu 1450"), "{link}");
     assert!(ns.show(&["addr", "show", "flannel.1"]).contains("inet 10.244.1.0/32"));
     let routes = ns.show(&["route", "show", "proto", "87"]);
-    assert_eq!(routes.trim(), "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink", "{routes}");
+    // Through a nexthop object whose id is the subnet's address.
+    let id = u32::from(Ipv4Addr::new(10, 244, 2, 0));
+    assert_eq!(routes.trim(), format!("10.244.2.0/24 nhid {id} via 10.244.2.0 dev flannel.1 onlink"), "{routes}");
+    let nexthops = ns.show(&["nexthop", "show", "proto", "87"]);
+    assert_eq!(nexthops.lines().count(), 1, "the removed peer's nexthop goes too: {nexthops}");
+    assert!(nexthops.starts_with(&format!("id {id} via 10.244.2.0 dev flannel.1 ")), "{nexthops}");
+    assert!(nexthops.contains("onlink"), "{nexthops}");
     assert!(ns.show(&["route"]).contains("10.244.99.0/24 via 198.18.0.99"), "foreign route untouched");
     let fdb = ns.fdb();
     assert!(fdb.contains("0e:00:00:00:00:02 dst 198.18.0.2 self permanent") && !fdb.contains("198.18.0.3"), "{fdb}");
@@ -127,7 +133,7 @@ fn vxlan_direct_routing_uses_the_underlay_for_peers_on_the_same_subnet() {
         let far = Peer { public_ip: Ipv4Addr::new(198, 19, 0, 7), ..peer(7, true) };
         assert!(b.reconcile(&[peer(2, true), far]).await.problems.is_empty());
     });
-    let routes = ns.show(&["route", "show", "proto", "87"]);
+    let routes = netns::without_nhid(&ns.show(&["route", "show", "proto", "87"]));
     assert!(routes.contains("10.244.2.0/24 via 198.18.0.2 dev eth0"), "same-subnet peer routed directly: {routes}");
     assert!(routes.contains("10.244.7.0/24 via 10.244.7.0 dev flannel.1 onlink"), "other peer through VXLAN: {routes}");
 }
@@ -145,6 +151,7 @@ fn host_gw_converges_and_is_idempotent() {
     });
     assert_eq!((first, again, gone), (2, 0, 2));
     assert_eq!(ns.show(&["route", "show", "proto", "87"]).trim(), "");
+    assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).trim(), "", "unused nexthops removed");
     assert!(ns.show(&["route"]).contains("10.244.99.0/24 via 198.18.0.99"));
 }
 
@@ -183,6 +190,9 @@ fn vxlan_repairs_what_was_removed_or_changed_and_counts_it() {
         reports.push(("neighbour", b.reconcile(&peers).await.clone()));
         ip(&["route", "del", "10.244.3.0/24"]);
         reports.push(("route", b.reconcile(&peers).await.clone()));
+        // Removing a nexthop object takes its route along.
+        ip(&["nexthop", "del", "id", &u32::from(Ipv4Addr::new(10, 244, 2, 0)).to_string()]);
+        reports.push(("nexthop", b.reconcile(&peers).await.clone()));
         ip(&["link", "set", "flannel.1", "mtu", "1300"]);
         reports.push(("mtu", b.reconcile(&peers).await.clone()));
         ip(&["link", "set", "flannel.1", "down"]);
@@ -202,12 +212,31 @@ fn vxlan_repairs_what_was_removed_or_changed_and_counts_it() {
     let kind = |i: usize, k: ObjectKind| reports[i].1.repairs[k as usize];
     assert_eq!(kind(0, ObjectKind::Neighbour), 1);
     assert_eq!(kind(1, ObjectKind::Route), 1);
-    assert_eq!(kind(2, ObjectKind::Device), 1);
+    assert_eq!(kind(2, ObjectKind::Route), 1);
     assert_eq!(kind(3, ObjectKind::Device), 1);
     assert_eq!(kind(4, ObjectKind::Device), 1);
+    assert_eq!(kind(5, ObjectKind::Device), 1);
     let link = ns.show(&["-d", "link", "show", "flannel.1"]);
     assert!(link.contains("nolearning") && link.contains("mtu 1450") && link.contains(",UP"), "{link}");
     assert!(ns.show(&["addr", "show", "flannel.1"]).contains("inet 10.244.1.0/32"));
     assert_eq!(ns.show(&["route", "show", "proto", "87"]).lines().count(), 2);
+    assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).lines().count(), 2);
     assert_eq!(ns.fdb().lines().filter(|l| l.contains("permanent")).count(), 2, "{}", ns.fdb());
+}
+
+#[test]
+fn a_nexthop_id_held_by_another_program_is_reported_and_left_alone() {
+    let ns = Ns::new("nhconflict");
+    let id = u32::from(Ipv4Addr::new(10, 244, 3, 0)).to_string();
+    netns::ip(&["-n", &ns.0, "nexthop", "add", "id", &id, "via", "198.18.0.50", "dev", "eth0"]).unwrap();
+    let before = ns.show(&["nexthop", "show", "id", &id]);
+    let r = ns.block_on(async {
+        let mut b = started(BackendConfig::HostGw).await;
+        b.reconcile(&[peer(2, false), peer(3, false)]).await.clone()
+    });
+    assert_eq!((r.peers_desired, r.peers_programmed), (2, 1), "{r:?}");
+    assert!(r.problems.iter().any(|p| p.contains(&format!("nexthop id {id} belongs to another program"))), "{r:?}");
+    assert_eq!(ns.show(&["nexthop", "show", "id", &id]), before, "the other program's nexthop is untouched");
+    let routes = ns.show(&["route", "show", "proto", "87"]);
+    assert!(routes.contains("10.244.2.0/24") && !routes.contains("10.244.3.0/24"), "{routes}");
 }

@@ -85,3 +85,38 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     });
     handle.join().map_err(|_| anyhow::anyhow!("thread in {ns} panicked"))?
 }
+
+/// `ip route` output without the `nhid N` of routes that point at nexthop
+/// objects, for comparing with routes written out in full (flanneld's, or
+/// an expected `via GW dev DEV`): the kernel prints the nexthop's gateway
+/// and device after the id.
+pub fn without_nhid(routes: &str) -> String {
+    routes
+        .lines()
+        .map(|l| {
+            let mut words = l.split(' ').peekable();
+            let mut out = Vec::new();
+            while let Some(w) = words.next() {
+                if w == "nhid" && words.peek().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+                    words.next();
+                } else {
+                    out.push(w);
+                }
+            }
+            out.join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn without_nhid_drops_only_the_id() {
+        let r = "10.244.2.0/24 nhid 183763456 via 10.244.2.0 dev flannel.1 onlink \n10.244.9.0/24 via 1.2.3.4 dev eth0";
+        assert_eq!(
+            super::without_nhid(r),
+            "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink \n10.244.9.0/24 via 1.2.3.4 dev eth0"
+        );
+    }
+}
