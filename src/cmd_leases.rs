@@ -19,7 +19,7 @@ struct LeaseView<'a> {
     vtep_mac: Option<String>,
     /// Seconds left on the lease, when known.
     expires_in_s: Option<u64>,
-    backend_data: &'a Option<serde_json::Value>,
+    backend_data: &'a Option<weft_subnet::lease::BackendData>,
 }
 
 impl<'a> LeaseView<'a> {

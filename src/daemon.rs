@@ -102,7 +102,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         public_ip: ext.public_ip,
         public_ipv6: None,
         backend_type: LeaseAttrs::backend_type_for(dp.type_name()),
-        backend_data: dp.backend_data(),
+        backend_data: dp.backend_data().map(Into::into),
         backend_v6_data: None,
     };
     let previous = previous_subnet(&args.subnet_file);
@@ -116,7 +116,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     dp.start(subnet).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
-    let first = reconcile(&mut dp, &watch, subnet).await;
+    let first = reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await;
     let env = SubnetEnv {
         network: config.network,
         subnet,
@@ -176,13 +176,13 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
                         LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
                     }
                 }
-                readiness.set(reconcile(&mut dp, &watch, subnet).await);
+                readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Leases).await);
             }
             _ = dp.changed() => {
                 tokio::time::sleep(EVENT_SETTLE).await;
-                readiness.set(reconcile(&mut dp, &watch, subnet).await);
+                readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await);
             }
-            _ = resync.tick() => readiness.set(reconcile(&mut dp, &watch, subnet).await),
+            _ = resync.tick() => readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await),
         }
     };
     renewal.abort();
@@ -249,11 +249,23 @@ fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::
     })
 }
 
+/// Why a pass runs.
+enum Trigger {
+    /// Leases changed: program the change ([`Dataplane::apply`]).
+    Leases,
+    /// The kernel changed, or the resync is due: read it all
+    /// ([`Dataplane::reconcile`]).
+    Kernel,
+}
+
 /// One pass: converge the dataplane to the leases; returns why the node is
 /// not ready (empty: it is).
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net) -> Vec<String> {
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, trigger: Trigger) -> Vec<String> {
     let peers = desired_peers(watch.leases(), subnet, dp.type_name());
-    let report = dp.reconcile(&peers).await;
+    let report = match trigger {
+        Trigger::Leases => dp.apply(&peers).await,
+        Trigger::Kernel => dp.reconcile(&peers).await,
+    };
     if report.changes > 0 {
         info!(
             peers = report.peers_desired,

@@ -52,7 +52,7 @@ mod tests {
                 public_ip: ip.parse().unwrap(),
                 public_ipv6: None,
                 backend_type: kind.into(),
-                backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m})),
+                backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}).into()),
                 backend_v6_data: None,
             },
             etcd_lease: 0,

@@ -6,6 +6,13 @@
 //! `previous` is what the last pass left in place: an entry that was
 //! programmed then, is still desired unchanged, and is missing now was
 //! removed behind weft's back, and putting it back counts as a repair.
+//!
+//! A pass is [`Pass::Full`] (dump the kernel and diff against it: start-up,
+//! kernel events, the periodic resync) or [`Pass::Delta`] (take `previous`
+//! as what is installed and change only what the leases changed: a few
+//! peers joining a cluster of 65,000 then costs a few requests, not four
+//! dumps of 65,000 objects). Anything changed behind weft's back raises a
+//! kernel event, and the full pass that follows finds it.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -18,7 +25,7 @@ use weft_types::MacAddr;
 
 use crate::error::{Error, Result};
 use crate::netlink::{Netlink, RouteSpec};
-use crate::nexthop::NexthopSpec;
+use crate::nexthop::{Nexthop, NexthopSpec};
 use crate::reconcile::{diff, Diff};
 use crate::WEFT_ROUTE_PROTO;
 
@@ -72,6 +79,28 @@ fn log_changes<K: Ord, V>(
     }
 }
 
+/// How a pass learns what is installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Read the kernel.
+    Full,
+    /// Trust what the last pass left in place.
+    Delta,
+}
+
+/// What is installed: the kernel's dump, or for a delta pass the picture
+/// the last pass left.
+async fn installed<K: Ord + Clone, V: Clone, F: Future<Output = Result<BTreeMap<K, V>>>>(
+    pass: Pass,
+    previous: &BTreeMap<K, V>,
+    dump: F,
+) -> Result<BTreeMap<K, V>> {
+    match pass {
+        Pass::Full => dump.await,
+        Pass::Delta => Ok(previous.clone()),
+    }
+}
+
 /// What one converge pass did.
 #[derive(Debug)]
 pub struct Outcome<K> {
@@ -107,10 +136,23 @@ pub async fn routes(
     network: Ipv4Net,
     desired: &BTreeMap<Ipv4Net, RouteSpec>,
     previous: &BTreeMap<Ipv4Net, RouteSpec>,
+    pass: Pass,
 ) -> Result<Outcome<Ipv4Net>> {
-    let nexthops = if nl.nexthops_supported().await { Some(nl.nexthops().dump().await?) } else { None };
-    let mut installed: BTreeMap<_, _> =
-        nl.weft_routes().await?.into_iter().filter(|(dst, _)| network.contains(dst)).collect();
+    let nexthops = match (nl.nexthops_supported().await, pass) {
+        (false, _) => None,
+        (true, Pass::Full) => Some(nl.nexthops().dump().await?),
+        // weft's own nexthops are those of the routes it left in place.
+        (true, Pass::Delta) => Some(
+            previous
+                .values()
+                .filter_map(|s| Some((s.nhid?, Nexthop { spec: Some(s.nexthop()), protocol: WEFT_ROUTE_PROTO })))
+                .collect(),
+        ),
+    };
+    let mut installed: BTreeMap<_, _> = installed(pass, previous, async {
+        Ok(nl.weft_routes().await?.into_iter().filter(|(dst, _)| network.contains(dst)).collect())
+    })
+    .await?;
     if let Some(all) = &nexthops {
         for spec in installed.values_mut() {
             // A route that shows only its nexthop id (compat mode off).
@@ -144,11 +186,21 @@ pub async fn routes(
                     Error::Conflict(format!("nexthop id {id} belongs to another program (protocol {})", n.protocol)),
                 )),
                 Some(n) if n.spec == Some(*spec) => {}
-                _ => put.push((*id, (*dst, *spec))),
+                // weft's own is replaced; a new one must not exist yet (in
+                // a delta pass another program's could, unseen).
+                n => put.push((*id, (*dst, *spec, n.is_some()))),
             }
         }
         let nh = nl.nexthops();
-        let failed = each(&put, |id, (_, spec)| async move { nh.replace(id, spec).await }).await;
+        let failed = each(&put, |id, (_, spec, ours)| async move {
+            match nh.replace(id, spec, ours).await {
+                Err(e) if e.errno() == Some(libc::EEXIST) => {
+                    Err(Error::Conflict(format!("nexthop id {id} exists already, not made by weft")))
+                }
+                other => other,
+            }
+        })
+        .await;
         debug!(installed = put.len() - failed.len(), "nexthops converged");
         for (id, e) in failed {
             out.failed.push((want[&id].0, e));
@@ -186,8 +238,9 @@ pub async fn neighbours(
     index: u32,
     desired: &BTreeMap<Ipv4Addr, MacAddr>,
     previous: &BTreeMap<Ipv4Addr, MacAddr>,
+    pass: Pass,
 ) -> Result<Outcome<Ipv4Addr>> {
-    let installed = nl.permanent_neighbours(index).await?;
+    let installed = installed(pass, previous, nl.permanent_neighbours(index)).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     let stale: Vec<_> = d.remove.iter().filter(|(ip, _)| !desired.contains_key(ip)).cloned().collect();
@@ -203,8 +256,9 @@ pub async fn fdb(
     index: u32,
     desired: &BTreeMap<MacAddr, Ipv4Addr>,
     previous: &BTreeMap<MacAddr, Ipv4Addr>,
+    pass: Pass,
 ) -> Result<Outcome<MacAddr>> {
-    let installed = nl.fdb(index).await?;
+    let installed = installed(pass, previous, nl.fdb(index)).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     // An FDB entry is keyed by (MAC, dst): a changed one is deleted first.

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use weft_types::BackendConfig;
 
+use crate::converge::Pass;
 use crate::error::Result;
 use crate::events::{self, Interest};
 use crate::hostgw::HostGwBackend;
@@ -61,6 +62,8 @@ pub struct Dataplane {
     events: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
     last: Report,
+    /// A full pass has completed without problems since start.
+    synced: bool,
 }
 
 impl Dataplane {
@@ -71,11 +74,14 @@ impl Dataplane {
         let nl = Netlink::connect()?;
         let ext = find_external(&nl, &cfg.iface).await?;
         let wake = Arc::new(Notify::new());
+        let interest: Arc<RwLock<Interest>> = Arc::default();
         let backend = match cfg.backend {
             BackendConfig::Vxlan(opts) => {
-                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network).await?)
+                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network, interest.clone()).await?)
             }
-            BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network)?),
+            BackendConfig::HostGw => {
+                Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network, interest.clone())?)
+            }
             BackendConfig::Udp(opts) => {
                 Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
             }
@@ -87,11 +93,12 @@ impl Dataplane {
             rules: Rules::new(cfg.network, cfg.ip_masq),
             resync: cfg.resync,
             rules_checked: None,
-            interest: Arc::default(),
+            interest,
             wake,
             events: None,
             counters: Arc::default(),
             last: Report::default(),
+            synced: false,
         })
     }
 
@@ -161,16 +168,32 @@ impl Dataplane {
     }
 
     /// Converge the host to `peers` and check everything weft owns,
-    /// repairing what was removed or changed. Idempotent; safe to call at
-    /// any time. The iptables rules are compared once per resync interval.
+    /// repairing what was removed or changed: reads the kernel's routes,
+    /// neighbours and FDB. Idempotent; safe to call at any time. The
+    /// iptables rules are compared once per resync interval.
     pub async fn reconcile(&mut self, peers: &[Peer]) -> &Report {
+        self.pass(peers, Pass::Full).await
+    }
+
+    /// Converge the host to `peers` after the peers changed: what the last
+    /// pass left in place is taken as installed (see [`Pass::Delta`]), so
+    /// only the change is programmed. The devices are still checked. Until
+    /// a full pass has run, this is one.
+    pub async fn apply(&mut self, peers: &[Peer]) -> &Report {
+        let pass = if self.synced { Pass::Delta } else { Pass::Full };
+        self.pass(peers, pass).await
+    }
+
+    async fn pass(&mut self, peers: &[Peer], pass: Pass) -> &Report {
         let began = Instant::now();
         let mut report = Report::default();
         match &mut self.backend {
-            Backend::Vxlan(b) => b.reconcile(peers, &mut report).await,
-            Backend::HostGw(b) => b.reconcile(peers, &mut report).await,
+            Backend::Vxlan(b) => b.reconcile(peers, &mut report, pass).await,
+            Backend::HostGw(b) => b.reconcile(peers, &mut report, pass).await,
             Backend::Udp(b) => b.reconcile(peers, &mut report).await,
         }
+        // A full pass that could read the kernel: later deltas can trust it.
+        self.synced |= pass == Pass::Full && report.problems.is_empty();
         // A pass triggered by a kernel event comes well within the interval.
         let due = self.rules_checked.is_none_or(|t| t.elapsed() >= self.resync.mul_f32(0.9));
         if due {

@@ -5,11 +5,13 @@
 //! It owns no device: only the routes.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 
 use ipnet::Ipv4Net;
 
-use crate::converge;
+use crate::converge::{self, Pass};
 use crate::error::{chain, Error, Result};
+use crate::events::{Interest, Picture};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Netlink, RouteSpec};
 use crate::nexthop;
@@ -22,22 +24,29 @@ pub(crate) struct HostGwBackend {
     network: Ipv4Net,
     /// What the last pass left in place.
     routes: BTreeMap<Ipv4Net, RouteSpec>,
+    /// Where the event watch learns what this backend puts in place.
+    interest: Arc<RwLock<Interest>>,
 }
 
 impl HostGwBackend {
     /// Check that host-gw can work here; changes nothing.
-    pub(crate) fn prepare(nl: Netlink, ext: ExternalInterface, network: Ipv4Net) -> Result<HostGwBackend> {
+    pub(crate) fn prepare(
+        nl: Netlink,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        interest: Arc<RwLock<Interest>>,
+    ) -> Result<HostGwBackend> {
         if !ext.addrs.iter().any(|a| a.addr() == ext.public_ip) {
             return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip, iface: ext.name.clone() });
         }
-        Ok(HostGwBackend { nl, ext, network, routes: BTreeMap::new() })
+        Ok(HostGwBackend { nl, ext, network, routes: BTreeMap::new(), interest })
     }
 
     pub(crate) fn mtu(&self) -> u32 {
         self.ext.mtu
     }
 
-    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
+    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report, pass: Pass) {
         report.peers_desired = peers.len();
         let nexthops = self.nl.nexthops_supported().await;
         let desired: BTreeMap<_, _> = peers
@@ -47,7 +56,10 @@ impl HostGwBackend {
                 (p.subnet, RouteSpec { gateway: p.public_ip, oif: self.ext.index, onlink: false, nhid })
             })
             .collect();
-        match converge::routes(&self.nl, self.network, &desired, &self.routes).await {
+        if let Ok(mut i) = self.interest.write() {
+            i.picture = Some(Picture::of(&desired, &BTreeMap::new(), &BTreeMap::new()));
+        }
+        match converge::routes(&self.nl, self.network, &desired, &self.routes, pass).await {
             Ok(o) => {
                 report.changes += o.changes;
                 report.repaired(ObjectKind::Route, o.repairs);

@@ -445,7 +445,7 @@ impl Netlink {
 
 /// The destination of a neighbour or FDB entry. In FDB dumps (family
 /// `AF_BRIDGE`) the kernel's `NDA_DST` arrives as raw bytes.
-fn neigh_dst(msg: &NeighbourMessage) -> Option<NeighbourAddress> {
+pub(crate) fn neigh_dst(msg: &NeighbourMessage) -> Option<NeighbourAddress> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Other(b)) if b.len() == 4 => {
             Some(NeighbourAddress::Inet(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
@@ -455,7 +455,7 @@ fn neigh_dst(msg: &NeighbourMessage) -> Option<NeighbourAddress> {
     })
 }
 
-fn neigh_mac(msg: &NeighbourMessage) -> Option<MacAddr> {
+pub(crate) fn neigh_mac(msg: &NeighbourMessage) -> Option<MacAddr> {
     msg.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
             let mut m = [0u8; 6];
@@ -466,7 +466,7 @@ fn neigh_mac(msg: &NeighbourMessage) -> Option<MacAddr> {
     })
 }
 
-fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
+pub(crate) fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
     let mut dst = None;
     let mut gateway = None;
     let mut oif = None;

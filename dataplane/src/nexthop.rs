@@ -20,12 +20,13 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use rtnetlink::packet_core::{
     DecodeError, DefaultNla, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::proto::{new_connection, ConnectionHandle};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
@@ -33,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::events::Interest;
 use crate::WEFT_ROUTE_PROTO;
 
 const RTM_NEWNEXTHOP: u16 = 104;
@@ -215,8 +217,10 @@ impl Nexthops {
         }
     }
 
-    /// `ip nexthop replace id ID via GW dev OIF [onlink] proto 87`
-    pub async fn replace(&self, id: u32, spec: NexthopSpec) -> Result<()> {
+    /// `ip nexthop replace id ID via GW dev OIF [onlink] proto 87`, or with
+    /// `existing` false `ip nexthop add ...`, which fails with `EEXIST`
+    /// rather than take over a nexthop someone else made.
+    pub async fn replace(&self, id: u32, spec: NexthopSpec, existing: bool) -> Result<()> {
         let inner = NexthopMessage {
             kind: RTM_NEWNEXTHOP,
             family: AF_INET,
@@ -228,10 +232,11 @@ impl Nexthops {
                 DefaultNla::new(NHA_GATEWAY, spec.gateway.octets().to_vec()),
             ],
         };
-        let msg = request(RTM_NEWNEXTHOP, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE, inner);
+        let (how, verb) = if existing { (NLM_F_REPLACE, "replace") } else { (NLM_F_EXCL, "add") };
+        let msg = request(RTM_NEWNEXTHOP, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | how, inner);
         let op = || {
             let onlink = if spec.onlink { " onlink" } else { "" };
-            format!("ip nexthop replace id {id} via {} dev #{}{onlink}", spec.gateway, spec.oif)
+            format!("ip nexthop {verb} id {id} via {} dev #{}{onlink}", spec.gateway, spec.oif)
         };
         self.call(op, msg).await.map(|_| ())
     }
@@ -252,9 +257,10 @@ impl Nexthops {
     }
 }
 
-/// Wake `wake` on every nexthop change (`ip monitor nexthop`): removing a
-/// nexthop takes its routes with it without a route event.
-pub(crate) fn subscribe(wake: std::sync::Arc<Notify>) -> Result<JoinHandle<()>> {
+/// Wake `wake` on nexthop changes that touch weft's (`ip monitor
+/// nexthop`): removing a nexthop takes its routes with it without a route
+/// event.
+pub(crate) fn subscribe(interest: Arc<RwLock<Interest>>, wake: Arc<Notify>) -> Result<JoinHandle<()>> {
     let (mut conn, _handle, messages) =
         new_connection::<NexthopMessage>(NETLINK_ROUTE).map_err(Error::NetlinkSocket)?;
     let socket = conn.socket_mut().socket_mut();
@@ -265,7 +271,7 @@ pub(crate) fn subscribe(wake: std::sync::Arc<Notify>) -> Result<JoinHandle<()>> 
     Ok(tokio::spawn(async move {
         tokio::select! {
             _ = conn => {}
-            _ = wake_on(messages, &wake) => {}
+            _ = wake_on(messages, &interest, &wake) => {}
         }
         tracing::warn!("netlink nexthop event socket closed; repairs wait for the periodic resync");
     }))
@@ -273,16 +279,26 @@ pub(crate) fn subscribe(wake: std::sync::Arc<Notify>) -> Result<JoinHandle<()>> 
 
 async fn wake_on(
     mut messages: impl Stream<Item = (NetlinkMessage<NexthopMessage>, SocketAddr)> + Unpin,
+    interest: &RwLock<Interest>,
     wake: &Notify,
 ) {
     while let Some((msg, _)) = messages.next().await {
-        // A nexthop weft made, or an overrun (events were lost).
-        let ours = match &msg.payload {
-            NetlinkPayload::InnerMessage(m) => m.protocol == WEFT_ROUTE_PROTO,
+        let hit = match &msg.payload {
+            // One of weft's nexthops, unless it agrees with what weft is
+            // putting in place.
+            NetlinkPayload::InnerMessage(m) if m.protocol == WEFT_ROUTE_PROTO => {
+                let deleted = msg.header.message_type == RTM_DELNEXTHOP;
+                let interest = interest.read().ok();
+                match (m.id(), interest.as_ref().and_then(|i| i.picture.as_ref())) {
+                    (Some(id), Some(p)) => p.nexthop(id, m.nexthop().spec, deleted),
+                    _ => true,
+                }
+            }
+            // Events were lost.
             NetlinkPayload::Overrun(_) => true,
             _ => false,
         };
-        if ours {
+        if hit {
             wake.notify_one();
         }
     }

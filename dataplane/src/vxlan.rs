@@ -18,13 +18,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
 
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use weft_types::{MacAddr, VxlanOptions};
 
-use crate::converge;
+use crate::converge::{self, Pass};
 use crate::error::{chain, Error, Result};
+use crate::events::{Interest, Picture};
 use crate::iface::ExternalInterface;
 use crate::netlink::{Link, Netlink, RouteSpec, VxlanSpec};
 use crate::nexthop;
@@ -49,6 +51,8 @@ pub(crate) struct VxlanBackend {
     routes: BTreeMap<Ipv4Net, RouteSpec>,
     neigh: BTreeMap<Ipv4Addr, MacAddr>,
     fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    /// Where the event watch learns what this backend puts in place.
+    interest: Arc<RwLock<Interest>>,
 }
 
 /// A stable, locally administered MAC for a node's VTEP, derived from its
@@ -74,6 +78,7 @@ impl VxlanBackend {
         opts: VxlanOptions,
         ext: ExternalInterface,
         network: Ipv4Net,
+        interest: Arc<RwLock<Interest>>,
     ) -> Result<VxlanBackend> {
         let name = format!("flannel.{}", opts.vni);
         let mut mac = derive_vtep_mac(ext.public_ip, opts.vni);
@@ -95,6 +100,7 @@ impl VxlanBackend {
             routes: BTreeMap::new(),
             neigh: BTreeMap::new(),
             fdb: BTreeMap::new(),
+            interest,
         })
     }
 
@@ -192,7 +198,7 @@ impl VxlanBackend {
 
     /// Check the device, then converge FDB, neighbour and route entries to
     /// `peers`, recording what was repaired and what is not in place.
-    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
+    pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report, pass: Pass) {
         report.peers_desired = peers.len();
         let Some(subnet) = self.subnet else {
             report.problem("vxlan backend not started");
@@ -221,6 +227,9 @@ impl VxlanBackend {
                 routes.insert(p.subnet, RouteSpec { gateway: p.subnet.network(), oif: index, onlink: true, nhid });
             }
         }
+        if let Ok(mut i) = self.interest.write() {
+            i.picture = Some(Picture::of(&routes, &neigh, &fdb));
+        }
         // Add paths bottom-up (FDB, neighbour, route) so a route never points
         // at an unprogrammed peer; stale routes go first in `routes`.
         let mut failed: BTreeSet<Ipv4Net> = BTreeSet::new();
@@ -230,7 +239,7 @@ impl VxlanBackend {
             failed.extend(subnets);
         };
         let all: Vec<Ipv4Net> = peers.iter().map(|p| p.subnet).collect();
-        match converge::fdb(&self.nl, index, &fdb, &self.fdb).await {
+        match converge::fdb(&self.nl, index, &fdb, &self.fdb, pass).await {
             Ok(o) => {
                 report.changes += o.changes;
                 report.repaired(ObjectKind::Fdb, o.repairs);
@@ -242,7 +251,7 @@ impl VxlanBackend {
             }
             Err(e) => note(all.clone(), &e, &mut failed),
         }
-        match converge::neighbours(&self.nl, index, &neigh, &self.neigh).await {
+        match converge::neighbours(&self.nl, index, &neigh, &self.neigh, pass).await {
             Ok(o) => {
                 report.changes += o.changes;
                 report.repaired(ObjectKind::Neighbour, o.repairs);
@@ -254,7 +263,7 @@ impl VxlanBackend {
             }
             Err(e) => note(all.clone(), &e, &mut failed),
         }
-        match converge::routes(&self.nl, self.network, &routes, &self.routes).await {
+        match converge::routes(&self.nl, self.network, &routes, &self.routes, pass).await {
             Ok(o) => {
                 report.changes += o.changes;
                 report.repaired(ObjectKind::Route, o.repairs);

@@ -240,3 +240,34 @@ fn a_nexthop_id_held_by_another_program_is_reported_and_left_alone() {
     let routes = ns.show(&["route", "show", "proto", "87"]);
     assert!(routes.contains("10.244.2.0/24") && !routes.contains("10.244.3.0/24"), "{routes}");
 }
+
+#[test]
+fn a_delta_pass_programs_only_the_change_and_leaves_what_a_full_pass_would() {
+    let ns = Ns::new("delta");
+    let id5 = u32::from(Ipv4Addr::new(10, 244, 5, 0)).to_string();
+    let name = ns.0.clone();
+    let foreign = move || {
+        netns::ip(&["-n", &name, "nexthop", "add", "id", &id5, "via", "198.18.0.50", "dev", "eth0"]).unwrap();
+    };
+    let (delta, full, conflict) = ns.block_on(async move {
+        let mut b = started(BackendConfig::Vxlan(vxlan_opts())).await;
+        assert_eq!(b.apply(&[peer(2, true), peer(3, true)]).await.changes, 6, "the first pass is a full one");
+        let delta = b.apply(&[peer(2, true), peer(4, true)]).await.clone();
+        let full = b.reconcile(&[peer(2, true), peer(4, true)]).await.changes;
+        // A nexthop id taken by someone else since the last full pass.
+        foreign();
+        let conflict = b.apply(&[peer(2, true), peer(4, true), peer(5, true)]).await.clone();
+        (delta, full, conflict)
+    });
+    assert_eq!(delta.changes, 6, "peer 3's three entries out, peer 4's in: {delta:?}");
+    assert!(delta.problems.is_empty(), "{delta:?}");
+    assert_eq!(full, 0, "a full pass after the delta finds nothing to do");
+    assert_eq!(conflict.peers_programmed, 2, "{conflict:?}");
+    assert!(conflict.problems.iter().any(|p| p.contains("exists already, not made by weft")), "{conflict:?}");
+    let routes = netns::without_nhid(&ns.show(&["route", "show", "proto", "87"]));
+    assert!(routes.contains("10.244.2.0/24") && routes.contains("10.244.4.0/24"), "{routes}");
+    assert!(!routes.contains("10.244.3.0/24") && !routes.contains("10.244.5.0/24"), "{routes}");
+    let nexthops = ns.show(&["nexthop", "show"]);
+    assert!(nexthops.contains("via 198.18.0.50 dev eth0"), "the other nexthop is untouched: {nexthops}");
+    assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).lines().count(), 2, "{nexthops}");
+}
