@@ -249,6 +249,25 @@ fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::
     })
 }
 
+/// A pass that changed this many kernel objects, or read the kernel with
+/// this many peers, freed megabytes of transient maps and netlink
+/// messages.
+const TRIM_AT: usize = 1000;
+
+/// Give memory freed after a large pass back to the kernel. glibc keeps
+/// freed memory in per-thread arenas: with 65,000 peers the daemon's RSS
+/// stayed at about 105 MB after a full pass, of which 43 MB was ever live
+/// at once. `malloc_trim` releases the free pages of every arena; it takes
+/// about a millisecond.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own arenas and takes their
+    // locks; it has no preconditions and leaves live allocations alone.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Why a pass runs.
 enum Trigger {
     /// Leases changed: program the change ([`Dataplane::apply`]).
@@ -266,6 +285,11 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, trig
         Trigger::Leases => dp.apply(&peers).await,
         Trigger::Kernel => dp.reconcile(&peers).await,
     };
+    // A full pass reads every route, nexthop, neighbour and FDB entry.
+    let read_the_kernel = matches!(trigger, Trigger::Kernel);
+    if report.changes >= TRIM_AT || (read_the_kernel && report.peers_desired >= TRIM_AT) {
+        release_freed_memory();
+    }
     if report.changes > 0 {
         info!(
             peers = report.peers_desired,
