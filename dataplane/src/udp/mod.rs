@@ -11,6 +11,7 @@
 //! | [`stats`]   | packet, byte and per-reason drop counters                      |
 //! | `io`        | what threads share: stop signal, waits, ICMP sender, error log |
 //! | `offload`   | the offload path: TUN->UDP and UDP->TUN steps, batched         |
+//! | `coalesce`  | received TCP segments joined into one TUN write (pure)         |
 //! | `plain`     | the plain path: one packet per syscall                         |
 //! | `workers`   | the forwarding threads: started, stopped and joined together   |
 //!
@@ -27,6 +28,7 @@
 //! or panic) gets its queues rebuilt and restarted after a backoff of 100 ms
 //! doubling to 10 s (reset after 30 s of healthy running).
 
+mod coalesce;
 pub mod decide;
 mod io;
 mod offload;

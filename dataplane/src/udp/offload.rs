@@ -6,16 +6,18 @@
 //!   splits into MTU-sized slots of one area. Full-size segments then lie
 //!   back to back, so when a read goes to one peer it leaves in one UDP GSO
 //!   send straight from the area; anything else is gathered per peer.
-//! - RX: `recvmmsg` with UDP GRO returns batches of datagrams; inner TCP
-//!   packets are coalesced again into large TUN writes (`tun-rs` GRO table).
+//! - RX: `recvmmsg` with UDP GRO returns batches of datagrams; runs of one
+//!   TCP flow's segments enter the TUN device as one super-packet written
+//!   straight from the receive buffer (see `coalesce`).
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use tun_rs::{GROTable, SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
+use super::coalesce::{runs, super_header, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
 use super::decide::{inbound, outbound, Outbound};
 pub(crate) use super::io::Step;
 use super::io::{add, wait, ErrorLog, Icmp, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
@@ -135,8 +137,8 @@ impl TxPath {
 pub(crate) struct RxPath {
     rx: Vec<u8>,
     metas: [RecvMeta; BATCH_SIZE],
-    out: Vec<Vec<u8>>,
-    gro: GROTable,
+    /// Where the valid segments of one datagram lie in `rx`.
+    segs: Vec<(usize, usize)>,
     recv_errors: ErrorLog,
     write_errors: ErrorLog,
 }
@@ -148,15 +150,15 @@ impl RxPath {
         RxPath {
             rx: vec![0u8; CHUNK * BATCH_SIZE],
             metas: [RecvMeta::default(); BATCH_SIZE],
-            out: (0..IDEAL_BATCH_SIZE).map(|_| Vec::with_capacity(VIRTIO_NET_HDR_LEN + MAX_PACKET)).collect(),
-            gro: GROTable::default(),
+            segs: Vec::with_capacity(64),
             recv_errors: ErrorLog::new("receiving UDP"),
             write_errors: ErrorLog::new("writing to the TUN device"),
         }
     }
 
     /// Receive one batch of datagrams without blocking and write what is
-    /// valid into the TUN device.
+    /// valid into the TUN device, runs of one TCP flow as one write each
+    /// (see `coalesce`).
     pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
         let n = {
             let mut chunks = self.rx.chunks_mut(CHUNK);
@@ -169,42 +171,44 @@ impl RxPath {
         };
         self.recv_errors.ok();
         let snap = shared.table.load();
-        let mut count = 0;
         let mut tally = Tally::default();
-        for (i, meta) in self.metas[..n].iter().enumerate() {
-            let data = &self.rx[i * CHUNK..i * CHUNK + meta.len.min(CHUNK)];
-            let stride = if meta.stride == 0 { data.len().max(1) } else { meta.stride };
-            if data.is_empty() {
-                if let Err(reason) = inbound(data, &meta.addr, &snap, &shared.local) {
+        for i in 0..n {
+            let meta = &self.metas[i];
+            let base = i * CHUNK;
+            let len = meta.len.min(CHUNK);
+            let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+            if len == 0 {
+                if let Err(reason) = inbound(&[], &meta.addr, &snap, &shared.local) {
                     shared.stats.count_drop(reason);
                 }
                 continue;
             }
-            for seg in data.chunks(stride) {
-                if let Err(reason) = inbound(seg, &meta.addr, &snap, &shared.local) {
-                    shared.stats.count_drop(reason);
-                    continue;
-                }
-                let o = &mut self.out[count];
-                o.clear();
-                o.resize(VIRTIO_NET_HDR_LEN, 0);
-                o.extend_from_slice(seg);
-                tally.packets += 1;
-                tally.bytes += seg.len() as u64;
-                count += 1;
-                if count == self.out.len() {
-                    if let Err(e) =
-                        write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors)
-                    {
-                        return Step::Failed(e);
-                    }
-                    count = 0;
+            self.segs.clear();
+            for at in (0..len).step_by(stride) {
+                let seg = &self.rx[base + at..base + (at + stride).min(len)];
+                match inbound(seg, &meta.addr, &snap, &shared.local) {
+                    Ok(()) => self.segs.push((base + at, seg.len())),
+                    Err(reason) => shared.stats.count_drop(reason),
                 }
             }
-        }
-        if count > 0 {
-            if let Err(e) = write_batch(dev, &mut self.gro, &mut self.out[..count], shared, &mut self.write_errors) {
-                return Step::Failed(e);
+            let segs: Vec<&[u8]> = self.segs.iter().map(|(at, len)| &self.rx[*at..at + len]).collect();
+            for (first, count) in runs(&segs) {
+                let run = &segs[first..first + count];
+                match write_run(dev, run) {
+                    Ok(()) => {
+                        self.write_errors.ok();
+                        tally.packets += count as u64;
+                        tally.bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
+                    }
+                    Err(e) => {
+                        for _ in 0..count {
+                            shared.stats.count_drop(DropReason::IoError);
+                        }
+                        if let Err(e) = self.write_errors.note(e) {
+                            return Step::Failed(e);
+                        }
+                    }
+                }
             }
         }
         add(&shared.stats.rx_packets, tally.packets);
@@ -219,22 +223,39 @@ impl Default for RxPath {
     }
 }
 
-/// Write a batch into the TUN device; `Err` on a persistent error.
-fn write_batch(
-    dev: &SyncDevice,
-    gro: &mut GROTable,
-    bufs: &mut [Vec<u8>],
-    shared: &Shared,
-    errors: &mut ErrorLog,
-) -> io::Result<()> {
-    match dev.send_multiple(gro, bufs, VIRTIO_NET_HDR_LEN) {
-        Ok(_) => {
-            errors.ok();
-            Ok(())
+/// The virtio-net header of a packet written as it is.
+const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+
+/// Write one run into the TUN device with one `writev`: a packet as it
+/// came, or a TCP super-packet whose payloads are read from where they lie.
+fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
+    let mut header = [0u8; MAX_HEADER];
+    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 1 + MAX_RUN];
+    let slice = |b: &[u8]| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() };
+    let count = if run.len() == 1 {
+        iov[0] = slice(&PLAIN_VNET);
+        iov[1] = slice(run[0]);
+        2
+    } else {
+        let len = super_header(run, &mut header);
+        let hdr = len - VNET_HDR_LEN;
+        iov[0] = slice(&header[..len]);
+        for (i, seg) in run.iter().enumerate() {
+            iov[1 + i] = slice(&seg[hdr..]);
         }
-        Err(e) => {
-            shared.stats.count_drop(DropReason::IoError);
-            errors.note(e)
+        1 + run.len()
+    };
+    loop {
+        // SAFETY: the iovecs point into `header`, `PLAIN_VNET` and `run`,
+        // all borrowed for the duration of the call; `count` of them are
+        // initialised and the kernel only reads them.
+        let written = unsafe { libc::writev(dev.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+        if written >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
