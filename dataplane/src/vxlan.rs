@@ -204,6 +204,7 @@ impl VxlanBackend {
             report.problem("vxlan backend not started");
             return;
         };
+        let before = self.index;
         let index = match self.ensure_device(subnet, report).await {
             Ok(i) => i,
             Err(e) => {
@@ -211,6 +212,9 @@ impl VxlanBackend {
                 return;
             }
         };
+        // A device created in this pass has none of what the last pass
+        // left on the old one: read the kernel.
+        let pass = if before == Some(index) { pass } else { Pass::Full };
         let mut routes = BTreeMap::new();
         let mut neigh = BTreeMap::new();
         let mut fdb = BTreeMap::new();

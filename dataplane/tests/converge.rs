@@ -271,3 +271,22 @@ fn a_delta_pass_programs_only_the_change_and_leaves_what_a_full_pass_would() {
     assert!(nexthops.contains("via 198.18.0.50 dev eth0"), "the other nexthop is untouched: {nexthops}");
     assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).lines().count(), 2, "{nexthops}");
 }
+
+#[test]
+fn a_delta_pass_after_the_device_was_recreated_programs_every_peer() {
+    let ns = Ns::new("deltadev");
+    let name = ns.0.clone();
+    let r = ns.block_on(async move {
+        let mut b = started(BackendConfig::Vxlan(vxlan_opts())).await;
+        b.reconcile(&[peer(2, true), peer(3, true)]).await;
+        netns::ip(&["-n", &name, "link", "del", "flannel.1"]).unwrap();
+        // Leases changed before the kernel event's pass: a delta pass
+        // finds a new device and must not trust the old one's entries.
+        b.apply(&[peer(2, true), peer(3, true), peer(4, true)]).await.clone()
+    });
+    assert!(r.problems.is_empty(), "{r:?}");
+    assert_eq!(r.peers_programmed, 3, "{r:?}");
+    assert_eq!(ns.show(&["route", "show", "proto", "87"]).lines().count(), 3);
+    assert_eq!(ns.fdb().lines().filter(|l| l.contains("permanent")).count(), 3, "{}", ns.fdb());
+    assert_eq!(ns.show(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"]).lines().count(), 3);
+}
