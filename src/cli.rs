@@ -172,6 +172,12 @@ pub(crate) struct RunArgs {
     /// Port of /healthz and /readyz; 0 disables them.
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]
     pub healthz_port: u16,
+    /// Program per-peer routes with their gateway (`via`) instead of
+    /// through nexthop objects (`nhid`), as flanneld does: for tools that
+    /// expect such routes. Programming many peers then takes quadratic
+    /// kernel time (see docs/backends.md).
+    #[arg(long, env = "WEFT_NO_NEXTHOP_OBJECTS")]
+    pub no_nexthop_objects: bool,
     /// How often to re-check and restore the dataplane (e.g. 10s).
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,

@@ -90,6 +90,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
             public_ip: args.public_ip,
         },
         ip_masq: args.ip_masq,
+        nexthop_objects: !args.no_nexthop_objects,
         resync: args.resync_interval,
     };
     let mut dp = Dataplane::prepare(dp_config).await?;

@@ -38,6 +38,9 @@ pub struct DataplaneConfig {
     pub iface: IfaceRequest,
     /// Masquerade pod traffic leaving the network (`--ip-masq`).
     pub ip_masq: bool,
+    /// Route peers through nexthop objects where the kernel has them
+    /// (`--no-nexthop-objects` turns it off).
+    pub nexthop_objects: bool,
     /// How often iptables rules are compared with what was installed
     /// (netlink objects are checked on every kernel event as well).
     pub resync: Duration,
@@ -71,7 +74,7 @@ impl Dataplane {
     /// the network; binds the udp backend's port and re-attaches a TUN
     /// device left by an earlier run, but changes nothing on the host.
     pub async fn prepare(cfg: DataplaneConfig) -> Result<Dataplane> {
-        let nl = Netlink::connect()?;
+        let nl = Netlink::connect()?.nexthop_objects(cfg.nexthop_objects);
         let ext = find_external(&nl, &cfg.iface).await?;
         let wake = Arc::new(Notify::new());
         let interest: Arc<RwLock<Interest>> = Arc::default();

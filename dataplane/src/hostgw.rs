@@ -48,7 +48,7 @@ impl HostGwBackend {
 
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report, pass: Pass) {
         report.peers_desired = peers.len();
-        let nexthops = self.nl.nexthops_supported().await;
+        let nexthops = self.nl.use_nexthops().await;
         let desired: BTreeMap<_, _> = peers
             .iter()
             .map(|p| {

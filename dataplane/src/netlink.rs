@@ -89,6 +89,8 @@ pub struct Netlink {
     nexthops: Nexthops,
     /// Whether the kernel has nexthop objects, found out on first use.
     nexthops_supported: Arc<OnceCell<bool>>,
+    /// Whether routes may point at them (`--no-nexthop-objects`).
+    nexthops_allowed: bool,
 }
 
 impl Netlink {
@@ -96,7 +98,24 @@ impl Netlink {
     pub fn connect() -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle, nexthops: Nexthops::connect()?, nexthops_supported: Arc::default() })
+        Ok(Netlink {
+            handle,
+            nexthops: Nexthops::connect()?,
+            nexthops_supported: Arc::default(),
+            nexthops_allowed: true,
+        })
+    }
+
+    /// Whether new routes may point at nexthop objects; weft's existing
+    /// nexthops are still cleaned up when they may not.
+    pub fn nexthop_objects(mut self, allowed: bool) -> Netlink {
+        self.nexthops_allowed = allowed;
+        self
+    }
+
+    /// Whether routes point at nexthop objects: allowed and supported.
+    pub async fn use_nexthops(&self) -> bool {
+        self.nexthops_allowed && self.nexthops_supported().await
     }
 
     /// The nexthop objects (`ip nexthop`).

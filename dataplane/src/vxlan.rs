@@ -218,7 +218,7 @@ impl VxlanBackend {
         let mut routes = BTreeMap::new();
         let mut neigh = BTreeMap::new();
         let mut fdb = BTreeMap::new();
-        let nexthops = self.nl.nexthops_supported().await;
+        let nexthops = self.nl.use_nexthops().await;
         for p in peers {
             let nhid = nexthops.then(|| nexthop::id_for(p.subnet));
             let Some(mac) = p.vtep_mac else { continue };

@@ -71,6 +71,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
         iface: IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() },
         ip_masq: false,
         resync: Duration::from_secs(10),
+        nexthop_objects: true,
     }
 }
 
@@ -289,4 +290,30 @@ fn a_delta_pass_after_the_device_was_recreated_programs_every_peer() {
     assert_eq!(ns.show(&["route", "show", "proto", "87"]).lines().count(), 3);
     assert_eq!(ns.fdb().lines().filter(|l| l.contains("permanent")).count(), 3, "{}", ns.fdb());
     assert_eq!(ns.show(&["neigh", "show", "dev", "flannel.1", "nud", "permanent"]).lines().count(), 3);
+}
+
+#[test]
+fn without_nexthop_objects_routes_carry_their_gateway_and_weft_nexthops_go() {
+    let ns = Ns::new("nonh");
+    let peers = [peer(2, true), peer(3, true)];
+    let before = peers.clone();
+    // First with nexthop objects, as a node upgraded from an earlier start.
+    ns.block_on(async move {
+        started(BackendConfig::Vxlan(vxlan_opts())).await.reconcile(&before).await;
+    });
+    assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).lines().count(), 2);
+    let r = ns.block_on(async move {
+        let cfg = DataplaneConfig { nexthop_objects: false, ..config(BackendConfig::Vxlan(vxlan_opts())) };
+        let mut dp = Dataplane::prepare(cfg).await.unwrap();
+        dp.start("10.244.1.0/24".parse().unwrap()).await.unwrap();
+        dp.reconcile(&peers).await.clone()
+    });
+    assert!(r.problems.is_empty() && r.peers_programmed == 2, "{r:?}");
+    let routes = ns.show(&["route", "show", "proto", "87"]);
+    assert_eq!(
+        routes.trim(),
+        "10.244.2.0/24 via 10.244.2.0 dev flannel.1 onlink \n10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink",
+        "flanneld's form of the routes"
+    );
+    assert_eq!(ns.show(&["nexthop", "show", "proto", "87"]).trim(), "", "weft's nexthops removed");
 }
