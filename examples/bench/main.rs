@@ -10,7 +10,7 @@
 //!
 //! With `--scale N,...`: the control-plane case as well (see `scale.rs`).
 //!
-//! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...]`
+//! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...] [--hold]`
 
 mod charts;
 mod scale;
@@ -163,7 +163,7 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
-fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
+fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figures> {
     let mut lab = Lab::new(2, weft)?;
     let (ends, daemons) = match case.config {
         None => {
@@ -197,6 +197,15 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32) -> Result<Figures> {
         }
     };
     let _server = weft_lab::iperf::Server::start(&ends.server_ns, &ends.server_ip)?;
+    if hold {
+        // For profiling and experiments by hand: the lab stays up until Enter.
+        println!(
+            "{}: lab up; client namespace {}, server namespace {} ({}), daemons {:?}; press Enter to tear it down",
+            case.name, ends.client_ns, ends.server_ns, ends.server_ip, daemons
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+    }
     measure(&ends, secs, &daemons)
 }
 
@@ -205,6 +214,7 @@ fn main() -> Result<()> {
     let mut out = PathBuf::from("target/bench.json");
     let mut only: Option<Vec<String>> = None;
     let mut scales: Vec<u32> = Vec::new();
+    let mut hold = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -219,9 +229,11 @@ fn main() -> Result<()> {
                     .map(|n| n.parse().with_context(|| format!("--scale: {n:?} is not a lease count")))
                     .collect::<Result<_>>()?
             }
+            "--hold" => hold = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433]"
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433] [--hold]\n\n\
+                     --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );
                 return Ok(());
             }
@@ -252,7 +264,7 @@ fn main() -> Result<()> {
                 continue;
             }
         }
-        match run_case(case, &weft, secs) {
+        match run_case(case, &weft, secs, hold) {
             Ok(f) => {
                 println!(
                     "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>11.0} {:>12}",
