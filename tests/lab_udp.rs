@@ -48,6 +48,46 @@ fn udp_with_offloads_carries_pings_and_checked_tcp() {
     assert!(lab.metric(1, "weft_udp_packets_total{direction=\"tx\"}").unwrap() > 1000);
 }
 
+/// `count` pings from pod 1 to pod 2, 10 ms apart: how many were answered.
+fn pings_answered(lab: &Lab, count: u32) -> u32 {
+    let out = lab.ping(1, lab.node(2).pod_ip.unwrap(), count, "0.01").unwrap();
+    let stdout = text(&out.stdout);
+    let received = stdout.split(", ").find_map(|part| part.strip_suffix(" received")?.parse().ok());
+    received.unwrap_or_else(|| panic!("no ping summary in {stdout:?}"))
+}
+
+#[test]
+fn udp_tun_reader_follows_light_and_bulk_traffic() {
+    // Light traffic: each node's receive thread also reads its TUN device
+    // (a reply made while it writes leaves at once); bulk: the send thread
+    // takes it; 100 ms after the bulk, it goes back (see dataplane/src/udp/duty.rs).
+    let lab = lab_with_config(2, &udp_config(true), &[]);
+    let handovers = |i| lab.metric(i, "weft_udp_tun_handovers_total").unwrap();
+    assert_eq!(pings_answered(&lab, 100), 100);
+    assert_eq!((handovers(1), handovers(2)), (0, 0), "single packets never hand the TUN device over");
+
+    assert_eq!(tcp_transfer_checked(&lab, 1, 2, 32 << 20).unwrap(), 32 << 20);
+    let after_bulk = (handovers(1), handovers(2));
+    assert!(after_bulk.0 >= 1 && after_bulk.1 >= 1, "a bulk stream hands both TUN devices over: {after_bulk:?}");
+    // An even count: back with the receive thread.
+    wait_until("both nodes hand their TUN device back after the bulk", Duration::from_secs(5), || {
+        (handovers(1) % 2 == 0 && handovers(2) % 2 == 0).then_some(())
+    })
+    .unwrap();
+    assert_eq!(pings_answered(&lab, 100), 100);
+
+    // And again, in the other direction and with pings running across the
+    // hand-overs: every byte arrives; pings keep being answered (a few may
+    // be lost where the bulk stream fills a socket buffer, as on any path).
+    std::thread::scope(|s| {
+        let pings = s.spawn(|| pings_answered(&lab, 300));
+        assert_eq!(tcp_transfer_checked(&lab, 2, 1, 32 << 20).unwrap(), 32 << 20);
+        let answered = pings.join().unwrap();
+        assert!(answered >= 290, "{answered} of 300 pings answered across the hand-overs");
+    });
+    assert!(handovers(2) > after_bulk.1, "node 2 sent bulk: its send thread took the TUN device again");
+}
+
 #[test]
 fn udp_without_offloads_carries_pings_and_checked_tcp() {
     let lab = lab_with_config(3, &udp_config(false), &[]);

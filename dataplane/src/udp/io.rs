@@ -105,13 +105,23 @@ pub(crate) enum Wake {
 /// An error of the descriptor (POLLERR, POLLHUP) counts as ready: the next
 /// read or write reports it.
 pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> {
-    let mut fds = [
-        libc::pollfd { fd, events, revents: 0 },
-        libc::pollfd { fd: stop.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-    ];
+    wait_any(&[fd], events, stop, None)
+}
+
+/// Wait until one of `fds` (at most three) is ready for `events`, `stop`
+/// fires, or `timeout` passes; a timeout counts as ready (the caller looks
+/// and finds nothing), as in [`wait`].
+pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Option<Duration>) -> io::Result<Wake> {
+    let mut polled = [libc::pollfd { fd: stop.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }; 4];
+    let n = fds.len().min(3);
+    for (p, fd) in polled[1..].iter_mut().zip(&fds[..n]) {
+        *p = libc::pollfd { fd: *fd, events, revents: 0 };
+    }
+    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int);
     loop {
-        // SAFETY: `fds` is a valid array of two pollfds that outlives the call.
-        let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        // SAFETY: `polled` is a valid array of pollfds that outlives the
+        // call, and its first `n + 1` are initialised.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), (n + 1) as libc::nfds_t, ms) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -119,10 +129,10 @@ pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> 
             }
             return Err(e);
         }
-        if fds[1].revents != 0 {
+        if polled[0].revents != 0 {
             return Ok(Wake::Stop);
         }
-        if fds[0].revents & libc::POLLNVAL != 0 {
+        if polled[1..=n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
         return Ok(Wake::Ready);

@@ -14,6 +14,7 @@
 //! | `coalesce`  | received TCP segments joined into one TUN write (pure)         |
 //! | `plain`     | the plain path: one packet per syscall                         |
 //! | `workers`   | the forwarding threads: started, stopped and joined together   |
+//! | `duty`      | which thread reads the TUN device: light or bulk traffic       |
 //!
 //! The TUN device gets `<subnet network>/<network prefix>` (so the kernel
 //! routes the whole overlay network into it) and MTU = external MTU − 28.
@@ -30,6 +31,7 @@
 
 mod coalesce;
 pub mod decide;
+mod duty;
 mod io;
 mod offload;
 pub mod packet;

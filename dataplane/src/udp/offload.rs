@@ -7,8 +7,9 @@
 //!   back to back, so when a read goes to one peer it leaves in one UDP GSO
 //!   send straight from the area; anything else is gathered per peer.
 //! - RX: `recvmmsg` with UDP GRO returns batches of datagrams; runs of one
-//!   TCP flow's segments enter the TUN device as one super-packet written
-//!   straight from the receive buffer (see `coalesce`).
+//!   TCP flow's segments, within a datagram or across the datagrams of a
+//!   batch, enter the TUN device as one super-packet written straight from
+//!   the receive buffer (see `coalesce`).
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
@@ -36,6 +37,8 @@ pub(crate) struct TxPath {
     icmp: Icmp,
     read_errors: ErrorLog,
     send_errors: ErrorLog,
+    /// Whether the last read was a super-packet (bulk, see `duty`).
+    pub(crate) bulk: bool,
 }
 
 impl TxPath {
@@ -55,6 +58,7 @@ impl TxPath {
             icmp: Icmp::new(),
             read_errors: ErrorLog::new("reading from the TUN device"),
             send_errors: ErrorLog::new("sending UDP"),
+            bulk: false,
         }
     }
 
@@ -83,6 +87,7 @@ impl TxPath {
             }
         };
         self.read_errors.ok();
+        self.bulk = n > 1;
         let snap = shared.table.load();
         let mut tally = Tally::default();
         for i in 0..n {
@@ -141,6 +146,9 @@ pub(crate) struct RxPath {
     segs: Vec<(usize, usize)>,
     recv_errors: ErrorLog,
     write_errors: ErrorLog,
+    /// Whether the last batch held a datagram of several GRO segments
+    /// (bulk, see `duty`).
+    pub(crate) bulk: bool,
 }
 
 const CHUNK: usize = MAX_PACKET + 1;
@@ -153,6 +161,7 @@ impl RxPath {
             segs: Vec::with_capacity(64),
             recv_errors: ErrorLog::new("receiving UDP"),
             write_errors: ErrorLog::new("writing to the TUN device"),
+            bulk: false,
         }
     }
 
@@ -172,18 +181,23 @@ impl RxPath {
         self.recv_errors.ok();
         let snap = shared.table.load();
         let mut tally = Tally::default();
+        // The valid segments of every datagram of the batch, in order: a
+        // flow's run may continue from one datagram into the next (a TUN
+        // super-packet larger than one UDP GSO send arrives as two).
+        self.segs.clear();
+        self.bulk = false;
         for i in 0..n {
             let meta = &self.metas[i];
             let base = i * CHUNK;
             let len = meta.len.min(CHUNK);
             let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+            self.bulk |= stride < len;
             if len == 0 {
                 if let Err(reason) = inbound(&[], &meta.addr, &snap, &shared.local) {
                     shared.stats.count_drop(reason);
                 }
                 continue;
             }
-            self.segs.clear();
             for at in (0..len).step_by(stride) {
                 let seg = &self.rx[base + at..base + (at + stride).min(len)];
                 match inbound(seg, &meta.addr, &snap, &shared.local) {
@@ -191,22 +205,22 @@ impl RxPath {
                     Err(reason) => shared.stats.count_drop(reason),
                 }
             }
-            let segs: Vec<&[u8]> = self.segs.iter().map(|(at, len)| &self.rx[*at..at + len]).collect();
-            for (first, count) in runs(&segs) {
-                let run = &segs[first..first + count];
-                match write_run(dev, run) {
-                    Ok(()) => {
-                        self.write_errors.ok();
-                        tally.packets += count as u64;
-                        tally.bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
+        }
+        let segs: Vec<&[u8]> = self.segs.iter().map(|(at, len)| &self.rx[*at..at + len]).collect();
+        for (first, count) in runs(&segs) {
+            let run = &segs[first..first + count];
+            match write_run(dev, run) {
+                Ok(()) => {
+                    self.write_errors.ok();
+                    tally.packets += count as u64;
+                    tally.bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
+                }
+                Err(e) => {
+                    for _ in 0..count {
+                        shared.stats.count_drop(DropReason::IoError);
                     }
-                    Err(e) => {
-                        for _ in 0..count {
-                            shared.stats.count_drop(DropReason::IoError);
-                        }
-                        if let Err(e) = self.write_errors.note(e) {
-                            return Step::Failed(e);
-                        }
+                    if let Err(e) = self.write_errors.note(e) {
+                        return Step::Failed(e);
                     }
                 }
             }

@@ -14,6 +14,8 @@ pub struct Stats {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
     pub icmp_sent: AtomicU64,
+    /// A queue's TUN device changed reader (see `duty`).
+    pub handovers: AtomicU64,
     drops: [AtomicU64; DropReason::ALL.len()],
 }
 
@@ -37,6 +39,12 @@ impl Stats {
             .sample("weft_udp_bytes_total", &[("direction", "rx")], g(&self.rx_bytes))
             .family("weft_udp_icmp_sent_total", Kind::Counter, "ICMP errors the udp backend sent back to pods.")
             .sample("weft_udp_icmp_sent_total", &[], g(&self.icmp_sent))
+            .family(
+                "weft_udp_tun_handovers_total",
+                Kind::Counter,
+                "Times a queue's TUN device changed reader: to the send thread when bulk traffic starts, back to the receive thread when it stops.",
+            )
+            .sample("weft_udp_tun_handovers_total", &[], g(&self.handovers))
             .family("weft_udp_dropped_total", Kind::Counter, "Packets dropped by the udp backend, by reason.");
         for r in DropReason::ALL {
             w.sample("weft_udp_dropped_total", &[("reason", r.name())], self.drops(r) as f64);

@@ -1,6 +1,7 @@
 //! The forwarding threads and their ownership: two threads per queue
 //! (TUN -> UDP and UDP -> TUN), started together, stopped together, and
-//! joined. A thread ends on a persistent error (the TUN device deleted
+//! joined. On the offload path the receive thread also reads the TUN
+//! device while the traffic is light (see `duty`). A thread ends on a persistent error (the TUN device deleted
 //! under it, a closed descriptor, too many errors in a row) or a panic;
 //! it then wakes the reconciler, which rebuilds the queues and starts new
 //! threads after a backoff (see `Supervisor` in the backend).
@@ -8,19 +9,24 @@
 //! Each thread sleeps in `poll(2)` on its data descriptor and a stop
 //! eventfd, so stopping never waits for traffic.
 
+use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use quinn_udp::UdpSocketState;
 use tokio::sync::Notify;
 use tun_rs::SyncDevice;
 
-use super::io::{wait, Exit, Shared, StopSignal, Wake, WakeOnExit};
+use super::duty::{Duty, BULK_QUIET};
+use super::io::{wait, wait_any, Exit, Shared, StopSignal, Wake, WakeOnExit};
 use super::offload::{RxPath, Step, TxPath};
 use super::plain::{PlainRx, PlainTx};
 use crate::error::{Error, Result};
+
+/// What a forwarding thread runs.
+type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
 
 /// One forwarding queue: a TUN queue and the UDP socket that pairs with it.
 pub(crate) struct Queue {
@@ -69,53 +75,164 @@ fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
     }
 }
 
+/// The send thread of an offload queue: reads the TUN device while the
+/// traffic is bulk, and sleeps on its doorbell while the receive thread
+/// serves both directions (see `duty`).
+fn run_sender(
+    tx: &Mutex<TxPath>,
+    mut step: impl FnMut(&mut TxPath) -> Step,
+    duty: &Duty,
+    tun: i32,
+    stop: &StopSignal,
+) -> Exit {
+    loop {
+        if stop.fired() {
+            return Exit::Stopped;
+        }
+        if !duty.bulk() {
+            match wait_any(&[duty.to_sender.fd()], libc::POLLIN, stop, None) {
+                Ok(Wake::Ready) => duty.to_sender.clear(),
+                Ok(Wake::Stop) => return Exit::Stopped,
+                Err(e) => return Exit::Failed(e),
+            }
+            continue;
+        }
+        match send_step(tx, &mut step, duty) {
+            Step::Worked => {}
+            Step::Idle => {
+                if duty.hand_back_if_quiet() {
+                    continue;
+                }
+                match wait_any(&[tun], libc::POLLIN, stop, Some(duty.quiet())) {
+                    Ok(Wake::Ready) => {}
+                    Ok(Wake::Stop) => return Exit::Stopped,
+                    Err(e) => return Exit::Failed(e),
+                }
+            }
+            Step::Failed(e) => return Exit::Failed(e),
+        }
+    }
+}
+
+/// The receive thread of an offload queue: UDP -> TUN, and TUN -> UDP too
+/// while the traffic is light (see `duty`).
+fn run_receiver(
+    mut receive: impl FnMut() -> (Step, bool),
+    tx: &Mutex<TxPath>,
+    mut send: impl FnMut(&mut TxPath) -> Step,
+    duty: &Duty,
+    fds: [i32; 2],
+    stop: &StopSignal,
+) -> Exit {
+    let [sock, tun] = fds;
+    loop {
+        if stop.fired() {
+            return Exit::Stopped;
+        }
+        let received = match receive() {
+            (Step::Failed(e), _) => return Exit::Failed(e),
+            (Step::Worked, true) => {
+                duty.saw_bulk();
+                Step::Worked
+            }
+            (step, _) => step,
+        };
+        let light = !duty.bulk();
+        let sent = if light { send_step(tx, &mut send, duty) } else { Step::Idle };
+        if let Step::Failed(e) = sent {
+            return Exit::Failed(e);
+        }
+        if let (Step::Idle, Step::Idle) = (&received, &sent) {
+            let bell = duty.to_receiver.fd();
+            let both = [sock, tun, bell];
+            let only = [sock, bell];
+            let fds: &[i32] = if light { &both } else { &only };
+            match wait_any(fds, libc::POLLIN, stop, None) {
+                Ok(Wake::Ready) => duty.to_receiver.clear(),
+                Ok(Wake::Stop) => return Exit::Stopped,
+                Err(e) => return Exit::Failed(e),
+            }
+        }
+    }
+}
+
+/// One TUN -> UDP step under the queue's send lock; bulk is noted.
+fn send_step(tx: &Mutex<TxPath>, step: &mut impl FnMut(&mut TxPath) -> Step, duty: &Duty) -> Step {
+    let Ok(mut path) = tx.lock() else {
+        return Step::Failed(io::Error::other("the other thread of this queue panicked while sending"));
+    };
+    let result = step(&mut path);
+    if matches!(result, Step::Worked) && path.bulk {
+        duty.saw_bulk();
+    }
+    result
+}
+
 impl Workers {
     /// Start two threads per queue. `wake` is notified when any ends.
     pub(crate) fn start(queues: &[Queue], common: &Shared, mtu: usize, wake: &Arc<Notify>) -> Result<Workers> {
         let stop = Arc::new(StopSignal::new().map_err(|e| Error::tun("creating the stop eventfd", e))?);
         let mut workers = Workers { stop, threads: Vec::new() };
         for (q, queue) in queues.iter().enumerate() {
-            let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
-            let tx: Box<dyn FnOnce(&StopSignal) -> Exit + Send> = match &queue.state {
-                Some(state) => {
-                    let state = state.clone();
-                    Box::new(move |stop| {
-                        let mut tx = TxPath::new(&state, mtu);
-                        run(|| tx.step(&dev, &sock, &state, &shared, stop), dev.as_raw_fd(), stop)
-                    })
-                }
-                None => Box::new(move |stop| {
-                    let mut tx = PlainTx::new();
-                    run(|| tx.step(&dev, &sock, &shared), dev.as_raw_fd(), stop)
-                }),
-            };
-            workers.spawn(format!("weft-tx-{q}"), q, tx, wake)?;
-            let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
-            let rx: Box<dyn FnOnce(&StopSignal) -> Exit + Send> = match &queue.state {
-                Some(state) => {
-                    let state = state.clone();
-                    Box::new(move |stop| {
-                        let mut rx = RxPath::new();
-                        run(|| rx.step(&dev, &sock, &state, &shared), sock.as_raw_fd(), stop)
-                    })
-                }
-                None => Box::new(move |stop| {
-                    let mut rx = PlainRx::new();
-                    run(|| rx.step(&dev, &sock, &shared), sock.as_raw_fd(), stop)
-                }),
-            };
-            workers.spawn(format!("weft-rx-{q}"), q, rx, wake)?;
+            match &queue.state {
+                Some(state) => workers.start_offload(q, queue, state, common, mtu, wake)?,
+                None => workers.start_plain(q, queue, common, wake)?,
+            }
         }
         Ok(workers)
     }
 
-    fn spawn(
+    /// The offload path's two threads, sharing the TUN device (see `duty`).
+    fn start_offload(
         &mut self,
-        name: String,
-        queue: usize,
-        body: Box<dyn FnOnce(&StopSignal) -> Exit + Send>,
+        q: usize,
+        queue: &Queue,
+        state: &Arc<UdpSocketState>,
+        common: &Shared,
+        mtu: usize,
         wake: &Arc<Notify>,
     ) -> Result<()> {
+        let duty = Arc::new(
+            Duty::new(BULK_QUIET, common.stats.clone()).map_err(|e| Error::tun("creating the queue's doorbells", e))?,
+        );
+        let txp = Arc::new(Mutex::new(TxPath::new(state, mtu)));
+        let (dev, sock, shared, state2, duty2, txp2) =
+            (queue.dev.clone(), queue.sock.clone(), common.clone(), state.clone(), duty.clone(), txp.clone());
+        let tx: Body = Box::new(move |stop| {
+            let step = |t: &mut TxPath| t.step(&dev, &sock, &state2, &shared, stop);
+            run_sender(&txp2, step, &duty2, dev.as_raw_fd(), stop)
+        });
+        self.spawn(format!("weft-tx-{q}"), q, tx, wake)?;
+        let (dev, sock, shared, state) = (queue.dev.clone(), queue.sock.clone(), common.clone(), state.clone());
+        let rx: Body = Box::new(move |stop| {
+            let mut rx = RxPath::new();
+            let receive = || {
+                let step = rx.step(&dev, &sock, &state, &shared);
+                (step, rx.bulk)
+            };
+            let send = |t: &mut TxPath| t.step(&dev, &sock, &state, &shared, stop);
+            run_receiver(receive, &txp, send, &duty, [sock.as_raw_fd(), dev.as_raw_fd()], stop)
+        });
+        self.spawn(format!("weft-rx-{q}"), q, rx, wake)
+    }
+
+    /// The plain path: one thread per direction, one packet per syscall.
+    fn start_plain(&mut self, q: usize, queue: &Queue, common: &Shared, wake: &Arc<Notify>) -> Result<()> {
+        let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
+        let tx: Body = Box::new(move |stop| {
+            let mut tx = PlainTx::new();
+            run(|| tx.step(&dev, &sock, &shared), dev.as_raw_fd(), stop)
+        });
+        self.spawn(format!("weft-tx-{q}"), q, tx, wake)?;
+        let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
+        let rx: Body = Box::new(move |stop| {
+            let mut rx = PlainRx::new();
+            run(|| rx.step(&dev, &sock, &shared), sock.as_raw_fd(), stop)
+        });
+        self.spawn(format!("weft-rx-{q}"), q, rx, wake)
+    }
+
+    fn spawn(&mut self, name: String, queue: usize, body: Body, wake: &Arc<Notify>) -> Result<()> {
         let stop = self.stop.clone();
         let wake = WakeOnExit(wake.clone());
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {

@@ -1,0 +1,171 @@
+//! Which thread of a queue reads its TUN device.
+//!
+//! Each queue has a send thread (TUN -> UDP) and a receive thread (UDP ->
+//! TUN). Waking a sleeping thread is the dearest step of the udp backend's
+//! round trip: on a VM every wake-up of a thread on another CPU is an
+//! inter-processor interrupt through the hypervisor, tens of microseconds.
+//! Much of the traffic that comes back through the TUN device is made
+//! *while the receive thread writes into it*: the kernel delivers the
+//! written packet at once, and a ping's reply, a request's answer or a TCP
+//! ACK is routed back into the TUN queue before the write returns.
+//!
+//! So while the traffic is light (single packets), the receive thread
+//! serves both directions: after each write it reads the TUN device too,
+//! and what was just made leaves without waking anyone; the send thread
+//! sleeps on its doorbell. As soon as either direction carries bulk (a TUN
+//! super-packet, or a UDP datagram of several GRO segments), the send
+//! thread is rung and takes the TUN device back, and the two threads work
+//! in parallel, as throughput needs. After [`BULK_QUIET`] without bulk the
+//! send thread hands the TUN device back.
+//!
+//! Both threads read the TUN device only while holding the queue's
+//! `TxPath` lock, and send what they read before letting go, so the
+//! packets of a flow leave in the order they were read, across hand-overs.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::stats::Stats;
+
+/// How long without bulk before the receive thread serves both directions again.
+pub(crate) const BULK_QUIET: Duration = Duration::from_millis(100);
+
+/// A non-blocking eventfd that wakes one thread out of `poll`.
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Doorbell> {
+        // SAFETY: eventfd(2) takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(Doorbell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    pub(crate) fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It
+        // can only fail when the counter is near overflow: rung already.
+        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    /// Reset it after a wake-up.
+    pub(crate) fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN when not rung.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// The hand-over state of one queue, shared by its two threads.
+pub(crate) struct Duty {
+    bulk: AtomicBool,
+    /// When bulk was last seen, in ms since `epoch`.
+    last_bulk: AtomicU64,
+    epoch: Instant,
+    quiet: Duration,
+    /// Rung to make the send thread take the TUN device.
+    pub(crate) to_sender: Doorbell,
+    /// Rung to make the receive thread serve both directions again.
+    pub(crate) to_receiver: Doorbell,
+    /// Counts the hand-overs, both ways.
+    stats: Arc<Stats>,
+}
+
+impl Duty {
+    /// Starts light: the receive thread reads the TUN device.
+    pub(crate) fn new(quiet: Duration, stats: Arc<Stats>) -> io::Result<Duty> {
+        Ok(Duty {
+            bulk: AtomicBool::new(false),
+            last_bulk: AtomicU64::new(0),
+            epoch: Instant::now(),
+            quiet,
+            to_sender: Doorbell::new()?,
+            to_receiver: Doorbell::new()?,
+            stats,
+        })
+    }
+
+    /// Whether the send thread reads the TUN device now.
+    pub(crate) fn bulk(&self) -> bool {
+        self.bulk.load(Ordering::Acquire)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Bulk went through: the send thread takes (or keeps) the TUN device.
+    pub(crate) fn saw_bulk(&self) {
+        self.last_bulk.store(self.now_ms(), Ordering::Relaxed);
+        if !self.bulk.swap(true, Ordering::AcqRel) {
+            self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+            self.to_sender.ring();
+        }
+    }
+
+    /// For the send thread when idle: hand the TUN device back to the
+    /// receive thread if there was no bulk for the quiet time. Returns
+    /// whether it did.
+    pub(crate) fn hand_back_if_quiet(&self) -> bool {
+        let since = self.now_ms().saturating_sub(self.last_bulk.load(Ordering::Relaxed));
+        if since < self.quiet.as_millis() as u64 {
+            return false;
+        }
+        if self.bulk.swap(false, Ordering::AcqRel) {
+            self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+            self.to_receiver.ring();
+        }
+        true
+    }
+
+    /// How long the send thread may sleep on the TUN device before it
+    /// checks whether to hand it back.
+    pub(crate) fn quiet(&self) -> Duration {
+        self.quiet
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rung(bell: &Doorbell) -> bool {
+        let mut p = libc::pollfd { fd: bell.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn bulk_moves_the_tun_to_the_sender_and_quiet_moves_it_back() {
+        let stats = Arc::new(Stats::default());
+        let duty = Duty::new(Duration::from_millis(30), stats.clone()).unwrap();
+        assert!(!duty.bulk(), "starts light: the receive thread reads the TUN device");
+        duty.saw_bulk();
+        assert!(duty.bulk());
+        assert!(rung(&duty.to_sender), "the send thread is woken to take over");
+        duty.to_sender.clear();
+        duty.saw_bulk();
+        assert!(!rung(&duty.to_sender), "no second ring while already bulk");
+        assert!(!duty.hand_back_if_quiet(), "not quiet yet");
+        assert!(duty.bulk());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(duty.hand_back_if_quiet());
+        assert!(!duty.bulk());
+        assert!(rung(&duty.to_receiver), "the receive thread is woken to serve both directions");
+        duty.to_receiver.clear();
+        assert!(!rung(&duty.to_receiver));
+        assert_eq!(stats.handovers.load(Ordering::Relaxed), 2, "both hand-overs counted");
+    }
+}
