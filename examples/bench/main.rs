@@ -6,13 +6,16 @@
 //! (ping: average and p99; and p50/p99 of pings every 10 ms during the
 //! 1-stream run, latency under load), the rate of 64-byte UDP packets received
 //! (iperf3 -u -l 64), and the daemons' CPU seconds per gigabit during the
-//! 1-stream run. Prints a table, writes JSON.
+//! 1-stream run; for the bare underlay also a userspace UDP echo's RTT,
+//! what wake-ups cost on the machine (see `echo.rs`). Prints a table,
+//! writes JSON.
 //!
 //! With `--scale N,...`: the control-plane case as well (see `scale.rs`).
 //!
 //! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...] [--hold]`
 
 mod charts;
+mod echo;
 mod scale;
 
 use std::path::PathBuf;
@@ -52,6 +55,8 @@ struct Figures {
     cpu_s_per_gbit: Option<f64>,
     /// Busy fraction of each forwarding thread during the 1-stream run.
     threads: Vec<(String, f64)>,
+    /// Underlay only: a userspace UDP echo's RTT average (see `echo`).
+    echo_avg_us: Option<f64>,
 }
 
 /// Where iperf3/ping run from and to: pods, or the nodes themselves.
@@ -196,6 +201,13 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
             (ends, (1..=2).filter_map(|i| lab.daemon_pid(i)).collect())
         }
     };
+    let echo = match case.config {
+        None => {
+            let rtts = echo::udp_echo_rtts_us(&ends.client_ns, &ends.server_ns, lab.node(2).underlay_ip, 500)?;
+            Some(rtts.iter().sum::<f64>() / rtts.len() as f64)
+        }
+        Some(_) => None,
+    };
     let _server = weft_lab::iperf::Server::start(&ends.server_ns, &ends.server_ip)?;
     if hold {
         // For profiling and experiments by hand: the lab stays up until Enter.
@@ -206,7 +218,7 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
         let mut line = String::new();
         std::io::stdin().read_line(&mut line)?;
     }
-    measure(&ends, secs, &daemons)
+    Ok(Figures { echo_avg_us: echo, ..measure(&ends, secs, &daemons)? })
 }
 
 fn main() -> Result<()> {
@@ -278,6 +290,14 @@ fn main() -> Result<()> {
                     f.udp64_kpps,
                     f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
                 );
+                if let Some(e) = f.echo_avg_us {
+                    println!(
+                        "{:<16}   userspace UDP echo: {e:.0} us avg (ping {:.0}): its two wake-ups cost {:.0} us",
+                        "",
+                        f.rtt_avg_us,
+                        e - f.rtt_avg_us
+                    );
+                }
                 for (t, busy) in &f.threads {
                     println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
                 }
@@ -290,11 +310,18 @@ fn main() -> Result<()> {
     if let (Some(u), Some(v)) = (get("udp"), get("vxlan")) {
         println!();
         println!(
-            "udp vs vxlan: tcp1 {:.2}x, rtt {:+.0} us, udp64 {:.2}x",
+            "udp vs vxlan: tcp1 {:.2}x, tcp2 {:.2}x, rtt {:+.0} us, udp64 {:.2}x",
             u.tcp1_gbps / v.tcp1_gbps,
+            u.tcp2_gbps / v.tcp2_gbps,
             u.rtt_avg_us - v.rtt_avg_us,
             u.udp64_kpps / v.udp64_kpps
         );
+        if let Some(floor) = get("underlay").and_then(|b| Some(2.0 * (b.echo_avg_us? - b.rtt_avg_us))) {
+            println!(
+                "udp rtt over vxlan: {:+.0} us; its four wake-ups at the underlay echo's cost: {floor:+.0} us",
+                u.rtt_avg_us - v.rtt_avg_us
+            );
+        }
         if let Some(p) = get("udp-no-offload") {
             println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
         }
@@ -330,6 +357,7 @@ fn main() -> Result<()> {
             "rtt_under_load_p99_us": f.loaded_p99_us,
             "udp_64b_kpps_received": f.udp64_kpps,
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
+            "udp_echo_avg_us": f.echo_avg_us,
             "forwarding_thread_busy_tcp1": f.threads.iter().map(|(t, b)| json!({"thread": t, "busy": b})).collect::<Vec<_>>(),
 
         })).collect::<Vec<_>>(),
