@@ -23,50 +23,15 @@
 //! packets of a flow leave in the order they were read, across hand-overs.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::io::Doorbell;
 use super::stats::Stats;
 
 /// How long without bulk before the receive thread serves both directions again.
 pub(crate) const BULK_QUIET: Duration = Duration::from_millis(100);
-
-/// A non-blocking eventfd that wakes one thread out of `poll`.
-pub(crate) struct Doorbell {
-    fd: OwnedFd,
-}
-
-impl Doorbell {
-    pub(crate) fn new() -> io::Result<Doorbell> {
-        // SAFETY: eventfd(2) takes no pointers; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(Doorbell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-
-    pub(crate) fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It
-        // can only fail when the counter is near overflow: rung already.
-        let _ = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-    }
-
-    /// Reset it after a wake-up.
-    pub(crate) fn clear(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN when not rung.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-
-    pub(crate) fn fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
-}
 
 /// The hand-over state of one queue, shared by its two threads.
 pub(crate) struct Duty {
@@ -111,7 +76,8 @@ impl Duty {
         self.last_bulk.store(self.now_ms(), Ordering::Relaxed);
         if !self.bulk.swap(true, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
-            self.to_sender.ring();
+            // A failed ring means it is rung already.
+            let _ = self.to_sender.ring();
         }
     }
 
@@ -125,7 +91,7 @@ impl Duty {
         }
         if self.bulk.swap(false, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
-            self.to_receiver.ring();
+            let _ = self.to_receiver.ring();
         }
         true
     }

@@ -56,32 +56,64 @@ pub(crate) fn is_fatal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO | libc::EBADF | libc::ENOTSOCK))
 }
 
-/// An eventfd that tells forwarding threads to stop; they wait on it
-/// beside their data descriptor, so stopping never waits for traffic.
-pub(crate) struct StopSignal {
+/// A non-blocking eventfd: rung by one thread, it wakes another out of
+/// `poll` until cleared.
+pub(crate) struct Doorbell {
     fd: OwnedFd,
-    fired: AtomicBool,
 }
 
-impl StopSignal {
-    pub(crate) fn new() -> io::Result<StopSignal> {
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Doorbell> {
         // SAFETY: eventfd(2) takes no pointers; the result is checked below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(StopSignal { fd: unsafe { OwnedFd::from_raw_fd(fd) }, fired: AtomicBool::new(false) })
+        Ok(Doorbell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
-    /// Wake every waiting thread, now and later (the counter stays non-zero).
-    pub(crate) fn fire(&self) {
-        self.fired.store(true, Ordering::Relaxed);
+    /// Make the descriptor readable. Fails only when the counter is near
+    /// overflow, that is, rung already.
+    pub(crate) fn ring(&self) -> io::Result<()> {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
         let rc = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
         if rc != 8 {
-            warn!("could not signal the forwarding threads to stop: {}", io::Error::last_os_error());
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reset it after a wake-up.
+    pub(crate) fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN when not rung.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Tells forwarding threads to stop; they wait on it beside their data
+/// descriptor, so stopping never waits for traffic.
+pub(crate) struct StopSignal {
+    bell: Doorbell,
+    fired: AtomicBool,
+}
+
+impl StopSignal {
+    pub(crate) fn new() -> io::Result<StopSignal> {
+        Ok(StopSignal { bell: Doorbell::new()?, fired: AtomicBool::new(false) })
+    }
+
+    /// Wake every waiting thread, now and later (never cleared).
+    pub(crate) fn fire(&self) {
+        self.fired.store(true, Ordering::Relaxed);
+        if let Err(e) = self.bell.ring() {
+            warn!("could not signal the forwarding threads to stop: {e}");
         }
     }
 }
@@ -112,7 +144,7 @@ pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> 
 /// fires, or `timeout` passes; a timeout counts as ready (the caller looks
 /// and finds nothing), as in [`wait`].
 pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Option<Duration>) -> io::Result<Wake> {
-    let mut polled = [libc::pollfd { fd: stop.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }; 4];
+    let mut polled = [libc::pollfd { fd: stop.bell.fd(), events: libc::POLLIN, revents: 0 }; 4];
     let n = fds.len().min(3);
     for (p, fd) in polled[1..].iter_mut().zip(&fds[..n]) {
         *p = libc::pollfd { fd: *fd, events, revents: 0 };
