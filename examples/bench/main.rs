@@ -17,6 +17,7 @@
 mod charts;
 mod echo;
 mod scale;
+mod summary;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -168,6 +169,43 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)]
 }
 
+fn ratios_json(r: &summary::Ratios) -> serde_json::Value {
+    json!({
+        "tcp_1_stream": r.tcp1,
+        "tcp_2_streams": r.tcp2,
+        "rtt_over_vxlan_us": r.rtt_over_us,
+        "udp_64b": r.udp64,
+        "wakeup_floor_us": r.floor_us,
+    })
+}
+
+/// One case's row of the table (and its detail lines).
+fn print_row(name: &str, f: &Figures) {
+    println!(
+        "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>11.0} {:>12}",
+        name,
+        f.tcp1_gbps,
+        f.tcp2_gbps,
+        f.rtt_avg_us,
+        f.rtt_p99_us,
+        f.loaded_p50_us,
+        f.loaded_p99_us,
+        f.udp64_kpps,
+        f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
+    );
+    if let Some(e) = f.echo_avg_us {
+        println!(
+            "{:<16}   userspace UDP echo: {e:.0} us avg (ping {:.0}): its two wake-ups cost {:.0} us",
+            "",
+            f.rtt_avg_us,
+            e - f.rtt_avg_us
+        );
+    }
+    for (t, busy) in &f.threads {
+        println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
+    }
+}
+
 fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figures> {
     let mut lab = Lab::new(2, weft)?;
     let (ends, daemons) = match case.config {
@@ -227,6 +265,7 @@ fn main() -> Result<()> {
     let mut only: Option<Vec<String>> = None;
     let mut scales: Vec<u32> = Vec::new();
     let mut hold = false;
+    let mut repeat = 1usize;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -242,9 +281,16 @@ fn main() -> Result<()> {
                     .collect::<Result<_>>()?
             }
             "--hold" => hold = true,
+            "--repeat" => {
+                repeat = args.next().context("--repeat N")?.parse().context("--repeat: a number of rounds")?;
+                if repeat == 0 {
+                    bail!("--repeat: at least 1 round");
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                     --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );
                 return Ok(());
@@ -269,62 +315,52 @@ fn main() -> Result<()> {
         "udp64 kpps",
         "cpu s/Gbit"
     );
-    let mut results = Vec::new();
-    for case in CASES {
-        if let Some(only) = &only {
-            if !only.iter().any(|o| o == case.name) {
-                continue;
+    let mut rounds: Vec<Vec<(&str, Figures)>> = Vec::new();
+    for round in 1..=repeat {
+        let mut results = Vec::new();
+        for case in CASES {
+            if let Some(only) = &only {
+                if !only.iter().any(|o| o == case.name) {
+                    continue;
+                }
+            }
+            let name = if repeat > 1 { format!("{} #{round}", case.name) } else { case.name.to_string() };
+            match run_case(case, &weft, secs, hold) {
+                Ok(f) => {
+                    print_row(&name, &f);
+                    results.push((case.name, f));
+                }
+                Err(e) => println!("{name:<16} failed: {e:#}"),
             }
         }
-        match run_case(case, &weft, secs, hold) {
-            Ok(f) => {
-                println!(
-                    "{:<16} {:>10.2} {:>10.2} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>11.0} {:>12}",
-                    case.name,
-                    f.tcp1_gbps,
-                    f.tcp2_gbps,
-                    f.rtt_avg_us,
-                    f.rtt_p99_us,
-                    f.loaded_p50_us,
-                    f.loaded_p99_us,
-                    f.udp64_kpps,
-                    f.cpu_s_per_gbit.map(|c| format!("{c:.3}")).unwrap_or_else(|| "-".into())
-                );
-                if let Some(e) = f.echo_avg_us {
-                    println!(
-                        "{:<16}   userspace UDP echo: {e:.0} us avg (ping {:.0}): its two wake-ups cost {:.0} us",
-                        "",
-                        f.rtt_avg_us,
-                        e - f.rtt_avg_us
-                    );
-                }
-                for (t, busy) in &f.threads {
-                    println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
-                }
-                results.push((case.name, f));
-            }
-            Err(e) => println!("{:<16} failed: {e:#}", case.name),
+        rounds.push(results);
+    }
+    let all_ratios: Vec<summary::Ratios> = rounds.iter().filter_map(|r| summary::Ratios::of(r)).collect();
+    if !all_ratios.is_empty() {
+        println!();
+    }
+    for (i, r) in all_ratios.iter().enumerate() {
+        r.print(&if repeat > 1 { format!("round {}", i + 1) } else { "this run".into() });
+    }
+    if all_ratios.len() > 1 {
+        if let Some(m) = summary::Ratios::median(&all_ratios) {
+            m.print(&format!("median of {} rounds", all_ratios.len()));
         }
     }
-    let get = |n: &str| results.iter().find(|(c, _)| *c == n).map(|(_, f)| f.clone());
-    if let (Some(u), Some(v)) = (get("udp"), get("vxlan")) {
-        println!();
-        println!(
-            "udp vs vxlan: tcp1 {:.2}x, tcp2 {:.2}x, rtt {:+.0} us, udp64 {:.2}x",
-            u.tcp1_gbps / v.tcp1_gbps,
-            u.tcp2_gbps / v.tcp2_gbps,
-            u.rtt_avg_us - v.rtt_avg_us,
-            u.udp64_kpps / v.udp64_kpps
-        );
-        if let Some(floor) = get("underlay").and_then(|b| Some(2.0 * (b.echo_avg_us? - b.rtt_avg_us))) {
-            println!(
-                "udp rtt over vxlan: {:+.0} us; its four wake-ups at the underlay echo's cost: {floor:+.0} us",
-                u.rtt_avg_us - v.rtt_avg_us
-            );
-        }
-        if let Some(p) = get("udp-no-offload") {
-            println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
-        }
+    // Each case's figures: the median over the rounds.
+    let results: Vec<(&str, Figures)> = CASES
+        .iter()
+        .filter_map(|c| {
+            let runs: Vec<Figures> =
+                rounds.iter().filter_map(|r| r.iter().find(|(n, _)| *n == c.name).map(|(_, f)| f.clone())).collect();
+            Some((c.name, summary::median_figures(&runs)?))
+        })
+        .collect();
+    if let (Some(u), Some(p)) = (
+        results.iter().find(|(c, _)| *c == "udp").map(|(_, f)| f),
+        results.iter().find(|(c, _)| *c == "udp-no-offload").map(|(_, f)| f),
+    ) {
+        println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
     }
     let mut scale_results = Vec::new();
     if !scales.is_empty() {
@@ -347,6 +383,9 @@ fn main() -> Result<()> {
         "kernel": kernel,
         "cpus": cpus,
         "seconds_per_run": secs,
+        "rounds": repeat,
+        "udp_vs_vxlan": all_ratios.iter().map(ratios_json).collect::<Vec<_>>(),
+        "udp_vs_vxlan_median": summary::Ratios::median(&all_ratios).as_ref().map(ratios_json),
         "cases": results.iter().map(|(name, f)| json!({
             "case": name,
             "tcp_1_stream_gbps": f.tcp1_gbps,
