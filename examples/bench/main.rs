@@ -351,15 +351,11 @@ fn main() -> Result<()> {
     let results: Vec<(&str, Figures)> = CASES
         .iter()
         .filter_map(|c| {
-            let runs: Vec<Figures> =
-                rounds.iter().filter_map(|r| r.iter().find(|(n, _)| *n == c.name).map(|(_, f)| f.clone())).collect();
+            let runs: Vec<Figures> = rounds.iter().filter_map(|r| summary::find(r, c.name).cloned()).collect();
             Some((c.name, summary::median_figures(&runs)?))
         })
         .collect();
-    if let (Some(u), Some(p)) = (
-        results.iter().find(|(c, _)| *c == "udp").map(|(_, f)| f),
-        results.iter().find(|(c, _)| *c == "udp-no-offload").map(|(_, f)| f),
-    ) {
+    if let (Some(u), Some(p)) = (summary::find(&results, "udp"), summary::find(&results, "udp-no-offload")) {
         println!("udp with offloads vs without: tcp1 {:.1}x", u.tcp1_gbps / p.tcp1_gbps);
     }
     let mut scale_results = Vec::new();

@@ -17,7 +17,7 @@ pub(crate) struct Ratios {
 
 impl Ratios {
     pub(crate) fn of(results: &[(&str, Figures)]) -> Option<Ratios> {
-        let get = |n: &str| results.iter().find(|(c, _)| *c == n).map(|(_, f)| f);
+        let get = |n| find(results, n);
         let (u, v) = (get("udp")?, get("vxlan")?);
         Some(Ratios {
             tcp1: u.tcp1_gbps / v.tcp1_gbps,
@@ -52,6 +52,11 @@ impl Ratios {
             floor_us: m(|r| r.floor_us),
         })
     }
+}
+
+/// The figures of case `name` in `results`.
+pub(crate) fn find<'a>(results: &'a [(&str, Figures)], name: &str) -> Option<&'a Figures> {
+    results.iter().find(|(c, _)| *c == name).map(|(_, f)| f)
 }
 
 /// The median of `v` (the mean of the middle two for an even count).

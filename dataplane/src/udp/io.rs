@@ -129,7 +129,9 @@ impl StopSignal {
 /// What a wait ended with.
 #[derive(Debug)]
 pub(crate) enum Wake {
-    Ready,
+    /// Bit `i` set: the `i`-th descriptor waited on is ready (all clear
+    /// after a timeout).
+    Ready(u8),
     Stop,
 }
 
@@ -141,8 +143,8 @@ pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> 
 }
 
 /// Wait until one of `fds` (at most three) is ready for `events`, `stop`
-/// fires, or `timeout` passes; a timeout counts as ready (the caller looks
-/// and finds nothing), as in [`wait`].
+/// fires, or `timeout` passes; a timeout counts as ready with nothing
+/// marked (the caller looks and finds nothing), as in [`wait`].
 pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Option<Duration>) -> io::Result<Wake> {
     let mut polled = [libc::pollfd { fd: stop.bell.fd(), events: libc::POLLIN, revents: 0 }; 4];
     let n = fds.len().min(3);
@@ -167,7 +169,8 @@ pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Opt
         if polled[1..=n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
-        return Ok(Wake::Ready);
+        let ready = polled[1..=n].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0u8, |m, (i, _)| m | 1 << i);
+        return Ok(Wake::Ready(ready));
     }
 }
 

@@ -371,7 +371,7 @@ fn send_gso(
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => match wait(sock.as_raw_fd(), libc::POLLOUT, stop) {
-                Ok(Wake::Ready) => continue,
+                Ok(Wake::Ready(_)) => continue,
                 Ok(Wake::Stop) => e,
                 Err(e) => e,
             },

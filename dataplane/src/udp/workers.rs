@@ -1,8 +1,9 @@
 //! The forwarding threads and their ownership: two threads per queue
 //! (TUN -> UDP and UDP -> TUN), started together, stopped together, and
 //! joined. On the offload path the receive thread also reads the TUN
-//! device while the traffic is light (see `duty`). A thread ends on a persistent error (the TUN device deleted
-//! under it, a closed descriptor, too many errors in a row) or a panic;
+//! device while the traffic is light (see `duty`). A thread ends on a
+//! persistent error (the TUN device deleted under it, a closed
+//! descriptor, too many errors in a row) or a panic;
 //! it then wakes the reconciler, which rebuilds the queues and starts new
 //! threads after a backoff (see `Supervisor` in the backend).
 //!
@@ -66,7 +67,7 @@ fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
         match step() {
             Step::Worked => {}
             Step::Idle => match wait(fd, libc::POLLIN, stop) {
-                Ok(Wake::Ready) => {}
+                Ok(Wake::Ready(_)) => {}
                 Ok(Wake::Stop) => return Exit::Stopped,
                 Err(e) => return Exit::Failed(e),
             },
@@ -91,7 +92,7 @@ fn run_sender(
         }
         if !duty.bulk() {
             match wait_any(&[duty.to_sender.fd()], libc::POLLIN, stop, None) {
-                Ok(Wake::Ready) => duty.to_sender.clear(),
+                Ok(Wake::Ready(_)) => duty.to_sender.clear(),
                 Ok(Wake::Stop) => return Exit::Stopped,
                 Err(e) => return Exit::Failed(e),
             }
@@ -104,7 +105,7 @@ fn run_sender(
                     continue;
                 }
                 match wait_any(&[tun], libc::POLLIN, stop, Some(duty.quiet())) {
-                    Ok(Wake::Ready) => {}
+                    Ok(Wake::Ready(_)) => {}
                     Ok(Wake::Stop) => return Exit::Stopped,
                     Err(e) => return Exit::Failed(e),
                 }
@@ -148,7 +149,12 @@ fn run_receiver(
             let only = [sock, bell];
             let fds: &[i32] = if light { &both } else { &only };
             match wait_any(fds, libc::POLLIN, stop, None) {
-                Ok(Wake::Ready) => duty.to_receiver.clear(),
+                Ok(Wake::Ready(ready)) => {
+                    // The doorbell is the last descriptor; reset it only when rung.
+                    if ready & 1 << (fds.len() - 1) != 0 {
+                        duty.to_receiver.clear();
+                    }
+                }
                 Ok(Wake::Stop) => return Exit::Stopped,
                 Err(e) => return Exit::Failed(e),
             }
