@@ -7,8 +7,11 @@
 //! 1-stream run, latency under load), the rate of 64-byte UDP packets received
 //! (iperf3 -u -l 64), and the daemons' CPU seconds per gigabit during the
 //! 1-stream run; for the bare underlay also a userspace UDP echo's RTT,
-//! what wake-ups cost on the machine (see `echo.rs`). Prints a table,
-//! writes JSON.
+//! what wake-ups cost on the machine (see `echo.rs`). For every case, how
+//! many of the machine's CPUs were busy during the TCP runs (its CPU cost
+//! per byte, whoever spends it); for udp, how often its forwarding threads
+//! were woken per ping and per MB (`procfs.rs`). Prints a table, writes
+//! JSON and SVG charts.
 //!
 //! With `--scale N,...`: the control-plane case as well (see `scale.rs`).
 //!
@@ -16,6 +19,7 @@
 
 mod charts;
 mod echo;
+mod procfs;
 mod scale;
 mod summary;
 
@@ -58,6 +62,27 @@ struct Figures {
     threads: Vec<(String, f64)>,
     /// Underlay only: a userspace UDP echo's RTT average (see `echo`).
     echo_avg_us: Option<f64>,
+    /// Busy CPUs of the whole machine during the 1-stream run: both pods,
+    /// both nodes' kernels and daemons; the CPU cost of the case per byte.
+    busy_cpus: f64,
+    /// The same during the 2-stream run.
+    busy_cpus_tcp2: f64,
+    /// udp only: times the forwarding threads slept (and were woken) per
+    /// ping of the idle RTT run, and per GB of the 1-stream run.
+    sleeps_per_ping: Option<f64>,
+    sleeps_per_gb: Option<f64>,
+}
+
+impl Figures {
+    /// The machine's CPU-seconds per GB moved in the 1-stream run.
+    pub(crate) fn cpu_s_per_gb(&self) -> f64 {
+        self.busy_cpus / (self.tcp1_gbps / 8.0).max(1e-9)
+    }
+
+    /// The same in the 2-stream run.
+    pub(crate) fn cpu_s_per_gb_tcp2(&self) -> f64 {
+        self.busy_cpus_tcp2 / (self.tcp2_gbps / 8.0).max(1e-9)
+    }
 }
 
 /// Where iperf3/ping run from and to: pods, or the nodes themselves.
@@ -67,41 +92,18 @@ struct Ends {
     server_ip: String,
 }
 
-/// utime + stime, in clock ticks, from a `/proc/.../stat` file (0 if unreadable).
-fn stat_ticks(path: &std::path::Path) -> u64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name: utime is the 14th, stime the 15th field.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    get(11) + get(12)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    stat_ticks(std::path::Path::new(&format!("/proc/{pid}/stat")))
-}
-
-/// CPU ticks per named thread of `pid` (e.g. weft-tx-0, weft-rx-0).
-fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return vec![] };
-    dir.flatten()
-        .map(|t| {
-            let path = t.path();
-            let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default().trim().to_string();
-            (name, stat_ticks(&path.join("stat")))
-        })
-        .collect()
-}
-
 fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {
     weft_lab::iperf::client(&ends.client_ns, &ends.server_ip, args)
 }
 
 fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let t = secs.to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let mut f = Figures::default();
-    let before: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
-    let threads_before: Vec<_> = daemons.iter().map(|p| thread_ticks(*p)).collect();
+    let before: u64 = daemons.iter().map(|p| procfs::cpu_ticks(*p)).sum();
+    let threads_before: Vec<_> = daemons.iter().map(|p| procfs::thread_ticks(*p)).collect();
+    let machine_before = procfs::machine_ticks();
+    let sleeps_before = procfs::forwarding_sleeps(daemons);
     // Latency under load: pings every 10 ms while the bulk stream runs.
     let pinger = netns::exec(&ends.client_ns, "ping")
         .args(["-n", "-i", "0.01", "-W", "1", "-w", &t, &ends.server_ip])
@@ -112,9 +114,11 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let loaded = rtts_us(&pinger.wait_with_output()?.stdout);
     f.loaded_p50_us = percentile(&loaded, 0.50);
     f.loaded_p99_us = percentile(&loaded, 0.99);
-    let after: u64 = daemons.iter().map(|p| cpu_ticks(*p)).sum();
+    let after: u64 = daemons.iter().map(|p| procfs::cpu_ticks(*p)).sum();
+    f.busy_cpus = procfs::busy_cpus(machine_before, procfs::machine_ticks(), cpus);
+    let sleeps = procfs::forwarding_sleeps(daemons).saturating_sub(sleeps_before);
     for (i, (p, tb)) in daemons.iter().zip(threads_before).enumerate() {
-        for (name, ticks) in thread_ticks(*p) {
+        for (name, ticks) in procfs::thread_ticks(*p) {
             let was = tb.iter().find(|(n, _)| *n == name).map(|(_, t)| *t).unwrap_or(0);
             if name.starts_with("weft-") && ticks > was {
                 f.threads.push((format!("node{}:{name}", i + 1), (ticks - was) as f64 / 100.0 / f64::from(secs)));
@@ -129,7 +133,12 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
         let cpu_s = (after - before) as f64 / 100.0;
         f.cpu_s_per_gbit = Some(cpu_s / (bps * secs_measured / 1e9));
     }
+    if !f.threads.is_empty() {
+        f.sleeps_per_gb = Some(sleeps as f64 / (bps * secs_measured / 8e9));
+    }
+    let machine_before = procfs::machine_ticks();
     let two = iperf(ends, &["-t", &t, "-P", "2"])?;
+    f.busy_cpus_tcp2 = procfs::busy_cpus(machine_before, procfs::machine_ticks(), cpus);
     f.tcp2_gbps = two["end"]["sum_received"]["bits_per_second"].as_f64().context("tcp2 bps")? / 1e9;
     let udp = iperf(ends, &["-t", &t, "-u", "-l", "64", "-b", "0"])?;
     let sum = &udp["end"]["sum"];
@@ -138,12 +147,17 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let seconds = sum["seconds"].as_f64().unwrap_or(f64::from(secs)).max(0.001);
     f.udp64_kpps = (packets - lost).max(0.0) / seconds / 1e3;
 
+    let sleeps_before = procfs::forwarding_sleeps(daemons);
     let out = netns::exec(&ends.client_ns, "ping")
         .args(["-n", "-c", "500", "-i", "0.002", "-W", "1", &ends.server_ip])
         .output()?;
     let rtts = rtts_us(&out.stdout);
     if rtts.is_empty() {
         bail!("ping to {} got no answers", ends.server_ip);
+    }
+    if !f.threads.is_empty() {
+        let slept = procfs::forwarding_sleeps(daemons).saturating_sub(sleeps_before);
+        f.sleeps_per_ping = Some(slept as f64 / rtts.len() as f64);
     }
     f.rtt_avg_us = rtts.iter().sum::<f64>() / rtts.len() as f64;
     f.rtt_p99_us = percentile(&rtts, 0.99);
@@ -176,6 +190,9 @@ fn ratios_json(r: &summary::Ratios) -> serde_json::Value {
         "rtt_over_vxlan_us": r.rtt_over_us,
         "udp_64b": r.udp64,
         "wakeup_floor_us": r.floor_us,
+        "machine_cpu_per_gb_tcp1": r.cpu_per_gb,
+        "cpus_for_0_9x_tcp1": r.cpus_for_target,
+        "cpus_for_0_9x_tcp2": r.cpus_for_target2,
     })
 }
 
@@ -201,8 +218,25 @@ fn print_row(name: &str, f: &Figures) {
             e - f.rtt_avg_us
         );
     }
+    if f.busy_cpus > 0.0 {
+        println!(
+            "{:<16}   machine: {:.2} CPUs busy, {:.2} CPU-s per GB during tcp1; {:.2} busy, {:.2} CPU-s per GB during tcp2",
+            "",
+            f.busy_cpus,
+            f.cpu_s_per_gb(),
+            f.busy_cpus_tcp2,
+            f.cpu_s_per_gb_tcp2()
+        );
+    }
     for (t, busy) in &f.threads {
         println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
+    }
+    if let (Some(ping), Some(gb)) = (f.sleeps_per_ping, f.sleeps_per_gb) {
+        println!(
+            "{:<16}   forwarding threads woken {ping:.1} times per ping, {:.0} per MB during tcp1",
+            "",
+            gb / 1000.0
+        );
     }
 }
 
@@ -393,6 +427,12 @@ fn main() -> Result<()> {
             "udp_64b_kpps_received": f.udp64_kpps,
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
             "udp_echo_avg_us": f.echo_avg_us,
+            "machine_busy_cpus_tcp1": f.busy_cpus,
+            "machine_cpu_s_per_gb_tcp1": f.cpu_s_per_gb(),
+            "machine_busy_cpus_tcp2": f.busy_cpus_tcp2,
+            "machine_cpu_s_per_gb_tcp2": f.cpu_s_per_gb_tcp2(),
+            "forwarding_wakeups_per_ping": f.sleeps_per_ping,
+            "forwarding_wakeups_per_gb_tcp1": f.sleeps_per_gb,
             "forwarding_thread_busy_tcp1": f.threads.iter().map(|(t, b)| json!({"thread": t, "busy": b})).collect::<Vec<_>>(),
 
         })).collect::<Vec<_>>(),

@@ -13,6 +13,14 @@ pub(crate) struct Ratios {
     pub(crate) udp64: f64,
     /// Twice the underlay echo's overhead over ping: four wake-ups.
     pub(crate) floor_us: Option<f64>,
+    /// The machine's CPU-seconds per GB in the 1-stream run, udp over vxlan.
+    pub(crate) cpu_per_gb: f64,
+    /// Busy CPUs that 0.9 x vxlan's 1-stream rate would take at udp's CPU
+    /// cost per GB: above the machine's CPU count, the target cannot be met
+    /// without making the path cheaper.
+    pub(crate) cpus_for_target: f64,
+    /// The same for the 2-stream target.
+    pub(crate) cpus_for_target2: f64,
 }
 
 impl Ratios {
@@ -25,6 +33,9 @@ impl Ratios {
             rtt_over_us: u.rtt_avg_us - v.rtt_avg_us,
             udp64: u.udp64_kpps / v.udp64_kpps,
             floor_us: get("underlay").and_then(|b| Some(2.0 * (b.echo_avg_us? - b.rtt_avg_us))),
+            cpu_per_gb: u.cpu_s_per_gb() / v.cpu_s_per_gb(),
+            cpus_for_target: u.cpu_s_per_gb() * 0.9 * v.tcp1_gbps / 8.0,
+            cpus_for_target2: u.cpu_s_per_gb_tcp2() * 0.9 * v.tcp2_gbps / 8.0,
         })
     }
 
@@ -39,6 +50,11 @@ impl Ratios {
                 self.rtt_over_us
             );
         }
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        println!(
+            "{label}: machine CPU per GB during tcp1, udp over vxlan {:.2}x; 0.9x vxlan at udp's cost per GB would keep {:.2} CPUs busy (tcp1), {:.2} (tcp2); the machine has {cpus}",
+            self.cpu_per_gb, self.cpus_for_target, self.cpus_for_target2
+        );
     }
 
     /// Each ratio's median over the rounds.
@@ -50,6 +66,9 @@ impl Ratios {
             rtt_over_us: m(|r| Some(r.rtt_over_us))?,
             udp64: m(|r| Some(r.udp64))?,
             floor_us: m(|r| r.floor_us),
+            cpu_per_gb: m(|r| Some(r.cpu_per_gb))?,
+            cpus_for_target: m(|r| Some(r.cpus_for_target))?,
+            cpus_for_target2: m(|r| Some(r.cpus_for_target2))?,
         })
     }
 }
@@ -86,6 +105,10 @@ pub(crate) fn median_figures(runs: &[Figures]) -> Option<Figures> {
         cpu_s_per_gbit: mo(|f| f.cpu_s_per_gbit),
         threads: runs.first()?.threads.clone(),
         echo_avg_us: mo(|f| f.echo_avg_us),
+        busy_cpus: m(|f| f.busy_cpus),
+        busy_cpus_tcp2: m(|f| f.busy_cpus_tcp2),
+        sleeps_per_ping: mo(|f| f.sleeps_per_ping),
+        sleeps_per_gb: mo(|f| f.sleeps_per_gb),
     })
 }
 
