@@ -144,7 +144,9 @@ pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> 
 
 /// Wait until one of `fds` (at most three) is ready for `events`, `stop`
 /// fires, or `timeout` passes; a timeout counts as ready with nothing
-/// marked (the caller looks and finds nothing), as in [`wait`].
+/// marked (the caller looks and finds nothing), as in [`wait`]. Bit `i` of
+/// the ready mask is `fds[i]`; a negative descriptor is skipped, as
+/// poll(2) skips it, and never marked.
 pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Option<Duration>) -> io::Result<Wake> {
     let mut polled = [libc::pollfd { fd: stop.bell.fd(), events: libc::POLLIN, revents: 0 }; 4];
     let n = fds.len().min(3);

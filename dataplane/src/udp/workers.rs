@@ -117,6 +117,12 @@ fn run_sender(
 
 /// The receive thread of an offload queue: UDP -> TUN, and TUN -> UDP too
 /// while the traffic is light (see `duty`).
+///
+/// After each round it goes back to `poll` rather than trying its
+/// descriptors until they fail: a light packet's hop then costs one wake-up
+/// and the calls that move it, and `poll` reports what is ready. The one
+/// exception is the TUN read right after a write, which picks up what the
+/// kernel made of the written packet (a reply, an ACK) without a wake-up.
 fn run_receiver(
     mut receive: impl FnMut() -> (Step, bool),
     tx: &Mutex<TxPath>,
@@ -125,39 +131,47 @@ fn run_receiver(
     fds: [i32; 2],
     stop: &StopSignal,
 ) -> Exit {
+    const SOCK: u8 = 1;
+    const TUN: u8 = 2;
+    const BELL: u8 = 4;
     let [sock, tun] = fds;
+    // What to read this round; at the start, both.
+    let mut ready = SOCK | TUN;
     loop {
         if stop.fired() {
             return Exit::Stopped;
         }
-        let received = match receive() {
-            (Step::Failed(e), _) => return Exit::Failed(e),
-            (Step::Worked, true) => {
-                duty.saw_bulk();
-                Step::Worked
+        let received = if ready & SOCK != 0 {
+            match receive() {
+                (Step::Failed(e), _) => return Exit::Failed(e),
+                (Step::Worked, true) => {
+                    duty.saw_bulk();
+                    Step::Worked
+                }
+                (step, _) => step,
             }
-            (step, _) => step,
+        } else {
+            Step::Idle
         };
         let light = !duty.bulk();
-        let sent = if light { send_step(tx, &mut send, duty) } else { Step::Idle };
-        if let Step::Failed(e) = sent {
-            return Exit::Failed(e);
-        }
-        if let (Step::Idle, Step::Idle) = (&received, &sent) {
-            let bell = duty.to_receiver.fd();
-            let both = [sock, tun, bell];
-            let only = [sock, bell];
-            let fds: &[i32] = if light { &both } else { &only };
-            match wait_any(fds, libc::POLLIN, stop, None) {
-                Ok(Wake::Ready(ready)) => {
-                    // The doorbell is the last descriptor; reset it only when rung.
-                    if ready & 1 << (fds.len() - 1) != 0 {
-                        duty.to_receiver.clear();
-                    }
-                }
-                Ok(Wake::Stop) => return Exit::Stopped,
-                Err(e) => return Exit::Failed(e),
+        let look_at_tun = ready & TUN != 0 || matches!(received, Step::Worked);
+        if light && look_at_tun {
+            if let Step::Failed(e) = send_step(tx, &mut send, duty) {
+                return Exit::Failed(e);
             }
+        }
+        // In `fds` order, so that the wake-up's bits are SOCK, TUN and BELL;
+        // poll(2) skips a negative descriptor (the TUN device while bulk).
+        let tun_if_ours = if duty.bulk() { -1 } else { tun };
+        ready = match wait_any(&[sock, tun_if_ours, duty.to_receiver.fd()], libc::POLLIN, stop, None) {
+            Ok(Wake::Ready(r)) => r,
+            Ok(Wake::Stop) => return Exit::Stopped,
+            Err(e) => return Exit::Failed(e),
+        };
+        if ready & BELL != 0 {
+            // Rung: light again (the TUN device is ours) or bulk (it is not).
+            duty.to_receiver.clear();
+            ready |= TUN;
         }
     }
 }
