@@ -71,6 +71,9 @@ struct Figures {
     /// ping of the idle RTT run, and per GB of the 1-stream run.
     sleeps_per_ping: Option<f64>,
     sleeps_per_gb: Option<f64>,
+    /// Ping RTT while a busy loop runs on every CPU (pods that compute).
+    busy_p50_us: f64,
+    busy_p99_us: f64,
 }
 
 impl Figures {
@@ -161,7 +164,34 @@ fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     }
     f.rtt_avg_us = rtts.iter().sum::<f64>() / rtts.len() as f64;
     f.rtt_p99_us = percentile(&rtts, 0.99);
+    let busy = with_busy_cpus(cpus, || {
+        netns::exec(&ends.client_ns, "ping")
+            .args(["-n", "-c", "300", "-i", "0.005", "-W", "1", &ends.server_ip])
+            .output()
+    })?;
+    let busy = rtts_us(&busy.stdout);
+    f.busy_p50_us = percentile(&busy, 0.50);
+    f.busy_p99_us = percentile(&busy, 0.99);
     Ok(f)
+}
+
+/// Run `f` while one thread per CPU spins, as pods that compute would keep
+/// a node's CPUs busy.
+fn with_busy_cpus<T>(cpus: usize, f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..cpus {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+        }
+        let out = f();
+        stop.store(true, Ordering::Relaxed);
+        out
+    })
 }
 
 /// The round-trip times (µs) in ping's output, sorted.
@@ -228,6 +258,10 @@ fn print_row(name: &str, f: &Figures) {
             f.cpu_s_per_gb_tcp2()
         );
     }
+    println!(
+        "{:<16}   with a busy loop on every CPU: ping p50 {:.0} us, p99 {:.0} us",
+        "", f.busy_p50_us, f.busy_p99_us
+    );
     for (t, busy) in &f.threads {
         println!("{:<16}   {t}: {:.0}% busy during tcp1", "", busy * 100.0);
     }
@@ -424,6 +458,8 @@ fn main() -> Result<()> {
             "rtt_p99_us": f.rtt_p99_us,
             "rtt_under_load_p50_us": f.loaded_p50_us,
             "rtt_under_load_p99_us": f.loaded_p99_us,
+            "rtt_busy_cpus_p50_us": f.busy_p50_us,
+            "rtt_busy_cpus_p99_us": f.busy_p99_us,
             "udp_64b_kpps_received": f.udp64_kpps,
             "daemon_cpu_s_per_gbit": f.cpu_s_per_gbit,
             "udp_echo_avg_us": f.echo_avg_us,
@@ -480,7 +516,7 @@ fn write_charts(
         let p = path("rtt");
         charts::bars(
             &p,
-            "Pod-to-pod ping RTT, idle and under a TCP stream (log scale)",
+            "Pod-to-pod ping RTT: idle, under a TCP stream, with busy CPUs (log scale)",
             "microseconds",
             &cases,
             &[
@@ -488,6 +524,7 @@ fn write_charts(
                 ("idle p99", col(|f| f.rtt_p99_us)),
                 ("loaded p50", col(|f| f.loaded_p50_us)),
                 ("loaded p99", col(|f| f.loaded_p99_us)),
+                ("busy CPUs p99", col(|f| f.busy_p99_us)),
             ],
             true,
         )?;

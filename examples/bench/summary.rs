@@ -109,6 +109,8 @@ pub(crate) fn median_figures(runs: &[Figures]) -> Option<Figures> {
         busy_cpus_tcp2: m(|f| f.busy_cpus_tcp2),
         sleeps_per_ping: mo(|f| f.sleeps_per_ping),
         sleeps_per_gb: mo(|f| f.sleeps_per_gb),
+        busy_p50_us: m(|f| f.busy_p50_us),
+        busy_p99_us: m(|f| f.busy_p99_us),
     })
 }
 
