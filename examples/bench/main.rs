@@ -79,13 +79,18 @@ struct Figures {
 impl Figures {
     /// The machine's CPU-seconds per GB moved in the 1-stream run.
     pub(crate) fn cpu_s_per_gb(&self) -> f64 {
-        self.busy_cpus / (self.tcp1_gbps / 8.0).max(1e-9)
+        per_gb(self.busy_cpus, self.tcp1_gbps)
     }
 
     /// The same in the 2-stream run.
     pub(crate) fn cpu_s_per_gb_tcp2(&self) -> f64 {
-        self.busy_cpus_tcp2 / (self.tcp2_gbps / 8.0).max(1e-9)
+        per_gb(self.busy_cpus_tcp2, self.tcp2_gbps)
     }
+}
+
+/// CPU-seconds per GB of `busy` CPUs moving `gbps` Gbit/s.
+fn per_gb(busy: f64, gbps: f64) -> f64 {
+    busy / (gbps / 8.0).max(1e-9)
 }
 
 /// Where iperf3/ping run from and to: pods, or the nodes themselves.
@@ -101,7 +106,7 @@ fn iperf(ends: &Ends, args: &[&str]) -> Result<serde_json::Value> {
 
 fn measure(ends: &Ends, secs: u32, daemons: &[u32]) -> Result<Figures> {
     let t = secs.to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = procfs::cpus();
     let mut f = Figures::default();
     let before: u64 = daemons.iter().map(|p| procfs::cpu_ticks(*p)).sum();
     let threads_before: Vec<_> = daemons.iter().map(|p| procfs::thread_ticks(*p)).collect();
@@ -368,7 +373,7 @@ fn main() -> Result<()> {
     }
     let weft = weft_lab::weft_next_to_example()?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = procfs::cpus();
     println!("weft lab benchmark: kernel {kernel}, {cpus} CPUs, {secs} s per iperf3 run, 2 nodes");
     println!();
     println!(

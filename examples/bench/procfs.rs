@@ -63,6 +63,11 @@ pub(crate) fn machine_ticks() -> (u64, u64) {
     (all - idle, all)
 }
 
+/// How many CPUs this machine has (1 if it cannot tell).
+pub(crate) fn cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
 /// Busy CPUs (0..=cpus) between two `machine_ticks` readings.
 pub(crate) fn busy_cpus(before: (u64, u64), after: (u64, u64), cpus: usize) -> f64 {
     let all = after.1.saturating_sub(before.1);

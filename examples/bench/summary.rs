@@ -50,7 +50,7 @@ impl Ratios {
                 self.rtt_over_us
             );
         }
-        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cpus = crate::procfs::cpus();
         println!(
             "{label}: machine CPU per GB during tcp1, udp over vxlan {:.2}x; 0.9x vxlan at udp's cost per GB would keep {:.2} CPUs busy (tcp1), {:.2} (tcp2); the machine has {cpus}",
             self.cpu_per_gb, self.cpus_for_target, self.cpus_for_target2
