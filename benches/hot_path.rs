@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::net::Ipv4Addr;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use weft_dataplane::udp::packet::{build_icmp_error, check_inbound, checksum, decrement_ttl, IcmpError};
-use weft_dataplane::udp::table::Snapshot;
+use weft_dataplane::forward::packet::{build_icmp_error, check_inbound, checksum, decrement_ttl, IcmpError};
+use weft_dataplane::forward::table::Snapshot;
 use weft_dataplane::Peer;
 
 fn packet(len: usize) -> Vec<u8> {

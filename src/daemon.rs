@@ -21,8 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 use tracing::{info, warn};
-use weft_dataplane::iface::IfaceRequest;
-use weft_dataplane::{Dataplane, DataplaneConfig};
+use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
 use weft_subnet::backoff::Backoff;
 use weft_subnet::env_file::{previous_subnet, SubnetEnv};
 use weft_subnet::renew::Renewer;
@@ -34,10 +33,6 @@ use crate::cli::{EtcdArgs, RunArgs};
 use crate::health::{HealthState, Readiness};
 use crate::node_check::{ConfigFollower, ConfigStep};
 use crate::peers::desired_peers;
-
-/// Kernel events come in bursts (a device deleted takes its routes and
-/// entries with it): wait this long after the first so one pass repairs all.
-const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
 pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
     tokio::pin!(shutdown);
@@ -102,7 +97,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let attrs = LeaseAttrs {
         public_ip: ext.public_ip,
         public_ipv6: None,
-        backend_type: LeaseAttrs::backend_type_for(dp.type_name()),
+        backend_type: LeaseAttrs::backend_type_for(dp.kind()),
         backend_data: dp.backend_data().map(Into::into),
         backend_v6_data: None,
     };
@@ -117,7 +112,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     dp.start(subnet).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
-    let first = reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await;
+    let first = reconcile(&mut dp, &watch, subnet).await;
     let env = SubnetEnv {
         network: config.network,
         subnet,
@@ -133,19 +128,16 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     if let Err(e) = crate::notify::ready() {
         warn!("could not notify systemd of readiness: {e}");
     }
-    info!(%subnet, backend = dp.type_name(), "weft is running");
+    info!(%subnet, backend = %dp.kind(), "weft is running");
 
-    // 5. Run until stopped or until the lease is lost. Kernel events and
-    //    ended forwarding threads trigger a pass at once; the resync timer
-    //    is the safety net.
+    // 5. Run until stopped or until the lease is lost. Lease events, and
+    //    whatever the dataplane asks for (kernel events, ended forwarding
+    //    threads, its resync), trigger a pass; the dataplane picks its kind.
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
     let (mut checks, check_task) =
         crate::node_check::spawn(registry.clone(), subnet, ext.public_ip, args.resync_interval);
     let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), subnet, registry.metrics().clone());
-    let mut resync = tokio::time::interval(args.resync_interval);
-    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    resync.tick().await;
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(ExitCode::SUCCESS),
@@ -177,13 +169,9 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
                         LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
                     }
                 }
-                readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Leases).await);
+                readiness.set(reconcile(&mut dp, &watch, subnet).await);
             }
-            _ = dp.changed() => {
-                tokio::time::sleep(EVENT_SETTLE).await;
-                readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await);
-            }
-            _ = resync.tick() => readiness.set(reconcile(&mut dp, &watch, subnet, Trigger::Kernel).await),
+            _ = dp.changed() => readiness.set(reconcile(&mut dp, &watch, subnet).await),
         }
     };
     renewal.abort();
@@ -269,26 +257,14 @@ fn release_freed_memory() {
     }
 }
 
-/// Why a pass runs.
-enum Trigger {
-    /// Leases changed: program the change ([`Dataplane::apply`]).
-    Leases,
-    /// The kernel changed, or the resync is due: read it all
-    /// ([`Dataplane::reconcile`]).
-    Kernel,
-}
-
-/// One pass: converge the dataplane to the leases; returns why the node is
-/// not ready (empty: it is).
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, trigger: Trigger) -> Vec<String> {
-    let peers = desired_peers(watch.leases(), subnet, dp.type_name());
-    let report = match trigger {
-        Trigger::Leases => dp.apply(&peers).await,
-        Trigger::Kernel => dp.reconcile(&peers).await,
-    };
+/// One pass (the one the dataplane judges due, [`Dataplane::update`]):
+/// converge the dataplane to the leases; returns why the node is not ready
+/// (empty: it is).
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net) -> Vec<String> {
+    let peers = desired_peers(watch.leases(), subnet, dp.kind());
+    let report = dp.update(&peers).await;
     // A full pass reads every route, nexthop, neighbour and FDB entry.
-    let read_the_kernel = matches!(trigger, Trigger::Kernel);
-    if report.changes >= TRIM_AT || (read_the_kernel && report.peers_desired >= TRIM_AT) {
+    if report.changes >= TRIM_AT || (report.full && report.peers_desired >= TRIM_AT) {
         release_freed_memory();
     }
     if report.changes > 0 {
@@ -300,5 +276,5 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net, trig
             "dataplane converged"
         );
     }
-    dp.health()
+    dp.health().iter().map(ToString::to_string).collect()
 }

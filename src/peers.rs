@@ -5,31 +5,32 @@ use ipnet::Ipv4Net;
 use tracing::warn;
 use weft_dataplane::Peer;
 use weft_subnet::Lease;
+use weft_types::BackendKind;
 
-/// The peers a backend of type `backend_type` should program, from the full
+/// The peers a backend of type `backend` should program, from the full
 /// lease table: every lease but our own, of the same backend type (leases of
 /// another type are skipped with a warning, as flanneld does), and for
 /// vxlan only those that publish a VTEP MAC.
 pub(crate) fn desired_peers<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
     own_subnet: Ipv4Net,
-    backend_type: &str,
+    backend: BackendKind,
 ) -> Vec<Peer> {
     let mut peers = Vec::new();
     for lease in leases {
         if lease.subnet == own_subnet {
             continue;
         }
-        if lease.attrs.backend_kind() != backend_type {
+        if lease.attrs.backend() != Some(backend) {
             warn!(
                 subnet = %lease.subnet,
-                "ignoring lease of backend type {:?}; this network runs {backend_type}",
+                "ignoring lease of backend type {:?}; this network runs {backend}",
                 lease.attrs.backend_kind()
             );
             continue;
         }
         let vtep_mac = lease.attrs.vtep_mac();
-        if backend_type == "vxlan" && vtep_mac.is_none() {
+        if backend == BackendKind::Vxlan && vtep_mac.is_none() {
             warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
@@ -70,13 +71,13 @@ mod tests {
             lease("10.244.4.0/24", "198.18.0.4", "vxlan", None),
             lease("10.244.5.0/24", "198.18.0.5", "vxlan", Some("garbage")),
         ];
-        let peers = desired_peers(&leases, "10.244.1.0/24".parse().unwrap(), "vxlan");
+        let peers = desired_peers(&leases, "10.244.1.0/24".parse().unwrap(), BackendKind::Vxlan);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].subnet.to_string(), "10.244.2.0/24");
         assert_eq!(peers[0].vtep_mac.unwrap().to_string(), "0e:00:00:00:00:02");
 
         let hostgw = [lease("10.244.7.0/24", "198.18.0.7", "host-gw", None)];
-        let peers = desired_peers(&hostgw, "10.244.1.0/24".parse().unwrap(), "host-gw");
+        let peers = desired_peers(&hostgw, "10.244.1.0/24".parse().unwrap(), BackendKind::HostGw);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].vtep_mac, None);
     }

@@ -10,7 +10,7 @@ mod lab_common;
 use std::collections::BTreeMap;
 
 use lab_common::*;
-use weft_dataplane::masq::{forward_rules, masq_rules};
+use weft_dataplane::{forward_rules, masq_rules};
 use weft_lab::{netns, wait_until, Lab};
 use weft_subnet::env_file::SubnetEnv;
 use weft_subnet::lease::{parse_subnet_key, subnet_key};
@@ -83,7 +83,7 @@ fn values_round_trip(backend: &str) {
     let ours = LeaseAttrs {
         public_ip: attrs.public_ip,
         public_ipv6: None,
-        backend_type: LeaseAttrs::backend_type_for(backend),
+        backend_type: LeaseAttrs::backend_type_for(backend.parse().unwrap()),
         backend_data: attrs.backend_data.clone(),
         backend_v6_data: None,
     };

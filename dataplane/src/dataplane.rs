@@ -2,31 +2,39 @@
 //! config, the external interface request and the network
 //! ([`Dataplane::prepare`], which changes nothing on the host), start it
 //! with the node's subnet ([`Dataplane::start`]), then tell it the desired
-//! peers whenever they change or it asks ([`Dataplane::reconcile`] after
+//! peers whenever they change or it asks ([`Dataplane::update`] after
 //! [`Dataplane::changed`]). It answers with what is not as desired
-//! ([`Dataplane::health`]) and its counters ([`Dataplane::render_metrics`]).
+//! ([`Dataplane::health`]) and its counters ([`Dataplane::metrics`]).
 //!
-//! Netlink, iptables, TUN and threads stay behind this face.
+//! The face owns the timing policy: it settles bursts of kernel events,
+//! keeps the resync clock, and chooses each pass's kind: a full pass reads
+//! the kernel (at start, after a kernel event, when the resync is due), a
+//! delta pass trusts what the last pass left and programs only what the
+//! peers changed. It is also the only writer of what the kernel watch
+//! looks for. Netlink, iptables, TUN and threads stay behind it.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnet::Ipv4Net;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use weft_types::BackendConfig;
+use weft_types::{BackendConfig, BackendKind};
 
-use crate::converge::Pass;
+use crate::backend::hostgw::HostGwBackend;
+use crate::backend::udp::UdpBackend;
+use crate::backend::vxlan::VxlanBackend;
 use crate::error::Result;
-use crate::events::{self, Interest};
-use crate::hostgw::HostGwBackend;
-use crate::iface::{find_external, ExternalInterface, IfaceRequest};
-use crate::masq::Rules;
-use crate::netlink::Netlink;
-use crate::peer::Peer;
-use crate::report::{Counters, DataplaneMetrics, Report};
-use crate::udp::UdpBackend;
-use crate::vxlan::VxlanBackend;
+use crate::kernel::Netlink;
+use crate::model::Peer;
+use crate::report::{Counters, DataplaneMetrics, Problem, Report};
+use crate::sync::converge::Pass;
+use crate::sync::iface::{find_external, ExternalInterface, IfaceRequest};
+use crate::sync::rules::Rules;
+use crate::sync::watch::Watch;
+
+/// Kernel events come in bursts (a device deleted takes its routes and
+/// entries with it): wait this long after the first so one pass repairs all.
+const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
 /// What the dataplane is built from.
 #[derive(Debug, Clone)]
@@ -41,8 +49,9 @@ pub struct DataplaneConfig {
     /// Route peers through nexthop objects where the kernel has them
     /// (`--no-nexthop-objects` turns it off).
     pub nexthop_objects: bool,
-    /// How often iptables rules are compared with what was installed
-    /// (netlink objects are checked on every kernel event as well).
+    /// How often everything weft owns is read back and compared, iptables
+    /// rules included (netlink objects are checked on every kernel event
+    /// as well).
     pub resync: Duration,
 }
 
@@ -59,10 +68,10 @@ pub struct Dataplane {
     network: Ipv4Net,
     rules: Rules,
     resync: Duration,
-    rules_checked: Option<Instant>,
-    interest: Arc<RwLock<Interest>>,
+    /// When the last resync pass (full, rules compared) ran.
+    resynced: Instant,
+    watch: Watch,
     wake: Arc<Notify>,
-    events: Option<JoinHandle<()>>,
     counters: Arc<Counters>,
     last: Report,
     /// A full pass has completed without problems since start.
@@ -77,14 +86,11 @@ impl Dataplane {
         let nl = Netlink::connect()?.nexthop_objects(cfg.nexthop_objects);
         let ext = find_external(&nl, &cfg.iface).await?;
         let wake = Arc::new(Notify::new());
-        let interest: Arc<RwLock<Interest>> = Arc::default();
         let backend = match cfg.backend {
             BackendConfig::Vxlan(opts) => {
-                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network, interest.clone()).await?)
+                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network).await?)
             }
-            BackendConfig::HostGw => {
-                Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network, interest.clone())?)
-            }
+            BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network)?),
             BackendConfig::Udp(opts) => {
                 Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
             }
@@ -95,10 +101,9 @@ impl Dataplane {
             network: cfg.network,
             rules: Rules::new(cfg.network, cfg.ip_masq),
             resync: cfg.resync,
-            rules_checked: None,
-            interest,
+            resynced: Instant::now(),
+            watch: Watch::new(wake.clone()),
             wake,
-            events: None,
             counters: Arc::default(),
             last: Report::default(),
             synced: false,
@@ -110,12 +115,12 @@ impl Dataplane {
         &self.ext
     }
 
-    /// The `BackendType` written in leases.
-    pub fn type_name(&self) -> &'static str {
+    /// The backend's type (`BackendType` in leases).
+    pub fn kind(&self) -> BackendKind {
         match self.backend {
-            Backend::Vxlan(_) => "vxlan",
-            Backend::HostGw(_) => "host-gw",
-            Backend::Udp(_) => "udp",
+            Backend::Vxlan(_) => BackendKind::Vxlan,
+            Backend::HostGw(_) => BackendKind::HostGw,
+            Backend::Udp(_) => BackendKind::Udp,
         }
     }
 
@@ -139,98 +144,130 @@ impl Dataplane {
     /// Program what depends on the node's own subnet (devices, addresses,
     /// forwarding and masquerade rules) and start watching the kernel.
     pub async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
-        let keep = match &self.backend {
-            Backend::Vxlan(b) => Some(b.device().0.to_string()),
-            Backend::Udp(b) => Some(b.device().0.to_string()),
-            Backend::HostGw(_) => None,
-        };
-        crate::leftovers::remove(&Netlink::connect()?, keep.as_deref(), self.network).await?;
+        let keep = self.device().0;
+        crate::sync::leftovers::remove(&Netlink::connect()?, keep, self.network).await?;
         match &mut self.backend {
             Backend::Vxlan(b) => b.start(subnet).await?,
             Backend::HostGw(_) => {}
             Backend::Udp(b) => b.start(subnet).await?,
         }
         self.rules.start(subnet).await?;
-        self.rules_checked = Some(Instant::now());
-        self.update_interest();
-        self.events = Some(events::subscribe(self.interest.clone(), self.wake.clone())?);
+        self.resynced = Instant::now();
+        self.watch_devices();
+        self.watch.start()?;
         Ok(())
     }
 
-    fn update_interest(&self) {
-        let (name, index) = match &self.backend {
-            Backend::Vxlan(b) => b.device(),
-            Backend::Udp(b) => b.device(),
-            Backend::HostGw(_) => ("", None),
-        };
-        if let Ok(mut i) = self.interest.write() {
-            i.names = if name.is_empty() { vec![] } else { vec![name.to_string()] };
-            i.indexes = index.into_iter().collect();
-            i.network = Some(self.network);
+    /// The device weft owns for this backend, and its index as last seen.
+    fn device(&self) -> (Option<&str>, Option<u32>) {
+        match &self.backend {
+            Backend::Vxlan(b) => {
+                let (name, index) = b.device();
+                (Some(name), index)
+            }
+            Backend::Udp(b) => {
+                let (name, index) = b.device();
+                (Some(name), index)
+            }
+            Backend::HostGw(_) => (None, None),
         }
     }
 
-    /// Converge the host to `peers` and check everything weft owns,
-    /// repairing what was removed or changed: reads the kernel's routes,
-    /// neighbours and FDB. Idempotent; safe to call at any time. The
-    /// iptables rules are compared once per resync interval.
+    fn watch_devices(&self) {
+        let (name, index) = self.device();
+        let names = name.map(str::to_string).into_iter().collect();
+        self.watch.set_devices(names, index.into_iter().collect(), self.network);
+    }
+
+    /// A full pass now: converge the host to `peers` and check everything
+    /// weft owns, repairing what was removed or changed (reads the
+    /// kernel's routes, nexthops, neighbours and FDB). Idempotent; safe to
+    /// call at any time.
     pub async fn reconcile(&mut self, peers: &[Peer]) -> &Report {
         self.pass(peers, Pass::Full).await
     }
 
-    /// Converge the host to `peers` after the peers changed: what the last
-    /// pass left in place is taken as installed (see [`Pass::Delta`]), so
-    /// only the change is programmed. The devices are still checked. Until
-    /// a full pass has run, this is one.
-    pub async fn apply(&mut self, peers: &[Peer]) -> &Report {
-        let pass = if self.synced { Pass::Delta } else { Pass::Full };
+    /// Converge the host to `peers` with the pass that is due: a full pass
+    /// until one has succeeded, after a kernel event touched weft's
+    /// objects, and when the resync is due (which also compares the
+    /// iptables rules); otherwise a delta pass that takes what the last
+    /// pass left in place as installed and programs only the change (the
+    /// devices are still checked).
+    pub async fn update(&mut self, peers: &[Peer]) -> &Report {
+        let kernel_changed = self.watch.take_dirty();
+        let pass = if !self.synced || kernel_changed || self.resync_due() { Pass::Full } else { Pass::Delta };
         self.pass(peers, pass).await
+    }
+
+    fn resync_due(&self) -> bool {
+        self.resynced.elapsed() >= self.resync
     }
 
     async fn pass(&mut self, peers: &[Peer], pass: Pass) -> &Report {
         let began = Instant::now();
-        let mut report = Report::default();
+        let resync = self.resync_due();
+        if pass == Pass::Full {
+            // What the watch saw up to now is what this pass reads.
+            self.watch.take_dirty();
+        }
+        let mut report = Report { peers_desired: peers.len(), ..Report::default() };
+        let mut full = pass == Pass::Full;
         match &mut self.backend {
-            Backend::Vxlan(b) => b.reconcile(peers, &mut report, pass).await,
-            Backend::HostGw(b) => b.reconcile(peers, &mut report, pass).await,
-            Backend::Udp(b) => b.reconcile(peers, &mut report).await,
+            Backend::Vxlan(b) => {
+                if let Some((desired, pass)) = b.check_and_plan(peers, &mut report, pass).await {
+                    full = pass == Pass::Full;
+                    self.watch.publish(Some(desired.clone()));
+                    b.converge(peers, &desired, &mut report, pass).await;
+                }
+            }
+            Backend::HostGw(b) => {
+                let desired = b.plan(peers).await;
+                self.watch.publish(Some(desired.clone()));
+                b.converge(peers, &desired, &mut report, pass).await;
+            }
+            Backend::Udp(b) => {
+                b.reconcile(peers, &mut report).await;
+                full = true;
+            }
         }
+        report.full = full;
         // A full pass that could read the kernel: later deltas can trust it.
-        self.synced |= pass == Pass::Full && report.problems.is_empty();
-        // A pass triggered by a kernel event comes well within the interval.
-        let due = self.rules_checked.is_none_or(|t| t.elapsed() >= self.resync.mul_f32(0.9));
-        if due {
+        self.synced |= full && report.problems.is_empty();
+        if resync {
             self.rules.check(&mut report).await;
-            self.rules_checked = Some(Instant::now());
+            self.resynced = Instant::now();
         }
-        self.update_interest();
+        self.watch_devices();
         self.counters.record(&report, began.elapsed());
         self.last = report;
         &self.last
     }
 
-    /// Resolves when the dataplane wants a reconcile: a kernel event touched
-    /// one of its objects, a forwarding thread ended, or a restart is due.
-    /// Bursts of events resolve it once.
+    /// Resolves when the dataplane wants a pass ([`Dataplane::update`]): a
+    /// kernel event touched one of its objects (bursts settle into one), a
+    /// forwarding thread ended, a thread restart is due, or the resync is.
     pub async fn changed(&self) {
-        let next = match &self.backend {
+        let resync = tokio::time::sleep_until((self.resynced + self.resync).into());
+        let restart = match &self.backend {
             Backend::Udp(b) => b.next_wake(),
             _ => None,
         };
-        match next {
-            Some(at) => {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                }
+        let restart = async {
+            match restart {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
             }
-            None => self.wake.notified().await,
+        };
+        tokio::select! {
+            _ = self.wake.notified() => tokio::time::sleep(EVENT_SETTLE).await,
+            _ = resync => {}
+            _ = restart => {}
         }
     }
 
     /// What does not match the desired state, as of the last pass (and,
     /// for the udp backend, threads that ended since). Empty: all in place.
-    pub fn health(&self) -> Vec<String> {
+    pub fn health(&self) -> Vec<Problem> {
         let mut problems = self.last.problems.clone();
         if let Backend::Udp(b) = &self.backend {
             b.live_problems(&mut problems);
@@ -238,15 +275,10 @@ impl Dataplane {
         problems
     }
 
-    /// The last pass's report.
-    pub fn last_report(&self) -> &Report {
-        &self.last
-    }
-
     /// A handle that renders the dataplane's metrics at any time.
     pub fn metrics(&self) -> DataplaneMetrics {
         DataplaneMetrics {
-            backend: self.type_name(),
+            backend: self.kind(),
             counters: self.counters.clone(),
             udp: match &self.backend {
                 Backend::Udp(b) => Some(b.counters().clone()),
@@ -259,9 +291,7 @@ impl Dataplane {
     /// kernel stays, so traffic keeps flowing (kernel backends) or resumes
     /// as soon as the next start re-attaches (udp).
     pub fn shutdown(mut self) {
-        if let Some(t) = self.events.take() {
-            t.abort();
-        }
+        self.watch.stop();
         if let Backend::Udp(b) = &mut self.backend {
             b.shutdown();
         }

@@ -1,56 +1,45 @@
 //! weft-dataplane: the forwarding backends of weft, behind one face.
 //!
-//! | module        | what it holds                                                      |
-//! |---------------|--------------------------------------------------------------------|
-//! | [`dataplane`] | [`Dataplane`], the face the daemon drives: prepare, start, reconcile, health, metrics, shutdown |
-//! | [`report`]    | what a reconcile pass found and repaired; the counters behind `/metrics` |
-//! | [`peer`]      | a peer: another node as the backends need to know it               |
-//! | [`reconcile`] | the installed-vs-desired diff every backend converges with (pure) |
-//! | [`converge`]  | applying reconcile diffs to routes, neighbours and FDB over netlink |
-//! | [`netlink`]   | thin rtnetlink wrappers: links, addresses, routes, neighbours, FDB |
-//! | [`nexthop`]   | nexthop objects (`ip nexthop`), which keep route programming linear |
-//! | `events`      | netlink multicast events that trigger repair at once               |
-//! | [`iface`]     | choosing the external interface and public IP                      |
-//! | `leftovers`   | devices and routes an earlier run with another config left, removed |
-//! | `vxlan`       | the vxlan backend: device, FDB, neighbour and route per peer        |
-//! | `hostgw`      | the host-gw backend: one route per peer via its public IP           |
-//! | [`udp`]       | the udp backend: persistent TUN + UDP, supervised forwarding threads |
-//! | [`masq`]      | forwarding and masquerade rules (iptables), kept in place          |
-//! | [`error`]     | the crate's error type                                              |
+//! The crate is layered; a module imports only from its own layer and the
+//! ones below it (the exceptions are named in `docs/architecture.md`):
 //!
-//! Every backend is told the whole desired peer set and converges the host
-//! to it: it reads what it installed (routes carry weft's own protocol
-//! number [`WEFT_ROUTE_PROTO`]; FDB and neighbour entries live on weft's
-//! own device), removes what is no longer wanted and replaces what is
-//! missing or different. Running it twice changes nothing. The same pass
-//! checks the devices weft owns (present, configured, up, addressed) and
-//! puts back whatever was removed or changed; netlink events start a pass
-//! at once, the periodic resync is the safety net.
+//! | layer        | what it holds                                                        |
+//! |--------------|----------------------------------------------------------------------|
+//! | [`Dataplane`] | the face the daemon drives (`dataplane.rs`): prepare, start, update, health, metrics, shutdown; owns the timing (settling, resync, full or delta pass) |
+//! | `backend/`   | vxlan, host-gw, udp: each one's pure `plan(peers) -> Desired`, its devices and threads |
+//! | `sync/`      | converging the host: applying diffs, the kernel watch, flanneld's iptables rules, interface choice, leftovers |
+//! | `kernel/`    | one file per kernel object (link, addr, route, neigh, nexthop, monitor, iptables), one function per operation |
+//! | [`forward`]  | the udp hot path's pure part: packet views, decisions, route table, coalescing, counters |
+//! | `model/`     | pure: [`Peer`], `Desired`, the installed-vs-desired diff, device names |
+//! | [`report`], [`error`] | what a pass found (typed [`Problem`]s), the counters, the error type |
+//!
+//! Every kernel backend is told the whole desired peer set and converges
+//! the host to it: it reads what it installed (routes carry weft's own
+//! protocol number [`WEFT_ROUTE_PROTO`]; FDB and neighbour entries live on
+//! weft's own device), removes what is no longer wanted and replaces what
+//! is missing or different. Running it twice changes nothing. The same
+//! pass checks the devices weft owns (present, configured, up, addressed)
+//! and puts back whatever was removed or changed; netlink events start a
+//! pass at once, the periodic resync is the safety net.
 //!
 //! This crate does not depend on etcd: the few types it shares with the
 //! control plane live in `weft-types`.
 
-pub mod converge;
-pub mod dataplane;
+mod backend;
+mod dataplane;
 pub mod error;
-mod events;
-mod hostgw;
-pub mod iface;
-mod leftovers;
-pub mod masq;
-pub mod netlink;
-pub mod nexthop;
-pub mod peer;
-pub mod reconcile;
+pub mod forward;
+mod kernel;
+mod model;
 pub mod report;
-pub mod udp;
-mod vxlan;
+mod sync;
 
 pub use dataplane::{Dataplane, DataplaneConfig};
 pub use error::{Error, Result};
-pub use peer::Peer;
-pub use report::{DataplaneMetrics, ObjectKind, Report};
-pub use vxlan::{derive_vtep_mac, VXLAN_OVERHEAD};
+pub use model::Peer;
+pub use report::{DataplaneMetrics, ObjectKind, Problem, Report};
+pub use sync::iface::{ExternalInterface, IfaceRequest};
+pub use sync::rules::{forward_rules, masq_rules};
 
 /// The route protocol number on every route weft installs (`ip route show
 /// proto 87`); routes with another protocol are never touched.

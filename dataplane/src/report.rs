@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use weft_types::metrics::{Histogram, Kind, Writer};
+use weft_types::BackendKind;
 
-use crate::udp::stats::Stats;
+use crate::forward::stats::Stats;
 
 /// The kinds of objects weft owns and repairs, as metrics label them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,18 +56,57 @@ pub struct Report {
     pub changes: usize,
     /// Objects put back after they went missing or changed, by kind.
     pub repairs: [u64; ObjectKind::ALL.len()],
-    /// What does not match the desired state, one short line each
-    /// (e.g. `flannel.1 missing, repairing: ...`). Empty: all is in place.
-    pub problems: Vec<String>,
+    /// What does not match the desired state. Empty: all is in place.
+    pub problems: Vec<Problem>,
+    /// The pass read the kernel (a full pass) rather than trusting what
+    /// the last pass left in place.
+    pub full: bool,
+}
+
+/// Something that does not match the desired state; each renders as one
+/// short line of `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A pass ran before the backend was started.
+    NotStarted { backend: BackendKind },
+    /// A device weft owns is missing or wrong and could not be put right.
+    Device { name: String, error: String },
+    /// Peers whose entries could not all be installed; `first` is the
+    /// first failure (`subnet: why`).
+    Peers { failed: usize, of: usize, first: String },
+    /// The iptables rules could not be put back.
+    Rules { error: String },
+    /// The udp forwarding threads stopped and wait out a restart backoff.
+    ThreadsBackingOff,
+    /// The udp forwarding threads could not be started.
+    ThreadsCannotStart { error: String },
+    /// A udp forwarding thread ended since the last pass.
+    ThreadEnded,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::NotStarted { backend } => write!(f, "{backend} backend not started"),
+            Problem::Device { name, error } => write!(f, "{name} missing or wrong, repairing: {error}"),
+            Problem::Peers { failed, of, first } => {
+                write!(f, "{failed} of {of} peers not programmed, retrying (first: {first})")
+            }
+            Problem::Rules { error } => write!(f, "iptables rules not in place, retrying: {error}"),
+            Problem::ThreadsBackingOff => f.write_str("udp forwarding threads stopped, restarting after a backoff"),
+            Problem::ThreadsCannotStart { error } => write!(f, "cannot start the udp forwarding threads: {error}"),
+            Problem::ThreadEnded => f.write_str("a udp forwarding thread ended, restarting"),
+        }
+    }
 }
 
 impl Report {
-    pub fn repaired(&mut self, kind: ObjectKind, n: usize) {
+    pub(crate) fn repaired(&mut self, kind: ObjectKind, n: usize) {
         self.repairs[kind as usize] += n as u64;
     }
 
-    pub fn problem(&mut self, text: impl Into<String>) {
-        self.problems.push(text.into());
+    pub(crate) fn problem(&mut self, p: Problem) {
+        self.problems.push(p);
     }
 
     pub fn total_repairs(&self) -> u64 {
@@ -99,7 +139,8 @@ impl Counters {
         self.ready.store(r.problems.is_empty(), Ordering::Relaxed);
     }
 
-    fn render(&self, w: &mut Writer<'_>, backend: &str) {
+    fn render(&self, w: &mut Writer<'_>, backend: BackendKind) {
+        let backend = backend.as_str();
         let ready = self.ready.load(Ordering::Relaxed);
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
         let b = [("backend", backend)];
@@ -148,7 +189,7 @@ pub(crate) struct UdpCounters {
 /// (the health server holds one while the daemon owns the dataplane).
 #[derive(Debug, Clone)]
 pub struct DataplaneMetrics {
-    pub(crate) backend: &'static str,
+    pub(crate) backend: BackendKind,
     pub(crate) counters: Arc<Counters>,
     pub(crate) udp: Option<Arc<UdpCounters>>,
 }
@@ -172,6 +213,33 @@ impl DataplaneMetrics {
                     n.load(Ordering::Relaxed) as f64,
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problems_render_as_readyz_lines() {
+        let cases = [
+            (Problem::NotStarted { backend: BackendKind::Vxlan }, "vxlan backend not started"),
+            (
+                Problem::Device { name: "flannel.1".into(), error: "ip link add: File exists".into() },
+                "flannel.1 missing or wrong, repairing: ip link add: File exists",
+            ),
+            (
+                Problem::Peers { failed: 1, of: 2, first: "10.244.2.0/24: Network is unreachable".into() },
+                "1 of 2 peers not programmed, retrying (first: 10.244.2.0/24: Network is unreachable)",
+            ),
+            (Problem::Rules { error: "x".into() }, "iptables rules not in place, retrying: x"),
+            (Problem::ThreadsBackingOff, "udp forwarding threads stopped, restarting after a backoff"),
+            (Problem::ThreadsCannotStart { error: "y".into() }, "cannot start the udp forwarding threads: y"),
+            (Problem::ThreadEnded, "a udp forwarding thread ended, restarting"),
+        ];
+        for (p, text) in cases {
+            assert_eq!(p.to_string(), text);
         }
     }
 }

@@ -6,8 +6,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use weft_dataplane::iface::IfaceRequest;
-use weft_dataplane::{Dataplane, DataplaneConfig, ObjectKind, Peer};
+use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest, ObjectKind, Peer};
 use weft_lab::netns;
 use weft_types::{BackendConfig, VxlanOptions};
 
@@ -236,7 +235,10 @@ fn a_nexthop_id_held_by_another_program_is_reported_and_left_alone() {
         b.reconcile(&[peer(2, false), peer(3, false)]).await.clone()
     });
     assert_eq!((r.peers_desired, r.peers_programmed), (2, 1), "{r:?}");
-    assert!(r.problems.iter().any(|p| p.contains(&format!("nexthop id {id} belongs to another program"))), "{r:?}");
+    assert!(
+        r.problems.iter().any(|p| p.to_string().contains(&format!("nexthop id {id} belongs to another program"))),
+        "{r:?}"
+    );
     assert_eq!(ns.show(&["nexthop", "show", "id", &id]), before, "the other program's nexthop is untouched");
     let routes = ns.show(&["route", "show", "proto", "87"]);
     assert!(routes.contains("10.244.2.0/24") && !routes.contains("10.244.3.0/24"), "{routes}");
@@ -252,19 +254,22 @@ fn a_delta_pass_programs_only_the_change_and_leaves_what_a_full_pass_would() {
     };
     let (delta, full, conflict) = ns.block_on(async move {
         let mut b = started(BackendConfig::Vxlan(vxlan_opts())).await;
-        assert_eq!(b.apply(&[peer(2, true), peer(3, true)]).await.changes, 6, "the first pass is a full one");
-        let delta = b.apply(&[peer(2, true), peer(4, true)]).await.clone();
+        assert_eq!(b.update(&[peer(2, true), peer(3, true)]).await.changes, 6, "the first pass is a full one");
+        let delta = b.update(&[peer(2, true), peer(4, true)]).await.clone();
         let full = b.reconcile(&[peer(2, true), peer(4, true)]).await.changes;
         // A nexthop id taken by someone else since the last full pass.
         foreign();
-        let conflict = b.apply(&[peer(2, true), peer(4, true), peer(5, true)]).await.clone();
+        let conflict = b.update(&[peer(2, true), peer(4, true), peer(5, true)]).await.clone();
         (delta, full, conflict)
     });
     assert_eq!(delta.changes, 6, "peer 3's three entries out, peer 4's in: {delta:?}");
     assert!(delta.problems.is_empty(), "{delta:?}");
     assert_eq!(full, 0, "a full pass after the delta finds nothing to do");
     assert_eq!(conflict.peers_programmed, 2, "{conflict:?}");
-    assert!(conflict.problems.iter().any(|p| p.contains("exists already, not made by weft")), "{conflict:?}");
+    assert!(
+        conflict.problems.iter().any(|p| p.to_string().contains("exists already, not made by weft")),
+        "{conflict:?}"
+    );
     let routes = netns::without_nhid(&ns.show(&["route", "show", "proto", "87"]));
     assert!(routes.contains("10.244.2.0/24") && routes.contains("10.244.4.0/24"), "{routes}");
     assert!(!routes.contains("10.244.3.0/24") && !routes.contains("10.244.5.0/24"), "{routes}");
@@ -283,7 +288,7 @@ fn a_delta_pass_after_the_device_was_recreated_programs_every_peer() {
         netns::ip(&["-n", &name, "link", "del", "flannel.1"]).unwrap();
         // Leases changed before the kernel event's pass: a delta pass
         // finds a new device and must not trust the old one's entries.
-        b.apply(&[peer(2, true), peer(3, true), peer(4, true)]).await.clone()
+        b.update(&[peer(2, true), peer(3, true), peer(4, true)]).await.clone()
     });
     assert!(r.problems.is_empty(), "{r:?}");
     assert_eq!(r.peers_programmed, 3, "{r:?}");

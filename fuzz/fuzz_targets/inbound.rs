@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_dataplane::udp::packet::{build_icmp_error, check_inbound, decrement_ttl, dst_of, IcmpError, Ipv4Packet};
+use weft_dataplane::forward::packet::{build_icmp_error, check_inbound, decrement_ttl, dst_of, IcmpError, Ipv4Packet};
 
 fuzz_target!(|data: &[u8]| {
     let local: ipnet::Ipv4Net = "10.244.1.0/24".parse().unwrap();
@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut copy = data.to_vec();
     let before = Ipv4Packet::new_checked(data).is_ok();
-    if decrement_ttl(&mut copy) == weft_dataplane::udp::packet::Ttl::Forward && before {
+    if decrement_ttl(&mut copy) == weft_dataplane::forward::packet::Ttl::Forward && before {
         // A valid packet stays valid (checksum updated) unless TTL hit 0.
         let after = Ipv4Packet::new_checked(&copy);
         assert!(after.is_ok() || copy[8] == 0);

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use libfuzzer_sys::fuzz_target;
-use weft_dataplane::udp::table::Snapshot;
+use weft_dataplane::forward::table::Snapshot;
 use weft_dataplane::Peer;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,6 +15,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
+use weft_types::BackendKind;
 
 use crate::error::ConfigError;
 
@@ -226,9 +227,10 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             })
         }
     };
-    let kind = get_str(obj, "Type")?.unwrap_or("udp");
+    let name = get_str(obj, "Type")?.unwrap_or("udp");
+    let kind: BackendKind = name.parse().map_err(|_| ConfigError::UnknownBackend(name.to_string()))?;
     match kind {
-        "udp" => Ok(BackendConfig::Udp(UdpOptions {
+        BackendKind::Udp => Ok(BackendConfig::Udp(UdpOptions {
             port: get_port(obj, "Port")?.unwrap_or(UDP_DEFAULT_PORT),
             mtu: get_mtu(obj)?,
             offload: get_bool(obj, "Offload")?.unwrap_or(true),
@@ -243,7 +245,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 Some(q) => Some(q),
             },
         })),
-        "vxlan" => {
+        BackendKind::Vxlan => {
             let vni = get_u32(obj, "VNI")?.unwrap_or(1);
             if vni >= 1 << 24 {
                 return Err(ConfigError::BadBackendOption {
@@ -260,8 +262,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 mtu: get_mtu(obj)?,
             }))
         }
-        "host-gw" => Ok(BackendConfig::HostGw),
-        other => Err(ConfigError::UnknownBackend(other.to_string())),
+        BackendKind::HostGw => Ok(BackendConfig::HostGw),
     }
 }
 

@@ -17,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use weft_types::BackendKind;
+
 use crate::config::NetworkConfig;
 
 /// What a node publishes about itself in its lease (flanneld's `LeaseAttrs`).
@@ -90,13 +92,18 @@ impl LeaseAttrs {
         }
     }
 
+    /// The backend the lease is for, if weft has it (`None`: a type only
+    /// flanneld has, such as `wireguard` or `ipip`).
+    pub fn backend(&self) -> Option<BackendKind> {
+        self.backend_kind().parse().ok()
+    }
+
     /// `BackendType` as written for `kind`: nothing for udp (as flanneld
     /// writes it, so the values are byte for byte the same), else the name.
-    pub fn backend_type_for(kind: &str) -> String {
-        if kind == "udp" {
-            String::new()
-        } else {
-            kind.to_string()
+    pub fn backend_type_for(kind: BackendKind) -> String {
+        match kind {
+            BackendKind::Udp => String::new(),
+            other => other.as_str().to_string(),
         }
     }
 

@@ -4,6 +4,8 @@
 //! build without etcd or protoc.
 //!
 //! - [`MacAddr`]: an Ethernet address, as published in vxlan leases (`VtepMAC`);
+//! - [`BackendKind`]: a backend type, parsed once from `Backend.Type` or a
+//!   lease's `BackendType`;
 //! - [`BackendConfig`], [`UdpOptions`], [`VxlanOptions`]: the `Backend` part of
 //!   the network config, after validation (parsing lives in `weft-subnet`).
 
@@ -58,14 +60,58 @@ pub struct VxlanOptions {
     pub mtu: Option<u32>,
 }
 
+/// A backend type, as `Backend.Type` and a lease's `BackendType` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendKind {
+    Udp,
+    Vxlan,
+    HostGw,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 3] = [BackendKind::Udp, BackendKind::Vxlan, BackendKind::HostGw];
+
+    /// The name as written in the config and in leases.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Udp => "udp",
+            BackendKind::Vxlan => "vxlan",
+            BackendKind::HostGw => "host-gw",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Error for a backend type weft does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend type {0:?} (weft has udp, vxlan and host-gw)")]
+pub struct UnknownBackend(pub String);
+
+impl FromStr for BackendKind {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendKind::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| UnknownBackend(s.to_string()))
+    }
+}
+
 impl BackendConfig {
+    /// The backend's type.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Udp(_) => BackendKind::Udp,
+            BackendConfig::Vxlan(_) => BackendKind::Vxlan,
+            BackendConfig::HostGw => BackendKind::HostGw,
+        }
+    }
+
     /// The backend type as written in `Backend.Type` and in leases.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            BackendConfig::Udp(_) => "udp",
-            BackendConfig::Vxlan(_) => "vxlan",
-            BackendConfig::HostGw => "host-gw",
-        }
+        self.kind().as_str()
     }
 }
 
@@ -120,5 +166,20 @@ impl<'de> Deserialize<'de> for MacAddr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_kinds_round_trip_and_unknown_ones_are_errors() {
+        for k in BackendKind::ALL {
+            assert_eq!(k.as_str().parse::<BackendKind>(), Ok(k));
+            assert_eq!(k.to_string(), k.as_str());
+        }
+        assert_eq!("hostgw".parse::<BackendKind>(), Err(UnknownBackend("hostgw".into())));
+        assert_eq!("".parse::<BackendKind>(), Err(UnknownBackend(String::new())));
     }
 }

@@ -20,25 +20,22 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, RwLock};
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use rtnetlink::packet_core::{
     DecodeError, DefaultNla, Emitable, NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload,
     NetlinkSerializable, Nla, NlaBuffer, NlasIterator, Parseable, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use rtnetlink::proto::{new_connection, ConnectionHandle};
-use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
-use tokio::sync::Notify;
-use tokio::task::JoinHandle;
+use rtnetlink::sys::{protocols::NETLINK_ROUTE, SocketAddr};
 
 use crate::error::{Error, Result};
-use crate::events::Interest;
+use crate::model::NexthopSpec;
 use crate::WEFT_ROUTE_PROTO;
 
 const RTM_NEWNEXTHOP: u16 = 104;
-const RTM_DELNEXTHOP: u16 = 105;
+pub(crate) const RTM_DELNEXTHOP: u16 = 105;
 const RTM_GETNEXTHOP: u16 = 106;
 const NHA_ID: u16 = 1;
 const NHA_OIF: u16 = 5;
@@ -46,38 +43,25 @@ const NHA_GATEWAY: u16 = 6;
 /// `RTNH_F_ONLINK`: the gateway is reachable on the device without a route to it.
 const RTNH_F_ONLINK: u32 = 4;
 /// The multicast group of nexthop changes (`ip monitor nexthop`).
-const RTNLGRP_NEXTHOP: u32 = 32;
+pub(crate) const RTNLGRP_NEXTHOP: u32 = 32;
 const AF_INET: u8 = 2;
 /// `struct nhmsg`: family, scope, protocol, reserved, flags (u32).
 const HEADER_LEN: usize = 8;
 
-/// What a nexthop object points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NexthopSpec {
-    pub gateway: Ipv4Addr,
-    pub oif: u32,
-    pub onlink: bool,
-}
-
 /// A nexthop object as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Nexthop {
+pub(crate) struct Nexthop {
     /// `None` for objects without a single IPv4 gateway (groups, blackholes, IPv6).
-    pub spec: Option<NexthopSpec>,
-    pub protocol: u8,
-}
-
-/// The nexthop id weft gives the route to `subnet`: its network address.
-pub fn id_for(subnet: ipnet::Ipv4Net) -> u32 {
-    u32::from(subnet.network())
+    pub(crate) spec: Option<NexthopSpec>,
+    pub(crate) protocol: u8,
 }
 
 /// One `RTM_*NEXTHOP` message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NexthopMessage {
+pub(crate) struct NexthopMessage {
     kind: u16,
     family: u8,
-    protocol: u8,
+    pub(crate) protocol: u8,
     flags: u32,
     nlas: Vec<DefaultNla>,
 }
@@ -93,11 +77,11 @@ impl NexthopMessage {
         })
     }
 
-    fn id(&self) -> Option<u32> {
+    pub(crate) fn id(&self) -> Option<u32> {
         self.u32_nla(NHA_ID)
     }
 
-    fn nexthop(&self) -> Nexthop {
+    pub(crate) fn nexthop(&self) -> Nexthop {
         let gateway = self.nlas.iter().find(|n| n.kind() == NHA_GATEWAY && n.value_len() == 4).map(|n| {
             let mut b = [0u8; 4];
             n.emit_value(&mut b);
@@ -169,13 +153,13 @@ fn request(kind: u16, flags: u16, mut inner: NexthopMessage) -> NetlinkMessage<N
 
 /// The nexthop half of weft's netlink connection.
 #[derive(Clone)]
-pub struct Nexthops {
+pub(crate) struct Nexthops {
     handle: ConnectionHandle<NexthopMessage>,
 }
 
 impl Nexthops {
     /// Open the socket; must run inside a tokio runtime.
-    pub fn connect() -> Result<Nexthops> {
+    pub(crate) fn connect() -> Result<Nexthops> {
         let (conn, handle, _) = new_connection::<NexthopMessage>(NETLINK_ROUTE).map_err(Error::NetlinkSocket)?;
         tokio::spawn(conn);
         Ok(Nexthops { handle })
@@ -202,14 +186,14 @@ impl Nexthops {
 
     /// `ip nexthop show`: every nexthop object, by id. Fails with
     /// `EOPNOTSUPP`/`EINVAL` on kernels without nexthop objects.
-    pub async fn dump(&self) -> Result<BTreeMap<u32, Nexthop>> {
+    pub(crate) async fn dump(&self) -> Result<BTreeMap<u32, Nexthop>> {
         let msg = request(RTM_GETNEXTHOP, NLM_F_REQUEST | NLM_F_DUMP, NexthopMessage::default());
         let answers = self.call(|| "ip nexthop show".to_string(), msg).await?;
         Ok(answers.iter().filter_map(|m| Some((m.id()?, m.nexthop()))).collect())
     }
 
     /// Whether this kernel has nexthop objects (a dump succeeds).
-    pub async fn supported(&self) -> Result<bool> {
+    pub(crate) async fn supported(&self) -> Result<bool> {
         match self.dump().await {
             Ok(_) => Ok(true),
             Err(e) if matches!(e.errno(), Some(libc::EOPNOTSUPP | libc::EINVAL | libc::EAFNOSUPPORT)) => Ok(false),
@@ -220,7 +204,7 @@ impl Nexthops {
     /// `ip nexthop replace id ID via GW dev OIF [onlink] proto 87`, or with
     /// `existing` false `ip nexthop add ...`, which fails with `EEXIST`
     /// rather than take over a nexthop someone else made.
-    pub async fn replace(&self, id: u32, spec: NexthopSpec, existing: bool) -> Result<()> {
+    pub(crate) async fn replace(&self, id: u32, spec: NexthopSpec, existing: bool) -> Result<()> {
         let inner = NexthopMessage {
             kind: RTM_NEWNEXTHOP,
             family: AF_INET,
@@ -243,7 +227,7 @@ impl Nexthops {
 
     /// `ip nexthop del id ID` (absent is fine). The kernel removes the
     /// routes that use it along with it.
-    pub async fn delete(&self, id: u32) -> Result<()> {
+    pub(crate) async fn delete(&self, id: u32) -> Result<()> {
         let inner = NexthopMessage {
             kind: RTM_DELNEXTHOP,
             nlas: vec![DefaultNla::new(NHA_ID, id.to_ne_bytes().to_vec())],
@@ -253,53 +237,6 @@ impl Nexthops {
         match self.call(|| format!("ip nexthop del id {id}"), msg).await {
             Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
             other => other.map(|_| ()),
-        }
-    }
-}
-
-/// Wake `wake` on nexthop changes that touch weft's (`ip monitor
-/// nexthop`): removing a nexthop takes its routes with it without a route
-/// event.
-pub(crate) fn subscribe(interest: Arc<RwLock<Interest>>, wake: Arc<Notify>) -> Result<JoinHandle<()>> {
-    let (mut conn, _handle, messages) =
-        new_connection::<NexthopMessage>(NETLINK_ROUTE).map_err(Error::NetlinkSocket)?;
-    let socket = conn.socket_mut().socket_mut();
-    socket.bind_auto().map_err(Error::NetlinkSocket)?;
-    socket.add_membership(RTNLGRP_NEXTHOP).map_err(Error::NetlinkSocket)?;
-    // An unbound netlink socket gets no multicast: bind it first. The
-    // connection and its reader run in one task: aborting it ends both.
-    Ok(tokio::spawn(async move {
-        tokio::select! {
-            _ = conn => {}
-            _ = wake_on(messages, &interest, &wake) => {}
-        }
-        tracing::warn!("netlink nexthop event socket closed; repairs wait for the periodic resync");
-    }))
-}
-
-async fn wake_on(
-    mut messages: impl Stream<Item = (NetlinkMessage<NexthopMessage>, SocketAddr)> + Unpin,
-    interest: &RwLock<Interest>,
-    wake: &Notify,
-) {
-    while let Some((msg, _)) = messages.next().await {
-        let hit = match &msg.payload {
-            // One of weft's nexthops, unless it agrees with what weft is
-            // putting in place.
-            NetlinkPayload::InnerMessage(m) if m.protocol == WEFT_ROUTE_PROTO => {
-                let deleted = msg.header.message_type == RTM_DELNEXTHOP;
-                let interest = interest.read().ok();
-                match (m.id(), interest.as_ref().and_then(|i| i.picture.as_ref())) {
-                    (Some(id), Some(p)) => p.nexthop(id, m.nexthop().spec, deleted),
-                    _ => true,
-                }
-            }
-            // Events were lost.
-            NetlinkPayload::Overrun(_) => true,
-            _ => false,
-        };
-        if hit {
-            wake.notify_one();
         }
     }
 }
@@ -345,10 +282,5 @@ mod tests {
         assert!(NexthopMessage::deserialize(&header, &[2, 0, 87]).is_err());
         // An attribute claiming 12 bytes with 4 present.
         assert!(NexthopMessage::deserialize(&header, &[2, 0, 87, 0, 0, 0, 0, 0, 12, 0, 1, 0]).is_err());
-    }
-
-    #[test]
-    fn ids_are_the_subnet_address() {
-        assert_eq!(id_for("10.244.5.0/24".parse().unwrap()), 0x0af4_0500);
     }
 }

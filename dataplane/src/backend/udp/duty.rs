@@ -27,8 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::io::Doorbell;
-use super::stats::Stats;
+use super::sys::Doorbell;
+use crate::forward::stats::Stats;
 
 /// How long without bulk before the receive thread serves both directions again.
 pub(crate) const BULK_QUIET: Duration = Duration::from_millis(100);
@@ -108,9 +108,7 @@ mod tests {
     use super::*;
 
     fn rung(bell: &Doorbell) -> bool {
-        let mut p = libc::pollfd { fd: bell.fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd, zero timeout.
-        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        bell.rung()
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 
 use crate::error::{Error, Result};
-use crate::netlink::{Link, Netlink};
+use crate::kernel::{Link, Netlink};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Default)]
@@ -36,7 +36,7 @@ pub struct ExternalInterface {
 }
 
 /// Pick the interface from the host's links and addresses. Pure.
-pub fn select(
+pub(crate) fn select(
     links: &[Link],
     addrs: &[(u32, Ipv4Net)],
     default_oif: Option<u32>,
@@ -100,7 +100,7 @@ pub fn select(
 }
 
 /// Read the host's links and addresses and pick the external interface.
-pub async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
+pub(crate) async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
     let links = nl.links().await?;
     let addrs = nl.addresses().await?;
     let default_oif =

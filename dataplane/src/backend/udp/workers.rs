@@ -21,9 +21,9 @@ use tokio::sync::Notify;
 use tun_rs::SyncDevice;
 
 use super::duty::{Duty, BULK_QUIET};
-use super::io::{wait, wait_any, Exit, Shared, StopSignal, Wake, WakeOnExit};
 use super::offload::{RxPath, Step, TxPath};
 use super::plain::{PlainRx, PlainTx};
+use super::shared::{wait, wait_any, Exit, Shared, StopSignal, Wake, WakeOnExit};
 use crate::error::{Error, Result};
 
 /// What a forwarding thread runs.

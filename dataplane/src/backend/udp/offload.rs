@@ -11,18 +11,20 @@
 //!   batch, enter the TUN device as one super-packet written straight from
 //!   the receive buffer (see `coalesce`).
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::coalesce::{runs, super_header, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
-use super::decide::{inbound, outbound, Outbound};
-pub(crate) use super::io::Step;
-use super::io::{add, wait, ErrorLog, Icmp, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
-use super::packet::DropReason;
+use super::icmp::Icmp;
+pub(crate) use super::shared::Step;
+use super::shared::{add, wait, ErrorLog, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::sys;
+use crate::forward::coalesce::{runs, super_header, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
+use crate::forward::decide::{inbound, outbound, Outbound};
+use crate::forward::packet::DropReason;
 
 /// TUN -> UDP, with buffers owned by the forwarding thread.
 pub(crate) struct TxPath {
@@ -231,12 +233,6 @@ impl RxPath {
     }
 }
 
-impl Default for RxPath {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// The virtio-net header of a packet written as it is.
 const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
@@ -244,8 +240,8 @@ const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 /// came, or a TCP super-packet whose payloads are read from where they lie.
 fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
     let mut header = [0u8; MAX_HEADER];
-    let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 1 + MAX_RUN];
-    let slice = |b: &[u8]| libc::iovec { iov_base: b.as_ptr() as *mut libc::c_void, iov_len: b.len() };
+    let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
+    let slice = IoSlice::new;
     let count = if run.len() == 1 {
         iov[0] = slice(&PLAIN_VNET);
         iov[1] = slice(run[0]);
@@ -259,19 +255,7 @@ fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
         }
         1 + run.len()
     };
-    loop {
-        // SAFETY: the iovecs point into `header`, `PLAIN_VNET` and `run`,
-        // all borrowed for the duration of the call; `count` of them are
-        // initialised and the kernel only reads them.
-        let written = unsafe { libc::writev(dev.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
-        if written >= 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    sys::writev(dev.as_raw_fd(), &iov[..count]).map(|_| ())
 }
 
 /// A run of packets to one peer, laid out back to back for one GSO send.

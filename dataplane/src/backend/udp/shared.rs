@@ -1,11 +1,10 @@
-//! What the forwarding threads share and the I/O helpers they use: the
-//! route table and counters ([`Shared`]), waiting on a descriptor or the stop
-//! signal, ICMP errors written back into the TUN device, and a log that
+//! What the forwarding threads share and how they live and end: the route
+//! table and counters ([`Shared`]), the stop signal and waiting on a
+//! descriptor beside it, why a thread ended ([`Exit`]), and a log that
 //! tells transient errors from the persistent ones that end a thread.
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,11 +12,11 @@ use std::time::{Duration, Instant};
 use ipnet::Ipv4Net;
 use tokio::sync::Notify;
 use tracing::warn;
-use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
-use super::packet::{build_icmp_error, IcmpError};
-use super::stats::Stats;
-use super::table::RouteTable;
+pub(crate) use super::sys::Wake;
+use super::sys::{self, Doorbell};
+use crate::forward::stats::Stats;
+use crate::forward::table::RouteTable;
 
 /// Largest IPv4 datagram, and so the largest buffer any packet needs.
 pub(crate) const MAX_PACKET: usize = 65535;
@@ -56,47 +55,6 @@ pub(crate) fn is_fatal(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EBADFD | libc::ENODEV | libc::ENXIO | libc::EBADF | libc::ENOTSOCK))
 }
 
-/// A non-blocking eventfd: rung by one thread, it wakes another out of
-/// `poll` until cleared.
-pub(crate) struct Doorbell {
-    fd: OwnedFd,
-}
-
-impl Doorbell {
-    pub(crate) fn new() -> io::Result<Doorbell> {
-        // SAFETY: eventfd(2) takes no pointers; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a new descriptor that nothing else owns.
-        Ok(Doorbell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
-    }
-
-    /// Make the descriptor readable. Fails only when the counter is near
-    /// overflow, that is, rung already.
-    pub(crate) fn ring(&self) -> io::Result<()> {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-        let rc = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if rc != 8 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Reset it after a wake-up.
-    pub(crate) fn clear(&self) {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64; EAGAIN when not rung.
-        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-
-    pub(crate) fn fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
-}
-
 /// Tells forwarding threads to stop; they wait on it beside their data
 /// descriptor, so stopping never waits for traffic.
 pub(crate) struct StopSignal {
@@ -116,23 +74,12 @@ impl StopSignal {
             warn!("could not signal the forwarding threads to stop: {e}");
         }
     }
-}
 
-impl StopSignal {
     /// Whether [`fire`](Self::fire) was called (checked between batches, so
     /// a busy thread stops too).
     pub(crate) fn fired(&self) -> bool {
         self.fired.load(Ordering::Relaxed)
     }
-}
-
-/// What a wait ended with.
-#[derive(Debug)]
-pub(crate) enum Wake {
-    /// Bit `i` set: the `i`-th descriptor waited on is ready (all clear
-    /// after a timeout).
-    Ready(u8),
-    Stop,
 }
 
 /// Wait until `fd` is ready for `events` (POLLIN/POLLOUT) or `stop` fires.
@@ -144,36 +91,10 @@ pub(crate) fn wait(fd: i32, events: i16, stop: &StopSignal) -> io::Result<Wake> 
 
 /// Wait until one of `fds` (at most three) is ready for `events`, `stop`
 /// fires, or `timeout` passes; a timeout counts as ready with nothing
-/// marked (the caller looks and finds nothing), as in [`wait`]. Bit `i` of
-/// the ready mask is `fds[i]`; a negative descriptor is skipped, as
-/// poll(2) skips it, and never marked.
+/// marked (the caller looks and finds nothing), as in [`wait`]. See
+/// [`sys::poll`].
 pub(crate) fn wait_any(fds: &[i32], events: i16, stop: &StopSignal, timeout: Option<Duration>) -> io::Result<Wake> {
-    let mut polled = [libc::pollfd { fd: stop.bell.fd(), events: libc::POLLIN, revents: 0 }; 4];
-    let n = fds.len().min(3);
-    for (p, fd) in polled[1..].iter_mut().zip(&fds[..n]) {
-        *p = libc::pollfd { fd: *fd, events, revents: 0 };
-    }
-    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int);
-    loop {
-        // SAFETY: `polled` is a valid array of pollfds that outlives the
-        // call, and its first `n + 1` are initialised.
-        let rc = unsafe { libc::poll(polled.as_mut_ptr(), (n + 1) as libc::nfds_t, ms) };
-        if rc < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if polled[0].revents != 0 {
-            return Ok(Wake::Stop);
-        }
-        if polled[1..=n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
-            return Err(io::Error::from_raw_os_error(libc::EBADF));
-        }
-        let ready = polled[1..=n].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0u8, |m, (i, _)| m | 1 << i);
-        return Ok(Wake::Ready(ready));
-    }
+    sys::poll(fds, events, stop.bell.fd(), timeout)
 }
 
 /// Logs an I/O error at most every 10 s per thread, and says when the same
@@ -236,56 +157,6 @@ impl ErrorLog {
     /// The operation succeeded.
     pub(crate) fn ok(&mut self) {
         self.consecutive = 0;
-    }
-}
-
-/// Token bucket for ICMP errors: at most 100 per second per thread.
-struct IcmpLimit {
-    tokens: f64,
-    last: Instant,
-}
-
-impl IcmpLimit {
-    fn new() -> IcmpLimit {
-        IcmpLimit { tokens: 100.0, last: Instant::now() }
-    }
-
-    fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * 100.0).min(100.0);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Sends ICMP errors back into the TUN device.
-pub(crate) struct Icmp {
-    limit: IcmpLimit,
-    buf: Vec<u8>,
-}
-
-impl Icmp {
-    pub(crate) fn new() -> Icmp {
-        Icmp { limit: IcmpLimit::new(), buf: vec![0u8; VIRTIO_NET_HDR_LEN + 128] }
-    }
-
-    pub(crate) fn send(&mut self, dev: &SyncDevice, shared: &Shared, kind: IcmpError, original: &[u8]) {
-        if !self.limit.allow() {
-            return;
-        }
-        let hdr = if shared.vnet_hdr { VIRTIO_NET_HDR_LEN } else { 0 };
-        // A zeroed virtio-net header means: no GSO, checksums complete.
-        self.buf[..hdr].fill(0);
-        if let Some(n) = build_icmp_error(kind, shared.icmp_from, original, &mut self.buf[hdr..]) {
-            if dev.send(&self.buf[..hdr + n]).is_ok() {
-                shared.stats.icmp_sent.fetch_add(1, Ordering::Relaxed);
-            }
-        }
     }
 }
 

@@ -8,32 +8,23 @@
 //!
 //! The `WEFT-*` chains of weft before 0.1 are removed at start.
 //!
-//! Rules are loaded with `iptables-restore --noflush`, which replaces the
-//! contents of weft's chains atomically and leaves every other chain alone.
-//! iptables runs as a child process off the async runtime, with a deadline:
-//! a hung iptables (a held xtables lock) is killed, and never stalls the
-//! daemon.
+//! Rules are loaded with `iptables-restore --noflush` (`kernel::iptables`),
+//! which replaces the contents of weft's chains atomically and leaves every
+//! other chain alone.
 //!
 //! [`Rules`] keeps them in place: after installing, it remembers what
 //! `iptables -S` shows of weft's chains; each check compares again and
 //! reinstalls (a repair) when a chain, a rule or a jump went missing.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use ipnet::Ipv4Net;
-use tokio::io::AsyncWriteExt;
-use tokio::process::Command;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::report::{ObjectKind, Report};
+use crate::kernel::iptables;
+use crate::report::{ObjectKind, Problem, Report};
 
-/// The longest an iptables command may take.
-const DEADLINE: Duration = Duration::from_secs(10);
-
-pub const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
-pub const FWD_CHAIN: &str = "FLANNEL-FWD";
+pub(crate) const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
+pub(crate) const FWD_CHAIN: &str = "FLANNEL-FWD";
 /// flanneld's comments, on every rule and jump of each chain.
 const NAT_COMMENT: &str = "flanneld masq";
 const FWD_COMMENT: &str = "flanneld forward";
@@ -70,34 +61,6 @@ pub fn forward_rules(network: Ipv4Net) -> String {
     )
 }
 
-/// Run `program args` with `stdin`, within [`DEADLINE`]: (success, stdout, stderr).
-async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| Error::Masq(format!("cannot run {program} (install the iptables package): {e}")))?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes()).await.map_err(|e| Error::Masq(format!("writing to {program}: {e}")))?;
-    }
-    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
-        .await
-        .map_err(|_| Error::Masq(format!("{program} {} took longer than {DEADLINE:?}; killed it", args.join(" "))))?
-        .map_err(|e| Error::Masq(format!("waiting for {program}: {e}")))?;
-    Ok((
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).trim().to_string(),
-    ))
-}
-
-async fn iptables(args: &[&str]) -> Result<bool> {
-    Ok(run("iptables", args, None).await?.0)
-}
-
 /// The comment on the jump to `target` (flanneld's for its chains).
 fn comment_of(target: &str) -> &'static str {
     match target {
@@ -107,10 +70,9 @@ fn comment_of(target: &str) -> &'static str {
     }
 }
 
-/// `iptables -t TABLE OP CHAIN -m comment --comment C -j TARGET`.
+/// The jump from `chain` to `target` with weft's comment for it.
 async fn jump(table: &str, op: &str, chain: &str, target: &str) -> Result<bool> {
-    let comment = comment_of(target);
-    iptables(&["-w", "5", "-t", table, op, chain, "-m", "comment", "--comment", comment, "-j", target]).await
+    iptables::jump(table, op, chain, target, comment_of(target)).await
 }
 
 /// Make sure `table/chain` jumps to `target` (inserted first).
@@ -124,18 +86,10 @@ async fn ensure_jump(table: &str, chain: &str, target: &str) -> Result<()> {
     Ok(())
 }
 
-async fn restore(input: &str) -> Result<()> {
-    let (ok, _, err) = run("iptables-restore", &["-w", "5", "--noflush"], Some(input)).await?;
-    if !ok {
-        return Err(Error::Masq(format!("iptables-restore failed: {err}")));
-    }
-    Ok(())
-}
 /// What `iptables -S` shows of one of weft's chains, and whether the jump
 /// to it is in place.
 async fn observe(table: &str, from: &str, chain: &str) -> Result<(String, bool)> {
-    let (ok, rules, _) = run("iptables", &["-w", "5", "-t", table, "-S", chain], None).await?;
-    let rules = if ok { rules } else { String::new() };
+    let rules = iptables::show(table, chain).await?.unwrap_or_default();
     Ok((rules, jump(table, "-C", from, chain).await?))
 }
 
@@ -162,10 +116,10 @@ impl Rules {
     }
 
     async fn apply(&self, subnet: Ipv4Net) -> Result<()> {
-        restore(&forward_rules(self.network)).await?;
+        iptables::restore(&forward_rules(self.network)).await?;
         ensure_jump("filter", "FORWARD", FWD_CHAIN).await?;
         if self.ip_masq {
-            restore(&masq_rules(self.network, subnet)).await?;
+            iptables::restore(&masq_rules(self.network, subnet)).await?;
             ensure_jump("nat", "POSTROUTING", NAT_CHAIN).await?;
         }
         Ok(())
@@ -206,7 +160,7 @@ impl Rules {
         match result {
             Ok(true) => report.repaired(ObjectKind::Rules, 1),
             Ok(false) => {}
-            Err(e) => report.problem(format!("iptables rules not in place, retrying: {e}")),
+            Err(e) => report.problem(Problem::Rules { error: e.to_string() }),
         }
     }
 }
@@ -216,10 +170,7 @@ impl Rules {
 /// earlier weft). An absent chain is fine.
 async fn remove_chain(table: &str, from: &str, chain: &str) -> Result<()> {
     while jump(table, "-D", from, chain).await? {}
-    if iptables(&["-w", "5", "-t", table, "-F", chain]).await? {
-        iptables(&["-w", "5", "-t", table, "-X", chain]).await?;
-    }
-    Ok(())
+    iptables::delete_chain(table, chain).await
 }
 
 #[cfg(test)]

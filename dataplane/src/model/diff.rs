@@ -1,4 +1,4 @@
-//! The reconcile diff: what to remove and what to (re)install so that the
+//! The installed-vs-desired diff: what to remove and what to (re)install so that the
 //! installed entries become the desired ones. Pure and generic, so routes,
 //! neighbour entries and FDB entries all converge the same way.
 
@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 
 /// The changes that turn `installed` into `desired`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diff<K, V> {
+pub(crate) struct Diff<K, V> {
     /// Keys installed but not desired, or desired with another value
     /// (removed first, then installed again from `install`).
-    pub remove: Vec<(K, V)>,
+    pub(crate) remove: Vec<(K, V)>,
     /// Entries desired but missing or different.
-    pub install: Vec<(K, V)>,
+    pub(crate) install: Vec<(K, V)>,
 }
 
+#[cfg(test)]
 impl<K, V> Diff<K, V> {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.remove.is_empty() && self.install.is_empty()
     }
 }
@@ -23,7 +24,10 @@ impl<K, V> Diff<K, V> {
 /// Compare `installed` with `desired`. An entry whose value differs is both
 /// removed (old value) and installed (new value): replace semantics that
 /// also work for kernel objects without an atomic replace.
-pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(installed: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> Diff<K, V> {
+pub(crate) fn diff<K: Ord + Clone, V: PartialEq + Clone>(
+    installed: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Diff<K, V> {
     let mut remove = Vec::new();
     let mut install = Vec::new();
     for (k, v) in installed {

@@ -9,16 +9,16 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 
 use crate::error::Result;
-use crate::netlink::Netlink;
+use crate::kernel::Netlink;
+use crate::model::{is_vxlan_device, TUN_NAME};
 
 /// Whether `name` of kind `kind` is a device weft makes and `keep` is not.
 fn is_leftover(name: &str, kind: Option<&str>, keep: Option<&str>) -> bool {
     if Some(name) == keep {
         return false;
     }
-    let udp = name == crate::udp::TUN_NAME && kind == Some("tun");
-    let vxlan = kind == Some("vxlan")
-        && name.strip_prefix("flannel.").is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()));
+    let udp = name == TUN_NAME && kind == Some("tun");
+    let vxlan = kind == Some("vxlan") && is_vxlan_device(name);
     udp || vxlan
 }
 

@@ -6,10 +6,10 @@ use std::net::UdpSocket;
 
 use tun_rs::SyncDevice;
 
-use super::decide::{inbound, outbound, Outbound};
-use super::io::Step;
-use super::io::{add, ErrorLog, Icmp, Shared, MAX_PACKET};
-use super::packet::DropReason;
+use super::icmp::Icmp;
+use super::shared::{add, ErrorLog, Shared, Step, MAX_PACKET};
+use crate::forward::decide::{inbound, outbound, Outbound};
+use crate::forward::packet::DropReason;
 
 /// TUN -> UDP, one packet per step.
 pub(crate) struct PlainTx {

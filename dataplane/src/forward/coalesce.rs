@@ -20,8 +20,9 @@
 //! checked on receipt, covers every byte of the segments.
 
 /// The virtio-net header the TUN device expects before every packet
-/// (`struct virtio_net_hdr`, 10 bytes, as tun-rs configures the device).
-pub(crate) const VNET_HDR_LEN: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+/// (`struct virtio_net_hdr`, 10 bytes, as tun-rs configures the device;
+/// the udp backend checks that the two agree).
+pub const VNET_HDR_LEN: usize = 10;
 const VNET_F_NEEDS_CSUM: u8 = 1;
 const VNET_GSO_TCPV4: u8 = 1;
 /// TCP flags.
@@ -30,9 +31,9 @@ const PSH: u8 = 0x08;
 /// The IPv4 total length field's limit.
 const MAX_IP_LEN: usize = 65_535;
 /// IPv4 (20) plus TCP with the most options (60).
-pub(crate) const MAX_HEADER: usize = VNET_HDR_LEN + 20 + 60;
+pub const MAX_HEADER: usize = VNET_HDR_LEN + 20 + 60;
 /// The most segments in one run: a UDP GRO read holds at most 64.
-pub(crate) const MAX_RUN: usize = 64;
+pub const MAX_RUN: usize = 64;
 
 /// What coalescing needs of one IPv4/TCP segment.
 #[derive(Debug, Clone, Copy)]
@@ -91,7 +92,7 @@ fn joins(first: (&[u8], Tcp), pt: Tcp, next: (&[u8], Tcp), run_payload: usize) -
 
 /// Split `segs` into runs: `(first index, count)`, in order. A run of one
 /// is a packet written as it came.
-pub(crate) fn runs(segs: &[&[u8]]) -> Vec<(usize, usize)> {
+pub fn runs(segs: &[&[u8]]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < segs.len() {
@@ -137,7 +138,7 @@ fn fold(mut acc: u32) -> u16 {
 /// more segments that [`runs`] joined): the virtio-net header and the
 /// first segment's IP and TCP headers, fixed up for the whole run.
 /// Returns its length.
-pub(crate) fn super_header(segs: &[&[u8]], out: &mut [u8; MAX_HEADER]) -> usize {
+pub fn super_header(segs: &[&[u8]], out: &mut [u8; MAX_HEADER]) -> usize {
     let first = segs[0];
     let hdr = 20 + usize::from(first[32] >> 4) * 4;
     let payload: usize = segs.iter().map(|s| s.len() - hdr).sum();

@@ -24,9 +24,10 @@ use tracing::{debug, info};
 use weft_types::MacAddr;
 
 use crate::error::{Error, Result};
-use crate::netlink::{Netlink, RouteSpec};
-use crate::nexthop::{Nexthop, NexthopSpec};
-use crate::reconcile::{diff, Diff};
+use crate::kernel::nexthop::Nexthop;
+use crate::kernel::Netlink;
+use crate::model::diff::{diff, Diff};
+use crate::model::{NexthopSpec, RouteSpec};
 use crate::WEFT_ROUTE_PROTO;
 
 /// Netlink requests kept in flight at once. The kernel answers each in
@@ -81,7 +82,7 @@ fn log_changes<K: Ord, V>(
 
 /// How a pass learns what is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pass {
+pub(crate) enum Pass {
     /// Read the kernel.
     Full,
     /// Trust what the last pass left in place.
@@ -103,13 +104,13 @@ async fn installed<K: Ord + Clone, V: Clone, F: Future<Output = Result<BTreeMap<
 
 /// What one converge pass did.
 #[derive(Debug)]
-pub struct Outcome<K> {
+pub(crate) struct Outcome<K> {
     /// Entries removed or installed.
-    pub changes: usize,
+    pub(crate) changes: usize,
     /// Installed entries that had been programmed before and went missing.
-    pub repairs: usize,
+    pub(crate) repairs: usize,
     /// Entries that could not be removed or installed, with the kernel's error.
-    pub failed: Vec<(K, Error)>,
+    pub(crate) failed: Vec<(K, Error)>,
 }
 
 impl<K: Ord + Clone> Outcome<K> {
@@ -119,7 +120,7 @@ impl<K: Ord + Clone> Outcome<K> {
     }
 
     /// The desired entries that are in place after this pass.
-    pub fn programmed<V: Clone>(&self, desired: &BTreeMap<K, V>) -> BTreeMap<K, V> {
+    pub(crate) fn programmed<V: Clone>(&self, desired: &BTreeMap<K, V>) -> BTreeMap<K, V> {
         let mut out = desired.clone();
         for (k, _) in &self.failed {
             out.remove(k);
@@ -131,7 +132,7 @@ impl<K: Ord + Clone> Outcome<K> {
 /// Converge weft's routes inside `network` to `desired`, and the nexthop
 /// objects those routes name. Nexthops are put in place before the routes
 /// that use them and removed after (removing one takes its routes along).
-pub async fn routes(
+pub(crate) async fn routes(
     nl: &Netlink,
     network: Ipv4Net,
     desired: &BTreeMap<Ipv4Net, RouteSpec>,
@@ -233,7 +234,7 @@ pub async fn routes(
 }
 
 /// Converge the permanent neighbour entries of device `index`.
-pub async fn neighbours(
+pub(crate) async fn neighbours(
     nl: &Netlink,
     index: u32,
     desired: &BTreeMap<Ipv4Addr, MacAddr>,
@@ -251,7 +252,7 @@ pub async fn neighbours(
 }
 
 /// Converge the FDB entries (MAC -> remote IP) of device `index`.
-pub async fn fdb(
+pub(crate) async fn fdb(
     nl: &Netlink,
     index: u32,
     desired: &BTreeMap<MacAddr, Ipv4Addr>,

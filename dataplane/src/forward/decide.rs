@@ -57,7 +57,7 @@ pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Ipv4Net) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::udp::packet::checksum;
+    use crate::forward::packet::checksum;
     use crate::Peer;
 
     fn packet(dst: [u8; 4], ttl: u8) -> Vec<u8> {

@@ -1,0 +1,155 @@
+//! The backends: what each one wants for the peers (a pure `plan`) and the
+//! devices and threads it runs.
+//!
+//! | module     | backend                                                           |
+//! |------------|-------------------------------------------------------------------|
+//! | [`vxlan`]  | kernel VXLAN device; FDB, neighbour and route per peer            |
+//! | [`hostgw`] | one route per peer via its public IP                              |
+//! | [`udp`]    | persistent TUN + UDP, supervised forwarding threads               |
+//!
+//! [`Programming`] is the one place that folds converge outcomes into the
+//! report and says how many peers are not programmed.
+
+pub(crate) mod hostgw;
+pub(crate) mod udp;
+pub(crate) mod vxlan;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ipnet::Ipv4Net;
+
+use crate::error::{chain, Error, Result};
+use crate::model::{Desired, Peer};
+use crate::report::{ObjectKind, Problem, Report};
+use crate::sync::converge::Outcome;
+
+/// The peers of one pass and which of them could not be programmed.
+pub(crate) struct Programming<'p> {
+    peers: &'p [Peer],
+    failed: BTreeSet<Ipv4Net>,
+    /// The first failure, as `subnet: why`.
+    first: Option<String>,
+}
+
+impl<'p> Programming<'p> {
+    /// Start a pass over `peers`; those `desired` left out count as failed.
+    pub(crate) fn new(peers: &'p [Peer], desired: &Desired) -> Programming<'p> {
+        let mut p = Programming { peers, failed: BTreeSet::new(), first: None };
+        for (subnet, why) in &desired.unplanned {
+            p.fail([*subnet], || format!("{subnet}: {why}"));
+        }
+        p
+    }
+
+    fn fail(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>, why: impl FnOnce() -> String) {
+        self.first.get_or_insert_with(why);
+        self.failed.extend(subnets);
+    }
+
+    /// Fold one kind's converge result into `report`: its changes and
+    /// repairs, and the peers (`peers_of` a failed key) it failed. Returns
+    /// the desired entries now in place (the next pass's `previous`), or
+    /// `None` when the kind could not be converged at all (then every peer
+    /// failed, and the previous entries stay as they were).
+    pub(crate) fn record<K: Ord + Clone + std::fmt::Display, V: Clone>(
+        &mut self,
+        report: &mut Report,
+        kind: ObjectKind,
+        desired: &BTreeMap<K, V>,
+        result: Result<Outcome<K>>,
+        peers_of: impl Fn(&K) -> Vec<Ipv4Net>,
+    ) -> Option<BTreeMap<K, V>> {
+        match result {
+            Ok(o) => {
+                report.changes += o.changes;
+                report.repaired(kind, o.repairs);
+                for (k, e) in &o.failed {
+                    self.fail(peers_of(k), || format!("{k}: {}", chain(e)));
+                }
+                Some(o.programmed(desired))
+            }
+            Err(e) => {
+                self.fail_all(&e);
+                None
+            }
+        }
+    }
+
+    /// Every peer failed: `e` stopped the whole pass.
+    pub(crate) fn fail_all(&mut self, e: &Error) {
+        let all: Vec<Ipv4Net> = self.peers.iter().map(|p| p.subnet).collect();
+        self.fail(all, || chain(e));
+    }
+
+    /// Write the peer counts, and the problem if any failed.
+    pub(crate) fn finish(self, report: &mut Report) {
+        report.peers_desired = self.peers.len();
+        let failed = self.failed.iter().filter(|s| self.peers.iter().any(|p| p.subnet == **s)).count();
+        report.peers_programmed = self.peers.len() - failed;
+        if let Some(first) = self.first {
+            report.problem(Problem::Peers { failed, of: self.peers.len(), first });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::sync::converge::Outcome;
+
+    fn peer(n: u8) -> Peer {
+        Peer {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: Ipv4Addr::new(198, 18, 0, n),
+            vtep_mac: None,
+        }
+    }
+
+    #[test]
+    fn outcomes_fold_into_counts_repairs_and_one_problem() {
+        let peers = [peer(2), peer(3), peer(4)];
+        let desired = Desired { unplanned: vec![(peers[2].subnet, "no VTEP MAC in its lease")], ..Desired::default() };
+        let mut report = Report::default();
+        let mut p = Programming::new(&peers, &desired);
+        let want: BTreeMap<Ipv4Net, u8> = peers.iter().map(|p| (p.subnet, 0)).collect();
+        let outcome = Outcome {
+            changes: 3,
+            repairs: 1,
+            failed: vec![(peers[1].subnet, Error::Conflict("nexthop id 1 exists already".into()))],
+        };
+        let kept = p.record(&mut report, ObjectKind::Route, &want, Ok(outcome), |k| vec![*k]).unwrap();
+        assert_eq!(kept.len(), 2, "the failed entry is not taken as in place");
+        p.finish(&mut report);
+        assert_eq!((report.peers_desired, report.peers_programmed, report.changes), (3, 1, 3));
+        assert_eq!(report.repairs[ObjectKind::Route as usize], 1);
+        assert_eq!(report.problems.len(), 1);
+        assert_eq!(
+            report.problems[0].to_string(),
+            "2 of 3 peers not programmed, retrying (first: 10.244.4.0/24: no VTEP MAC in its lease)"
+        );
+    }
+
+    #[test]
+    fn a_kind_that_fails_whole_fails_every_peer_and_keeps_the_previous_entries() {
+        let peers = [peer(2), peer(3)];
+        let mut report = Report::default();
+        let mut p = Programming::new(&peers, &Desired::default());
+        let want: BTreeMap<Ipv4Net, u8> = BTreeMap::new();
+        let failed: Result<Outcome<Ipv4Net>> = Err(Error::Conflict("dump failed".into()));
+        assert!(p.record(&mut report, ObjectKind::Route, &want, failed, |k| vec![*k]).is_none());
+        p.finish(&mut report);
+        assert_eq!(report.peers_programmed, 0);
+        assert_eq!(report.problems[0].to_string(), "2 of 2 peers not programmed, retrying (first: dump failed)");
+    }
+
+    #[test]
+    fn all_in_place_is_no_problem() {
+        let peers = [peer(2)];
+        let mut report = Report::default();
+        Programming::new(&peers, &Desired::default()).finish(&mut report);
+        assert_eq!((report.peers_desired, report.peers_programmed), (1, 1));
+        assert!(report.problems.is_empty());
+    }
+}

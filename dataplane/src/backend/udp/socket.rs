@@ -1,0 +1,57 @@
+//! The udp backend's UDP sockets: one per forwarding queue on the node's
+//! public IP and port (`SO_REUSEPORT` when there are several), with large
+//! buffers.
+
+use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::warn;
+
+use super::sys;
+use crate::error::{Error, Result};
+
+/// Socket buffer size asked for (SO_RCVBUFFORCE/SO_SNDBUFFORCE as root).
+const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Forwarding queues: `Queues` if set, else one per two cores with
+/// offloads (at most 4), else one.
+pub(super) fn queue_count(offload: bool, configured: Option<u32>) -> usize {
+    if let Some(q) = configured {
+        return q.max(1) as usize;
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if offload && cores >= 4 {
+        (cores / 2).min(4)
+    } else {
+        1
+    }
+}
+
+/// Ask for a large socket buffer: `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` as root,
+/// else within the sysctl limits. A smaller buffer only costs speed, so a
+/// refusal is logged, not fatal.
+fn force_buffer(sock: &Socket, opt: libc::c_int) {
+    let Err(forced) = sys::set_socket_int(sock, opt, SOCKET_BUFFER as libc::c_int) else { return };
+    let fallback = if opt == libc::SO_RCVBUFFORCE {
+        sock.set_recv_buffer_size(SOCKET_BUFFER)
+    } else {
+        sock.set_send_buffer_size(SOCKET_BUFFER)
+    };
+    if let Err(e) = fallback {
+        warn!("cannot enlarge the UDP socket buffer ({forced}; then {e}); forwarding may be slower");
+    }
+}
+
+/// A non-blocking UDP socket bound to `addr`, with large buffers.
+pub(super) fn bind(addr: SocketAddrV4, reuse_port: bool) -> Result<UdpSocket> {
+    let fail = |source: std::io::Error| Error::UdpSocket { addr, source };
+    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if reuse_port {
+        sock.set_reuse_port(true).map_err(fail)?;
+    }
+    force_buffer(&sock, libc::SO_RCVBUFFORCE);
+    force_buffer(&sock, libc::SO_SNDBUFFORCE);
+    sock.bind(&SocketAddr::V4(addr).into()).map_err(fail)?;
+    sock.set_nonblocking(true).map_err(fail)?;
+    Ok(sock.into())
+}

@@ -1,0 +1,137 @@
+//! Every libc call of the udp backend, each in one checked helper with its
+//! `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt and writev.
+//! The rest of the backend calls these and holds no `unsafe` of its own.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+/// A non-blocking eventfd: rung by one thread, it wakes another out of
+/// `poll` until cleared.
+pub(crate) struct Doorbell {
+    fd: OwnedFd,
+}
+
+impl Doorbell {
+    pub(crate) fn new() -> io::Result<Doorbell> {
+        // SAFETY: eventfd(2) takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor that nothing else owns.
+        Ok(Doorbell { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
+    }
+
+    /// Make the descriptor readable. Fails only when the counter is near
+    /// overflow, that is, rung already.
+    pub(crate) fn ring(&self) -> io::Result<()> {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
+        let rc = unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if rc != 8 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reset it after a wake-up.
+    pub(crate) fn clear(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64; EAGAIN when not rung.
+        let _ = unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    }
+
+    pub(crate) fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Whether it is rung now (without clearing it).
+    #[cfg(test)]
+    pub(crate) fn rung(&self) -> bool {
+        let mut p = libc::pollfd { fd: self.fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd, zero timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+}
+
+/// What a wait ended with.
+#[derive(Debug)]
+pub(crate) enum Wake {
+    /// Bit `i` set: the `i`-th descriptor waited on is ready (all clear
+    /// after a timeout).
+    Ready(u8),
+    Stop,
+}
+
+/// `poll(2)` on `stop` and up to three of `fds` for `events`, or until
+/// `timeout`: [`Wake::Stop`] when `stop` is readable, else the ready mask
+/// (bit `i` is `fds[i]`; a negative descriptor is skipped, as poll(2)
+/// skips it, and never marked). An error of a descriptor (POLLERR,
+/// POLLHUP) counts as ready: the next read or write reports it; a closed
+/// one (POLLNVAL) is `EBADF`.
+pub(crate) fn poll(fds: &[RawFd], events: i16, stop: RawFd, timeout: Option<Duration>) -> io::Result<Wake> {
+    let mut polled = [libc::pollfd { fd: stop, events: libc::POLLIN, revents: 0 }; 4];
+    let n = fds.len().min(3);
+    for (p, fd) in polled[1..].iter_mut().zip(&fds[..n]) {
+        *p = libc::pollfd { fd: *fd, events, revents: 0 };
+    }
+    let ms = timeout.map_or(-1, |t| t.as_millis().clamp(1, i32::MAX as u128) as libc::c_int);
+    loop {
+        // SAFETY: `polled` is a valid array of pollfds that outlives the
+        // call, and its first `n + 1` are initialised.
+        let rc = unsafe { libc::poll(polled.as_mut_ptr(), (n + 1) as libc::nfds_t, ms) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if polled[0].revents != 0 {
+            return Ok(Wake::Stop);
+        }
+        if polled[1..=n].iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
+        let ready = polled[1..=n].iter().enumerate().filter(|(_, p)| p.revents != 0).fold(0u8, |m, (i, _)| m | 1 << i);
+        return Ok(Wake::Ready(ready));
+    }
+}
+
+/// `setsockopt(fd, SOL_SOCKET, opt, &value)` for an int option.
+pub(crate) fn set_socket_int(fd: &impl AsRawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    // SAFETY: setsockopt on a valid fd with a pointer to a c_int that
+    // outlives the call and its exact size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `writev(2)` of all of `bufs` to `fd`, retried when interrupted.
+pub(crate) fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    loop {
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` on Unix;
+        // every slice is borrowed for the duration of the call, and the
+        // kernel only reads `bufs.len()` of them.
+        let written = unsafe { libc::writev(fd, bufs.as_ptr().cast(), bufs.len() as libc::c_int) };
+        if written >= 0 {
+            return Ok(written as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! The hot path's pure part: what the udp backend's forwarding threads
+//! decide per packet, with no I/O at all (no sockets, no TUN, no clock), so
+//! that fuzz targets and benches can drive it directly.
+//!
+//! | module       | what it holds                                                   |
+//! |--------------|-----------------------------------------------------------------|
+//! | [`packet`]   | checked IPv4 views, TTL handling, ICMP errors                   |
+//! | [`decide`]   | the per-packet decisions: forward, answer with ICMP, drop       |
+//! | [`table`]    | the LPM route table, swapped lock-free under the threads        |
+//! | [`coalesce`] | received TCP segments joined into one TUN write                 |
+//! | [`stats`]    | packet, byte and per-reason drop counters                       |
+
+pub mod coalesce;
+pub mod decide;
+pub mod packet;
+pub mod stats;
+pub mod table;

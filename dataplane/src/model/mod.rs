@@ -1,0 +1,30 @@
+//! The pure model of what the dataplane wants: no sockets, no clock.
+//!
+//! | module      | what it holds                                                     |
+//! |-------------|-------------------------------------------------------------------|
+//! | [`peer`]    | a peer: another node, as the backends need to know it             |
+//! | [`desired`] | [`Desired`]: the routes, nexthops, neighbour and FDB entries a backend wants |
+//! | [`diff`]    | the installed-vs-desired diff every kernel object converges with |
+//!
+//! It also names the devices weft makes, so that every layer agrees on them
+//! without importing the backends.
+
+pub(crate) mod desired;
+pub(crate) mod diff;
+pub(crate) mod peer;
+
+pub(crate) use desired::{nexthop_id, Desired, NexthopSpec, RouteSpec};
+pub use peer::Peer;
+
+/// flanneld's TUN device name (udp backend).
+pub(crate) const TUN_NAME: &str = "flannel0";
+
+/// The VXLAN device of `vni`, as flanneld names it: `flannel.<VNI>`.
+pub(crate) fn vxlan_device(vni: u32) -> String {
+    format!("flannel.{vni}")
+}
+
+/// Whether `name` is a VXLAN device name weft makes (`flannel.<digits>`).
+pub(crate) fn is_vxlan_device(name: &str) -> bool {
+    name.strip_prefix("flannel.").is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
+}
