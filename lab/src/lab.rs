@@ -232,7 +232,9 @@ impl Lab {
     }
 
     /// Put `puts` and delete `deletes` in one etcd transaction, through
-    /// etcd's own namespace (the single server, not a cluster).
+    /// etcd's own namespace (the single server, not a cluster). Needs the
+    /// `etcd-txn` feature.
+    #[cfg(feature = "etcd-txn")]
     pub fn etcd_txn(&self, puts: Vec<(String, String)>, deletes: Vec<String>) -> Result<()> {
         let ns = self.etcd_ns.clone();
         netns::in_netns(&ns, move || -> Result<()> {

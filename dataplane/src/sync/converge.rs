@@ -89,7 +89,7 @@ pub(crate) enum Pass {
     Delta,
 }
 
-/// What is installed: the kernel's dump, or for a delta pass the picture
+/// What is installed: the kernel's dump, or for a delta pass what
 /// the last pass left.
 async fn installed<K: Ord + Clone, V: Clone, F: Future<Output = Result<BTreeMap<K, V>>>>(
     pass: Pass,

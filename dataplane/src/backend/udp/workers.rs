@@ -5,7 +5,7 @@
 //! persistent error (the TUN device deleted under it, a closed
 //! descriptor, too many errors in a row) or a panic;
 //! it then wakes the reconciler, which rebuilds the queues and starts new
-//! threads after a backoff (see `Supervisor` in the backend).
+//! threads after a backoff (`UdpBackend::reconcile`, with `restart.rs`).
 //!
 //! Each thread sleeps in `poll(2)` on its data descriptor and a stop
 //! eventfd, so stopping never waits for traffic.
