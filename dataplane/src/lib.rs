@@ -1,7 +1,7 @@
 //! weft-dataplane: the forwarding backends of weft, behind one face.
 //!
 //! The crate is layered; a module imports only from its own layer and the
-//! ones below it (the exceptions are named in `docs/architecture.md`):
+//! ones below it (`tests/layers.rs` checks it; see `docs/architecture.md`):
 //!
 //! | layer        | what it holds                                                        |
 //! |--------------|----------------------------------------------------------------------|
