@@ -216,12 +216,14 @@ impl Dataplane {
             Backend::Vxlan(b) => {
                 if let Some((desired, pass)) = b.check_and_plan(peers, &mut report, pass).await {
                     full = pass == Pass::Full;
+                    // Shared with the watch, not copied: it holds an entry per peer.
+                    let desired = Arc::new(desired);
                     self.watch.publish(Some(desired.clone()));
                     b.converge(peers, &desired, &mut report, pass).await;
                 }
             }
             Backend::HostGw(b) => {
-                let desired = b.plan(peers).await;
+                let desired = Arc::new(b.plan(peers).await);
                 self.watch.publish(Some(desired.clone()));
                 b.converge(peers, &desired, &mut report, pass).await;
             }

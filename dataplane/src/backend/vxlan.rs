@@ -217,7 +217,11 @@ impl VxlanBackend {
     /// `desired`, bottom-up (FDB, neighbour, route) so that a route never
     /// points at an unprogrammed peer; stale routes go first in `routes`.
     pub(crate) async fn converge(&mut self, peers: &[Peer], desired: &Desired, report: &mut Report, pass: Pass) {
-        let Some(index) = self.index else { return };
+        let Some(index) = self.index else {
+            // check_and_plan found the device first; without it nothing is programmed.
+            report.problem(Problem::NotStarted { backend: BackendKind::Vxlan });
+            return;
+        };
         let mut p = Programming::new(peers, desired);
         let fdb = converge::fdb(&self.nl, index, &desired.fdb, &self.fdb, pass).await;
         let of_mac = |mac: &MacAddr| peers.iter().filter(|p| p.vtep_mac == Some(*mac)).map(|p| p.subnet).collect();

@@ -31,7 +31,7 @@ pub(crate) struct Interest {
     /// Route events for destinations inside this network matter.
     pub(crate) network: Option<Ipv4Net>,
     /// The per-peer entries a kernel backend is putting in place.
-    pub(crate) desired: Option<Desired>,
+    pub(crate) desired: Option<Arc<Desired>>,
 }
 
 impl Interest {
@@ -140,7 +140,7 @@ impl Watch {
     }
 
     /// What the backend is putting in place.
-    pub(crate) fn publish(&self, desired: Option<Desired>) {
+    pub(crate) fn publish(&self, desired: Option<Arc<Desired>>) {
         if let Ok(mut i) = self.interest.write() {
             i.desired = desired;
         }
@@ -190,7 +190,7 @@ mod tests {
         let i = Interest {
             indexes: vec![7],
             network: Some("10.244.0.0/16".parse().unwrap()),
-            desired: Some(desired),
+            desired: Some(Arc::new(desired)),
             ..Interest::default()
         };
         // (event, deleted, wakes)

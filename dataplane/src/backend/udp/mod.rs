@@ -181,7 +181,6 @@ impl UdpBackend {
     /// Swap in the route table for `peers`, check the device, and keep the
     /// forwarding threads running.
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
-        report.peers_desired = peers.len();
         let snapshot = Snapshot::new(peers, self.opts.port);
         let before: std::collections::BTreeSet<_> = self.table.load().routes().into_iter().collect();
         let after: std::collections::BTreeSet<_> = snapshot.routes().into_iter().collect();
