@@ -29,6 +29,8 @@ packages=(
     containernetworking-plugins # bridge, host-local: the delegates of weft's CNI plugin in the lab
     lintian            # checks the Debian package (scripts/package.sh, tests/package.rs)
     systemd            # systemd-analyze verify on the packaged unit
+    debootstrap        # the Debian 12 tree the systemd-node tests boot (tests/systemd_nodes.rs)
+    systemd-container  # systemd-nspawn: boots those nodes with systemd as PID 1
 )
 
 fail() {
@@ -89,6 +91,9 @@ need lintian lintian
 need systemd-analyze systemd
 need dpkg-deb dpkg
 need unshare util-linux
+need nsenter util-linux
+need debootstrap debootstrap
+need systemd-nspawn systemd-container
 for plugin in bridge host-local; do
     [ -x "/usr/lib/cni/$plugin" ] ||
         fail "no CNI plugin /usr/lib/cni/$plugin; it comes with Debian's containernetworking-plugins package"

@@ -40,6 +40,7 @@ use tracing_subscriber::EnvFilter;
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    let started = std::time::Instant::now();
     compat::import_flanneld_env();
     let args = compat::normalize_args(std::env::args_os().collect(), &Cli::command());
     let matches = Cli::command().get_matches_from(args);
@@ -73,6 +74,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if matches!(cli.command, Command::Run(_)) {
+                notify::hold_off_restart(started);
+            }
             ExitCode::FAILURE
         }
     }

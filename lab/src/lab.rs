@@ -264,6 +264,12 @@ impl Lab {
         &self.nodes[usize::from(i) - 1]
     }
 
+    /// Record the address of node `i`'s pod (wired by someone else, e.g. a
+    /// [`crate::systemd::SystemdNode`]).
+    pub fn set_pod_ip(&mut self, i: u8, ip: Ipv4Addr) {
+        self.node_mut(i).pod_ip = Some(ip);
+    }
+
     fn node_mut(&mut self, i: u8) -> &mut Node {
         &mut self.nodes[usize::from(i) - 1]
     }

@@ -9,6 +9,7 @@
 //! | [`lab`]   | the multi-node lab: switch, etcd, nodes running `weft run`, pods |
 //! | [`iperf`] | iperf3 server and client between lab namespaces                  |
 //! | [`peers`] | numbered fake vxlan peers (leases) for scale tests and the benchmark |
+//! | [`systemd`] | nodes booted with systemd as PID 1 (nspawn), running the package |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
 pub mod cluster;
@@ -18,6 +19,7 @@ pub mod lab;
 pub mod netns;
 pub mod peers;
 pub mod proxy;
+pub mod systemd;
 pub mod wait;
 
 pub use cluster::EtcdCluster;

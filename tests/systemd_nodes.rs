@@ -1,0 +1,187 @@
+//! The Debian package on nodes booted with systemd as PID 1, as an
+//! operator runs it: `apt-get install ./weft_*.deb`, `/etc/default/weft`,
+//! `systemctl enable --now weft`, then pods through the packaged CNI
+//! plugin. For each backend: the unit becomes active through `Type=notify`,
+//! pods reach each other, a SIGKILL and a `systemctl restart` cost less
+//! than a second of a 10 ms ping, `systemctl stop` leaves the dataplane,
+//! the journal has no error lines, and `/readyz` answers; and a failure
+//! weft reports itself is not restarted in a tight loop.
+//!
+//! The nodes boot a cached Debian 12 tree (`weft_lab::systemd::BASE`,
+//! debootstrapped on first use); `scripts/package.sh` builds the package
+//! (scripts/test.sh does, before the tests).
+
+mod lab_common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lab_common::config;
+use weft_lab::systemd::SystemdNode;
+use weft_lab::{wait_until, Lab};
+
+/// How long a crash or a restart may interrupt pod traffic.
+const GAP: Duration = Duration::from_secs(1);
+const PING_INTERVAL_MS: u64 = 10;
+
+fn package() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
+    let deb = dir.join(format!("weft_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+    assert!(deb.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", deb.display());
+    deb
+}
+
+struct Cluster {
+    lab: Lab,
+    nodes: Vec<SystemdNode>,
+}
+
+impl Cluster {
+    /// Two systemd nodes running the packaged unit on `backend`, with a pod each.
+    fn new(backend: &str) -> Cluster {
+        let deb = package();
+        let mut lab = Lab::new(2, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+        lab.put_config(&config(backend)).unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=2 {
+            let node = SystemdNode::boot(&mut lab, i).unwrap_or_else(|e| panic!("{e:#}"));
+            node.install(&deb).unwrap_or_else(|e| panic!("{e:#}"));
+            let defaults = format!(
+                "WEFT_ETCD_ENDPOINTS={}\nWEFT_IFACE=eth0\nWEFT_IP_MASQ=true\nWEFT_HEALTHZ_PORT={}\n",
+                lab.etcd_endpoint(),
+                weft_lab::lab::HEALTHZ_PORT
+            );
+            std::fs::write(node.path("/etc/default/weft"), defaults).unwrap();
+            // Type=notify: this returns once weft said READY=1 (or failed).
+            node.run("systemctl", &["enable", "--now", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(&node)));
+            nodes.push(node);
+        }
+        let mut c = Cluster { lab, nodes };
+        for i in 1..=2 {
+            assert_eq!(c.state(i), "active", "{}", journal(c.node(i)));
+            let pod = c.nodes[usize::from(i) - 1].attach_pod(&mut c.lab).unwrap_or_else(|e| panic!("{e:#}"));
+            eprintln!("{backend}: node {i} pod {pod}");
+        }
+        for (from, to) in [(1, 2), (2, 1)] {
+            let dst = c.lab.node(to).pod_ip.unwrap();
+            wait_until(&format!("pod {from} to reach pod {to}"), Duration::from_secs(5), || {
+                c.lab.ping_once(from, dst).then_some(())
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", journal(c.node(1)), journal(c.node(2))));
+        }
+        c
+    }
+
+    fn node(&self, i: u8) -> &SystemdNode {
+        &self.nodes[usize::from(i) - 1]
+    }
+
+    fn state(&self, i: u8) -> String {
+        let out = self.node(i).cmd("systemctl").args(["is-active", "weft"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Run `fault` on node 2 while pod 1 pings pod 2 every 10 ms; wait for
+    /// the unit to be active again with another main process, and ready;
+    /// then ping on for a second. Returns the time the pings lost add up to.
+    fn loss_during(&self, what: &str, fault: impl FnOnce(&SystemdNode)) -> Duration {
+        let node = self.node(2);
+        let before = node.main_pid().unwrap();
+        assert_ne!(before, 0, "weft is not running on node 2");
+        let dst = self.lab.node(2).pod_ip.unwrap();
+        let pinger = self.lab.pinger(1, dst, &format!("0.{PING_INTERVAL_MS:03}"), 100_000).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let began = Instant::now();
+        fault(node);
+        let back = wait_until(&format!("weft on node 2 to be back after {what}"), Duration::from_secs(30), || {
+            let pid = node.main_pid().ok()?;
+            (pid != 0 && pid != before && self.state(2) == "active").then_some(())
+        });
+        back.unwrap_or_else(|e| panic!("{e}\n{}", journal(node)));
+        let took = began.elapsed();
+        wait_until("node 2 to be ready", Duration::from_secs(10), || {
+            (self.lab.http(2, "/readyz").ok()?.0 == 200).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(node)));
+        std::thread::sleep(Duration::from_secs(1));
+        let (sent, received) = pinger.finish().unwrap();
+        let lost = Duration::from_millis((sent - received) * PING_INTERVAL_MS);
+        eprintln!(
+            "{what}: back in {} ms; {sent} pings sent, {} lost ({} ms)",
+            took.as_millis(),
+            sent - received,
+            lost.as_millis()
+        );
+        lost
+    }
+}
+
+/// The unit's journal.
+fn journal(node: &SystemdNode) -> String {
+    node.run("journalctl", &["-u", "weft", "--no-pager", "-o", "short-monotonic"]).unwrap_or_else(|e| format!("{e:#}"))
+}
+
+fn systemd_nodes(backend: &str, device: &str) -> Cluster {
+    let c = Cluster::new(backend);
+    let (code, body) = c.lab.http(2, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+
+    let crash = c.loss_during("SIGKILL", |n| {
+        n.run("systemctl", &["kill", "--kill-whom=main", "-s", "SIGKILL", "weft"]).unwrap();
+    });
+    assert!(crash < GAP, "{backend}: a crash cost {} ms of pings\n{}", crash.as_millis(), journal(c.node(2)));
+    let restart = c.loss_during("systemctl restart", |n| {
+        n.run("systemctl", &["restart", "weft"]).unwrap();
+    });
+    assert!(restart < GAP, "{backend}: a restart cost {} ms of pings\n{}", restart.as_millis(), journal(c.node(2)));
+
+    // weft's own log lines carry their level; none is an error.
+    let own = c.node(2).run("journalctl", &["-u", "weft", "--no-pager", "-o", "cat", "_COMM=weft"]).unwrap();
+    let errors: Vec<&str> = own.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert!(errors.is_empty(), "{backend}: error lines in the journal:\n{}", errors.join("\n"));
+
+    // Stopped, the dataplane stays: the device is there, and the kernel
+    // backends still carry pod traffic.
+    c.node(2).run("systemctl", &["stop", "weft"]).unwrap();
+    assert_eq!(c.state(2), "inactive");
+    c.node(2).run("ip", &["link", "show", device]).unwrap_or_else(|e| panic!("{backend}: {e:#}"));
+    if backend != "udp" {
+        assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "{backend}: pods cut off by systemctl stop");
+    }
+    c
+}
+
+/// A failure weft reports itself (here an invalid config in etcd) does not
+/// restart in a tight loop under the unit's 100 ms RestartSec: weft holds
+/// its exit off until it has run 5 s.
+fn failures_are_held_off(c: &Cluster) {
+    let out = c.lab.etcdctl(&["put", "/coreos.com/network/config", r#"{"Network": "not a network"}"#]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let node = c.node(2);
+    let restarts = || -> u32 {
+        node.run("systemctl", &["show", "-p", "NRestarts", "--value", "weft"]).unwrap().trim().parse().unwrap()
+    };
+    let before = restarts();
+    node.run("systemctl", &["start", "--no-block", "weft"]).unwrap();
+    std::thread::sleep(Duration::from_secs(8));
+    let during = restarts() - before;
+    assert!(during <= 2, "{during} restarts in 8 s with an invalid config\n{}", journal(node));
+    assert!(journal(node).contains("so that systemd does not restart it in a tight loop"), "{}", journal(node));
+    node.run("systemctl", &["stop", "weft"]).unwrap();
+}
+
+#[test]
+fn vxlan_on_systemd_nodes() {
+    systemd_nodes("vxlan", "flannel.1");
+}
+
+#[test]
+fn host_gw_on_systemd_nodes() {
+    let c = systemd_nodes("host-gw", "eth0");
+    failures_are_held_off(&c);
+}
+
+#[test]
+fn udp_on_systemd_nodes() {
+    systemd_nodes("udp", "flannel0");
+}
