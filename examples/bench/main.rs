@@ -45,6 +45,10 @@ const CASES: &[Case] = &[
         name: "udp-no-offload",
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Offload":false}}"#),
     },
+    Case {
+        name: "udp-realtime",
+        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#),
+    },
 ];
 
 #[derive(Debug, Default, Clone)]
@@ -362,7 +366,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

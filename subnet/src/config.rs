@@ -216,6 +216,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 mtu: None,
                 offload: true,
                 queues: None,
+                realtime_threads: false,
             }))
         }
         Some(Value::Object(obj)) => obj,
@@ -244,6 +245,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 }
                 Some(q) => Some(q),
             },
+            realtime_threads: get_bool(obj, "RealtimeThreads")?.unwrap_or(false),
         })),
         BackendKind::Vxlan => {
             let vni = get_u32(obj, "VNI")?.unwrap_or(1);

@@ -26,7 +26,16 @@ fn defaults_follow_flanneld() {
         assert_eq!(c.subnet_len, len, "{net}");
         assert_eq!(c.subnet_min.to_string(), min, "{net}");
         assert_eq!(c.subnet_max.to_string(), max, "{net}");
-        assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 8285, mtu: None, offload: true, queues: None }));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Udp(UdpOptions {
+                port: 8285,
+                mtu: None,
+                offload: true,
+                queues: None,
+                realtime_threads: false
+            })
+        );
         assert!(c.ipv6.is_none());
     }
 }
@@ -71,7 +80,20 @@ fn backend_defaults() {
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{}}"#);
     assert_eq!(c.backend.type_name(), "udp");
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Port":9000,"Offload":false,"Queues":2}}"#);
-    assert_eq!(c.backend, BackendConfig::Udp(UdpOptions { port: 9000, mtu: None, offload: false, queues: Some(2) }));
+    assert_eq!(
+        c.backend,
+        BackendConfig::Udp(UdpOptions {
+            port: 9000,
+            mtu: None,
+            offload: false,
+            queues: Some(2),
+            realtime_threads: false
+        })
+    );
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#);
+    assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { realtime_threads: true, .. })));
+    let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":"yes"}}"#);
+    assert!(e.contains("RealtimeThreads"), "the error names the field: {e}");
 }
 
 #[test]

@@ -41,6 +41,10 @@ pub struct UdpOptions {
     /// `Queues` (weft's own): forwarding queues; default one per two cores
     /// with offloads (at most 4), else one.
     pub queues: Option<u32>,
+    /// `RealtimeThreads` (weft's own): run the forwarding threads at
+    /// `SCHED_FIFO` priority 10, default false. Short latency under load
+    /// for some throughput (docs/backends.md).
+    pub realtime_threads: bool,
 }
 
 /// Options of the vxlan backend.

@@ -265,7 +265,7 @@ impl UdpBackend {
             })
             .collect();
         let mtu = self.mtu() as usize;
-        self.workers = Some(Workers::start(&queues, &shared, mtu, &self.wake)?);
+        self.workers = Some(Workers::start(&queues, &shared, mtu, self.opts.realtime_threads, &self.wake)?);
         self.restart.started(Instant::now());
         let (gso, gro) = match self.states.first().and_then(|s| s.as_ref()).filter(|_| self.vnet_hdr) {
             Some(s) => (s.max_gso_segments(), s.gro_segments()),
@@ -282,6 +282,7 @@ impl UdpBackend {
             tun_offload = self.vnet_hdr,
             udp_gso_segments = gso,
             udp_gro_segments = gro,
+            realtime_threads = self.opts.realtime_threads,
             "udp backend forwarding"
         );
         Ok(())

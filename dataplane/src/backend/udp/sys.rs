@@ -1,5 +1,6 @@
 //! Every libc call of the udp backend, each in one checked helper with its
-//! `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt and writev.
+//! `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt, writev and
+//! the scheduling policy.
 //! The rest of the backend calls these and holds no `unsafe` of its own.
 
 use std::io::{self, IoSlice};
@@ -113,6 +114,18 @@ pub(crate) fn set_socket_int(fd: &impl AsRawFd, opt: libc::c_int, value: libc::c
         )
     };
     if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `sched_setscheduler(2)`: the calling thread to `SCHED_FIFO` at `priority`.
+pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: priority };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param
+    // the kernel only reads.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

@@ -24,6 +24,7 @@ use super::duty::{Duty, BULK_QUIET};
 use super::offload::{RxPath, Step, TxPath};
 use super::plain::{PlainRx, PlainTx};
 use super::shared::{wait, wait_any, Exit, Shared, StopSignal, Wake, WakeOnExit};
+use super::sys;
 use crate::error::{Error, Result};
 
 /// What a forwarding thread runs.
@@ -56,7 +57,17 @@ struct Worker {
 pub(crate) struct Workers {
     stop: Arc<StopSignal>,
     threads: Vec<Worker>,
+    /// Run each thread at `SCHED_FIFO` priority [`REALTIME_PRIORITY`].
+    realtime: bool,
 }
+
+/// The real-time priority of the forwarding threads with
+/// `RealtimeThreads`: low, so that the kernel's own real-time threads
+/// (migration, watchdogs) still come first.
+const REALTIME_PRIORITY: i32 = 10;
+
+/// Whether a refusal of `SCHED_FIFO` was logged already.
+static REALTIME_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Step until told to stop or a persistent error.
 fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
@@ -189,10 +200,17 @@ fn send_step(tx: &Mutex<TxPath>, step: &mut impl FnMut(&mut TxPath) -> Step, dut
 }
 
 impl Workers {
-    /// Start two threads per queue. `wake` is notified when any ends.
-    pub(crate) fn start(queues: &[Queue], common: &Shared, mtu: usize, wake: &Arc<Notify>) -> Result<Workers> {
+    /// Start two threads per queue, `realtime` at `SCHED_FIFO`. `wake` is
+    /// notified when any ends.
+    pub(crate) fn start(
+        queues: &[Queue],
+        common: &Shared,
+        mtu: usize,
+        realtime: bool,
+        wake: &Arc<Notify>,
+    ) -> Result<Workers> {
         let stop = Arc::new(StopSignal::new().map_err(|e| Error::tun("creating the stop eventfd", e))?);
-        let mut workers = Workers { stop, threads: Vec::new() };
+        let mut workers = Workers { stop, threads: Vec::new(), realtime };
         for (q, queue) in queues.iter().enumerate() {
             match &queue.state {
                 Some(state) => workers.start_offload(q, queue, state, common, mtu, wake)?,
@@ -255,8 +273,18 @@ impl Workers {
     fn spawn(&mut self, name: String, queue: usize, body: Body, wake: &Arc<Notify>) -> Result<()> {
         let stop = self.stop.clone();
         let wake = WakeOnExit(wake.clone());
+        let realtime = self.realtime;
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let _wake = wake;
+            if realtime {
+                if let Err(e) = sys::set_fifo(REALTIME_PRIORITY) {
+                    if !REALTIME_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "RealtimeThreads: the kernel refused SCHED_FIFO ({e}); forwarding at normal priority. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
+                        );
+                    }
+                }
+            }
             body(&stop)
         });
         match handle {
