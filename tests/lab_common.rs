@@ -1,6 +1,7 @@
 //! Helpers for the multi-node lab tests (included with `mod lab_common;`).
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use weft_lab::Lab;
@@ -88,4 +89,28 @@ pub(crate) fn assert_ping_matrix(lab: &Lab) {
         let logs: Vec<String> = (1..=n).map(|i| lab.log_tail(i)).collect();
         panic!("unreachable: {failed:?}\n{}", logs.join("\n"));
     }
+}
+
+/// The Debian package in target/debian, or a loud failure naming the command.
+pub(crate) fn package() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
+    let deb = dir.join(format!("weft_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
+    assert!(deb.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", deb.display());
+    deb
+}
+
+/// (thread name, scheduling policy) of each forwarding thread (`weft-*`)
+/// of process `pid`.
+pub(crate) fn forwarding_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("weft-") {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the command's closing parenthesis; policy is field 41.
+            let policy = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(38).unwrap().parse().unwrap();
+            out.push((comm.trim().to_string(), policy));
+        }
+    }
+    out
 }

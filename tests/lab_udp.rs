@@ -410,21 +410,11 @@ fn udp_realtime_threads_keep_pings_short_beside_a_bulk_stream() {
     }
     wait_converged(&lab);
     for i in 1..=2 {
-        let pid = lab.daemon_pid(i).unwrap();
-        let mut forwarding = 0;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap();
-            if !comm.starts_with("weft-") {
-                continue;
-            }
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Fields after the command's closing parenthesis; policy is field 41.
-            let after = stat.rsplit_once(')').unwrap().1;
-            let policy: u32 = after.split_whitespace().nth(38).unwrap().parse().unwrap();
-            assert_eq!(policy, libc::SCHED_FIFO as u32, "node {i} thread {} is not SCHED_FIFO", comm.trim());
-            forwarding += 1;
+        let policies = forwarding_policies(lab.daemon_pid(i).unwrap());
+        assert!(policies.len() >= 2, "node {i}: {policies:?}");
+        for (thread, policy) in &policies {
+            assert_eq!(*policy, libc::SCHED_FIFO as u32, "node {i} thread {thread} is not SCHED_FIFO");
         }
-        assert!(forwarding >= 2, "node {i}: {forwarding} forwarding threads");
     }
     let dst = lab.node(2).pod_ip.unwrap().to_string();
     let _server = weft_lab::iperf::Server::start(&lab.node(2).pod_ns, &dst).unwrap();

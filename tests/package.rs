@@ -5,20 +5,11 @@
 
 mod lab_common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use lab_common::*;
 use weft_lab::Lab;
-
-/// The package in target/debian, or a loud failure naming the command.
-fn package() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
-    let version = env!("CARGO_PKG_VERSION");
-    let deb = dir.join(format!("weft_{version}-1_amd64.deb"));
-    assert!(deb.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", deb.display());
-    deb
-}
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

@@ -13,23 +13,15 @@
 
 mod lab_common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use lab_common::config;
+use lab_common::{config, forwarding_policies, package};
 use weft_lab::systemd::SystemdNode;
 use weft_lab::{wait_until, Lab};
 
 /// How long a crash or a restart may interrupt pod traffic.
 const GAP: Duration = Duration::from_secs(1);
 const PING_INTERVAL_MS: u64 = 10;
-
-fn package() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
-    let deb = dir.join(format!("weft_{}-1_amd64.deb", env!("CARGO_PKG_VERSION")));
-    assert!(deb.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", deb.display());
-    deb
-}
 
 struct Cluster {
     lab: Lab,
@@ -191,20 +183,6 @@ fn udp_on_systemd_nodes() {
     systemd_nodes("udp", "flannel0");
 }
 
-/// The scheduling policy of each forwarding thread of process `pid`.
-fn forwarding_policies(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("weft-") {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Fields after the command's closing parenthesis; policy is field 41.
-            out.push(stat.rsplit_once(')').unwrap().1.split_whitespace().nth(38).unwrap().parse().unwrap());
-        }
-    }
-    out
-}
-
 /// `RealtimeThreads` under the packaged unit (`RestrictRealtime=yes`): the
 /// kernel refuses `SCHED_FIFO`; weft says so once, with what to change,
 /// and forwards at normal priority. (The drop-in docs/backends.md gives is
@@ -219,6 +197,6 @@ fn udp_realtime_threads_refused_by_the_unit_are_said_once_and_forwarding_goes_on
     assert_eq!(said.matches("the kernel refused SCHED_FIFO").count(), 1, "{said}");
     assert!(said.contains("RestrictRealtime=no and LimitRTPRIO=10"), "{said}");
     let policies = forwarding_policies(node.main_pid().unwrap());
-    assert!(policies.len() >= 2 && policies.iter().all(|p| *p == 0), "threads at normal priority: {policies:?}");
+    assert!(policies.len() >= 2 && policies.iter().all(|(_, p)| *p == 0), "threads at normal priority: {policies:?}");
     assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "pods reach each other");
 }
