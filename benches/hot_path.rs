@@ -52,10 +52,12 @@ fn route_lookup(c: &mut Criterion) {
     let mut g = c.benchmark_group("route_lookup");
     for peers in [3usize, 250, 4000] {
         let list: Vec<Peer> = (0..peers)
-            .map(|i| Peer {
-                subnet: format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap(),
-                public_ip: Ipv4Addr::new(198, 18, (i / 256) as u8, (i % 256) as u8),
-                vtep_mac: None,
+            .map(|i| {
+                Peer::v4(
+                    format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap(),
+                    Ipv4Addr::new(198, 18, (i / 256) as u8, (i % 256) as u8),
+                    None,
+                )
             })
             .collect();
         let table = Snapshot::new(&list, 8285);

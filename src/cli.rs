@@ -143,8 +143,9 @@ impl EtcdArgs {
 /// `weft run`: flanneld's flags, so an existing unit file works unchanged.
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// Interface (name or IPv4 address) for traffic between nodes; may be
-    /// repeated, the first that exists wins. Default: the default route's.
+    /// Interface (name, IPv4 or IPv6 address) for traffic between nodes;
+    /// may be repeated, the first that exists wins. Default: the default
+    /// route's.
     #[arg(long = "iface", env = "WEFT_IFACE", value_delimiter = ',')]
     pub iface: Vec<String>,
     /// Regular expression matched against interface names and addresses
@@ -154,6 +155,10 @@ pub(crate) struct RunArgs {
     /// IP address other nodes reach this one at. Default: the interface's address.
     #[arg(long, env = "WEFT_PUBLIC_IP")]
     pub public_ip: Option<Ipv4Addr>,
+    /// IPv6 address other nodes reach this one at, on dual-stack networks
+    /// (EnableIPv6). Default: the interface's first global IPv6 address.
+    #[arg(long, env = "WEFT_PUBLIC_IPV6")]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
     /// Where to write the subnet environment for the CNI plugin.
     #[arg(long, env = "WEFT_SUBNET_FILE", default_value = "/run/flannel/subnet.env")]
     pub subnet_file: PathBuf,

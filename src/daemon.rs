@@ -23,7 +23,7 @@ use ipnet::Ipv4Net;
 use tracing::{info, warn};
 use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
 use weft_subnet::backoff::Backoff;
-use weft_subnet::env_file::{previous_subnet, SubnetEnv};
+use weft_subnet::env_file::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 use weft_subnet::renew::Renewer;
 use weft_subnet::{
     acquire_lease, AcquireRequest, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry,
@@ -71,7 +71,14 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         _ = &mut shutdown => { info!("stopped while waiting for etcd"); return Ok(ExitCode::SUCCESS) }
     };
     health.set_control(registry.metrics().clone());
-    info!(network = %config.network, subnet_len = config.subnet_len, backend = config.backend.type_name(), "network config");
+    info!(
+        network = %config.network,
+        subnet_len = config.subnet_len,
+        ipv6_network = ?config.ipv6.as_ref().map(|v6| v6.network),
+        backend = config.backend.type_name(),
+        "network config"
+    );
+    let network6 = config.ipv6.as_ref().map(|v6| v6.network);
 
     // 2. The external interface and the backend's checks: no changes yet
     //    (the udp backend binds its port and re-attaches its TUN device, so
@@ -79,10 +86,13 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let dp_config = DataplaneConfig {
         backend: config.backend.clone(),
         network: config.network,
+        network6,
         iface: IfaceRequest {
             ifaces: args.iface.clone(),
             regexes: args.iface_regex.clone(),
             public_ip: args.public_ip,
+            public_ipv6: args.public_ipv6,
+            ipv6: network6.is_some(),
         },
         ip_masq: args.ip_masq,
         nexthop_objects: !args.no_nexthop_objects,
@@ -90,26 +100,37 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     };
     let mut dp = Dataplane::prepare(dp_config).await?;
     let ext = dp.external().clone();
-    info!(iface = %ext.name, addr = %ext.addr, public_ip = %ext.public_ip, mtu = ext.mtu, "external interface");
+    info!(
+        iface = %ext.name,
+        addr = %ext.addr,
+        public_ip = %ext.public_ip,
+        public_ipv6 = ?ext.public_ipv6,
+        mtu = ext.mtu,
+        "external interface"
+    );
     health.set_dataplane(dp.metrics());
 
     // 3. The lease.
     let attrs = LeaseAttrs {
         public_ip: ext.public_ip,
-        public_ipv6: None,
+        public_ipv6: ext.public_ipv6,
         backend_type: LeaseAttrs::backend_type_for(dp.kind()),
         backend_data: dp.backend_data().map(Into::into),
-        backend_v6_data: None,
+        backend_v6_data: dp.backend_v6_data().map(Into::into),
     };
-    let previous = previous_subnet(&args.subnet_file);
-    let acquire = AcquireRequest { attrs, ttl, previous_subnet: previous };
+    let acquire = AcquireRequest {
+        attrs,
+        ttl,
+        previous_subnet: previous_subnet(&args.subnet_file),
+        previous_ipv6_subnet: previous_ipv6_subnet(&args.subnet_file),
+    };
     let lease = acquire_lease(&registry, &config, &acquire).await?;
-    let subnet = lease.subnet;
+    let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
     registry.metrics().lease_written(subnet, ttl, false);
-    info!(%subnet, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
+    info!(%subnet, ipv6_subnet = ?subnet6, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
 
     // 4. The dataplane (devices, rules), the existing peers, subnet.env.
-    dp.start(subnet).await.context("setting up the dataplane")?;
+    dp.start(subnet, subnet6).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
     let first = reconcile(&mut dp, &watch, subnet).await;
@@ -118,8 +139,8 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         subnet,
         mtu: dp.mtu(),
         ip_masq: args.ip_masq,
-        ipv6_network: None,
-        ipv6_subnet: None,
+        ipv6_network: network6,
+        ipv6_subnet: subnet6,
     };
     env.write(&args.subnet_file)?;
     info!(path = %args.subnet_file.display(), "wrote subnet file");
@@ -136,7 +157,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
     let (mut checks, check_task) =
-        crate::node_check::spawn(registry.clone(), subnet, ext.public_ip, args.resync_interval);
+        crate::node_check::spawn(registry.clone(), subnet, subnet6, ext.public_ip, args.resync_interval);
     let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), subnet, registry.metrics().clone());
     let outcome = loop {
         tokio::select! {

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -23,6 +23,7 @@ use weft_subnet::{NetworkConfig, Registry};
 pub(crate) fn spawn(
     registry: Registry,
     subnet: Ipv4Net,
+    subnet6: Option<Ipv6Net>,
     public_ip: Ipv4Addr,
     every: Duration,
 ) -> (mpsc::Receiver<NodeCheck>, JoinHandle<()>) {
@@ -33,7 +34,7 @@ pub(crate) fn spawn(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Ok(check) = registry.check_node(subnet, public_ip).await {
+            if let Ok(check) = registry.check_node(subnet, subnet6, public_ip).await {
                 if tx.send(check).await.is_err() {
                     return;
                 }

@@ -34,7 +34,14 @@ pub(crate) fn desired_peers<'a>(
             warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
-        peers.push(Peer { subnet: lease.subnet, public_ip: lease.attrs.public_ip, vtep_mac });
+        peers.push(Peer {
+            subnet: lease.subnet,
+            public_ip: lease.attrs.public_ip,
+            vtep_mac,
+            subnet6: lease.ipv6_subnet,
+            public_ipv6: lease.attrs.public_ipv6,
+            vtep_mac6: lease.attrs.vtep_mac6(),
+        });
     }
     peers.sort();
     peers
@@ -80,5 +87,18 @@ mod tests {
         let peers = desired_peers(&hostgw, "10.244.1.0/24".parse().unwrap(), BackendKind::HostGw);
         assert_eq!(peers.len(), 1);
         assert_eq!(peers[0].vtep_mac, None);
+        assert_eq!((peers[0].subnet6, peers[0].public_ipv6), (None, None));
+    }
+
+    #[test]
+    fn dual_stack_leases_give_ipv6_peers() {
+        let mut dual = lease("10.244.2.0/24", "198.18.0.2", "vxlan", Some("0e:00:00:00:00:02"));
+        dual.ipv6_subnet = Some("fd10:244:0:2::/64".parse().unwrap());
+        dual.attrs.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
+        dual.attrs.backend_v6_data = Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:06:02"}).into());
+        let peers = desired_peers(&[dual], "10.244.1.0/24".parse().unwrap(), BackendKind::Vxlan);
+        assert_eq!(peers[0].subnet6.unwrap().to_string(), "fd10:244:0:2::/64");
+        assert_eq!(peers[0].public_ipv6.unwrap().to_string(), "fd00:198:18::2");
+        assert_eq!(peers[0].vtep_mac6.unwrap().to_string(), "0e:00:00:00:06:02");
     }
 }

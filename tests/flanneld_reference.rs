@@ -108,7 +108,7 @@ fn values_round_trip(backend: &str) {
         // flanneld's chains, rule for rule.
         let save = r.section(&format!("{node}: iptables-save"));
         let chain_rules: Vec<&str> = save.iter().map(String::as_str).filter(|l| l.starts_with("-A FLANNEL-")).collect();
-        let ours = forward_rules(config.network) + &masq_rules(config.network, subnet.trunc());
+        let ours = forward_rules(config.network.into()) + &masq_rules(config.network.into(), subnet.trunc().into());
         let our_rules: Vec<&str> = ours.lines().filter(|l| l.starts_with("-A ")).collect();
         assert_eq!(our_rules, chain_rules, "{node}");
     }

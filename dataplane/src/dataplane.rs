@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
 use weft_types::{BackendConfig, BackendKind};
 
@@ -42,6 +42,8 @@ pub struct DataplaneConfig {
     pub backend: BackendConfig,
     /// The whole pod network.
     pub network: Ipv4Net,
+    /// The IPv6 pod network, on dual-stack networks.
+    pub network6: Option<Ipv6Net>,
     /// Which interface carries traffic between nodes (`--iface` and co.).
     pub iface: IfaceRequest,
     /// Masquerade pod traffic leaving the network (`--ip-masq`).
@@ -65,7 +67,7 @@ enum Backend {
 pub struct Dataplane {
     backend: Backend,
     ext: ExternalInterface,
-    network: Ipv4Net,
+    networks: Vec<IpNet>,
     rules: Rules,
     resync: Duration,
     /// When the last resync pass (full, rules compared) ran.
@@ -84,13 +86,24 @@ impl Dataplane {
     /// device left by an earlier run, but changes nothing on the host.
     pub async fn prepare(cfg: DataplaneConfig) -> Result<Dataplane> {
         let nl = Netlink::connect()?.nexthop_objects(cfg.nexthop_objects);
-        let ext = find_external(&nl, &cfg.iface).await?;
+        let mut req = cfg.iface.clone();
+        req.ipv6 = cfg.network6.is_some();
+        let ext = find_external(&nl, &req).await?;
         let wake = Arc::new(Notify::new());
         let backend = match cfg.backend {
             BackendConfig::Vxlan(opts) => {
-                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network).await?)
+                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6).await?)
             }
-            BackendConfig::HostGw => Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network)?),
+            BackendConfig::HostGw => {
+                Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network, cfg.network6)?)
+            }
+            BackendConfig::Udp(_) if cfg.network6.is_some() => {
+                return Err(crate::error::Error::Unsupported {
+                    backend: "udp",
+                    reason: "it does not carry IPv6 yet; use vxlan or host-gw for a dual-stack network (EnableIPv6)"
+                        .into(),
+                })
+            }
             BackendConfig::Udp(opts) => {
                 Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
             }
@@ -98,8 +111,8 @@ impl Dataplane {
         Ok(Dataplane {
             backend,
             ext,
-            network: cfg.network,
-            rules: Rules::new(cfg.network, cfg.ip_masq),
+            networks: crate::backend::networks(cfg.network, cfg.network6),
+            rules: Rules::new(cfg.network, cfg.network6, cfg.ip_masq),
             resync: cfg.resync,
             resynced: Instant::now(),
             watch: Watch::new(wake.clone()),
@@ -132,6 +145,14 @@ impl Dataplane {
         }
     }
 
+    /// The `BackendV6Data` written in leases on dual-stack networks.
+    pub fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        match &self.backend {
+            Backend::Vxlan(b) => b.backend_v6_data(),
+            Backend::HostGw(_) | Backend::Udp(_) => None,
+        }
+    }
+
     /// The MTU pods should use (`FLANNEL_MTU`).
     pub fn mtu(&self) -> u32 {
         match &self.backend {
@@ -143,40 +164,39 @@ impl Dataplane {
 
     /// Program what depends on the node's own subnet (devices, addresses,
     /// forwarding and masquerade rules) and start watching the kernel.
-    pub async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
-        let keep = self.device().0;
-        crate::sync::leftovers::remove(&Netlink::connect()?, keep, self.network).await?;
+    pub async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
+        let devices = self.devices();
+        let keep: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
+        crate::sync::leftovers::remove(&Netlink::connect()?, &keep, &self.networks).await?;
         match &mut self.backend {
-            Backend::Vxlan(b) => b.start(subnet).await?,
+            Backend::Vxlan(b) => b.start(subnet, subnet6).await?,
             Backend::HostGw(_) => {}
             Backend::Udp(b) => b.start(subnet).await?,
         }
-        self.rules.start(subnet).await?;
+        self.rules.start(subnet, subnet6).await?;
         self.resynced = Instant::now();
         self.watch_devices();
         self.watch.start()?;
         Ok(())
     }
 
-    /// The device weft owns for this backend, and its index as last seen.
-    fn device(&self) -> (Option<&str>, Option<u32>) {
+    /// The devices weft owns for this backend, and their indexes as last seen.
+    fn devices(&self) -> Vec<(String, Option<u32>)> {
         match &self.backend {
-            Backend::Vxlan(b) => {
-                let (name, index) = b.device();
-                (Some(name), index)
-            }
+            Backend::Vxlan(b) => b.devices(),
             Backend::Udp(b) => {
                 let (name, index) = b.device();
-                (Some(name), index)
+                vec![(name.to_string(), index)]
             }
-            Backend::HostGw(_) => (None, None),
+            Backend::HostGw(_) => Vec::new(),
         }
     }
 
     fn watch_devices(&self) {
-        let (name, index) = self.device();
-        let names = name.map(str::to_string).into_iter().collect();
-        self.watch.set_devices(names, index.into_iter().collect(), self.network);
+        let devices = self.devices();
+        let indexes = devices.iter().filter_map(|(_, i)| *i).collect();
+        let names = devices.into_iter().map(|(n, _)| n).collect();
+        self.watch.set_devices(names, indexes, self.networks.clone());
     }
 
     /// A full pass now: converge the host to `peers` and check everything

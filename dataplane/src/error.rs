@@ -18,7 +18,7 @@ pub enum Error {
     #[error("interface {0:?} does not exist; check --iface")]
     NoSuchInterface(String),
     #[error("no interface has address {0}; check --iface")]
-    NoInterfaceWithAddress(Ipv4Addr),
+    NoInterfaceWithAddress(std::net::IpAddr),
     #[error("no interface matches --iface-regex {0:?}")]
     NoInterfaceMatches(String),
     #[error("invalid --iface-regex {pattern:?}: {reason}")]
@@ -27,10 +27,14 @@ pub enum Error {
     NoDefaultInterface,
     #[error("interface {iface} has no IPv4 address; give it one or pass --public-ip")]
     NoAddress { iface: String },
+    #[error("interface {iface} has no global IPv6 address, and this network has EnableIPv6; give it one, pass --public-ipv6, or choose the interface with --iface")]
+    NoAddress6 { iface: String },
     #[error("public IP {ip} is not an address of this host; check --public-ip")]
     PublicIpNotLocal { ip: Ipv4Addr },
-    #[error("host-gw needs the public IP on the external interface, but {ip} is not an address of {iface}; use --public-ip with an address of {iface} or choose the interface with --iface")]
-    HostGwPublicIpNotOnIface { ip: Ipv4Addr, iface: String },
+    #[error("public IPv6 address {ip} is not an address of this host; check --public-ipv6")]
+    PublicIpv6NotLocal { ip: std::net::Ipv6Addr },
+    #[error("host-gw needs the public IP on the external interface, but {ip} is not an address of {iface}; use --public-ip (--public-ipv6) with an address of {iface} or choose the interface with --iface")]
+    HostGwPublicIpNotOnIface { ip: std::net::IpAddr, iface: String },
     #[error("{device} exists but is not a VXLAN device; remove it or change the VNI")]
     NotVxlan { device: String },
     #[error("{device} vanished right after it was created")]
@@ -46,6 +50,12 @@ pub enum Error {
     #[error("TUN device: {what}")]
     Tun {
         what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}")]
+    Sysctl {
+        path: String,
         #[source]
         source: std::io::Error,
     },

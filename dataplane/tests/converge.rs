@@ -52,11 +52,11 @@ impl Drop for Ns {
 }
 
 fn peer(n: u8, mac: bool) -> Peer {
-    Peer {
-        subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-        public_ip: Ipv4Addr::new(198, 18, 0, n),
-        vtep_mac: mac.then(|| format!("0e:00:00:00:00:{n:02x}").parse().unwrap()),
-    }
+    Peer::v4(
+        format!("10.244.{n}.0/24").parse().unwrap(),
+        Ipv4Addr::new(198, 18, 0, n),
+        mac.then(|| format!("0e:00:00:00:00:{n:02x}").parse().unwrap()),
+    )
 }
 
 fn vxlan_opts() -> VxlanOptions {
@@ -67,6 +67,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
     DataplaneConfig {
         backend,
         network: "10.244.0.0/16".parse().unwrap(),
+        network6: None,
         iface: IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() },
         ip_masq: false,
         resync: Duration::from_secs(10),
@@ -77,7 +78,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
 /// A started dataplane for 10.244.1.0/24 (inside a namespace's runtime).
 async fn started(backend: BackendConfig) -> Dataplane {
     let mut dp = Dataplane::prepare(config(backend)).await.unwrap();
-    dp.start("10.244.1.0/24".parse().unwrap()).await.unwrap();
+    dp.start("10.244.1.0/24".parse().unwrap(), None).await.unwrap();
     dp
 }
 
@@ -310,7 +311,7 @@ fn without_nexthop_objects_routes_carry_their_gateway_and_weft_nexthops_go() {
     let r = ns.block_on(async move {
         let cfg = DataplaneConfig { nexthop_objects: false, ..config(BackendConfig::Vxlan(vxlan_opts())) };
         let mut dp = Dataplane::prepare(cfg).await.unwrap();
-        dp.start("10.244.1.0/24".parse().unwrap()).await.unwrap();
+        dp.start("10.244.1.0/24".parse().unwrap(), None).await.unwrap();
         dp.reconcile(&peers).await.clone()
     });
     assert!(r.problems.is_empty() && r.peers_programmed == 2, "{r:?}");

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
         if peers.iter().any(|p: &Peer| p.subnet == net) {
             continue;
         }
-        peers.push(Peer { subnet: net, public_ip: Ipv4Addr::new(198, 18, 0, chunk[5]), vtep_mac: None });
+        peers.push(Peer::v4(net, Ipv4Addr::new(198, 18, 0, chunk[5]), None));
     }
     let table = Snapshot::new(&peers, 8285);
     for q in body.get(n * 6..).unwrap_or(&[]).chunks_exact(4) {

@@ -8,11 +8,14 @@
 //!     └ cni0 (FLANNEL_SUBNET gateway) ─ veth ─ [pod 1] eth0 10.244.X.2
 //! ```
 //!
-//! Underlay addresses are in 198.18.0.0/15, pods in 10.244.0.0/16. Nothing
-//! is added to the root namespace; everything is removed on drop.
+//! Underlay addresses are in 198.18.0.0/15, pods in 10.244.0.0/16. The
+//! underlay is dual-stack: every address 198.18.0.N also has
+//! `fd00:198:18::N/64` ([`underlay_ip6`]), for dual-stack networks (pods in
+//! `fd10:244::/56` then). Nothing is added to the root namespace;
+//! everything is removed on drop.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -35,17 +38,27 @@ pub const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
 
 static LAB_COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// The IPv6 underlay address that goes with IPv4 underlay address
+/// `198.18.0.N`: `fd00:198:18::N`.
+pub fn underlay_ip6(v4: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x198, 0x18, 0, 0, 0, 0, u16::from(v4.octets()[3]))
+}
+
 /// One node of the lab.
 pub struct Node {
     pub index: u8,
     pub ns: String,
     pub pod_ns: String,
     pub underlay_ip: Ipv4Addr,
+    /// The node's IPv6 underlay address (`fd00:198:18::N`).
+    pub underlay_ip6: Ipv6Addr,
     pub subnet_file: PathBuf,
     pub log: PathBuf,
     daemon: Option<Child>,
     /// The pod's address, once attached.
     pub pod_ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address, once attached on a dual-stack network.
+    pub pod_ip6: Option<Ipv6Addr>,
 }
 
 pub struct Lab {
@@ -128,12 +141,15 @@ impl Lab {
         Ok(lab)
     }
 
-    /// Connect namespace `ns` to the switch as `eth0` with `addr`/24.
+    /// Connect namespace `ns` to the switch as `eth0` with `addr`/24 and
+    /// its IPv6 twin ([`underlay_ip6`])/64.
     fn plug(&self, ns: &str, port: &str, addr: Ipv4Addr) -> Result<()> {
         netns::add(ns)?;
         ip(&["link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", port, "netns", &self.switch_ns])?;
         ip(&["-n", &self.switch_ns, "link", "set", port, "master", "br0", "up"])?;
         ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        // nodad: usable at once, and every address in the lab is unique.
+        ip(&["-n", ns, "addr", "add", &format!("{}/64", underlay_ip6(addr)), "dev", "eth0", "nodad"])?;
         ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         Ok(())
     }
@@ -143,7 +159,7 @@ impl Lab {
         let addr = Ipv4Addr::new(198, 18, 0, i);
         self.plug(&ns, &format!("n{i}"), addr)?;
         ip(&["-n", &ns, "route", "add", "default", "via", &SWITCH_IP.to_string()])?;
-        netns::run(exec(&ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        netns::run(exec(&ns, "sysctl").args(["-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"]))?;
         let node_dir = self.dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&node_dir)?;
         self.nodes.push(Node {
@@ -151,10 +167,12 @@ impl Lab {
             pod_ns: format!("{}-p{i}", self.name),
             ns,
             underlay_ip: addr,
+            underlay_ip6: underlay_ip6(addr),
             subnet_file: node_dir.join("subnet.env"),
             log: node_dir.join("weft.log"),
             daemon: None,
             pod_ip: None,
+            pod_ip6: None,
         });
         Ok(())
     }
@@ -448,8 +466,32 @@ impl Lab {
             .as_str()
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no IPv4 address in weft-cni's result {result}"))?;
+        // On a dual-stack network the pod also has an IPv6 address.
+        let addr6 = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|ip| ip["address"].as_str()?.parse::<ipnet::Ipv6Net>().ok())
+            .next();
         self.node_mut(i).pod_ip = Some(addr.addr());
+        self.node_mut(i).pod_ip6 = addr6.map(|a| a.addr());
         Ok(addr.addr())
+    }
+
+    /// Whether pod `i` gets an answer from IPv6 address `dst` within 3 s.
+    pub fn ping6_once(&self, i: u8, dst: Ipv6Addr) -> bool {
+        exec(&self.node(i).pod_ns, "ping")
+            .args(["-6", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &dst.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// `ip -6 route show proto 87` in node `i`.
+    pub fn weft_routes6(&self, i: u8) -> Result<String> {
+        Ok(String::from_utf8_lossy(&ip(&["-n", &self.node(i).ns, "-6", "route", "show", "proto", "87"])?.stdout)
+            .into_owned())
     }
 
     /// `ping -c COUNT -i INTERVAL -W 1 DST` from node `i`'s pod.
@@ -645,9 +687,19 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
 /// Send `len` pseudo-random bytes from pod `from` to pod `to` over TCP and
 /// check that exactly those bytes arrived. Returns the bytes transferred.
 pub fn tcp_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<usize> {
+    let dst = lab.node(to).pod_ip.context("pod not attached")?;
+    tcp_transfer_to(lab, from, to, std::net::IpAddr::V4(dst), len)
+}
+
+/// [`tcp_transfer_checked`] over IPv6, to pod `to`'s IPv6 address.
+pub fn tcp6_transfer_checked(lab: &Lab, from: u8, to: u8, len: usize) -> Result<usize> {
+    let dst = lab.node(to).pod_ip6.context("pod has no IPv6 address")?;
+    tcp_transfer_to(lab, from, to, std::net::IpAddr::V6(dst), len)
+}
+
+fn tcp_transfer_to(lab: &Lab, from: u8, to: u8, dst: std::net::IpAddr, len: usize) -> Result<usize> {
     static NEXT_PORT: AtomicU32 = AtomicU32::new(0);
     let port = 5201 + (NEXT_PORT.fetch_add(1, Ordering::SeqCst) % 1000) as u16;
-    let dst = lab.node(to).pod_ip.context("pod not attached")?;
     let (from_ns, to_ns) = (lab.node(from).pod_ns.clone(), lab.node(to).pod_ns.clone());
     let listener = netns::in_netns(&to_ns, move || std::net::TcpListener::bind((dst, port)))??;
     let receiver = std::thread::spawn(move || -> Result<u64> {

@@ -24,7 +24,7 @@ pub mod wait;
 
 pub use cluster::EtcdCluster;
 pub use etcd::{EtcdServer, TlsFiles};
-pub use lab::Lab;
+pub use lab::{underlay_ip6, Lab};
 pub use proxy::TcpProxy;
 pub use wait::{wait_until, wait_until_async};
 

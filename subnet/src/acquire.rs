@@ -1,21 +1,24 @@
 //! The acquire policy: which subnet a node ends up with.
 //!
 //! 1. The node's own lease (same `PublicIP`) if it still fits the config: it
-//!    is renewed in place, so a restarted node keeps its subnet.
-//! 2. Else the subnet of the previous `subnet.env`, if nobody holds it.
-//! 3. Else a random free subnet in `[SubnetMin, SubnetMax]`.
+//!    is renewed in place, so a restarted node keeps its subnet. If only its
+//!    IPv6 part no longer fits (IPv6 turned on or off since), the key is
+//!    replaced by one with the same IPv4 subnet, as flanneld does.
+//! 2. Else the subnets of the previous `subnet.env`, if nobody holds them.
+//! 3. Else a random free subnet in `[SubnetMin, SubnetMax]`, and on
+//!    dual-stack networks one of the first free IPv6 subnets.
 //!
-//! Creation is a transaction that succeeds only if the key does not exist.
-//! A node that loses a race lists again and tries another subnet (flanneld
-//! exits instead); a full range is [`Error::OutOfSubnets`].
+//! Creation is a transaction that succeeds only if no key leases the IPv4
+//! subnet. A node that loses a race lists again and tries another subnet
+//! (flanneld exits instead); a full range is [`Error::OutOfSubnets`].
 
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::RngExt;
 use tracing::{debug, info, warn};
 
-use crate::choose::choose_free_subnet;
+use crate::choose::{choose_free_subnet, choose_free_subnet6};
 use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseAttrs};
@@ -30,6 +33,8 @@ pub struct AcquireRequest {
     pub ttl: Duration,
     /// The subnet of a previous `subnet.env`, if any.
     pub previous_subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet of a previous `subnet.env`, if any.
+    pub previous_ipv6_subnet: Option<Ipv6Net>,
 }
 
 /// Acquire a lease for this node; see the module doc for the policy.
@@ -48,48 +53,94 @@ pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &Ac
             debug!("ignoring entry {key}: {why}");
         }
 
-        if let Some(own) =
-            listing.leases.iter().find(|l| l.attrs.public_ip == req.attrs.public_ip && config.is_leasable(&l.subnet))
-        {
-            match registry.renew_lease(own, &req.attrs, req.ttl).await? {
-                RenewOutcome::Renewed(lease) => {
-                    info!(subnet = %lease.subnet, "reusing this node's existing lease");
+        let own =
+            listing.leases.iter().find(|l| l.attrs.public_ip == req.attrs.public_ip && config.is_leasable(&l.subnet));
+        if let Some(own) = own {
+            if config.ipv6_fits(own.ipv6_subnet.as_ref()) {
+                match registry.renew_lease(own, &req.attrs, req.ttl).await? {
+                    RenewOutcome::Renewed(lease) => {
+                        info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, "reusing this node's existing lease");
+                        return Ok(lease);
+                    }
+                    RenewOutcome::Lost(why) => {
+                        debug!("own lease changed while reusing it ({why}); retrying");
+                        continue;
+                    }
+                }
+            }
+            // Same IPv4 subnet, new IPv6 part (or none).
+            let subnet6 = match &config.ipv6 {
+                None => None,
+                Some(v6) => match req.previous_ipv6_subnet {
+                    Some(p) if v6.is_leasable(&p) && !listing.taken6.contains(&p) => Some(p),
+                    _ => Some(
+                        choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
+                    ),
+                },
+            };
+            match registry.replace_lease(own, subnet6, &req.attrs, req.ttl).await? {
+                Some(lease) => {
+                    info!(
+                        old = %own.key(),
+                        new = %lease.key(),
+                        "replaced this node's lease: its IPv6 part did not fit the network config"
+                    );
                     return Ok(lease);
                 }
-                RenewOutcome::Lost(why) => {
-                    debug!("own lease changed while reusing it ({why}); retrying");
+                None => {
+                    debug!("own lease changed while replacing it; retrying");
                     continue;
                 }
             }
         }
 
-        let candidate = match req.previous_subnet {
-            Some(prev) if config.is_leasable(&prev) && !listing.taken.contains(&prev) => prev,
-            prev => {
-                if let Some(prev) = prev {
-                    if !config.is_leasable(&prev) {
-                        warn!(subnet = %prev, "previous subnet does not fit the network config; choosing another");
-                    }
+        let previous = match req.previous_subnet {
+            Some(prev)
+                if config.is_leasable(&prev)
+                    && config.ipv6_fits(req.previous_ipv6_subnet.as_ref())
+                    && !listing.taken.contains(&prev)
+                    && !req.previous_ipv6_subnet.is_some_and(|p| listing.taken6.contains(&p)) =>
+            {
+                Some((prev, req.previous_ipv6_subnet))
+            }
+            Some(prev) => {
+                if !config.is_leasable(&prev) || !config.ipv6_fits(req.previous_ipv6_subnet.as_ref()) {
+                    warn!(subnet = %prev, ipv6_subnet = ?req.previous_ipv6_subnet, "previous subnet does not fit the network config; choosing another");
                 }
-                match choose_free_subnet(config, &listing.taken, &mut rand::rng()) {
-                    Some(s) => s,
-                    None => {
-                        return Err(Error::OutOfSubnets {
-                            min: config.subnet_min,
-                            max: config.subnet_max,
-                            len: config.subnet_len,
-                        })
-                    }
-                }
+                None
+            }
+            None => None,
+        };
+        let (candidate, candidate6) = match previous {
+            Some(p) => p,
+            None => {
+                let v4 = choose_free_subnet(config, &listing.taken, &mut rand::rng()).ok_or(Error::OutOfSubnets {
+                    min: config.subnet_min.to_string(),
+                    max: config.subnet_max.to_string(),
+                    len: config.subnet_len,
+                })?;
+                let v6 = match &config.ipv6 {
+                    None => None,
+                    Some(v6) => Some(
+                        choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
+                    ),
+                };
+                (v4, v6)
             }
         };
-        match registry.create_lease(candidate, &req.attrs, req.ttl).await? {
+        match registry.create_lease(candidate, candidate6, &req.attrs, req.ttl).await? {
             Some(lease) => {
-                info!(subnet = %lease.subnet, attempt, "acquired a new lease");
+                info!(subnet = %lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, attempt, "acquired a new lease");
                 return Ok(lease);
             }
             None => debug!(subnet = %candidate, "lost the race for a subnet; retrying"),
         }
     }
     Err(Error::TooManyConflicts { attempts: max_attempts })
+}
+
+/// The IPv6 range is full.
+fn out_of_v6(config: &NetworkConfig) -> Error {
+    let v6 = config.ipv6.as_ref().expect("only called on dual-stack networks");
+    Error::OutOfSubnets { min: v6.subnet_min.to_string(), max: v6.subnet_max.to_string(), len: v6.subnet_len }
 }

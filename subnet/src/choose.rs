@@ -3,10 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::RngExt;
 
-use crate::config::NetworkConfig;
+use crate::config::{Ipv6Settings, NetworkConfig};
+
+/// How many free IPv6 subnets, counted from `IPv6SubnetMin`, the random
+/// choice is made among (flanneld's number).
+const V6_CANDIDATES: usize = 100;
 
 /// Pick a random subnet in `[SubnetMin, SubnetMax]` that is not in `taken`,
 /// or `None` when the range is full.
@@ -34,6 +38,32 @@ pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
     let start = rng.random_range(0..count);
     let limit = count.min(taken.len() as u64 + 1);
     (0..limit).map(|i| (start + i) % count).filter_map(|i| config.nth_subnet(i)).find(|s| !taken.contains(s))
+}
+
+/// Pick an IPv6 subnet that is not in `taken`, as flanneld does: at random
+/// among the first [`V6_CANDIDATES`] free ones from `IPv6SubnetMin`, or
+/// `None` when the range is full. The walk is bounded by the taken set, so
+/// it stays short even in a range of 2^64 subnets.
+pub fn choose_free_subnet6<R: rand::Rng + ?Sized>(
+    v6: &Ipv6Settings,
+    taken: &BTreeSet<Ipv6Net>,
+    rng: &mut R,
+) -> Option<Ipv6Net> {
+    let mut free = Vec::with_capacity(V6_CANDIDATES);
+    let mut next = Some(v6.first_subnet());
+    while let Some(subnet) = next {
+        if free.len() == V6_CANDIDATES {
+            break;
+        }
+        if !taken.contains(&subnet) {
+            free.push(subnet);
+        }
+        next = v6.next_subnet(subnet);
+    }
+    if free.is_empty() {
+        return None;
+    }
+    Some(free[rng.random_range(0..free.len())])
 }
 
 #[cfg(test)]
@@ -70,6 +100,35 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(seed);
             assert_eq!(choose_free_subnet(&c, &taken, &mut rng), Some(hole));
         }
+    }
+
+    #[test]
+    fn v6_choice_is_among_the_first_free_and_ends_when_full() {
+        let c = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","IPv6SubnetMax":"fd10:244:0:4::"}"#,
+        )
+        .unwrap();
+        let v6 = c.ipv6.unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        let mut taken = BTreeSet::new();
+        for _ in 0..4 {
+            let s = choose_free_subnet6(&v6, &taken, &mut rng).expect("range has room");
+            assert!(v6.is_leasable(&s), "{s}");
+            assert!(taken.insert(s), "{s} chosen twice");
+        }
+        let all: Vec<String> = taken.iter().map(ToString::to_string).collect();
+        assert_eq!(all, ["fd10:244:0:1::/64", "fd10:244:0:2::/64", "fd10:244:0:3::/64", "fd10:244:0:4::/64"]);
+        assert_eq!(choose_free_subnet6(&v6, &taken, &mut rng), None);
+
+        // A range of 2^64 subnets: the walk stops after the first 100 free.
+        let big = NetworkConfig::parse(
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10::/32","IPv6SubnetLen":96}"#,
+        )
+        .unwrap()
+        .ipv6
+        .unwrap();
+        let s = choose_free_subnet6(&big, &BTreeSet::new(), &mut rng).unwrap();
+        assert!(u128::from(s.network()) - u128::from(big.subnet_min) < 100 << 32, "{s}");
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// Highest subnet that may be leased (network address).
     pub subnet_max: Ipv4Addr,
-    /// The IPv6 network, when `EnableIPv6` is set (parsed and validated only).
+    /// The IPv6 network, when `EnableIPv6` is set: every lease then holds
+    /// an IPv6 subnet as well.
     pub ipv6: Option<Ipv6Settings>,
     /// The backend and its options.
     pub backend: BackendConfig,
@@ -117,6 +118,40 @@ impl NetworkConfig {
         let size = 1u64 << (32 - self.subnet_len);
         let addr = u64::from(u32::from(self.subnet_min)) + index * size;
         Ipv4Net::new(Ipv4Addr::from(addr as u32), self.subnet_len).ok()
+    }
+
+    /// Whether a lease's IPv6 subnet fits this config, as flanneld judges
+    /// it: with IPv6 on, a subnet of `IPv6SubnetLen` in `[IPv6SubnetMin,
+    /// IPv6SubnetMax]`; with IPv6 off, none at all. A node whose own lease
+    /// does not fit (IPv6 turned on or off since) gets a new key.
+    pub fn ipv6_fits(&self, subnet: Option<&Ipv6Net>) -> bool {
+        match (&self.ipv6, subnet) {
+            (None, None) => true,
+            (Some(v6), Some(s)) => v6.is_leasable(s),
+            _ => false,
+        }
+    }
+}
+
+impl Ipv6Settings {
+    /// Whether `subnet` is one this config hands out.
+    pub fn is_leasable(&self, subnet: &Ipv6Net) -> bool {
+        subnet.prefix_len() == self.subnet_len
+            && self.network.contains(subnet)
+            && subnet.network() >= self.subnet_min
+            && subnet.network() <= self.subnet_max
+    }
+
+    /// The subnet after `subnet`, or `None` past `IPv6SubnetMax`.
+    pub fn next_subnet(&self, subnet: Ipv6Net) -> Option<Ipv6Net> {
+        let size = 1u128.checked_shl(128 - u32::from(self.subnet_len))?;
+        let next = u128::from(subnet.network()).checked_add(size)?;
+        (next <= u128::from(self.subnet_max)).then(|| Ipv6Net::new(Ipv6Addr::from(next), self.subnet_len).ok())?
+    }
+
+    /// The first subnet of `[IPv6SubnetMin, IPv6SubnetMax]`.
+    pub fn first_subnet(&self) -> Ipv6Net {
+        Ipv6Net::new(self.subnet_min, self.subnet_len).expect("subnet_len was validated")
     }
 }
 

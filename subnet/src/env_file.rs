@@ -74,6 +74,13 @@ pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
     parse_var(&text, "FLANNEL_SUBNET")?.parse::<Ipv4Net>().ok().map(|n| n.trunc())
 }
 
+/// The IPv6 subnet recorded in an existing `subnet.env`
+/// (`FLANNEL_IPV6_SUBNET`), if the file exists and holds one.
+pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
+    let text = std::fs::read_to_string(path).ok()?;
+    parse_var(&text, "FLANNEL_IPV6_SUBNET")?.parse::<Ipv6Net>().ok().map(|n| n.trunc())
+}
+
 /// The value of `name` in a `KEY=value` file.
 pub fn parse_var<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().filter_map(|l| l.trim().split_once('=')).find(|(k, _)| k.trim() == name).map(|(_, v)| v.trim())
@@ -104,6 +111,29 @@ mod tests {
         assert_eq!(previous_subnet(&path), Some("10.244.3.0/24".parse().unwrap()));
         // Only the file itself is left behind: no temporary files.
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+        assert_eq!(previous_ipv6_subnet(&path), None);
+    }
+
+    #[test]
+    fn dual_stack_file_is_flanneld_order() {
+        let env = SubnetEnv {
+            network: "10.244.0.0/16".parse().unwrap(),
+            subnet: "10.244.3.0/24".parse().unwrap(),
+            mtu: 1450,
+            ip_masq: false,
+            ipv6_network: Some("fd10:244::/56".parse().unwrap()),
+            ipv6_subnet: Some("fd10:244:0:3::/64".parse().unwrap()),
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET=fd10:244:0:3::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(previous_ipv6_subnet(&path), Some("fd10:244:0:3::/64".parse().unwrap()));
     }
 
     #[test]

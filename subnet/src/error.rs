@@ -72,9 +72,9 @@ pub enum Error {
         source: etcd_client::Error,
     },
     #[error(
-        "out of subnets: every /{len} subnet in {min} - {max} is leased; widen SubnetMin/SubnetMax or free a lease"
+        "out of subnets: every /{len} subnet in {min} - {max} is leased; widen SubnetMin/SubnetMax (or IPv6SubnetMin/IPv6SubnetMax) or free a lease"
     )]
-    OutOfSubnets { min: Ipv4Addr, max: Ipv4Addr, len: u8 },
+    OutOfSubnets { min: String, max: String, len: u8 },
     #[error("gave up acquiring a subnet after {attempts} attempts lost to concurrent writers")]
     TooManyConflicts { attempts: u32 },
     #[error("cannot write {path}: {source}")]

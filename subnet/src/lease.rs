@@ -109,14 +109,22 @@ impl LeaseAttrs {
 
     /// The VXLAN tunnel endpoint MAC published in `BackendData.VtepMAC`.
     pub fn vtep_mac(&self) -> Option<MacAddr> {
+        Self::mac_in(self.backend_data.as_ref())
+    }
+
+    /// The IPv6 VTEP's MAC, published in `BackendV6Data.VtepMAC`.
+    pub fn vtep_mac6(&self) -> Option<MacAddr> {
+        Self::mac_in(self.backend_v6_data.as_ref())
+    }
+
+    fn mac_in(data: Option<&BackendData>) -> Option<MacAddr> {
         /// Only the field needed, without building the whole value.
         #[derive(Deserialize)]
         struct Vtep<'a> {
             #[serde(rename = "VtepMAC", borrow)]
             vtep_mac: Option<&'a str>,
         }
-        let data = self.backend_data.as_ref()?;
-        serde_json::from_str::<Vtep>(data.json()).ok()?.vtep_mac?.parse().ok()
+        serde_json::from_str::<Vtep>(data?.json()).ok()?.vtep_mac?.parse().ok()
     }
 }
 
@@ -143,6 +151,8 @@ pub enum LeaseParseError {
     BadValue { key: String, reason: String },
     #[error("{subnet} is not a /{len} subnet of the network {network}")]
     OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net, len: u8 },
+    #[error("{subnet} is not a /{len} subnet of the IPv6 network {network}")]
+    OutsideNetwork6 { subnet: Ipv6Net, network: Ipv6Net, len: u8 },
 }
 
 /// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`.
@@ -198,6 +208,13 @@ impl Lease {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
         if subnet.prefix_len() != config.subnet_len || !config.network.contains(&subnet) {
             return Err(LeaseParseError::OutsideNetwork { subnet, network: config.network, len: config.subnet_len });
+        }
+        // A v4-only key in a dual-stack network is a node without IPv6 (or
+        // one not restarted since IPv6 was turned on): still a peer for IPv4.
+        if let (Some(v6), Some(sub6)) = (&config.ipv6, ipv6_subnet) {
+            if sub6.prefix_len() != v6.subnet_len || !v6.network.contains(&sub6) {
+                return Err(LeaseParseError::OutsideNetwork6 { subnet: sub6, network: v6.network, len: v6.subnet_len });
+            }
         }
         let attrs: LeaseAttrs = serde_json::from_slice(value)
             .map_err(|e| LeaseParseError::BadValue { key: key.to_string(), reason: e.to_string() })?;
@@ -308,6 +325,19 @@ mod tests {
         assert!(matches!(bad, LeaseParseError::BadValue { .. }));
         let bad_ip = Lease::from_entry("10.244.3.0-24", br#"{"PublicIP":"banana"}"#, &config, 7, 9);
         assert!(bad_ip.is_err());
+
+        let dual =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#)
+                .unwrap();
+        let l = Lease::from_entry("10.244.3.0-24&fd10:244:0:3::-64", good, &dual, 7, 9).unwrap();
+        assert_eq!(l.ipv6_subnet.unwrap().to_string(), "fd10:244:0:3::/64");
+        assert_eq!(l.key(), "10.244.3.0-24&fd10:244:0:3::-64");
+        let v4_only = Lease::from_entry("10.244.3.0-24", good, &dual, 7, 9).unwrap();
+        assert_eq!(v4_only.ipv6_subnet, None, "a v4-only node in a dual-stack network");
+        for key in ["10.244.3.0-24&fd11:244:0:3::-64", "10.244.3.0-24&fd10:244:0:3::-80"] {
+            let e = Lease::from_entry(key, good, &dual, 7, 9).unwrap_err();
+            assert!(e.to_string().contains("subnet of the IPv6 network fd10:244::/56"), "{key}: {e}");
+        }
     }
 
     #[test]

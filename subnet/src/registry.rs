@@ -13,7 +13,7 @@ use std::time::Duration;
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::config::NetworkConfig;
@@ -39,6 +39,8 @@ pub struct Listing {
     pub skipped: Vec<(String, LeaseParseError)>,
     /// Every subnet that has a key, valid or not: none of them is free.
     pub taken: BTreeSet<Ipv4Net>,
+    /// Every IPv6 subnet that has a key.
+    pub taken6: BTreeSet<Ipv6Net>,
     /// The store revision of the listing; a watch continues at `revision + 1`.
     pub revision: i64,
 }
@@ -130,9 +132,24 @@ impl Registry {
         format!("{}/subnets/", self.prefix())
     }
 
-    /// The full key of a subnet's lease.
+    /// The full key of an IPv4-only lease of `subnet`.
     pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
-        format!("{}{}", self.subnets_prefix(), subnet_key(subnet, None))
+        self.full_key(subnet, None)
+    }
+
+    /// The full key of the lease of `subnet` and, on dual-stack networks,
+    /// `subnet6`: `<prefix>/subnets/10.244.3.0-24&fd10:244:0:3::-64`.
+    pub fn full_key(&self, subnet: &Ipv4Net, subnet6: Option<&Ipv6Net>) -> String {
+        format!("{}{}", self.subnets_prefix(), subnet_key(subnet, subnet6))
+    }
+
+    /// A compare that holds while no key, of either form, leases `subnet`:
+    /// every key of it starts with its IPv4-only key, and no other key does
+    /// (all subnets of a network have one length).
+    fn nobody_holds(&self, subnet: &Ipv4Net) -> Compare {
+        let key = self.lease_key(subnet);
+        let end = prefix_end(key.as_bytes());
+        Compare::create_revision(key, CompareOp::Equal, 0).with_range(end)
     }
 
     /// The config as stored, or `None` when there is none.
@@ -187,8 +204,9 @@ impl Registry {
             for kv in resp.kvs() {
                 let key = String::from_utf8_lossy(kv.key());
                 let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
-                if let Ok((subnet, _)) = parse_subnet_key(&name) {
+                if let Ok((subnet, subnet6)) = parse_subnet_key(&name) {
                     listing.taken.insert(subnet);
+                    listing.taken6.extend(subnet6);
                 }
                 match lease_from_kv(&name, kv, config) {
                     Ok(lease) => listing.leases.push(lease),
@@ -252,13 +270,20 @@ impl Registry {
         self.timed(op, async { c.txn(txn).await.map_err(Error::etcd(op)) }).await
     }
 
-    /// Create the lease of `subnet` if, and only if, no key exists for it.
-    /// `Ok(None)` means someone else holds it.
-    pub async fn create_lease(&self, subnet: Ipv4Net, attrs: &LeaseAttrs, ttl: Duration) -> Result<Option<Lease>> {
-        let key = self.lease_key(&subnet);
+    /// Create the lease of `subnet` (and `subnet6`) if, and only if, no key
+    /// leases `subnet` yet, in either key form. `Ok(None)` means someone
+    /// else holds it.
+    pub async fn create_lease(
+        &self,
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let key = self.full_key(&subnet, subnet6.as_ref());
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let id = self.grant(ttl).await?;
-        let txn = Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)]).and_then([TxnOp::put(
+        let txn = Txn::new().when([self.nobody_holds(&subnet)]).and_then([TxnOp::put(
             key.clone(),
             value,
             Some(PutOptions::new().with_lease(id)),
@@ -273,7 +298,54 @@ impl Registry {
         };
         Ok(Some(Lease {
             subnet,
-            ipv6_subnet: None,
+            ipv6_subnet: subnet6,
+            attrs: attrs.clone(),
+            etcd_lease: id,
+            mod_revision,
+            ttl: Some(ttl),
+        }))
+    }
+
+    /// Replace the node's own lease `old` by one of the same IPv4 subnet
+    /// and IPv6 subnet `subnet6`, in one transaction: only if `old` is as
+    /// last read and the new key does not exist. What flanneld does, as a
+    /// delete and a create, when IPv6 is turned on or off under a node.
+    /// `Ok(None)`: someone wrote either key meanwhile.
+    pub async fn replace_lease(
+        &self,
+        old: &Lease,
+        subnet6: Option<Ipv6Net>,
+        attrs: &LeaseAttrs,
+        ttl: Duration,
+    ) -> Result<Option<Lease>> {
+        let subnet = old.subnet;
+        let old_key = self.full_key(&subnet, old.ipv6_subnet.as_ref());
+        let key = self.full_key(&subnet, subnet6.as_ref());
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let id = self.grant(ttl).await?;
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision),
+                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
+            ])
+            .and_then([
+                TxnOp::delete(old_key, None),
+                TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
+            ]);
+        let mod_revision = match self.txn(txn, "create_lease").await {
+            Ok(resp) if resp.succeeded() => resp.header().map(|h| h.revision()).unwrap_or(0),
+            Ok(_) => {
+                self.revoke(id).await;
+                return Ok(None);
+            }
+            Err(e) => self.committed_with(&key, id, e).await?,
+        };
+        if old.etcd_lease != 0 {
+            self.revoke(old.etcd_lease).await;
+        }
+        Ok(Some(Lease {
+            subnet,
+            ipv6_subnet: subnet6,
             attrs: attrs.clone(),
             etcd_lease: id,
             mod_revision,
@@ -312,7 +384,7 @@ impl Registry {
     /// last did, nothing is written and the outcome says what happened.
     pub async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<RenewOutcome> {
         let subnet = lease.subnet;
-        let key = self.lease_key(&subnet);
+        let key = self.full_key(&subnet, lease.ipv6_subnet.as_ref());
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let mut expected_rev = lease.mod_revision;
         // Two rounds at most: the second only when the key was rewritten by
@@ -379,11 +451,16 @@ impl Registry {
     }
 
     /// Read the own key and the config in one request: whether the key of
-    /// `subnet` still names `public_ip` as its holder, and the config text
-    /// as stored. Done on every resync, so a lost lease or a changed config
-    /// is noticed even when the watch has stalled.
-    pub async fn check_node(&self, subnet: Ipv4Net, public_ip: Ipv4Addr) -> Result<NodeCheck> {
-        let key = self.lease_key(&subnet);
+    /// `subnet` (and `subnet6`) still names `public_ip` as its holder, and
+    /// the config text as stored. Done on every resync, so a lost lease or
+    /// a changed config is noticed even when the watch has stalled.
+    pub async fn check_node(
+        &self,
+        subnet: Ipv4Net,
+        subnet6: Option<Ipv6Net>,
+        public_ip: Ipv4Addr,
+    ) -> Result<NodeCheck> {
+        let key = self.full_key(&subnet, subnet6.as_ref());
         let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(self.config_key(), None)]);
         let resp = self.txn(txn, "check_node").await?;
         let mut gets = resp.op_responses().into_iter().map(|r| match r {
@@ -404,11 +481,14 @@ impl Registry {
         Ok(NodeCheck { lost, config: config.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()) })
     }
 
-    /// Delete the lease of `subnet` (used by tests and by tools).
+    /// Delete the lease of `subnet`, whichever key form holds it (used by
+    /// tests and by tools).
     pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
         let key = self.lease_key(subnet);
+        let opts = etcd_client::DeleteOptions::new().with_range(prefix_end(key.as_bytes()));
         let mut c = self.client.clone();
-        self.timed("delete_lease", async { c.delete(key, None).await.map_err(Error::etcd("delete lease")) }).await?;
+        self.timed("delete_lease", async { c.delete(key, Some(opts)).await.map_err(Error::etcd("delete lease")) })
+            .await?;
         Ok(())
     }
 

@@ -45,8 +45,8 @@ impl LeaseEvent {
 }
 
 /// The events that turn `known` into `fresh`: `Removed` for subnets gone,
-/// `Added` for subnets new or whose attributes changed (a renewal that only
-/// moves the expiry is not an event). Pure.
+/// `Added` for subnets new or whose attributes or IPv6 subnet changed (a
+/// renewal that only moves the expiry is not an event). Pure.
 pub fn diff_leases(known: &BTreeMap<Ipv4Net, Lease>, fresh: &BTreeMap<Ipv4Net, Lease>) -> Vec<LeaseEvent> {
     let mut events = Vec::new();
     for (subnet, lease) in known {
@@ -56,7 +56,7 @@ pub fn diff_leases(known: &BTreeMap<Ipv4Net, Lease>, fresh: &BTreeMap<Ipv4Net, L
     }
     for (subnet, lease) in fresh {
         match known.get(subnet) {
-            Some(old) if old.attrs == lease.attrs => {}
+            Some(old) if old.attrs == lease.attrs && old.ipv6_subnet == lease.ipv6_subnet => {}
             _ => events.push(LeaseEvent::Added(lease.clone())),
         }
     }
@@ -266,16 +266,19 @@ impl LeaseWatch {
             let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
             match ev.event_type() {
                 EventType::Delete => {
+                    // Only the key known for the subnet: a node whose key
+                    // changed form (IPv6 turned on) deletes its old one.
                     if let Ok((subnet, _)) = parse_subnet_key(&name) {
-                        if let Some(old) = self.known.remove(&subnet) {
-                            events.push(LeaseEvent::Removed(old));
+                        if self.known.get(&subnet).is_some_and(|l| l.key() == name) {
+                            events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
                         }
                     }
                     self.warned.remove(&name);
                 }
                 EventType::Put => match lease_from_kv(&name, kv, &self.config) {
                     Ok(lease) => {
-                        let changed = self.known.get(&lease.subnet).map(|o| &o.attrs) != Some(&lease.attrs);
+                        let changed = self.known.get(&lease.subnet).map(|o| (&o.attrs, o.ipv6_subnet))
+                            != Some((&lease.attrs, lease.ipv6_subnet));
                         self.known.insert(lease.subnet, lease.clone());
                         if changed {
                             events.push(LeaseEvent::Added(lease));

@@ -28,7 +28,7 @@ async fn twenty_racers_on_sixteen_subnets() {
             // Each racer has its own connection, as separate nodes would.
             let reg = registry(&endpoint).await;
             let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
-            let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
+            let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
             (ip, acquire_lease(&reg, &config, &req).await)
         }));
     }
@@ -65,7 +65,7 @@ async fn restart_reuses_own_lease_then_previous_subnet() {
     let reg = registry(&etcd.endpoint()).await;
     let config = put_config(&reg, RANGE_16).await;
     let ip = Ipv4Addr::new(198, 18, 0, 2);
-    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
+    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
     let first = acquire_lease(&reg, &config, &req).await.unwrap();
     let again = acquire_lease(&reg, &config, &req).await.unwrap();
     assert_eq!(again.subnet, first.subnet, "same PublicIP gets its own lease back");
@@ -86,13 +86,17 @@ async fn renewal_never_overwrites_a_subnet_taken_over_by_another_node() {
     let config = put_config(&reg, RANGE_16).await;
     let a = Ipv4Addr::new(198, 18, 0, 2);
     let b = Ipv4Addr::new(198, 18, 0, 3);
-    let lease_a = acquire_lease(&reg, &config, &AcquireRequest { attrs: attrs(a), ttl: HOUR, previous_subnet: None })
-        .await
-        .unwrap();
+    let lease_a = acquire_lease(
+        &reg,
+        &config,
+        &AcquireRequest { attrs: attrs(a), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None },
+    )
+    .await
+    .unwrap();
 
     // A is away; its lease goes, and B takes the subnet.
     reg.delete_lease(&lease_a.subnet).await.unwrap();
-    let lease_b = reg.create_lease(lease_a.subnet, &attrs(b), HOUR).await.unwrap().expect("subnet is free");
+    let lease_b = reg.create_lease(lease_a.subnet, None, &attrs(b), HOUR).await.unwrap().expect("subnet is free");
 
     let outcome = reg.renew_lease(&lease_a, &attrs(a), HOUR).await.unwrap();
     assert_eq!(outcome, RenewOutcome::Lost(LostReason::TakenOver { subnet: lease_a.subnet, holder: b.to_string() }));
@@ -110,8 +114,13 @@ async fn renewer_keeps_the_lease_alive_and_reports_its_loss() {
     let ip = Ipv4Addr::new(198, 18, 0, 2);
     // TTL 3 s, renewed 2 s before expiry: a renewal every second.
     let ttl = Duration::from_secs(3);
-    let lease =
-        acquire_lease(&reg, &config, &AcquireRequest { attrs: attrs(ip), ttl, previous_subnet: None }).await.unwrap();
+    let lease = acquire_lease(
+        &reg,
+        &config,
+        &AcquireRequest { attrs: attrs(ip), ttl, previous_subnet: None, previous_ipv6_subnet: None },
+    )
+    .await
+    .unwrap();
     let mut renewer = Renewer::new(reg.clone(), lease.clone(), ttl, Duration::from_secs(2));
     let subnet = lease.subnet;
 
@@ -138,6 +147,7 @@ async fn an_unrenewed_lease_expires() {
         attrs: attrs(Ipv4Addr::new(198, 18, 0, 2)),
         ttl: Duration::from_secs(2),
         previous_subnet: None,
+        previous_ipv6_subnet: None,
     };
     let lease = acquire_lease(&reg, &config, &req).await.unwrap();
     let mut listing = reg.list(&config).await.unwrap();
@@ -167,7 +177,7 @@ async fn a_renewal_whose_reply_is_lost_keeps_the_lease() {
     opts.timeout = Duration::from_secs(1);
     let reg = Registry::connect(opts).await.unwrap();
     let ip = Ipv4Addr::new(198, 18, 0, 10);
-    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None };
+    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
     let lease = acquire_lease(&reg, &config, &req).await.unwrap();
 
     proxy.mute_from_request_with(reg.lease_key(&lease.subnet).as_bytes());
@@ -192,4 +202,104 @@ async fn a_renewal_whose_reply_is_lost_keeps_the_lease() {
     assert_eq!(renewed.subnet, lease.subnet);
     let kv = direct.client().get(reg.lease_key(&lease.subnet), None).await.unwrap();
     assert_eq!(kv.kvs()[0].lease(), renewed.etcd_lease);
+}
+
+const DUAL: &str =
+    r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// The key names under `<prefix>/subnets/`, as etcd holds them.
+async fn key_names(reg: &Registry) -> Vec<String> {
+    let prefix = reg.subnets_prefix();
+    let kvs = reg.client().get(prefix.clone(), Some(etcd_client::GetOptions::new().with_prefix())).await.unwrap();
+    kvs.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).trim_start_matches(&prefix).to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_leases_have_one_key_for_both_families() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, DUAL).await;
+    let mut seen6 = BTreeSet::new();
+    for i in 0..8u8 {
+        let mut a = attrs(Ipv4Addr::new(198, 18, 0, 10 + i));
+        a.public_ipv6 = Some(format!("fd00:198:18::{}", 10 + i).parse().unwrap());
+        let req = AcquireRequest { attrs: a, ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
+        let lease = acquire_lease(&reg, &config, &req).await.unwrap();
+        let v6 = lease.ipv6_subnet.expect("a dual-stack lease has an IPv6 subnet");
+        assert!(config.ipv6.as_ref().unwrap().is_leasable(&v6), "{v6}");
+        assert!(seen6.insert(v6), "{v6} handed out twice");
+        // Restarting gives the same key back, renewed in place.
+        let again = acquire_lease(&reg, &config, &req).await.unwrap();
+        assert_eq!((again.subnet, again.ipv6_subnet), (lease.subnet, lease.ipv6_subnet));
+    }
+    let keys = key_names(&reg).await;
+    assert_eq!(keys.len(), 8, "{keys:?}");
+    for k in &keys {
+        // flanneld's form: 10.244.N.0-24&fd10:244:0:M::-64
+        let (v4, v6) = k.split_once('&').unwrap_or_else(|| panic!("{k} has no IPv6 part"));
+        assert!(v4.starts_with("10.244.") && v4.ends_with(".0-24"), "{k}");
+        assert!(v6.starts_with("fd10:244:0:") && v6.ends_with("::-64"), "{k}");
+    }
+    let listing = reg.list(&config).await.unwrap();
+    assert!(listing.skipped.is_empty(), "{:?}", listing.skipped);
+    let value = reg.client().get(reg.subnets_prefix() + &keys[0], None).await.unwrap();
+    let json: serde_json::Value = serde_json::from_slice(value.kvs()[0].value()).unwrap();
+    assert!(json["PublicIPv6"].as_str().unwrap().starts_with("fd00:198:18::"), "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_ipv6_on_replaces_the_v4_key_and_off_again_replaces_it_back() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let v4_config = put_config(&reg, RANGE_16).await;
+    let ip = Ipv4Addr::new(198, 18, 0, 2);
+    let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
+    let v4 = acquire_lease(&reg, &v4_config, &req).await.unwrap();
+    assert_eq!(key_names(&reg).await, [v4.key()]);
+
+    let dual = put_config(
+        &reg,
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#,
+    )
+    .await;
+    // The previous subnet.env had an IPv6 subnet: it is taken when free.
+    let wanted6 = "fd10:244:0:7::/64".parse().unwrap();
+    let req6 = AcquireRequest { previous_ipv6_subnet: Some(wanted6), ..req.clone() };
+    let both = acquire_lease(&reg, &dual, &req6).await.unwrap();
+    assert_eq!(both.subnet, v4.subnet, "the IPv4 subnet is kept");
+    assert_eq!(both.ipv6_subnet, Some(wanted6));
+    assert_eq!(key_names(&reg).await, [format!("{}-24&fd10:244:0:7::-64", v4.subnet.network())], "one key, dual");
+
+    let back = acquire_lease(&reg, &v4_config, &req).await.unwrap();
+    assert_eq!((back.subnet, back.ipv6_subnet), (v4.subnet, None));
+    assert_eq!(key_names(&reg).await, [v4.key()], "IPv6 off: the v4-only key again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_held_under_either_key_form_is_not_handed_out_again() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, DUAL).await;
+    let subnet = "10.244.5.0/24".parse().unwrap();
+    let (a2, a3) = (attrs(Ipv4Addr::new(198, 18, 0, 2)), attrs(Ipv4Addr::new(198, 18, 0, 3)));
+    let a = reg.create_lease(subnet, Some("fd10:244:0:5::/64".parse().unwrap()), &a2, HOUR);
+    assert!(a.await.unwrap().is_some());
+    // Same IPv4 subnet, other IPv6 subnet, or none: both refused.
+    let b = reg.create_lease(subnet, Some("fd10:244:0:6::/64".parse().unwrap()), &a3, HOUR);
+    assert!(b.await.unwrap().is_none(), "a second dual key for the same IPv4 subnet");
+    let c = reg.create_lease(subnet, None, &a3, HOUR);
+    assert!(c.await.unwrap().is_none(), "a v4-only key for a subnet held by a dual key");
+    assert_eq!(key_names(&reg).await, ["10.244.5.0-24&fd10:244:0:5::-64"]);
+    // The previous subnet.env of another node names the same subnets: it gets others.
+    let req = AcquireRequest {
+        attrs: attrs(Ipv4Addr::new(198, 18, 0, 4)),
+        ttl: HOUR,
+        previous_subnet: Some(subnet),
+        previous_ipv6_subnet: Some("fd10:244:0:5::/64".parse().unwrap()),
+    };
+    let other = acquire_lease(&reg, &config, &req).await.unwrap();
+    assert_ne!(other.subnet, subnet);
+    assert_ne!(other.ipv6_subnet, Some("fd10:244:0:5::/64".parse().unwrap()));
+    reg.delete_lease(&subnet).await.unwrap();
+    assert_eq!(key_names(&reg).await, [other.key()], "delete_lease removes the dual key");
 }

@@ -19,7 +19,10 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 async fn add(reg: &Registry, subnet: &str, host: u8) {
-    reg.create_lease(net(subnet), &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR).await.unwrap().expect("subnet free");
+    reg.create_lease(net(subnet), None, &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR)
+        .await
+        .unwrap()
+        .expect("subnet free");
 }
 
 /// Collect events until the watch's table holds exactly `want`, or fail.

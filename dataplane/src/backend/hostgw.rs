@@ -1,15 +1,17 @@
 //! The host-gw backend: `ip route replace <peer subnet> via <peer public IP>
 //! dev <external interface> proto 87` per peer (through a nexthop object
-//! per peer where the kernel has them, see `kernel::nexthop`). Works when
-//! all nodes share one L2 segment; the public IP must be an address of the
-//! external interface. It owns no device: only the routes. What it wants
-//! is [`plan`], pure.
+//! per peer where the kernel has them, see `kernel::nexthop`), and on
+//! dual-stack networks `ip -6 route replace <peer v6 subnet> via <peer
+//! PublicIPv6> dev <external interface> proto 87`. Works when all nodes
+//! share one L2 segment; the public IP must be an address of the external
+//! interface. It owns no device: only the routes. What it wants is
+//! [`plan`], pure.
 
 use std::collections::BTreeMap;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::Programming;
+use super::{networks, owners_of_route, Programming};
 use crate::error::{Error, Result};
 use crate::kernel::Netlink;
 use crate::model::{nexthop_id, Desired, Peer, RouteSpec};
@@ -20,18 +22,38 @@ use crate::sync::iface::ExternalInterface;
 pub(crate) struct HostGwBackend {
     nl: Netlink,
     ext: ExternalInterface,
-    network: Ipv4Net,
+    networks: Vec<IpNet>,
+    /// Whether IPv6 routes are wanted (dual-stack network).
+    v6: bool,
     /// What the last pass left in place.
-    routes: BTreeMap<Ipv4Net, RouteSpec>,
+    routes: BTreeMap<IpNet, RouteSpec>,
 }
 
 impl HostGwBackend {
     /// Check that host-gw can work here; changes nothing.
-    pub(crate) fn prepare(nl: Netlink, ext: ExternalInterface, network: Ipv4Net) -> Result<HostGwBackend> {
+    pub(crate) fn prepare(
+        nl: Netlink,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        network6: Option<Ipv6Net>,
+    ) -> Result<HostGwBackend> {
         if !ext.addrs.iter().any(|a| a.addr() == ext.public_ip) {
-            return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip, iface: ext.name.clone() });
+            return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip.into(), iface: ext.name.clone() });
         }
-        Ok(HostGwBackend { nl, ext, network, routes: BTreeMap::new() })
+        if network6.is_some() {
+            match ext.public_ipv6 {
+                Some(ip6) if ext.addrs6.iter().any(|a| a.addr() == ip6) => {}
+                Some(ip6) => return Err(Error::HostGwPublicIpNotOnIface { ip: ip6.into(), iface: ext.name.clone() }),
+                None => return Err(Error::NoAddress6 { iface: ext.name.clone() }),
+            }
+        }
+        Ok(HostGwBackend {
+            nl,
+            ext,
+            networks: networks(network, network6),
+            v6: network6.is_some(),
+            routes: BTreeMap::new(),
+        })
     }
 
     pub(crate) fn mtu(&self) -> u32 {
@@ -40,14 +62,16 @@ impl HostGwBackend {
 
     /// The routes for `peers`.
     pub(crate) async fn plan(&self, peers: &[Peer]) -> Desired {
-        plan(peers, self.ext.index, self.nl.use_nexthops().await)
+        plan(peers, self.ext.index, self.v6, self.nl.use_nexthops().await)
     }
 
     /// Converge weft's routes to `desired`.
     pub(crate) async fn converge(&mut self, peers: &[Peer], desired: &Desired, report: &mut Report, pass: Pass) {
         let mut p = Programming::new(peers, desired);
-        let result = converge::routes(&self.nl, self.network, &desired.routes, &self.routes, pass).await;
-        if let Some(now) = p.record(report, ObjectKind::Route, &desired.routes, result, |dst| vec![*dst]) {
+        let result = converge::routes(&self.nl, &self.networks, &desired.routes, &self.routes, pass).await;
+        if let Some(now) =
+            p.record(report, ObjectKind::Route, &desired.routes, result, |dst| owners_of_route(peers, dst))
+        {
             self.routes = now;
         }
         p.finish(report);
@@ -55,16 +79,19 @@ impl HostGwBackend {
 }
 
 /// One route per peer via its public IP out of interface `oif`, naming its
-/// nexthop object with `nexthops`. Pure.
-pub(crate) fn plan(peers: &[Peer], oif: u32, nexthops: bool) -> Desired {
-    let routes = peers
-        .iter()
-        .map(|p| {
-            let nhid = nexthops.then(|| nexthop_id(p.subnet));
-            (p.subnet, RouteSpec { gateway: p.public_ip, oif, onlink: false, nhid })
-        })
-        .collect();
-    Desired { routes, ..Desired::default() }.with_nexthops()
+/// nexthop object with `nexthops`; with `v6`, one more to its IPv6 subnet
+/// via its `PublicIPv6` (a peer without both has no IPv6 route: it is an
+/// IPv4-only node). Pure.
+pub(crate) fn plan(peers: &[Peer], oif: u32, v6: bool, nexthops: bool) -> Desired {
+    let mut d = Desired::default();
+    for p in peers {
+        let nhid = nexthops.then(|| nexthop_id(p.subnet));
+        d.routes.insert(p.subnet.into(), RouteSpec { gateway: p.public_ip.into(), oif, onlink: false, nhid });
+        if let (true, Some(subnet6), Some(ip6)) = (v6, p.subnet6, p.public_ipv6) {
+            d.routes.insert(subnet6.into(), RouteSpec { gateway: ip6.into(), oif, onlink: false, nhid: None });
+        }
+    }
+    d.with_nexthops()
 }
 
 #[cfg(test)]
@@ -75,19 +102,27 @@ mod tests {
 
     #[test]
     fn plan_table() {
-        let peers = [
-            Peer { subnet: "10.244.2.0/24".parse().unwrap(), public_ip: Ipv4Addr::new(198, 18, 0, 2), vtep_mac: None },
-            Peer { subnet: "10.244.3.0/24".parse().unwrap(), public_ip: Ipv4Addr::new(198, 18, 0, 3), vtep_mac: None },
-        ];
+        let mut dual = Peer::v4("10.244.2.0/24".parse().unwrap(), Ipv4Addr::new(198, 18, 0, 2), None);
+        dual.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
+        dual.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
+        let peers = [dual.clone(), Peer::v4("10.244.3.0/24".parse().unwrap(), Ipv4Addr::new(198, 18, 0, 3), None)];
         // (nexthops, expected nhid of the first)
         for (nexthops, nhid) in [(false, None), (true, Some(u32::from(Ipv4Addr::new(10, 244, 2, 0))))] {
-            let d = plan(&peers, 4, nexthops);
+            let d = plan(&peers, 4, false, nexthops);
             assert_eq!(d.routes.len(), 2);
-            let r = d.routes[&peers[0].subnet];
-            assert_eq!(r, RouteSpec { gateway: Ipv4Addr::new(198, 18, 0, 2), oif: 4, onlink: false, nhid });
+            let r = d.routes[&IpNet::V4(peers[0].subnet)];
+            assert_eq!(r, RouteSpec { gateway: Ipv4Addr::new(198, 18, 0, 2).into(), oif: 4, onlink: false, nhid });
             assert_eq!(d.nexthops.len(), if nexthops { 2 } else { 0 });
             assert!(d.neigh.is_empty() && d.fdb.is_empty() && d.unplanned.is_empty());
         }
-        assert!(plan(&[], 4, true).routes.is_empty());
+        assert!(plan(&[], 4, true, true).routes.is_empty());
+
+        // Dual-stack: the dual peer also gets its IPv6 route, without a
+        // nexthop object; the IPv4-only peer gets none.
+        let d = plan(&peers, 4, true, true);
+        assert_eq!(d.routes.len(), 3);
+        let r6 = d.routes[&IpNet::V6(dual.subnet6.unwrap())];
+        assert_eq!(r6, RouteSpec { gateway: dual.public_ipv6.unwrap().into(), oif: 4, onlink: false, nhid: None });
+        assert_eq!(d.nexthops.len(), 2);
     }
 }

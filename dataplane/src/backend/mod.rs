@@ -16,12 +16,31 @@ pub(crate) mod vxlan;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::error::{chain, Error, Result};
 use crate::model::{Desired, Peer};
 use crate::report::{ObjectKind, Problem, Report};
 use crate::sync::converge::Outcome;
+
+/// The peers (by IPv4 subnet) a route to `dst` is for: the peer whose
+/// subnet or IPv6 subnet it is.
+pub(crate) fn owners_of_route(peers: &[Peer], dst: &IpNet) -> Vec<Ipv4Net> {
+    peers
+        .iter()
+        .filter(|p| match dst {
+            IpNet::V4(d) => p.subnet == *d,
+            IpNet::V6(d) => p.subnet6 == Some(*d),
+        })
+        .map(|p| p.subnet)
+        .collect()
+}
+
+/// The networks weft's routes live in: the IPv4 network and, on
+/// dual-stack networks, the IPv6 one.
+pub(crate) fn networks(network: Ipv4Net, network6: Option<ipnet::Ipv6Net>) -> Vec<IpNet> {
+    std::iter::once(IpNet::V4(network)).chain(network6.map(IpNet::V6)).collect()
+}
 
 /// The peers of one pass and which of them could not be programmed.
 pub(crate) struct Programming<'p> {
@@ -100,11 +119,7 @@ mod tests {
     use crate::sync::converge::Outcome;
 
     fn peer(n: u8) -> Peer {
-        Peer {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-            public_ip: Ipv4Addr::new(198, 18, 0, n),
-            vtep_mac: None,
-        }
+        Peer::v4(format!("10.244.{n}.0/24").parse().unwrap(), Ipv4Addr::new(198, 18, 0, n), None)
     }
 
     #[test]

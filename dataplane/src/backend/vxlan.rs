@@ -10,7 +10,14 @@
 //!   (through a nexthop object per peer where the kernel has them, see
 //!   `kernel::nexthop`);
 //! - with `DirectRouting`, a peer on the external interface's own subnet gets
-//!   `ip route replace <peer subnet> via <peer public IP> dev <iface>` instead.
+//!   `ip route replace <peer subnet> via <peer public IP> dev <iface>` instead;
+//! - on dual-stack networks the same again for IPv6, as flanneld does it:
+//!   a second device `flannel-v6.<VNI>` (same VNI and port, `local <iface
+//!   IPv6 addr>`, MTU = external MTU − 70, address `<v6 subnet
+//!   network>/128`, `accept_ra` 0) whose MAC is published in
+//!   `BackendV6Data`, and per peer its neighbour, FDB entry (to the peer's
+//!   `PublicIPv6`) and `ip -6 route replace <peer v6 subnet> via <peer v6
+//!   net addr> dev flannel-v6.1 onlink` (no nexthop objects for IPv6).
 //!
 //! What it wants for the peers is [`plan`], pure; the face publishes it
 //! and [`VxlanBackend::converge`] puts it in place bottom-up.
@@ -20,16 +27,16 @@
 //! is recreated.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 use weft_types::{BackendKind, MacAddr, VxlanOptions};
 
-use super::Programming;
+use super::{networks, owners_of_route, Programming};
 use crate::error::{chain, Error, Result};
 use crate::kernel::{Link, Netlink, VxlanSpec};
-use crate::model::{nexthop_id, vxlan_device, Desired, Peer, RouteSpec};
+use crate::model::{nexthop_id, vxlan6_device, vxlan_device, Desired, Peer, RouteSpec};
 use crate::report::{ObjectKind, Problem, Report};
 use crate::sync::converge::{self, Pass};
 use crate::sync::device;
@@ -38,30 +45,48 @@ use crate::sync::iface::ExternalInterface;
 /// VXLAN over IPv4 adds 50 bytes: outer IP 20, UDP 8, VXLAN 8, inner Ethernet 14.
 pub(crate) const VXLAN_OVERHEAD: u32 = 50;
 
+/// VXLAN over IPv6 adds 70 bytes: the outer IPv6 header is 40.
+pub(crate) const VXLAN6_OVERHEAD: u32 = 70;
+
+/// One VXLAN device: `flannel.<VNI>` (IPv4) or `flannel-v6.<VNI>` (IPv6),
+/// and what the last pass left on it.
+struct Vtep {
+    v6: bool,
+    name: String,
+    mac: MacAddr,
+    /// The source address of the tunnel (the external interface's).
+    local: IpAddr,
+    mtu: u32,
+    /// The device's address, once started: `<subnet>/32` or `<v6 subnet>/128`.
+    addr: Option<IpNet>,
+    /// The device's index as last seen (it changes when the device is recreated).
+    index: Option<u32>,
+    neigh: BTreeMap<IpAddr, MacAddr>,
+    fdb: BTreeMap<MacAddr, IpAddr>,
+}
+
 pub(crate) struct VxlanBackend {
     nl: Netlink,
     opts: VxlanOptions,
     ext: ExternalInterface,
-    network: Ipv4Net,
-    name: String,
-    mac: MacAddr,
-    /// The node's subnet, once started.
-    subnet: Option<Ipv4Net>,
-    /// The device's index as last seen (it changes when the device is recreated).
-    index: Option<u32>,
-    /// What the last pass left in place, to tell repairs from changes.
-    routes: BTreeMap<Ipv4Net, RouteSpec>,
-    neigh: BTreeMap<Ipv4Addr, MacAddr>,
-    fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    networks: Vec<IpNet>,
+    v4: Vtep,
+    v6: Option<Vtep>,
+    /// What the last pass left in place (both families).
+    routes: BTreeMap<IpNet, RouteSpec>,
 }
 
 /// A stable, locally administered MAC for a node's VTEP, derived from its
 /// public IP and VNI, so that a re-created device keeps the MAC its lease
 /// already publishes.
-pub(crate) fn derive_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
+pub(crate) fn derive_vtep_mac(public_ip: IpAddr, vni: u32) -> MacAddr {
+    let ip = match public_ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    };
     // FNV-1a over the inputs; any stable mix would do.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in public_ip.octets().into_iter().chain(vni.to_be_bytes()) {
+    for b in ip.into_iter().chain(vni.to_be_bytes()) {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -69,34 +94,33 @@ pub(crate) fn derive_vtep_mac(public_ip: Ipv4Addr, vni: u32) -> MacAddr {
     MacAddr([0x0e, b[0], b[1], b[2], b[3], b[4]])
 }
 
-impl VxlanBackend {
-    /// Look at the host, change nothing: decide the device's name and MAC.
-    /// An existing VXLAN device with the same VNI keeps its MAC (peers know
-    /// it from the lease), even if other settings make weft recreate it.
-    pub(crate) async fn prepare(
-        nl: Netlink,
-        opts: VxlanOptions,
-        ext: ExternalInterface,
-        network: Ipv4Net,
-    ) -> Result<VxlanBackend> {
-        let name = vxlan_device(opts.vni);
-        let mut mac = derive_vtep_mac(ext.public_ip, opts.vni);
+impl Vtep {
+    /// The device of one family, deciding its MAC: an existing VXLAN
+    /// device with the same VNI keeps its MAC (peers know it from the
+    /// lease), even if other settings make weft recreate it.
+    async fn prepare(
+        nl: &Netlink,
+        name: String,
+        local: IpAddr,
+        public: IpAddr,
+        mtu: u32,
+        opts: &VxlanOptions,
+    ) -> Result<Vtep> {
+        let mut mac = derive_vtep_mac(public, opts.vni);
         if let Some(link) = nl.link_by_name(&name).await? {
             let Some(v) = &link.vxlan else { return Err(Error::NotVxlan { device: name }) };
             if let (Some(m), true) = (link.mac, v.vni == Some(opts.vni)) {
                 mac = m;
             }
         }
-        Ok(VxlanBackend {
-            nl,
-            opts,
-            ext,
-            network,
+        Ok(Vtep {
+            v6: local.is_ipv6(),
             name,
             mac,
-            subnet: None,
+            local,
+            mtu,
+            addr: None,
             index: None,
-            routes: BTreeMap::new(),
             neigh: BTreeMap::new(),
             fdb: BTreeMap::new(),
         })
@@ -104,60 +128,43 @@ impl VxlanBackend {
 
     /// Whether an existing device has every attribute weft configures that
     /// cannot be changed in place (`ip -d link show` shows them).
-    fn compatible(&self, link: &Link) -> bool {
+    fn compatible(&self, link: &Link, opts: &VxlanOptions, dev: u32) -> bool {
         let Some(v) = &link.vxlan else { return false };
-        v.vni == Some(self.opts.vni)
-            && v.port == Some(self.opts.port)
-            && v.local == Some(self.ext.addr.addr())
-            && v.link == Some(self.ext.index)
-            && v.gbp == self.opts.gbp
-            && v.learning.unwrap_or(true) == self.opts.learning
+        v.vni == Some(opts.vni)
+            && v.port == Some(opts.port)
+            && v.local == Some(self.local)
+            && v.link == Some(dev)
+            && v.gbp == opts.gbp
+            && v.learning.unwrap_or(true) == opts.learning
             && link.mac == Some(self.mac)
     }
 
-    /// `{"VNI": 1, "VtepMAC": "..."}`, as flanneld publishes it.
-    pub(crate) fn backend_data(&self) -> serde_json::Value {
-        serde_json::json!({"VNI": self.opts.vni, "VtepMAC": self.mac.to_string()})
-    }
-
-    pub(crate) fn mtu(&self) -> u32 {
-        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(VXLAN_OVERHEAD))
-    }
-
-    pub(crate) fn device(&self) -> (&str, Option<u32>) {
-        (&self.name, self.index)
-    }
-
-    fn spec(&self) -> VxlanSpec {
+    fn spec(&self, opts: &VxlanOptions, dev: u32) -> VxlanSpec {
         VxlanSpec {
             name: self.name.clone(),
-            vni: self.opts.vni,
-            local: self.ext.addr.addr(),
-            port: self.opts.port,
-            dev: self.ext.index,
-            gbp: self.opts.gbp,
-            learning: self.opts.learning,
+            vni: opts.vni,
+            local: self.local,
+            port: opts.port,
+            dev,
+            gbp: opts.gbp,
+            learning: opts.learning,
             mac: self.mac,
-            mtu: self.mtu(),
+            mtu: self.mtu,
         }
-    }
-
-    /// Create or reuse the device and give it the subnet's address.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
-        self.subnet = Some(subnet);
-        self.ensure_device(subnet, &mut Report::default()).await.map(|_| ())
     }
 
     /// Make the device exist as configured, up, with its MTU and address;
     /// returns its index. A device whose VNI, port, source, parent,
     /// learning, GBP or MAC differ cannot be changed in place: it is
     /// deleted and created again.
-    async fn ensure_device(&mut self, subnet: Ipv4Net, report: &mut Report) -> Result<u32> {
+    async fn ensure(&mut self, nl: &Netlink, opts: &VxlanOptions, dev: u32, report: &mut Report) -> Result<u32> {
+        let Some(addr) = self.addr else { return Err(Error::Vanished { device: self.name.clone() }) };
         let known = self.index.is_some();
-        let spec = self.spec();
-        let link = match self.nl.link_by_name(&self.name).await? {
+        let spec = self.spec(opts, dev);
+        let mut fresh = false;
+        let link = match nl.link_by_name(&self.name).await? {
             Some(link) if link.vxlan.is_none() => return Err(Error::NotVxlan { device: self.name.clone() }),
-            Some(link) if self.compatible(&link) => {
+            Some(link) if self.compatible(&link, opts, dev) => {
                 if !known {
                     info!(device = %self.name, mac = %self.mac, "reusing existing VXLAN device");
                 }
@@ -166,27 +173,137 @@ impl VxlanBackend {
             other => {
                 if let Some(old) = other {
                     warn!(device = %self.name, "VXLAN device has other settings than configured; recreating it");
-                    self.nl.delete_link(old.index).await?;
+                    nl.delete_link(old.index).await?;
                 } else if known {
                     warn!(device = %self.name, "VXLAN device is missing; recreating it");
                 }
                 if known {
                     report.repaired(ObjectKind::Device, 1);
                 }
-                self.nl.create_vxlan(&spec).await?;
-                info!(device = %self.name, vni = self.opts.vni, mac = %self.mac, port = self.opts.port, "created VXLAN device");
-                self.nl.link_by_name(&self.name).await?.ok_or_else(|| Error::Vanished { device: self.name.clone() })?
+                nl.create_vxlan(&spec).await?;
+                fresh = true;
+                info!(device = %self.name, vni = opts.vni, mac = %self.mac, port = opts.port, "created VXLAN device");
+                nl.link_by_name(&self.name).await?.ok_or_else(|| Error::Vanished { device: self.name.clone() })?
             }
         };
-        let want = Ipv4Net::new(subnet.network(), 32).expect("/32 is a valid prefix");
+        if self.v6 && (fresh || !known) {
+            // Router advertisements must not give the device addresses or
+            // routes of their own (flanneld sets the same).
+            let sysctl = format!("/proc/sys/net/ipv6/conf/{}/accept_ra", self.name);
+            std::fs::write(&sysctl, "0").map_err(|e| Error::Sysctl { path: sysctl.clone(), source: e })?;
+        }
         let same = known && self.index == Some(link.index);
-        device::configure(&self.nl, &link, spec.mtu, want, same, "VXLAN device", report).await?;
+        device::configure(nl, &link, spec.mtu, &[addr], same, "VXLAN device", report).await?;
         self.index = Some(link.index);
         Ok(link.index)
     }
 
-    /// The first half of a pass: check the device (recreating it if
-    /// needed) and plan the peers' entries on it. `None` when the device
+    /// Converge this device's FDB and neighbour entries to `desired`'s of
+    /// its family.
+    async fn converge(
+        &mut self,
+        nl: &Netlink,
+        peers: &[Peer],
+        desired: &Desired,
+        p: &mut Programming<'_>,
+        report: &mut Report,
+        pass: Pass,
+    ) {
+        let Some(index) = self.index else { return };
+        let (neigh, fdb) = desired.family(self.v6);
+        let done = converge::fdb(nl, index, &fdb, &self.fdb, pass).await;
+        let v6 = self.v6;
+        let of_mac = |mac: &MacAddr| {
+            peers
+                .iter()
+                .filter(|p| if v6 { p.vtep_mac6 == Some(*mac) } else { p.vtep_mac == Some(*mac) })
+                .map(|p| p.subnet)
+                .collect()
+        };
+        if let Some(now) = p.record(report, ObjectKind::Fdb, &fdb, done, of_mac) {
+            self.fdb = now;
+        }
+        let done = converge::neighbours(nl, index, v6, &neigh, &self.neigh, pass).await;
+        let of_ip = |ip: &IpAddr| {
+            peers
+                .iter()
+                .filter(|p| match ip {
+                    IpAddr::V4(a) => p.subnet.network() == *a,
+                    IpAddr::V6(a) => p.subnet6.is_some_and(|s| s.network() == *a),
+                })
+                .map(|p| p.subnet)
+                .collect()
+        };
+        if let Some(now) = p.record(report, ObjectKind::Neighbour, &neigh, done, of_ip) {
+            self.neigh = now;
+        }
+    }
+}
+
+impl VxlanBackend {
+    /// Look at the host, change nothing: decide the devices' names and
+    /// MACs. `network6`: the network is dual-stack, so the IPv6 device is
+    /// wanted too.
+    pub(crate) async fn prepare(
+        nl: Netlink,
+        opts: VxlanOptions,
+        ext: ExternalInterface,
+        network: Ipv4Net,
+        network6: Option<Ipv6Net>,
+    ) -> Result<VxlanBackend> {
+        let mtu4 = opts.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let v4 = Vtep::prepare(&nl, vxlan_device(opts.vni), ext.addr.addr().into(), ext.public_ip.into(), mtu4, &opts)
+            .await?;
+        let v6 = match network6 {
+            None => None,
+            Some(_) => {
+                let (Some(local), Some(public)) = (ext.addr6, ext.public_ipv6) else {
+                    return Err(Error::NoAddress6 { iface: ext.name.clone() });
+                };
+                let mtu6 = opts.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN6_OVERHEAD));
+                Some(Vtep::prepare(&nl, vxlan6_device(opts.vni), local.into(), public.into(), mtu6, &opts).await?)
+            }
+        };
+        Ok(VxlanBackend { nl, opts, networks: networks(network, network6), ext, v4, v6, routes: BTreeMap::new() })
+    }
+
+    /// `{"VNI": 1, "VtepMAC": "..."}`, as flanneld publishes it.
+    pub(crate) fn backend_data(&self) -> serde_json::Value {
+        serde_json::json!({"VNI": self.opts.vni, "VtepMAC": self.v4.mac.to_string()})
+    }
+
+    /// `BackendV6Data`: the same for the IPv6 device, on dual-stack networks.
+    pub(crate) fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        let v6 = self.v6.as_ref()?;
+        Some(serde_json::json!({"VNI": self.opts.vni, "VtepMAC": v6.mac.to_string()}))
+    }
+
+    /// The MTU pods should use: the IPv4 device's, or on dual-stack
+    /// networks the smaller IPv6 device's, so that pod packets of both
+    /// families fit without fragmentation.
+    pub(crate) fn mtu(&self) -> u32 {
+        self.v6.as_ref().map_or(self.v4.mtu, |v6| v6.mtu.min(self.v4.mtu))
+    }
+
+    /// The devices and their indexes as last seen.
+    pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
+        std::iter::once(&self.v4).chain(self.v6.as_ref()).map(|v| (v.name.clone(), v.index)).collect()
+    }
+
+    /// Create or reuse the devices and give them the subnets' addresses.
+    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.v4.addr = Some(IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is a valid prefix")));
+        self.v4.ensure(&self.nl, &self.opts, self.ext.index, &mut Report::default()).await?;
+        if let Some(v6) = &mut self.v6 {
+            let Some(s6) = subnet6 else { return Err(Error::Vanished { device: v6.name.clone() }) };
+            v6.addr = Some(IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is a valid prefix")));
+            v6.ensure(&self.nl, &self.opts, self.ext.index, &mut Report::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// The first half of a pass: check the devices (recreating them if
+    /// needed) and plan the peers' entries on them. `None` when a device
     /// cannot be put right (the problem is in `report`). A device created
     /// in this pass has none of what the last pass left on the old one, so
     /// the pass returned reads the kernel.
@@ -196,80 +313,119 @@ impl VxlanBackend {
         report: &mut Report,
         pass: Pass,
     ) -> Option<(Desired, Pass)> {
-        let Some(subnet) = self.subnet else {
+        if self.v4.addr.is_none() {
             report.problem(Problem::NotStarted { backend: BackendKind::Vxlan });
             return None;
-        };
-        let before = self.index;
-        let index = match self.ensure_device(subnet, report).await {
-            Ok(i) => i,
-            Err(e) => {
-                report.problem(Problem::Device { name: self.name.clone(), error: chain(&e) });
-                return None;
+        }
+        let mut pass = pass;
+        let mut indexes = Vec::new();
+        for vtep in std::iter::once(&mut self.v4).chain(self.v6.as_mut()) {
+            let before = vtep.index;
+            match vtep.ensure(&self.nl, &self.opts, self.ext.index, report).await {
+                Ok(i) => {
+                    if before != Some(i) {
+                        pass = Pass::Full;
+                    }
+                    indexes.push(i);
+                }
+                Err(e) => {
+                    report.problem(Problem::Device { name: vtep.name.clone(), error: chain(&e) });
+                    return None;
+                }
             }
-        };
-        let pass = if before == Some(index) { pass } else { Pass::Full };
+        }
         let nexthops = self.nl.use_nexthops().await;
-        Some((plan(peers, index, &self.ext, self.opts.direct_routing, nexthops), pass))
+        let devs = Devices { v4: indexes[0], v6: indexes.get(1).copied() };
+        Some((plan(peers, devs, &self.ext, self.opts.direct_routing, nexthops), pass))
     }
 
     /// The second half: converge FDB, neighbour and route entries to
     /// `desired`, bottom-up (FDB, neighbour, route) so that a route never
     /// points at an unprogrammed peer; stale routes go first in `routes`.
     pub(crate) async fn converge(&mut self, peers: &[Peer], desired: &Desired, report: &mut Report, pass: Pass) {
-        let Some(index) = self.index else {
+        if self.v4.index.is_none() {
             // check_and_plan found the device first; without it nothing is programmed.
             report.problem(Problem::NotStarted { backend: BackendKind::Vxlan });
             return;
-        };
+        }
         let mut p = Programming::new(peers, desired);
-        let fdb = converge::fdb(&self.nl, index, &desired.fdb, &self.fdb, pass).await;
-        let of_mac = |mac: &MacAddr| peers.iter().filter(|p| p.vtep_mac == Some(*mac)).map(|p| p.subnet).collect();
-        if let Some(now) = p.record(report, ObjectKind::Fdb, &desired.fdb, fdb, of_mac) {
-            self.fdb = now;
+        for vtep in std::iter::once(&mut self.v4).chain(self.v6.as_mut()) {
+            vtep.converge(&self.nl, peers, desired, &mut p, report, pass).await;
         }
-        let neigh = converge::neighbours(&self.nl, index, &desired.neigh, &self.neigh, pass).await;
-        let of_ip = |ip: &Ipv4Addr| peers.iter().filter(|p| p.subnet.network() == *ip).map(|p| p.subnet).collect();
-        if let Some(now) = p.record(report, ObjectKind::Neighbour, &desired.neigh, neigh, of_ip) {
-            self.neigh = now;
-        }
-        let routes = converge::routes(&self.nl, self.network, &desired.routes, &self.routes, pass).await;
-        if let Some(now) = p.record(report, ObjectKind::Route, &desired.routes, routes, |dst| vec![*dst]) {
+        let routes = converge::routes(&self.nl, &self.networks, &desired.routes, &self.routes, pass).await;
+        if let Some(now) =
+            p.record(report, ObjectKind::Route, &desired.routes, routes, |dst| owners_of_route(peers, dst))
+        {
             self.routes = now;
         }
         p.finish(report);
     }
 }
 
-/// What the vxlan backend wants for `peers`, on device `dev`: per peer a
+/// The indexes of the VXLAN devices (the IPv6 one on dual-stack networks).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Devices {
+    pub(crate) v4: u32,
+    pub(crate) v6: Option<u32>,
+}
+
+/// What the vxlan backend wants for `peers`, on devices `dev`: per peer a
 /// permanent neighbour (its subnet address -> its VTEP MAC), an FDB entry
 /// (MAC -> public IP) and a route via the subnet address onlink; with
 /// `direct_routing`, a peer on one of the external interface's subnets
 /// gets a route via its public IP on that interface instead, and needs no
 /// MAC. A peer that needs a MAC and has none is left out. With `nexthops`,
-/// each route names its nexthop object. Pure.
-pub(crate) fn plan(peers: &[Peer], dev: u32, ext: &ExternalInterface, direct_routing: bool, nexthops: bool) -> Desired {
+/// each IPv4 route names its nexthop object. With an IPv6 device, the
+/// same for each peer's IPv6 subnet, VTEP MAC and `PublicIPv6` (a peer
+/// without them is an IPv4-only node: it gets no IPv6 entries). Pure.
+pub(crate) fn plan(
+    peers: &[Peer],
+    dev: Devices,
+    ext: &ExternalInterface,
+    direct_routing: bool,
+    nexthops: bool,
+) -> Desired {
     let mut d = Desired::default();
     for p in peers {
         let nhid = nexthops.then(|| nexthop_id(p.subnet));
         let direct = direct_routing && ext.addrs.iter().any(|a| a.contains(&p.public_ip));
         if direct {
-            d.routes.insert(p.subnet, RouteSpec { gateway: p.public_ip, oif: ext.index, onlink: false, nhid });
-            continue;
-        }
-        let Some(mac) = p.vtep_mac else {
+            d.routes.insert(
+                p.subnet.into(),
+                RouteSpec { gateway: p.public_ip.into(), oif: ext.index, onlink: false, nhid },
+            );
+        } else if let Some(mac) = p.vtep_mac {
+            d.neigh.insert(p.subnet.network().into(), mac);
+            d.fdb.insert(mac, p.public_ip.into());
+            d.routes.insert(
+                p.subnet.into(),
+                RouteSpec { gateway: p.subnet.network().into(), oif: dev.v4, onlink: true, nhid },
+            );
+        } else {
             d.unplanned.push((p.subnet, "no VTEP MAC in its lease"));
             continue;
-        };
-        d.neigh.insert(p.subnet.network(), mac);
-        d.fdb.insert(mac, p.public_ip);
-        d.routes.insert(p.subnet, RouteSpec { gateway: p.subnet.network(), oif: dev, onlink: true, nhid });
+        }
+        let (Some(dev6), Some(subnet6), Some(ip6)) = (dev.v6, p.subnet6, p.public_ipv6) else { continue };
+        let direct6 = direct_routing && ext.addrs6.iter().any(|a| a.contains(&ip6));
+        if direct6 {
+            d.routes
+                .insert(subnet6.into(), RouteSpec { gateway: ip6.into(), oif: ext.index, onlink: false, nhid: None });
+        } else if let Some(mac6) = p.vtep_mac6 {
+            let gw6: Ipv6Addr = subnet6.network();
+            d.neigh.insert(gw6.into(), mac6);
+            d.fdb.insert(mac6, ip6.into());
+            d.routes.insert(subnet6.into(), RouteSpec { gateway: gw6.into(), oif: dev6, onlink: true, nhid: None });
+        } else {
+            d.unplanned.push((p.subnet, "no IPv6 VTEP MAC in its lease (BackendV6Data)"));
+        }
     }
     d.with_nexthops()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     fn ext() -> ExternalInterface {
@@ -280,16 +436,17 @@ mod tests {
             addr: "198.18.0.1/24".parse().unwrap(),
             public_ip: Ipv4Addr::new(198, 18, 0, 1),
             addrs: vec!["198.18.0.1/24".parse().unwrap()],
+            addr6: Some("fd00:198:18::1".parse().unwrap()),
+            public_ipv6: Some("fd00:198:18::1".parse().unwrap()),
+            addrs6: vec!["fd00:198:18::1/64".parse().unwrap()],
         }
     }
 
     fn peer(subnet: &str, ip: [u8; 4], mac: Option<&str>) -> Peer {
-        Peer {
-            subnet: subnet.parse().unwrap(),
-            public_ip: Ipv4Addr::from(ip),
-            vtep_mac: mac.map(|m| m.parse().unwrap()),
-        }
+        Peer::v4(subnet.parse().unwrap(), Ipv4Addr::from(ip), mac.map(|m| m.parse().unwrap()))
     }
+
+    const V4_ONLY: Devices = Devices { v4: 9, v6: None };
 
     #[test]
     fn plan_table() {
@@ -299,8 +456,8 @@ mod tests {
         let no_mac_near = peer("10.244.4.0/24", [198, 18, 0, 4], None);
         let no_mac_far = peer("10.244.5.0/24", [198, 19, 0, 5], None);
         let peers = [near.clone(), far.clone(), no_mac_near.clone(), no_mac_far.clone()];
-        let via_vtep = |p: &Peer, nhid| RouteSpec { gateway: p.subnet.network(), oif: 9, onlink: true, nhid };
-        let direct = |p: &Peer| RouteSpec { gateway: p.public_ip, oif: 2, onlink: false, nhid: None };
+        let via_vtep = |p: &Peer, nhid| RouteSpec { gateway: p.subnet.network().into(), oif: 9, onlink: true, nhid };
+        let direct = |p: &Peer| RouteSpec { gateway: p.public_ip.into(), oif: 2, onlink: false, nhid: None };
 
         // (direct routing, nexthops, routes, neighbours, unplanned)
         type Case = (bool, bool, Vec<(Ipv4Net, RouteSpec)>, usize, Vec<Ipv4Net>);
@@ -337,25 +494,64 @@ mod tests {
             ),
         ];
         for (direct_routing, nexthops, routes, neigh, unplanned) in cases {
-            let d = plan(&peers, 9, &ext(), direct_routing, nexthops);
+            let d = plan(&peers, V4_ONLY, &ext(), direct_routing, nexthops);
             let case = format!("direct {direct_routing} nexthops {nexthops}");
-            assert_eq!(d.routes, routes.into_iter().collect(), "{case}");
+            assert_eq!(d.routes, routes.into_iter().map(|(k, v)| (IpNet::V4(k), v)).collect(), "{case}");
             assert_eq!(d.neigh.len(), neigh, "{case}");
             assert_eq!(d.fdb.len(), neigh, "{case}: an FDB entry per neighbour");
             assert_eq!(d.unplanned.iter().map(|(s, _)| *s).collect::<Vec<_>>(), unplanned, "{case}");
             assert_eq!(d.nexthops.len(), if nexthops { d.routes.len() } else { 0 }, "{case}");
         }
-        let d = plan(&peers, 9, &ext(), false, false);
-        assert_eq!(d.neigh.get(&near.subnet.network()), near.vtep_mac.as_ref());
-        assert_eq!(d.fdb.get(&near.vtep_mac.unwrap()), Some(&near.public_ip));
+        let d = plan(&peers, V4_ONLY, &ext(), false, false);
+        assert_eq!(d.neigh.get(&IpAddr::V4(near.subnet.network())), near.vtep_mac.as_ref());
+        assert_eq!(d.fdb.get(&near.vtep_mac.unwrap()), Some(&IpAddr::V4(near.public_ip)));
+    }
+
+    #[test]
+    fn dual_stack_plan_adds_the_ipv6_device_entries() {
+        let mut dual = peer("10.244.2.0/24", [198, 18, 0, 2], Some("0e:00:00:00:00:02"));
+        dual.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
+        dual.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
+        dual.vtep_mac6 = Some("0e:00:00:00:06:02".parse().unwrap());
+        let mut no_mac6 = peer("10.244.3.0/24", [198, 18, 0, 3], Some("0e:00:00:00:00:03"));
+        no_mac6.subnet6 = Some("fd10:244:0:3::/64".parse().unwrap());
+        no_mac6.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
+        let v4_only = peer("10.244.4.0/24", [198, 18, 0, 4], Some("0e:00:00:00:00:04"));
+        let peers = [dual.clone(), no_mac6.clone(), v4_only.clone()];
+        let devs = Devices { v4: 9, v6: Some(10) };
+
+        let d = plan(&peers, devs, &ext(), false, true);
+        let s6 = dual.subnet6.unwrap();
+        let gw6 = IpAddr::V6(s6.network());
+        assert_eq!(d.routes[&IpNet::V6(s6)], RouteSpec { gateway: gw6, oif: 10, onlink: true, nhid: None });
+        assert_eq!(d.neigh[&gw6], dual.vtep_mac6.unwrap());
+        assert_eq!(d.fdb[&dual.vtep_mac6.unwrap()], IpAddr::V6(dual.public_ipv6.unwrap()));
+        assert_eq!(d.routes.len(), 4, "three IPv4 routes and the dual peer's IPv6 one");
+        assert_eq!(d.nexthops.len(), 3, "nexthop objects for IPv4 only");
+        assert_eq!(d.unplanned, vec![(no_mac6.subnet, "no IPv6 VTEP MAC in its lease (BackendV6Data)")]);
+        let (neigh6, fdb6) = d.family(true);
+        assert_eq!((neigh6.len(), fdb6.len()), (1, 1), "the IPv6 device gets only IPv6 entries");
+        let (neigh4, fdb4) = d.family(false);
+        assert_eq!((neigh4.len(), fdb4.len()), (3, 3));
+
+        // DirectRouting over IPv6: a peer on the interface's IPv6 subnet.
+        let d = plan(&peers, devs, &ext(), true, false);
+        assert_eq!(
+            d.routes[&IpNet::V6(s6)],
+            RouteSpec { gateway: dual.public_ipv6.unwrap().into(), oif: 2, onlink: false, nhid: None }
+        );
+        // Without the IPv6 device nothing IPv6 is planned.
+        assert!(plan(&peers, V4_ONLY, &ext(), false, false).routes.keys().all(|k| matches!(k, IpNet::V4(_))));
     }
 
     #[test]
     fn vtep_mac_is_stable_and_locally_administered() {
-        let a = derive_vtep_mac(Ipv4Addr::new(198, 18, 0, 1), 1);
-        assert_eq!(a, derive_vtep_mac(Ipv4Addr::new(198, 18, 0, 1), 1));
-        assert_ne!(a, derive_vtep_mac(Ipv4Addr::new(198, 18, 0, 2), 1));
-        assert_ne!(a, derive_vtep_mac(Ipv4Addr::new(198, 18, 0, 1), 2));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = derive_vtep_mac(ip("198.18.0.1"), 1);
+        assert_eq!(a, derive_vtep_mac(ip("198.18.0.1"), 1));
+        assert_ne!(a, derive_vtep_mac(ip("198.18.0.2"), 1));
+        assert_ne!(a, derive_vtep_mac(ip("198.18.0.1"), 2));
+        assert_ne!(a, derive_vtep_mac(ip("fd00:198:18::1"), 1));
         assert_eq!(a.0[0] & 0b11, 0b10, "unicast, locally administered");
     }
 }

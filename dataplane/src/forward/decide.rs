@@ -75,7 +75,7 @@ mod tests {
 
     #[test]
     fn outbound_decisions() {
-        let peer = Peer { subnet: "10.244.2.0/24".parse().unwrap(), public_ip: [198, 18, 0, 2].into(), vtep_mac: None };
+        let peer = Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None);
         let snap = Snapshot::new(&[peer], 8285);
         let to_peer = SocketAddrV4::new([198, 18, 0, 2].into(), 8285);
         let mut p = packet([10, 244, 2, 5], 64);

@@ -120,7 +120,7 @@ mod tests {
     use super::*;
 
     fn peer(net: &str, ip: [u8; 4]) -> Peer {
-        Peer { subnet: net.parse().unwrap(), public_ip: Ipv4Addr::from(ip), vtep_mac: None }
+        Peer::v4(net.parse().unwrap(), Ipv4Addr::from(ip), None)
     }
 
     #[test]

@@ -1,49 +1,90 @@
-//! Addresses (`ip addr`): the IPv4 addresses of weft's devices and of the
-//! external interface.
-
-use std::net::IpAddr;
+//! Addresses (`ip addr`): the addresses of weft's devices and of the
+//! external interface, both families.
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_route::address::AddressAttribute;
 
 use super::Netlink;
 use crate::error::{Error, Result};
 
+/// Whether `net` is an IPv6 link-local address (`fe80::/10`): the kernel
+/// gives one to every device by itself, so weft neither uses nor removes it.
+pub(crate) fn is_link_local(net: &IpNet) -> bool {
+    matches!(net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80)
+}
+
 impl Netlink {
-    /// `ip -4 addr show`: (interface index, address/prefix).
-    pub(crate) async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
+    /// `ip addr show`: (interface index, address/prefix) of both families.
+    pub(crate) async fn all_addresses(&self) -> Result<Vec<(u32, IpNet)>> {
         let mut stream = self.handle.address().get().execute();
         let mut out = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
-            let addr = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
+            // IFA_LOCAL is the address on point-to-point links; IFA_ADDRESS
+            // the peer's there, and the address itself elsewhere.
+            let local = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(ip) => Some(*ip),
                 _ => None,
             });
-            let addr = addr.or_else(|| {
+            let addr = local.or_else(|| {
                 msg.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Address(IpAddr::V4(v4)) => Some(*v4),
+                    AddressAttribute::Address(ip) => Some(*ip),
                     _ => None,
                 })
             });
-            if let Some(a) = addr {
-                if let Ok(net) = Ipv4Net::new(a, msg.header.prefix_len) {
-                    out.push((msg.header.index, net));
-                }
+            if let Some(net) = addr.and_then(|a| IpNet::new(a, msg.header.prefix_len).ok()) {
+                out.push((msg.header.index, net));
             }
         }
         Ok(out)
     }
 
-    /// `ip -4 addr show dev INDEX`: the device's IPv4 addresses.
-    pub(crate) async fn addresses_of(&self, index: u32) -> Result<Vec<Ipv4Net>> {
-        Ok(self.addresses().await?.into_iter().filter(|(i, _)| *i == index).map(|(_, a)| a).collect())
+    /// `ip -4 addr show`: (interface index, address/prefix).
+    pub(crate) async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
+        Ok(self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .filter_map(|(i, a)| match a {
+                IpNet::V4(v4) => Some((i, v4)),
+                IpNet::V6(_) => None,
+            })
+            .collect())
     }
 
-    /// Make `addr` the only IPv4 address of device `index`: `ip addr del`
-    /// the others, `ip addr replace` it. Returns whether anything changed.
-    pub(crate) async fn ensure_only_address(&self, index: u32, addr: Ipv4Net) -> Result<bool> {
-        let have = self.addresses_of(index).await?;
+    /// `ip -6 addr show scope global`: (interface index, address/prefix),
+    /// link-local addresses left out.
+    pub(crate) async fn addresses6(&self) -> Result<Vec<(u32, Ipv6Net)>> {
+        Ok(self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .filter(|(_, a)| !is_link_local(a))
+            .filter_map(|(i, a)| match a {
+                IpNet::V6(v6) => Some((i, v6)),
+                IpNet::V4(_) => None,
+            })
+            .collect())
+    }
+
+    /// `ip addr show dev INDEX`: the device's addresses of `addr`'s family,
+    /// link-local ones left out.
+    async fn same_family_of(&self, index: u32, family_of: &IpNet) -> Result<Vec<IpNet>> {
+        let v6 = matches!(family_of, IpNet::V6(_));
+        Ok(self
+            .all_addresses()
+            .await?
+            .into_iter()
+            .filter(|(i, a)| *i == index && matches!(a, IpNet::V6(_)) == v6 && !is_link_local(a))
+            .map(|(_, a)| a)
+            .collect())
+    }
+
+    /// Make `addr` the only address of its family on device `index` (IPv6
+    /// link-local addresses aside): `ip addr del` the others, `ip addr
+    /// replace` it. Returns whether anything changed.
+    pub(crate) async fn ensure_only_address(&self, index: u32, addr: IpNet) -> Result<bool> {
+        let have = self.same_family_of(index, &addr).await?;
         if have == [addr] {
             return Ok(false);
         }
@@ -55,10 +96,10 @@ impl Netlink {
     }
 
     /// `ip addr replace ADDR/LEN dev INDEX`
-    pub(crate) async fn replace_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    pub(crate) async fn replace_address(&self, index: u32, addr: IpNet) -> Result<()> {
         self.handle
             .address()
-            .add(index, IpAddr::V4(addr.addr()), addr.prefix_len())
+            .add(index, addr.addr(), addr.prefix_len())
             .replace()
             .execute()
             .await
@@ -66,13 +107,13 @@ impl Netlink {
     }
 
     /// `ip addr del ADDR/LEN dev INDEX`
-    pub(crate) async fn delete_address(&self, index: u32, addr: Ipv4Net) -> Result<()> {
+    pub(crate) async fn delete_address(&self, index: u32, addr: IpNet) -> Result<()> {
         let mut stream = self
             .handle
             .address()
             .get()
             .set_link_index_filter(index)
-            .set_address_filter(IpAddr::V4(addr.addr()))
+            .set_address_filter(addr.addr())
             .set_prefix_length_filter(addr.prefix_len())
             .execute();
         while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip addr show", e))? {
@@ -84,5 +125,18 @@ impl Netlink {
                 .map_err(|e| Error::netlink(format!("ip addr del {addr} dev #{index}"), e))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local_is_fe80_slash_10_only() {
+        for (net, want) in [("fe80::1/64", true), ("febf::1/64", true), ("fec0::1/64", false), ("fd10::1/64", false)] {
+            assert_eq!(is_link_local(&net.parse().unwrap()), want, "{net}");
+        }
+        assert!(!is_link_local(&"169.254.0.1/16".parse().unwrap()));
     }
 }

@@ -1,5 +1,6 @@
 //! Running iptables: `iptables-restore --noflush` for weft's chains,
-//! `iptables` for jumps and for reading a chain back. iptables runs as a
+//! `iptables` for jumps and for reading a chain back; `ip6tables` and
+//! `ip6tables-restore` for IPv6 ([`Family`]). iptables runs as a
 //! child process off the async runtime, with a deadline: a hung iptables (a
 //! held xtables lock) is killed, and never stalls the daemon. What the
 //! rules are is `sync::rules`' business.
@@ -11,6 +12,29 @@ use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
 use crate::error::{Error, Result};
+
+/// Which of the two tools: `iptables` (IPv4) or `ip6tables` (IPv6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn tool(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn restore_tool(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        }
+    }
+}
 
 /// The longest an iptables command may take.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -39,35 +63,35 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool,
     ))
 }
 
-async fn iptables(args: &[&str]) -> Result<bool> {
-    Ok(run("iptables", args, None).await?.0)
+async fn iptables(fam: Family, args: &[&str]) -> Result<bool> {
+    Ok(run(fam.tool(), args, None).await?.0)
 }
 
 /// `iptables-restore -w 5 --noflush` with `input`.
-pub(crate) async fn restore(input: &str) -> Result<()> {
-    let (ok, _, err) = run("iptables-restore", &["-w", "5", "--noflush"], Some(input)).await?;
+pub(crate) async fn restore(fam: Family, input: &str) -> Result<()> {
+    let (ok, _, err) = run(fam.restore_tool(), &["-w", "5", "--noflush"], Some(input)).await?;
     if !ok {
-        return Err(Error::Masq(format!("iptables-restore failed: {err}")));
+        return Err(Error::Masq(format!("{} failed: {err}", fam.restore_tool())));
     }
     Ok(())
 }
 
 /// `iptables -t TABLE OP CHAIN -m comment --comment COMMENT -j TARGET`
 /// (`-C` checks, `-I` inserts, `-D` deletes); whether it succeeded.
-pub(crate) async fn jump(table: &str, op: &str, chain: &str, target: &str, comment: &str) -> Result<bool> {
-    iptables(&["-w", "5", "-t", table, op, chain, "-m", "comment", "--comment", comment, "-j", target]).await
+pub(crate) async fn jump(fam: Family, table: &str, op: &str, chain: &str, target: &str, comment: &str) -> Result<bool> {
+    iptables(fam, &["-w", "5", "-t", table, op, chain, "-m", "comment", "--comment", comment, "-j", target]).await
 }
 
 /// `iptables -t TABLE -S CHAIN`: the chain's rules, `None` when it does not exist.
-pub(crate) async fn show(table: &str, chain: &str) -> Result<Option<String>> {
-    let (ok, rules, _) = run("iptables", &["-w", "5", "-t", table, "-S", chain], None).await?;
+pub(crate) async fn show(fam: Family, table: &str, chain: &str) -> Result<Option<String>> {
+    let (ok, rules, _) = run(fam.tool(), &["-w", "5", "-t", table, "-S", chain], None).await?;
     Ok(ok.then_some(rules))
 }
 
 /// `iptables -t TABLE -F CHAIN && iptables -t TABLE -X CHAIN` (absent is fine).
-pub(crate) async fn delete_chain(table: &str, chain: &str) -> Result<()> {
-    if iptables(&["-w", "5", "-t", table, "-F", chain]).await? {
-        iptables(&["-w", "5", "-t", table, "-X", chain]).await?;
+pub(crate) async fn delete_chain(fam: Family, table: &str, chain: &str) -> Result<()> {
+    if iptables(fam, &["-w", "5", "-t", table, "-F", chain]).await? {
+        iptables(fam, &["-w", "5", "-t", table, "-X", chain]).await?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use futures::TryStreamExt;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo};
 use rtnetlink::{LinkUnspec, LinkVxlan};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use weft_types::MacAddr;
 
 use super::Netlink;
@@ -27,7 +27,7 @@ pub(crate) struct Link {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct VxlanAttrs {
     pub(crate) vni: Option<u32>,
-    pub(crate) local: Option<Ipv4Addr>,
+    pub(crate) local: Option<IpAddr>,
     pub(crate) port: Option<u16>,
     pub(crate) link: Option<u32>,
     pub(crate) learning: Option<bool>,
@@ -39,7 +39,7 @@ pub(crate) struct VxlanAttrs {
 pub(crate) struct VxlanSpec {
     pub(crate) name: String,
     pub(crate) vni: u32,
-    pub(crate) local: Ipv4Addr,
+    pub(crate) local: IpAddr,
     pub(crate) port: u16,
     pub(crate) dev: u32,
     pub(crate) gbp: bool,
@@ -72,13 +72,12 @@ impl Netlink {
 
     /// `ip link add NAME address MAC mtu M type vxlan id VNI local IP dev DEV dstport PORT nolearning [gbp]`
     pub(crate) async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<()> {
-        let mut b = LinkVxlan::new(&spec.name, spec.vni)
-            .dev(spec.dev)
-            .local(spec.local)
-            .port(spec.port)
-            .learning(spec.learning)
-            .mtu(spec.mtu)
-            .address(spec.mac.0.to_vec());
+        let b = LinkVxlan::new(&spec.name, spec.vni).dev(spec.dev);
+        let b = match spec.local {
+            IpAddr::V4(ip) => b.local(ip),
+            IpAddr::V6(ip) => b.local6(ip),
+        };
+        let mut b = b.port(spec.port).learning(spec.learning).mtu(spec.mtu).address(spec.mac.0.to_vec());
         if spec.gbp {
             b = b.append_info_data(InfoVxlan::Gbp);
         }
@@ -144,7 +143,8 @@ pub(crate) fn parse_link(msg: &rtnetlink::packet_route::link::LinkMessage) -> Li
                             for d in data {
                                 match d {
                                     InfoVxlan::Id(v) => attrs.vni = Some(*v),
-                                    InfoVxlan::Local(l) => attrs.local = Some(*l),
+                                    InfoVxlan::Local(l) => attrs.local = Some(IpAddr::V4(*l)),
+                                    InfoVxlan::Local6(l) => attrs.local = Some(IpAddr::V6(*l)),
                                     InfoVxlan::Port(p) => attrs.port = Some(*p),
                                     InfoVxlan::Link(l) => attrs.link = Some(*l),
                                     InfoVxlan::Learning(l) => attrs.learning = Some(*l),

@@ -1,29 +1,32 @@
 //! Netlink multicast events (`ip monitor link address route neigh
 //! nexthop`), parsed into [`Event`]s and handed to a callback.
 //!
-//! One socket joins the groups of links (`RTNLGRP_LINK`), IPv4 addresses
-//! (`RTNLGRP_IPV4_IFADDR`), IPv4 routes (`RTNLGRP_IPV4_ROUTE`) and
-//! neighbours/FDB (`RTNLGRP_NEIGH`); a second one the nexthop group
+//! One socket joins the groups of links (`RTNLGRP_LINK`), addresses and
+//! routes of both families (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`,
+//! `RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`) and neighbours/FDB
+//! (`RTNLGRP_NEIGH`); a second one the nexthop group
 //! (`RTNLGRP_NEXTHOP`), where the kernel has it, since removing a nexthop
 //! takes its routes with it without a route event. What an event means to
 //! weft is decided by the caller (`sync::watch`), never here.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use ipnet::Ipv4Net;
-use rtnetlink::constants::{RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
+use ipnet::IpNet;
+use rtnetlink::constants::{
+    RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH,
+};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
-use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourMessage, NeighbourState};
+use rtnetlink::packet_route::neighbour::{NeighbourMessage, NeighbourState};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::sys::{protocols::NETLINK_ROUTE, AsyncSocket, SocketAddr};
 use tokio::task::JoinHandle;
 use weft_types::MacAddr;
 
-use super::neigh::{neigh_dst, neigh_mac};
+use super::neigh::{ip_of, neigh_dst, neigh_mac};
 use super::nexthop::{NexthopMessage, RTM_DELNEXTHOP, RTNLGRP_NEXTHOP};
 use super::route::parse_route;
 use crate::error::{chain, Error, Result};
@@ -39,14 +42,14 @@ pub(crate) enum Event {
     /// A route was added, replaced or removed.
     Route {
         /// The destination address and output device as the message has them.
-        dst: Option<Ipv4Addr>,
+        dst: Option<IpAddr>,
         oif: Option<u32>,
         /// The route as weft installs routes, if it has that form.
-        spec: Option<(Ipv4Net, RouteSpec)>,
+        spec: Option<(IpNet, RouteSpec)>,
         deleted: bool,
     },
     /// A neighbour (or, `bridge`, an FDB) entry on device `index`.
-    Neighbour { index: u32, bridge: bool, ip: Option<Ipv4Addr>, mac: Option<MacAddr>, permanent: bool, deleted: bool },
+    Neighbour { index: u32, bridge: bool, ip: Option<IpAddr>, mac: Option<MacAddr>, permanent: bool, deleted: bool },
     /// A nexthop object changed or went.
     Nexthop { id: Option<u32>, protocol: u8, spec: Option<NexthopSpec>, deleted: bool },
     /// The socket's buffer overflowed and events were lost (thousands of
@@ -81,7 +84,8 @@ impl Event {
         let (mut dst, mut oif) = (None, None);
         for a in &msg.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+                RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
                 RouteAttribute::Oif(i) => oif = Some(*i),
                 _ => {}
             }
@@ -90,10 +94,7 @@ impl Event {
     }
 
     pub(crate) fn neighbour(msg: &NeighbourMessage, deleted: bool) -> Event {
-        let ip = match neigh_dst(msg) {
-            Some(NeighbourAddress::Inet(ip)) => Some(ip),
-            _ => None,
-        };
+        let ip = neigh_dst(msg).as_ref().and_then(ip_of);
         Event::Neighbour {
             index: msg.header.ifindex,
             bridge: msg.header.family == AddressFamily::Bridge,
@@ -130,7 +131,8 @@ pub(crate) struct Monitor {
 pub(crate) fn spawn(on: impl Fn(&Event) + Send + Sync + 'static) -> Result<Monitor> {
     let on = Arc::new(on);
     let (mut conn, _handle, mut messages) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
-    let groups = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_NEIGH;
+    let groups =
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE | RTMGRP_NEIGH;
     conn.socket_mut().socket_mut().bind(&SocketAddr::new(0, groups)).map_err(Error::NetlinkSocket)?;
     let mut tasks = vec![AbortOnDrop(tokio::spawn(conn))];
     match spawn_nexthops(on.clone()) {

@@ -2,10 +2,10 @@
 //! few others it reads (the default route, the TUN device's network route).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -41,18 +41,22 @@ impl Netlink {
         Ok(found)
     }
 
-    /// `ip route show table main proto 87`: the routes weft installed.
-    pub(crate) async fn weft_routes(&self) -> Result<BTreeMap<Ipv4Net, RouteSpec>> {
-        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    /// `ip route show table main proto 87` and `ip -6 route show table
+    /// main proto 87`: the routes weft installed, both families.
+    pub(crate) async fn weft_routes(&self) -> Result<BTreeMap<IpNet, RouteSpec>> {
         let mut out = BTreeMap::new();
-        while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
-            if msg.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO)
-                || msg.header.table != RouteHeader::RT_TABLE_MAIN
-            {
-                continue;
-            }
-            if let Some((dst, spec)) = parse_route(&msg) {
-                out.insert(dst, spec);
+        let dumps = [RouteMessageBuilder::<Ipv4Addr>::new().build(), RouteMessageBuilder::<Ipv6Addr>::new().build()];
+        for dump in dumps {
+            let mut stream = self.handle.route().get(dump).execute();
+            while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
+                if msg.header.protocol != RouteProtocol::Other(WEFT_ROUTE_PROTO)
+                    || msg.header.table != RouteHeader::RT_TABLE_MAIN
+                {
+                    continue;
+                }
+                if let Some((dst, spec)) = parse_route(&msg) {
+                    out.insert(dst, spec);
+                }
             }
         }
         Ok(out)
@@ -60,7 +64,11 @@ impl Netlink {
 
     /// The interface of the IPv4 default route, if there is one.
     pub(crate) async fn default_route_oif(&self) -> Result<Option<u32>> {
-        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+        self.default_oif(RouteMessageBuilder::<Ipv4Addr>::new().build()).await
+    }
+
+    async fn default_oif(&self, dump: RouteMessage) -> Result<Option<u32>> {
+        let mut stream = self.handle.route().get(dump).execute();
         while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
             if msg.header.destination_prefix_length == 0 && msg.header.table == RouteHeader::RT_TABLE_MAIN {
                 if let Some(oif) = msg.attributes.iter().find_map(|a| match a {
@@ -74,26 +82,28 @@ impl Netlink {
         Ok(None)
     }
 
-    fn route_message(dst: Ipv4Net, spec: &RouteSpec) -> RouteMessage {
-        let b = RouteMessageBuilder::<Ipv4Addr>::new()
+    fn route_message(dst: IpNet, spec: &RouteSpec) -> Result<RouteMessage> {
+        let invalid = |e: String| Error::Conflict(format!("route {dst}: {e}"));
+        let b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| invalid(e.to_string()))?
             .protocol(RouteProtocol::Other(WEFT_ROUTE_PROTO));
         if let Some(id) = spec.nhid {
             let mut msg = b.build();
             msg.attributes.push(RouteAttribute::NhId(id));
-            return msg;
+            return Ok(msg);
         }
-        let mut b = b.gateway(spec.gateway).output_interface(spec.oif);
+        let mut b = b.gateway(spec.gateway).map_err(|e| invalid(e.to_string()))?.output_interface(spec.oif);
         if spec.onlink {
             b = b.onlink();
         }
-        b.build()
+        Ok(b.build())
     }
 
     /// `ip route replace DST nhid ID proto 87`, or without nexthop objects
     /// `ip route replace DST via GW dev OIF [onlink] proto 87`.
-    pub(crate) async fn replace_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
-        self.handle.route().add(Self::route_message(dst, spec)).replace().execute().await.map_err(|e| {
+    pub(crate) async fn replace_route(&self, dst: IpNet, spec: &RouteSpec) -> Result<()> {
+        self.handle.route().add(Self::route_message(dst, spec)?).replace().execute().await.map_err(|e| {
             let op = match spec.nhid {
                 Some(id) => format!("ip route replace {dst} nhid {id}"),
                 None => format!("ip route replace {dst} via {} dev #{}", spec.gateway, spec.oif),
@@ -103,8 +113,8 @@ impl Netlink {
     }
 
     /// `ip route del DST via GW dev OIF proto 87` (absent is fine).
-    pub(crate) async fn delete_route(&self, dst: Ipv4Net, spec: &RouteSpec) -> Result<()> {
-        match self.handle.route().del(Self::route_message(dst, spec)).execute().await {
+    pub(crate) async fn delete_route(&self, dst: IpNet, spec: &RouteSpec) -> Result<()> {
+        match self.handle.route().del(Self::route_message(dst, spec)?).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
             Err(e) => Err(Error::netlink(format!("ip route del {dst}"), e)),
@@ -112,29 +122,33 @@ impl Netlink {
     }
 }
 
-pub(crate) fn parse_route(msg: &RouteMessage) -> Option<(Ipv4Net, RouteSpec)> {
+/// A route of either family as weft installs them: destination, gateway
+/// (or nexthop id), device.
+pub(crate) fn parse_route(msg: &RouteMessage) -> Option<(IpNet, RouteSpec)> {
+    let v6 = msg.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+    let unspecified = if v6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
     let mut dst = None;
     let mut gateway = None;
     let mut oif = None;
     let mut nhid = None;
     for a in &msg.attributes {
         match a {
-            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(*d),
-            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = Some(IpAddr::V4(*d)),
+            RouteAttribute::Destination(RouteAddress::Inet6(d)) => dst = Some(IpAddr::V6(*d)),
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => gateway = Some(IpAddr::V6(*g)),
             RouteAttribute::Oif(i) => oif = Some(*i),
             RouteAttribute::NhId(id) => nhid = Some(*id),
             _ => {}
         }
     }
-    let dst = Ipv4Net::new(dst.unwrap_or(Ipv4Addr::UNSPECIFIED), msg.header.destination_prefix_length).ok()?;
+    let dst = IpNet::new(dst.unwrap_or(unspecified), msg.header.destination_prefix_length).ok()?;
     let onlink = msg.header.flags.contains(RouteFlags::Onlink);
     match (gateway, oif, nhid) {
         (Some(gateway), Some(oif), nhid) => Some((dst, RouteSpec { gateway, oif, onlink, nhid })),
         // With `net.ipv4.nexthop_compat_mode=0` a route shows only its
         // nexthop id; the caller fills in the rest from the nexthop.
-        (_, _, Some(id)) => {
-            Some((dst, RouteSpec { gateway: Ipv4Addr::UNSPECIFIED, oif: 0, onlink: false, nhid: Some(id) }))
-        }
+        (_, _, Some(id)) => Some((dst, RouteSpec { gateway: unspecified, oif: 0, onlink: false, nhid: Some(id) })),
         _ => None,
     }
 }

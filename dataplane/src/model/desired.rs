@@ -4,30 +4,35 @@
 //! backend converges the host to it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use weft_types::MacAddr;
 
-/// A route weft installs, keyed by its destination.
+/// A route weft installs, keyed by its destination (of either family; the
+/// gateway is of the same family).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RouteSpec {
-    pub(crate) gateway: Ipv4Addr,
+    pub(crate) gateway: IpAddr,
     pub(crate) oif: u32,
     pub(crate) onlink: bool,
     /// The nexthop object carrying gateway, device and onlink, when the
-    /// kernel has them (`kernel::nexthop`).
+    /// kernel has them (`kernel::nexthop`); IPv4 routes only.
     pub(crate) nhid: Option<u32>,
 }
 
 impl RouteSpec {
-    /// The part a nexthop object holds.
-    pub(crate) fn nexthop(&self) -> NexthopSpec {
-        NexthopSpec { gateway: self.gateway, oif: self.oif, onlink: self.onlink }
+    /// The part a nexthop object holds (IPv4 routes: weft makes no IPv6
+    /// nexthop objects).
+    pub(crate) fn nexthop(&self) -> Option<NexthopSpec> {
+        match self.gateway {
+            IpAddr::V4(gateway) => Some(NexthopSpec { gateway, oif: self.oif, onlink: self.onlink }),
+            IpAddr::V6(_) => None,
+        }
     }
 }
 
-/// What a nexthop object points at.
+/// What an (IPv4) nexthop object points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct NexthopSpec {
     pub(crate) gateway: Ipv4Addr,
@@ -42,14 +47,16 @@ pub(crate) fn nexthop_id(subnet: Ipv4Net) -> u32 {
 }
 
 /// The routes, nexthops, neighbour and FDB entries a backend wants, and
-/// the peers it cannot program at all.
+/// the peers it cannot program at all. Both families in one map each:
+/// IPv6 neighbour and FDB entries belong on the IPv6 VXLAN device, which
+/// their family says (see [`Desired::family`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Desired {
-    pub(crate) routes: BTreeMap<Ipv4Net, RouteSpec>,
+    pub(crate) routes: BTreeMap<IpNet, RouteSpec>,
     /// The nexthop objects the routes name (filled by [`Desired::with_nexthops`]).
     pub(crate) nexthops: BTreeMap<u32, NexthopSpec>,
-    pub(crate) neigh: BTreeMap<Ipv4Addr, MacAddr>,
-    pub(crate) fdb: BTreeMap<MacAddr, Ipv4Addr>,
+    pub(crate) neigh: BTreeMap<IpAddr, MacAddr>,
+    pub(crate) fdb: BTreeMap<MacAddr, IpAddr>,
     /// Peers left out, with why (a vxlan peer without a VTEP MAC).
     pub(crate) unplanned: Vec<(Ipv4Net, &'static str)>,
 }
@@ -57,8 +64,16 @@ pub(crate) struct Desired {
 impl Desired {
     /// Fill in the nexthop objects the routes name.
     pub(crate) fn with_nexthops(mut self) -> Desired {
-        self.nexthops = self.routes.values().filter_map(|s| Some((s.nhid?, s.nexthop()))).collect();
+        self.nexthops = self.routes.values().filter_map(|s| Some((s.nhid?, s.nexthop()?))).collect();
         self
+    }
+
+    /// The neighbour and FDB entries of one family (`v6`: the IPv6
+    /// device's), for converging one device.
+    pub(crate) fn family(&self, v6: bool) -> (BTreeMap<IpAddr, MacAddr>, BTreeMap<MacAddr, IpAddr>) {
+        let neigh = self.neigh.iter().filter(|(ip, _)| ip.is_ipv6() == v6).map(|(k, v)| (*k, *v)).collect();
+        let fdb = self.fdb.iter().filter(|(_, ip)| ip.is_ipv6() == v6).map(|(k, v)| (*k, *v)).collect();
+        (neigh, fdb)
     }
 }
 
@@ -73,7 +88,7 @@ mod tests {
 
     #[test]
     fn nexthops_are_those_the_routes_name() {
-        let gw = Ipv4Addr::new(10, 244, 2, 0);
+        let gw = IpAddr::V4(Ipv4Addr::new(10, 244, 2, 0));
         let with = RouteSpec { gateway: gw, oif: 7, onlink: true, nhid: Some(5) };
         let without = RouteSpec { nhid: None, ..with };
         let d = Desired {
@@ -84,6 +99,6 @@ mod tests {
             ..Desired::default()
         }
         .with_nexthops();
-        assert_eq!(d.nexthops, BTreeMap::from([(5, with.nexthop())]));
+        assert_eq!(d.nexthops, BTreeMap::from([(5, with.nexthop().unwrap())]));
     }
 }

@@ -24,7 +24,15 @@ pub(crate) fn vxlan_device(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
-/// Whether `name` is a VXLAN device name weft makes (`flannel.<digits>`).
+/// The IPv6 VXLAN device of `vni`, as flanneld names it: `flannel-v6.<VNI>`.
+pub(crate) fn vxlan6_device(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
+}
+
+/// Whether `name` is a VXLAN device name weft makes (`flannel.<digits>`
+/// or `flannel-v6.<digits>`).
 pub(crate) fn is_vxlan_device(name: &str) -> bool {
-    name.strip_prefix("flannel.").is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
+    name.strip_prefix("flannel.")
+        .or_else(|| name.strip_prefix("flannel-v6."))
+        .is_some_and(|vni| !vni.is_empty() && vni.bytes().all(|b| b.is_ascii_digit()))
 }

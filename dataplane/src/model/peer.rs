@@ -1,9 +1,9 @@
 //! A peer: another node, as the backends need to know it. The daemon
 //! derives the desired peer set from the leases.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use weft_types::MacAddr;
 
 /// Another node, as a backend needs to know it.
@@ -13,4 +13,17 @@ pub struct Peer {
     pub public_ip: Ipv4Addr,
     /// The peer's VTEP MAC (vxlan only).
     pub vtep_mac: Option<MacAddr>,
+    /// The peer's IPv6 subnet, on dual-stack networks.
+    pub subnet6: Option<Ipv6Net>,
+    /// The peer's IPv6 public address (`PublicIPv6`).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The MAC of the peer's IPv6 VTEP (`BackendV6Data.VtepMAC`, vxlan only).
+    pub vtep_mac6: Option<MacAddr>,
+}
+
+impl Peer {
+    /// An IPv4-only peer.
+    pub fn v4(subnet: Ipv4Net, public_ip: Ipv4Addr, vtep_mac: Option<MacAddr>) -> Peer {
+        Peer { subnet, public_ip, vtep_mac, subnet6: None, public_ipv6: None, vtep_mac6: None }
+    }
 }

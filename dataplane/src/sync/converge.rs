@@ -15,10 +15,10 @@
 //! kernel event, and the full pass that follows finds it.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use futures::{stream, FutureExt, StreamExt};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use std::future::Future;
 use tracing::{debug, info};
 use weft_types::MacAddr;
@@ -129,16 +129,17 @@ impl<K: Ord + Clone> Outcome<K> {
     }
 }
 
-/// Converge weft's routes inside `network` to `desired`, and the nexthop
+/// Converge weft's routes inside `networks` (the IPv4 network and, on
+/// dual-stack networks, the IPv6 one) to `desired`, and the nexthop
 /// objects those routes name. Nexthops are put in place before the routes
 /// that use them and removed after (removing one takes its routes along).
 pub(crate) async fn routes(
     nl: &Netlink,
-    network: Ipv4Net,
-    desired: &BTreeMap<Ipv4Net, RouteSpec>,
-    previous: &BTreeMap<Ipv4Net, RouteSpec>,
+    networks: &[IpNet],
+    desired: &BTreeMap<IpNet, RouteSpec>,
+    previous: &BTreeMap<IpNet, RouteSpec>,
     pass: Pass,
-) -> Result<Outcome<Ipv4Net>> {
+) -> Result<Outcome<IpNet>> {
     let nexthops = match (nl.nexthops_supported().await, pass) {
         (false, _) => None,
         (true, Pass::Full) => Some(nl.nexthops().dump().await?),
@@ -146,12 +147,12 @@ pub(crate) async fn routes(
         (true, Pass::Delta) => Some(
             previous
                 .values()
-                .filter_map(|s| Some((s.nhid?, Nexthop { spec: Some(s.nexthop()), protocol: WEFT_ROUTE_PROTO })))
+                .filter_map(|s| Some((s.nhid?, Nexthop { spec: Some(s.nexthop()?), protocol: WEFT_ROUTE_PROTO })))
                 .collect(),
         ),
     };
     let mut installed: BTreeMap<_, _> = installed(pass, previous, async {
-        Ok(nl.weft_routes().await?.into_iter().filter(|(dst, _)| network.contains(dst)).collect())
+        Ok(nl.weft_routes().await?.into_iter().filter(|(dst, _)| networks.iter().any(|n| n.contains(dst))).collect())
     })
     .await?;
     if let Some(all) = &nexthops {
@@ -159,21 +160,21 @@ pub(crate) async fn routes(
             // A route that shows only its nexthop id (compat mode off).
             if let (0, Some(nh)) = (spec.oif, spec.nhid.and_then(|id| all.get(&id))) {
                 if let Some(n) = nh.spec {
-                    (spec.gateway, spec.oif, spec.onlink) = (n.gateway, n.oif, n.onlink);
+                    (spec.gateway, spec.oif, spec.onlink) = (IpAddr::V4(n.gateway), n.oif, n.onlink);
                 }
             }
         }
     }
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
-    let mut install: Vec<(Ipv4Net, RouteSpec)> = d.install;
+    let mut install: Vec<(IpNet, RouteSpec)> = d.install;
 
     // Nexthops first: weft's (protocol 87) that differ are replaced; an id
     // held by another program's nexthop is left alone and its route fails.
     let mut ours: BTreeMap<u32, NexthopSpec> = BTreeMap::new();
     if let Some(all) = &nexthops {
-        let want: BTreeMap<u32, (Ipv4Net, NexthopSpec)> =
-            desired.iter().filter_map(|(dst, s)| Some((s.nhid?, (*dst, s.nexthop())))).collect();
+        let want: BTreeMap<u32, (IpNet, NexthopSpec)> =
+            desired.iter().filter_map(|(dst, s)| Some((s.nhid?, (*dst, s.nexthop()?)))).collect();
         ours = all
             .iter()
             .filter(|(_, n)| n.protocol == WEFT_ROUTE_PROTO)
@@ -207,11 +208,11 @@ pub(crate) async fn routes(
             out.failed.push((want[&id].0, e));
         }
     }
-    let failed_dst: std::collections::BTreeSet<Ipv4Net> = out.failed.iter().map(|(d, _)| *d).collect();
+    let failed_dst: std::collections::BTreeSet<IpNet> = out.failed.iter().map(|(d, _)| *d).collect();
     install.retain(|(dst, _)| !failed_dst.contains(dst));
 
     // A route that only changes is replaced in place below.
-    let stale: Vec<(Ipv4Net, RouteSpec)> = d.remove.into_iter().filter(|(dst, _)| !desired.contains_key(dst)).collect();
+    let stale: Vec<(IpNet, RouteSpec)> = d.remove.into_iter().filter(|(dst, _)| !desired.contains_key(dst)).collect();
     let failed = each(&stale, |dst, spec| async move { nl.delete_route(dst, &spec).await }).await;
     log_changes("removed", "route", &stale, &failed, |dst, s| format!("{dst} via {}", s.gateway));
     out.failed.extend(failed);
@@ -233,15 +234,17 @@ pub(crate) async fn routes(
     Ok(out)
 }
 
-/// Converge the permanent neighbour entries of device `index`.
+/// Converge the permanent neighbour entries of device `index`, of one
+/// family (`v6`).
 pub(crate) async fn neighbours(
     nl: &Netlink,
     index: u32,
-    desired: &BTreeMap<Ipv4Addr, MacAddr>,
-    previous: &BTreeMap<Ipv4Addr, MacAddr>,
+    v6: bool,
+    desired: &BTreeMap<IpAddr, MacAddr>,
+    previous: &BTreeMap<IpAddr, MacAddr>,
     pass: Pass,
-) -> Result<Outcome<Ipv4Addr>> {
-    let installed = installed(pass, previous, nl.permanent_neighbours(index)).await?;
+) -> Result<Outcome<IpAddr>> {
+    let installed = installed(pass, previous, nl.permanent_neighbours(index, v6)).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     let stale: Vec<_> = d.remove.iter().filter(|(ip, _)| !desired.contains_key(ip)).cloned().collect();
@@ -255,8 +258,8 @@ pub(crate) async fn neighbours(
 pub(crate) async fn fdb(
     nl: &Netlink,
     index: u32,
-    desired: &BTreeMap<MacAddr, Ipv4Addr>,
-    previous: &BTreeMap<MacAddr, Ipv4Addr>,
+    desired: &BTreeMap<MacAddr, IpAddr>,
+    previous: &BTreeMap<MacAddr, IpAddr>,
     pass: Pass,
 ) -> Result<Outcome<MacAddr>> {
     let installed = installed(pass, previous, nl.fdb(index)).await?;

@@ -1,8 +1,8 @@
 //! What every device weft makes needs after it exists: up, with its MTU,
-//! and one address. One helper for the VXLAN and TUN devices, so that both
+//! and one address per family. One helper for the VXLAN and TUN devices, so that both
 //! decide the same way what counts as a repair.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::warn;
 
 use crate::error::Result;
@@ -10,14 +10,14 @@ use crate::kernel::{Link, Netlink};
 use crate::report::{ObjectKind, Report};
 
 /// Bring `link` up with `mtu` (`ip link set dev D mtu M up`) and make
-/// `addr` its only IPv4 address. `same`: this is the device the last pass
+/// each of `addrs` (at most one per family) the only address of its family. `same`: this is the device the last pass
 /// configured (not new, not recreated), so anything put back is a repair,
 /// logged and counted; `what` names it in the log ("VXLAN device").
 pub(crate) async fn configure(
     nl: &Netlink,
     link: &Link,
     mtu: u32,
-    addr: Ipv4Net,
+    addrs: &[IpNet],
     same: bool,
     what: &str,
     report: &mut Report,
@@ -29,9 +29,11 @@ pub(crate) async fn configure(
         }
         nl.set_up_with_mtu(link.index, mtu).await?;
     }
-    if nl.ensure_only_address(link.index, addr).await? && same {
-        warn!(device = %link.name, address = %addr, "{what} lost its address; restoring it");
-        report.repaired(ObjectKind::Address, 1);
+    for addr in addrs {
+        if nl.ensure_only_address(link.index, *addr).await? && same {
+            warn!(device = %link.name, address = %addr, "{what} lost its address; restoring it");
+            report.repaired(ObjectKind::Address, 1);
+        }
     }
     Ok(())
 }

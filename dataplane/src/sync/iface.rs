@@ -1,11 +1,14 @@
 //! Choosing the external interface and the public IP, as flanneld does:
 //! `--iface` (names or addresses, first match wins), else `--iface-regex`,
 //! else the interface of the default route; the public IP is `--public-ip`
-//! or the interface's first IPv4 address.
+//! or the interface's first IPv4 address. On dual-stack networks the same
+//! interface must carry a global IPv6 address as well: the public IPv6
+//! address is `--public-ipv6` or the interface's first one. An IPv6
+//! address given in `--iface` names the interface that has it.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::error::{Error, Result};
 use crate::kernel::{Link, Netlink};
@@ -19,6 +22,10 @@ pub struct IfaceRequest {
     pub regexes: Vec<String>,
     /// `--public-ip`.
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`.
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// The network is dual-stack: the interface needs an IPv6 address.
+    pub ipv6: bool,
 }
 
 /// The interface pod traffic leaves the node through.
@@ -33,12 +40,19 @@ pub struct ExternalInterface {
     pub public_ip: Ipv4Addr,
     /// All IPv4 addresses of the interface.
     pub addrs: Vec<Ipv4Net>,
+    /// The interface's IPv6 address (the IPv6 VXLAN source), on dual-stack networks.
+    pub addr6: Option<Ipv6Addr>,
+    /// The IPv6 address published in the lease (`PublicIPv6`).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// All global IPv6 addresses of the interface.
+    pub addrs6: Vec<Ipv6Net>,
 }
 
 /// Pick the interface from the host's links and addresses. Pure.
 pub(crate) fn select(
     links: &[Link],
     addrs: &[(u32, Ipv4Net)],
+    addrs6: &[(u32, Ipv6Net)],
     default_oif: Option<u32>,
     req: &IfaceRequest,
 ) -> Result<ExternalInterface> {
@@ -47,12 +61,12 @@ pub(crate) fn select(
     let link = if !req.ifaces.is_empty() {
         let mut found = None;
         for want in &req.ifaces {
-            found = match want.parse::<Ipv4Addr>() {
-                Ok(ip) => {
-                    addrs.iter().find(|(_, a)| a.addr() == ip).and_then(|(i, _)| links.iter().find(|l| l.index == *i))
-                }
-                Err(_) => links.iter().find(|l| &l.name == want),
+            let index = match want.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => addrs.iter().find(|(_, a)| a.addr() == ip).map(|(i, _)| *i),
+                Ok(IpAddr::V6(ip)) => addrs6.iter().find(|(_, a)| a.addr() == ip).map(|(i, _)| *i),
+                Err(_) => links.iter().find(|l| &l.name == want).map(|l| l.index),
             };
+            found = index.and_then(|i| links.iter().find(|l| l.index == i));
             if found.is_some() {
                 break;
             }
@@ -61,7 +75,7 @@ pub(crate) fn select(
             Some(l) => l,
             None => {
                 let first = &req.ifaces[0];
-                return Err(match first.parse::<Ipv4Addr>() {
+                return Err(match first.parse::<IpAddr>() {
                     Ok(ip) => Error::NoInterfaceWithAddress(ip),
                     Err(_) => Error::NoSuchInterface(first.clone()),
                 });
@@ -96,20 +110,82 @@ pub(crate) fn select(
             ip
         }
     };
-    Ok(ExternalInterface { index: link.index, name: link.name.clone(), mtu: link.mtu, addr, public_ip, addrs: own })
+    let own6: Vec<Ipv6Net> = addrs6.iter().filter(|(i, _)| *i == link.index).map(|(_, a)| *a).collect();
+    // An IPv6 address given in --iface is used as given (flannel >= 0.25.7).
+    let given6 =
+        req.ifaces.iter().find_map(|w| w.parse::<Ipv6Addr>().ok()).filter(|ip| own6.iter().any(|a| a.addr() == *ip));
+    let public_ipv6 = match req.public_ipv6 {
+        Some(ip) if !addrs6.iter().any(|(_, a)| a.addr() == ip) => return Err(Error::PublicIpv6NotLocal { ip }),
+        Some(ip) => Some(ip),
+        None => given6.or_else(|| own6.first().map(|a| a.addr())),
+    };
+    if req.ipv6 && public_ipv6.is_none() {
+        return Err(Error::NoAddress6 { iface: link.name.clone() });
+    }
+    let addr6 =
+        public_ipv6.filter(|ip| own6.iter().any(|a| a.addr() == *ip)).or_else(|| own6.first().map(|a| a.addr()));
+    let (addr6, public_ipv6) = if req.ipv6 { (addr6, public_ipv6) } else { (None, None) };
+    Ok(ExternalInterface {
+        index: link.index,
+        name: link.name.clone(),
+        mtu: link.mtu,
+        addr,
+        public_ip,
+        addrs: own,
+        addr6,
+        public_ipv6,
+        addrs6: own6,
+    })
 }
 
 /// Read the host's links and addresses and pick the external interface.
 pub(crate) async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
     let links = nl.links().await?;
     let addrs = nl.addresses().await?;
+    let addrs6 = nl.addresses6().await?;
     let default_oif =
         if req.ifaces.is_empty() && req.regexes.is_empty() { nl.default_route_oif().await? } else { None };
-    select(&links, &addrs, default_oif, req)
+    select(&links, &addrs, &addrs6, default_oif, req)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dual_stack_selection() {
+        let (links, addrs) = host();
+        let addrs6: Vec<(u32, Ipv6Net)> = vec![
+            (2, "fd00:198:18::2/64".parse().unwrap()),
+            (3, "fd00:198:19::2/64".parse().unwrap()),
+            (3, "fd00:198:19::9/64".parse().unwrap()),
+        ];
+        let pick6 = |req: IfaceRequest, oif| select(&links, &addrs, &addrs6, oif, &req);
+        let dual = IfaceRequest { ipv6: true, ..Default::default() };
+        let d = pick6(dual.clone(), Some(2)).unwrap();
+        assert_eq!(
+            (d.name.as_str(), d.public_ipv6, d.addr6),
+            ("eth0", Some("fd00:198:18::2".parse().unwrap()), Some("fd00:198:18::2".parse().unwrap()))
+        );
+        // An IPv6 address in --iface names its interface and is used as given.
+        let by6 = pick6(IfaceRequest { ifaces: vec!["fd00:198:19::9".into()], ..dual.clone() }, None).unwrap();
+        assert_eq!((by6.name.as_str(), by6.public_ipv6), ("eth1", Some("fd00:198:19::9".parse().unwrap())));
+        let given =
+            pick6(IfaceRequest { public_ipv6: Some("fd00:198:19::2".parse().unwrap()), ..dual.clone() }, Some(2))
+                .unwrap();
+        assert_eq!(
+            (given.public_ipv6, given.addr6),
+            (Some("fd00:198:19::2".parse().unwrap()), Some("fd00:198:18::2".parse().unwrap()))
+        );
+        let e = pick6(IfaceRequest { ifaces: vec!["eth2".into()], ..dual.clone() }, None).unwrap_err().to_string();
+        assert!(e.contains("eth2 has no IPv4 address"), "{e}");
+        let no6 = select(&links, &addrs, &[], Some(2), &dual).unwrap_err().to_string();
+        assert!(no6.contains("eth0 has no global IPv6 address"), "{no6}");
+        let e = pick6(IfaceRequest { public_ipv6: Some("2001:db8::1".parse().unwrap()), ..dual }, Some(2)).unwrap_err();
+        assert!(e.to_string().contains("2001:db8::1 is not an address of this host"), "{e}");
+        // IPv4-only networks publish no IPv6 address even where there is one.
+        let v4 = pick6(IfaceRequest::default(), Some(2)).unwrap();
+        assert_eq!((v4.public_ipv6, v4.addr6), (None, None));
+    }
+
     use super::*;
 
     fn link(index: u32, name: &str) -> Link {
@@ -130,7 +206,7 @@ mod tests {
 
     fn pick(req: IfaceRequest, default_oif: Option<u32>) -> Result<ExternalInterface> {
         let (links, addrs) = host();
-        select(&links, &addrs, default_oif, &req)
+        select(&links, &addrs, &[], default_oif, &req)
     }
 
     #[test]

@@ -1,20 +1,21 @@
 //! What an earlier run with another config left on the host, removed when
 //! the dataplane starts: the device of another backend (`flannel0` after
-//! udp, `flannel.<VNI>` after vxlan or another VNI) and weft's routes
-//! outside the current network. Without this, switching a node from udp to
+//! udp, `flannel.<VNI>` after vxlan or another VNI, `flannel-v6.<VNI>`
+//! after IPv6 was turned off) and weft's routes outside the current
+//! networks. Without this, switching a node from udp to
 //! vxlan would leave the persistent `flannel0` holding the network's route
 //! with nobody reading it.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::error::Result;
 use crate::kernel::Netlink;
 use crate::model::{is_vxlan_device, TUN_NAME};
 
-/// Whether `name` of kind `kind` is a device weft makes and `keep` is not.
-fn is_leftover(name: &str, kind: Option<&str>, keep: Option<&str>) -> bool {
-    if Some(name) == keep {
+/// Whether `name` of kind `kind` is a device weft makes and not in `keep`.
+fn is_leftover(name: &str, kind: Option<&str>, keep: &[&str]) -> bool {
+    if keep.contains(&name) {
         return false;
     }
     let udp = name == TUN_NAME && kind == Some("tun");
@@ -23,9 +24,9 @@ fn is_leftover(name: &str, kind: Option<&str>, keep: Option<&str>) -> bool {
 }
 
 /// Remove the devices weft makes other than `keep`, and weft's routes
-/// outside `network`. Failures are logged; the backend's own start decides
+/// outside `networks`. Failures are logged; the backend's own start decides
 /// whether the node can work.
-pub(crate) async fn remove(nl: &Netlink, keep: Option<&str>, network: Ipv4Net) -> Result<()> {
+pub(crate) async fn remove(nl: &Netlink, keep: &[&str], networks: &[IpNet]) -> Result<()> {
     for link in nl.links().await? {
         if !is_leftover(&link.name, link.kind.as_deref(), keep) {
             continue;
@@ -35,10 +36,11 @@ pub(crate) async fn remove(nl: &Netlink, keep: Option<&str>, network: Ipv4Net) -
             Err(e) => warn!(device = %link.name, "could not remove a device an earlier config left: {e}"),
         }
     }
-    for (dst, spec) in nl.weft_routes().await?.into_iter().filter(|(dst, _)| !network.contains(dst)) {
+    let outside = |dst: &IpNet| !networks.iter().any(|n| n.contains(dst));
+    for (dst, spec) in nl.weft_routes().await?.into_iter().filter(|(dst, _)| outside(dst)) {
         match nl.delete_route(dst, &spec).await {
-            Ok(()) => info!(%dst, "removed a route outside the network {network} (an earlier network config)"),
-            Err(e) => warn!(%dst, "could not remove a route outside the network {network}: {e}"),
+            Ok(()) => info!(%dst, "removed a route outside the network (an earlier network config)"),
+            Err(e) => warn!(%dst, "could not remove a route outside the network: {e}"),
         }
     }
     Ok(())
@@ -50,16 +52,20 @@ mod tests {
 
     #[test]
     fn only_weft_devices_other_than_the_kept_one() {
-        assert!(is_leftover("flannel0", Some("tun"), Some("flannel.1")));
-        assert!(is_leftover("flannel0", Some("tun"), None));
-        assert!(!is_leftover("flannel0", Some("tun"), Some("flannel0")));
-        assert!(is_leftover("flannel.1", Some("vxlan"), Some("flannel.2")));
-        assert!(!is_leftover("flannel.1", Some("vxlan"), Some("flannel.1")));
+        assert!(is_leftover("flannel0", Some("tun"), &["flannel.1"]));
+        assert!(is_leftover("flannel0", Some("tun"), &[]));
+        assert!(!is_leftover("flannel0", Some("tun"), &["flannel0"]));
+        assert!(is_leftover("flannel.1", Some("vxlan"), &["flannel.2"]));
+        assert!(!is_leftover("flannel.1", Some("vxlan"), &["flannel.1"]));
+        // IPv6 turned off: the IPv6 device goes, the IPv4 one stays.
+        assert!(is_leftover("flannel-v6.1", Some("vxlan"), &["flannel.1"]));
+        assert!(!is_leftover("flannel-v6.1", Some("vxlan"), &["flannel.1", "flannel-v6.1"]));
         // Someone else's devices.
-        assert!(!is_leftover("flannel0", Some("bridge"), None));
-        assert!(!is_leftover("flannel.1", Some("bridge"), None));
-        assert!(!is_leftover("flannel.x", Some("vxlan"), None));
-        assert!(!is_leftover("flannel.", Some("vxlan"), None));
-        assert!(!is_leftover("vxlan0", Some("vxlan"), None));
+        assert!(!is_leftover("flannel0", Some("bridge"), &[]));
+        assert!(!is_leftover("flannel.1", Some("bridge"), &[]));
+        assert!(!is_leftover("flannel.x", Some("vxlan"), &[]));
+        assert!(!is_leftover("flannel.", Some("vxlan"), &[]));
+        assert!(!is_leftover("flannel-v6.", Some("vxlan"), &[]));
+        assert!(!is_leftover("vxlan0", Some("vxlan"), &[]));
     }
 }

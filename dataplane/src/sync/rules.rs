@@ -6,6 +6,10 @@
 //! - `FLANNEL-POSTRTG` (nat, from `POSTROUTING`), with `--ip-masq` only: pod
 //!   traffic leaving the overlay is masqueraded; pod-to-pod traffic never is.
 //!
+//! On dual-stack networks the same chains and rules for the IPv6 network
+//! are kept in ip6tables (flanneld's `MasqIP6Rules`; multicast there is
+//! `ff00::/8`).
+//!
 //! The `WEFT-*` chains of weft before 0.1 are removed at start.
 //!
 //! Rules are loaded with `iptables-restore --noflush` (`kernel::iptables`),
@@ -16,11 +20,11 @@
 //! `iptables -S` shows of weft's chains; each check compares again and
 //! reinstalls (a repair) when a chain, a rule or a jump went missing.
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
-use crate::kernel::iptables;
+use crate::kernel::iptables::{self, Family};
 use crate::report::{ObjectKind, Problem, Report};
 
 pub(crate) const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
@@ -35,14 +39,18 @@ const LEGACY: [(&str, &str, &str); 2] = [("nat", "WEFT-POSTRTG", "POSTROUTING"),
 /// The `iptables-restore` input for the masquerade chain, flanneld's rules
 /// in flanneld's order (pod-to-pod is returned before anything is
 /// masqueraded). Pure.
-pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
+pub fn masq_rules(network: IpNet, subnet: IpNet) -> String {
     let c = NAT_COMMENT;
+    let multicast = match network {
+        IpNet::V4(_) => "224.0.0.0/4",
+        IpNet::V6(_) => "ff00::/8",
+    };
     format!(
         "*nat\n\
          :{NAT_CHAIN} - [0:0]\n\
          -A {NAT_CHAIN} -m mark --mark 0x4000/0x4000 -m comment --comment \"{c}\" -j RETURN\n\
          -A {NAT_CHAIN} -s {network} -d {network} -m comment --comment \"{c}\" -j RETURN\n\
-         -A {NAT_CHAIN} -s {network} ! -d 224.0.0.0/4 -m comment --comment \"{c}\" -j MASQUERADE --random-fully\n\
+         -A {NAT_CHAIN} -s {network} ! -d {multicast} -m comment --comment \"{c}\" -j MASQUERADE --random-fully\n\
          -A {NAT_CHAIN} ! -s {network} -d {subnet} -m comment --comment \"{c}\" -j RETURN\n\
          -A {NAT_CHAIN} ! -s {network} -d {network} -m comment --comment \"{c}\" -j MASQUERADE --random-fully\n\
          COMMIT\n"
@@ -50,7 +58,7 @@ pub fn masq_rules(network: Ipv4Net, subnet: Ipv4Net) -> String {
 }
 
 /// The `iptables-restore` input for the forward chain. Pure.
-pub fn forward_rules(network: Ipv4Net) -> String {
+pub fn forward_rules(network: IpNet) -> String {
     let c = FWD_COMMENT;
     format!(
         "*filter\n\
@@ -70,72 +78,100 @@ fn comment_of(target: &str) -> &'static str {
     }
 }
 
+/// The family of `net`.
+fn family(net: &IpNet) -> Family {
+    match net {
+        IpNet::V4(_) => Family::V4,
+        IpNet::V6(_) => Family::V6,
+    }
+}
+
 /// The jump from `chain` to `target` with weft's comment for it.
-async fn jump(table: &str, op: &str, chain: &str, target: &str) -> Result<bool> {
-    iptables::jump(table, op, chain, target, comment_of(target)).await
+async fn jump(fam: Family, table: &str, op: &str, chain: &str, target: &str) -> Result<bool> {
+    iptables::jump(fam, table, op, chain, target, comment_of(target)).await
 }
 
 /// Make sure `table/chain` jumps to `target` (inserted first).
-async fn ensure_jump(table: &str, chain: &str, target: &str) -> Result<()> {
-    if jump(table, "-C", chain, target).await? {
+async fn ensure_jump(fam: Family, table: &str, chain: &str, target: &str) -> Result<()> {
+    if jump(fam, table, "-C", chain, target).await? {
         return Ok(());
     }
-    if !jump(table, "-I", chain, target).await? {
-        return Err(Error::Masq(format!("could not insert the jump from {table}/{chain} to {target}")));
+    if !jump(fam, table, "-I", chain, target).await? {
+        return Err(Error::Masq(format!("could not insert the jump from {table}/{chain} to {target} ({fam:?})")));
     }
     Ok(())
 }
 
 /// What `iptables -S` shows of one of weft's chains, and whether the jump
 /// to it is in place.
-async fn observe(table: &str, from: &str, chain: &str) -> Result<(String, bool)> {
-    let rules = iptables::show(table, chain).await?.unwrap_or_default();
-    Ok((rules, jump(table, "-C", from, chain).await?))
+async fn observe(fam: Family, table: &str, from: &str, chain: &str) -> Result<(String, bool)> {
+    let rules = iptables::show(fam, table, chain).await?.unwrap_or_default();
+    Ok((rules, jump(fam, table, "-C", from, chain).await?))
 }
 
 /// weft's forwarding and masquerade rules, kept in place.
 pub(crate) struct Rules {
     network: Ipv4Net,
+    network6: Option<Ipv6Net>,
     ip_masq: bool,
-    subnet: Option<Ipv4Net>,
+    /// (network, node subnet) per family, once started.
+    nets: Vec<(IpNet, IpNet)>,
     /// What the chains looked like right after weft installed them.
     installed: Option<Vec<(String, bool)>>,
 }
 
 impl Rules {
-    pub(crate) fn new(network: Ipv4Net, ip_masq: bool) -> Rules {
-        Rules { network, ip_masq, subnet: None, installed: None }
+    pub(crate) fn new(network: Ipv4Net, network6: Option<Ipv6Net>, ip_masq: bool) -> Rules {
+        Rules { network, network6, ip_masq, nets: Vec::new(), installed: None }
     }
 
     async fn observe_all(&self) -> Result<Vec<(String, bool)>> {
-        let mut v = vec![observe("filter", "FORWARD", FWD_CHAIN).await?];
-        if self.ip_masq {
-            v.push(observe("nat", "POSTROUTING", NAT_CHAIN).await?);
+        let mut v = Vec::new();
+        for (network, _) in &self.nets {
+            let fam = family(network);
+            v.push(observe(fam, "filter", "FORWARD", FWD_CHAIN).await?);
+            if self.ip_masq {
+                v.push(observe(fam, "nat", "POSTROUTING", NAT_CHAIN).await?);
+            }
         }
         Ok(v)
     }
 
-    async fn apply(&self, subnet: Ipv4Net) -> Result<()> {
-        iptables::restore(&forward_rules(self.network)).await?;
-        ensure_jump("filter", "FORWARD", FWD_CHAIN).await?;
-        if self.ip_masq {
-            iptables::restore(&masq_rules(self.network, subnet)).await?;
-            ensure_jump("nat", "POSTROUTING", NAT_CHAIN).await?;
+    async fn apply(&self) -> Result<()> {
+        for (network, subnet) in &self.nets {
+            let fam = family(network);
+            iptables::restore(fam, &forward_rules(*network)).await?;
+            ensure_jump(fam, "filter", "FORWARD", FWD_CHAIN).await?;
+            if self.ip_masq {
+                iptables::restore(fam, &masq_rules(*network, *subnet)).await?;
+                ensure_jump(fam, "nat", "POSTROUTING", NAT_CHAIN).await?;
+            }
         }
         Ok(())
     }
 
-    /// Install the rules for `subnet` (and remove the masquerade chain of
-    /// an earlier run with `--ip-masq` when it is off now).
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
-        self.subnet = Some(subnet);
+    /// Install the rules for `subnet` (and `subnet6`), and remove the
+    /// masquerade chain of an earlier run with `--ip-masq` when it is off
+    /// now, and the IPv6 chains when IPv6 is.
+    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.nets = vec![(self.network.into(), subnet.into())];
+        if let (Some(n6), Some(s6)) = (self.network6, subnet6) {
+            self.nets.push((n6.into(), s6.into()));
+        }
         for (table, chain, from) in LEGACY {
-            remove_chain(table, from, chain).await?;
+            remove_chain(Family::V4, table, from, chain).await?;
         }
         if !self.ip_masq {
-            remove_chain("nat", "POSTROUTING", NAT_CHAIN).await?;
+            remove_chain(Family::V4, "nat", "POSTROUTING", NAT_CHAIN).await?;
         }
-        self.apply(subnet).await?;
+        if !self.ip_masq || self.network6.is_none() {
+            // ip6tables may be missing on an IPv4-only host: nothing to remove then.
+            let _ = remove_chain(Family::V6, "nat", "POSTROUTING", NAT_CHAIN).await;
+        }
+        if self.network6.is_none() {
+            let _ = remove_chain(Family::V6, "filter", "FORWARD", FWD_CHAIN).await;
+        }
+        self.apply().await?;
         if self.ip_masq {
             info!("installed IP masquerade rules");
         }
@@ -145,14 +181,16 @@ impl Rules {
 
     /// Compare the chains with what was installed; reinstall on any difference.
     pub(crate) async fn check(&mut self, report: &mut Report) {
-        let Some(subnet) = self.subnet else { return };
+        if self.nets.is_empty() {
+            return;
+        }
         let result = async {
             let now = self.observe_all().await?;
             if self.installed.as_ref() == Some(&now) {
                 return Ok(false);
             }
             warn!("weft's iptables rules were changed or removed; reinstalling them");
-            self.apply(subnet).await?;
+            self.apply().await?;
             self.installed = Some(self.observe_all().await?);
             Ok::<_, Error>(true)
         }
@@ -168,9 +206,9 @@ impl Rules {
 /// Remove `table/chain` and the jumps to it from `from` (stale rules: the
 /// masquerade chain of an earlier run with `--ip-masq`, or the chains of an
 /// earlier weft). An absent chain is fine.
-async fn remove_chain(table: &str, from: &str, chain: &str) -> Result<()> {
-    while jump(table, "-D", from, chain).await? {}
-    iptables::delete_chain(table, chain).await
+async fn remove_chain(fam: Family, table: &str, from: &str, chain: &str) -> Result<()> {
+    while jump(fam, table, "-D", from, chain).await? {}
+    iptables::delete_chain(fam, table, chain).await
 }
 
 #[cfg(test)]
@@ -190,5 +228,13 @@ mod tests {
         assert_eq!(r.matches("COMMIT").count(), 1);
         let f = forward_rules("10.244.0.0/16".parse().unwrap());
         assert!(f.contains("-A FLANNEL-FWD -s 10.244.0.0/16") && f.contains("-A FLANNEL-FWD -d 10.244.0.0/16"));
+    }
+
+    #[test]
+    fn ipv6_rules_are_flanneld_ip6_rules() {
+        let r = masq_rules("fd10:244::/56".parse().unwrap(), "fd10:244:0:3::/64".parse().unwrap());
+        assert!(r.contains("-A FLANNEL-POSTRTG -s fd10:244::/56 ! -d ff00::/8 -m comment --comment \"flanneld masq\" -j MASQUERADE --random-fully"), "{r}");
+        assert!(r.contains("! -s fd10:244::/56 -d fd10:244:0:3::/64"), "{r}");
+        assert!(!r.contains("224.0.0.0/4"));
     }
 }

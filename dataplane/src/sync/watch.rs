@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tokio::sync::Notify;
 
 use crate::error::Result;
@@ -28,8 +28,8 @@ pub(crate) struct Interest {
     pub(crate) names: Vec<String>,
     /// Interface indexes of those devices (address and neighbour events carry the index).
     pub(crate) indexes: Vec<u32>,
-    /// Route events for destinations inside this network matter.
-    pub(crate) network: Option<Ipv4Net>,
+    /// Route events for destinations inside these networks (IPv4 and IPv6) matter.
+    pub(crate) networks: Vec<IpNet>,
     /// The per-peer entries a kernel backend is putting in place.
     pub(crate) desired: Option<Arc<Desired>>,
 }
@@ -44,11 +44,14 @@ impl Interest {
             }
             Event::Address { index } => self.indexes.contains(index),
             Event::Route { dst, oif, spec, deleted } => {
-                let Some(network) = self.network else { return false };
+                if self.networks.is_empty() {
+                    return false;
+                }
                 if let Some(d) = &self.desired {
                     return spec.as_ref().is_some_and(|(net, s)| route_contradicts(d, *net, s, *deleted));
                 }
-                dst.is_some_and(|d| network.contains(&d)) || oif.is_some_and(|i| self.indexes.contains(&i))
+                dst.is_some_and(|d| self.networks.iter().any(|n| n.contains(&d)))
+                    || oif.is_some_and(|i| self.indexes.contains(&i))
             }
             Event::Neighbour { index, .. } => {
                 self.indexes.contains(index) && self.desired.as_ref().is_none_or(|d| neighbour_contradicts(d, ev))
@@ -68,7 +71,7 @@ impl Interest {
 }
 
 /// A route of ours replaced by another, or deleted.
-fn route_contradicts(d: &Desired, dst: Ipv4Net, got: &RouteSpec, deleted: bool) -> bool {
+fn route_contradicts(d: &Desired, dst: IpNet, got: &RouteSpec, deleted: bool) -> bool {
     match (d.routes.get(&dst), deleted) {
         (None, _) => false,
         (Some(_), true) => true,
@@ -132,10 +135,10 @@ impl Watch {
         Ok(())
     }
 
-    /// The devices weft owns and the network.
-    pub(crate) fn set_devices(&self, names: Vec<String>, indexes: Vec<u32>, network: Ipv4Net) {
+    /// The devices weft owns and the networks.
+    pub(crate) fn set_devices(&self, names: Vec<String>, indexes: Vec<u32>, networks: Vec<IpNet>) {
         if let Ok(mut i) = self.interest.write() {
-            (i.names, i.indexes, i.network) = (names, indexes, Some(network));
+            (i.names, i.indexes, i.networks) = (names, indexes, networks);
         }
     }
 
@@ -168,7 +171,7 @@ mod tests {
     use super::*;
 
     fn route(dst: &str, nhid: Option<u32>, gw: Ipv4Addr) -> RouteMessage {
-        let dst: Ipv4Net = dst.parse().unwrap();
+        let dst: ipnet::Ipv4Net = dst.parse().unwrap();
         let mut m = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst.network(), dst.prefix_len())
             .gateway(gw)
@@ -183,13 +186,13 @@ mod tests {
     #[test]
     fn only_events_that_contradict_the_desired_state_wake() {
         let gw = Ipv4Addr::new(10, 244, 2, 0);
-        let spec = RouteSpec { gateway: gw, oif: 7, onlink: true, nhid: Some(5) };
+        let spec = RouteSpec { gateway: gw.into(), oif: 7, onlink: true, nhid: Some(5) };
         let desired =
             Desired { routes: BTreeMap::from([("10.244.2.0/24".parse().unwrap(), spec)]), ..Desired::default() }
                 .with_nexthops();
         let i = Interest {
             indexes: vec![7],
-            network: Some("10.244.0.0/16".parse().unwrap()),
+            networks: vec!["10.244.0.0/16".parse().unwrap()],
             desired: Some(Arc::new(desired)),
             ..Interest::default()
         };
@@ -204,7 +207,7 @@ mod tests {
         for (n, (msg, deleted, wakes)) in cases.iter().enumerate() {
             assert_eq!(i.matches(&Event::route(msg, *deleted)), *wakes, "case {n}");
         }
-        let nh = spec.nexthop();
+        let nh = spec.nexthop().unwrap();
         let ev = |id, spec, deleted| Event::Nexthop { id: Some(id), protocol: WEFT_ROUTE_PROTO, spec, deleted };
         assert!(!i.matches(&ev(5, Some(nh), false)), "own nexthop coming back");
         assert!(i.matches(&ev(5, Some(NexthopSpec { oif: 8, ..nh }), false)), "changed");
@@ -220,7 +223,7 @@ mod tests {
         let i = Interest {
             names: vec!["flannel.1".into()],
             indexes: vec![3],
-            network: Some("10.244.0.0/16".parse().unwrap()),
+            networks: vec!["10.244.0.0/16".parse().unwrap()],
             desired: None,
         };
         let gw = Ipv4Addr::new(198, 18, 0, 9);

@@ -81,7 +81,7 @@ impl UdpBackend {
         let link = self.nl.link_by_name(TUN_NAME).await?.ok_or(Error::Vanished { device: TUN_NAME.into() })?;
         let same = known && !replaced;
         let addr = Ipv4Net::new(subnet.network(), self.network.prefix_len()).expect("network prefix is valid");
-        device::configure(&self.nl, &link, self.mtu(), addr, same, "TUN device", report).await?;
+        device::configure(&self.nl, &link, self.mtu(), &[addr.into()], same, "TUN device", report).await?;
         if !self.nl.has_route(self.network, link.index).await? {
             // The kernel adds the network's route for the address; adding
             // the address again brings it back as flanneld has it.
@@ -89,8 +89,8 @@ impl UdpBackend {
                 warn!(device = TUN_NAME, network = %self.network, "the route of the network was removed; restoring it");
                 report.repaired(ObjectKind::Route, 1);
             }
-            self.nl.delete_address(link.index, addr).await?;
-            self.nl.replace_address(link.index, addr).await?;
+            self.nl.delete_address(link.index, addr.into()).await?;
+            self.nl.replace_address(link.index, addr.into()).await?;
         }
         if fresh || replaced {
             // The ICMP errors weft writes into the device come from the

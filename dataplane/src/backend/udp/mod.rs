@@ -170,8 +170,14 @@ impl UdpBackend {
     /// table is loaded.
     pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
         self.subnet = Some(subnet);
-        let o =
-            converge::routes(&self.nl, self.network, &BTreeMap::new(), &BTreeMap::new(), converge::Pass::Full).await?;
+        let o = converge::routes(
+            &self.nl,
+            &[self.network.into()],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            converge::Pass::Full,
+        )
+        .await?;
         if let Some((dst, e)) = o.failed.first() {
             warn!("could not remove the stale route to {dst}: {}", chain(e));
         }

@@ -1,0 +1,204 @@
+//! Dual-stack networks (`EnableIPv6`) in the lab: two nodes on a v4+v6
+//! underlay, pods wired by the CNI plugin, for each backend that carries
+//! IPv6 (vxlan, host-gw). What a user checks: one lease key per node in
+//! flanneld's dual form, both families in subnet.env, pods reaching each
+//! other over IPv4 and IPv6, IPv6 repaired like IPv4, and a v4 node
+//! turned dual-stack keeping its IPv4 subnet.
+
+mod lab_common;
+
+use std::time::Duration;
+
+use lab_common::*;
+use weft_lab::lab::{tcp6_transfer_checked, tcp_transfer_checked};
+use weft_lab::{wait_until, Lab};
+
+fn dual_config(backend: &str) -> String {
+    format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{{"Type":"{backend}"}}}}"#
+    )
+}
+
+/// The `(key, value)` pairs under `/coreos.com/network/subnets/`.
+fn leases(lab: &Lab) -> Vec<(String, serde_json::Value)> {
+    let out = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .map(|kv| {
+            let key = kv[0].trim_start_matches("/coreos.com/network/subnets/").to_string();
+            (key, serde_json::from_str(kv[1]).unwrap_or_else(|e| panic!("{}: {e}", kv[1])))
+        })
+        .collect()
+}
+
+/// A `KEY=value` of node `i`'s subnet.env.
+fn env_var(lab: &Lab, i: u8, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(&lab.node(i).subnet_file).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// Wait until every node has an IPv6 route (proto 87) to every other
+/// node's IPv6 subnet.
+fn wait_converged6(lab: &Lab) {
+    let n = lab.nodes.len() as u8;
+    let subnets: Vec<String> = (1..=n)
+        .map(|i| {
+            let s: ipnet::Ipv6Net = env_var(lab, i, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+            s.trunc().to_string()
+        })
+        .collect();
+    for i in 1..=n {
+        wait_until(&format!("node {i} to route to every other node's IPv6 subnet"), PROPAGATION, || {
+            let routes = lab.weft_routes6(i).unwrap();
+            (1..=n).filter(|j| *j != i).all(|j| routes.contains(&subnets[usize::from(j) - 1])).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+}
+
+fn assert_pods_reach_each_other_over_both_families(lab: &Lab) {
+    for (from, to) in [(1, 2), (2, 1)] {
+        let v4 = lab.node(to).pod_ip.unwrap();
+        let v6 = lab.node(to).pod_ip6.unwrap_or_else(|| panic!("pod {to} has no IPv6 address"));
+        assert!(lab.ping_once(from, v4), "pod {from} cannot ping {v4}\n{}", lab.log_tail(from));
+        assert!(lab.ping6_once(from, v6), "pod {from} cannot ping {v6}\n{}", lab.log_tail(from));
+    }
+    assert_eq!(tcp6_transfer_checked(lab, 1, 2, 4 << 20).unwrap(), 4 << 20, "TCP over IPv6");
+    assert_eq!(tcp_transfer_checked(lab, 2, 1, 1 << 20).unwrap(), 1 << 20, "TCP over IPv4");
+}
+
+fn check_leases_and_env(lab: &Lab, backend: &str) {
+    let leases = leases(lab);
+    assert_eq!(leases.len(), 2, "{leases:?}");
+    for i in 1..=2u8 {
+        let node = lab.node(i);
+        let sub4 = env_var(lab, i, "FLANNEL_SUBNET").unwrap();
+        let sub6: ipnet::Ipv6Net = env_var(lab, i, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+        assert_eq!(env_var(lab, i, "FLANNEL_IPV6_NETWORK").as_deref(), Some("fd10:244::/56"));
+        assert!(sub6.addr().segments()[7] == 1, "FLANNEL_IPV6_SUBNET is the subnet's first address: {sub6}");
+        // flanneld's key: <v4 subnet>-<len>&<v6 subnet>-<len>
+        let v4: ipnet::Ipv4Net = sub4.parse().unwrap();
+        let want_key = format!("{}-24&{}-64", v4.network(), sub6.network());
+        let (_, value) =
+            leases.iter().find(|(k, _)| *k == want_key).unwrap_or_else(|| panic!("no key {want_key} in {leases:?}"));
+        assert_eq!(value["PublicIP"], node.underlay_ip.to_string(), "{value}");
+        assert_eq!(value["PublicIPv6"], node.underlay_ip6.to_string(), "{value}");
+        if backend == "vxlan" {
+            let shown = lab.node_cmd(i, "ip").args(["-br", "link", "show", "flannel-v6.1"]).output().unwrap();
+            let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+            assert_eq!(value["BackendV6Data"]["VNI"], 1, "{value}");
+            let mac6 = value["BackendV6Data"]["VtepMAC"].as_str().unwrap_or_else(|| panic!("no v6 VtepMAC: {value}"));
+            assert!(shown.contains(mac6), "flannel-v6.1 has the published MAC {mac6}: {shown}");
+        } else {
+            assert!(value.get("BackendV6Data").is_none(), "{value}");
+        }
+    }
+}
+
+fn dual_stack_pods_reach_each_other(backend: &str) -> Lab {
+    let mut lab = Lab::new(2, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+    lab.put_config(&dual_config(backend)).unwrap();
+    for i in 1..=2 {
+        lab.start_daemon(i, &[]).unwrap();
+    }
+    for i in 1..=2 {
+        lab.wait_ready(i, READY).unwrap_or_else(|e| panic!("{e:#}"));
+        lab.attach_pod(i).unwrap();
+    }
+    wait_converged(&lab);
+    wait_converged6(&lab);
+    check_leases_and_env(&lab, backend);
+    assert_pods_reach_each_other_over_both_families(&lab);
+    lab
+}
+
+#[test]
+fn vxlan_dual_stack() {
+    let lab = dual_stack_pods_reach_each_other("vxlan");
+    // flannel-v6.1 deleted: weft recreates it with its MAC, entries and
+    // routes, and IPv6 pod traffic flows again.
+    let mac = |lab: &Lab| {
+        let o = lab.node_cmd(1, "ip").args(["-br", "link", "show", "flannel-v6.1"]).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).map(str::to_string)
+    };
+    let before = mac(&lab).expect("flannel-v6.1 exists");
+    let out = lab.node_cmd(1, "ip").args(["link", "del", "flannel-v6.1"]).output().unwrap();
+    assert!(out.status.success());
+    let dst = lab.node(2).pod_ip6.unwrap();
+    wait_until("IPv6 pod traffic to flow again after flannel-v6.1 was deleted", Duration::from_secs(10), || {
+        lab.ping6_once(1, dst).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert_eq!(mac(&lab), Some(before), "recreated with the MAC its lease publishes");
+    assert!(lab.metric(1, "weft_dataplane_repairs_total{backend=\"vxlan\",kind=\"device\"}").unwrap() >= 1);
+    let (code, body) = lab.http(1, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+    let neigh = lab
+        .node_cmd(1, "ip")
+        .args(["-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent"])
+        .output()
+        .unwrap();
+    assert!(!neigh.stdout.is_empty(), "the peer's IPv6 neighbour entry is back");
+}
+
+#[test]
+fn host_gw_dual_stack() {
+    let lab = dual_stack_pods_reach_each_other("host-gw");
+    let routes = lab.weft_routes6(1).unwrap();
+    let via = format!("via {} dev eth0", lab.node(2).underlay_ip6);
+    assert!(routes.contains(&via), "host-gw routes the peer's IPv6 subnet via its PublicIPv6: {routes}");
+    // ip6tables has flanneld's forward chain for the IPv6 network.
+    let out = lab.node_cmd(1, "ip6tables").args(["-S", "FLANNEL-FWD"]).output().unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout);
+    assert!(rules.contains("-A FLANNEL-FWD -s fd10:244::/56"), "{rules}");
+    assert!(rules.contains("-A FLANNEL-FWD -d fd10:244::/56"), "{rules}");
+}
+
+#[test]
+fn ip_masq_installs_flanneld_ip6_rules() {
+    let lab = lab_with_config(1, &dual_config("host-gw"), &["--ip-masq"]);
+    let out = lab.node_cmd(1, "ip6tables").args(["-t", "nat", "-S", "FLANNEL-POSTRTG"]).output().unwrap();
+    let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(rules.contains("-s fd10:244::/56 ! -d ff00::/8"), "{rules}");
+    assert!(rules.contains("-j MASQUERADE --random-fully"), "{rules}");
+    let jump = lab.node_cmd(1, "ip6tables").args(["-t", "nat", "-S", "POSTROUTING"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&jump.stdout).contains("-j FLANNEL-POSTRTG"));
+}
+
+#[test]
+fn turning_ipv6_on_under_a_running_node_replaces_its_key_and_keeps_its_subnet() {
+    let mut lab = lab(1, "vxlan", &[]);
+    let (v4_subnet, _, _) = lab.subnet_env(1).unwrap();
+    assert_eq!(leases(&lab).len(), 1);
+    // The operator turns IPv6 on: the running node cannot apply it in
+    // place, says so and exits for its service manager to restart it.
+    lab.put_config(&dual_config("vxlan")).unwrap();
+    let status = lab.wait_exit(1, Duration::from_secs(30)).unwrap();
+    assert!(!status.success(), "exits non-zero so that systemd restarts it");
+    assert!(lab.log(1).contains("IPv6"), "{}", lab.log_tail(1));
+    lab.start_daemon(1, &[]).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let (again, _, _) = lab.subnet_env(1).unwrap();
+    assert_eq!(again, v4_subnet, "the IPv4 subnet is kept");
+    let keys: Vec<String> = leases(&lab).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys.len(), 1, "the v4-only key is replaced, not joined by a second: {keys:?}");
+    assert!(keys[0].starts_with(&format!("{}-24&fd10:244:", v4_subnet.network())), "{keys:?}");
+    assert!(env_var(&lab, 1, "FLANNEL_IPV6_SUBNET").is_some());
+}
+
+#[test]
+fn udp_on_a_dual_stack_network_is_a_clear_error_that_changes_nothing() {
+    let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap();
+    lab.put_config(&dual_config("udp")).unwrap();
+    lab.start_daemon(1, &[]).unwrap();
+    let status = lab.wait_exit(1, Duration::from_secs(20)).unwrap();
+    assert!(!status.success());
+    let log = lab.log(1);
+    assert!(log.contains("does not carry IPv6 yet"), "{log}");
+    assert!(leases(&lab).is_empty(), "no lease taken");
+    let links = lab.node_cmd(1, "ip").args(["-br", "link"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&links.stdout).contains("flannel"), "no device made");
+}
