@@ -15,8 +15,15 @@ use crate::cli::{EtcdArgs, LeasesArgs};
 struct LeaseView<'a> {
     subnet: String,
     public_ip: String,
+    /// On dual-stack networks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ipv6_subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_ipv6: Option<String>,
     backend_type: &'a str,
     vtep_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vtep_mac6: Option<String>,
     /// Seconds left on the lease, when known.
     expires_in_s: Option<u64>,
     backend_data: &'a Option<weft_subnet::lease::BackendData>,
@@ -27,8 +34,11 @@ impl<'a> LeaseView<'a> {
         LeaseView {
             subnet: l.subnet.to_string(),
             public_ip: l.attrs.public_ip.to_string(),
+            ipv6_subnet: l.ipv6_subnet.map(|s| s.to_string()),
+            public_ipv6: l.attrs.public_ipv6.map(|ip| ip.to_string()),
             backend_type: l.attrs.backend_kind(),
             vtep_mac: l.attrs.vtep_mac().map(|m| m.to_string()),
+            vtep_mac6: l.attrs.vtep_mac6().map(|m| m.to_string()),
             expires_in_s: l.ttl.map(|d| d.as_secs()),
             backend_data: &l.attrs.backend_data,
         }
@@ -53,15 +63,23 @@ fn human(d: Option<Duration>) -> String {
 
 const HEADER: &str = "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
 
+/// One line per lease; a dual-stack lease has a second, indented line
+/// with its IPv6 subnet, `PublicIPv6` and IPv6 VTEP MAC.
 fn row(l: &Lease) -> String {
-    format!(
+    let mut line = format!(
         "{:<19} {:<16} {:<9} {:<19} {}",
         l.subnet.to_string(),
         l.attrs.public_ip.to_string(),
         l.attrs.backend_kind(),
         l.attrs.vtep_mac().map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         human(l.ttl)
-    )
+    );
+    if let Some(s6) = l.ipv6_subnet {
+        let ip6 = l.attrs.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+        let mac6 = l.attrs.vtep_mac6().map(|m| m.to_string()).unwrap_or_else(|| "-".into());
+        line.push_str(&format!("\n  {s6} {ip6} {mac6}"));
+    }
+    line
 }
 
 pub(crate) async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {

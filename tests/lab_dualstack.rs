@@ -73,6 +73,8 @@ fn assert_pods_reach_each_other_over_both_families(lab: &Lab) {
 fn check_leases_and_env(lab: &Lab, backend: &str) {
     let leases = leases(lab);
     assert_eq!(leases.len(), 2, "{leases:?}");
+    let shown = lab.weft(&["leases"], None).unwrap();
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
     for i in 1..=2u8 {
         let node = lab.node(i);
         let sub4 = env_var(lab, i, "FLANNEL_SUBNET").unwrap();
@@ -86,6 +88,8 @@ fn check_leases_and_env(lab: &Lab, backend: &str) {
             leases.iter().find(|(k, _)| *k == want_key).unwrap_or_else(|| panic!("no key {want_key} in {leases:?}"));
         assert_eq!(value["PublicIP"], node.underlay_ip.to_string(), "{value}");
         assert_eq!(value["PublicIPv6"], node.underlay_ip6.to_string(), "{value}");
+        let line6 = format!("  {} {}", sub6.trunc(), node.underlay_ip6);
+        assert!(shown.contains(&line6), "weft leases shows {line6:?}: {shown}");
         if backend == "vxlan" {
             let shown = lab.node_cmd(i, "ip").args(["-br", "link", "show", "flannel-v6.1"]).output().unwrap();
             let shown = String::from_utf8_lossy(&shown.stdout).into_owned();

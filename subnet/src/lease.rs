@@ -314,6 +314,29 @@ mod tests {
     }
 
     #[test]
+    fn dual_stack_attrs_json_matches_flanneld() {
+        // flanneld's LeaseAttrs field order: PublicIP, PublicIPv6,
+        // BackendType, BackendData, BackendV6Data.
+        let attrs = LeaseAttrs {
+            public_ip: Ipv4Addr::new(198, 18, 0, 2),
+            public_ipv6: Some("fd00:198:18::2".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"}).into()),
+            backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:06:02:03"}).into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&attrs).unwrap(),
+            r#"{"PublicIP":"198.18.0.2","PublicIPv6":"fd00:198:18::2","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:aa:01:02:03"},"BackendV6Data":{"VNI":1,"VtepMAC":"0e:5f:aa:06:02:03"}}"#
+        );
+        assert_eq!(attrs.vtep_mac6().unwrap().to_string(), "0e:5f:aa:06:02:03");
+        // The key's IPv6 part as Go prints it: lowercase, compressed.
+        assert_eq!(
+            subnet_key(&"10.244.1.0/24".parse().unwrap(), Some(&"FD10:244:0:1:0::/64".parse().unwrap())),
+            "10.244.1.0-24&fd10:244:0:1::-64"
+        );
+    }
+
+    #[test]
     fn entries_are_checked_against_the_config() {
         let config = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16"}"#).unwrap();
         let good = br#"{"PublicIP":"198.18.0.2","BackendType":"udp"}"#;
