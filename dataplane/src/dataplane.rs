@@ -97,15 +97,8 @@ impl Dataplane {
             BackendConfig::HostGw => {
                 Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network, cfg.network6)?)
             }
-            BackendConfig::Udp(_) if cfg.network6.is_some() => {
-                return Err(crate::error::Error::Unsupported {
-                    backend: "udp",
-                    reason: "it does not carry IPv6 yet; use vxlan or host-gw for a dual-stack network (EnableIPv6)"
-                        .into(),
-                })
-            }
             BackendConfig::Udp(opts) => {
-                Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
+                Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?)
             }
         };
         Ok(Dataplane {
@@ -171,7 +164,7 @@ impl Dataplane {
         match &mut self.backend {
             Backend::Vxlan(b) => b.start(subnet, subnet6).await?,
             Backend::HostGw(_) => {}
-            Backend::Udp(b) => b.start(subnet).await?,
+            Backend::Udp(b) => b.start(subnet, subnet6).await?,
         }
         self.rules.start(subnet, subnet6).await?;
         self.resynced = Instant::now();

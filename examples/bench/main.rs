@@ -13,6 +13,9 @@
 //! were woken per ping and per MB (`procfs.rs`). Prints a table, writes
 //! JSON and SVG charts.
 //!
+//! The `-v6` cases measure the same over IPv6 on a dual-stack network
+//! (pods' IPv6 addresses; the underlay's for `underlay-v6`).
+//!
 //! With `--scale N,...`: the control-plane case as well (see `scale.rs`).
 //!
 //! `scripts/bench.sh [--seconds N] [--out FILE] [--only CASE,...] [--scale N,...] [--hold]`
@@ -34,22 +37,35 @@ struct Case {
     name: &'static str,
     /// Network config, or None for the bare underlay.
     config: Option<&'static str>,
+    /// Measure over IPv6 (the pods' or the underlay's IPv6 addresses).
+    v6: bool,
 }
 
 const CASES: &[Case] = &[
-    Case { name: "underlay", config: None },
-    Case { name: "host-gw", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#) },
-    Case { name: "vxlan", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#) },
-    Case { name: "udp", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#) },
+    Case { name: "underlay", config: None, v6: false },
+    Case { name: "host-gw", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#), v6: false },
+    Case { name: "vxlan", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#), v6: false },
+    Case { name: "udp", config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#), v6: false },
     Case {
         name: "udp-no-offload",
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","Offload":false}}"#),
+        v6: false,
     },
     Case {
         name: "udp-realtime",
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#),
+        v6: false,
     },
+    // Dual-stack networks, measured pod to pod over IPv6.
+    Case { name: "underlay-v6", config: None, v6: true },
+    Case { name: "host-gw-v6", config: Some(DUAL_HOSTGW), v6: true },
+    Case { name: "vxlan-v6", config: Some(DUAL_VXLAN), v6: true },
 ];
+
+const DUAL_HOSTGW: &str =
+    r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"host-gw"}}"#;
+const DUAL_VXLAN: &str =
+    r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
 
 #[derive(Debug, Default, Clone)]
 struct Figures {
@@ -287,10 +303,11 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
     let mut lab = Lab::new(2, weft)?;
     let (ends, daemons) = match case.config {
         None => {
+            let server = lab.node(2);
             let ends = Ends {
                 client_ns: lab.node(1).ns.clone(),
-                server_ns: lab.node(2).ns.clone(),
-                server_ip: lab.node(2).underlay_ip.to_string(),
+                server_ns: server.ns.clone(),
+                server_ip: if case.v6 { server.underlay_ip6.to_string() } else { server.underlay_ip.to_string() },
             };
             (ends, vec![])
         }
@@ -308,20 +325,25 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
             weft_lab::wait_until("pods to reach each other", Duration::from_secs(10), || {
                 lab.ping_once(1, dst).then_some(())
             })?;
-            let ends = Ends {
-                client_ns: lab.node(1).pod_ns.clone(),
-                server_ns: lab.node(2).pod_ns.clone(),
-                server_ip: dst.to_string(),
+            let server_ip = if case.v6 {
+                let dst6 = lab.node(2).pod_ip6.context("the pod has no IPv6 address")?;
+                weft_lab::wait_until("pods to reach each other over IPv6", Duration::from_secs(10), || {
+                    lab.ping6_once(1, dst6).then_some(())
+                })?;
+                dst6.to_string()
+            } else {
+                dst.to_string()
             };
+            let ends = Ends { client_ns: lab.node(1).pod_ns.clone(), server_ns: lab.node(2).pod_ns.clone(), server_ip };
             (ends, (1..=2).filter_map(|i| lab.daemon_pid(i)).collect())
         }
     };
     let echo = match case.config {
-        None => {
+        None if !case.v6 => {
             let rtts = echo::udp_echo_rtts_us(&ends.client_ns, &ends.server_ns, lab.node(2).underlay_ip, 500)?;
             Some(rtts.iter().sum::<f64>() / rtts.len() as f64)
         }
-        Some(_) => None,
+        _ => None,
     };
     let _server = weft_lab::iperf::Server::start(&ends.server_ns, &ends.server_ip)?;
     if hold {

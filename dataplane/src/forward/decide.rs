@@ -4,10 +4,25 @@
 
 use std::net::{SocketAddr, SocketAddrV4};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::packet::{check_inbound, decrement_ttl, dst_of, DropReason, IcmpError, Ttl};
+use super::packet6;
 use super::table::Snapshot;
+
+/// This node's subnets: the only destinations accepted from peers (the
+/// IPv6 one on dual-stack networks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Local {
+    pub v4: Ipv4Net,
+    pub v6: Option<Ipv6Net>,
+}
+
+impl From<Ipv4Net> for Local {
+    fn from(v4: Ipv4Net) -> Local {
+        Local { v4, v6: None }
+    }
+}
 
 /// What to do with one outbound packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,9 +35,20 @@ pub enum Outbound {
     Drop(DropReason),
 }
 
-/// Decide for one packet from the TUN device. Decrements its TTL when it is
-/// to be forwarded.
+/// Decide for one packet from the TUN device. Decrements its TTL (hop
+/// limit) when it is to be forwarded. IPv6 packets are routed by the
+/// peers' IPv6 subnets, which only dual-stack networks have.
 pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
+    if let Some(dst6) = packet6::dst_of(pkt) {
+        return match snap.lookup6(dst6) {
+            None if !snap.has_v6() => Outbound::Drop(DropReason::NotIpv4Outbound),
+            None => Outbound::Reply(IcmpError::NetUnreachable, DropReason::NoRoute),
+            Some(_) if !packet6::decrement_hop_limit(pkt) => {
+                Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded)
+            }
+            Some(peer) => Outbound::Send(peer),
+        };
+    }
     let Some(dst) = dst_of(pkt) else {
         return Outbound::Drop(DropReason::NotIpv4Outbound);
     };
@@ -37,18 +63,26 @@ pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
 
 /// Whether a datagram from `from` may be written into the TUN device: the
 /// sender must hold a lease and send from the backend's port, the packet
-/// must be a well-formed IPv4 packet for this node's subnet `local`, and
-/// its source must be inside a subnet leased to the sender (flanneld
-/// accepts anything; a leaseholder must not be able to inject packets in
-/// another node's name, or a host-local source through `accept_local`).
-pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Ipv4Net) -> Result<(), DropReason> {
-    let Some(subnets) = snap.sender_subnets(from) else {
+/// must be a well-formed IPv4 packet for this node's subnet (or, on
+/// dual-stack networks, an IPv6 packet for its IPv6 subnet), and its
+/// source must be inside a subnet leased to the sender (flanneld accepts
+/// anything; a leaseholder must not be able to inject packets in another
+/// node's name, or a host-local source through `accept_local`).
+pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Local) -> Result<(), DropReason> {
+    let Some(senders) = snap.sender_subnets(from) else {
         return Err(DropReason::UnknownSource);
     };
-    check_inbound(seg, local)?;
+    if let (Some(local6), Some(6)) = (&local.v6, seg.first().map(|b| b >> 4)) {
+        let src = packet6::check_inbound(seg, local6)?;
+        if !senders.v6.iter().any(|n| n.contains(&src)) {
+            return Err(DropReason::SpoofedSource);
+        }
+        return Ok(());
+    }
+    check_inbound(seg, &local.v4)?;
     // check_inbound verified a whole IPv4 header.
     let src = std::net::Ipv4Addr::new(seg[12], seg[13], seg[14], seg[15]);
-    if !subnets.iter().any(|n| n.contains(&src)) {
+    if !senders.v4.iter().any(|n| n.contains(&src)) {
         return Err(DropReason::SpoofedSource);
     }
     Ok(())
@@ -92,7 +126,7 @@ mod tests {
         let mut v6 = vec![0x60u8; 40];
         assert_eq!(outbound(&mut v6, &snap), Outbound::Drop(DropReason::NotIpv4Outbound));
 
-        let local: Ipv4Net = "10.244.1.0/24".parse().unwrap();
+        let local: Local = "10.244.1.0/24".parse::<Ipv4Net>().unwrap().into();
         let from_peer = SocketAddr::V4(to_peer);
         let stranger = SocketAddr::V4(SocketAddrV4::new([198, 18, 0, 9].into(), 8285));
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &from_peer, &snap, &local), Ok(()));
@@ -105,5 +139,39 @@ mod tests {
             let p = packet_from(src, [10, 244, 1, 2], 63);
             assert_eq!(inbound(&p, &from_peer, &snap, &local), Err(DropReason::SpoofedSource), "{src:?}");
         }
+    }
+
+    #[test]
+    fn ipv6_decisions_on_a_dual_stack_network() {
+        use crate::forward::packet6::tests::packet6;
+        let mut peer = Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None);
+        peer.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
+        let snap = Snapshot::new(&[peer], 8285);
+        let to_peer = SocketAddrV4::new([198, 18, 0, 2].into(), 8285);
+        let mut p = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 64, 60);
+        assert_eq!(outbound(&mut p, &snap), Outbound::Send(to_peer));
+        assert_eq!(p[7], 63, "hop limit decremented");
+        let mut nowhere = packet6("fd10:244:0:1::2", "fd10:244:0:9::5", 64, 60);
+        assert_eq!(outbound(&mut nowhere, &snap), Outbound::Reply(IcmpError::NetUnreachable, DropReason::NoRoute));
+        let mut last_hop = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 1, 60);
+        assert_eq!(outbound(&mut last_hop, &snap), Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded));
+
+        let local = Local { v4: "10.244.1.0/24".parse().unwrap(), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
+        let from_peer = SocketAddr::V4(to_peer);
+        let good = packet6("fd10:244:0:2::5", "fd10:244:0:1::2", 63, 60);
+        assert_eq!(inbound(&good, &from_peer, &snap, &local), Ok(()));
+        // Sources outside the sender's IPv6 subnet are spoofed; so is its IPv4 peer's v6 on a v4-only local.
+        for src in ["fd10:244:0:3::5", "fd10:244:0:1::9", "::1", "fd00:198:18::2"] {
+            let p = packet6(src, "fd10:244:0:1::2", 63, 60);
+            assert_eq!(inbound(&p, &from_peer, &snap, &local), Err(DropReason::SpoofedSource), "{src}");
+        }
+        let elsewhere = packet6("fd10:244:0:2::5", "fd10:244:0:7::2", 63, 60);
+        assert_eq!(inbound(&elsewhere, &from_peer, &snap, &local), Err(DropReason::NotForThisNode));
+        // On an IPv4-only node an IPv6 datagram is what it always was: not IPv4.
+        let v4_only: Local = local.v4.into();
+        assert_eq!(inbound(&good, &from_peer, &snap, &v4_only), Err(DropReason::NotIpv4));
+        let v4_snap = Snapshot::new(&[Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None)], 8285);
+        let mut p = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 64, 60);
+        assert_eq!(outbound(&mut p, &v4_snap), Outbound::Drop(DropReason::NotIpv4Outbound));
     }
 }

@@ -5,6 +5,7 @@
 //! | module       | what it holds                                                   |
 //! |--------------|-----------------------------------------------------------------|
 //! | [`packet`]   | checked IPv4 views, TTL handling, ICMP errors                   |
+//! | [`packet6`]  | the same for IPv6: checked views, hop limit, ICMPv6 errors      |
 //! | [`decide`]   | the per-packet decisions: forward, answer with ICMP, drop       |
 //! | [`table`]    | the LPM route table, swapped lock-free under the threads        |
 //! | [`coalesce`] | received TCP segments joined into one TUN write                 |
@@ -13,5 +14,6 @@
 pub mod coalesce;
 pub mod decide;
 pub mod packet;
+pub mod packet6;
 pub mod stats;
 pub mod table;

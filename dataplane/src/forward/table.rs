@@ -1,29 +1,47 @@
 //! The route table of the udp backend: remote subnets to peers, by
 //! longest-prefix match, plus who may send what: datagrams are accepted
 //! only from a leaseholder's public IP and the backend's port, carrying
-//! packets whose source is inside that leaseholder's subnet.
+//! packets whose source is inside that leaseholder's subnet. On dual-stack
+//! networks the peers' IPv6 subnets are routed the same way (to the
+//! peer's IPv4 public address: the underlay stays IPv4).
 //!
 //! The control plane builds a new [`Snapshot`] and swaps it in; forwarding
 //! threads load the current one per batch without taking a lock
 //! (`arc-swap`), so lease changes never stall forwarding.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
 use crate::model::Peer;
+
+/// What one leaseholder may send from.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Senders {
+    pub v4: Vec<Ipv4Net>,
+    pub v6: Vec<Ipv6Net>,
+}
+
+/// Longest prefix first, as lookups walk them.
+fn by_longest<K>(lens: HashMap<u8, HashMap<K, SocketAddrV4>>) -> Vec<(u8, HashMap<K, SocketAddrV4>)> {
+    let mut by_len: Vec<_> = lens.into_iter().collect();
+    by_len.sort_by_key(|b| std::cmp::Reverse(b.0));
+    by_len
+}
 
 /// One immutable version of the table.
 #[derive(Debug, Default)]
 pub struct Snapshot {
     /// (prefix length, network -> peer), longest prefix first.
     by_len: Vec<(u8, HashMap<u32, SocketAddrV4>)>,
+    /// The same for the peers' IPv6 subnets.
+    by_len6: Vec<(u8, HashMap<u128, SocketAddrV4>)>,
     /// Public IPs of current leases, each with its subnets: the only
     /// senders accepted, and what they may send from.
-    sources: HashMap<Ipv4Addr, Vec<Ipv4Net>>,
+    sources: HashMap<Ipv4Addr, Senders>,
     /// The port every peer sends from (the backend's port).
     port: u16,
 }
@@ -32,16 +50,36 @@ impl Snapshot {
     /// Build from the peer set; every peer is reached at `public_ip:port`.
     pub fn new(peers: &[Peer], port: u16) -> Snapshot {
         let mut lens: HashMap<u8, HashMap<u32, SocketAddrV4>> = HashMap::new();
-        let mut sources: HashMap<Ipv4Addr, Vec<Ipv4Net>> = HashMap::new();
+        let mut lens6: HashMap<u8, HashMap<u128, SocketAddrV4>> = HashMap::new();
+        let mut sources: HashMap<Ipv4Addr, Senders> = HashMap::new();
         for p in peers {
-            lens.entry(p.subnet.prefix_len())
-                .or_default()
-                .insert(u32::from(p.subnet.network()), SocketAddrV4::new(p.public_ip, port));
-            sources.entry(p.public_ip).or_default().push(p.subnet);
+            let to = SocketAddrV4::new(p.public_ip, port);
+            lens.entry(p.subnet.prefix_len()).or_default().insert(u32::from(p.subnet.network()), to);
+            let senders = sources.entry(p.public_ip).or_default();
+            senders.v4.push(p.subnet);
+            if let Some(s6) = p.subnet6 {
+                lens6.entry(s6.prefix_len()).or_default().insert(u128::from(s6.network()), to);
+                senders.v6.push(s6);
+            }
         }
-        let mut by_len: Vec<_> = lens.into_iter().collect();
-        by_len.sort_by_key(|b| std::cmp::Reverse(b.0));
-        Snapshot { by_len, sources, port }
+        Snapshot { by_len: by_longest(lens), by_len6: by_longest(lens6), sources, port }
+    }
+
+    /// Whether any peer has an IPv6 subnet (the network is dual-stack).
+    pub fn has_v6(&self) -> bool {
+        !self.by_len6.is_empty()
+    }
+
+    /// The peer whose IPv6 subnet holds `dst`, by longest prefix.
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<SocketAddrV4> {
+        let d = u128::from(dst);
+        for (len, nets) in &self.by_len6 {
+            let mask = if *len == 0 { 0 } else { u128::MAX << (128 - u32::from(*len)) };
+            if let Some(peer) = nets.get(&(d & mask)) {
+                return Some(*peer);
+            }
+        }
+        None
     }
 
     /// The peer whose subnet holds `dst`, by longest prefix.
@@ -58,7 +96,7 @@ impl Snapshot {
 
     /// The subnets leased to the sender `src`, if it is a leaseholder
     /// sending from the backend's port (`None`: not accepted).
-    pub fn sender_subnets(&self, src: &SocketAddr) -> Option<&[Ipv4Net]> {
+    pub fn sender_subnets(&self, src: &SocketAddr) -> Option<&Senders> {
         let (ip, port) = match src {
             SocketAddr::V4(v4) => (*v4.ip(), v4.port()),
             SocketAddr::V6(v6) => (v6.ip().to_ipv4_mapped()?, v6.port()),
@@ -66,25 +104,33 @@ impl Snapshot {
         if port != self.port {
             return None;
         }
-        self.sources.get(&ip).map(Vec::as_slice)
+        self.sources.get(&ip)
     }
 
-    /// How many routes the snapshot holds.
+    /// How many routes the snapshot holds (both families).
     pub fn len(&self) -> usize {
-        self.by_len.iter().map(|(_, m)| m.len()).sum()
+        self.by_len.iter().map(|(_, m)| m.len()).sum::<usize>()
+            + self.by_len6.iter().map(|(_, m)| m.len()).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every route, for inspection.
-    pub fn routes(&self) -> Vec<(Ipv4Net, SocketAddrV4)> {
+    /// Every route (both families), for inspection.
+    pub fn routes(&self) -> Vec<(ipnet::IpNet, SocketAddrV4)> {
         let mut out = Vec::new();
         for (len, nets) in &self.by_len {
             for (net, peer) in nets {
                 if let Ok(n) = Ipv4Net::new(Ipv4Addr::from(*net), *len) {
-                    out.push((n, *peer));
+                    out.push((n.into(), *peer));
+                }
+            }
+        }
+        for (len, nets) in &self.by_len6 {
+            for (net, peer) in nets {
+                if let Ok(n) = Ipv6Net::new(Ipv6Addr::from(*net), *len) {
+                    out.push((n.into(), *peer));
                 }
             }
         }
@@ -149,6 +195,20 @@ mod tests {
         assert!(s.sender_subnets(&"198.18.0.2:40000".parse().unwrap()).is_none(), "only from the backend's port");
         assert!(s.sender_subnets(&"198.18.0.9:8285".parse().unwrap()).is_none());
         assert!(s.sender_subnets(&"[::ffff:198.18.0.2]:8285".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn ipv6_subnets_route_to_the_peer_and_are_what_it_may_send_from() {
+        let mut p = peer("10.244.2.0/24", [198, 18, 0, 2]);
+        p.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
+        let s = Snapshot::new(&[p, peer("10.244.3.0/24", [198, 18, 0, 3])], 8285);
+        let at = |a: &str| s.lookup6(a.parse().unwrap()).map(|p| p.ip().octets()[3]);
+        assert_eq!(at("fd10:244:0:2::9"), Some(2));
+        assert_eq!(at("fd10:244:0:3::9"), None, "the IPv4-only peer has no IPv6 route");
+        assert_eq!(s.len(), 3);
+        let senders = s.sender_subnets(&"198.18.0.2:8285".parse().unwrap()).unwrap();
+        assert_eq!(senders.v6, vec!["fd10:244:0:2::/64".parse::<Ipv6Net>().unwrap()]);
+        assert!(s.sender_subnets(&"198.18.0.3:8285".parse().unwrap()).unwrap().v6.is_empty());
     }
 
     #[test]

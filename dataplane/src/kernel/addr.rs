@@ -3,7 +3,7 @@
 
 use futures::TryStreamExt;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 
 use super::Netlink;
 use crate::error::{Error, Result};
@@ -95,15 +95,14 @@ impl Netlink {
         Ok(true)
     }
 
-    /// `ip addr replace ADDR/LEN dev INDEX`
+    /// `ip addr replace ADDR/LEN dev INDEX` (IPv6: `nodad`, so that it is
+    /// usable at once; weft's addresses are unique by lease).
     pub(crate) async fn replace_address(&self, index: u32, addr: IpNet) -> Result<()> {
-        self.handle
-            .address()
-            .add(index, addr.addr(), addr.prefix_len())
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("ip addr replace {addr} dev #{index}"), e))
+        let mut req = self.handle.address().add(index, addr.addr(), addr.prefix_len()).replace();
+        if addr.addr().is_ipv6() {
+            req.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute().await.map_err(|e| Error::netlink(format!("ip addr replace {addr} dev #{index}"), e))
     }
 
     /// `ip addr del ADDR/LEN dev INDEX`

@@ -81,7 +81,11 @@ impl UdpBackend {
         let link = self.nl.link_by_name(TUN_NAME).await?.ok_or(Error::Vanished { device: TUN_NAME.into() })?;
         let same = known && !replaced;
         let addr = Ipv4Net::new(subnet.network(), self.network.prefix_len()).expect("network prefix is valid");
-        device::configure(&self.nl, &link, self.mtu(), &[addr.into()], same, "TUN device", report).await?;
+        let mut addrs: Vec<ipnet::IpNet> = vec![addr.into()];
+        if let (Some(n6), Some(s6)) = (self.network6, self.subnet6) {
+            addrs.push(ipnet::Ipv6Net::new(s6.network(), n6.prefix_len()).expect("network prefix is valid").into());
+        }
+        device::configure(&self.nl, &link, self.mtu(), &addrs, same, "TUN device", report).await?;
         if !self.nl.has_route(self.network, link.index).await? {
             // The kernel adds the network's route for the address; adding
             // the address again brings it back as flanneld has it.

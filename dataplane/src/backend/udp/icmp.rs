@@ -8,6 +8,7 @@ use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use super::shared::Shared;
 use crate::forward::packet::{build_icmp_error, IcmpError};
+use crate::forward::packet6::build_icmp6_error;
 
 /// Token bucket for ICMP errors: at most 100 per second per thread.
 struct IcmpLimit {
@@ -41,7 +42,8 @@ pub(crate) struct Icmp {
 
 impl Icmp {
     pub(crate) fn new() -> Icmp {
-        Icmp { limit: IcmpLimit::new(), buf: vec![0u8; VIRTIO_NET_HDR_LEN + 128] }
+        // Room for an ICMPv6 error quoting up to the minimum IPv6 MTU.
+        Icmp { limit: IcmpLimit::new(), buf: vec![0u8; VIRTIO_NET_HDR_LEN + 1280] }
     }
 
     pub(crate) fn send(&mut self, dev: &SyncDevice, shared: &Shared, kind: IcmpError, original: &[u8]) {
@@ -51,7 +53,11 @@ impl Icmp {
         let hdr = if shared.vnet_hdr { VIRTIO_NET_HDR_LEN } else { 0 };
         // A zeroed virtio-net header means: no GSO, checksums complete.
         self.buf[..hdr].fill(0);
-        if let Some(n) = build_icmp_error(kind, shared.icmp_from, original, &mut self.buf[hdr..]) {
+        let built = match (original.first().map(|b| b >> 4), shared.icmp_from6) {
+            (Some(6), Some(from6)) => build_icmp6_error(kind, from6, original, &mut self.buf[hdr..]),
+            _ => build_icmp_error(kind, shared.icmp_from, original, &mut self.buf[hdr..]),
+        };
+        if let Some(n) = built {
             if dev.send(&self.buf[..hdr + n]).is_ok() {
                 shared.stats.icmp_sent.fetch_add(1, Ordering::Relaxed);
             }

@@ -21,6 +21,10 @@
 //!
 //! The TUN device gets `<subnet network>/<network prefix>` (so the kernel
 //! routes the whole overlay network into it) and MTU = external MTU − 28.
+//! On dual-stack networks it also gets `<v6 subnet network>/<v6 network
+//! prefix>` and carries the pods' IPv6 packets, to the peers' IPv4 public
+//! addresses (the underlay stays IPv4; a datagram's payload is the pod
+//! packet of either family, as flanneld frames IPv4).
 //! It is persistent (`IFF_PERSIST`): it outlives the process with its
 //! address and route, and a restart re-attaches to it as soon as the
 //! external interface is known, before etcd is asked anything. Until the
@@ -49,7 +53,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use quinn_udp::UdpSocketState;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -57,6 +61,7 @@ use tun_rs::SyncDevice;
 use weft_types::{BackendKind, UdpOptions};
 
 use crate::error::{chain, Error, Result};
+use crate::forward::decide::Local;
 use crate::forward::table::{RouteTable, Snapshot};
 use crate::kernel::Netlink;
 use crate::model::{Peer, TUN_NAME};
@@ -75,11 +80,14 @@ pub(crate) struct UdpBackend {
     opts: UdpOptions,
     ext: ExternalInterface,
     network: Ipv4Net,
+    /// The IPv6 pod network, on dual-stack networks.
+    network6: Option<Ipv6Net>,
     table: Arc<RouteTable>,
     counters: Arc<UdpCounters>,
     sockets: Vec<Arc<UdpSocket>>,
     states: Vec<Option<Arc<UdpSocketState>>>,
     subnet: Option<Ipv4Net>,
+    subnet6: Option<Ipv6Net>,
     /// The attached TUN queues (empty: none attached).
     tun: Vec<Arc<SyncDevice>>,
     vnet_hdr: bool,
@@ -98,6 +106,7 @@ impl UdpBackend {
         opts: UdpOptions,
         ext: ExternalInterface,
         network: Ipv4Net,
+        network6: Option<Ipv6Net>,
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
         let queues = socket::queue_count(opts.offload, opts.queues);
@@ -119,6 +128,7 @@ impl UdpBackend {
             opts,
             ext,
             network,
+            network6,
             table: RouteTable::new(),
             counters: Arc::new(UdpCounters {
                 stats: Arc::default(),
@@ -127,6 +137,7 @@ impl UdpBackend {
             sockets,
             states,
             subnet: None,
+            subnet6: None,
             tun: Vec::new(),
             vnet_hdr: false,
             index: None,
@@ -168,8 +179,9 @@ impl UdpBackend {
     /// Remove stale routes of an earlier kernel-backend run and set up the
     /// device. Forwarding starts at the first reconcile, once the route
     /// table is loaded.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
+    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
         self.subnet = Some(subnet);
+        self.subnet6 = subnet6.filter(|_| self.network6.is_some());
         let o = converge::routes(
             &self.nl,
             &[self.network.into()],
@@ -255,8 +267,9 @@ impl UdpBackend {
         let shared = Shared {
             table: self.table.clone(),
             stats: self.counters.stats.clone(),
-            local: subnet,
+            local: Local { v4: subnet, v6: self.subnet6 },
             icmp_from: subnet.network(),
+            icmp_from6: self.subnet6.map(|s| s.network()),
             vnet_hdr: self.vnet_hdr,
         };
         let queues: Vec<Queue> = self

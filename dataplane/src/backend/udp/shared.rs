@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::Ipv4Net;
+use crate::forward::decide::Local;
 use tokio::sync::Notify;
 use tracing::warn;
 
@@ -31,10 +31,12 @@ const MAX_CONSECUTIVE_ERRORS: u32 = 1000;
 pub(crate) struct Shared {
     pub(crate) table: Arc<RouteTable>,
     pub(crate) stats: Arc<Stats>,
-    /// This node's subnet: the only destination accepted from peers.
-    pub(crate) local: Ipv4Net,
+    /// This node's subnets: the only destinations accepted from peers.
+    pub(crate) local: Local,
     /// Source address of the ICMP errors weft sends (the TUN address).
     pub(crate) icmp_from: Ipv4Addr,
+    /// Source address of the ICMPv6 errors (the TUN's IPv6 address).
+    pub(crate) icmp_from6: Option<std::net::Ipv6Addr>,
     /// Whether the TUN device carries virtio-net headers (offload on).
     pub(crate) vnet_hdr: bool,
 }
