@@ -60,7 +60,11 @@ const CASES: &[Case] = &[
     Case { name: "underlay-v6", config: None, v6: true },
     Case { name: "host-gw-v6", config: Some(DUAL_HOSTGW), v6: true },
     Case { name: "vxlan-v6", config: Some(DUAL_VXLAN), v6: true },
+    Case { name: "udp-v6", config: Some(DUAL_UDP), v6: true },
 ];
+
+const DUAL_UDP: &str =
+    r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"udp"}}"#;
 
 const DUAL_HOSTGW: &str =
     r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"host-gw"}}"#;
