@@ -3,7 +3,9 @@
 //! ours): every etcd value is parsed and written back byte for byte, every
 //! subnet.env rendered the same, the iptables rules are flanneld's, and a
 //! weft node fed flanneld's leases programs exactly the neighbour, FDB and
-//! route entries flanneld programmed.
+//! route entries flanneld programmed. The same for dual-stack vxlan
+//! against `vxlan-dual.txt`, derived from flanneld's source (flanneld
+//! cannot run here; the file's header says what it was written from).
 
 mod lab_common;
 
@@ -208,4 +210,93 @@ fn host_gw_programs_flanneld_peers_as_flanneld_does() {
 #[test]
 fn udp_accepts_flanneld_leases_without_backend_type() {
     programs_flanneld_peers("udp");
+}
+
+/// A `KEY=value` of a subnet.env text.
+fn env_value<'a>(text: &'a str, var: &str) -> &'a str {
+    text.lines().find_map(|l| l.strip_prefix(&format!("{var}="))).unwrap_or_else(|| panic!("{var}"))
+}
+
+/// flanneld's dual-stack vxlan keys, values, subnet.env and ip6tables
+/// rules (derived from its source, see the file's header): read, and
+/// written back byte for byte.
+#[test]
+fn dual_stack_values_round_trip() {
+    let r = Reference::load("vxlan-dual");
+    let config = r.config();
+    let v6 = config.ipv6.as_ref().expect("the config is dual-stack");
+    for (key, value) in r.leases() {
+        let name = key.strip_prefix(PREFIX).unwrap();
+        let (subnet, subnet6) = parse_subnet_key(name).unwrap();
+        assert!(subnet6.is_some(), "{name} has an IPv6 part");
+        assert_eq!(subnet_key(&subnet, subnet6.as_ref()), name, "key written back");
+        let lease = weft_subnet::Lease::from_entry(name, value.as_bytes(), &config, 0, 0).unwrap();
+        assert_eq!(lease.ipv6_subnet, subnet6);
+        assert!(lease.attrs.public_ipv6.is_some() && lease.attrs.vtep_mac6().is_some(), "{value}");
+        assert_eq!(serde_json::to_string(&lease.attrs).unwrap(), value, "lease value written back byte for byte");
+    }
+    for node in ["node 0", "node 1"] {
+        let recorded = r.section(&format!("{node}: subnet.env")).join("\n") + "\n";
+        let subnet: ipnet::Ipv4Net = env_value(&recorded, "FLANNEL_SUBNET").parse().unwrap();
+        let subnet6: ipnet::Ipv6Net = env_value(&recorded, "FLANNEL_IPV6_SUBNET").parse().unwrap();
+        let env = SubnetEnv {
+            network: config.network,
+            subnet: subnet.trunc(),
+            mtu: env_value(&recorded, "FLANNEL_MTU").parse().unwrap(),
+            ip_masq: true,
+            ipv6_network: Some(v6.network),
+            ipv6_subnet: Some(subnet6.trunc()),
+        };
+        assert_eq!(env.render(), recorded, "subnet.env byte for byte");
+        let save = r.section(&format!("{node}: ip6tables-save"));
+        let chain_rules: Vec<&str> = save.iter().map(String::as_str).filter(|l| l.starts_with("-A FLANNEL-")).collect();
+        let ours = forward_rules(v6.network.into()) + &masq_rules(v6.network.into(), subnet6.trunc().into());
+        let our_rules: Vec<&str> = ours.lines().filter(|l| l.starts_with("-A ")).collect();
+        assert_eq!(our_rules, chain_rules, "{node}: ip6tables");
+    }
+}
+
+/// A dual-stack weft node among the two flanneld nodes: for each it must
+/// program the IPv6 neighbour, FDB entry and route flanneld programs for
+/// its peer, and flanneld's ip6tables rules for its own IPv6 subnet.
+#[test]
+fn vxlan_programs_flanneld_dual_stack_peers_as_flanneld_does() {
+    let r = Reference::load("vxlan-dual");
+    let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap();
+    for (key, value) in r.etcd() {
+        assert!(lab.etcdctl(&["put", &key, &value]).unwrap().status.success());
+    }
+    lab.start_daemon(1, &["--ip-masq"]).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let text = |program: &str, args: &[&str]| {
+        String::from_utf8_lossy(&netns::run(lab.node_cmd(1, program).args(args)).unwrap().stdout).into_owned()
+    };
+    for node in ["node 0", "node 1"] {
+        for (what, program, args) in [
+            ("ip -6 route show", "ip", &["-6", "route", "show"][..]),
+            ("ip -6 neigh show nud permanent", "ip", &["-6", "neigh", "show", "nud", "permanent"][..]),
+            ("bridge fdb show dev flannel-v6.1", "bridge", &["fdb", "show", "dev", "flannel-v6.1"][..]),
+        ] {
+            let recorded = r.section(&format!("{node}: {what}"));
+            wait_until(&format!("{what} to hold the entries flanneld's {node} has"), PROPAGATION, || {
+                let ours = text(program, args).replace(" proto 87", "");
+                recorded
+                    .iter()
+                    .filter(|l| !l.contains("proto kernel"))
+                    .all(|l| ours.lines().any(|o| o.trim() == l.trim()))
+                    .then_some(())
+            })
+            .unwrap_or_else(|e| panic!("{e}\nflanneld: {recorded:?}\nours:\n{}", text(program, args)));
+        }
+    }
+    let own6 = std::fs::read_to_string(&lab.node(1).subnet_file).unwrap();
+    let own6: ipnet::Ipv6Net = env_value(&own6, "FLANNEL_IPV6_SUBNET").parse().unwrap();
+    let recorded6: ipnet::Ipv6Net =
+        env_value(&(r.section("node 0: subnet.env").join("\n") + "\n"), "FLANNEL_IPV6_SUBNET").parse().unwrap();
+    let save = text("ip6tables-save", &[]);
+    let recorded = r.section("node 0: ip6tables-save");
+    for line in recorded.iter().filter(|l| l.starts_with("-A ")) {
+        let want = line.replace(&recorded6.trunc().to_string(), &own6.trunc().to_string());
+        assert_eq!(save.lines().filter(|l| *l == want).count(), 1, "exactly once: {want}\n{save}");
+    }
 }
