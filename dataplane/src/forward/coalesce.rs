@@ -4,7 +4,8 @@
 //! A UDP GRO read returns up to 64 datagrams of one peer back to back; in
 //! a bulk transfer they are consecutive segments of one TCP flow. Such a
 //! run enters the TUN device as one TCP super-packet: a virtio-net header
-//! asking the kernel to segment and checksum (`GSO_TCPV4`, `NEEDS_CSUM`),
+//! asking the kernel to segment and checksum (`GSO_TCPV4` or, for IPv6
+//! pods on dual-stack networks, `GSO_TCPV6`; `NEEDS_CSUM`),
 //! the first segment's IP and TCP headers with the run's length, then the
 //! payload of every segment, each written from where it lies in the
 //! receive buffer (`writev`). Nothing is copied in userspace and no
@@ -14,7 +15,9 @@
 //! Segments join a run only as the kernel's own GRO would join them: same
 //! addresses, ports, TOS, TTL, DF, ACK number, window and TCP options; no
 //! IP options or fragments; only ACK set (PSH allowed on the last); next
-//! sequence number; the same payload size, except a shorter last one.
+//! sequence number; the same payload size, except a shorter last one. For
+//! IPv6: same traffic class, flow label and hop limit, and no extension
+//! headers.
 //! Anything else is written as it came. The inner checksums are not
 //! verified before merging: the datagram's UDP checksum, which the kernel
 //! checked on receipt, covers every byte of the segments.
@@ -25,19 +28,22 @@
 pub const VNET_HDR_LEN: usize = 10;
 const VNET_F_NEEDS_CSUM: u8 = 1;
 const VNET_GSO_TCPV4: u8 = 1;
+const VNET_GSO_TCPV6: u8 = 4;
 /// TCP flags.
 const ACK: u8 = 0x10;
 const PSH: u8 = 0x08;
 /// The IPv4 total length field's limit.
 const MAX_IP_LEN: usize = 65_535;
-/// IPv4 (20) plus TCP with the most options (60).
-pub const MAX_HEADER: usize = VNET_HDR_LEN + 20 + 60;
+/// IPv6 (40, the longer IP header) plus TCP with the most options (60).
+pub const MAX_HEADER: usize = VNET_HDR_LEN + 40 + 60;
 /// The most segments in one run: a UDP GRO read holds at most 64.
 pub const MAX_RUN: usize = 64;
 
-/// What coalescing needs of one IPv4/TCP segment.
+/// What coalescing needs of one IPv4/TCP or IPv6/TCP segment.
 #[derive(Debug, Clone, Copy)]
 struct Tcp {
+    /// IP header length: 20 (IPv4 without options) or 40 (IPv6).
+    ip: usize,
     /// IP plus TCP header length.
     hdr: usize,
     seq: u32,
@@ -45,24 +51,57 @@ struct Tcp {
     payload: usize,
 }
 
-/// The segment as TCP without IP options or fragmentation, if it is one.
+/// The segment as TCP without IP options, extension headers or
+/// fragmentation, if it is one.
 fn tcp(seg: &[u8]) -> Option<Tcp> {
-    if seg.len() < 40 || seg[0] != 0x45 || seg[9] != 6 {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([seg[2], seg[3]]));
-    // More fragments, or a fragment offset.
-    let fragment = u16::from_be_bytes([seg[6], seg[7]]) & 0x3fff != 0;
-    let thl = usize::from(seg[32] >> 4) * 4;
-    if total != seg.len() || fragment || thl < 20 || 20 + thl > seg.len() {
+    let ip = match seg.first()? >> 4 {
+        4 => {
+            if seg.len() < 40 || seg[0] != 0x45 || seg[9] != 6 {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([seg[2], seg[3]]));
+            // More fragments, or a fragment offset.
+            let fragment = u16::from_be_bytes([seg[6], seg[7]]) & 0x3fff != 0;
+            if total != seg.len() || fragment {
+                return None;
+            }
+            20
+        }
+        6 => {
+            // Next header TCP: no extension headers (fragments among them).
+            if seg.len() < 60 || seg[6] != 6 {
+                return None;
+            }
+            let payload = usize::from(u16::from_be_bytes([seg[4], seg[5]]));
+            if payload + 40 != seg.len() {
+                return None;
+            }
+            40
+        }
+        _ => return None,
+    };
+    let thl = usize::from(seg[ip + 12] >> 4) * 4;
+    if thl < 20 || ip + thl > seg.len() {
         return None;
     }
     Some(Tcp {
-        hdr: 20 + thl,
-        seq: u32::from_be_bytes([seg[24], seg[25], seg[26], seg[27]]),
-        flags: seg[33],
-        payload: seg.len() - 20 - thl,
+        ip,
+        hdr: ip + thl,
+        seq: u32::from_be_bytes([seg[ip + 4], seg[ip + 5], seg[ip + 6], seg[ip + 7]]),
+        flags: seg[ip + 13],
+        payload: seg.len() - ip - thl,
     })
+}
+
+/// Whether two segments' IP headers let them merge: IPv4: TOS, DF, TTL
+/// and protocol, addresses; IPv6: version, traffic class and flow label,
+/// next header and hop limit, addresses.
+fn same_ip(f: &[u8], n: &[u8], ip: usize) -> bool {
+    if ip == 20 {
+        f[1] == n[1] && f[6] == n[6] && f[8..10] == n[8..10] && f[12..20] == n[12..20]
+    } else {
+        f[0..4] == n[0..4] && f[6..40] == n[6..40]
+    }
 }
 
 /// Whether `next` can follow `pt` (the run's last) in a run whose first
@@ -78,16 +117,16 @@ fn joins(first: (&[u8], Tcp), pt: Tcp, next: (&[u8], Tcp), run_payload: usize) -
         && nt.payload <= ft.payload
         && nt.seq == pt.seq.wrapping_add(pt.payload as u32)
         && ft.hdr + run_payload + nt.payload <= MAX_IP_LEN
-        // TOS; DF; TTL and protocol; addresses.
-        && f[1] == n[1]
-        && f[6] == n[6]
-        && f[8..10] == n[8..10]
-        && f[12..20] == n[12..20]
+        && nt.ip == ft.ip
+        && same_ip(f, n, ft.ip)
         // Ports; ACK number; data offset; window; urgent pointer and options.
-        && f[20..24] == n[20..24]
-        && f[28..33] == n[28..33]
-        && f[34..36] == n[34..36]
-        && f[38..ft.hdr] == n[38..nt.hdr]
+        && {
+            let t = ft.ip;
+            f[t..t + 4] == n[t..t + 4]
+                && f[t + 8..t + 13] == n[t + 8..t + 13]
+                && f[t + 14..t + 16] == n[t + 14..t + 16]
+                && f[t + 18..ft.hdr] == n[t + 18..nt.hdr]
+        }
 }
 
 /// Split `segs` into runs: `(first index, count)`, in order. A run of one
@@ -140,31 +179,38 @@ fn fold(mut acc: u32) -> u16 {
 /// Returns its length.
 pub fn super_header(segs: &[&[u8]], out: &mut [u8; MAX_HEADER]) -> usize {
     let first = segs[0];
-    let hdr = 20 + usize::from(first[32] >> 4) * 4;
+    let ip = if first[0] >> 4 == 6 { 40 } else { 20 };
+    let hdr = ip + usize::from(first[ip + 12] >> 4) * 4;
     let payload: usize = segs.iter().map(|s| s.len() - hdr).sum();
     let total = hdr + payload;
     let gso_size = first.len() - hdr;
     let vnet = &mut out[..VNET_HDR_LEN];
     vnet.fill(0);
     vnet[0] = VNET_F_NEEDS_CSUM;
-    vnet[1] = VNET_GSO_TCPV4;
+    vnet[1] = if ip == 40 { VNET_GSO_TCPV6 } else { VNET_GSO_TCPV4 };
     vnet[2..4].copy_from_slice(&(hdr as u16).to_ne_bytes());
     vnet[4..6].copy_from_slice(&(gso_size as u16).to_ne_bytes());
-    vnet[6..8].copy_from_slice(&20u16.to_ne_bytes());
+    vnet[6..8].copy_from_slice(&(ip as u16).to_ne_bytes());
     vnet[8..10].copy_from_slice(&16u16.to_ne_bytes());
     let h = &mut out[VNET_HDR_LEN..VNET_HDR_LEN + hdr];
     h.copy_from_slice(&first[..hdr]);
-    h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    h[10..12].fill(0);
-    let ip_check = !fold(sum(&h[..20], 0));
-    h[10..12].copy_from_slice(&ip_check.to_be_bytes());
+    let tcp_len = (total - ip) as u32;
+    let pseudo = if ip == 40 {
+        // Payload length; no header checksum in IPv6.
+        h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
+        sum(&h[8..40], 6 + tcp_len)
+    } else {
+        h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        h[10..12].fill(0);
+        let ip_check = !fold(sum(&h[..20], 0));
+        h[10..12].copy_from_slice(&ip_check.to_be_bytes());
+        sum(&h[12..20], 6 + tcp_len)
+    };
     // The last segment's flags (a PSH there stays on the super-packet).
-    h[33] = segs[segs.len() - 1][33];
+    h[ip + 13] = segs[segs.len() - 1][ip + 13];
     // With NEEDS_CSUM the checksum field holds the pseudo-header sum,
     // not complemented; the kernel adds header and payload.
-    let tcp_len = (total - 20) as u32;
-    let pseudo = sum(&h[12..20], 6 + tcp_len);
-    h[36..38].copy_from_slice(&fold(pseudo).to_be_bytes());
+    h[ip + 16..ip + 18].copy_from_slice(&fold(pseudo).to_be_bytes());
     VNET_HDR_LEN + hdr
 }
 
@@ -186,6 +232,68 @@ mod tests {
         p.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 5, 0, 0, 0, 6]);
         p.extend((0..len).map(|i| (seq as usize + i) as u8));
         p
+    }
+
+    /// The same segment over IPv6 (fd10:244:0:2::7 -> fd10:244:0:1::9).
+    fn seg6(seq: u32, len: usize, flags: u8) -> Vec<u8> {
+        let v4 = seg(seq, len, flags);
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&((v4.len() - 20) as u16).to_be_bytes());
+        p.extend_from_slice(&[6, 63]);
+        p.extend_from_slice(&"fd10:244:0:2::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"fd10:244:0:1::9".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&v4[20..]);
+        p
+    }
+
+    #[test]
+    fn ipv6_segments_coalesce_like_ipv4() {
+        let segs = vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), seg6(1200, 60, ACK | PSH)];
+        assert_eq!(plan(&segs), vec![(0, 3)]);
+        let mut hops = seg6(1200, 100, ACK);
+        hops[7] = 62;
+        let mut flow_label = seg6(1200, 100, ACK);
+        flow_label[3] = 1;
+        let mut ext = seg6(1100, 100, ACK);
+        ext[6] = 0; // a hop-by-hop options header first
+        let mut port = seg6(1200, 100, ACK);
+        port[42] = 0x11;
+        let cases: Vec<(&str, Vec<Vec<u8>>, Vec<(usize, usize)>)> = vec![
+            ("another hop limit", vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), hops], vec![(0, 2), (2, 1)]),
+            ("another flow label", vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), flow_label], vec![(0, 2), (2, 1)]),
+            ("an extension header", vec![seg6(1000, 100, ACK), ext], vec![(0, 1), (1, 1)]),
+            ("another flow", vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), port], vec![(0, 2), (2, 1)]),
+            ("IPv4 then IPv6", vec![seg(1000, 100, ACK), seg6(1100, 100, ACK)], vec![(0, 1), (1, 1)]),
+            ("a gap", vec![seg6(1000, 100, ACK), seg6(1150, 100, ACK)], vec![(0, 1), (1, 1)]),
+        ];
+        for (what, segs, want) in cases {
+            assert_eq!(plan(&segs), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_ipv6_super_header_is_what_the_kernel_expects() {
+        let segs = [seg6(1000, 100, ACK), seg6(1100, 100, ACK), seg6(1200, 60, ACK | PSH)];
+        let refs: Vec<&[u8]> = segs.iter().map(|s| s.as_slice()).collect();
+        let mut out = [0u8; MAX_HEADER];
+        let n = super_header(&refs, &mut out);
+        assert_eq!(n, VNET_HDR_LEN + 72);
+        let vnet = &out[..VNET_HDR_LEN];
+        assert_eq!((vnet[0], vnet[1]), (VNET_F_NEEDS_CSUM, VNET_GSO_TCPV6));
+        assert_eq!(u16::from_ne_bytes([vnet[2], vnet[3]]), 72, "hdr_len");
+        assert_eq!(u16::from_ne_bytes([vnet[6], vnet[7]]), 40, "csum_start");
+        let h = &out[VNET_HDR_LEN..n];
+        assert_eq!(u16::from_be_bytes([h[4], h[5]]), 32 + 260, "payload length");
+        assert_eq!(h[53], ACK | PSH);
+        let mut tcp = h[40..].to_vec();
+        for s in &segs {
+            tcp.extend_from_slice(&s[72..]);
+        }
+        let with_data = sum(&tcp[..16], 0) + sum(&tcp[18..], 0) + u32::from(u16::from_be_bytes([h[56], h[57]]));
+        let mut check = tcp.clone();
+        check[16..18].copy_from_slice(&(!fold(with_data)).to_be_bytes());
+        let pseudo = sum(&h[8..40], 6 + check.len() as u32);
+        assert_eq!(fold(sum(&check, pseudo)), 0xffff, "the finished TCP checksum verifies");
     }
 
     fn plan(segs: &[Vec<u8>]) -> Vec<(usize, usize)> {
