@@ -258,7 +258,8 @@ mod tests {
         ext[6] = 0; // a hop-by-hop options header first
         let mut port = seg6(1200, 100, ACK);
         port[42] = 0x11;
-        let cases: Vec<(&str, Vec<Vec<u8>>, Vec<(usize, usize)>)> = vec![
+        type Case = (&'static str, Vec<Vec<u8>>, Vec<(usize, usize)>);
+        let cases: Vec<Case> = vec![
             ("another hop limit", vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), hops], vec![(0, 2), (2, 1)]),
             ("another flow label", vec![seg6(1000, 100, ACK), seg6(1100, 100, ACK), flow_label], vec![(0, 2), (2, 1)]),
             ("an extension header", vec![seg6(1000, 100, ACK), ext], vec![(0, 1), (1, 1)]),
