@@ -218,4 +218,16 @@ fn udp_dual_stack() {
     assert!(!out.status.success());
     assert!(text.contains("Destination unreachable") || text.contains("No route"), "{text}");
     assert!(lab.metric(1, "weft_udp_dropped_total{reason=\"no_route\"}").unwrap() >= 1);
+
+    // The IPv6 network's route on flannel0 removed: put back, IPv6 flows again.
+    let out = lab.node_cmd(1, "ip").args(["-6", "route", "del", "fd10:244::/56", "dev", "flannel0"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dst = lab.node(2).pod_ip6.unwrap();
+    wait_until("the IPv6 network's route on flannel0 to be restored", Duration::from_secs(10), || {
+        let r =
+            lab.node_cmd(1, "ip").args(["-6", "route", "show", "fd10:244::/56", "dev", "flannel0"]).output().ok()?;
+        (!r.stdout.is_empty() && lab.ping6_once(1, dst)).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert!(lab.metric(1, "weft_dataplane_repairs_total{backend=\"udp\",kind=\"route\"}").unwrap() >= 1);
 }

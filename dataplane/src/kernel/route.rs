@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures::TryStreamExt;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
 };
@@ -19,8 +19,12 @@ use crate::WEFT_ROUTE_PROTO;
 impl Netlink {
     /// Whether the main table has a route to exactly `dst` out of `oif`
     /// (`ip route show table main exact DST dev OIF`), whatever its protocol.
-    pub(crate) async fn has_route(&self, dst: Ipv4Net, oif: u32) -> Result<bool> {
-        let mut stream = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    pub(crate) async fn has_route(&self, dst: IpNet, oif: u32) -> Result<bool> {
+        let dump = match dst {
+            IpNet::V4(_) => RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            IpNet::V6(_) => RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        };
+        let mut stream = self.handle.route().get(dump).execute();
         let mut found = false;
         while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {
             if msg.header.table != RouteHeader::RT_TABLE_MAIN
@@ -28,15 +32,16 @@ impl Netlink {
             {
                 continue;
             }
-            let (mut d, mut o) = (Ipv4Addr::UNSPECIFIED, None);
+            let (mut d, mut o) = (None, None);
             for a in &msg.attributes {
                 match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(x)) => d = *x,
+                    RouteAttribute::Destination(RouteAddress::Inet(x)) => d = Some(IpAddr::V4(*x)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(x)) => d = Some(IpAddr::V6(*x)),
                     RouteAttribute::Oif(i) => o = Some(*i),
                     _ => {}
                 }
             }
-            found |= d == dst.network() && o == Some(oif);
+            found |= d == Some(dst.network()) && o == Some(oif);
         }
         Ok(found)
     }

@@ -86,15 +86,19 @@ impl UdpBackend {
             addrs.push(ipnet::Ipv6Net::new(s6.network(), n6.prefix_len()).expect("network prefix is valid").into());
         }
         device::configure(&self.nl, &link, self.mtu(), &addrs, same, "TUN device", report).await?;
-        if !self.nl.has_route(self.network, link.index).await? {
+        for addr in addrs {
+            let network = addr.trunc();
+            if self.nl.has_route(network, link.index).await? {
+                continue;
+            }
             // The kernel adds the network's route for the address; adding
             // the address again brings it back as flanneld has it.
             if same {
-                warn!(device = TUN_NAME, network = %self.network, "the route of the network was removed; restoring it");
+                warn!(device = TUN_NAME, %network, "the route of the network was removed; restoring it");
                 report.repaired(ObjectKind::Route, 1);
             }
-            self.nl.delete_address(link.index, addr.into()).await?;
-            self.nl.replace_address(link.index, addr.into()).await?;
+            self.nl.delete_address(link.index, addr).await?;
+            self.nl.replace_address(link.index, addr).await?;
         }
         if fresh || replaced {
             // The ICMP errors weft writes into the device come from the
