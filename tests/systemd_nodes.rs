@@ -183,6 +183,27 @@ fn udp_on_systemd_nodes() {
     systemd_nodes("udp", "flannel0");
 }
 
+/// A dual-stack network on systemd nodes: the packaged unit and CNI
+/// plugin (kube-flannel's config) give pods both families, and they reach
+/// each other over IPv6 through flannel-v6.1.
+#[test]
+fn dual_stack_vxlan_on_systemd_nodes() {
+    let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    let c = Cluster::with_config("vxlan", json);
+    for (from, to) in [(1, 2), (2, 1)] {
+        let dst = c.lab.node(to).pod_ip6.unwrap_or_else(|| panic!("pod {to} has no IPv6 address"));
+        wait_until(&format!("pod {from} to reach pod {to} over IPv6"), Duration::from_secs(5), || {
+            c.lab.ping6_once(from, dst).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(c.node(from))));
+    }
+    let env = std::fs::read_to_string(c.node(2).path("/run/flannel/subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_IPV6_SUBNET=fd10:244:"), "{env}");
+    c.node(2).run("ip", &["link", "show", "flannel-v6.1"]).unwrap_or_else(|e| panic!("{e:#}"));
+    let (code, body) = c.lab.http(2, "/readyz").unwrap();
+    assert_eq!(code, 200, "{body}");
+}
+
 /// `RealtimeThreads` under the packaged unit (`RestrictRealtime=yes`): the
 /// kernel refuses `SCHED_FIFO`; weft says so once, with what to change,
 /// and forwards at normal priority. (The drop-in docs/backends.md gives is

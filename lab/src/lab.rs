@@ -288,6 +288,11 @@ impl Lab {
         self.node_mut(i).pod_ip = Some(ip);
     }
 
+    /// Record the IPv6 address of node `i`'s pod (`None`: it has none).
+    pub fn set_pod_ip6(&mut self, i: u8, ip: Option<Ipv6Addr>) {
+        self.node_mut(i).pod_ip6 = ip;
+    }
+
     fn node_mut(&mut self, i: u8) -> &mut Node {
         &mut self.nodes[usize::from(i) - 1]
     }

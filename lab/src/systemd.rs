@@ -198,6 +198,13 @@ impl SystemdNode {
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no IPv4 address in the CNI result {result}"))?;
         lab.set_pod_ip(self.index, addr.addr());
+        // On a dual-stack network the pod has an IPv6 address too.
+        let addr6 = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|ip| ip["address"].as_str()?.parse::<ipnet::Ipv6Net>().ok());
+        lab.set_pod_ip6(self.index, addr6.map(|a| a.addr()));
         Ok(addr.addr())
     }
 }
