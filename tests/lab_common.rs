@@ -114,3 +114,18 @@ pub(crate) fn forwarding_policies(pid: u32) -> Vec<(String, u32)> {
     }
     out
 }
+
+/// (thread name, nice value) of each forwarding thread of process `pid`.
+pub(crate) fn forwarding_nice(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.starts_with("weft-") {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // Fields after the command's closing parenthesis; nice is field 19.
+            let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap();
+            out.push((comm.trim().to_string(), nice));
+        }
+    }
+    out
+}

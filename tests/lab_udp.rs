@@ -46,6 +46,11 @@ fn udp_with_offloads_carries_pings_and_checked_tcp() {
     let log = lab.log(1);
     assert!(log.contains("udp backend forwarding") && log.contains("tun_offload=true"), "{log}");
     assert!(lab.metric(1, "weft_udp_packets_total{direction=\"tx\"}").unwrap() > 1000);
+    // The forwarding threads run at nice -19, so that a woken one is not
+    // kept waiting behind busy tasks.
+    let nice = forwarding_nice(lab.daemon_pid(1).unwrap());
+    assert!(nice.len() >= 2 && nice.iter().all(|(_, n)| *n == -19), "{nice:?}");
+    assert!(!lab.log(1).contains("refused nice"), "{}", lab.log(1));
 }
 
 /// `count` pings from pod 1 to pod 2, 10 ms apart: how many were answered.

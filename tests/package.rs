@@ -55,7 +55,10 @@ fn the_package_holds_what_a_node_needs() {
     for line in ["Type=notify", "Restart=always", "EnvironmentFile=-/etc/default/weft", "ExecStart=/usr/bin/weft run"] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
-    assert!(unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW") && unit.contains("ProtectSystem=strict"));
+    assert!(
+        unit.contains("CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_NICE")
+            && unit.contains("ProtectSystem=strict")
+    );
 }
 
 /// `systemd-analyze verify` on the unit, with the package's /usr laid over

@@ -15,7 +15,7 @@ mod lab_common;
 
 use std::time::{Duration, Instant};
 
-use lab_common::{config, forwarding_policies, package};
+use lab_common::{config, forwarding_nice, forwarding_policies, package};
 use weft_lab::systemd::SystemdNode;
 use weft_lab::{wait_until, Lab};
 
@@ -180,7 +180,12 @@ fn host_gw_on_systemd_nodes() {
 
 #[test]
 fn udp_on_systemd_nodes() {
-    systemd_nodes("udp", "flannel0");
+    let c = systemd_nodes("udp", "flannel0");
+    // The packaged unit keeps CAP_SYS_NICE: the forwarding threads of
+    // node 1 (still running) are at nice -19, and nothing was refused.
+    let nice = forwarding_nice(c.node(1).main_pid().unwrap());
+    assert!(nice.len() >= 2 && nice.iter().all(|(_, n)| *n == -19), "{nice:?}");
+    assert!(!journal(c.node(1)).contains("refused nice"), "{}", journal(c.node(1)));
 }
 
 /// A dual-stack network on systemd nodes: the packaged unit and CNI

@@ -132,6 +132,20 @@ pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
     }
 }
 
+/// `setpriority(2)` of the calling thread (Linux: a thread id names one
+/// thread) to nice value `nice`.
+pub(crate) fn set_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid(2) has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; it changes only the
+    // scheduling weight of thread `tid`, our own.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `writev(2)` of all of `bufs` to `fd`, retried when interrupted.
 pub(crate) fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     loop {
