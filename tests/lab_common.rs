@@ -99,33 +99,31 @@ pub(crate) fn package() -> PathBuf {
     deb
 }
 
-/// (thread name, scheduling policy) of each forwarding thread (`weft-*`)
-/// of process `pid`.
-pub(crate) fn forwarding_policies(pid: u32) -> Vec<(String, u32)> {
+/// Field `n` (as proc(5) numbers them, from 3 on) of the stat line of each
+/// forwarding thread (`weft-*`) of process `pid`, by thread name.
+fn forwarding_stat<T: std::str::FromStr>(pid: u32, n: usize) -> Vec<(String, T)>
+where
+    T::Err: std::fmt::Debug,
+{
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
         let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
         if comm.starts_with("weft-") {
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Fields after the command's closing parenthesis; policy is field 41.
-            let policy = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(38).unwrap().parse().unwrap();
-            out.push((comm.trim().to_string(), policy));
+            // Fields after the command's closing parenthesis start at field 3.
+            let field = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(n - 3).unwrap().parse().unwrap();
+            out.push((comm.trim().to_string(), field));
         }
     }
     out
 }
 
+/// (thread name, scheduling policy) of each forwarding thread of process `pid`.
+pub(crate) fn forwarding_policies(pid: u32) -> Vec<(String, u32)> {
+    forwarding_stat(pid, 41)
+}
+
 /// (thread name, nice value) of each forwarding thread of process `pid`.
 pub(crate) fn forwarding_nice(pid: u32) -> Vec<(String, i32)> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("weft-") {
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
-            // Fields after the command's closing parenthesis; nice is field 19.
-            let nice = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(16).unwrap().parse().unwrap();
-            out.push((comm.trim().to_string(), nice));
-        }
-    }
-    out
+    forwarding_stat(pid, 19)
 }

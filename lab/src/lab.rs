@@ -485,12 +485,7 @@ impl Lab {
 
     /// Whether pod `i` gets an answer from IPv6 address `dst` within 3 s.
     pub fn ping6_once(&self, i: u8, dst: Ipv6Addr) -> bool {
-        exec(&self.node(i).pod_ns, "ping")
-            .args(["-6", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", &dst.to_string()])
-            .stdin(Stdio::null())
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        self.answers_within_3s(i, dst.into())
     }
 
     /// `ip -6 route show proto 87` in node `i`.
@@ -509,6 +504,10 @@ impl Lab {
 
     /// Whether pod `i` gets an answer from `dst` within 3 s.
     pub fn ping_once(&self, i: u8, dst: Ipv4Addr) -> bool {
+        self.answers_within_3s(i, dst.into())
+    }
+
+    fn answers_within_3s(&self, i: u8, dst: std::net::IpAddr) -> bool {
         // Echoes every 0.2 s until the first answer, for at most 3 s: a
         // loaded machine may lose or delay one without anything being wrong.
         exec(&self.node(i).pod_ns, "ping")

@@ -288,14 +288,7 @@ impl Registry {
             value,
             Some(PutOptions::new().with_lease(id)),
         )]);
-        let mod_revision = match self.txn(txn, "create_lease").await {
-            Ok(resp) if resp.succeeded() => resp.header().map(|h| h.revision()).unwrap_or(0),
-            Ok(_) => {
-                self.revoke(id).await;
-                return Ok(None);
-            }
-            Err(e) => self.committed_with(&key, id, e).await?,
-        };
+        let Some(mod_revision) = self.put_if(txn, &key, id).await? else { return Ok(None) };
         Ok(Some(Lease {
             subnet,
             ipv6_subnet: subnet6,
@@ -332,14 +325,7 @@ impl Registry {
                 TxnOp::delete(old_key, None),
                 TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
             ]);
-        let mod_revision = match self.txn(txn, "create_lease").await {
-            Ok(resp) if resp.succeeded() => resp.header().map(|h| h.revision()).unwrap_or(0),
-            Ok(_) => {
-                self.revoke(id).await;
-                return Ok(None);
-            }
-            Err(e) => self.committed_with(&key, id, e).await?,
-        };
+        let Some(mod_revision) = self.put_if(txn, &key, id).await? else { return Ok(None) };
         if old.etcd_lease != 0 {
             self.revoke(old.etcd_lease).await;
         }
@@ -351,6 +337,21 @@ impl Registry {
             mod_revision,
             ttl: Some(ttl),
         }))
+    }
+
+    /// Run `txn`, which puts `key` with etcd lease `id` when its compares
+    /// hold: the key's mod revision, or `None` when they did not (then `id`
+    /// is revoked). An error whose outcome is unknown is settled by
+    /// [`Registry::committed_with`].
+    async fn put_if(&self, txn: Txn, key: &str, id: i64) -> Result<Option<i64>> {
+        match self.txn(txn, "create_lease").await {
+            Ok(resp) if resp.succeeded() => Ok(Some(resp.header().map(|h| h.revision()).unwrap_or(0))),
+            Ok(_) => {
+                self.revoke(id).await;
+                Ok(None)
+            }
+            Err(e) => self.committed_with(key, id, e).await.map(Some),
+        }
     }
 
     /// After a transaction that put `key` with etcd lease `id` failed with

@@ -22,6 +22,8 @@
 //! verified before merging: the datagram's UDP checksum, which the kernel
 //! checked on receipt, covers every byte of the segments.
 
+use super::packet::{fold, sum16};
+
 /// The virtio-net header the TUN device expects before every packet
 /// (`struct virtio_net_hdr`, 10 bytes, as tun-rs configures the device;
 /// the udp backend checks that the two agree).
@@ -154,25 +156,6 @@ pub fn runs(segs: &[&[u8]]) -> Vec<(usize, usize)> {
     out
 }
 
-/// The ones' complement sum of `data` (16-bit big-endian words), unfolded.
-fn sum(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
 /// Write into `out` what goes before the payloads of run `segs` (two or
 /// more segments that [`runs`] joined): the virtio-net header and the
 /// first segment's IP and TCP headers, fixed up for the whole run.
@@ -198,13 +181,13 @@ pub fn super_header(segs: &[&[u8]], out: &mut [u8; MAX_HEADER]) -> usize {
     let pseudo = if ip == 40 {
         // Payload length; no header checksum in IPv6.
         h[4..6].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-        sum(&h[8..40], 6 + tcp_len)
+        sum16(&h[8..40], 6 + tcp_len)
     } else {
         h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         h[10..12].fill(0);
-        let ip_check = !fold(sum(&h[..20], 0));
+        let ip_check = !fold(sum16(&h[..20], 0));
         h[10..12].copy_from_slice(&ip_check.to_be_bytes());
-        sum(&h[12..20], 6 + tcp_len)
+        sum16(&h[12..20], 6 + tcp_len)
     };
     // The last segment's flags (a PSH there stays on the super-packet).
     h[ip + 13] = segs[segs.len() - 1][ip + 13];
@@ -290,11 +273,11 @@ mod tests {
         for s in &segs {
             tcp.extend_from_slice(&s[72..]);
         }
-        let with_data = sum(&tcp[..16], 0) + sum(&tcp[18..], 0) + u32::from(u16::from_be_bytes([h[56], h[57]]));
+        let with_data = sum16(&tcp[..16], 0) + sum16(&tcp[18..], 0) + u32::from(u16::from_be_bytes([h[56], h[57]]));
         let mut check = tcp.clone();
         check[16..18].copy_from_slice(&(!fold(with_data)).to_be_bytes());
-        let pseudo = sum(&h[8..40], 6 + check.len() as u32);
-        assert_eq!(fold(sum(&check, pseudo)), 0xffff, "the finished TCP checksum verifies");
+        let pseudo = sum16(&h[8..40], 6 + check.len() as u32);
+        assert_eq!(fold(sum16(&check, pseudo)), 0xffff, "the finished TCP checksum verifies");
     }
 
     fn plan(segs: &[Vec<u8>]) -> Vec<(usize, usize)> {
@@ -361,7 +344,7 @@ mod tests {
         assert_eq!(u16::from_ne_bytes([vnet[8], vnet[9]]), 16, "csum_offset");
         let h = &out[VNET_HDR_LEN..n];
         assert_eq!(u16::from_be_bytes([h[2], h[3]]), 52 + 260, "total length");
-        assert_eq!(fold(sum(&h[..20], 0)), 0xffff, "a valid IP header checksum");
+        assert_eq!(fold(sum16(&h[..20], 0)), 0xffff, "a valid IP header checksum");
         assert_eq!(h[33], ACK | PSH, "the last segment's PSH");
         assert_eq!(&h[24..28], &1000u32.to_be_bytes(), "the first sequence number");
         // The partial checksum plus the TCP header and payload sum to a valid checksum.
@@ -369,11 +352,11 @@ mod tests {
         for s in &segs {
             tcp.extend_from_slice(&s[52..]);
         }
-        let with_data = sum(&tcp[..16], 0) + sum(&tcp[18..], 0) + u32::from(u16::from_be_bytes([h[36], h[37]]));
+        let with_data = sum16(&tcp[..16], 0) + sum16(&tcp[18..], 0) + u32::from(u16::from_be_bytes([h[36], h[37]]));
         let full = !fold(with_data);
         let mut check = tcp.clone();
         check[16..18].copy_from_slice(&full.to_be_bytes());
-        let pseudo = sum(&h[12..20], 6 + check.len() as u32);
-        assert_eq!(fold(sum(&check, pseudo)), 0xffff, "the finished TCP checksum verifies");
+        let pseudo = sum16(&h[12..20], 6 + check.len() as u32);
+        assert_eq!(fold(sum16(&check, pseudo)), 0xffff, "the finished TCP checksum verifies");
     }
 }

@@ -90,20 +90,21 @@ impl DropReason {
     }
 }
 
-/// The one's complement sum of `data` as 16-bit big-endian words.
-fn sum16(data: &[u8]) -> u32 {
-    let mut sum = 0u32;
+/// The one's complement sum of `data` as 16-bit big-endian words, added
+/// to `acc` and left unfolded (also used for IPv6 and TCP pseudo-headers).
+pub(crate) fn sum16(data: &[u8], mut acc: u32) -> u32 {
     let mut chunks = data.chunks_exact(2);
     for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
     }
     if let [last] = chunks.remainder() {
-        sum += u32::from(*last) << 8;
+        acc += u32::from(*last) << 8;
     }
-    sum
+    acc
 }
 
-fn fold(mut sum: u32) -> u16 {
+/// Fold a [`sum16`] into 16 bits.
+pub(crate) fn fold(mut sum: u32) -> u16 {
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -112,7 +113,7 @@ fn fold(mut sum: u32) -> u16 {
 
 /// The Internet checksum of `data`.
 pub fn checksum(data: &[u8]) -> u16 {
-    !fold(sum16(data))
+    !fold(sum16(data, 0))
 }
 
 /// A checked view of an IPv4 packet: the constructor validates everything
@@ -139,7 +140,7 @@ impl<'a> Ipv4Packet<'a> {
         if total != buf.len() {
             return Err(DropReason::BadTotalLength);
         }
-        if fold(sum16(&buf[..ihl])) != 0xffff {
+        if fold(sum16(&buf[..ihl], 0)) != 0xffff {
             return Err(DropReason::BadChecksum);
         }
         if buf[field::TTL] == 0 {

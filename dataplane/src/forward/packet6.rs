@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
 
-use super::packet::{DropReason, IcmpError};
+use super::packet::{fold, sum16, DropReason, IcmpError};
 
 /// The fixed IPv6 header.
 pub const HEADER_LEN: usize = 40;
@@ -76,25 +76,6 @@ pub fn decrement_hop_limit(buf: &mut [u8]) -> bool {
     }
     buf[field::HOP_LIMIT] -= 1;
     true
-}
-
-/// The one's complement sum of `data` as 16-bit big-endian words, added to `acc`.
-fn sum16(data: &[u8], mut acc: u32) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [last] = chunks.remainder() {
-        acc += u32::from(*last) << 8;
-    }
-    acc
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// The ICMPv6 checksum of `msg` from `src` to `dst` (RFC 4443 2.3: over

@@ -39,32 +39,19 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip -4 addr show`: (interface index, address/prefix).
-    pub(crate) async fn addresses(&self) -> Result<Vec<(u32, Ipv4Net)>> {
-        Ok(self
-            .all_addresses()
-            .await?
-            .into_iter()
-            .filter_map(|(i, a)| match a {
-                IpNet::V4(v4) => Some((i, v4)),
-                IpNet::V6(_) => None,
-            })
-            .collect())
-    }
-
-    /// `ip -6 addr show scope global`: (interface index, address/prefix),
-    /// link-local addresses left out.
-    pub(crate) async fn addresses6(&self) -> Result<Vec<(u32, Ipv6Net)>> {
-        Ok(self
-            .all_addresses()
-            .await?
-            .into_iter()
-            .filter(|(_, a)| !is_link_local(a))
-            .filter_map(|(i, a)| match a {
-                IpNet::V6(v6) => Some((i, v6)),
-                IpNet::V4(_) => None,
-            })
-            .collect())
+    /// `ip -4 addr show` and `ip -6 addr show scope global` from one dump:
+    /// (interface index, address/prefix) of each family, IPv6 link-local
+    /// addresses left out.
+    pub(crate) async fn addresses_by_family(&self) -> Result<(Vec<(u32, Ipv4Net)>, Vec<(u32, Ipv6Net)>)> {
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (i, a) in self.all_addresses().await? {
+            match a {
+                IpNet::V4(n) => v4.push((i, n)),
+                IpNet::V6(n) if !is_link_local(&a) => v6.push((i, n)),
+                IpNet::V6(_) => {}
+            }
+        }
+        Ok((v4, v6))
     }
 
     /// `ip addr show dev INDEX`: the device's addresses of `addr`'s family,

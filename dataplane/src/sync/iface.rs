@@ -141,8 +141,7 @@ pub(crate) fn select(
 /// Read the host's links and addresses and pick the external interface.
 pub(crate) async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
     let links = nl.links().await?;
-    let addrs = nl.addresses().await?;
-    let addrs6 = nl.addresses6().await?;
+    let (addrs, addrs6) = nl.addresses_by_family().await?;
     let default_oif =
         if req.ifaces.is_empty() && req.regexes.is_empty() { nl.default_route_oif().await? } else { None };
     select(&links, &addrs, &addrs6, default_oif, req)
