@@ -55,20 +55,22 @@ fn fault(lab: &Lab, backend: &str, what: &str, kind: &str, fault: impl FnOnce())
 }
 
 /// Replace weft's device `name` on node 2 with a bridge of the same name.
-/// weft recreates its device within milliseconds of the deletion, so the
-/// swap is one `ip -batch`, tried again until the bridge wins the race
-/// (TUN devices go fast enough for that; a VXLAN device takes longer to
-/// delete than weft takes to notice).
+/// weft recreates its device within milliseconds of a deletion, so the
+/// daemon is stopped (SIGSTOP) for the swap and continued after it: the
+/// bridge then holds the name whatever the machine's load (racing the
+/// daemon instead lost for 10 s in a busy CI run).
 fn put_foreign_device(lab: &Lab, name: &str) {
+    let pid = lab.daemon_pid(2).unwrap().to_string();
     on_node(lab, 2, "ip", &["link", "add", "foreign0", "type", "bridge"]);
-    let batch = lab.dir().join("foreign.batch");
-    std::fs::write(&batch, format!("link del {name}\nlink set foreign0 name {name}\n")).unwrap();
-    wait_until("the foreign device to take the name", Duration::from_secs(10), || {
-        let _ = lab.node_cmd(2, "ip").args(["-force", "-batch", batch.to_str()?]).output();
-        let link = text(&lab.node_cmd(2, "ip").args(["-d", "link", "show", name]).output().ok()?.stdout);
-        link.contains("bridge").then_some(())
-    })
-    .unwrap();
+    on_node(lab, 2, "kill", &["-STOP", &pid]);
+    let swapped = (|| {
+        lab.node_cmd(2, "ip").args(["link", "del", name]).status().ok()?.success().then_some(())?;
+        lab.node_cmd(2, "ip").args(["link", "set", "foreign0", "name", name]).status().ok()?.success().then_some(())
+    })();
+    on_node(lab, 2, "kill", &["-CONT", &pid]);
+    assert!(swapped.is_some(), "swapping {name} for a bridge failed");
+    let link = text(&lab.node_cmd(2, "ip").args(["-d", "link", "show", name]).output().unwrap().stdout);
+    assert!(link.contains("bridge"), "{name} is not the bridge: {link}");
 }
 
 /// Remove weft's forward chain; it must be back within one resync interval.
@@ -235,9 +237,8 @@ fn udp_repairs_its_device_and_restarts_its_threads() {
     eprintln!("udp: 10 ms ping through all faults: {sent} sent, {} lost", sent - received);
     assert!(received > 0);
 
-    // Each lost race above deleted weft's device under its threads, so the
-    // readiness body may first show the restart backoff; wait for the
-    // foreign device to be named.
+    // The deletion under its threads may first show the restart backoff in
+    // the readiness body; wait for the foreign device to be named.
     put_foreign_device(&lab, "flannel0");
     wait_until("node 2 to report the foreign flannel0", REPAIR, || {
         let (code, body) = lab.http(2, "/readyz").ok()?;
