@@ -3,7 +3,7 @@
 //! flanneld's dual form, both families in subnet.env, pods reaching each
 //! other over IPv4 and IPv6, IPv6 repaired like IPv4, and a v4 node
 //! turned dual-stack keeping its IPv4 subnet. The udp backend carries pod
-//! IPv6 too, over the IPv4 underlay.
+//! IPv6 too, over the IPv6 underlay.
 
 mod lab_common;
 
@@ -198,11 +198,53 @@ fn turning_ipv6_on_under_a_running_node_replaces_its_key_and_keeps_its_subnet() 
     assert!(env_var(&lab, 1, "FLANNEL_IPV6_SUBNET").is_some());
 }
 
+/// Node `i`'s UDP datagrams sent so far: (over IPv4, over IPv6), from
+/// its namespace's /proc/net/snmp and /proc/net/snmp6.
+fn udp_datagrams_out(lab: &Lab, i: u8) -> (u64, u64) {
+    let read = |file: &str| {
+        let out = lab.node_cmd(i, "cat").arg(file).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let snmp = read("/proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let at = names.split_whitespace().position(|n| n == "OutDatagrams").unwrap();
+    let v4 = values.split_whitespace().nth(at).unwrap().parse().unwrap();
+    let snmp6 = read("/proc/net/snmp6");
+    let v6 = snmp6.lines().find_map(|l| l.strip_prefix("Udp6OutDatagrams")).unwrap().trim().parse().unwrap();
+    (v4, v6)
+}
+
 #[test]
 fn udp_dual_stack() {
-    // Pod IPv6 travels through flannel0 like IPv4, to the peer's IPv4
-    // public address; the TUN device holds both families' addresses.
+    // Pod IPv6 travels through flannel0 like IPv4; the TUN device holds
+    // both families' addresses.
     let lab = dual_stack_pods_reach_each_other("udp");
+    // Over the IPv6 underlay (both nodes have a PublicIPv6): pod IPv6 in
+    // IPv6 datagrams to the peer's PublicIPv6, pod IPv4 still in IPv4 ones
+    // (flanneld's format), and the MTU leaves room for the IPv6 header.
+    for (family, dst) in [("IPv6", lab.node(2).pod_ip6.unwrap().into()), ("IPv4", lab.node(2).pod_ip.unwrap().into())] {
+        let before = udp_datagrams_out(&lab, 1);
+        for _ in 0..10 {
+            let ok = match dst {
+                std::net::IpAddr::V6(d) => lab.ping6_once(1, d),
+                std::net::IpAddr::V4(d) => lab.ping_once(1, d),
+            };
+            assert!(ok, "pod 1 cannot ping {dst}");
+        }
+        let after = udp_datagrams_out(&lab, 1);
+        let (v4, v6) = (after.0 - before.0, after.1 - before.1);
+        if family == "IPv6" {
+            assert!(v6 >= 10 && v4 < 10, "10 pod IPv6 pings: {v6} IPv6 and {v4} IPv4 datagrams sent");
+        } else {
+            assert!(v4 >= 10 && v6 < 10, "10 pod IPv4 pings: {v4} IPv4 and {v6} IPv6 datagrams sent");
+        }
+    }
+    let ext_mtu: u32 = {
+        let out = lab.node_cmd(1, "cat").arg("/sys/class/net/eth0/mtu").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert_eq!(env_var(&lab, 1, "FLANNEL_MTU"), Some((ext_mtu - 48).to_string()), "IPv6 (40) + UDP (8) overhead");
     let addrs = lab.node_cmd(1, "ip").args(["-6", "-br", "addr", "show", "dev", "flannel0"]).output().unwrap();
     let addrs = String::from_utf8_lossy(&addrs.stdout).into_owned();
     let sub6: ipnet::Ipv6Net = env_var(&lab, 1, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();

@@ -43,7 +43,7 @@ pub enum Error {
     Unsupported { backend: &'static str, reason: String },
     #[error("cannot use UDP port {addr}; is another flanneld or weft running on this node?")]
     UdpSocket {
-        addr: std::net::SocketAddrV4,
+        addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },

@@ -2,7 +2,7 @@
 //! packet read from the TUN device, and whether a datagram from a peer may
 //! enter it. The forwarding threads do the I/O the decision asks for.
 
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
@@ -28,7 +28,7 @@ impl From<Ipv4Net> for Local {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outbound {
     /// Send it (TTL already decremented) to this peer.
-    Send(SocketAddrV4),
+    Send(SocketAddr),
     /// Drop it and answer the sender with this ICMP error.
     Reply(IcmpError, DropReason),
     /// Drop it silently.
@@ -58,7 +58,7 @@ pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
     if decrement_ttl(pkt) == Ttl::Expired {
         return Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded);
     }
-    Outbound::Send(peer)
+    Outbound::Send(SocketAddr::V4(peer))
 }
 
 /// Whether a datagram from `from` may be written into the TUN device: the
@@ -93,6 +93,7 @@ mod tests {
     use super::*;
     use crate::forward::packet::checksum;
     use crate::Peer;
+    use std::net::SocketAddrV4;
 
     fn packet(dst: [u8; 4], ttl: u8) -> Vec<u8> {
         packet_from([10, 244, 2, 7], dst, ttl)
@@ -111,7 +112,7 @@ mod tests {
     fn outbound_decisions() {
         let peer = Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None);
         let snap = Snapshot::new(&[peer], 8285);
-        let to_peer = SocketAddrV4::new([198, 18, 0, 2].into(), 8285);
+        let to_peer: SocketAddr = "198.18.0.2:8285".parse().unwrap();
         let mut p = packet([10, 244, 2, 5], 64);
         assert_eq!(outbound(&mut p, &snap), Outbound::Send(to_peer));
         assert_eq!(p[8], 63, "TTL decremented");
@@ -127,7 +128,7 @@ mod tests {
         assert_eq!(outbound(&mut v6, &snap), Outbound::Drop(DropReason::NotIpv4Outbound));
 
         let local: Local = "10.244.1.0/24".parse::<Ipv4Net>().unwrap().into();
-        let from_peer = SocketAddr::V4(to_peer);
+        let from_peer = to_peer;
         let stranger = SocketAddr::V4(SocketAddrV4::new([198, 18, 0, 9].into(), 8285));
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &from_peer, &snap, &local), Ok(()));
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &stranger, &snap, &local), Err(DropReason::UnknownSource));
@@ -147,7 +148,7 @@ mod tests {
         let mut peer = Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None);
         peer.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
         let snap = Snapshot::new(&[peer], 8285);
-        let to_peer = SocketAddrV4::new([198, 18, 0, 2].into(), 8285);
+        let to_peer: SocketAddr = "198.18.0.2:8285".parse().unwrap();
         let mut p = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 64, 60);
         assert_eq!(outbound(&mut p, &snap), Outbound::Send(to_peer));
         assert_eq!(p[7], 63, "hop limit decremented");
@@ -157,7 +158,7 @@ mod tests {
         assert_eq!(outbound(&mut last_hop, &snap), Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded));
 
         let local = Local { v4: "10.244.1.0/24".parse().unwrap(), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
-        let from_peer = SocketAddr::V4(to_peer);
+        let from_peer = to_peer;
         let good = packet6("fd10:244:0:2::5", "fd10:244:0:1::2", 63, 60);
         assert_eq!(inbound(&good, &from_peer, &snap, &local), Ok(()));
         // Sources outside the sender's IPv6 subnet are spoofed; so is its IPv4 peer's v6 on a v4-only local.

@@ -2,15 +2,17 @@
 //! longest-prefix match, plus who may send what: datagrams are accepted
 //! only from a leaseholder's public IP and the backend's port, carrying
 //! packets whose source is inside that leaseholder's subnet. On dual-stack
-//! networks the peers' IPv6 subnets are routed the same way (to the
-//! peer's IPv4 public address: the underlay stays IPv4).
+//! networks the peers' IPv6 subnets are routed the same way: to the peer's
+//! `PublicIPv6` when this node sends over an IPv6 underlay too and the peer
+//! has one, else to its IPv4 public address. Pod IPv4 always travels to
+//! the IPv4 public address (flanneld's wire format).
 //!
 //! The control plane builds a new [`Snapshot`] and swaps it in; forwarding
 //! threads load the current one per batch without taking a lock
 //! (`arc-swap`), so lease changes never stall forwarding.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -26,7 +28,7 @@ pub struct Senders {
 }
 
 /// Longest prefix first, as lookups walk them.
-fn by_longest<K>(lens: HashMap<u8, HashMap<K, SocketAddrV4>>) -> Vec<(u8, HashMap<K, SocketAddrV4>)> {
+fn by_longest<K, V>(lens: HashMap<u8, HashMap<K, V>>) -> Vec<(u8, HashMap<K, V>)> {
     let mut by_len: Vec<_> = lens.into_iter().collect();
     by_len.sort_by_key(|b| std::cmp::Reverse(b.0));
     by_len
@@ -38,10 +40,10 @@ pub struct Snapshot {
     /// (prefix length, network -> peer), longest prefix first.
     by_len: Vec<(u8, HashMap<u32, SocketAddrV4>)>,
     /// The same for the peers' IPv6 subnets.
-    by_len6: Vec<(u8, HashMap<u128, SocketAddrV4>)>,
-    /// Public IPs of current leases, each with its subnets: the only
-    /// senders accepted, and what they may send from.
-    sources: HashMap<Ipv4Addr, Senders>,
+    by_len6: Vec<(u8, HashMap<u128, SocketAddr>)>,
+    /// Public IPs (both families) of current leases, each with its
+    /// subnets: the only senders accepted, and what they may send from.
+    sources: HashMap<IpAddr, Senders>,
     /// The port every peer sends from (the backend's port).
     port: u16,
 }
@@ -49,17 +51,36 @@ pub struct Snapshot {
 impl Snapshot {
     /// Build from the peer set; every peer is reached at `public_ip:port`.
     pub fn new(peers: &[Peer], port: u16) -> Snapshot {
+        Snapshot::build(peers, port, false)
+    }
+
+    /// Build from the peer set. With `underlay6` (this node sends over
+    /// IPv6 too), a peer's IPv6 subnet is reached at `[PublicIPv6]:port`
+    /// when it has one.
+    pub fn build(peers: &[Peer], port: u16, underlay6: bool) -> Snapshot {
         let mut lens: HashMap<u8, HashMap<u32, SocketAddrV4>> = HashMap::new();
-        let mut lens6: HashMap<u8, HashMap<u128, SocketAddrV4>> = HashMap::new();
-        let mut sources: HashMap<Ipv4Addr, Senders> = HashMap::new();
+        let mut lens6: HashMap<u8, HashMap<u128, SocketAddr>> = HashMap::new();
+        let mut sources: HashMap<IpAddr, Senders> = HashMap::new();
         for p in peers {
             let to = SocketAddrV4::new(p.public_ip, port);
             lens.entry(p.subnet.prefix_len()).or_default().insert(u32::from(p.subnet.network()), to);
-            let senders = sources.entry(p.public_ip).or_default();
+            let senders = sources.entry(p.public_ip.into()).or_default();
             senders.v4.push(p.subnet);
             if let Some(s6) = p.subnet6 {
-                lens6.entry(s6.prefix_len()).or_default().insert(u128::from(s6.network()), to);
+                let to6 = match p.public_ipv6.filter(|_| underlay6) {
+                    Some(ip6) => SocketAddr::V6(SocketAddrV6::new(ip6, port, 0, 0)),
+                    None => SocketAddr::V4(to),
+                };
+                lens6.entry(s6.prefix_len()).or_default().insert(u128::from(s6.network()), to6);
                 senders.v6.push(s6);
+            }
+        }
+        // A leaseholder may send from its IPv6 public address as well.
+        for p in peers {
+            if let Some(ip6) = p.public_ipv6 {
+                if let Some(senders) = sources.get(&IpAddr::V4(p.public_ip)).cloned() {
+                    sources.insert(ip6.into(), senders);
+                }
             }
         }
         Snapshot { by_len: by_longest(lens), by_len6: by_longest(lens6), sources, port }
@@ -71,7 +92,7 @@ impl Snapshot {
     }
 
     /// The peer whose IPv6 subnet holds `dst`, by longest prefix.
-    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<SocketAddrV4> {
+    pub fn lookup6(&self, dst: Ipv6Addr) -> Option<SocketAddr> {
         let d = u128::from(dst);
         for (len, nets) in &self.by_len6 {
             let mask = if *len == 0 { 0 } else { u128::MAX << (128 - u32::from(*len)) };
@@ -97,10 +118,11 @@ impl Snapshot {
     /// The subnets leased to the sender `src`, if it is a leaseholder
     /// sending from the backend's port (`None`: not accepted).
     pub fn sender_subnets(&self, src: &SocketAddr) -> Option<&Senders> {
-        let (ip, port) = match src {
-            SocketAddr::V4(v4) => (*v4.ip(), v4.port()),
-            SocketAddr::V6(v6) => (v6.ip().to_ipv4_mapped()?, v6.port()),
+        let ip = match src {
+            SocketAddr::V4(v4) => IpAddr::V4(*v4.ip()),
+            SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().map_or(IpAddr::V6(*v6.ip()), IpAddr::V4),
         };
+        let port = src.port();
         if port != self.port {
             return None;
         }
@@ -118,12 +140,12 @@ impl Snapshot {
     }
 
     /// Every route (both families), for inspection.
-    pub fn routes(&self) -> Vec<(ipnet::IpNet, SocketAddrV4)> {
+    pub fn routes(&self) -> Vec<(ipnet::IpNet, SocketAddr)> {
         let mut out = Vec::new();
         for (len, nets) in &self.by_len {
             for (net, peer) in nets {
                 if let Ok(n) = Ipv4Net::new(Ipv4Addr::from(*net), *len) {
-                    out.push((n.into(), *peer));
+                    out.push((n.into(), SocketAddr::V4(*peer)));
                 }
             }
         }
@@ -202,13 +224,39 @@ mod tests {
         let mut p = peer("10.244.2.0/24", [198, 18, 0, 2]);
         p.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
         let s = Snapshot::new(&[p, peer("10.244.3.0/24", [198, 18, 0, 3])], 8285);
-        let at = |a: &str| s.lookup6(a.parse().unwrap()).map(|p| p.ip().octets()[3]);
-        assert_eq!(at("fd10:244:0:2::9"), Some(2));
+        let at = |a: &str| s.lookup6(a.parse().unwrap());
+        assert_eq!(at("fd10:244:0:2::9"), Some("198.18.0.2:8285".parse().unwrap()));
         assert_eq!(at("fd10:244:0:3::9"), None, "the IPv4-only peer has no IPv6 route");
         assert_eq!(s.len(), 3);
         let senders = s.sender_subnets(&"198.18.0.2:8285".parse().unwrap()).unwrap();
         assert_eq!(senders.v6, vec!["fd10:244:0:2::/64".parse::<Ipv6Net>().unwrap()]);
         assert!(s.sender_subnets(&"198.18.0.3:8285".parse().unwrap()).unwrap().v6.is_empty());
+    }
+
+    #[test]
+    fn over_an_ipv6_underlay_ipv6_goes_to_the_public_ipv6_where_the_peer_has_one() {
+        let mut both = peer("10.244.2.0/24", [198, 18, 0, 2]);
+        both.subnet6 = Some("fd10:244:0:2::/64".parse().unwrap());
+        both.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
+        let mut v4_underlay = peer("10.244.3.0/24", [198, 18, 0, 3]);
+        v4_underlay.subnet6 = Some("fd10:244:0:3::/64".parse().unwrap());
+        let peers = [both, v4_underlay];
+        let s = Snapshot::build(&peers, 8285, true);
+        assert_eq!(s.lookup6("fd10:244:0:2::9".parse().unwrap()), Some("[fd00:198:18::2]:8285".parse().unwrap()));
+        assert_eq!(s.lookup6("fd10:244:0:3::9".parse().unwrap()), Some("198.18.0.3:8285".parse().unwrap()));
+        assert_eq!(
+            s.lookup("10.244.2.9".parse().unwrap()),
+            Some("198.18.0.2:8285".parse().unwrap()),
+            "IPv4 stays on IPv4"
+        );
+        // Either public address of a leaseholder is accepted, with its subnets.
+        let from6 = s.sender_subnets(&"[fd00:198:18::2]:8285".parse().unwrap()).unwrap();
+        assert_eq!(from6.v4, vec!["10.244.2.0/24".parse::<Ipv4Net>().unwrap()]);
+        assert!(s.sender_subnets(&"[fd00:198:18::2]:9".parse().unwrap()).is_none());
+        assert!(s.sender_subnets(&"[fd00:198:18::7]:8285".parse().unwrap()).is_none());
+        // Without an IPv6 underlay on this node, everything goes over IPv4.
+        let s = Snapshot::build(&peers, 8285, false);
+        assert_eq!(s.lookup6("fd10:244:0:2::9".parse().unwrap()), Some("198.18.0.2:8285".parse().unwrap()));
     }
 
     #[test]

@@ -22,9 +22,11 @@
 //! The TUN device gets `<subnet network>/<network prefix>` (so the kernel
 //! routes the whole overlay network into it) and MTU = external MTU − 28.
 //! On dual-stack networks it also gets `<v6 subnet network>/<v6 network
-//! prefix>` and carries the pods' IPv6 packets, to the peers' IPv4 public
-//! addresses (the underlay stays IPv4; a datagram's payload is the pod
-//! packet of either family, as flanneld frames IPv4).
+//! prefix>` and carries the pods' IPv6 packets, to the peers' `PublicIPv6`
+//! over the IPv6 underlay (one socket per queue on `[::]` for both
+//! families, MTU = external − 48); pod IPv4 stays on the IPv4 underlay. A
+//! datagram's payload is the pod packet of either family, as flanneld
+//! frames IPv4.
 //! It is persistent (`IFF_PERSIST`): it outlives the process with its
 //! address and route, and a restart re-attaches to it as soon as the
 //! external interface is known, before etcd is asked anything. Until the
@@ -48,7 +50,7 @@ mod sys;
 mod workers;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -75,6 +77,9 @@ use workers::{Queue, Workers};
 /// IPv4 (20) + UDP (8).
 pub(crate) const UDP_OVERHEAD: u32 = 28;
 
+/// IPv6 (40) + UDP (8): the overhead over an IPv6 underlay.
+pub(crate) const UDP6_OVERHEAD: u32 = 48;
+
 pub(crate) struct UdpBackend {
     nl: Netlink,
     opts: UdpOptions,
@@ -82,6 +87,9 @@ pub(crate) struct UdpBackend {
     network: Ipv4Net,
     /// The IPv6 pod network, on dual-stack networks.
     network6: Option<Ipv6Net>,
+    /// This node's `PublicIPv6` when pod IPv6 travels over an IPv6
+    /// underlay (dual-stack network, and the node has one).
+    underlay6: Option<Ipv6Addr>,
     table: Arc<RouteTable>,
     counters: Arc<UdpCounters>,
     sockets: Vec<Arc<UdpSocket>>,
@@ -110,7 +118,13 @@ impl UdpBackend {
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
         let queues = socket::queue_count(opts.offload, opts.queues);
-        let addr = SocketAddrV4::new(ext.public_ip, opts.port);
+        // On a dual-stack network with a public IPv6 address, one socket per
+        // queue for both families, on [::]; else on the IPv4 public address.
+        let underlay6 = ext.public_ipv6.filter(|_| network6.is_some());
+        let addr = match underlay6 {
+            Some(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.port)),
+            None => SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.port)),
+        };
         let sockets = (0..queues).map(|_| socket::bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         let states = sockets
             .iter()
@@ -129,6 +143,7 @@ impl UdpBackend {
             ext,
             network,
             network6,
+            underlay6,
             table: RouteTable::new(),
             counters: Arc::new(UdpCounters {
                 stats: Arc::default(),
@@ -157,7 +172,8 @@ impl UdpBackend {
     }
 
     pub(crate) fn mtu(&self) -> u32 {
-        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(UDP_OVERHEAD))
+        let overhead = if self.underlay6.is_some() { UDP6_OVERHEAD } else { UDP_OVERHEAD };
+        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(overhead))
     }
 
     pub(crate) fn device(&self) -> (&'static str, Option<u32>) {
@@ -199,7 +215,7 @@ impl UdpBackend {
     /// Swap in the route table for `peers`, check the device, and keep the
     /// forwarding threads running.
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
-        let snapshot = Snapshot::new(peers, self.opts.port);
+        let snapshot = Snapshot::build(peers, self.opts.port, self.underlay6.is_some());
         let before: std::collections::BTreeSet<_> = self.table.load().routes().into_iter().collect();
         let after: std::collections::BTreeSet<_> = snapshot.routes().into_iter().collect();
         report.changes += before.symmetric_difference(&after).count();
@@ -270,6 +286,7 @@ impl UdpBackend {
             local: Local { v4: subnet, v6: self.subnet6 },
             icmp_from: subnet.network(),
             icmp_from6: self.subnet6.map(|s| s.network()),
+            send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
             vnet_hdr: self.vnet_hdr,
         };
         let queues: Vec<Queue> = self
@@ -302,6 +319,7 @@ impl UdpBackend {
             udp_gso_segments = gso,
             udp_gro_segments = gro,
             realtime_threads = self.opts.realtime_threads,
+            ipv6_underlay = self.underlay6.map(|a| a.to_string()).unwrap_or_else(|| "no".into()),
             "udp backend forwarding"
         );
         Ok(())

@@ -12,7 +12,7 @@
 //!   the receive buffer (see `coalesce`).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
@@ -32,7 +32,7 @@ pub(crate) struct TxPath {
     original: Vec<u8>,
     area: Vec<u8>,
     sizes: [usize; IDEAL_BATCH_SIZE],
-    peers: [Option<SocketAddrV4>; IDEAL_BATCH_SIZE],
+    peers: [Option<SocketAddr>; IDEAL_BATCH_SIZE],
     batch: GsoBatch,
     max_segments: usize,
     fast_segments: usize,
@@ -264,7 +264,7 @@ struct GsoBatch {
     len: usize,
     count: usize,
     seg: usize,
-    dest: Option<SocketAddrV4>,
+    dest: Option<SocketAddr>,
     closed: bool,
 }
 
@@ -274,7 +274,7 @@ impl GsoBatch {
     }
 
     /// Whether `pkt` bytes for `dest` can join the batch.
-    fn fits(&self, dest: SocketAddrV4, pkt: usize, max_segments: usize) -> bool {
+    fn fits(&self, dest: SocketAddr, pkt: usize, max_segments: usize) -> bool {
         self.count == 0
             || (self.dest == Some(dest)
                 && !self.closed
@@ -283,7 +283,7 @@ impl GsoBatch {
                 && self.len + pkt <= MAX_UDP_PAYLOAD)
     }
 
-    fn push(&mut self, dest: SocketAddrV4, pkt: &[u8]) {
+    fn push(&mut self, dest: SocketAddr, pkt: &[u8]) {
         if self.count == 0 {
             self.dest = Some(dest);
             self.seg = pkt.len();
@@ -320,7 +320,7 @@ impl GsoBatch {
 
 /// One UDP send: `count` segments of `seg` bytes (the last may be shorter).
 struct Gso<'a> {
-    dest: SocketAddrV4,
+    dest: SocketAddr,
     contents: &'a [u8],
     seg: usize,
     count: usize,
@@ -339,11 +339,13 @@ fn send_gso(
     gso: Gso<'_>,
 ) {
     let transmit = Transmit {
-        destination: SocketAddr::V4(gso.dest),
+        destination: gso.dest,
         ecn: None,
         contents: gso.contents,
         segment_size: (gso.count > 1).then_some(gso.seg),
-        src_ip: None,
+        // A socket bound to [::] sends from the public address of the
+        // destination's family, which is what the peer accepts.
+        src_ip: shared.send_from.map(|(v4, v6)| if gso.dest.is_ipv4() { v4.into() } else { v6.into() }),
     };
     loop {
         let e = match state.try_send(sock.into(), &transmit) {
@@ -373,8 +375,8 @@ fn send_gso(
 mod tests {
     use super::*;
 
-    fn dest(n: u8) -> SocketAddrV4 {
-        SocketAddrV4::new([198, 18, 0, n].into(), 8285)
+    fn dest(n: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, n], 8285))
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The udp backend's UDP sockets: one per forwarding queue on the node's
 //! public IP and port (`SO_REUSEPORT` when there are several), with large
-//! buffers.
+//! buffers. Over an IPv6 underlay each is one socket for both families,
+//! bound to `[::]` (IPv4 peers arrive as mapped addresses).
 
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::warn;
@@ -42,16 +43,20 @@ fn force_buffer(sock: &Socket, opt: libc::c_int) {
     }
 }
 
-/// A non-blocking UDP socket bound to `addr`, with large buffers.
-pub(super) fn bind(addr: SocketAddrV4, reuse_port: bool) -> Result<UdpSocket> {
+/// A non-blocking UDP socket bound to `addr`, with large buffers; an IPv6
+/// `addr` takes IPv4 too.
+pub(super) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
     let fail = |source: std::io::Error| Error::UdpSocket { addr, source };
-    let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).map_err(fail)?;
+    }
     if reuse_port {
         sock.set_reuse_port(true).map_err(fail)?;
     }
     force_buffer(&sock, libc::SO_RCVBUFFORCE);
     force_buffer(&sock, libc::SO_SNDBUFFORCE);
-    sock.bind(&SocketAddr::V4(addr).into()).map_err(fail)?;
+    sock.bind(&addr.into()).map_err(fail)?;
     sock.set_nonblocking(true).map_err(fail)?;
     Ok(sock.into())
 }
