@@ -10,6 +10,7 @@
 //! | [`table`]    | the LPM route table, swapped lock-free under the threads        |
 //! | [`coalesce`] | received TCP segments joined into one TUN write                 |
 //! | [`stats`]    | packet, byte and per-reason drop counters                       |
+//! | [`wg`]       | the wireguard backend's peer table and datagram decisions       |
 
 pub mod coalesce;
 pub mod decide;
@@ -17,3 +18,4 @@ pub mod packet;
 pub mod packet6;
 pub mod stats;
 pub mod table;
+pub mod wg;
