@@ -20,6 +20,7 @@ use weft_types::BackendKind;
 use crate::error::ConfigError;
 
 pub use weft_types::{BackendConfig, UdpOptions, VxlanOptions, UDP_DEFAULT_PORT, VXLAN_DEFAULT_PORT};
+pub use weft_types::{WireguardMode, WireguardOptions, WIREGUARD_DEFAULT_PORT, WIREGUARD_DEFAULT_PORT_V6};
 
 /// A validated network config, defaults applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +302,60 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
         }
         BackendKind::HostGw => Ok(BackendConfig::HostGw),
     }
+}
+
+/// The wireguard backend's options from a `Backend` object, validated
+/// (issue 20: the backend itself is not built yet, so `Backend.Type`
+/// `wireguard` is still refused by [`NetworkConfig::parse`]). Each wrong
+/// option is an error naming the field.
+pub fn parse_wireguard_options(backend: &Value) -> Result<WireguardOptions, ConfigError> {
+    let empty = Map::new();
+    let obj = match backend {
+        Value::Null => &empty,
+        Value::Object(obj) => obj,
+        other => {
+            return Err(ConfigError::WrongType {
+                field: "Backend",
+                expected: "an object such as {\"Type\": \"wireguard\"}",
+                found: type_name(other),
+            })
+        }
+    };
+    let mode = match get_str(obj, "Mode")? {
+        None => WireguardMode::Separate,
+        Some(m) => m.parse().map_err(|e: weft_types::UnknownMode| ConfigError::BadBackendOption {
+            field: "Mode",
+            reason: e.to_string(),
+        })?,
+    };
+    let psk = match get_str(obj, "PSK")? {
+        None => None,
+        Some(text) => {
+            use base64::Engine as _;
+            let bad = |why: String| ConfigError::BadBackendOption {
+                field: "PSK",
+                reason: format!("{why}; it must be 32 bytes in base64 (44 characters), as `wg genpsk` prints"),
+            };
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| bad(format!("not base64 ({e})")))?;
+            let n = bytes.len();
+            Some(<[u8; 32]>::try_from(bytes).map_err(|_| bad(format!("{n} bytes")))?)
+        }
+    };
+    let keepalive = get_u32(obj, "PersistentKeepaliveInterval")?.unwrap_or(0);
+    let persistent_keepalive = u16::try_from(keepalive).map_err(|_| ConfigError::BadBackendOption {
+        field: "PersistentKeepaliveInterval",
+        reason: format!("{keepalive} seconds is more than 65535"),
+    })?;
+    Ok(WireguardOptions {
+        listen_port: get_port(obj, "ListenPort")?.unwrap_or(WIREGUARD_DEFAULT_PORT),
+        listen_port_v6: get_port(obj, "ListenPortV6")?.unwrap_or(WIREGUARD_DEFAULT_PORT_V6),
+        psk,
+        persistent_keepalive,
+        mode,
+        mtu: get_mtu(obj)?,
+    })
 }
 
 fn type_name(v: &Value) -> String {

@@ -191,3 +191,35 @@ fn leasable_and_nth_subnet() {
     assert!(!c.is_leasable(&"10.244.5.0/25".parse().unwrap()), "wrong length");
     assert!(!c.is_leasable(&"10.245.5.0/24".parse().unwrap()), "outside network");
 }
+
+#[test]
+fn wireguard_options_have_flanneld_defaults_and_clear_errors() {
+    use super::{parse_wireguard_options, WireguardMode};
+    let backend = |json: &str| parse_wireguard_options(&serde_json::from_str(json).unwrap());
+    let d = backend(r#"{"Type":"wireguard"}"#).unwrap();
+    assert_eq!((d.listen_port, d.listen_port_v6, d.persistent_keepalive), (51820, 51821, 0));
+    assert_eq!((d.mode, d.psk, d.mtu), (WireguardMode::Separate, None, None));
+    let psk = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let set = backend(&format!(
+        r#"{{"Type":"wireguard","ListenPort":4000,"ListenPortV6":4001,"PSK":"{psk}","PersistentKeepaliveInterval":25,"Mode":"auto","MTU":1400}}"#
+    ))
+    .unwrap();
+    assert_eq!((set.listen_port, set.listen_port_v6, set.persistent_keepalive), (4000, 4001, 25));
+    assert_eq!((set.mode, set.mtu), (WireguardMode::Auto, Some(1400)));
+    assert_eq!(set.psk.map(|k| k.len()), Some(32));
+    assert_eq!(set.psk.unwrap()[31], 31);
+    assert!(!format!("{set:?}").contains(&psk[..20]), "the PSK is never printed: {set:?}");
+    for (json, want) in [
+        (r#"{"Mode":"x"}"#, "field Backend.Mode: \"x\" is not a wireguard mode (separate, auto, ipv4 or ipv6)"),
+        (r#"{"PSK":"AAAA"}"#, "field Backend.PSK: 3 bytes; it must be 32 bytes in base64"),
+        (r#"{"PSK":"not base64!"}"#, "field Backend.PSK: not base64"),
+        (r#"{"ListenPort":70000}"#, "field Backend.ListenPort: 70000 is not a UDP port"),
+        (r#"{"PersistentKeepaliveInterval":-1}"#, "field PersistentKeepaliveInterval: expected a non-negative integer"),
+        (r#"{"PersistentKeepaliveInterval":100000}"#, "is more than 65535"),
+        (r#"{"MTU":10}"#, "field Backend.MTU: 10 is outside"),
+        (r#""wireguard""#, "field Backend: expected an object"),
+    ] {
+        let msg = backend(json).unwrap_err().to_string();
+        assert!(msg.contains(want), "backend {json}\n  message {msg:?}\n  should contain {want:?}");
+    }
+}

@@ -64,6 +64,84 @@ pub struct VxlanOptions {
     pub mtu: Option<u32>,
 }
 
+/// Default `ListenPort` of the wireguard backend (flanneld's).
+pub const WIREGUARD_DEFAULT_PORT: u16 = 51820;
+/// Default `ListenPortV6` of the wireguard backend (flanneld's).
+pub const WIREGUARD_DEFAULT_PORT_V6: u16 = 51821;
+
+/// Options of the wireguard backend (issue 20: parsed and validated, the
+/// backend itself not built yet), with flanneld's names and defaults.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WireguardOptions {
+    /// `ListenPort`, default 51820.
+    pub listen_port: u16,
+    /// `ListenPortV6`, default 51821 (the IPv6 peers' port in `separate` mode).
+    pub listen_port_v6: u16,
+    /// `PSK`: a preshared key applied to every peer (32 bytes, base64 in
+    /// the config).
+    pub psk: Option<[u8; 32]>,
+    /// `PersistentKeepaliveInterval` in seconds; 0 = off.
+    pub persistent_keepalive: u16,
+    /// `Mode`, default `separate`.
+    pub mode: WireguardMode,
+    /// `MTU`; default: the external MTU − 80.
+    pub mtu: Option<u32>,
+}
+
+/// The preshared key is a secret: never printed.
+impl fmt::Debug for WireguardOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WireguardOptions")
+            .field("listen_port", &self.listen_port)
+            .field("listen_port_v6", &self.listen_port_v6)
+            .field("psk", &self.psk.map(|_| "(set)"))
+            .field("persistent_keepalive", &self.persistent_keepalive)
+            .field("mode", &self.mode)
+            .field("mtu", &self.mtu)
+            .finish()
+    }
+}
+
+/// How a dual-stack wireguard network carries the two families
+/// (flanneld's `Mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireguardMode {
+    /// One device and port per family (`flannel-wg`, `flannel-wg-v6`).
+    Separate,
+    /// One device; each peer reached over IPv6 if it has a `PublicIPv6`, else IPv4.
+    Auto,
+    /// One device; every peer reached over IPv4.
+    Ipv4,
+    /// One device; every peer reached over IPv6.
+    Ipv6,
+}
+
+impl WireguardMode {
+    pub const ALL: [WireguardMode; 4] =
+        [WireguardMode::Separate, WireguardMode::Auto, WireguardMode::Ipv4, WireguardMode::Ipv6];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WireguardMode::Separate => "separate",
+            WireguardMode::Auto => "auto",
+            WireguardMode::Ipv4 => "ipv4",
+            WireguardMode::Ipv6 => "ipv6",
+        }
+    }
+}
+
+/// Error for a `Mode` flanneld does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a wireguard mode (separate, auto, ipv4 or ipv6)")]
+pub struct UnknownMode(pub String);
+
+impl FromStr for WireguardMode {
+    type Err = UnknownMode;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        WireguardMode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| UnknownMode(s.to_string()))
+    }
+}
+
 /// A backend type, as `Backend.Type` and a lease's `BackendType` name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BackendKind {
