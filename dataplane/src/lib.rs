@@ -9,7 +9,7 @@
 //! | `backend/`   | vxlan, host-gw, udp: each one's pure `plan(peers) -> Desired`, its devices and threads |
 //! | `sync/`      | converging the host: applying diffs, the kernel watch, flanneld's iptables rules, interface choice, leftovers |
 //! | `kernel/`    | one file per kernel object (link, addr, route, neigh, nexthop, monitor, iptables), one function per operation |
-//! | [`forward`]  | the udp hot path's pure part: packet views, decisions, route table, coalescing, counters |
+//! | [`forward`]  | the udp hot path's pure part: packet views, decisions, route table, coalescing, counters; the wireguard peer table |
 //! | `model/`     | pure: [`Peer`], `Desired`, the installed-vs-desired diff, device names |
 //! | [`report`], [`error`] | what a pass found (typed [`Problem`]s), the counters, the error type |
 //!

@@ -1,5 +1,6 @@
 //! The hot path's pure part: what the udp backend's forwarding threads
-//! decide per packet, with no I/O at all (no sockets, no TUN, no clock), so
+//! (and the wireguard backend's, once built) decide per packet, with no
+//! I/O at all (no sockets, no TUN, no clock), so
 //! that fuzz targets and benches can drive it directly.
 //!
 //! | module       | what it holds                                                   |
