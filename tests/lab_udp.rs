@@ -213,7 +213,12 @@ fn udp_garbage_is_dropped_counted_and_harmless() {
         lab.weft(&["leases", "--json"], None).ok().filter(|o| text(&o.stdout).contains("198.18.0.200")).map(|_| ())
     })
     .unwrap();
-    std::thread::sleep(Duration::from_millis(200)); // the watch event reaches node 1's table
+    // Node 1's forwarding table holds the intruder once the pass that
+    // swapped it in has programmed both peers.
+    wait_until("node 1 to program the intruder's lease", PROPAGATION, || {
+        (lab.metric(1, "weft_dataplane_peers_programmed{backend=\"udp\"}").ok()? >= 2).then_some(())
+    })
+    .unwrap();
 
     let pod1 = lab.node(1).pod_ip.unwrap();
     let pod2_ns = lab.node(2).pod_ns.clone();
