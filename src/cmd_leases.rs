@@ -24,6 +24,11 @@ struct LeaseView<'a> {
     vtep_mac: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     vtep_mac6: Option<String>,
+    /// A wireguard lease's public key (`BackendData.PublicKey`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key6: Option<String>,
     /// Seconds left on the lease, when known.
     expires_in_s: Option<u64>,
     backend_data: &'a Option<weft_subnet::lease::BackendData>,
@@ -39,6 +44,8 @@ impl<'a> LeaseView<'a> {
             backend_type: l.attrs.backend_kind(),
             vtep_mac: l.attrs.vtep_mac().map(|m| m.to_string()),
             vtep_mac6: l.attrs.vtep_mac6().map(|m| m.to_string()),
+            public_key: l.attrs.wireguard_key(),
+            public_key6: l.attrs.wireguard_key6(),
             expires_in_s: l.ttl.map(|d| d.as_secs()),
             backend_data: &l.attrs.backend_data,
         }
@@ -64,7 +71,8 @@ fn human(d: Option<Duration>) -> String {
 const HEADER: &str = "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
 
 /// One line per lease; a dual-stack lease has a second, indented line
-/// with its IPv6 subnet, `PublicIPv6` and IPv6 VTEP MAC.
+/// with its IPv6 subnet, `PublicIPv6` and IPv6 VTEP MAC, and a wireguard
+/// lease one with its public key(s).
 fn row(l: &Lease) -> String {
     let mut line = format!(
         "{:<19} {:<16} {:<9} {:<19} {}",
@@ -78,6 +86,11 @@ fn row(l: &Lease) -> String {
         let ip6 = l.attrs.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
         let mac6 = l.attrs.vtep_mac6().map(|m| m.to_string()).unwrap_or_else(|| "-".into());
         line.push_str(&format!("\n  {s6} {ip6} {mac6}"));
+    }
+    match (l.attrs.wireguard_key(), l.attrs.wireguard_key6()) {
+        (Some(k), Some(k6)) if k != k6 => line.push_str(&format!("\n  wireguard key {k} (IPv6: {k6})")),
+        (Some(k), _) | (None, Some(k)) => line.push_str(&format!("\n  wireguard key {k}")),
+        (None, None) => {}
     }
     line
 }

@@ -125,6 +125,32 @@ fn put_lease(etcd: &str, key: &str, value: &str) {
 }
 
 #[test]
+fn leases_show_each_wireguard_nodes_public_key() {
+    // A flanneld node on its wireguard backend, as flanneld writes it.
+    let etcd = etcd();
+    let ep = etcd.endpoint();
+    assert!(weft(&ep, &["config", "put", "-"], Some(CONFIG)).status.success());
+    let key = "hTZnM0mTFrS5RJp2ph0TSbdWpG1S6fxYQm8trSDmO0s=";
+    put_lease(
+        &ep,
+        "10.244.7.0-24",
+        &format!(
+            r#"{{"PublicIP":"198.18.0.7","PublicIPv6":null,"BackendType":"wireguard","BackendData":{{"PublicKey":"{key}","Port":51820}}}}"#
+        ),
+    );
+    let out = weft(&ep, &["leases"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[1].starts_with("10.244.7.0/24") && lines[1].contains("wireguard"), "{table}");
+    assert_eq!(lines.get(2).copied(), Some(format!("  wireguard key {key}").as_str()), "{table}");
+    let out = weft(&ep, &["leases", "--json"], None);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(json[0]["public_key"], key, "{json}");
+    assert_eq!(json[0]["backend_data"]["Port"], 51820, "{json}");
+}
+
+#[test]
 fn leases_table_json_and_watch() {
     let etcd = etcd();
     let ep = etcd.endpoint();

@@ -117,6 +117,24 @@ impl LeaseAttrs {
         Self::mac_in(self.backend_v6_data.as_ref())
     }
 
+    /// The WireGuard public key a `wireguard` lease publishes in
+    /// `BackendData.PublicKey` (flanneld's; base64), as written.
+    pub fn wireguard_key(&self) -> Option<String> {
+        Self::key_in(self.backend_data.as_ref())
+    }
+
+    /// The same for the IPv6 device (`BackendV6Data.PublicKey`).
+    pub fn wireguard_key6(&self) -> Option<String> {
+        Self::key_in(self.backend_v6_data.as_ref())
+    }
+
+    fn key_in(data: Option<&BackendData>) -> Option<String> {
+        match data?.field("PublicKey")? {
+            Value::String(k) if !k.is_empty() => Some(k),
+            _ => None,
+        }
+    }
+
     fn mac_in(data: Option<&BackendData>) -> Option<MacAddr> {
         /// Only the field needed, without building the whole value.
         #[derive(Deserialize)]
