@@ -10,7 +10,8 @@ use weft_types::BackendKind;
 /// The peers a backend of type `backend` should program, from the full
 /// lease table: every lease but our own, of the same backend type (leases of
 /// another type are skipped with a warning, as flanneld does), and for
-/// vxlan only those that publish a VTEP MAC.
+/// vxlan only those that publish a VTEP MAC, for wireguard only those that
+/// publish a public key.
 pub(crate) fn desired_peers<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
     own_subnet: Ipv4Net,
@@ -34,6 +35,16 @@ pub(crate) fn desired_peers<'a>(
             warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
+        let (wg_key, wg_port) = match backend {
+            BackendKind::Wireguard => match lease.attrs.wireguard_public_key() {
+                Some(key) => (Some(key), lease.attrs.wireguard_port()),
+                None => {
+                    warn!(subnet = %lease.subnet, "ignoring wireguard lease without a valid PublicKey");
+                    continue;
+                }
+            },
+            _ => (None, None),
+        };
         peers.push(Peer {
             subnet: lease.subnet,
             public_ip: lease.attrs.public_ip,
@@ -41,6 +52,8 @@ pub(crate) fn desired_peers<'a>(
             subnet6: lease.ipv6_subnet,
             public_ipv6: lease.attrs.public_ipv6,
             vtep_mac6: lease.attrs.vtep_mac6(),
+            wg_key,
+            wg_port,
         });
     }
     peers.sort();

@@ -41,10 +41,13 @@ pub(crate) fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
 
 /// Wait until every node routes to every other node's subnet: once the
 /// last node is ready, this must hold within [`PROPAGATION`]. For the udp
-/// backend, whose routes live in weft's own table, pods must answer.
+/// and wireguard backends, whose routes live in weft's own tables, pods
+/// must answer.
 pub(crate) fn wait_converged(lab: &Lab) {
-    let udp =
-        lab.node_cmd(1, "ip").args(["link", "show", "flannel0"]).output().map(|o| o.status.success()).unwrap_or(false);
+    let has = |dev: &str| {
+        lab.node_cmd(1, "ip").args(["link", "show", dev]).output().map(|o| o.status.success()).unwrap_or(false)
+    };
+    let udp = has("flannel0") || has("flannel-wg");
     if udp {
         let n = lab.nodes.len() as u8;
         for i in 1..=n {

@@ -23,6 +23,7 @@ use weft_types::{BackendConfig, BackendKind};
 use crate::backend::hostgw::HostGwBackend;
 use crate::backend::udp::UdpBackend;
 use crate::backend::vxlan::VxlanBackend;
+use crate::backend::wireguard::WgBackend;
 use crate::error::Result;
 use crate::kernel::Netlink;
 use crate::model::Peer;
@@ -61,6 +62,7 @@ enum Backend {
     Vxlan(VxlanBackend),
     HostGw(HostGwBackend),
     Udp(UdpBackend),
+    Wireguard(WgBackend),
 }
 
 /// The node's dataplane: one backend, its rules, and its watch on the kernel.
@@ -100,6 +102,15 @@ impl Dataplane {
             BackendConfig::Udp(opts) => {
                 Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?)
             }
+            BackendConfig::Wireguard(opts) => {
+                if cfg.network6.is_some() {
+                    return Err(crate::Error::Unsupported {
+                        backend: "wireguard",
+                        reason: "weft's wireguard backend carries IPv4 only so far; remove EnableIPv6".into(),
+                    });
+                }
+                Backend::Wireguard(WgBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
+            }
         };
         Ok(Dataplane {
             backend,
@@ -127,6 +138,7 @@ impl Dataplane {
             Backend::Vxlan(_) => BackendKind::Vxlan,
             Backend::HostGw(_) => BackendKind::HostGw,
             Backend::Udp(_) => BackendKind::Udp,
+            Backend::Wireguard(_) => BackendKind::Wireguard,
         }
     }
 
@@ -134,6 +146,7 @@ impl Dataplane {
     pub fn backend_data(&self) -> Option<serde_json::Value> {
         match &self.backend {
             Backend::Vxlan(b) => Some(b.backend_data()),
+            Backend::Wireguard(b) => Some(b.backend_data()),
             Backend::HostGw(_) | Backend::Udp(_) => None,
         }
     }
@@ -142,7 +155,7 @@ impl Dataplane {
     pub fn backend_v6_data(&self) -> Option<serde_json::Value> {
         match &self.backend {
             Backend::Vxlan(b) => b.backend_v6_data(),
-            Backend::HostGw(_) | Backend::Udp(_) => None,
+            Backend::HostGw(_) | Backend::Udp(_) | Backend::Wireguard(_) => None,
         }
     }
 
@@ -152,6 +165,7 @@ impl Dataplane {
             Backend::Vxlan(b) => b.mtu(),
             Backend::HostGw(b) => b.mtu(),
             Backend::Udp(b) => b.mtu(),
+            Backend::Wireguard(b) => b.mtu(),
         }
     }
 
@@ -165,6 +179,7 @@ impl Dataplane {
             Backend::Vxlan(b) => b.start(subnet, subnet6).await?,
             Backend::HostGw(_) => {}
             Backend::Udp(b) => b.start(subnet, subnet6).await?,
+            Backend::Wireguard(b) => b.start(subnet).await?,
         }
         self.rules.start(subnet, subnet6).await?;
         self.resynced = Instant::now();
@@ -178,6 +193,10 @@ impl Dataplane {
         match &self.backend {
             Backend::Vxlan(b) => b.devices(),
             Backend::Udp(b) => {
+                let (name, index) = b.device();
+                vec![(name.to_string(), index)]
+            }
+            Backend::Wireguard(b) => {
                 let (name, index) = b.device();
                 vec![(name.to_string(), index)]
             }
@@ -244,6 +263,10 @@ impl Dataplane {
                 b.reconcile(peers, &mut report).await;
                 full = true;
             }
+            Backend::Wireguard(b) => {
+                b.reconcile(peers, &mut report).await;
+                full = true;
+            }
         }
         report.full = full;
         // A full pass that could read the kernel: later deltas can trust it.
@@ -265,6 +288,7 @@ impl Dataplane {
         let resync = tokio::time::sleep_until((self.resynced + self.resync).into());
         let restart = match &self.backend {
             Backend::Udp(b) => b.next_wake(),
+            Backend::Wireguard(b) => b.next_wake(),
             _ => None,
         };
         let restart = async {
@@ -284,8 +308,10 @@ impl Dataplane {
     /// for the udp backend, threads that ended since). Empty: all in place.
     pub fn health(&self) -> Vec<Problem> {
         let mut problems = self.last.problems.clone();
-        if let Backend::Udp(b) = &self.backend {
-            b.live_problems(&mut problems);
+        match &self.backend {
+            Backend::Udp(b) => b.live_problems(&mut problems),
+            Backend::Wireguard(b) => b.live_problems(&mut problems),
+            _ => {}
         }
         problems
     }
@@ -299,6 +325,10 @@ impl Dataplane {
                 Backend::Udp(b) => Some(b.counters().clone()),
                 _ => None,
             },
+            backend_metrics: match &self.backend {
+                Backend::Wireguard(b) => Some(b.metrics()),
+                _ => None,
+            },
         }
     }
 
@@ -307,8 +337,10 @@ impl Dataplane {
     /// as soon as the next start re-attaches (udp).
     pub fn shutdown(mut self) {
         self.watch.stop();
-        if let Backend::Udp(b) = &mut self.backend {
-            b.shutdown();
+        match &mut self.backend {
+            Backend::Udp(b) => b.shutdown(),
+            Backend::Wireguard(b) => b.shutdown(),
+            _ => {}
         }
     }
 }

@@ -59,6 +59,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("WireGuard key file {path}: {what} failed")]
+    KeyFile {
+        path: String,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a WireGuard private key ({reason}); put the node's key there (`wg genkey`), or remove the file to have a new one made (the node's public key then changes)")]
+    BadKeyFile { path: String, reason: String },
     #[error("ip masquerading: {0}")]
     Masq(String),
     #[error("{0}")]

@@ -82,6 +82,10 @@ pub enum Problem {
     ThreadsCannotStart { error: String },
     /// A udp forwarding thread ended since the last pass.
     ThreadEnded,
+    /// WireGuard peers without a completed handshake after a grace period,
+    /// or whose last one is older than a session lives; `first` names one
+    /// (`subnet at endpoint (why)`).
+    NoHandshake { peers: usize, of: usize, first: String },
 }
 
 impl std::fmt::Display for Problem {
@@ -96,6 +100,9 @@ impl std::fmt::Display for Problem {
             Problem::ThreadsBackingOff => f.write_str("udp forwarding threads stopped, restarting after a backoff"),
             Problem::ThreadsCannotStart { error } => write!(f, "cannot start the udp forwarding threads: {error}"),
             Problem::ThreadEnded => f.write_str("a udp forwarding thread ended, restarting"),
+            Problem::NoHandshake { peers, of, first } => {
+                write!(f, "{peers} of {of} wireguard peers without a completed handshake (first: {first})")
+            }
         }
     }
 }
@@ -185,6 +192,12 @@ pub(crate) struct UdpCounters {
     pub(crate) restarts: Vec<AtomicU64>,
 }
 
+/// A backend's own metric families (the wireguard backend's), rendered
+/// after the common ones.
+pub(crate) trait BackendMetrics: Send + Sync + std::fmt::Debug {
+    fn render(&self, w: &mut Writer<'_>);
+}
+
 /// A handle on the dataplane's counters that renders them at any time
 /// (the health server holds one while the daemon owns the dataplane).
 #[derive(Debug, Clone)]
@@ -192,6 +205,7 @@ pub struct DataplaneMetrics {
     pub(crate) backend: BackendKind,
     pub(crate) counters: Arc<Counters>,
     pub(crate) udp: Option<Arc<UdpCounters>>,
+    pub(crate) backend_metrics: Option<Arc<dyn BackendMetrics>>,
 }
 
 impl DataplaneMetrics {
@@ -213,6 +227,9 @@ impl DataplaneMetrics {
                     n.load(Ordering::Relaxed) as f64,
                 );
             }
+        }
+        if let Some(b) = &self.backend_metrics {
+            b.render(&mut w);
         }
     }
 }

@@ -340,6 +340,9 @@ impl Lab {
         if !extra.contains(&"--iface") {
             cmd.args(["--iface", "eth0"]);
         }
+        // Each node its own WireGuard key, beside its subnet.env (the nodes
+        // share one filesystem).
+        cmd.env("WIREGUARD_KEY_FILE", n.subnet_file.with_file_name("wgkey"));
         cmd.args(["--subnet-file", n.subnet_file.to_str().context("path")?])
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()])
             .args(extra);

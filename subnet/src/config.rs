@@ -93,6 +93,13 @@ impl NetworkConfig {
         }
         let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
         let backend = parse_backend(obj.get("Backend"))?;
+        if ipv6.is_some() && matches!(backend, BackendConfig::Wireguard(_)) {
+            return Err(ConfigError::BadBackendOption {
+                field: "Type",
+                reason: "weft's wireguard backend carries IPv4 only so far; remove EnableIPv6 or use another backend"
+                    .into(),
+            });
+        }
         Ok(NetworkConfig { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
     }
 
@@ -301,13 +308,12 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             }))
         }
         BackendKind::HostGw => Ok(BackendConfig::HostGw),
+        BackendKind::Wireguard => Ok(BackendConfig::Wireguard(parse_wireguard_options(&Value::Object(obj.clone()))?)),
     }
 }
 
-/// The wireguard backend's options from a `Backend` object, validated
-/// (issue 20: the backend itself is not built yet, so `Backend.Type`
-/// `wireguard` is still refused by [`NetworkConfig::parse`]). Each wrong
-/// option is an error naming the field.
+/// The wireguard backend's options from a `Backend` object, validated.
+/// Each wrong option is an error naming the field.
 pub fn parse_wireguard_options(backend: &Value) -> Result<WireguardOptions, ConfigError> {
     let empty = Map::new();
     let obj = match backend {

@@ -95,6 +95,17 @@ fn backend_changes(out: &mut Vec<String>, old: &BackendConfig, new: &BackendConf
             changed(out, "Backend.Queues", &a.queues, &b.queues);
         }
         (BackendConfig::HostGw, BackendConfig::HostGw) => {}
+        (BackendConfig::Wireguard(a), BackendConfig::Wireguard(b)) => {
+            changed(out, "Backend.ListenPort", &a.listen_port, &b.listen_port);
+            changed(out, "Backend.ListenPortV6", &a.listen_port_v6, &b.listen_port_v6);
+            // The key itself is a secret: say only that it changed.
+            if a.psk != b.psk {
+                out.push("Backend.PSK changed".into());
+            }
+            changed(out, "Backend.PersistentKeepaliveInterval", &a.persistent_keepalive, &b.persistent_keepalive);
+            changed(out, "Backend.Mode", &a.mode, &b.mode);
+            changed(out, "Backend.MTU", &a.mtu, &b.mtu);
+        }
         (a, b) => out.push(format!("Backend.Type {} -> {}", a.type_name(), b.type_name())),
     }
 }

@@ -44,7 +44,7 @@ pub enum ConfigError {
     Ipv6NetworkTooSmall { network: String },
     #[error("field {field}: {reason}")]
     BadIpv6Bound { field: &'static str, reason: String },
-    #[error("field Backend.Type: unknown backend type {0:?}; use one of udp, vxlan, host-gw")]
+    #[error("field Backend.Type: unknown backend type {0:?}; use one of udp, vxlan, host-gw, wireguard")]
     UnknownBackend(String),
     #[error("field Backend.{field}: {reason}")]
     BadBackendOption { field: &'static str, reason: String },

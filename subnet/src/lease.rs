@@ -128,6 +128,20 @@ impl LeaseAttrs {
         Self::key_in(self.backend_v6_data.as_ref())
     }
 
+    /// The public key of a `wireguard` lease, decoded: `None` when absent
+    /// or not 32 bytes of base64.
+    pub fn wireguard_public_key(&self) -> Option<[u8; 32]> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.wireguard_key()?).ok()?;
+        bytes.try_into().ok()
+    }
+
+    /// The port a `wireguard` lease publishes in `BackendData.Port`
+    /// (flanneld 0.26 and later; before, peers listen on the same port).
+    pub fn wireguard_port(&self) -> Option<u16> {
+        self.backend_data.as_ref()?.field("Port")?.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+    }
+
     fn key_in(data: Option<&BackendData>) -> Option<String> {
         match data?.field("PublicKey")? {
             Value::String(k) if !k.is_empty() => Some(k),

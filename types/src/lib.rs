@@ -6,7 +6,7 @@
 //! - [`MacAddr`]: an Ethernet address, as published in vxlan leases (`VtepMAC`);
 //! - [`BackendKind`]: a backend type, parsed once from `Backend.Type` or a
 //!   lease's `BackendType`;
-//! - [`BackendConfig`], [`UdpOptions`], [`VxlanOptions`]: the `Backend` part of
+//! - [`BackendConfig`], [`UdpOptions`], [`VxlanOptions`], [`WireguardOptions`]: the `Backend` part of
 //!   the network config, after validation (parsing lives in `weft-subnet`).
 
 pub mod metrics;
@@ -27,6 +27,7 @@ pub enum BackendConfig {
     Udp(UdpOptions),
     Vxlan(VxlanOptions),
     HostGw,
+    Wireguard(WireguardOptions),
 }
 
 /// Options of the udp backend.
@@ -69,8 +70,7 @@ pub const WIREGUARD_DEFAULT_PORT: u16 = 51820;
 /// Default `ListenPortV6` of the wireguard backend (flanneld's).
 pub const WIREGUARD_DEFAULT_PORT_V6: u16 = 51821;
 
-/// Options of the wireguard backend (issue 20: parsed and validated, the
-/// backend itself not built yet), with flanneld's names and defaults.
+/// Options of the wireguard backend, with flanneld's names and defaults.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WireguardOptions {
     /// `ListenPort`, default 51820.
@@ -148,10 +148,12 @@ pub enum BackendKind {
     Udp,
     Vxlan,
     HostGw,
+    Wireguard,
 }
 
 impl BackendKind {
-    pub const ALL: [BackendKind; 3] = [BackendKind::Udp, BackendKind::Vxlan, BackendKind::HostGw];
+    pub const ALL: [BackendKind; 4] =
+        [BackendKind::Udp, BackendKind::Vxlan, BackendKind::HostGw, BackendKind::Wireguard];
 
     /// The name as written in the config and in leases.
     pub fn as_str(self) -> &'static str {
@@ -159,6 +161,7 @@ impl BackendKind {
             BackendKind::Udp => "udp",
             BackendKind::Vxlan => "vxlan",
             BackendKind::HostGw => "host-gw",
+            BackendKind::Wireguard => "wireguard",
         }
     }
 }
@@ -171,7 +174,7 @@ impl fmt::Display for BackendKind {
 
 /// Error for a backend type weft does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend type {0:?} (weft has udp, vxlan and host-gw)")]
+#[error("unknown backend type {0:?} (weft has udp, vxlan, host-gw and wireguard)")]
 pub struct UnknownBackend(pub String);
 
 impl FromStr for BackendKind {
@@ -188,6 +191,7 @@ impl BackendConfig {
             BackendConfig::Udp(_) => BackendKind::Udp,
             BackendConfig::Vxlan(_) => BackendKind::Vxlan,
             BackendConfig::HostGw => BackendKind::HostGw,
+            BackendConfig::Wireguard(_) => BackendKind::Wireguard,
         }
     }
 

@@ -6,6 +6,7 @@
 //! | [`vxlan`]  | kernel VXLAN device; FDB, neighbour and route per peer            |
 //! | [`hostgw`] | one route per peer via its public IP                              |
 //! | [`udp`]    | persistent TUN + UDP, supervised forwarding threads               |
+//! | [`wireguard`] | TUN + standard WireGuard in userspace (boringtun's protocol)   |
 //!
 //! [`Programming`] is the one place that folds converge outcomes into the
 //! report and says how many peers are not programmed.
@@ -13,6 +14,7 @@
 pub(crate) mod hostgw;
 pub(crate) mod udp;
 pub(crate) mod vxlan;
+pub(crate) mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet};
 

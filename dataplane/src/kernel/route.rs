@@ -117,6 +117,27 @@ impl Netlink {
         })
     }
 
+    /// `ip route replace DST dev OIF scope link`: a device's route to a
+    /// whole network, as `ip route add` writes it (protocol boot), so that
+    /// it is read like the kernel's own prefix routes (see
+    /// [`has_route`](Self::has_route)) and never taken for a peer's route.
+    pub(crate) async fn replace_device_route(&self, dst: IpNet, oif: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix_len())
+            .map_err(|e| Error::Conflict(format!("route {dst}: {e}")))?
+            .output_interface(oif)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .protocol(RouteProtocol::Boot)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("ip route replace {dst} dev #{oif} scope link"), e))
+    }
+
     /// `ip route del DST via GW dev OIF proto 87` (absent is fine).
     pub(crate) async fn delete_route(&self, dst: IpNet, spec: &RouteSpec) -> Result<()> {
         match self.handle.route().del(Self::route_message(dst, spec)?).execute().await {

@@ -19,6 +19,9 @@ pub use peer::Peer;
 /// flanneld's TUN device name (udp backend).
 pub(crate) const TUN_NAME: &str = "flannel0";
 
+/// flanneld's WireGuard device name (wireguard backend; a TUN device here).
+pub(crate) const WG_NAME: &str = "flannel-wg";
+
 /// The VXLAN device of `vni`, as flanneld names it: `flannel.<VNI>`.
 pub(crate) fn vxlan_device(vni: u32) -> String {
     format!("flannel.{vni}")

@@ -19,11 +19,25 @@ pub struct Peer {
     pub public_ipv6: Option<Ipv6Addr>,
     /// The MAC of the peer's IPv6 VTEP (`BackendV6Data.VtepMAC`, vxlan only).
     pub vtep_mac6: Option<MacAddr>,
+    /// The peer's WireGuard public key (`BackendData.PublicKey`, wireguard only).
+    pub wg_key: Option<[u8; 32]>,
+    /// The peer's WireGuard port (`BackendData.Port`; flanneld before 0.26
+    /// writes none, and then listens on this node's own port).
+    pub wg_port: Option<u16>,
 }
 
 impl Peer {
     /// An IPv4-only peer.
     pub fn v4(subnet: Ipv4Net, public_ip: Ipv4Addr, vtep_mac: Option<MacAddr>) -> Peer {
-        Peer { subnet, public_ip, vtep_mac, subnet6: None, public_ipv6: None, vtep_mac6: None }
+        Peer {
+            subnet,
+            public_ip,
+            vtep_mac,
+            subnet6: None,
+            public_ipv6: None,
+            vtep_mac6: None,
+            wg_key: None,
+            wg_port: None,
+        }
     }
 }

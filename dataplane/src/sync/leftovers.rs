@@ -1,6 +1,6 @@
 //! What an earlier run with another config left on the host, removed when
 //! the dataplane starts: the device of another backend (`flannel0` after
-//! udp, `flannel.<VNI>` after vxlan or another VNI, `flannel-v6.<VNI>`
+//! udp, `flannel-wg` after wireguard, `flannel.<VNI>` after vxlan or another VNI, `flannel-v6.<VNI>`
 //! after IPv6 was turned off) and weft's routes outside the current
 //! networks. Without this, switching a node from udp to
 //! vxlan would leave the persistent `flannel0` holding the network's route
@@ -11,16 +11,16 @@ use tracing::{info, warn};
 
 use crate::error::Result;
 use crate::kernel::Netlink;
-use crate::model::{is_vxlan_device, TUN_NAME};
+use crate::model::{is_vxlan_device, TUN_NAME, WG_NAME};
 
 /// Whether `name` of kind `kind` is a device weft makes and not in `keep`.
 fn is_leftover(name: &str, kind: Option<&str>, keep: &[&str]) -> bool {
     if keep.contains(&name) {
         return false;
     }
-    let udp = name == TUN_NAME && kind == Some("tun");
+    let tun = (name == TUN_NAME || name == WG_NAME) && kind == Some("tun");
     let vxlan = kind == Some("vxlan") && is_vxlan_device(name);
-    udp || vxlan
+    tun || vxlan
 }
 
 /// Remove the devices weft makes other than `keep`, and weft's routes
@@ -55,6 +55,10 @@ mod tests {
         assert!(is_leftover("flannel0", Some("tun"), &["flannel.1"]));
         assert!(is_leftover("flannel0", Some("tun"), &[]));
         assert!(!is_leftover("flannel0", Some("tun"), &["flannel0"]));
+        assert!(is_leftover("flannel-wg", Some("tun"), &["flannel0"]));
+        assert!(!is_leftover("flannel-wg", Some("tun"), &["flannel-wg"]));
+        // A kernel WireGuard device of flanneld's is not weft's to remove.
+        assert!(!is_leftover("flannel-wg", Some("wireguard"), &[]));
         assert!(is_leftover("flannel.1", Some("vxlan"), &["flannel.2"]));
         assert!(!is_leftover("flannel.1", Some("vxlan"), &["flannel.1"]));
         // IPv6 turned off: the IPv6 device goes, the IPv4 one stays.

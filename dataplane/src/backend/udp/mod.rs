@@ -43,10 +43,10 @@ mod duty;
 mod icmp;
 mod offload;
 mod plain;
-mod restart;
-mod shared;
-mod socket;
-mod sys;
+pub(crate) mod restart;
+pub(crate) mod shared;
+pub(crate) mod socket;
+pub(crate) mod sys;
 mod workers;
 
 use std::collections::BTreeMap;

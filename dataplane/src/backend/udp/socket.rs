@@ -45,7 +45,7 @@ fn force_buffer(sock: &Socket, opt: libc::c_int) {
 
 /// A non-blocking UDP socket bound to `addr`, with large buffers; an IPv6
 /// `addr` takes IPv4 too.
-pub(super) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
     let fail = |source: std::io::Error| Error::UdpSocket { addr, source };
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(fail)?;
     if addr.is_ipv6() {

@@ -1,0 +1,435 @@
+//! The wireguard backend's threads and what they share: one thread
+//! encrypts what the TUN device gives (TUN -> UDP), one decrypts what
+//! the socket receives (UDP -> TUN), and one runs the protocol's timers
+//! (retransmitted and new handshakes, keepalives, the cookie limiter), so
+//! handshake work on a timer never waits behind forwarding, nor forwarding
+//! behind it. Each sleeps in `poll(2)` beside the stop signal.
+//!
+//! The peers are one immutable [`PeerSet`] swapped whole when the leases
+//! change; each peer's boringtun [`Tunn`] sits behind its own lock, taken
+//! for one packet at a time.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::Ipv4Net;
+use tokio::sync::Notify;
+use tun_rs::SyncDevice;
+use weft_types::metrics::{Kind, Writer};
+
+use super::super::udp::shared::{wait, wait_any, ErrorLog, Exit, Step, StopSignal, Wake, WakeOnExit};
+use crate::forward::wg::{received, Incoming, PeerTable, Received, WgDrop, WgPeer};
+
+/// How often the timer thread runs boringtun's timers (its own device
+/// ticks every 250 ms too).
+const TICK: Duration = Duration::from_millis(250);
+/// A new handshake once the last completed one is this old, so a session
+/// is always ready and a peer that stops answering is noticed
+/// (WireGuard's REKEY_AFTER_TIME).
+const KEEP_SESSION: Duration = Duration::from_secs(120);
+/// Handshakes each peer may start per second before cookies are asked
+/// for (boringtun's own device uses the same limit).
+const HANDSHAKES_PER_SECOND: u64 = 100;
+/// Largest datagram or packet.
+const MAX_PACKET: usize = 65535;
+/// What encryption adds at most to a packet (a handshake message is 148).
+const OVERHEAD: usize = 148;
+
+/// One peer: its lease's data and its protocol state.
+pub(crate) struct PeerState {
+    pub(crate) peer: WgPeer,
+    pub(crate) subnet: Ipv4Net,
+    pub(crate) tunn: Mutex<Tunn>,
+    pub(crate) added: Instant,
+    pub(crate) handshakes: AtomicU64,
+}
+
+/// The peers as the threads see them.
+#[derive(Default)]
+pub(crate) struct PeerSet {
+    pub(crate) table: PeerTable,
+    pub(crate) states: HashMap<u32, Arc<PeerState>>,
+}
+
+/// Counters of the wireguard backend.
+#[derive(Debug, Default)]
+pub(crate) struct WgStats {
+    pub(crate) tx_packets: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) handshakes: AtomicU64,
+    pub(crate) restarts: AtomicU64,
+    drops: [AtomicU64; WgDrop::ALL.len()],
+}
+
+impl WgStats {
+    pub(crate) fn drop(&self, reason: WgDrop) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the threads share.
+pub(crate) struct WgShared {
+    pub(crate) peers: ArcSwap<PeerSet>,
+    pub(crate) private: StaticSecret,
+    pub(crate) public: PublicKey,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) stats: WgStats,
+}
+
+impl WgShared {
+    pub(crate) fn new(private: StaticSecret) -> WgShared {
+        let public = PublicKey::from(&private);
+        WgShared {
+            peers: ArcSwap::default(),
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            private,
+            public,
+            stats: WgStats::default(),
+        }
+    }
+
+    /// A new protocol state for `peer`, sharing this node's limiter.
+    pub(crate) fn tunn(&self, peer: &WgPeer, psk: Option<[u8; 32]>, keepalive: u16) -> Tunn {
+        Tunn::new(
+            self.private.clone(),
+            PublicKey::from(peer.public_key.0),
+            psk,
+            (keepalive > 0).then_some(keepalive),
+            peer.index,
+            Some(self.limiter.clone()),
+        )
+    }
+
+    /// The counters as Prometheus families, with each peer's handshake age.
+    pub(crate) fn render(&self, w: &mut Writer<'_>) {
+        let s = &self.stats;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
+        w.family(
+            "weft_wireguard_packets_total",
+            Kind::Counter,
+            "Packets carried by the wireguard backend, by direction.",
+        )
+        .sample("weft_wireguard_packets_total", &[("direction", "tx")], g(&s.tx_packets))
+        .sample("weft_wireguard_packets_total", &[("direction", "rx")], g(&s.rx_packets))
+        .family(
+            "weft_wireguard_bytes_total",
+            Kind::Counter,
+            "Pod bytes carried by the wireguard backend, by direction.",
+        )
+        .sample("weft_wireguard_bytes_total", &[("direction", "tx")], g(&s.tx_bytes))
+        .sample("weft_wireguard_bytes_total", &[("direction", "rx")], g(&s.rx_bytes))
+        .family("weft_wireguard_handshakes_total", Kind::Counter, "Handshake messages from peers that were accepted.")
+        .sample("weft_wireguard_handshakes_total", &[], g(&s.handshakes))
+        .family("weft_wireguard_thread_restarts_total", Kind::Counter, "Restarts of the wireguard threads.")
+        .sample("weft_wireguard_thread_restarts_total", &[], g(&s.restarts))
+        .family(
+            "weft_wireguard_dropped_total",
+            Kind::Counter,
+            "Datagrams and packets the wireguard backend dropped, by reason; none of them reached the TUN device.",
+        );
+        for r in WgDrop::ALL {
+            w.sample("weft_wireguard_dropped_total", &[("reason", r.as_str())], g(&s.drops[r as usize]));
+        }
+        w.family(
+            "weft_wireguard_peer_last_handshake_seconds",
+            Kind::Gauge,
+            "Seconds since each peer's last completed handshake (absent: none yet).",
+        );
+        let set = self.peers.load();
+        let mut peers: Vec<_> = set.states.values().collect();
+        peers.sort_by_key(|p| p.subnet);
+        for p in peers {
+            let age = lock(&p.tunn).time_since_last_handshake();
+            if let Some(age) = age {
+                w.sample(
+                    "weft_wireguard_peer_last_handshake_seconds",
+                    &[("peer", &p.subnet.to_string())],
+                    age.as_secs_f64(),
+                );
+            }
+        }
+    }
+}
+
+/// A peer's lock; a thread that panicked holding it left the state usable
+/// (every call on it is one whole message).
+fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn send(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mut ErrorLog) -> Result<(), io::Error> {
+    match sock.send_to(buf, to) {
+        Ok(_) => {
+            errors.ok();
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(e) => errors.note(e),
+    }
+}
+
+/// TUN -> UDP: encrypt each packet for the peer whose AllowedIPs hold its
+/// destination.
+fn tx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
+    let mut pkt = vec![0u8; MAX_PACKET];
+    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
+    let mut reads = ErrorLog::new("reading from flannel-wg");
+    let mut sends = ErrorLog::new("sending WireGuard datagrams");
+    loop {
+        if stop.fired() {
+            return Exit::Stopped;
+        }
+        let n = match dev.recv(&mut pkt) {
+            Ok(n) => {
+                reads.ok();
+                n
+            }
+            Err(e) => match reads.step_after(e) {
+                Step::Worked => continue,
+                Step::Idle => match wait(dev.as_raw_fd(), libc::POLLIN, stop) {
+                    Ok(Wake::Ready(_)) => continue,
+                    Ok(Wake::Stop) => return Exit::Stopped,
+                    Err(e) => return Exit::Failed(e),
+                },
+                Step::Failed(e) => return Exit::Failed(e),
+            },
+        };
+        let packet = &pkt[..n];
+        let Some(dst) = Tunn::dst_address(packet) else {
+            shared.stats.drop(WgDrop::NotIp);
+            continue;
+        };
+        let set = shared.peers.load();
+        let Some(peer) = set.table.route(dst) else {
+            shared.stats.drop(WgDrop::NoRoute);
+            continue;
+        };
+        let Some(state) = set.states.get(&peer.index) else { continue };
+        let result = lock(&state.tunn).encapsulate(packet, &mut out);
+        match result {
+            TunnResult::WriteToNetwork(b) => {
+                shared.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                shared.stats.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
+                if let Err(e) = send(sock, b, peer.endpoint, &mut sends) {
+                    return Exit::Failed(e);
+                }
+            }
+            // Queued until the handshake completes (it has been sent).
+            TunnResult::Done => {}
+            TunnResult::Err(e) => shared.stats.drop(WgDrop::from_error(&e)),
+            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
+        }
+    }
+}
+
+/// UDP -> TUN: each datagram to its peer's session; what decrypts and
+/// passes the AllowedIPs check enters the TUN device.
+fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
+    let mut dg = vec![0u8; MAX_PACKET];
+    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
+    let mut cookie = [0u8; 64];
+    let mut reads = ErrorLog::new("receiving WireGuard datagrams");
+    let mut sends = ErrorLog::new("sending WireGuard datagrams");
+    let mut writes = ErrorLog::new("writing to flannel-wg");
+    loop {
+        if stop.fired() {
+            return Exit::Stopped;
+        }
+        let (n, from) = match sock.recv_from(&mut dg) {
+            Ok(r) => {
+                reads.ok();
+                r
+            }
+            Err(e) => match reads.step_after(e) {
+                Step::Worked => continue,
+                Step::Idle => match wait(sock.as_raw_fd(), libc::POLLIN, stop) {
+                    Ok(Wake::Ready(_)) => continue,
+                    Ok(Wake::Stop) => return Exit::Stopped,
+                    Err(e) => return Exit::Failed(e),
+                },
+                Step::Failed(e) => return Exit::Failed(e),
+            },
+        };
+        let datagram = &dg[..n];
+        let kind = datagram.first().copied().unwrap_or(0);
+        // A handshake initiation costs Diffie-Hellman to open: its MAC (and,
+        // under load, its cookie) is checked first, cheaply.
+        if kind == 1 {
+            match shared.limiter.verify_packet(Some(from.ip()), datagram, &mut cookie) {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(reply)) => {
+                    shared.stats.drop(WgDrop::UnderLoad);
+                    if let Err(e) = send(sock, reply, from, &mut sends) {
+                        return Exit::Failed(e);
+                    }
+                    continue;
+                }
+                Err(TunnResult::Err(e)) => {
+                    shared.stats.drop(WgDrop::from_error(&e));
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        }
+        let set = shared.peers.load();
+        let index = match set.table.classify(datagram, &shared.private, &shared.public) {
+            Incoming::Peer(i) => i,
+            Incoming::Drop(reason) => {
+                shared.stats.drop(reason);
+                continue;
+            }
+        };
+        let Some(state) = set.states.get(&index) else { continue };
+        let mut tunn = lock(&state.tunn);
+        let mut first = true;
+        loop {
+            let verdict = {
+                let result = if first {
+                    tunn.decapsulate(Some(from.ip()), datagram, &mut out)
+                } else {
+                    tunn.decapsulate(None, &[], &mut out)
+                };
+                received(&set.table, index, &result)
+            };
+            if first && matches!(kind, 1 | 2) && !matches!(verdict, Received::Drop(_)) {
+                shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                state.handshakes.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            match verdict {
+                Received::ToNetwork(len) => {
+                    if let Err(e) = send(sock, &out[..len], from, &mut sends) {
+                        return Exit::Failed(e);
+                    }
+                }
+                Received::ToTunnel(len) => {
+                    shared.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    match dev.send(&out[..len]) {
+                        Ok(_) => writes.ok(),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => {
+                            if let Err(e) = writes.note(e) {
+                                return Exit::Failed(e);
+                            }
+                        }
+                    }
+                    break;
+                }
+                Received::Nothing => break,
+                Received::Drop(reason) => {
+                    shared.stats.drop(reason);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The protocol's timers for every peer, a handshake for each peer
+/// without a fresh session, and the handshake limiter's reset each second.
+fn timers(sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
+    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
+    let mut sends = ErrorLog::new("sending WireGuard handshakes");
+    let mut reset = Instant::now();
+    loop {
+        match wait_any(&[], libc::POLLIN, stop, Some(TICK)) {
+            Ok(Wake::Stop) => return Exit::Stopped,
+            Ok(Wake::Ready(_)) => {}
+            Err(e) => return Exit::Failed(e),
+        }
+        if reset.elapsed() >= Duration::from_secs(1) {
+            shared.limiter.reset_count();
+            reset = Instant::now();
+        }
+        let set = shared.peers.load();
+        for state in set.states.values() {
+            let mut tunn = lock(&state.tunn);
+            if let TunnResult::WriteToNetwork(b) = tunn.update_timers(&mut out) {
+                if let Err(e) = send(sock, b, state.peer.endpoint, &mut sends) {
+                    return Exit::Failed(e);
+                }
+            }
+            if tunn.time_since_last_handshake().is_none_or(|age| age >= KEEP_SESSION) {
+                if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(&mut out, false) {
+                    if let Err(e) = send(sock, b, state.peer.endpoint, &mut sends) {
+                        return Exit::Failed(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The three running threads.
+pub(crate) struct Threads {
+    stop: Arc<StopSignal>,
+    handles: Vec<(&'static str, JoinHandle<Exit>)>,
+}
+
+impl Threads {
+    pub(crate) fn start(
+        dev: Arc<SyncDevice>,
+        sock: Arc<UdpSocket>,
+        shared: Arc<WgShared>,
+        wake: &Arc<Notify>,
+    ) -> io::Result<Threads> {
+        let stop = Arc::new(StopSignal::new()?);
+        let mut t = Threads { stop: stop.clone(), handles: Vec::new() };
+        type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
+        let bodies: [(&'static str, Body); 3] = [
+            ("weft-wg-tx", {
+                let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
+                Box::new(move |stop| tx(&dev, &sock, &shared, stop))
+            }),
+            ("weft-wg-rx", {
+                let (dev, sock, shared) = (dev, sock.clone(), shared.clone());
+                Box::new(move |stop| rx(&dev, &sock, &shared, stop))
+            }),
+            ("weft-wg-timers", Box::new(move |stop| timers(&sock, &shared, stop))),
+        ];
+        for (name, body) in bodies {
+            let (stop, wake) = (stop.clone(), WakeOnExit(wake.clone()));
+            let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+                let _wake = wake;
+                body(&stop)
+            });
+            match handle {
+                Ok(h) => t.handles.push((name, h)),
+                Err(e) => {
+                    t.stop_all();
+                    return Err(e);
+                }
+            }
+        }
+        Ok(t)
+    }
+
+    pub(crate) fn all_alive(&self) -> bool {
+        self.handles.iter().all(|(_, h)| !h.is_finished())
+    }
+
+    /// Stop and join every thread; how each ended (`None`: it panicked).
+    pub(crate) fn stop_all(&mut self) -> Vec<(&'static str, Option<Exit>)> {
+        self.stop.fire();
+        self.handles.drain(..).map(|(name, h)| (name, h.join().ok())).collect()
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
