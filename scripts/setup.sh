@@ -31,6 +31,8 @@ packages=(
     systemd            # systemd-analyze verify on the packaged unit
     debootstrap        # the Debian 12 tree the systemd-node tests boot (tests/systemd_nodes.rs)
     systemd-container  # systemd-nspawn: boots those nodes with systemd as PID 1
+    wireguard-go       # an independent userspace WireGuard: the wireguard backend's interop test
+    wireguard-tools    # wg: configures it as flanneld configures its kernel device
 )
 
 fail() {
@@ -88,6 +90,8 @@ need ping iputils-ping
 need iperf3 iperf3
 need sysctl procps
 need lintian lintian
+need wireguard-go wireguard-go
+need wg wireguard-tools
 need systemd-analyze systemd
 need dpkg-deb dpkg
 need unshare util-linux

@@ -72,6 +72,14 @@ fn invalid_config_is_refused_and_nothing_is_written() {
         (r#"{"Network":"10.244.0.0"}"#, "field Network"),
         (r#"{"Network":"10.244.0.0/16","SubnetMin":"10.1.0.0"}"#, "field SubnetMin: 10.1.0.0 is outside Network"),
         (r#"{"Network":"10.244.0.0/16","Backend":{"Type":"ipip"}}"#, "unknown backend type \"ipip\""),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","Mode":"x"}}"#,
+            "field Backend.Mode: \"x\" is not a wireguard mode (separate, auto, ipv4 or ipv6)",
+        ),
+        (
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"c2hvcnQ="}}"#,
+            "field Backend.PSK: 5 bytes; it must be 32 bytes in base64",
+        ),
         ("{", "not valid JSON"),
     ];
     for (config, want) in cases {

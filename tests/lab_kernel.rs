@@ -262,6 +262,28 @@ fn bad_input_fails_before_changing_anything() {
         assert!(err.contains(want), "{backend} {extra:?}: {err}");
         assert_eq!(err.matches("error:").count(), 1, "one clear error: {err}");
     }
+    // The wireguard backend: a config stored behind `weft config put`'s
+    // back, and a key file that holds no key.
+    let wireguard = |backend: &str| {
+        format!(r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"Backend":{{"Type":"wireguard",{backend}}}}}"#)
+    };
+    let key_file = lab.node(1).subnet_file.with_file_name("wgkey");
+    std::fs::write(&key_file, "not a key\n").unwrap();
+    let cases = [
+        (wireguard(r#""Mode":"x""#), "field Backend.Mode: \"x\" is not a wireguard mode"),
+        (wireguard(r#""PSK":"c2hvcnQ=""#), "field Backend.PSK: 5 bytes"),
+        (wireguard(r#""MTU":1400"#), "is not a WireGuard private key"),
+    ];
+    for (json, want) in cases {
+        lab.etcdctl(&["put", "/coreos.com/network/config", &json]).unwrap();
+        let out = lab.run_command(1, &[]).unwrap().output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{json}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "{json}: {err}");
+        assert_eq!(err.matches("error:").count(), 1, "one clear error: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), "not a key\n", "the bad key file is left as it was");
+    assert!(!lab.node_cmd(1, "ip").args(["link", "show", "flannel-wg"]).output().unwrap().status.success());
     // Nothing was changed: no lease, no device, no routes, no subnet.env.
     let leases = lab.weft(&["leases", "--json"], None).unwrap();
     assert_eq!(text(&leases.stdout).trim(), "[]");

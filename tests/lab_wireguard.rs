@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 
 use lab_common::*;
 use weft_lab::lab::tcp_transfer_checked;
+use weft_lab::{netns, wait_until};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -57,4 +58,204 @@ fn wireguard_nodes_carry_pings_and_checked_tcp_with_flanneld_lease_data() {
     assert!(lab.metric(1, "weft_wireguard_handshakes_total").unwrap() >= 1);
     assert!(lab.metric(1, "weft_wireguard_packets_total{direction=\"tx\"}").unwrap() > 1000);
     assert!(log.contains("wireguard backend forwarding"), "{log}");
+}
+
+fn lease_key(subnet: ipnet::Ipv4Net) -> String {
+    format!("/coreos.com/network/subnets/{}-{}", subnet.network(), subnet.prefix_len())
+}
+
+fn lease_public_key(lab: &weft_lab::Lab, i: u8) -> String {
+    let (subnet, _, _) = lab.subnet_env(i).unwrap();
+    let out = lab.etcdctl(&["get", "--print-value-only", &lease_key(subnet)]).unwrap();
+    let lease: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    lease["BackendData"]["PublicKey"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn wireguard_repairs_its_device_drops_gone_peers_and_keeps_its_key_across_restarts() {
+    let mut lab = lab(3, "wireguard", &[]);
+    let pod2 = lab.node(2).pod_ip.unwrap();
+
+    // flannel-wg deleted: recreated with its address and route, pods reach
+    // each other again.
+    netns::run(lab.node_cmd(1, "ip").args(["link", "del", "flannel-wg"])).unwrap();
+    wait_until("pod 1 to reach pod 2 after flannel-wg was deleted", READY, || lab.ping_once(1, pod2).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert!(lab.metric(1, "weft_dataplane_repairs_total{backend=\"wireguard\",kind=\"device\"}").unwrap() >= 1);
+
+    // A lease removed removes its peer.
+    let gone = lab.subnet_env(3).unwrap().0;
+    assert!(lab.stop_daemon(3, libc::SIGTERM).unwrap().success());
+    lab.etcdctl(&["del", &lease_key(gone)]).unwrap();
+    wait_until("node 1 to drop node 3's peer", PROPAGATION, || {
+        (lab.metric(1, "weft_dataplane_peers_programmed{backend=\"wireguard\"}").ok()? == 1).then_some(())
+    })
+    .unwrap();
+    let (_, metrics) = lab.http(1, "/metrics").unwrap();
+    assert!(!metrics.contains(&format!("peer=\"{gone}\"")), "{metrics}");
+
+    // A restart keeps the key, so the peers' configuration stays valid.
+    let before = lease_public_key(&lab, 1);
+    assert!(lab.stop_daemon(1, libc::SIGTERM).unwrap().success());
+    lab.start_daemon(1, &[]).unwrap();
+    lab.wait_ready(1, READY).unwrap();
+    assert_eq!(lease_public_key(&lab, 1), before);
+    wait_until("pod 2 to reach pod 1 after the restart", READY, || {
+        lab.ping_once(2, lab.node(1).pod_ip.unwrap()).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+}
+
+/// Datagrams that are not WireGuard, or forged, sent at node 1's port
+/// from a namespace that is no node: each is dropped under its reason and
+/// pod traffic goes on.
+#[test]
+fn wireguard_garbage_and_forgeries_are_dropped_and_counted() {
+    let mut lab = lab(2, "wireguard", &[]);
+    let target = std::net::SocketAddr::from((lab.node(1).underlay_ip, 51820));
+    let intruder = lab.add_intruder(&["198.18.0.200"]).unwrap();
+    let mut forged_init = vec![0u8; 148];
+    forged_init[0] = 1;
+    let mut forged_data = vec![0u8; 64];
+    forged_data[0] = 4;
+    forged_data[4..8].copy_from_slice(&0x00ff_ff01u32.to_le_bytes());
+    let sends: [(&[u8], &str); 3] =
+        [(b"garbage, not wireguard", "malformed"), (&forged_init, "authentication"), (&forged_data, "unknown_peer")];
+    let datagrams: Vec<Vec<u8>> = sends.iter().map(|(p, _)| p.to_vec()).collect();
+    netns::in_netns(&intruder, move || {
+        let sock = std::net::UdpSocket::bind("198.18.0.200:0").unwrap();
+        for _ in 0..10 {
+            for d in &datagrams {
+                sock.send_to(d, target).unwrap();
+            }
+        }
+    })
+    .unwrap();
+    for (_, reason) in &sends {
+        let name = format!("weft_wireguard_dropped_total{{reason=\"{reason}\"}}");
+        wait_until(&format!("{name} to reach 10"), PROPAGATION, || (lab.metric(1, &name).ok()? >= 10).then_some(()))
+            .unwrap_or_else(|e| panic!("{e}\n{}", lab.http(1, "/metrics").unwrap().1));
+    }
+    assert_ping_matrix(&lab);
+}
+
+/// wireguard-go (Debian's, an independent WireGuard) on node 2,
+/// configured with `wg` from the leases as flanneld configures its kernel
+/// device: pods behind it and behind a weft node ping and carry TCP both
+/// ways.
+#[test]
+fn wireguard_interoperates_with_wireguard_go() {
+    let mut lab = weft_lab::Lab::new(2, env!("CARGO_BIN_EXE_weft")).unwrap();
+    lab.put_config(&config("wireguard")).unwrap();
+    lab.start_daemon(1, &[]).unwrap();
+    lab.wait_ready(1, READY).unwrap();
+    lab.attach_pod(1).unwrap();
+    let (subnet1, _, _) = lab.subnet_env(1).unwrap();
+    let weft_key = lease_public_key(&lab, 1);
+
+    // Node 2: wireguard-go with a key of its own and the lease flanneld
+    // would write for it.
+    let ns2 = lab.node(2).ns.clone();
+    let dev = format!("wgt{}", std::process::id() % 100_000);
+    let dir = lab.node(2).subnet_file.parent().unwrap().to_path_buf();
+    let private = text(&std::process::Command::new("wg").arg("genkey").output().unwrap().stdout).trim().to_string();
+    let public = {
+        use std::io::Write as _;
+        let mut c = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(private.as_bytes()).unwrap();
+        text(&c.wait_with_output().unwrap().stdout).trim().to_string()
+    };
+    let key_file = dir.join("wg-go.key");
+    std::fs::write(&key_file, &private).unwrap();
+    let wggo = WireguardGo::start(&ns2, &dev);
+    let subnet2: ipnet::Ipv4Net = "10.244.150.0/24".parse().unwrap();
+    let ip = |args: &[&str]| netns::run(lab.node_cmd(2, "ip").args(args)).unwrap();
+    netns::run(netns::exec(&ns2, "wg").args([
+        "set",
+        &dev,
+        "private-key",
+        key_file.to_str().unwrap(),
+        "listen-port",
+        "51820",
+        "peer",
+        &weft_key,
+        "endpoint",
+        &format!("{}:51820", lab.node(1).underlay_ip),
+        "allowed-ips",
+        &subnet1.to_string(),
+    ]))
+    .unwrap_or_else(|e| panic!("wg set: {e:#}\n{}", wggo.log()));
+    ip(&["addr", "add", &format!("{}/32", subnet2.network()), "dev", &dev]);
+    ip(&["link", "set", &dev, "mtu", "1420", "up"]);
+    ip(&["route", "add", "10.244.0.0/16", "dev", &dev, "scope", "link"]);
+    let lease = serde_json::json!({
+        "PublicIP": lab.node(2).underlay_ip.to_string(),
+        "BackendType": "wireguard",
+        "BackendData": {"PublicKey": public, "Port": 51820},
+    });
+    lab.etcdctl(&["put", &lease_key(subnet2), &lease.to_string()]).unwrap();
+    std::fs::write(
+        &lab.node(2).subnet_file,
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.150.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let pod2 = lab.attach_pod(2).unwrap();
+    let pod1 = lab.node(1).pod_ip.unwrap();
+
+    wait_until("the weft pod to reach the wireguard-go pod", READY, || lab.ping_once(1, pod2).then_some(()))
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", lab.log_tail(1), wggo.log()));
+    assert!(lab.ping_once(2, pod1), "the wireguard-go pod cannot reach the weft pod");
+    assert_eq!(tcp_transfer_checked(&lab, 1, 2, 8 << 20).unwrap(), 8 << 20);
+    assert_eq!(tcp_transfer_checked(&lab, 2, 1, 8 << 20).unwrap(), 8 << 20);
+    // wireguard-go's view: a completed handshake with weft's key.
+    let show = text(&netns::run(netns::exec(&ns2, "wg").args(["show", &dev, "latest-handshakes"])).unwrap().stdout);
+    let stamp: u64 = show.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!(show.starts_with(&weft_key) && stamp > 0, "{show}");
+    lab.wait_ready(1, READY).unwrap();
+}
+
+/// A wireguard-go process in a namespace, killed on drop.
+struct WireguardGo {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    dev: String,
+}
+
+impl WireguardGo {
+    fn start(ns: &str, dev: &str) -> WireguardGo {
+        let log = std::env::temp_dir().join(format!("{dev}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = netns::exec(ns, "wireguard-go")
+            .env("WG_PROCESS_FOREGROUND", "1")
+            .arg(dev)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let w = WireguardGo { child, log, dev: dev.to_string() };
+        let sock = format!("/var/run/wireguard/{dev}.sock");
+        wait_until("wireguard-go to open its control socket", READY, || {
+            std::path::Path::new(&sock).exists().then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", w.log()));
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WireguardGo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+        let _ = std::fs::remove_file(&self.log);
+    }
 }
