@@ -130,3 +130,31 @@ pub(crate) fn forwarding_policies(pid: u32) -> Vec<(String, u32)> {
 pub(crate) fn forwarding_nice(pid: u32) -> Vec<(String, i32)> {
     forwarding_stat(pid, 19)
 }
+
+/// The metrics docs/operations.md documents for `backend`.
+pub(crate) fn documented_metrics(backend: &str) -> Vec<String> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
+    let rows: Vec<Vec<&str>> =
+        doc.lines().filter(|l| l.starts_with("| `weft_")).map(|l| l.split('|').map(str::trim).collect()).collect();
+    assert!(rows.len() >= 15, "the metrics table in docs/operations.md");
+    rows.iter().filter(|r| r[4] == "all" || r[4] == backend).map(|r| r[1].trim_matches('`').to_string()).collect()
+}
+
+/// `/metrics` of node 2 parses as Prometheus text format and has every
+/// metric documented for `backend`, each with its HELP text.
+pub(crate) fn assert_metrics_documented(lab: &Lab, backend: &str) {
+    let (code, body) = lab.http(2, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    // The parser skips lines it does not understand: check there are none.
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok() || value == "+Inf", "not a sample line: {line}");
+    }
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    for name in documented_metrics(backend) {
+        assert!(scrape.docs.contains_key(&name), "{backend}: no HELP for {name}:\n{body}");
+        assert!(scrape.samples.iter().any(|s| s.metric == name), "{backend}: no sample of {name}:\n{body}");
+    }
+    let n = |name: &str| scrape.samples.iter().filter(|s| s.metric == name).count();
+    assert_eq!(n("weft_lease_info"), 1, "{body}");
+}

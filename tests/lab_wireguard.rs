@@ -56,6 +56,7 @@ fn wireguard_nodes_carry_pings_and_checked_tcp_with_flanneld_lease_data() {
     assert!(env.contains(&format!("FLANNEL_MTU={}", mtu(&eth0) - 80)), "{env}");
 
     assert!(lab.metric(1, "weft_wireguard_handshakes_total").unwrap() >= 1);
+    assert_metrics_documented(&lab, "wireguard");
     assert!(lab.metric(1, "weft_wireguard_packets_total{direction=\"tx\"}").unwrap() > 1000);
     assert!(log.contains("wireguard backend forwarding"), "{log}");
 }
@@ -137,6 +138,31 @@ fn wireguard_garbage_and_forgeries_are_dropped_and_counted() {
             .unwrap_or_else(|e| panic!("{e}\n{}", lab.http(1, "/metrics").unwrap().1));
     }
     assert_ping_matrix(&lab);
+
+    // A lease whose node does not answer: named by /readyz once the grace
+    // period is over, and ready again when the lease goes.
+    let silent: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
+    let lease = serde_json::json!({
+        "PublicIP": "198.18.0.200",
+        "BackendType": "wireguard",
+        "BackendData": {"PublicKey": "ZmFrZSBwZWVyIGtleSBmb3IgdGhlIHJlYWR5eiB0ZXM=", "Port": 51820},
+    });
+    lab.etcdctl(&["put", &lease_key(silent), &lease.to_string()]).unwrap();
+    let (code, body) = wait_until("node 1 to name the silent peer", READY, || {
+        let (code, body) = lab.http(1, "/readyz").ok()?;
+        (code == 503).then_some((code, body))
+    })
+    .unwrap();
+    assert!(
+        body.contains(
+            "1 of 2 wireguard peers without a completed handshake (first: 10.244.200.0/24 at 198.18.0.200:51820"
+        ),
+        "{code} {body}"
+    );
+    lab.etcdctl(&["del", &lease_key(silent)]).unwrap();
+    wait_until("node 1 to be ready again", PROPAGATION, || (lab.http(1, "/readyz").ok()?.0 == 200).then_some(()))
+        .unwrap();
+    assert!(lab.log(1).contains("ready again"), "{}", lab.log(1));
 }
 
 /// wireguard-go (Debian's, an independent WireGuard) on node 2,

@@ -56,6 +56,11 @@ const CASES: &[Case] = &[
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#),
         v6: false,
     },
+    Case {
+        name: "wireguard",
+        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#),
+        v6: false,
+    },
     // Dual-stack networks, measured pod to pod over IPv6.
     Case { name: "underlay-v6", config: None, v6: true },
     Case { name: "host-gw-v6", config: Some(DUAL_HOSTGW), v6: true },
@@ -392,7 +397,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,wireguard|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

@@ -314,8 +314,23 @@ impl WgBackend {
         self.restart.failed(Instant::now());
     }
 
+    /// When a pass is due without any event: a restart of stopped
+    /// threads, or the end of a new peer's grace period while it has no
+    /// handshake (so that `/readyz` names it then, not at the next resync).
     pub(crate) fn next_wake(&self) -> Option<Instant> {
-        self.restart.next().filter(|_| self.threads.is_none())
+        let restart = self.restart.next().filter(|_| self.threads.is_none());
+        let now = Instant::now();
+        let set = self.shared.peers.load();
+        let grace_ends = set
+            .states
+            .values()
+            .map(|s| s.added + HANDSHAKE_GRACE + Duration::from_millis(10))
+            .filter(|at| *at > now)
+            .min();
+        match (restart, grace_ends) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Problems visible without a pass: a thread that ended, peers whose

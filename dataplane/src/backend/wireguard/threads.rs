@@ -236,7 +236,7 @@ fn tx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) 
 
 /// UDP -> TUN: each datagram to its peer's session; what decrypts and
 /// passes the AllowedIPs check enters the TUN device.
-fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
+fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, wake: &Notify, stop: &StopSignal) -> Exit {
     let mut dg = vec![0u8; MAX_PACKET];
     let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
     let mut cookie = [0u8; 64];
@@ -305,7 +305,11 @@ fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) 
             };
             if first && matches!(kind, 1 | 2) && !matches!(verdict, Received::Drop(_)) {
                 shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-                state.handshakes.fetch_add(1, Ordering::Relaxed);
+                // A peer's first handshake may make the node ready: a pass
+                // now says so.
+                if state.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
+                    wake.notify_one();
+                }
             }
             first = false;
             match verdict {
@@ -395,8 +399,8 @@ impl Threads {
                 Box::new(move |stop| tx(&dev, &sock, &shared, stop))
             }),
             ("weft-wg-rx", {
-                let (dev, sock, shared) = (dev, sock.clone(), shared.clone());
-                Box::new(move |stop| rx(&dev, &sock, &shared, stop))
+                let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
+                Box::new(move |stop| rx(&dev, &sock, &shared, &wake, stop))
             }),
             ("weft-wg-timers", Box::new(move |stop| timers(&sock, &shared, stop))),
         ];
