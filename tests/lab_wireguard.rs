@@ -58,7 +58,7 @@ fn wireguard_nodes_carry_pings_and_checked_tcp_with_flanneld_lease_data() {
     assert!(lab.metric(1, "weft_wireguard_handshakes_total").unwrap() >= 1);
     assert_metrics_documented(&lab, "wireguard");
     assert!(lab.metric(1, "weft_wireguard_packets_total{direction=\"tx\"}").unwrap() > 1000);
-    assert!(log.contains("wireguard backend forwarding"), "{log}");
+    assert!(log.contains("wireguard backend forwarding") && log.contains("offload=true"), "{log}");
 }
 
 fn lease_key(subnet: ipnet::Ipv4Net) -> String {

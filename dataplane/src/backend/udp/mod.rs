@@ -41,7 +41,7 @@
 mod device;
 mod duty;
 mod icmp;
-mod offload;
+pub(crate) mod offload;
 mod plain;
 pub(crate) mod restart;
 pub(crate) mod shared;

@@ -238,7 +238,7 @@ const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 
 /// Write one run into the TUN device with one `writev`: a packet as it
 /// came, or a TCP super-packet whose payloads are read from where they lie.
-fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
+pub(crate) fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
     let mut header = [0u8; MAX_HEADER];
     let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
     let slice = IoSlice::new;

@@ -11,6 +11,7 @@
 //! |-----------|----------------------------------------------------------------------|
 //! | `key`     | the node's private key file (`/run/flannel/wgkey`), made once, kept  |
 //! | `threads` | the TX, RX and timer threads, the shared peer set, the counters     |
+//! | `fast`    | the offload path: TUN super-packets, UDP GSO and GRO, batches       |
 //!
 //! The pure part (the peer table by AllowedIPs and by receiver index, the
 //! decisions per datagram) is [`crate::forward::wg`].
@@ -28,6 +29,7 @@
 //! (recreated if deleted, its address, MTU and route put back), and a
 //! thread that ended gets all three restarted after a backoff.
 
+mod fast;
 mod key;
 mod threads;
 
@@ -39,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
 use ipnet::{IpNet, Ipv4Net};
+use quinn_udp::UdpSocketState;
 use tokio::sync::Notify;
 use tracing::{info, warn};
 use tun_rs::SyncDevice;
@@ -76,6 +79,10 @@ pub(crate) struct WgBackend {
     public_key: Key,
     shared: Arc<WgShared>,
     sock: Arc<UdpSocket>,
+    /// The socket's GSO/GRO state (offload path).
+    state: Option<Arc<UdpSocketState>>,
+    /// Whether `flannel-wg` carries virtio-net headers (offloads on).
+    vnet_hdr: bool,
     indexes: Indexes,
     subnet: Option<Ipv4Net>,
     tun: Option<Arc<SyncDevice>>,
@@ -99,6 +106,8 @@ impl WgBackend {
         let private = key::load_or_create(&key::key_file())?;
         let addr = SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port));
         let sock = Arc::new(socket::bind(addr, false)?);
+        // Without GSO/GRO state the backend still works, a packet a call.
+        let state = UdpSocketState::new((&*sock).into()).ok().map(Arc::new);
         let mut b = WgBackend {
             nl,
             public_key: private.public(),
@@ -107,6 +116,8 @@ impl WgBackend {
             ext,
             network,
             sock,
+            state,
+            vnet_hdr: false,
             indexes: Indexes::default(),
             subnet: None,
             tun: None,
@@ -143,8 +154,10 @@ impl WgBackend {
         let dev = tun_rs::DeviceBuilder::new()
             .name(WG_NAME)
             .mtu(self.mtu().min(u32::from(u16::MAX)) as u16)
+            .offload(true)
             .build_sync()
             .map_err(|e| Error::tun(format!("creating or attaching {WG_NAME}"), e))?;
+        self.vnet_hdr = dev.tcp_gso() || dev.udp_gso();
         dev.persist().map_err(|e| Error::tun(format!("making {WG_NAME} persistent"), e))?;
         dev.set_nonblocking(true).map_err(|e| Error::tun(format!("making {WG_NAME} non-blocking"), e))?;
         self.tun = Some(Arc::new(dev));
@@ -230,7 +243,10 @@ impl WgBackend {
                 return;
             }
             let dev = self.tun.clone().expect("ensure_device attached the device");
-            match Threads::start(dev, self.sock.clone(), self.shared.clone(), &self.wake) {
+            let offload = self.state.clone().filter(|_| self.vnet_hdr);
+            let fast = offload.is_some();
+            let mtu = self.mtu() as usize;
+            match Threads::start(dev, self.sock.clone(), offload, mtu, self.shared.clone(), &self.wake) {
                 Ok(t) => {
                     self.threads = Some(t);
                     self.restart.started(Instant::now());
@@ -241,6 +257,7 @@ impl WgBackend {
                         public_key = %self.public_key.to_base64(),
                         keepalive_s = self.opts.persistent_keepalive,
                         psk = self.opts.psk.is_some(),
+                        offload = fast,
                         "wireguard backend forwarding"
                     );
                 }

@@ -23,9 +23,12 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::Ipv4Net;
+use quinn_udp::UdpSocketState;
 use tokio::sync::Notify;
 use tun_rs::SyncDevice;
 use weft_types::metrics::{Kind, Writer};
+
+use super::fast::{FastRx, FastTx};
 
 use super::super::udp::shared::{wait, wait_any, ErrorLog, Exit, Step, StopSignal, Wake, WakeOnExit};
 use crate::forward::wg::{received, Incoming, PeerTable, Received, WgDrop, WgPeer};
@@ -165,7 +168,7 @@ impl WgShared {
 
 /// A peer's lock; a thread that panicked holding it left the state usable
 /// (every call on it is one whole message).
-fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
+pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -377,6 +380,24 @@ fn timers(sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
     }
 }
 
+/// Step the offload path until told to stop or a persistent error.
+fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
+    loop {
+        if stop.fired() {
+            return Exit::Stopped;
+        }
+        match step() {
+            Step::Worked => {}
+            Step::Idle => match wait(fd, libc::POLLIN, stop) {
+                Ok(Wake::Ready(_)) => {}
+                Ok(Wake::Stop) => return Exit::Stopped,
+                Err(e) => return Exit::Failed(e),
+            },
+            Step::Failed(e) => return Exit::Failed(e),
+        }
+    }
+}
+
 /// The three running threads.
 pub(crate) struct Threads {
     stop: Arc<StopSignal>,
@@ -384,24 +405,47 @@ pub(crate) struct Threads {
 }
 
 impl Threads {
+    /// Start the threads; with `offload` (the socket's GSO/GRO state, on a
+    /// TUN device with virtio-net headers) on the offload path
+    /// ([`super::fast`]), else one packet per system call.
     pub(crate) fn start(
         dev: Arc<SyncDevice>,
         sock: Arc<UdpSocket>,
+        offload: Option<Arc<UdpSocketState>>,
+        mtu: usize,
         shared: Arc<WgShared>,
         wake: &Arc<Notify>,
     ) -> io::Result<Threads> {
         let stop = Arc::new(StopSignal::new()?);
         let mut t = Threads { stop: stop.clone(), handles: Vec::new() };
         type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
+        let (tx_body, rx_body): (Body, Body) = match offload {
+            Some(state) => (
+                {
+                    let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
+                    let mut path = FastTx::new(&state, mtu);
+                    Box::new(move |stop| run(|| path.step(&dev, &sock, &state, &shared, stop), dev.as_raw_fd(), stop))
+                },
+                {
+                    let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
+                    let mut path = FastRx::new(mtu);
+                    Box::new(move |stop| run(|| path.step(&dev, &sock, &state, &shared, &wake), sock.as_raw_fd(), stop))
+                },
+            ),
+            None => (
+                {
+                    let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
+                    Box::new(move |stop| tx(&dev, &sock, &shared, stop))
+                },
+                {
+                    let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
+                    Box::new(move |stop| rx(&dev, &sock, &shared, &wake, stop))
+                },
+            ),
+        };
         let bodies: [(&'static str, Body); 3] = [
-            ("weft-wg-tx", {
-                let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
-                Box::new(move |stop| tx(&dev, &sock, &shared, stop))
-            }),
-            ("weft-wg-rx", {
-                let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
-                Box::new(move |stop| rx(&dev, &sock, &shared, &wake, stop))
-            }),
+            ("weft-wg-tx", tx_body),
+            ("weft-wg-rx", rx_body),
             ("weft-wg-timers", Box::new(move |stop| timers(&sock, &shared, stop))),
         ];
         for (name, body) in bodies {

@@ -1,0 +1,397 @@
+//! The wireguard backend's offload path: the udp backend's batching with
+//! encryption in the middle, so that the cipher is the only extra cost per
+//! byte.
+//!
+//! - TX: a TUN read returns a TCP/UDP super-packet split into MTU-sized
+//!   packets (`tun-rs`); each is encrypted straight into one send buffer,
+//!   and a run of equal-sized messages to one peer leaves in one UDP GSO
+//!   send (WireGuard pads to 16 bytes, so equal packets give equal
+//!   messages).
+//! - RX: `recvmmsg` with UDP GRO returns batches of messages; each is
+//!   decrypted into its own slot, and runs of one TCP flow's packets enter
+//!   the TUN device as one super-packet (the udp backend's `write_run`).
+//!
+//! Handshake messages take the same paths but are sent on their own.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+
+use boringtun::noise::{Tunn, TunnResult};
+use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use tokio::sync::Notify;
+use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
+
+use super::super::udp::offload::write_run;
+use super::super::udp::shared::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::threads::{lock, WgShared};
+use crate::forward::coalesce::runs;
+use crate::forward::wg::{received, Incoming, Received, WgDrop};
+
+/// The size of the data message that carries `len` bytes of packet:
+/// header (16), the packet padded to 16 bytes, the tag (16).
+pub(crate) fn message_len(len: usize) -> usize {
+    16 + len.div_ceil(16) * 16 + 16
+}
+
+/// The type byte of a data message.
+const DATA: u8 = 4;
+
+/// TUN -> UDP on the offload path.
+pub(crate) struct FastTx {
+    slot: usize,
+    original: Vec<u8>,
+    area: Vec<u8>,
+    sizes: [usize; IDEAL_BATCH_SIZE],
+    /// Encrypted messages, back to back.
+    out: Vec<u8>,
+    scratch: Vec<u8>,
+    max_segments: usize,
+    reads: ErrorLog,
+    sends: ErrorLog,
+}
+
+/// A run of messages for one peer in `FastTx::out`.
+struct Run {
+    dest: SocketAddr,
+    len: usize,
+    seg: usize,
+    count: usize,
+    closed: bool,
+}
+
+impl FastTx {
+    pub(crate) fn new(state: &UdpSocketState, mtu: usize) -> FastTx {
+        let slot = mtu.max(576);
+        FastTx {
+            slot,
+            original: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET],
+            area: vec![0u8; slot * IDEAL_BATCH_SIZE],
+            sizes: [0; IDEAL_BATCH_SIZE],
+            out: vec![0u8; MAX_PACKET + 256],
+            scratch: vec![0u8; MAX_PACKET + 256],
+            max_segments: state.max_gso_segments().clamp(1, 64),
+            reads: ErrorLog::new("reading from flannel-wg"),
+            sends: ErrorLog::new("sending WireGuard datagrams"),
+        }
+    }
+
+    /// Read one batch from the TUN device, encrypt and send it.
+    pub(crate) fn step(
+        &mut self,
+        dev: &SyncDevice,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        shared: &WgShared,
+        stop: &StopSignal,
+    ) -> Step {
+        let slot = self.slot;
+        let read = {
+            let mut chunks = self.area.chunks_mut(slot);
+            let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+            dev.recv_multiple(&mut self.original, &mut slots, &mut self.sizes, 0)
+        };
+        let n = match read {
+            Ok(n) => n,
+            Err(e) => return self.reads.step_after(e),
+        };
+        self.reads.ok();
+        let set = shared.peers.load();
+        let mut run: Option<Run> = None;
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        for i in 0..n {
+            let pkt = &self.area[i * slot..i * slot + self.sizes[i]];
+            let Some(dst) = Tunn::dst_address(pkt) else {
+                shared.stats.drop(WgDrop::NotIp);
+                continue;
+            };
+            let Some(peer) = set.table.route(dst) else {
+                shared.stats.drop(WgDrop::NoRoute);
+                continue;
+            };
+            let Some(peer_state) = set.states.get(&peer.index) else { continue };
+            let want = message_len(pkt.len());
+            let fits = run.as_ref().is_some_and(|r| {
+                r.dest == peer.endpoint
+                    && !r.closed
+                    && want <= r.seg
+                    && r.count < self.max_segments
+                    && r.len + want <= MAX_UDP_PAYLOAD
+            });
+            if !fits {
+                if let Some(r) = run.take() {
+                    flush(&self.out, &mut self.sends, sock, state, stop, &r);
+                }
+            }
+            let at = run.as_ref().map_or(0, |r| r.len);
+            let result = lock(&peer_state.tunn).encapsulate(pkt, &mut self.out[at..]);
+            match result {
+                TunnResult::WriteToNetwork(m) if m.first() == Some(&DATA) => {
+                    let len = m.len();
+                    packets += 1;
+                    bytes += pkt.len() as u64;
+                    let r = run.get_or_insert(Run { dest: peer.endpoint, len: 0, seg: len, count: 0, closed: false });
+                    r.len += len;
+                    r.count += 1;
+                    r.closed |= len < r.seg;
+                }
+                // No session yet: the packet is queued and this is the
+                // handshake that starts one, sent on its own.
+                TunnResult::WriteToNetwork(m) => {
+                    let len = m.len();
+                    self.scratch[..len].copy_from_slice(&self.out[at..at + len]);
+                    send_one(sock, &self.scratch[..len], peer.endpoint, &mut self.sends);
+                }
+                TunnResult::Done => {}
+                TunnResult::Err(e) => shared.stats.drop(WgDrop::from_error(&e)),
+                TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
+            }
+        }
+        if let Some(r) = run.take() {
+            flush(&self.out, &mut self.sends, sock, state, stop, &r);
+        }
+        shared.stats.tx_packets.fetch_add(packets, Ordering::Relaxed);
+        shared.stats.tx_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Step::Worked
+    }
+}
+
+/// One GSO send of a run, waiting while the socket's buffer is full.
+fn flush(out: &[u8], sends: &mut ErrorLog, sock: &UdpSocket, state: &UdpSocketState, stop: &StopSignal, r: &Run) {
+    let transmit = Transmit {
+        destination: r.dest,
+        ecn: None,
+        contents: &out[..r.len],
+        segment_size: (r.count > 1).then_some(r.seg),
+        src_ip: None,
+    };
+    loop {
+        match state.try_send(sock.into(), &transmit) {
+            Ok(()) => {
+                sends.ok();
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match wait(sock.as_raw_fd(), libc::POLLOUT, stop) {
+                Ok(Wake::Ready(_)) => continue,
+                _ => return,
+            },
+            Err(e) => {
+                let _ = sends.note(e);
+                return;
+            }
+        }
+    }
+}
+
+/// Send one datagram; a failure is logged (rate-limited), never fatal: a
+/// peer's ICMP errors show up as send errors on the shared socket.
+pub(crate) fn send_one(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mut ErrorLog) {
+    match sock.send_to(buf, to) {
+        Ok(_) => errors.ok(),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => {
+            let _ = errors.note(e);
+        }
+    }
+}
+
+/// The largest datagram GRO hands over in one piece.
+const CHUNK: usize = MAX_PACKET + 1;
+
+/// UDP -> TUN on the offload path.
+pub(crate) struct FastRx {
+    rx: Vec<u8>,
+    metas: [RecvMeta; BATCH_SIZE],
+    /// Decrypted packets, one slot each.
+    plain: Vec<u8>,
+    slot: usize,
+    /// Where the decrypted packets of one batch lie in `plain`.
+    segs: Vec<(usize, usize)>,
+    /// A reply (handshake response, cookie, keepalive) being sent.
+    reply: Vec<u8>,
+    cookie: [u8; 64],
+    recvs: ErrorLog,
+    sends: ErrorLog,
+    writes: ErrorLog,
+}
+
+/// Decrypted packets per batch, at most: a GRO read holds up to 64
+/// segments per datagram.
+const MAX_SEGMENTS: usize = 64 * BATCH_SIZE;
+
+impl FastRx {
+    pub(crate) fn new(mtu: usize) -> FastRx {
+        // A slot holds the largest packet a peer with our MTU sends; a
+        // larger one is decrypted in a slot of its own at the end.
+        let slot = (mtu + 64).max(2048);
+        FastRx {
+            rx: vec![0u8; CHUNK * BATCH_SIZE],
+            metas: [RecvMeta::default(); BATCH_SIZE],
+            plain: vec![0u8; slot * MAX_SEGMENTS + MAX_PACKET + 256],
+            slot,
+            segs: Vec::with_capacity(MAX_SEGMENTS),
+            reply: vec![0u8; MAX_PACKET + 256],
+            cookie: [0u8; 64],
+            recvs: ErrorLog::new("receiving WireGuard datagrams"),
+            sends: ErrorLog::new("sending WireGuard datagrams"),
+            writes: ErrorLog::new("writing to flannel-wg"),
+        }
+    }
+
+    /// Receive one batch without blocking, decrypt it and write what is
+    /// admitted into the TUN device.
+    pub(crate) fn step(
+        &mut self,
+        dev: &SyncDevice,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        shared: &WgShared,
+        wake: &Notify,
+    ) -> Step {
+        let n = {
+            let mut chunks = self.rx.chunks_mut(CHUNK);
+            let mut iovs: [IoSliceMut; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+            match state.recv(sock.into(), &mut iovs, &mut self.metas) {
+                Ok(n) => n,
+                Err(e) => return self.recvs.step_after(e),
+            }
+        };
+        self.recvs.ok();
+        self.segs.clear();
+        let set = shared.peers.load();
+        for i in 0..n {
+            let meta = self.metas[i];
+            let from = meta.addr;
+            let base = i * CHUNK;
+            let len = meta.len.min(CHUNK);
+            let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+            for at in (0..len).step_by(stride) {
+                let dg = &self.rx[base + at..base + (at + stride).min(len)];
+                let kind = dg.first().copied().unwrap_or(0);
+                if kind == 1 {
+                    match shared.limiter.verify_packet(Some(from.ip()), dg, &mut self.cookie) {
+                        Ok(_) => {}
+                        Err(TunnResult::WriteToNetwork(reply)) => {
+                            shared.stats.drop(WgDrop::UnderLoad);
+                            send_one(sock, reply, from, &mut self.sends);
+                            continue;
+                        }
+                        Err(TunnResult::Err(e)) => {
+                            shared.stats.drop(WgDrop::from_error(&e));
+                            continue;
+                        }
+                        Err(_) => continue,
+                    }
+                }
+                let index = match set.table.classify(dg, &shared.private, &shared.public) {
+                    Incoming::Peer(i) => i,
+                    Incoming::Drop(reason) => {
+                        shared.stats.drop(reason);
+                        continue;
+                    }
+                };
+                let Some(peer) = set.states.get(&index) else { continue };
+                // A packet larger than a slot (a peer with a larger MTU)
+                // goes in the spare space after the slots.
+                let k = self.segs.len();
+                let start =
+                    if dg.len() <= self.slot && k < MAX_SEGMENTS { k * self.slot } else { self.slot * MAX_SEGMENTS };
+                if start == self.slot * MAX_SEGMENTS {
+                    write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
+                }
+                let mut tunn = lock(&peer.tunn);
+                let verdict = {
+                    let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
+                    received(&set.table, index, &result)
+                };
+                if matches!(kind, 1 | 2) && !matches!(verdict, Received::Drop(_)) {
+                    shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                    if peer.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
+                        wake.notify_one();
+                    }
+                }
+                match verdict {
+                    Received::ToTunnel(len) => {
+                        self.segs.push((start, len));
+                        if start == self.slot * MAX_SEGMENTS {
+                            write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
+                        }
+                    }
+                    Received::ToNetwork(len) => {
+                        // A handshake response or cookie, then what waited
+                        // for the session.
+                        self.reply[..len].copy_from_slice(&self.plain[start..start + len]);
+                        send_one(sock, &self.reply[..len], from, &mut self.sends);
+                        loop {
+                            let more = {
+                                let result = tunn.decapsulate(None, &[], &mut self.reply);
+                                received(&set.table, index, &result)
+                            };
+                            match more {
+                                Received::ToNetwork(len) => send_one(sock, &self.reply[..len], from, &mut self.sends),
+                                _ => break,
+                            }
+                        }
+                    }
+                    Received::Nothing => {}
+                    Received::Drop(reason) => shared.stats.drop(reason),
+                }
+            }
+        }
+        write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
+        Step::Worked
+    }
+}
+
+/// Write the decrypted packets gathered so far (`segs` in `plain`), runs
+/// of one TCP flow as one super-packet each.
+fn write_all(
+    segs_at: &mut Vec<(usize, usize)>,
+    plain: &[u8],
+    writes: &mut ErrorLog,
+    dev: &SyncDevice,
+    shared: &WgShared,
+) {
+    if segs_at.is_empty() {
+        return;
+    }
+    let segs: Vec<&[u8]> = segs_at.iter().map(|(at, len)| &plain[*at..at + len]).collect();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    for (first, count) in runs(&segs) {
+        let run = &segs[first..first + count];
+        match write_run(dev, run) {
+            Ok(()) => {
+                writes.ok();
+                packets += count as u64;
+                bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
+            }
+            Err(e) => {
+                for _ in 0..count {
+                    shared.stats.drop(WgDrop::Other);
+                }
+                let _ = writes.note(e);
+            }
+        }
+    }
+    shared.stats.rx_packets.fetch_add(packets, Ordering::Relaxed);
+    shared.stats.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    segs_at.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_lengths_pad_to_16_bytes_as_wireguard_does() {
+        assert_eq!(message_len(0), 32, "a keepalive");
+        assert_eq!(message_len(1), 48);
+        assert_eq!(message_len(16), 48);
+        assert_eq!(message_len(1420), 16 + 1424 + 16);
+        // Equal packets give equal messages: one GSO send carries a run.
+        assert_eq!(message_len(1400), message_len(1400));
+    }
+}
