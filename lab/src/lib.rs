@@ -4,6 +4,7 @@
 //! | module    | what it holds                                                    |
 //! |-----------|------------------------------------------------------------------|
 //! | [`etcd`]  | a real etcd server on free loopback ports, removed on drop        |
+//! | [`capture`] | a packet capture on one interface of a namespace (AF_PACKET)   |
 //! | [`proxy`] | a TCP proxy whose connections a test can cut, to fake an outage  |
 //! | [`netns`] | network namespaces: create, exec in, enter from a thread, sweep   |
 //! | [`lab`]   | the multi-node lab: switch, etcd, nodes running `weft run`, pods |
@@ -12,6 +13,7 @@
 //! | [`systemd`] | nodes booted with systemd as PID 1 (nspawn), running the package |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
 
+pub mod capture;
 pub mod cluster;
 pub mod etcd;
 pub mod iperf;
