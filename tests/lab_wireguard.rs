@@ -7,6 +7,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use lab_common::*;
 use weft_lab::capture::{udp_payloads, Capture};
 use weft_lab::lab::tcp_transfer_checked;
+use weft_lab::wggo::WireguardGo;
 use weft_lab::{netns, wait_until};
 
 fn text(b: &[u8]) -> String {
@@ -239,55 +240,20 @@ fn wireguard_interoperates_with_wireguard_go() {
 
     // Node 2: wireguard-go with a key of its own and the lease flanneld
     // would write for it.
-    let ns2 = lab.node(2).ns.clone();
+    let subnet2: ipnet::Ipv4Net = "10.244.150.0/24".parse().unwrap();
     let dev = format!("wgt{}", std::process::id() % 100_000);
     let dir = lab.node(2).subnet_file.parent().unwrap().to_path_buf();
-    let private = text(&std::process::Command::new("wg").arg("genkey").output().unwrap().stdout).trim().to_string();
-    let public = {
-        use std::io::Write as _;
-        let mut c = std::process::Command::new("wg")
-            .arg("pubkey")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(private.as_bytes()).unwrap();
-        text(&c.wait_with_output().unwrap().stdout).trim().to_string()
-    };
-    let key_file = dir.join("wg-go.key");
-    std::fs::write(&key_file, &private).unwrap();
-    let wggo = WireguardGo::start(&ns2, &dev);
-    let subnet2: ipnet::Ipv4Net = "10.244.150.0/24".parse().unwrap();
-    let ip = |args: &[&str]| netns::run(lab.node_cmd(2, "ip").args(args)).unwrap();
-    netns::run(netns::exec(&ns2, "wg").args([
-        "set",
-        &dev,
-        "private-key",
-        key_file.to_str().unwrap(),
-        "listen-port",
-        "51820",
-        "peer",
-        &weft_key,
-        "endpoint",
-        &format!("{}:51820", lab.node(1).underlay_ip),
-        "allowed-ips",
-        &subnet1.to_string(),
-    ]))
-    .unwrap_or_else(|e| panic!("wg set: {e:#}\n{}", wggo.log()));
-    ip(&["addr", "add", &format!("{}/32", subnet2.network()), "dev", &dev]);
-    ip(&["link", "set", &dev, "mtu", "1420", "up"]);
-    ip(&["route", "add", "10.244.0.0/16", "dev", &dev, "scope", "link"]);
+    let wggo = WireguardGo::start(&lab.node(2).ns, &dev, &dir).unwrap();
+    let endpoint1 = std::net::SocketAddr::from((lab.node(1).underlay_ip, 51820));
+    wggo.add_peer(&weft_key, endpoint1, subnet1).unwrap();
+    wggo.set_up(subnet2, 1420, "10.244.0.0/16".parse().unwrap()).unwrap();
     let lease = serde_json::json!({
         "PublicIP": lab.node(2).underlay_ip.to_string(),
         "BackendType": "wireguard",
-        "BackendData": {"PublicKey": public, "Port": 51820},
+        "BackendData": {"PublicKey": wggo.public_key, "Port": 51820},
     });
     lab.etcdctl(&["put", &lease_key(subnet2), &lease.to_string()]).unwrap();
-    std::fs::write(
-        &lab.node(2).subnet_file,
-        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.150.1/24\nFLANNEL_MTU=1420\nFLANNEL_IPMASQ=false\n",
-    )
-    .unwrap();
+    lab.write_subnet_env(2, "10.244.0.0/16".parse().unwrap(), subnet2, 1420).unwrap();
     let pod2 = lab.attach_pod(2).unwrap();
     let pod1 = lab.node(1).pod_ip.unwrap();
 
@@ -297,49 +263,8 @@ fn wireguard_interoperates_with_wireguard_go() {
     assert_eq!(tcp_transfer_checked(&lab, 1, 2, 8 << 20).unwrap(), 8 << 20);
     assert_eq!(tcp_transfer_checked(&lab, 2, 1, 8 << 20).unwrap(), 8 << 20);
     // wireguard-go's view: a completed handshake with weft's key.
-    let show = text(&netns::run(netns::exec(&ns2, "wg").args(["show", &dev, "latest-handshakes"])).unwrap().stdout);
+    let show = wggo.latest_handshakes().unwrap();
     let stamp: u64 = show.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     assert!(show.starts_with(&weft_key) && stamp > 0, "{show}");
     lab.wait_ready(1, READY).unwrap();
-}
-
-/// A wireguard-go process in a namespace, killed on drop.
-struct WireguardGo {
-    child: std::process::Child,
-    log: std::path::PathBuf,
-    dev: String,
-}
-
-impl WireguardGo {
-    fn start(ns: &str, dev: &str) -> WireguardGo {
-        let log = std::env::temp_dir().join(format!("{dev}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = netns::exec(ns, "wireguard-go")
-            .env("WG_PROCESS_FOREGROUND", "1")
-            .arg(dev)
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let w = WireguardGo { child, log, dev: dev.to_string() };
-        let sock = format!("/var/run/wireguard/{dev}.sock");
-        wait_until("wireguard-go to open its control socket", READY, || {
-            std::path::Path::new(&sock).exists().then_some(())
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", w.log()));
-        w
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for WireguardGo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
-        let _ = std::fs::remove_file(&self.log);
-    }
 }

@@ -26,11 +26,14 @@ mod procfs;
 mod scale;
 mod summary;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
 use serde_json::json;
+use weft_lab::wggo::WireguardGo;
 use weft_lab::{netns, Lab};
 
 struct Case {
@@ -61,6 +64,9 @@ const CASES: &[Case] = &[
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#),
         v6: false,
     },
+    // The anchor: Debian's wireguard-go on both nodes, configured as
+    // flanneld configures its kernel device (no weft).
+    Case { name: "wireguard-go", config: None, v6: false },
     // Dual-stack networks, measured pod to pod over IPv6.
     Case { name: "underlay-v6", config: None, v6: true },
     Case { name: "host-gw-v6", config: Some(DUAL_HOSTGW), v6: true },
@@ -308,9 +314,49 @@ fn print_row(name: &str, f: &Figures) {
     }
 }
 
+/// Both nodes on Debian's wireguard-go, each with a pod: the anchor the
+/// wireguard backend is measured against.
+fn wireguard_go_nodes(lab: &mut Lab) -> Result<(Vec<WireguardGo>, Ends)> {
+    let network: Ipv4Net = "10.244.0.0/16".parse()?;
+    let subnets: [Ipv4Net; 2] = ["10.244.150.0/24".parse()?, "10.244.151.0/24".parse()?];
+    let mut nodes = Vec::new();
+    for i in 1..=2u8 {
+        let dir = lab.node(i).subnet_file.parent().context("node dir")?.to_path_buf();
+        let dev = format!("wgb{i}-{}", std::process::id() % 100_000);
+        nodes.push(WireguardGo::start(&lab.node(i).ns, &dev, &dir)?);
+    }
+    // flanneld's MTU for it: the underlay's less 80.
+    let mtu = 1500 - 80;
+    for i in 0..2 {
+        let other = 1 - i;
+        let endpoint = SocketAddr::from((lab.node(other as u8 + 1).underlay_ip, weft_lab::wggo::PORT));
+        nodes[i].add_peer(&nodes[other].public_key, endpoint, subnets[other])?;
+        nodes[i].set_up(subnets[i], mtu, network)?;
+        lab.write_subnet_env(i as u8 + 1, network, subnets[i], mtu)?;
+        lab.attach_pod(i as u8 + 1)?;
+    }
+    let dst = lab.node(2).pod_ip.context("pod")?;
+    weft_lab::wait_until("pods to reach each other over wireguard-go", Duration::from_secs(10), || {
+        lab.ping_once(1, dst).then_some(())
+    })?;
+    let ends = Ends {
+        client_ns: lab.node(1).pod_ns.clone(),
+        server_ns: lab.node(2).pod_ns.clone(),
+        server_ip: dst.to_string(),
+    };
+    Ok((nodes, ends))
+}
+
 fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figures> {
     let mut lab = Lab::new(2, weft)?;
+    let mut _anchor = Vec::new();
     let (ends, daemons) = match case.config {
+        None if case.name == "wireguard-go" => {
+            let (nodes, ends) = wireguard_go_nodes(&mut lab)?;
+            let pids = nodes.iter().map(WireguardGo::pid).collect();
+            _anchor = nodes;
+            (ends, pids)
+        }
         None => {
             let server = lab.node(2);
             let ends = Ends {
@@ -348,7 +394,7 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
         }
     };
     let echo = match case.config {
-        None if !case.v6 => {
+        None if !case.v6 && case.name == "underlay" => {
             let rtts = echo::udp_echo_rtts_us(&ends.client_ns, &ends.server_ns, lab.node(2).underlay_ip, 500)?;
             Some(rtts.iter().sum::<f64>() / rtts.len() as f64)
         }
@@ -397,7 +443,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,wireguard|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,wireguard,wireguard-go|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

@@ -349,6 +349,17 @@ impl Lab {
         Ok(cmd)
     }
 
+    /// Write node `i`'s `subnet.env` as weft writes it, for a node that runs
+    /// something else (wireguard-go), so that its pod can be attached.
+    pub fn write_subnet_env(&self, i: u8, network: Ipv4Net, subnet: Ipv4Net, mtu: u32) -> Result<()> {
+        let gateway = Ipv4Addr::from(u32::from(subnet.network()) + 1);
+        let text = format!(
+            "FLANNEL_NETWORK={network}\nFLANNEL_SUBNET={gateway}/{}\nFLANNEL_MTU={mtu}\nFLANNEL_IPMASQ=false\n",
+            subnet.prefix_len()
+        );
+        Ok(std::fs::write(&self.node(i).subnet_file, text)?)
+    }
+
     /// Start `weft run` in node `i`, logging to the node's log file.
     pub fn start_daemon(&mut self, i: u8, extra: &[&str]) -> Result<()> {
         self.start_daemon_env(i, extra, &[])

@@ -12,6 +12,7 @@
 //! | [`peers`] | numbered fake vxlan peers (leases) for scale tests and the benchmark |
 //! | [`systemd`] | nodes booted with systemd as PID 1 (nspawn), running the package |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
+//! | [`wggo`]  | Debian's wireguard-go on a node, configured as flanneld would    |
 
 pub mod capture;
 pub mod cluster;
@@ -23,6 +24,7 @@ pub mod peers;
 pub mod proxy;
 pub mod systemd;
 pub mod wait;
+pub mod wggo;
 
 pub use cluster::EtcdCluster;
 pub use etcd::{EtcdServer, TlsFiles};

@@ -212,6 +212,8 @@ pub(crate) struct FastRx {
     /// A reply (handshake response, cookie, keepalive) being sent.
     reply: Vec<u8>,
     cookie: [u8; 64],
+    /// Packets the last step wrote into the TUN device.
+    written: usize,
     recvs: ErrorLog,
     sends: ErrorLog,
     writes: ErrorLog,
@@ -234,10 +236,16 @@ impl FastRx {
             segs: Vec::with_capacity(MAX_SEGMENTS),
             reply: vec![0u8; MAX_PACKET + 256],
             cookie: [0u8; 64],
+            written: 0,
             recvs: ErrorLog::new("receiving WireGuard datagrams"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
             writes: ErrorLog::new("writing to flannel-wg"),
         }
+    }
+
+    /// Whether the last step wrote a few packets only (light traffic).
+    pub(crate) fn wrote_light(&self) -> bool {
+        (1..=4).contains(&self.written)
     }
 
     /// Receive one batch without blocking, decrypt it and write what is
@@ -261,6 +269,7 @@ impl FastRx {
         };
         self.recvs.ok();
         self.segs.clear();
+        self.written = 0;
         let set = shared.peers.load();
         for i in 0..n {
             let meta = self.metas[i];
@@ -315,6 +324,7 @@ impl FastRx {
                 }
                 match verdict {
                     Received::ToTunnel(len) => {
+                        self.written += 1;
                         self.segs.push((start, len));
                         if start == self.slot * MAX_SEGMENTS {
                             write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);

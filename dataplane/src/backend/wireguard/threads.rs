@@ -420,18 +420,43 @@ impl Threads {
         let mut t = Threads { stop: stop.clone(), handles: Vec::new() };
         type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
         let (tx_body, rx_body): (Body, Body) = match offload {
-            Some(state) => (
-                {
-                    let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
-                    let mut path = FastTx::new(&state, mtu);
-                    Box::new(move |stop| run(|| path.step(&dev, &sock, &state, &shared, stop), dev.as_raw_fd(), stop))
-                },
-                {
-                    let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
-                    let mut path = FastRx::new(mtu);
-                    Box::new(move |stop| run(|| path.step(&dev, &sock, &state, &shared, &wake), sock.as_raw_fd(), stop))
-                },
-            ),
+            Some(state) => {
+                let tx_path = Arc::new(Mutex::new(FastTx::new(&state, mtu)));
+                (
+                    {
+                        let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
+                        let path = tx_path.clone();
+                        Box::new(move |stop| {
+                            let step = || {
+                                path.lock().unwrap_or_else(|e| e.into_inner()).step(&dev, &sock, &state, &shared, stop)
+                            };
+                            run(step, dev.as_raw_fd(), stop)
+                        })
+                    },
+                    {
+                        let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
+                        let mut path = FastRx::new(mtu);
+                        Box::new(move |stop| {
+                            let step = || {
+                                let step = path.step(&dev, &sock, &state, &shared, &wake);
+                                // Light traffic: the reply to what was just
+                                // written is often in flannel-wg already (the
+                                // kernel answers during the write), so it
+                                // leaves now instead of after the TX thread's
+                                // wake-up. Under the TX path's lock, so a
+                                // flow's packets keep their order.
+                                if path.wrote_light() {
+                                    if let Ok(mut tx) = tx_path.try_lock() {
+                                        let _ = tx.step(&dev, &sock, &state, &shared, stop);
+                                    }
+                                }
+                                step
+                            };
+                            run(step, sock.as_raw_fd(), stop)
+                        })
+                    },
+                )
+            }
             None => (
                 {
                     let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
