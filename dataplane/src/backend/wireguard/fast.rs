@@ -11,7 +11,8 @@
 //!   decrypted into its own slot, and runs of one TCP flow's packets enter
 //!   the TUN device as one super-packet (the udp backend's `write_run`).
 //!
-//! Handshake messages take the same paths but are sent on their own.
+//! Handshake messages go to the handshake thread (`handshake`); one that
+//! starts a session from the TX side is sent on its own.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -20,11 +21,11 @@ use std::sync::atomic::Ordering;
 
 use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
-use tokio::sync::Notify;
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::super::udp::offload::write_run;
 use super::super::udp::shared::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::handshake::{is_handshake, post, Inbox};
 use super::threads::{lock, WgShared};
 use crate::forward::coalesce::runs;
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
@@ -209,9 +210,8 @@ pub(crate) struct FastRx {
     slot: usize,
     /// Where the decrypted packets of one batch lie in `plain`.
     segs: Vec<(usize, usize)>,
-    /// A reply (handshake response, cookie, keepalive) being sent.
+    /// A reply being sent (what a data message's decryption answers).
     reply: Vec<u8>,
-    cookie: [u8; 64],
     /// Packets the last step wrote into the TUN device.
     written: usize,
     recvs: ErrorLog,
@@ -235,7 +235,6 @@ impl FastRx {
             slot,
             segs: Vec::with_capacity(MAX_SEGMENTS),
             reply: vec![0u8; MAX_PACKET + 256],
-            cookie: [0u8; 64],
             written: 0,
             recvs: ErrorLog::new("receiving WireGuard datagrams"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
@@ -256,7 +255,7 @@ impl FastRx {
         sock: &UdpSocket,
         state: &UdpSocketState,
         shared: &WgShared,
-        wake: &Notify,
+        inbox: &Inbox,
     ) -> Step {
         let n = {
             let mut chunks = self.rx.chunks_mut(CHUNK);
@@ -279,21 +278,9 @@ impl FastRx {
             let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
             for at in (0..len).step_by(stride) {
                 let dg = &self.rx[base + at..base + (at + stride).min(len)];
-                let kind = dg.first().copied().unwrap_or(0);
-                if kind == 1 {
-                    match shared.limiter.verify_packet(Some(from.ip()), dg, &mut self.cookie) {
-                        Ok(_) => {}
-                        Err(TunnResult::WriteToNetwork(reply)) => {
-                            shared.stats.drop(WgDrop::UnderLoad);
-                            send_one(sock, reply, from, &mut self.sends);
-                            continue;
-                        }
-                        Err(TunnResult::Err(e)) => {
-                            shared.stats.drop(WgDrop::from_error(&e));
-                            continue;
-                        }
-                        Err(_) => continue,
-                    }
+                if is_handshake(dg.first().copied().unwrap_or(0)) {
+                    post(inbox, shared, dg, from);
+                    continue;
                 }
                 let index = match set.table.classify(dg, &shared.private, &shared.public) {
                     Incoming::Peer(i) => i,
@@ -311,17 +298,10 @@ impl FastRx {
                 if start == self.slot * MAX_SEGMENTS {
                     write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
                 }
-                let mut tunn = lock(&peer.tunn);
                 let verdict = {
-                    let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
+                    let result = lock(&peer.tunn).decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
                     received(&set.table, index, &result)
                 };
-                if matches!(kind, 1 | 2) && !matches!(verdict, Received::Drop(_)) {
-                    shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-                    if peer.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
-                        wake.notify_one();
-                    }
-                }
                 match verdict {
                     Received::ToTunnel(len) => {
                         self.written += 1;
@@ -331,20 +311,8 @@ impl FastRx {
                         }
                     }
                     Received::ToNetwork(len) => {
-                        // A handshake response or cookie, then what waited
-                        // for the session.
                         self.reply[..len].copy_from_slice(&self.plain[start..start + len]);
                         send_one(sock, &self.reply[..len], from, &mut self.sends);
-                        loop {
-                            let more = {
-                                let result = tunn.decapsulate(None, &[], &mut self.reply);
-                                received(&set.table, index, &result)
-                            };
-                            match more {
-                                Received::ToNetwork(len) => send_one(sock, &self.reply[..len], from, &mut self.sends),
-                                _ => break,
-                            }
-                        }
                     }
                     Received::Nothing => {}
                     Received::Drop(reason) => shared.stats.drop(reason),

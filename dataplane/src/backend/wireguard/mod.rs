@@ -10,8 +10,10 @@
 //! | module    | what it holds                                                        |
 //! |-----------|----------------------------------------------------------------------|
 //! | `key`     | the node's private key file (`/run/flannel/wgkey`), made once, kept  |
-//! | `threads` | the TX, RX and timer threads, the shared peer set, the counters     |
+//! | `threads` | the threads (started, stopped together), the peer set, the counters |
 //! | `fast`    | the offload path: TUN super-packets, UDP GSO and GRO, batches       |
+//! | `plain`   | the path without offloads: one packet per system call               |
+//! | `handshake` | the handshake thread: handshake messages, timers, the limiter     |
 //!
 //! The pure part (the peer table by AllowedIPs and by receiver index, the
 //! decisions per datagram) is [`crate::forward::wg`].
@@ -30,7 +32,9 @@
 //! thread that ended gets all three restarted after a backoff.
 
 mod fast;
+mod handshake;
 mod key;
+mod plain;
 mod threads;
 
 use std::collections::{HashMap, HashSet};

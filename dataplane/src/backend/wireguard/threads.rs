@@ -1,9 +1,9 @@
 //! The wireguard backend's threads and what they share: one thread
-//! encrypts what the TUN device gives (TUN -> UDP), one decrypts what
-//! the socket receives (UDP -> TUN), and one runs the protocol's timers
-//! (retransmitted and new handshakes, keepalives, the cookie limiter), so
-//! handshake work on a timer never waits behind forwarding, nor forwarding
-//! behind it. Each sleeps in `poll(2)` beside the stop signal.
+//! encrypts what the TUN device gives (TUN -> UDP, `fast` or `plain`), one
+//! decrypts what the socket receives (UDP -> TUN), and one does the
+//! handshakes and the protocol's timers (`handshake`), so that handshake
+//! work never holds up forwarding, nor forwarding it. The forwarding
+//! threads sleep in `poll(2)` beside the stop signal.
 //!
 //! The peers are one immutable [`PeerSet`] swapped whole when the leases
 //! change; each peer's boringtun [`Tunn`] sits behind its own lock, taken
@@ -11,16 +11,16 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::Tunn;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::Ipv4Net;
 use quinn_udp::UdpSocketState;
@@ -29,24 +29,15 @@ use tun_rs::SyncDevice;
 use weft_types::metrics::{Kind, Writer};
 
 use super::fast::{FastRx, FastTx};
+use super::handshake::{self, INBOX};
+use super::plain;
 
-use super::super::udp::shared::{wait, wait_any, ErrorLog, Exit, Step, StopSignal, Wake, WakeOnExit};
-use crate::forward::wg::{received, Incoming, PeerTable, Received, WgDrop, WgPeer};
+use super::super::udp::shared::{wait, Exit, Step, StopSignal, Wake, WakeOnExit};
+use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
 
-/// How often the timer thread runs boringtun's timers (its own device
-/// ticks every 250 ms too).
-const TICK: Duration = Duration::from_millis(250);
-/// A new handshake once the last completed one is this old, so a session
-/// is always ready and a peer that stops answering is noticed
-/// (WireGuard's REKEY_AFTER_TIME).
-const KEEP_SESSION: Duration = Duration::from_secs(120);
 /// Handshakes each peer may start per second before cookies are asked
 /// for (boringtun's own device uses the same limit).
 const HANDSHAKES_PER_SECOND: u64 = 100;
-/// Largest datagram or packet.
-const MAX_PACKET: usize = 65535;
-/// What encryption adds at most to a packet (a handshake message is 148).
-const OVERHEAD: usize = 148;
 
 /// One peer: its lease's data and its protocol state.
 pub(crate) struct PeerState {
@@ -172,214 +163,6 @@ pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn send(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mut ErrorLog) -> Result<(), io::Error> {
-    match sock.send_to(buf, to) {
-        Ok(_) => {
-            errors.ok();
-            Ok(())
-        }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => errors.note(e),
-    }
-}
-
-/// TUN -> UDP: encrypt each packet for the peer whose AllowedIPs hold its
-/// destination.
-fn tx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
-    let mut pkt = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
-    let mut reads = ErrorLog::new("reading from flannel-wg");
-    let mut sends = ErrorLog::new("sending WireGuard datagrams");
-    loop {
-        if stop.fired() {
-            return Exit::Stopped;
-        }
-        let n = match dev.recv(&mut pkt) {
-            Ok(n) => {
-                reads.ok();
-                n
-            }
-            Err(e) => match reads.step_after(e) {
-                Step::Worked => continue,
-                Step::Idle => match wait(dev.as_raw_fd(), libc::POLLIN, stop) {
-                    Ok(Wake::Ready(_)) => continue,
-                    Ok(Wake::Stop) => return Exit::Stopped,
-                    Err(e) => return Exit::Failed(e),
-                },
-                Step::Failed(e) => return Exit::Failed(e),
-            },
-        };
-        let packet = &pkt[..n];
-        let Some(dst) = Tunn::dst_address(packet) else {
-            shared.stats.drop(WgDrop::NotIp);
-            continue;
-        };
-        let set = shared.peers.load();
-        let Some(peer) = set.table.route(dst) else {
-            shared.stats.drop(WgDrop::NoRoute);
-            continue;
-        };
-        let Some(state) = set.states.get(&peer.index) else { continue };
-        let result = lock(&state.tunn).encapsulate(packet, &mut out);
-        match result {
-            TunnResult::WriteToNetwork(b) => {
-                shared.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                shared.stats.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                if let Err(e) = send(sock, b, peer.endpoint, &mut sends) {
-                    return Exit::Failed(e);
-                }
-            }
-            // Queued until the handshake completes (it has been sent).
-            TunnResult::Done => {}
-            TunnResult::Err(e) => shared.stats.drop(WgDrop::from_error(&e)),
-            TunnResult::WriteToTunnelV4(..) | TunnResult::WriteToTunnelV6(..) => {}
-        }
-    }
-}
-
-/// UDP -> TUN: each datagram to its peer's session; what decrypts and
-/// passes the AllowedIPs check enters the TUN device.
-fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, wake: &Notify, stop: &StopSignal) -> Exit {
-    let mut dg = vec![0u8; MAX_PACKET];
-    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
-    let mut cookie = [0u8; 64];
-    let mut reads = ErrorLog::new("receiving WireGuard datagrams");
-    let mut sends = ErrorLog::new("sending WireGuard datagrams");
-    let mut writes = ErrorLog::new("writing to flannel-wg");
-    loop {
-        if stop.fired() {
-            return Exit::Stopped;
-        }
-        let (n, from) = match sock.recv_from(&mut dg) {
-            Ok(r) => {
-                reads.ok();
-                r
-            }
-            Err(e) => match reads.step_after(e) {
-                Step::Worked => continue,
-                Step::Idle => match wait(sock.as_raw_fd(), libc::POLLIN, stop) {
-                    Ok(Wake::Ready(_)) => continue,
-                    Ok(Wake::Stop) => return Exit::Stopped,
-                    Err(e) => return Exit::Failed(e),
-                },
-                Step::Failed(e) => return Exit::Failed(e),
-            },
-        };
-        let datagram = &dg[..n];
-        let kind = datagram.first().copied().unwrap_or(0);
-        // A handshake initiation costs Diffie-Hellman to open: its MAC (and,
-        // under load, its cookie) is checked first, cheaply.
-        if kind == 1 {
-            match shared.limiter.verify_packet(Some(from.ip()), datagram, &mut cookie) {
-                Ok(_) => {}
-                Err(TunnResult::WriteToNetwork(reply)) => {
-                    shared.stats.drop(WgDrop::UnderLoad);
-                    if let Err(e) = send(sock, reply, from, &mut sends) {
-                        return Exit::Failed(e);
-                    }
-                    continue;
-                }
-                Err(TunnResult::Err(e)) => {
-                    shared.stats.drop(WgDrop::from_error(&e));
-                    continue;
-                }
-                Err(_) => continue,
-            }
-        }
-        let set = shared.peers.load();
-        let index = match set.table.classify(datagram, &shared.private, &shared.public) {
-            Incoming::Peer(i) => i,
-            Incoming::Drop(reason) => {
-                shared.stats.drop(reason);
-                continue;
-            }
-        };
-        let Some(state) = set.states.get(&index) else { continue };
-        let mut tunn = lock(&state.tunn);
-        let mut first = true;
-        loop {
-            let verdict = {
-                let result = if first {
-                    tunn.decapsulate(Some(from.ip()), datagram, &mut out)
-                } else {
-                    tunn.decapsulate(None, &[], &mut out)
-                };
-                received(&set.table, index, &result)
-            };
-            if first && matches!(kind, 1 | 2) && !matches!(verdict, Received::Drop(_)) {
-                shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-                // A peer's first handshake may make the node ready: a pass
-                // now says so.
-                if state.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
-                    wake.notify_one();
-                }
-            }
-            first = false;
-            match verdict {
-                Received::ToNetwork(len) => {
-                    if let Err(e) = send(sock, &out[..len], from, &mut sends) {
-                        return Exit::Failed(e);
-                    }
-                }
-                Received::ToTunnel(len) => {
-                    shared.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.rx_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    match dev.send(&out[..len]) {
-                        Ok(_) => writes.ok(),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => {
-                            if let Err(e) = writes.note(e) {
-                                return Exit::Failed(e);
-                            }
-                        }
-                    }
-                    break;
-                }
-                Received::Nothing => break,
-                Received::Drop(reason) => {
-                    shared.stats.drop(reason);
-                    break;
-                }
-            }
-        }
-    }
-}
-
-/// The protocol's timers for every peer, a handshake for each peer
-/// without a fresh session, and the handshake limiter's reset each second.
-fn timers(sock: &UdpSocket, shared: &WgShared, stop: &StopSignal) -> Exit {
-    let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
-    let mut sends = ErrorLog::new("sending WireGuard handshakes");
-    let mut reset = Instant::now();
-    loop {
-        match wait_any(&[], libc::POLLIN, stop, Some(TICK)) {
-            Ok(Wake::Stop) => return Exit::Stopped,
-            Ok(Wake::Ready(_)) => {}
-            Err(e) => return Exit::Failed(e),
-        }
-        if reset.elapsed() >= Duration::from_secs(1) {
-            shared.limiter.reset_count();
-            reset = Instant::now();
-        }
-        let set = shared.peers.load();
-        for state in set.states.values() {
-            let mut tunn = lock(&state.tunn);
-            if let TunnResult::WriteToNetwork(b) = tunn.update_timers(&mut out) {
-                if let Err(e) = send(sock, b, state.peer.endpoint, &mut sends) {
-                    return Exit::Failed(e);
-                }
-            }
-            if tunn.time_since_last_handshake().is_none_or(|age| age >= KEEP_SESSION) {
-                if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(&mut out, false) {
-                    if let Err(e) = send(sock, b, state.peer.endpoint, &mut sends) {
-                        return Exit::Failed(e);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Step the offload path until told to stop or a persistent error.
 fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
     loop {
@@ -418,6 +201,7 @@ impl Threads {
     ) -> io::Result<Threads> {
         let stop = Arc::new(StopSignal::new()?);
         let mut t = Threads { stop: stop.clone(), handles: Vec::new() };
+        let (inbox, handshakes) = std::sync::mpsc::sync_channel(INBOX);
         type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
         let (tx_body, rx_body): (Body, Body) = match offload {
             Some(state) => {
@@ -434,11 +218,11 @@ impl Threads {
                         })
                     },
                     {
-                        let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
+                        let (dev, sock, shared, inbox) = (dev, sock.clone(), shared.clone(), inbox.clone());
                         let mut path = FastRx::new(mtu);
                         Box::new(move |stop| {
                             let step = || {
-                                let step = path.step(&dev, &sock, &state, &shared, &wake);
+                                let step = path.step(&dev, &sock, &state, &shared, &inbox);
                                 // Light traffic: the reply to what was just
                                 // written is often in flannel-wg already (the
                                 // kernel answers during the write), so it
@@ -460,18 +244,21 @@ impl Threads {
             None => (
                 {
                     let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
-                    Box::new(move |stop| tx(&dev, &sock, &shared, stop))
+                    Box::new(move |stop| plain::tx(&dev, &sock, &shared, stop))
                 },
                 {
-                    let (dev, sock, shared, wake) = (dev, sock.clone(), shared.clone(), wake.clone());
-                    Box::new(move |stop| rx(&dev, &sock, &shared, &wake, stop))
+                    let (dev, sock, shared, inbox) = (dev, sock.clone(), shared.clone(), inbox);
+                    Box::new(move |stop| plain::rx(&dev, &sock, &shared, &inbox, stop))
                 },
             ),
         };
         let bodies: [(&'static str, Body); 3] = [
             ("weft-wg-tx", tx_body),
             ("weft-wg-rx", rx_body),
-            ("weft-wg-timers", Box::new(move |stop| timers(&sock, &shared, stop))),
+            ("weft-wg-handshake", {
+                let wake = wake.clone();
+                Box::new(move |stop| handshake::run(&sock, &shared, &handshakes, &wake, stop))
+            }),
         ];
         for (name, body) in bodies {
             let (stop, wake) = (stop.clone(), WakeOnExit(wake.clone()));
