@@ -39,7 +39,7 @@
 //! doubling to 10 s (reset after 30 s of healthy running).
 
 mod device;
-mod duty;
+pub(crate) mod duty;
 mod icmp;
 pub(crate) mod offload;
 mod plain;
@@ -47,7 +47,7 @@ pub(crate) mod restart;
 pub(crate) mod shared;
 pub(crate) mod socket;
 pub(crate) mod sys;
-mod workers;
+pub(crate) mod workers;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};

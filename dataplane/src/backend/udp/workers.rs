@@ -101,9 +101,9 @@ fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
 /// The send thread of an offload queue: reads the TUN device while the
 /// traffic is bulk, and sleeps on its doorbell while the receive thread
 /// serves both directions (see `duty`).
-fn run_sender(
-    tx: &Mutex<TxPath>,
-    mut step: impl FnMut(&mut TxPath) -> Step,
+pub(crate) fn run_sender<T: TunReader>(
+    tx: &Mutex<T>,
+    mut step: impl FnMut(&mut T) -> Step,
     duty: &Duty,
     tun: i32,
     stop: &StopSignal,
@@ -145,10 +145,10 @@ fn run_sender(
 /// and the calls that move it, and `poll` reports what is ready. The one
 /// exception is the TUN read right after a write, which picks up what the
 /// kernel made of the written packet (a reply, an ACK) without a wake-up.
-fn run_receiver(
+pub(crate) fn run_receiver<T: TunReader>(
     mut receive: impl FnMut() -> (Step, bool),
-    tx: &Mutex<TxPath>,
-    mut send: impl FnMut(&mut TxPath) -> Step,
+    tx: &Mutex<T>,
+    mut send: impl FnMut(&mut T) -> Step,
     duty: &Duty,
     fds: [i32; 2],
     stop: &StopSignal,
@@ -199,12 +199,24 @@ fn run_receiver(
 }
 
 /// One TUN -> UDP step under the queue's send lock; bulk is noted.
-fn send_step(tx: &Mutex<TxPath>, step: &mut impl FnMut(&mut TxPath) -> Step, duty: &Duty) -> Step {
+/// What reads a queue's TUN device: says whether its last read was bulk
+/// (a super-packet), which hands the device to the send thread.
+pub(crate) trait TunReader {
+    fn read_bulk(&self) -> bool;
+}
+
+impl TunReader for TxPath {
+    fn read_bulk(&self) -> bool {
+        self.bulk
+    }
+}
+
+fn send_step<T: TunReader>(tx: &Mutex<T>, step: &mut impl FnMut(&mut T) -> Step, duty: &Duty) -> Step {
     let Ok(mut path) = tx.lock() else {
         return Step::Failed(io::Error::other("the other thread of this queue panicked while sending"));
     };
     let result = step(&mut path);
-    if matches!(result, Step::Worked) && path.bulk {
+    if matches!(result, Step::Worked) && path.read_bulk() {
         duty.saw_bulk();
     }
     result

@@ -5,8 +5,7 @@
 //! - TX: a TUN read returns a TCP/UDP super-packet split into MTU-sized
 //!   packets (`tun-rs`); each is encrypted straight into one send buffer,
 //!   and a run of equal-sized messages to one peer leaves in one UDP GSO
-//!   send (WireGuard pads to 16 bytes, so equal packets give equal
-//!   messages).
+//!   send (equal packets give equal messages).
 //! - RX: `recvmmsg` with UDP GRO returns batches of messages; each is
 //!   decrypted into its own slot, and runs of one TCP flow's packets enter
 //!   the TUN device as one super-packet (the udp backend's `write_run`).
@@ -25,14 +24,16 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::super::udp::offload::write_run;
 use super::super::udp::shared::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
+use super::super::udp::workers::TunReader;
 use super::handshake::{is_handshake, post, Inbox};
 use super::threads::{lock, WgShared};
 use crate::forward::coalesce::runs;
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
-/// The size of the data message that carries `len` bytes of packet:
-/// header (16), the packet padded to 16 bytes, the tag (16).
-pub(crate) fn message_len(len: usize) -> usize {
+/// The largest data message that carries `len` bytes of packet: header
+/// (16), the packet padded to 16 bytes (the protocol allows it; boringtun
+/// does not pad), the tag (16).
+pub(crate) fn max_message_len(len: usize) -> usize {
     16 + len.div_ceil(16) * 16 + 16
 }
 
@@ -49,11 +50,20 @@ pub(crate) struct FastTx {
     out: Vec<u8>,
     scratch: Vec<u8>,
     max_segments: usize,
+    /// Whether the last read was a super-packet (bulk, see `udp::duty`).
+    bulk: bool,
     reads: ErrorLog,
     sends: ErrorLog,
 }
 
+impl TunReader for FastTx {
+    fn read_bulk(&self) -> bool {
+        self.bulk
+    }
+}
+
 /// A run of messages for one peer in `FastTx::out`.
+#[derive(Clone, Copy)]
 struct Run {
     dest: SocketAddr,
     len: usize,
@@ -73,6 +83,7 @@ impl FastTx {
             out: vec![0u8; MAX_PACKET + 256],
             scratch: vec![0u8; MAX_PACKET + 256],
             max_segments: state.max_gso_segments().clamp(1, 64),
+            bulk: false,
             reads: ErrorLog::new("reading from flannel-wg"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
         }
@@ -98,6 +109,7 @@ impl FastTx {
             Err(e) => return self.reads.step_after(e),
         };
         self.reads.ok();
+        self.bulk = n > 1;
         let set = shared.peers.load();
         let mut run: Option<Run> = None;
         let (mut packets, mut bytes) = (0u64, 0u64);
@@ -112,15 +124,15 @@ impl FastTx {
                 continue;
             };
             let Some(peer_state) = set.states.get(&peer.index) else { continue };
-            let want = message_len(pkt.len());
-            let fits = run.as_ref().is_some_and(|r| {
+            // Room for the message at its largest (padded to 16 bytes;
+            // boringtun does not pad, so it is 32 bytes more than the packet).
+            let room = run.as_ref().is_some_and(|r| {
                 r.dest == peer.endpoint
                     && !r.closed
-                    && want <= r.seg
                     && r.count < self.max_segments
-                    && r.len + want <= MAX_UDP_PAYLOAD
+                    && r.len + max_message_len(pkt.len()) <= MAX_UDP_PAYLOAD
             });
-            if !fits {
+            if !room {
                 if let Some(r) = run.take() {
                     flush(&self.out, &mut self.sends, sock, state, stop, &r);
                 }
@@ -132,10 +144,22 @@ impl FastTx {
                     let len = m.len();
                     packets += 1;
                     bytes += pkt.len() as u64;
-                    let r = run.get_or_insert(Run { dest: peer.endpoint, len: 0, seg: len, count: 0, closed: false });
-                    r.len += len;
-                    r.count += 1;
-                    r.closed |= len < r.seg;
+                    match &mut run {
+                        Some(r) if len <= r.seg => {
+                            r.len += len;
+                            r.count += 1;
+                            // A shorter message must be the last of a GSO send.
+                            r.closed |= len < r.seg;
+                        }
+                        // Longer than the run's messages: it starts the next run.
+                        Some(r) => {
+                            let done = Run { len: r.len, ..*r };
+                            flush(&self.out, &mut self.sends, sock, state, stop, &done);
+                            self.out.copy_within(at..at + len, 0);
+                            run = Some(Run { dest: peer.endpoint, len, seg: len, count: 1, closed: false });
+                        }
+                        None => run = Some(Run { dest: peer.endpoint, len, seg: len, count: 1, closed: false }),
+                    }
                 }
                 // No session yet: the packet is queued and this is the
                 // handshake that starts one, sent on its own.
@@ -212,8 +236,9 @@ pub(crate) struct FastRx {
     segs: Vec<(usize, usize)>,
     /// A reply being sent (what a data message's decryption answers).
     reply: Vec<u8>,
-    /// Packets the last step wrote into the TUN device.
-    written: usize,
+    /// Whether the last batch held a datagram of several GRO segments
+    /// (bulk, see `udp::duty`).
+    bulk: bool,
     recvs: ErrorLog,
     sends: ErrorLog,
     writes: ErrorLog,
@@ -235,16 +260,16 @@ impl FastRx {
             slot,
             segs: Vec::with_capacity(MAX_SEGMENTS),
             reply: vec![0u8; MAX_PACKET + 256],
-            written: 0,
+            bulk: false,
             recvs: ErrorLog::new("receiving WireGuard datagrams"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
             writes: ErrorLog::new("writing to flannel-wg"),
         }
     }
 
-    /// Whether the last step wrote a few packets only (light traffic).
-    pub(crate) fn wrote_light(&self) -> bool {
-        (1..=4).contains(&self.written)
+    /// Whether the last batch was bulk.
+    pub(crate) fn bulk(&self) -> bool {
+        self.bulk
     }
 
     /// Receive one batch without blocking, decrypt it and write what is
@@ -268,7 +293,7 @@ impl FastRx {
         };
         self.recvs.ok();
         self.segs.clear();
-        self.written = 0;
+        self.bulk = false;
         let set = shared.peers.load();
         for i in 0..n {
             let meta = self.metas[i];
@@ -276,6 +301,7 @@ impl FastRx {
             let base = i * CHUNK;
             let len = meta.len.min(CHUNK);
             let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
+            self.bulk |= stride < len;
             for at in (0..len).step_by(stride) {
                 let dg = &self.rx[base + at..base + (at + stride).min(len)];
                 if is_handshake(dg.first().copied().unwrap_or(0)) {
@@ -304,7 +330,6 @@ impl FastRx {
                 };
                 match verdict {
                     Received::ToTunnel(len) => {
-                        self.written += 1;
                         self.segs.push((start, len));
                         if start == self.slot * MAX_SEGMENTS {
                             write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
@@ -364,12 +389,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn message_lengths_pad_to_16_bytes_as_wireguard_does() {
-        assert_eq!(message_len(0), 32, "a keepalive");
-        assert_eq!(message_len(1), 48);
-        assert_eq!(message_len(16), 48);
-        assert_eq!(message_len(1420), 16 + 1424 + 16);
-        // Equal packets give equal messages: one GSO send carries a run.
-        assert_eq!(message_len(1400), message_len(1400));
+    fn the_largest_message_is_the_packet_padded_to_16_bytes_and_32_more() {
+        assert_eq!(max_message_len(0), 32, "a keepalive");
+        assert_eq!(max_message_len(1), 48);
+        assert_eq!(max_message_len(16), 48);
+        assert_eq!(max_message_len(1420), 16 + 1424 + 16);
     }
 }

@@ -262,6 +262,8 @@ impl WgBackend {
                         keepalive_s = self.opts.persistent_keepalive,
                         psk = self.opts.psk.is_some(),
                         offload = fast,
+                        udp_gso_segments = self.state.as_ref().map_or(1, |s| s.max_gso_segments()),
+                        udp_gro_segments = self.state.as_ref().map_or(1, |s| s.gro_segments()),
                         "wireguard backend forwarding"
                     );
                 }

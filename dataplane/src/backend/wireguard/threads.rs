@@ -32,7 +32,10 @@ use super::fast::{FastRx, FastTx};
 use super::handshake::{self, INBOX};
 use super::plain;
 
-use super::super::udp::shared::{wait, Exit, Step, StopSignal, Wake, WakeOnExit};
+use super::super::udp::duty::{Duty, BULK_QUIET};
+use super::super::udp::shared::{Exit, StopSignal, WakeOnExit};
+use super::super::udp::workers::{run_receiver, run_sender};
+use crate::forward::stats::Stats;
 use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
 
 /// Handshakes each peer may start per second before cookies are asked
@@ -163,24 +166,6 @@ pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Step the offload path until told to stop or a persistent error.
-fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
-    loop {
-        if stop.fired() {
-            return Exit::Stopped;
-        }
-        match step() {
-            Step::Worked => {}
-            Step::Idle => match wait(fd, libc::POLLIN, stop) {
-                Ok(Wake::Ready(_)) => {}
-                Ok(Wake::Stop) => return Exit::Stopped,
-                Err(e) => return Exit::Failed(e),
-            },
-            Step::Failed(e) => return Exit::Failed(e),
-        }
-    }
-}
-
 /// The three running threads.
 pub(crate) struct Threads {
     stop: Arc<StopSignal>,
@@ -205,38 +190,31 @@ impl Threads {
         type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
         let (tx_body, rx_body): (Body, Body) = match offload {
             Some(state) => {
+                // As the udp backend's queues: the RX thread serves both
+                // directions while the traffic is light, the TX thread takes
+                // the TUN device when bulk starts (see `udp::duty`).
+                let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
                 let tx_path = Arc::new(Mutex::new(FastTx::new(&state, mtu)));
                 (
                     {
                         let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
-                        let path = tx_path.clone();
+                        let (path, duty) = (tx_path.clone(), duty.clone());
                         Box::new(move |stop| {
-                            let step = || {
-                                path.lock().unwrap_or_else(|e| e.into_inner()).step(&dev, &sock, &state, &shared, stop)
-                            };
-                            run(step, dev.as_raw_fd(), stop)
+                            let step = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                            run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
                         })
                     },
                     {
                         let (dev, sock, shared, inbox) = (dev, sock.clone(), shared.clone(), inbox.clone());
                         let mut path = FastRx::new(mtu);
                         Box::new(move |stop| {
-                            let step = || {
+                            let receive = || {
                                 let step = path.step(&dev, &sock, &state, &shared, &inbox);
-                                // Light traffic: the reply to what was just
-                                // written is often in flannel-wg already (the
-                                // kernel answers during the write), so it
-                                // leaves now instead of after the TX thread's
-                                // wake-up. Under the TX path's lock, so a
-                                // flow's packets keep their order.
-                                if path.wrote_light() {
-                                    if let Ok(mut tx) = tx_path.try_lock() {
-                                        let _ = tx.step(&dev, &sock, &state, &shared, stop);
-                                    }
-                                }
-                                step
+                                (step, path.bulk())
                             };
-                            run(step, sock.as_raw_fd(), stop)
+                            let send = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                            let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
+                            run_receiver(receive, &tx_path, send, &duty, fds, stop)
                         })
                     },
                 )
