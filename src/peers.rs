@@ -35,6 +35,7 @@ pub(crate) fn desired_peers<'a>(
             warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
+        let (wg_key6, wg_port6) = (lease.attrs.wireguard_public_key6(), lease.attrs.wireguard_port6());
         let (wg_key, wg_port) = match backend {
             BackendKind::Wireguard => match lease.attrs.wireguard_public_key() {
                 Some(key) => (Some(key), lease.attrs.wireguard_port()),
@@ -54,6 +55,8 @@ pub(crate) fn desired_peers<'a>(
             vtep_mac6: lease.attrs.vtep_mac6(),
             wg_key,
             wg_port,
+            wg_key6,
+            wg_port6,
         });
     }
     peers.sort();

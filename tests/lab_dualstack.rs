@@ -44,8 +44,8 @@ fn env_var(lab: &Lab, i: u8, name: &str) -> Option<String> {
 /// node's IPv6 subnet.
 fn wait_converged6(lab: &Lab) {
     let n = lab.nodes.len() as u8;
-    let udp = lab.node_cmd(1, "ip").args(["link", "show", "flannel0"]).output().is_ok_and(|o| o.status.success());
-    if udp {
+    let has = |dev: &str| lab.node_cmd(1, "ip").args(["link", "show", dev]).output().is_ok_and(|o| o.status.success());
+    if has("flannel0") || has("flannel-wg") {
         // Its routes live in weft's own table: the pods' pings below wait for it.
         return;
     }
@@ -101,6 +101,10 @@ fn check_leases_and_env(lab: &Lab, backend: &str) {
             assert_eq!(value["BackendV6Data"]["VNI"], 1, "{value}");
             let mac6 = value["BackendV6Data"]["VtepMAC"].as_str().unwrap_or_else(|| panic!("no v6 VtepMAC: {value}"));
             assert!(shown.contains(mac6), "flannel-v6.1 has the published MAC {mac6}: {shown}");
+        } else if backend == "wireguard" {
+            // The same key as the IPv4 device, the IPv6 device's port.
+            assert_eq!(value["BackendV6Data"]["PublicKey"], value["BackendData"]["PublicKey"], "{value}");
+            assert_eq!(value["BackendV6Data"]["Port"], 51821, "{value}");
         } else {
             assert!(value.get("BackendV6Data").is_none(), "{value}");
         }
@@ -272,4 +276,31 @@ fn udp_dual_stack() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
     assert!(lab.metric(1, "weft_dataplane_repairs_total{backend=\"udp\",kind=\"route\"}").unwrap() >= 1);
+}
+
+#[test]
+fn wireguard_dual_stack() {
+    // flanneld's default Mode, separate: pod IPv6 through flannel-wg-v6,
+    // over the IPv6 underlay to the peers' PublicIPv6 on port 51821.
+    let lab = dual_stack_pods_reach_each_other("wireguard");
+    let before = udp_datagrams_out(&lab, 1);
+    for _ in 0..10 {
+        assert!(lab.ping6_once(1, lab.node(2).pod_ip6.unwrap()));
+    }
+    let after = udp_datagrams_out(&lab, 1);
+    assert!(after.1 - before.1 >= 10, "10 pod IPv6 pings: {} IPv6 datagrams", after.1 - before.1);
+    let text = |args: &[&str]| {
+        String::from_utf8_lossy(&lab.node_cmd(1, "ip").args(args).output().unwrap().stdout).into_owned()
+    };
+    let sub6: ipnet::Ipv6Net = env_var(&lab, 1, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+    let addr = text(&["-6", "-o", "addr", "show", "dev", "flannel-wg-v6"]);
+    assert!(addr.contains(&format!("{}/128", sub6.network())), "{addr}");
+    let route = text(&["-6", "route", "show", "fd10:244::/56"]);
+    assert!(route.contains("dev flannel-wg-v6"), "{route}");
+    let sockets = String::from_utf8_lossy(&lab.node_cmd(1, "ss").args(["-uln"]).output().unwrap().stdout).into_owned();
+    assert!(sockets.contains(&format!("[{}]:51821", lab.node(1).underlay_ip6)), "{sockets}");
+    let peer6: ipnet::Ipv6Net = env_var(&lab, 2, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+    let (_, metrics) = lab.http(1, "/metrics").unwrap();
+    let gauge = format!("weft_wireguard_peer_last_handshake_seconds{{peer=\"{}\"}}", peer6.trunc());
+    assert!(metrics.contains(&gauge), "{gauge} in {metrics}");
 }

@@ -102,15 +102,9 @@ impl Dataplane {
             BackendConfig::Udp(opts) => {
                 Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?)
             }
-            BackendConfig::Wireguard(opts) => {
-                if cfg.network6.is_some() {
-                    return Err(crate::Error::Unsupported {
-                        backend: "wireguard",
-                        reason: "weft's wireguard backend carries IPv4 only so far; remove EnableIPv6".into(),
-                    });
-                }
-                Backend::Wireguard(WgBackend::prepare(nl, opts, ext.clone(), cfg.network, wake.clone()).await?)
-            }
+            BackendConfig::Wireguard(opts) => Backend::Wireguard(
+                WgBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?,
+            ),
         };
         Ok(Dataplane {
             backend,
@@ -155,7 +149,8 @@ impl Dataplane {
     pub fn backend_v6_data(&self) -> Option<serde_json::Value> {
         match &self.backend {
             Backend::Vxlan(b) => b.backend_v6_data(),
-            Backend::HostGw(_) | Backend::Udp(_) | Backend::Wireguard(_) => None,
+            Backend::Wireguard(b) => b.backend_v6_data(),
+            Backend::HostGw(_) | Backend::Udp(_) => None,
         }
     }
 
@@ -179,7 +174,7 @@ impl Dataplane {
             Backend::Vxlan(b) => b.start(subnet, subnet6).await?,
             Backend::HostGw(_) => {}
             Backend::Udp(b) => b.start(subnet, subnet6).await?,
-            Backend::Wireguard(b) => b.start(subnet).await?,
+            Backend::Wireguard(b) => b.start(subnet, subnet6).await?,
         }
         self.rules.start(subnet, subnet6).await?;
         self.resynced = Instant::now();
@@ -196,10 +191,7 @@ impl Dataplane {
                 let (name, index) = b.device();
                 vec![(name.to_string(), index)]
             }
-            Backend::Wireguard(b) => {
-                let (name, index) = b.device();
-                vec![(name.to_string(), index)]
-            }
+            Backend::Wireguard(b) => b.devices(),
             Backend::HostGw(_) => Vec::new(),
         }
     }

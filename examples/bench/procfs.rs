@@ -36,11 +36,12 @@ pub(crate) fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
 }
 
 /// Voluntary context switches of the forwarding threads (`weft-tx-*`,
-/// `weft-rx-*`) of `pids`, summed: each is a sleep, so a wake-up follows.
+/// `weft-rx-*`, and the wireguard backend's `weft-wg-tx`, `weft-wg-rx`) of
+/// `pids`, summed: each is a sleep, so a wake-up follows.
 pub(crate) fn forwarding_sleeps(pids: &[u32]) -> u64 {
     pids.iter()
         .flat_map(|p| tasks(*p))
-        .filter(|(name, _)| name.starts_with("weft-tx-") || name.starts_with("weft-rx-"))
+        .filter(|(name, _)| ["weft-tx-", "weft-rx-", "weft-wg-tx", "weft-wg-rx"].iter().any(|p| name.starts_with(p)))
         .map(|(_, path)| {
             let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
             status

@@ -93,12 +93,24 @@ impl NetworkConfig {
         }
         let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
         let backend = parse_backend(obj.get("Backend"))?;
-        if ipv6.is_some() && matches!(backend, BackendConfig::Wireguard(_)) {
-            return Err(ConfigError::BadBackendOption {
-                field: "Type",
-                reason: "weft's wireguard backend carries IPv4 only so far; remove EnableIPv6 or use another backend"
-                    .into(),
-            });
+        if let BackendConfig::Wireguard(wg) = &backend {
+            use weft_types::WireguardMode as M;
+            // One device per family is flanneld's default; weft has only it
+            // for dual-stack networks so far.
+            let refused = match wg.mode {
+                M::Separate => false,
+                M::Ipv6 => true,
+                M::Auto | M::Ipv4 => ipv6.is_some(),
+            };
+            if refused {
+                return Err(ConfigError::BadBackendOption {
+                    field: "Mode",
+                    reason: format!(
+                        "{:?} is not supported by weft's wireguard backend yet; use \"separate\" (the default: one device per family)",
+                        wg.mode.as_str()
+                    ),
+                });
+            }
         }
         Ok(NetworkConfig { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
     }

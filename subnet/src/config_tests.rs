@@ -223,3 +223,20 @@ fn wireguard_options_have_flanneld_defaults_and_clear_errors() {
         assert!(msg.contains(want), "backend {json}\n  message {msg:?}\n  should contain {want:?}");
     }
 }
+
+#[test]
+fn wireguard_modes_weft_has_not_built_are_refused_with_the_one_it_has() {
+    let dual = |mode: &str| {
+        format!(
+            r#"{{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{{"Type":"wireguard","Mode":"{mode}"}}}}"#
+        )
+    };
+    assert!(NetworkConfig::parse(&dual("separate")).is_ok());
+    for mode in ["auto", "ipv4", "ipv6"] {
+        let err = NetworkConfig::parse(&dual(mode)).unwrap_err().to_string();
+        assert!(err.contains("field Backend.Mode") && err.contains("use \"separate\""), "{mode}: {err}");
+    }
+    let v4 = |mode: &str| format!(r#"{{"Network":"10.244.0.0/16","Backend":{{"Type":"wireguard","Mode":"{mode}"}}}}"#);
+    assert!(NetworkConfig::parse(&v4("auto")).is_ok(), "on an IPv4 network auto is one IPv4 device, as separate");
+    assert!(NetworkConfig::parse(&v4("ipv6")).is_err(), "IPv4 pods over the IPv6 underlay: not built");
+}

@@ -139,7 +139,23 @@ impl LeaseAttrs {
     /// The port a `wireguard` lease publishes in `BackendData.Port`
     /// (flanneld 0.26 and later; before, peers listen on the same port).
     pub fn wireguard_port(&self) -> Option<u16> {
-        self.backend_data.as_ref()?.field("Port")?.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
+        Self::port_in(self.backend_data.as_ref())
+    }
+
+    /// The IPv6 device's public key (`BackendV6Data.PublicKey`), decoded.
+    pub fn wireguard_public_key6(&self) -> Option<[u8; 32]> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(self.wireguard_key6()?).ok()?;
+        bytes.try_into().ok()
+    }
+
+    /// The IPv6 device's port (`BackendV6Data.Port`).
+    pub fn wireguard_port6(&self) -> Option<u16> {
+        Self::port_in(self.backend_v6_data.as_ref())
+    }
+
+    fn port_in(data: Option<&BackendData>) -> Option<u16> {
+        data?.field("Port")?.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
     }
 
     fn key_in(data: Option<&BackendData>) -> Option<String> {

@@ -117,7 +117,8 @@ impl Netlink {
         })
     }
 
-    /// `ip route replace DST dev OIF scope link`: a device's route to a
+    /// `ip route replace DST dev OIF scope link` (`ip -6 route replace DST
+    /// dev OIF`): a device's route to a
     /// whole network, as `ip route add` writes it (protocol boot), so that
     /// it is read like the kernel's own prefix routes (see
     /// [`has_route`](Self::has_route)) and never taken for a peer's route.
@@ -126,7 +127,11 @@ impl Netlink {
             .destination_prefix(dst.network(), dst.prefix_len())
             .map_err(|e| Error::Conflict(format!("route {dst}: {e}")))?
             .output_interface(oif)
-            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .scope(match dst {
+                IpNet::V4(_) => rtnetlink::packet_route::route::RouteScope::Link,
+                // IPv6 routes have no link scope of their own.
+                IpNet::V6(_) => rtnetlink::packet_route::route::RouteScope::Universe,
+            })
             .protocol(RouteProtocol::Boot)
             .build();
         self.handle

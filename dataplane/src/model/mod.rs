@@ -22,6 +22,9 @@ pub(crate) const TUN_NAME: &str = "flannel0";
 /// flanneld's WireGuard device name (wireguard backend; a TUN device here).
 pub(crate) const WG_NAME: &str = "flannel-wg";
 
+/// flanneld's WireGuard device for the IPv6 pods (`Mode` `separate`).
+pub(crate) const WG6_NAME: &str = "flannel-wg-v6";
+
 /// The VXLAN device of `vni`, as flanneld names it: `flannel.<VNI>`.
 pub(crate) fn vxlan_device(vni: u32) -> String {
     format!("flannel.{vni}")

@@ -24,6 +24,9 @@ pub struct Peer {
     /// The peer's WireGuard port (`BackendData.Port`; flanneld before 0.26
     /// writes none, and then listens on this node's own port).
     pub wg_port: Option<u16>,
+    /// The same from `BackendV6Data`, for the IPv6 device (`flannel-wg-v6`).
+    pub wg_key6: Option<[u8; 32]>,
+    pub wg_port6: Option<u16>,
 }
 
 impl Peer {
@@ -38,6 +41,8 @@ impl Peer {
             vtep_mac6: None,
             wg_key: None,
             wg_port: None,
+            wg_key6: None,
+            wg_port6: None,
         }
     }
 }

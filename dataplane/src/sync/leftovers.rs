@@ -11,14 +11,14 @@ use tracing::{info, warn};
 
 use crate::error::Result;
 use crate::kernel::Netlink;
-use crate::model::{is_vxlan_device, TUN_NAME, WG_NAME};
+use crate::model::{is_vxlan_device, TUN_NAME, WG6_NAME, WG_NAME};
 
 /// Whether `name` of kind `kind` is a device weft makes and not in `keep`.
 fn is_leftover(name: &str, kind: Option<&str>, keep: &[&str]) -> bool {
     if keep.contains(&name) {
         return false;
     }
-    let tun = (name == TUN_NAME || name == WG_NAME) && kind == Some("tun");
+    let tun = [TUN_NAME, WG_NAME, WG6_NAME].contains(&name) && kind == Some("tun");
     let vxlan = kind == Some("vxlan") && is_vxlan_device(name);
     tun || vxlan
 }

@@ -23,7 +23,10 @@
 //! header, UDP and WireGuard's 32 bytes: room for either underlay), the
 //! lease publishes `{"PublicKey": <base64>, "Port": <ListenPort>}`, and
 //! every peer gets the lease's `PublicIP:Port`, its subnet as AllowedIPs,
-//! `PersistentKeepaliveInterval` and `PSK`. Beyond flanneld: weft starts
+//! `PersistentKeepaliveInterval` and `PSK`. On a dual-stack network
+//! (flanneld's default `Mode`, `separate`) a second device, `flannel-wg-v6`,
+//! carries the IPv6 pods over the IPv6 underlay on `ListenPortV6`, with
+//! the same key, `<v6 subnet network>/128` and `BackendV6Data`. Beyond flanneld: weft starts
 //! a handshake with every peer at once and again before the session ages
 //! out, so `/readyz` can say which peer does not answer.
 //!
@@ -36,117 +39,99 @@ mod handshake;
 mod key;
 mod plain;
 mod threads;
+mod tunnel;
 
-use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::Ordering;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use boringtun::x25519::StaticSecret;
-use ipnet::{IpNet, Ipv4Net};
-use quinn_udp::UdpSocketState;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
-use tracing::{info, warn};
-use tun_rs::SyncDevice;
 use weft_types::metrics::Writer;
 use weft_types::{BackendKind, WireguardOptions};
 
-use super::udp::restart::Restart;
-use super::udp::shared::Exit;
-use super::udp::socket;
 use crate::error::{chain, Error, Result};
-use crate::forward::wg::{Indexes, Key, PeerTable, WgPeer};
+use crate::forward::wg::Key;
 use crate::kernel::Netlink;
-use crate::model::{Peer, WG_NAME};
-use crate::report::{BackendMetrics, ObjectKind, Problem, Report};
-use crate::sync::device;
+use crate::model::{Peer, WG6_NAME, WG_NAME};
+use crate::report::{BackendMetrics, Problem, Report};
 use crate::sync::iface::ExternalInterface;
-use threads::{PeerSet, PeerState, Threads, WgShared};
+use threads::WgShared;
+use tunnel::{Tunnel, TunnelPeer};
 
 /// IPv6 (40) + UDP (8) + WireGuard (32): flanneld's overhead, whichever
 /// family the underlay is.
 pub(crate) const WG_OVERHEAD: u32 = 80;
 
-/// How long a new peer may take to complete its first handshake before
-/// `/readyz` names it.
-const HANDSHAKE_GRACE: Duration = Duration::from_secs(10);
-/// A session older than this has expired (WireGuard's REJECT_AFTER_TIME);
-/// weft renews it at 120 s, so a peer past it has stopped answering.
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
-
 pub(crate) struct WgBackend {
     nl: Netlink,
     opts: WireguardOptions,
-    ext: ExternalInterface,
     network: Ipv4Net,
+    network6: Option<Ipv6Net>,
     public_key: Key,
-    shared: Arc<WgShared>,
-    sock: Arc<UdpSocket>,
-    /// The socket's GSO/GRO state (offload path).
-    state: Option<Arc<UdpSocketState>>,
-    /// Whether `flannel-wg` carries virtio-net headers (offloads on).
-    vnet_hdr: bool,
-    indexes: Indexes,
+    mtu: u32,
+    /// `flannel-wg` (IPv4 pods over the IPv4 underlay).
+    v4: Tunnel,
+    /// `flannel-wg-v6` (IPv6 pods over the IPv6 underlay), on dual-stack
+    /// networks.
+    v6: Option<Tunnel>,
     subnet: Option<Ipv4Net>,
-    tun: Option<Arc<SyncDevice>>,
-    /// The device's index as last seen.
-    index: Option<u32>,
-    threads: Option<Threads>,
-    restart: Restart,
+    subnet6: Option<Ipv6Net>,
     wake: Arc<Notify>,
 }
 
 impl WgBackend {
-    /// Read (or make) the node's key, bind the UDP port and re-attach a
-    /// `flannel-wg` left by an earlier run; nothing on the host changes.
+    /// Read (or make) the node's key, bind the UDP port(s) and re-attach
+    /// devices left by an earlier run; nothing on the host changes.
     pub(crate) async fn prepare(
         nl: Netlink,
         opts: WireguardOptions,
         ext: ExternalInterface,
         network: Ipv4Net,
+        network6: Option<Ipv6Net>,
         wake: Arc<Notify>,
     ) -> Result<WgBackend> {
         let private = key::load_or_create(&key::key_file())?;
-        let addr = SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port));
-        let sock = Arc::new(socket::bind(addr, false)?);
-        // Without GSO/GRO state the backend still works, a packet a call.
-        let state = UdpSocketState::new((&*sock).into()).ok().map(Arc::new);
-        let mut b = WgBackend {
+        let mtu = opts.mtu.unwrap_or(ext.mtu.saturating_sub(WG_OVERHEAD));
+        let bind4 = SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port));
+        let v4 = Tunnel::prepare(&nl, WG_NAME, bind4, mtu, &private).await?;
+        let v6 = match network6 {
+            None => None,
+            Some(_) => {
+                let ip6 = ext.public_ipv6.ok_or_else(|| Error::Unsupported {
+                    backend: "wireguard",
+                    reason: "IPv6 pods travel over the IPv6 underlay, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
+                })?;
+                let bind6 = SocketAddr::V6(SocketAddrV6::new(ip6, opts.listen_port_v6, 0, 0));
+                Some(Tunnel::prepare(&nl, WG6_NAME, bind6, mtu, &private).await?)
+            }
+        };
+        Ok(WgBackend {
             nl,
             public_key: private.public(),
-            shared: Arc::new(WgShared::new(StaticSecret::from(private.0))),
             opts,
-            ext,
             network,
-            sock,
-            state,
-            vnet_hdr: false,
-            indexes: Indexes::default(),
+            network6,
+            mtu,
+            v4,
+            v6,
             subnet: None,
-            tun: None,
-            index: None,
-            threads: None,
-            restart: Restart::new(Instant::now()),
+            subnet6: None,
             wake,
-        };
-        if let Some(link) = b.nl.link_by_name(WG_NAME).await? {
-            if link.kind.as_deref() == Some("tun") {
-                match b.open_device() {
-                    Ok(()) => info!(device = WG_NAME, "re-attached to the TUN device left by the last run"),
-                    Err(e) => warn!("cannot re-attach to the existing {WG_NAME} ({}); recreating it later", chain(&e)),
-                }
-            }
-        }
-        Ok(b)
+        })
     }
 
     pub(crate) fn mtu(&self) -> u32 {
-        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(WG_OVERHEAD))
+        self.mtu
     }
 
-    pub(crate) fn device(&self) -> (&'static str, Option<u32>) {
-        (WG_NAME, self.index)
+    /// The devices and their indexes as last seen.
+    pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
+        self.tunnels().map(|t| (t.name.to_string(), t.index)).collect()
+    }
+
+    fn tunnels(&self) -> impl Iterator<Item = &Tunnel> {
+        std::iter::once(&self.v4).chain(self.v6.as_ref())
     }
 
     /// `BackendData` as flanneld writes it: the public key and the port.
@@ -154,246 +139,122 @@ impl WgBackend {
         serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port })
     }
 
-    fn open_device(&mut self) -> Result<()> {
-        let dev = tun_rs::DeviceBuilder::new()
-            .name(WG_NAME)
-            .mtu(self.mtu().min(u32::from(u16::MAX)) as u16)
-            .offload(true)
-            .build_sync()
-            .map_err(|e| Error::tun(format!("creating or attaching {WG_NAME}"), e))?;
-        self.vnet_hdr = dev.tcp_gso() || dev.udp_gso();
-        dev.persist().map_err(|e| Error::tun(format!("making {WG_NAME} persistent"), e))?;
-        dev.set_nonblocking(true).map_err(|e| Error::tun(format!("making {WG_NAME} non-blocking"), e))?;
-        self.tun = Some(Arc::new(dev));
+    /// `BackendV6Data` on dual-stack networks: the same key, the IPv6 port.
+    pub(crate) fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        self.v6
+            .as_ref()
+            .map(|_| serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port_v6 }))
+    }
+
+    /// Set up the device(s); forwarding starts at the first reconcile.
+    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.subnet = Some(subnet);
+        self.subnet6 = subnet6.filter(|_| self.v6.is_some());
+        self.ensure_devices(&mut Report::default()).await
+    }
+
+    async fn ensure_devices(&mut self, report: &mut Report) -> Result<()> {
+        let Some(subnet) = self.subnet else { return Ok(()) };
+        let addr = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
+        self.v4.ensure_device(&self.nl, addr, IpNet::V4(self.network), report).await?;
+        if let (Some(t), Some(s6), Some(n6)) = (&mut self.v6, self.subnet6, self.network6) {
+            let addr = IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is valid"));
+            t.ensure_device(&self.nl, addr, IpNet::V6(n6), report).await?;
+        }
         Ok(())
     }
 
-    fn stop_threads(&mut self) {
-        if let Some(mut t) = self.threads.take() {
-            t.stop_all();
-        }
-    }
-
-    /// Set up the device; forwarding starts at the first reconcile.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net) -> Result<()> {
-        self.subnet = Some(subnet);
-        self.ensure_device(subnet, &mut Report::default()).await.map(|_| ())
-    }
-
-    /// Make `flannel-wg` exist and be attached, up, with its MTU, address
-    /// and the network's route.
-    async fn ensure_device(&mut self, subnet: Ipv4Net, report: &mut Report) -> Result<u32> {
-        let known = self.index.is_some();
-        let link = self.nl.link_by_name(WG_NAME).await?;
-        if let Some(l) = &link {
-            if l.kind.as_deref() != Some("tun") {
-                return Err(Error::Unsupported {
-                    backend: "wireguard",
-                    reason: format!("{WG_NAME} exists but is not weft's TUN device (a kernel WireGuard device left by flanneld?); remove it"),
-                });
-            }
-        }
-        let replaced = match (&link, self.index) {
-            (None, _) => true,
-            (Some(l), Some(i)) => l.index != i,
-            (Some(_), None) => false,
-        };
-        if replaced {
-            if known {
-                warn!(device = WG_NAME, "TUN device is missing or was replaced; recreating it");
-                report.repaired(ObjectKind::Device, 1);
-                if self.threads.is_some() {
-                    self.shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
-                    report.repaired(ObjectKind::Thread, 1);
-                }
-            }
-            self.stop_threads();
-            self.tun = None;
-        }
-        if self.tun.is_none() {
-            self.open_device()?;
-        }
-        let link = self.nl.link_by_name(WG_NAME).await?.ok_or(Error::Vanished { device: WG_NAME.into() })?;
-        let same = known && !replaced;
-        let addr = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
-        device::configure(&self.nl, &link, self.mtu(), &[addr], same, "TUN device", report).await?;
-        let network = IpNet::V4(self.network);
-        if !self.nl.has_route(network, link.index).await? {
-            if same {
-                warn!(device = WG_NAME, %network, "the route of the network was removed; restoring it");
-                report.repaired(ObjectKind::Route, 1);
-            }
-            self.nl.replace_device_route(network, link.index).await?;
-        }
-        self.index = Some(link.index);
-        Ok(link.index)
-    }
-
-    /// Swap in the peers, check the device, keep the threads running.
+    /// Swap in the peers, check the devices, keep the threads running.
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
-        self.set_peers(peers, report);
-        let Some(subnet) = self.subnet else {
+        let port = self.opts.listen_port;
+        let v4: Vec<TunnelPeer> = peers
+            .iter()
+            .filter_map(|p| {
+                Some(TunnelPeer {
+                    key: Key(p.wg_key?),
+                    endpoint: SocketAddr::V4(SocketAddrV4::new(p.public_ip, p.wg_port.unwrap_or(port))),
+                    subnet: IpNet::V4(p.subnet),
+                })
+            })
+            .collect();
+        self.v4.set_peers(v4, &self.opts, report);
+        if let Some(t) = &mut self.v6 {
+            let port6 = self.opts.listen_port_v6;
+            let v6: Vec<TunnelPeer> = peers
+                .iter()
+                .filter_map(|p| {
+                    let ip6: Ipv6Addr = p.public_ipv6?;
+                    Some(TunnelPeer {
+                        key: Key(p.wg_key6.or(p.wg_key)?),
+                        endpoint: SocketAddr::V6(SocketAddrV6::new(ip6, p.wg_port6.unwrap_or(port6), 0, 0)),
+                        subnet: IpNet::V6(p.subnet6?),
+                    })
+                })
+                .collect();
+            t.set_peers(v6, &self.opts, report);
+        }
+        if self.subnet.is_none() {
             report.problem(Problem::NotStarted { backend: BackendKind::Wireguard });
             return;
-        };
-        self.reap_threads(report);
-        if let Err(e) = self.ensure_device(subnet, report).await {
+        }
+        self.v4.reap_threads(report);
+        if let Some(t) = &mut self.v6 {
+            t.reap_threads(report);
+        }
+        if let Err(e) = self.ensure_devices(report).await {
             report.problem(Problem::Device { name: WG_NAME.into(), error: chain(&e) });
             return;
         }
-        if self.threads.is_none() {
-            if !self.restart.due(Instant::now()) {
-                report.problem(Problem::ThreadsBackingOff);
-                return;
-            }
-            let dev = self.tun.clone().expect("ensure_device attached the device");
-            let offload = self.state.clone().filter(|_| self.vnet_hdr);
-            let fast = offload.is_some();
-            let mtu = self.mtu() as usize;
-            match Threads::start(dev, self.sock.clone(), offload, mtu, self.shared.clone(), &self.wake) {
-                Ok(t) => {
-                    self.threads = Some(t);
-                    self.restart.started(Instant::now());
-                    info!(
-                        device = WG_NAME,
-                        mtu = self.mtu(),
-                        port = self.opts.listen_port,
-                        public_key = %self.public_key.to_base64(),
-                        keepalive_s = self.opts.persistent_keepalive,
-                        psk = self.opts.psk.is_some(),
-                        offload = fast,
-                        udp_gso_segments = self.state.as_ref().map_or(1, |s| s.max_gso_segments()),
-                        udp_gro_segments = self.state.as_ref().map_or(1, |s| s.gro_segments()),
-                        "wireguard backend forwarding"
-                    );
-                }
-                Err(e) => {
-                    report.problem(Problem::ThreadsCannotStart { error: e.to_string() });
-                    self.restart.failed(Instant::now());
-                    return;
-                }
-            }
+        let mut running = self.v4.keep_running(&self.opts, &self.wake, report);
+        if let Some(t) = &mut self.v6 {
+            running &= t.keep_running(&self.opts, &self.wake, report);
         }
-        report.peers_programmed = peers.len();
-    }
-
-    /// The new peer set: a peer whose key and endpoint stay keeps its
-    /// session; a new key gets a new protocol state; a gone lease takes
-    /// its peer with it.
-    fn set_peers(&mut self, peers: &[Peer], report: &mut Report) {
-        let old = self.shared.peers.load_full();
-        let keys: HashSet<Key> = peers.iter().filter_map(|p| p.wg_key.map(Key)).collect();
-        self.indexes.retain(&keys);
-        let mut wanted = Vec::new();
-        let mut states = HashMap::new();
-        for p in peers {
-            let Some(key) = p.wg_key.map(Key) else { continue };
-            let Some(index) = self.indexes.of(key) else { continue };
-            let port = p.wg_port.unwrap_or(self.opts.listen_port);
-            let peer = WgPeer {
-                public_key: key,
-                endpoint: SocketAddr::V4(SocketAddrV4::new(p.public_ip, port)),
-                allowed_ips: vec![IpNet::V4(p.subnet)],
-                index,
-            };
-            let state = match old.states.get(&index) {
-                Some(s) if s.peer == peer && s.subnet == p.subnet => s.clone(),
-                _ => Arc::new(PeerState {
-                    tunn: std::sync::Mutex::new(self.shared.tunn(&peer, self.opts.psk, self.opts.persistent_keepalive)),
-                    peer: peer.clone(),
-                    subnet: p.subnet,
-                    added: Instant::now(),
-                    handshakes: Default::default(),
-                }),
-            };
-            states.insert(index, state);
-            wanted.push(peer);
-        }
-        let changed = states.len() != old.states.len()
-            || states.iter().any(|(i, s)| old.states.get(i).is_none_or(|o| !Arc::ptr_eq(o, s)));
-        if changed {
-            report.changes += 1;
-            self.shared.peers.store(Arc::new(PeerSet { table: PeerTable::new(wanted), states }));
+        if running {
+            report.peers_programmed = peers.len();
         }
     }
 
-    fn reap_threads(&mut self, report: &mut Report) {
-        let Some(t) = &mut self.threads else { return };
-        if t.all_alive() {
-            return;
-        }
-        for (name, exit) in t.stop_all() {
-            let why = match exit {
-                Some(Exit::Stopped) => continue,
-                Some(Exit::Failed(e)) => e.to_string(),
-                None => "panicked".into(),
-            };
-            warn!(thread = name, "wireguard thread ended: {why}; restarting the threads");
-        }
-        self.threads = None;
-        self.tun = None;
-        self.shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
-        report.repaired(ObjectKind::Thread, 1);
-        self.restart.failed(Instant::now());
-    }
-
-    /// When a pass is due without any event: a restart of stopped
-    /// threads, or the end of a new peer's grace period while it has no
-    /// handshake (so that `/readyz` names it then, not at the next resync).
+    /// When a pass is due without any event (a restart of stopped
+    /// threads, the end of a new peer's grace period, so that `/readyz`
+    /// names it then).
     pub(crate) fn next_wake(&self) -> Option<Instant> {
-        let restart = self.restart.next().filter(|_| self.threads.is_none());
-        let now = Instant::now();
-        let set = self.shared.peers.load();
-        let grace_ends = set
-            .states
-            .values()
-            .map(|s| s.added + HANDSHAKE_GRACE + Duration::from_millis(10))
-            .filter(|at| *at > now)
-            .min();
-        match (restart, grace_ends) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.tunnels().filter_map(Tunnel::next_wake).min()
     }
 
     /// Problems visible without a pass: a thread that ended, peers whose
     /// handshake has not completed (beyond a grace period) or expired.
     pub(crate) fn live_problems(&self, out: &mut Vec<Problem>) {
-        if let Some(t) = &self.threads {
-            if !t.all_alive() {
-                out.push(Problem::ThreadEnded);
-            }
+        let mut silent = Vec::new();
+        let (mut ended, mut of) = (false, 0);
+        for t in self.tunnels() {
+            let (e, n) = t.live_problems(&mut silent);
+            ended |= e;
+            of += n;
         }
-        let set = self.shared.peers.load();
-        let mut silent: Vec<String> = Vec::new();
-        for s in set.states.values() {
-            let age = s.tunn.lock().unwrap_or_else(|e| e.into_inner()).time_since_last_handshake();
-            let since = s.added.elapsed();
-            let why = match age {
-                None if since > HANDSHAKE_GRACE => format!("none in {} s", since.as_secs()),
-                Some(a) if a > SESSION_LIFETIME => format!("the last {} s ago", a.as_secs()),
-                _ => continue,
-            };
-            silent.push(format!("{} at {} ({why})", s.subnet, s.peer.endpoint));
+        if ended {
+            out.push(Problem::ThreadEnded);
         }
         if !silent.is_empty() {
             silent.sort();
-            out.push(Problem::NoHandshake { peers: silent.len(), of: set.states.len(), first: silent.swap_remove(0) });
+            out.push(Problem::NoHandshake { peers: silent.len(), of, first: silent.swap_remove(0) });
         }
     }
 
     pub(crate) fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        Arc::new(WgMetrics(self.shared.clone()))
+        Arc::new(WgMetrics(self.tunnels().map(|t| t.shared.clone()).collect()))
     }
 
-    /// Stop and join the threads; the device stays (it is persistent).
+    /// Stop and join the threads; the devices stay (they are persistent).
     pub(crate) fn shutdown(&mut self) {
-        self.stop_threads();
+        self.v4.shutdown();
+        if let Some(t) = &mut self.v6 {
+            t.shutdown();
+        }
     }
 }
 
-/// The wireguard counters for `/metrics`.
-struct WgMetrics(Arc<WgShared>);
+/// The wireguard counters for `/metrics`, both devices' summed.
+struct WgMetrics(Vec<Arc<WgShared>>);
 
 impl std::fmt::Debug for WgMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -403,6 +264,6 @@ impl std::fmt::Debug for WgMetrics {
 
 impl BackendMetrics for WgMetrics {
     fn render(&self, w: &mut Writer<'_>) {
-        self.0.render(w);
+        threads::render(&self.0, w);
     }
 }

@@ -22,7 +22,6 @@ use arc_swap::ArcSwap;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::Tunn;
 use boringtun::x25519::{PublicKey, StaticSecret};
-use ipnet::Ipv4Net;
 use quinn_udp::UdpSocketState;
 use tokio::sync::Notify;
 use tun_rs::SyncDevice;
@@ -45,7 +44,8 @@ const HANDSHAKES_PER_SECOND: u64 = 100;
 /// One peer: its lease's data and its protocol state.
 pub(crate) struct PeerState {
     pub(crate) peer: WgPeer,
-    pub(crate) subnet: Ipv4Net,
+    /// Its subnet of the device's family (its name in metrics).
+    pub(crate) subnet: ipnet::IpNet,
     pub(crate) tunn: Mutex<Tunn>,
     pub(crate) added: Instant,
     pub(crate) handshakes: AtomicU64,
@@ -108,54 +108,51 @@ impl WgShared {
             Some(self.limiter.clone()),
         )
     }
+}
 
-    /// The counters as Prometheus families, with each peer's handshake age.
-    pub(crate) fn render(&self, w: &mut Writer<'_>) {
-        let s = &self.stats;
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64;
-        w.family(
-            "weft_wireguard_packets_total",
-            Kind::Counter,
-            "Packets carried by the wireguard backend, by direction.",
-        )
-        .sample("weft_wireguard_packets_total", &[("direction", "tx")], g(&s.tx_packets))
-        .sample("weft_wireguard_packets_total", &[("direction", "rx")], g(&s.rx_packets))
+/// The counters of every device as Prometheus families (summed), with
+/// each peer's handshake age.
+pub(crate) fn render(shared: &[Arc<WgShared>], w: &mut Writer<'_>) {
+    let sum = |f: &dyn Fn(&WgStats) -> &AtomicU64| {
+        shared.iter().map(|s| f(&s.stats).load(Ordering::Relaxed) as f64).sum::<f64>()
+    };
+    w.family("weft_wireguard_packets_total", Kind::Counter, "Packets carried by the wireguard backend, by direction.")
+        .sample("weft_wireguard_packets_total", &[("direction", "tx")], sum(&|s| &s.tx_packets))
+        .sample("weft_wireguard_packets_total", &[("direction", "rx")], sum(&|s| &s.rx_packets))
         .family(
             "weft_wireguard_bytes_total",
             Kind::Counter,
             "Pod bytes carried by the wireguard backend, by direction.",
         )
-        .sample("weft_wireguard_bytes_total", &[("direction", "tx")], g(&s.tx_bytes))
-        .sample("weft_wireguard_bytes_total", &[("direction", "rx")], g(&s.rx_bytes))
+        .sample("weft_wireguard_bytes_total", &[("direction", "tx")], sum(&|s| &s.tx_bytes))
+        .sample("weft_wireguard_bytes_total", &[("direction", "rx")], sum(&|s| &s.rx_bytes))
         .family("weft_wireguard_handshakes_total", Kind::Counter, "Handshake messages from peers that were accepted.")
-        .sample("weft_wireguard_handshakes_total", &[], g(&s.handshakes))
+        .sample("weft_wireguard_handshakes_total", &[], sum(&|s| &s.handshakes))
         .family("weft_wireguard_thread_restarts_total", Kind::Counter, "Restarts of the wireguard threads.")
-        .sample("weft_wireguard_thread_restarts_total", &[], g(&s.restarts))
+        .sample("weft_wireguard_thread_restarts_total", &[], sum(&|s| &s.restarts))
         .family(
             "weft_wireguard_dropped_total",
             Kind::Counter,
             "Datagrams and packets the wireguard backend dropped, by reason; none of them reached the TUN device.",
         );
-        for r in WgDrop::ALL {
-            w.sample("weft_wireguard_dropped_total", &[("reason", r.as_str())], g(&s.drops[r as usize]));
-        }
-        w.family(
-            "weft_wireguard_peer_last_handshake_seconds",
-            Kind::Gauge,
-            "Seconds since each peer's last completed handshake (absent: none yet).",
-        );
-        let set = self.peers.load();
-        let mut peers: Vec<_> = set.states.values().collect();
-        peers.sort_by_key(|p| p.subnet);
-        for p in peers {
-            let age = lock(&p.tunn).time_since_last_handshake();
-            if let Some(age) = age {
-                w.sample(
-                    "weft_wireguard_peer_last_handshake_seconds",
-                    &[("peer", &p.subnet.to_string())],
-                    age.as_secs_f64(),
-                );
-            }
+    for r in WgDrop::ALL {
+        w.sample("weft_wireguard_dropped_total", &[("reason", r.as_str())], sum(&|s| &s.drops[r as usize]));
+    }
+    w.family(
+        "weft_wireguard_peer_last_handshake_seconds",
+        Kind::Gauge,
+        "Seconds since each peer's last completed handshake (absent: none yet).",
+    );
+    let sets: Vec<_> = shared.iter().map(|s| s.peers.load_full()).collect();
+    let mut peers: Vec<_> = sets.iter().flat_map(|set| set.states.values()).collect();
+    peers.sort_by_key(|p| p.subnet);
+    for p in peers {
+        if let Some(age) = lock(&p.tunn).time_since_last_handshake() {
+            w.sample(
+                "weft_wireguard_peer_last_handshake_seconds",
+                &[("peer", &p.subnet.to_string())],
+                age.as_secs_f64(),
+            );
         }
     }
 }
