@@ -4,7 +4,7 @@
 //! `weft leases`, a ping matrix between the pods and a short iperf3 figure.
 //! Everything is torn down at the end.
 //!
-//! Run it with `scripts/demo.sh [--backend vxlan|host-gw|udp] [--nodes N]`.
+//! Run it with `scripts/demo.sh [--backend vxlan|host-gw|udp|wireguard] [--nodes N]`.
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +24,14 @@ fn parse_args() -> Result<Args> {
             "--backend" => args.backend = it.next().context("--backend needs a value")?,
             "--nodes" => args.nodes = it.next().context("--nodes needs a value")?.parse().context("--nodes")?,
             "-h" | "--help" => {
-                println!("usage: demo [--backend vxlan|host-gw|udp] [--nodes N (2-9)]");
+                println!("usage: demo [--backend vxlan|host-gw|udp|wireguard] [--nodes N (2-9)]");
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?}; try --help"),
         }
     }
-    if !["vxlan", "host-gw", "udp"].contains(&args.backend.as_str()) {
-        bail!("--backend must be vxlan, host-gw or udp");
+    if !["vxlan", "host-gw", "udp", "wireguard"].contains(&args.backend.as_str()) {
+        bail!("--backend must be vxlan, host-gw, udp or wireguard");
     }
     if !(2..=9).contains(&args.nodes) {
         bail!("--nodes must be between 2 and 9");

@@ -67,6 +67,8 @@ const CASES: &[Case] = &[
     // The anchor: Debian's wireguard-go on both nodes, configured as
     // flanneld configures its kernel device (no weft).
     Case { name: "wireguard-go", config: None, v6: false },
+    // And cloudflare's boringtun-cli, if scripts/bench.sh could build it.
+    Case { name: "boringtun", config: None, v6: false },
     // Dual-stack networks, measured pod to pod over IPv6.
     Case { name: "underlay-v6", config: None, v6: true },
     Case { name: "host-gw-v6", config: Some(DUAL_HOSTGW), v6: true },
@@ -314,16 +316,28 @@ fn print_row(name: &str, f: &Figures) {
     }
 }
 
-/// Both nodes on Debian's wireguard-go, each with a pod: the anchor the
-/// wireguard backend is measured against.
-fn wireguard_go_nodes(lab: &mut Lab) -> Result<(Vec<WireguardGo>, Ends)> {
+/// Where scripts/bench.sh installs boringtun-cli (`cargo install`).
+const BORINGTUN: &str = "target/boringtun-cli/bin/boringtun-cli";
+
+/// Both nodes on Debian's wireguard-go (or on boringtun-cli), each with a
+/// pod: the anchors the wireguard backend is measured against.
+fn wireguard_go_nodes(lab: &mut Lab, boringtun: bool) -> Result<(Vec<WireguardGo>, Ends)> {
     let network: Ipv4Net = "10.244.0.0/16".parse()?;
     let subnets: [Ipv4Net; 2] = ["10.244.150.0/24".parse()?, "10.244.151.0/24".parse()?];
     let mut nodes = Vec::new();
     for i in 1..=2u8 {
         let dir = lab.node(i).subnet_file.parent().context("node dir")?.to_path_buf();
         let dev = format!("wgb{i}-{}", std::process::id() % 100_000);
-        nodes.push(WireguardGo::start(&lab.node(i).ns, &dev, &dir)?);
+        let ns = lab.node(i).ns.clone();
+        nodes.push(if boringtun {
+            let program = std::path::Path::new(BORINGTUN);
+            if !program.is_file() {
+                bail!("{BORINGTUN} is missing: scripts/bench.sh installs it (cargo install --locked boringtun-cli --root target/boringtun-cli)");
+            }
+            WireguardGo::start_boringtun(program, &ns, &dev, &dir)?
+        } else {
+            WireguardGo::start(&ns, &dev, &dir)?
+        });
     }
     // flanneld's MTU for it: the underlay's less 80.
     let mtu = 1500 - 80;
@@ -351,8 +365,8 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
     let mut lab = Lab::new(2, weft)?;
     let mut _anchor = Vec::new();
     let (ends, daemons) = match case.config {
-        None if case.name == "wireguard-go" => {
-            let (nodes, ends) = wireguard_go_nodes(&mut lab)?;
+        None if case.name == "wireguard-go" || case.name == "boringtun" => {
+            let (nodes, ends) = wireguard_go_nodes(&mut lab, case.name == "boringtun")?;
             let pids = nodes.iter().map(WireguardGo::pid).collect();
             _anchor = nodes;
             (ends, pids)
@@ -443,7 +457,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,wireguard,wireguard-go|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,wireguard,wireguard-go,boringtun|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

@@ -1,6 +1,7 @@
-//! Debian's `wireguard-go` on a lab node, configured with `wg` and `ip` as
+//! Debian's `wireguard-go` (or `boringtun-cli`, which speaks the same
+//! control protocol) on a lab node, configured with `wg` and `ip` as
 //! flanneld configures its kernel WireGuard device: the independent
-//! WireGuard implementation the wireguard backend is tested and measured
+//! WireGuard implementations the wireguard backend is tested and measured
 //! against. Killed on drop.
 
 use std::io::Write as _;
@@ -18,7 +19,8 @@ use crate::wait::wait_until;
 /// The port wireguard-go listens on (flanneld's default `ListenPort`).
 pub const PORT: u16 = 51820;
 
-/// A `wireguard-go` process with its device in a namespace.
+/// A `wireguard-go` (or `boringtun-cli`) process with its device in a
+/// namespace.
 pub struct WireguardGo {
     ns: String,
     pub dev: String,
@@ -48,22 +50,36 @@ impl WireguardGo {
     /// Start `wireguard-go <dev>` in `ns` with a new key (kept in `dir`),
     /// listening on [`PORT`].
     pub fn start(ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
+        let mut cmd = netns::exec(ns, "wireguard-go");
+        cmd.env("WG_PROCESS_FOREGROUND", "1").arg(dev);
+        Self::start_with(cmd, ns, dev, dir)
+    }
+
+    /// The same with `boringtun-cli` at `program` (cloudflare's userspace
+    /// WireGuard, built from crates.io), in the foreground, keeping root.
+    pub fn start_boringtun(program: &Path, ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
+        let mut cmd = netns::exec(ns, program.to_str().context("boringtun-cli path")?);
+        cmd.args(["--foreground", "--disable-drop-privileges", "--log"])
+            .arg(dir.join(format!("{dev}.boringtun.log")))
+            .arg(dev);
+        Self::start_with(cmd, ns, dev, dir)
+    }
+
+    fn start_with(mut cmd: Command, ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
         let private = wg_output(&["genkey"], None)?;
         let public_key = wg_output(&["pubkey"], Some(&private))?;
         let key_file = dir.join(format!("{dev}.key"));
         std::fs::write(&key_file, &private)?;
         let log = dir.join(format!("{dev}.log"));
         let out = std::fs::File::create(&log)?;
-        let child = netns::exec(ns, "wireguard-go")
-            .env("WG_PROCESS_FOREGROUND", "1")
-            .arg(dev)
+        let child = cmd
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .context("starting wireguard-go (Debian's wireguard-go package)")?;
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
         let w = WireguardGo { ns: ns.into(), dev: dev.into(), public_key, child, log };
         let sock = format!("/var/run/wireguard/{dev}.sock");
-        wait_until("wireguard-go to open its control socket", Duration::from_secs(10), || {
+        wait_until("the WireGuard process to open its control socket", Duration::from_secs(10), || {
             Path::new(&sock).exists().then_some(())
         })
         .with_context(|| w.log())?;
