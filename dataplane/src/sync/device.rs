@@ -37,3 +37,13 @@ pub(crate) async fn configure(
     }
     Ok(())
 }
+
+/// Whether a device weft keeps is to be made anew: it is gone (`link`
+/// none), or it was replaced since weft last saw it at index `known`.
+pub(crate) fn replaced(link: Option<&Link>, known: Option<u32>) -> bool {
+    match (link, known) {
+        (None, _) => true,
+        (Some(l), Some(i)) => l.index != i,
+        (Some(_), None) => false,
+    }
+}

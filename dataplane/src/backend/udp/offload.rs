@@ -74,12 +74,7 @@ impl TxPath {
         stop: &StopSignal,
     ) -> Step {
         let slot = self.slot;
-        let read = {
-            let mut chunks = self.area.chunks_mut(slot);
-            let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-            dev.recv_multiple(&mut self.original, &mut slots, &mut self.sizes, 0)
-        };
-        let n = match read {
+        let n = match read_tun(dev, &mut self.original, &mut self.area, slot, &mut self.sizes) {
             Ok(n) => n,
             Err(e) => {
                 if !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) {
@@ -140,6 +135,21 @@ impl TxPath {
     }
 }
 
+/// One read of the TUN device: a packet, or a super-packet split into
+/// packets of at most `slot` bytes laid out in `area` at `slot` strides
+/// (`original` holds what the read returned); their sizes in `sizes`.
+pub(crate) fn read_tun(
+    dev: &SyncDevice,
+    original: &mut [u8],
+    area: &mut [u8],
+    slot: usize,
+    sizes: &mut [usize; IDEAL_BATCH_SIZE],
+) -> io::Result<usize> {
+    let mut chunks = area.chunks_mut(slot);
+    let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
+    dev.recv_multiple(original, &mut slots, sizes, 0)
+}
+
 /// UDP -> TUN, with buffers owned by the forwarding thread.
 pub(crate) struct RxPath {
     rx: Vec<u8>,
@@ -153,7 +163,23 @@ pub(crate) struct RxPath {
     pub(crate) bulk: bool,
 }
 
-const CHUNK: usize = MAX_PACKET + 1;
+/// The largest datagram GRO hands over in one piece: the stride of the
+/// receive buffers.
+pub(crate) const CHUNK: usize = MAX_PACKET + 1;
+
+/// One `recvmmsg` (with GRO) into `rx`, [`CHUNK`] bytes per datagram; the
+/// datagrams' lengths, strides and sources in `metas`.
+pub(crate) fn recv_batch(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    rx: &mut [u8],
+    metas: &mut [RecvMeta; BATCH_SIZE],
+) -> io::Result<usize> {
+    let mut chunks = rx.chunks_mut(CHUNK);
+    let mut iovs: [IoSliceMut; BATCH_SIZE] =
+        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+    state.recv(sock.into(), &mut iovs, metas)
+}
 
 impl RxPath {
     pub(crate) fn new() -> RxPath {
@@ -171,14 +197,9 @@ impl RxPath {
     /// valid into the TUN device, runs of one TCP flow as one write each
     /// (see `coalesce`).
     pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
-        let n = {
-            let mut chunks = self.rx.chunks_mut(CHUNK);
-            let mut iovs: [IoSliceMut; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match state.recv(sock.into(), &mut iovs, &mut self.metas) {
-                Ok(n) => n,
-                Err(e) => return self.recv_errors.step_after(e),
-            }
+        let n = match recv_batch(sock, state, &mut self.rx, &mut self.metas) {
+            Ok(n) => n,
+            Err(e) => return self.recv_errors.step_after(e),
         };
         self.recv_errors.ok();
         let snap = shared.table.load();

@@ -13,7 +13,7 @@
 //! Handshake messages go to the handshake thread (`handshake`); one that
 //! starts a session from the TX side is sent on its own.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -22,7 +22,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::super::udp::offload::write_run;
+use super::super::udp::offload::{read_tun, recv_batch, write_run, CHUNK};
 use super::super::udp::shared::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
 use super::super::udp::workers::TunReader;
 use super::handshake::{is_handshake, post, Inbox};
@@ -99,12 +99,7 @@ impl FastTx {
         stop: &StopSignal,
     ) -> Step {
         let slot = self.slot;
-        let read = {
-            let mut chunks = self.area.chunks_mut(slot);
-            let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-            dev.recv_multiple(&mut self.original, &mut slots, &mut self.sizes, 0)
-        };
-        let n = match read {
+        let n = match read_tun(dev, &mut self.original, &mut self.area, slot, &mut self.sizes) {
             Ok(n) => n,
             Err(e) => return self.reads.step_after(e),
         };
@@ -222,9 +217,6 @@ pub(crate) fn send_one(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mu
     }
 }
 
-/// The largest datagram GRO hands over in one piece.
-const CHUNK: usize = MAX_PACKET + 1;
-
 /// UDP -> TUN on the offload path.
 pub(crate) struct FastRx {
     rx: Vec<u8>,
@@ -282,14 +274,9 @@ impl FastRx {
         shared: &WgShared,
         inbox: &Inbox,
     ) -> Step {
-        let n = {
-            let mut chunks = self.rx.chunks_mut(CHUNK);
-            let mut iovs: [IoSliceMut; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match state.recv(sock.into(), &mut iovs, &mut self.metas) {
-                Ok(n) => n,
-                Err(e) => return self.recvs.step_after(e),
-            }
+        let n = match recv_batch(sock, state, &mut self.rx, &mut self.metas) {
+            Ok(n) => n,
+            Err(e) => return self.recvs.step_after(e),
         };
         self.recvs.ok();
         self.segs.clear();

@@ -142,11 +142,7 @@ impl Tunnel {
                 });
             }
         }
-        let replaced = match (&link, self.index) {
-            (None, _) => true,
-            (Some(l), Some(i)) => l.index != i,
-            (Some(_), None) => false,
-        };
+        let replaced = device::replaced(link.as_ref(), self.index);
         if replaced {
             if known {
                 warn!(device = name, "TUN device is missing or was replaced; recreating it");
