@@ -304,3 +304,44 @@ fn wireguard_dual_stack() {
     let gauge = format!("weft_wireguard_peer_last_handshake_seconds{{peer=\"{}\"}}", peer6.trunc());
     assert!(metrics.contains(&gauge), "{gauge} in {metrics}");
 }
+
+#[test]
+fn wireguard_dual_stack_on_one_device_with_mode_auto() {
+    // Mode auto, flanneld's other layout: flannel-wg carries both families,
+    // each peer reached over IPv6 as it has a PublicIPv6, on ListenPort.
+    let config = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"wireguard","Mode":"auto"}}"#;
+    let lab = lab_with_config(2, config, &[]);
+    wait_converged6(&lab);
+    for i in 1..=2u8 {
+        let (_, value) = leases(&lab)
+            .into_iter()
+            .find(|(k, _)| k.starts_with(&env_var(&lab, i, "FLANNEL_SUBNET").unwrap().replace(".1/24", ".0-24")))
+            .unwrap();
+        assert_eq!(value["BackendV6Data"]["PublicKey"], value["BackendData"]["PublicKey"], "{value}");
+        assert_eq!(value["BackendV6Data"]["Port"], 51820, "one device, one port: {value}");
+    }
+    for (family, dst) in [("IPv6", lab.node(2).pod_ip6.unwrap().into()), ("IPv4", lab.node(2).pod_ip.unwrap().into())] {
+        let before = udp_datagrams_out(&lab, 1);
+        for _ in 0..10 {
+            let ok = match dst {
+                std::net::IpAddr::V6(d) => lab.ping6_once(1, d),
+                std::net::IpAddr::V4(d) => lab.ping_once(1, d),
+            };
+            assert!(ok, "pod 1 cannot ping {dst}");
+        }
+        let after = udp_datagrams_out(&lab, 1);
+        assert!(
+            after.1 - before.1 >= 10,
+            "10 pod {family} pings go over the IPv6 underlay: {:?} -> {:?}",
+            before,
+            after
+        );
+    }
+    assert_eq!(tcp6_transfer_checked(&lab, 1, 2, 1 << 20).unwrap(), 1 << 20);
+    let text = |args: &[&str]| {
+        String::from_utf8_lossy(&lab.node_cmd(1, "ip").args(args).output().unwrap().stdout).into_owned()
+    };
+    let sub6: ipnet::Ipv6Net = env_var(&lab, 1, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+    assert!(text(&["-6", "-o", "addr", "show", "dev", "flannel-wg"]).contains(&format!("{}/128", sub6.network())));
+    assert!(!lab.node_cmd(1, "ip").args(["link", "show", "flannel-wg-v6"]).output().unwrap().status.success());
+}

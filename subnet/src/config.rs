@@ -94,21 +94,12 @@ impl NetworkConfig {
         let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
         let backend = parse_backend(obj.get("Backend"))?;
         if let BackendConfig::Wireguard(wg) = &backend {
-            use weft_types::WireguardMode as M;
-            // One device per family is flanneld's default; weft has only it
-            // for dual-stack networks so far.
-            let refused = match wg.mode {
-                M::Separate => false,
-                M::Ipv6 => true,
-                M::Auto | M::Ipv4 => ipv6.is_some(),
-            };
-            if refused {
+            // Mode ipv6 reaches every peer over IPv6: a dual-stack network's
+            // leases carry the PublicIPv6 it needs.
+            if wg.mode == weft_types::WireguardMode::Ipv6 && ipv6.is_none() {
                 return Err(ConfigError::BadBackendOption {
                     field: "Mode",
-                    reason: format!(
-                        "{:?} is not supported by weft's wireguard backend yet; use \"separate\" (the default: one device per family)",
-                        wg.mode.as_str()
-                    ),
+                    reason: "\"ipv6\" reaches every peer over IPv6 and needs EnableIPv6 (and IPv6Network)".into(),
                 });
             }
         }

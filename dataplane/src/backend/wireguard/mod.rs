@@ -48,7 +48,7 @@ use std::time::Instant;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
 use weft_types::metrics::Writer;
-use weft_types::{BackendKind, WireguardOptions};
+use weft_types::{BackendKind, WireguardMode, WireguardOptions};
 
 use crate::error::{chain, Error, Result};
 use crate::forward::wg::Key;
@@ -93,9 +93,22 @@ impl WgBackend {
     ) -> Result<WgBackend> {
         let private = key::load_or_create(&key::key_file())?;
         let mtu = opts.mtu.unwrap_or(ext.mtu.saturating_sub(WG_OVERHEAD));
-        let bind4 = SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port));
+        let separate = opts.mode == WireguardMode::Separate;
+        // One device for both families (auto, ipv4, ipv6) on a dual-stack
+        // network sends to IPv6 endpoints too: one socket for both, on [::].
+        let bind4 = if !separate && network6.is_some() {
+            SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, opts.listen_port, 0, 0))
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port))
+        };
+        if opts.mode == WireguardMode::Ipv6 && ext.public_ipv6.is_none() {
+            return Err(Error::Unsupported {
+                backend: "wireguard",
+                reason: "Mode ipv6 reaches every peer over IPv6, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
+            });
+        }
         let v4 = Tunnel::prepare(&nl, WG_NAME, bind4, mtu, &private).await?;
-        let v6 = match network6 {
+        let v6 = match network6.filter(|_| separate) {
             None => None,
             Some(_) => {
                 let ip6 = ext.public_ipv6.ok_or_else(|| Error::Unsupported {
@@ -139,41 +152,73 @@ impl WgBackend {
         serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port })
     }
 
-    /// `BackendV6Data` on dual-stack networks: the same key, the IPv6 port.
+    /// `BackendV6Data` on dual-stack networks: the same key, and the IPv6
+    /// device's port (`separate`) or the one device's.
     pub(crate) fn backend_v6_data(&self) -> Option<serde_json::Value> {
-        self.v6
-            .as_ref()
-            .map(|_| serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port_v6 }))
+        let port = if self.v6.is_some() { self.opts.listen_port_v6 } else { self.opts.listen_port };
+        self.network6.map(|_| serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": port }))
     }
 
     /// Set up the device(s); forwarding starts at the first reconcile.
     pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
         self.subnet = Some(subnet);
-        self.subnet6 = subnet6.filter(|_| self.v6.is_some());
+        self.subnet6 = subnet6.filter(|_| self.network6.is_some());
         self.ensure_devices(&mut Report::default()).await
     }
 
     async fn ensure_devices(&mut self, report: &mut Report) -> Result<()> {
         let Some(subnet) = self.subnet else { return Ok(()) };
-        let addr = IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"));
-        self.v4.ensure_device(&self.nl, addr, IpNet::V4(self.network), report).await?;
-        if let (Some(t), Some(s6), Some(n6)) = (&mut self.v6, self.subnet6, self.network6) {
-            let addr = IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is valid"));
-            t.ensure_device(&self.nl, addr, IpNet::V6(n6), report).await?;
+        let mut addrs = vec![IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"))];
+        let mut networks = vec![IpNet::V4(self.network)];
+        let v6 = match (self.subnet6, self.network6) {
+            (Some(s6), Some(n6)) => {
+                Some((IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is valid")), IpNet::V6(n6)))
+            }
+            _ => None,
+        };
+        match (&mut self.v6, v6) {
+            // separate: the IPv6 pods have a device of their own.
+            (Some(t), Some((addr, network))) => {
+                t.ensure_device(&self.nl, &[addr], &[network], report).await?;
+            }
+            // one device for both families.
+            (None, Some((addr, network))) => {
+                addrs.push(addr);
+                networks.push(network);
+            }
+            _ => {}
         }
+        self.v4.ensure_device(&self.nl, &addrs, &networks, report).await?;
         Ok(())
     }
 
     /// Swap in the peers, check the devices, keep the threads running.
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
         let port = self.opts.listen_port;
+        let one_device = self.v6.is_none() && self.network6.is_some();
+        let mode = self.opts.mode;
+        // Peers Mode ipv6 cannot reach: their lease has no PublicIPv6.
+        let unreachable: Vec<Ipv4Net> = peers
+            .iter()
+            .filter(|p| mode == WireguardMode::Ipv6 && p.wg_key.is_some() && p.public_ipv6.is_none())
+            .map(|p| p.subnet)
+            .collect();
         let v4: Vec<TunnelPeer> = peers
             .iter()
             .filter_map(|p| {
+                let v4 = SocketAddr::V4(SocketAddrV4::new(p.public_ip, p.wg_port.unwrap_or(port)));
+                let v6 = p.public_ipv6.map(|ip| SocketAddr::V6(SocketAddrV6::new(ip, p.wg_port.unwrap_or(port), 0, 0)));
+                // The endpoint by Mode, as flanneld chooses it.
+                let endpoint = match mode {
+                    WireguardMode::Separate | WireguardMode::Ipv4 => v4,
+                    WireguardMode::Auto => v6.filter(|_| one_device).unwrap_or(v4),
+                    WireguardMode::Ipv6 => v6?,
+                };
                 Some(TunnelPeer {
                     key: Key(p.wg_key?),
-                    endpoint: SocketAddr::V4(SocketAddrV4::new(p.public_ip, p.wg_port.unwrap_or(port))),
+                    endpoint,
                     subnet: IpNet::V4(p.subnet),
+                    more: p.subnet6.filter(|_| one_device).map(IpNet::V6),
                 })
             })
             .collect();
@@ -188,6 +233,7 @@ impl WgBackend {
                         key: Key(p.wg_key6.or(p.wg_key)?),
                         endpoint: SocketAddr::V6(SocketAddrV6::new(ip6, p.wg_port6.unwrap_or(port6), 0, 0)),
                         subnet: IpNet::V6(p.subnet6?),
+                        more: None,
                     })
                 })
                 .collect();
@@ -210,7 +256,14 @@ impl WgBackend {
             running &= t.keep_running(&self.opts, &self.wake, report);
         }
         if running {
-            report.peers_programmed = peers.len();
+            report.peers_programmed = peers.len() - unreachable.len();
+            if let Some(first) = unreachable.first() {
+                report.problem(Problem::Peers {
+                    failed: unreachable.len(),
+                    of: peers.len(),
+                    first: format!("{first}: its lease has no PublicIPv6, and Mode ipv6 reaches peers over IPv6"),
+                });
+            }
         }
     }
 

@@ -38,9 +38,12 @@ const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 pub(crate) struct TunnelPeer {
     pub(crate) key: Key,
     pub(crate) endpoint: SocketAddr,
-    /// Its subnet of the tunnel's family: AllowedIPs, and its name in
-    /// metrics and `/readyz`.
+    /// Its subnet of the tunnel's family: its name in metrics and
+    /// `/readyz`, and its AllowedIPs with `more`.
     pub(crate) subnet: IpNet,
+    /// Its IPv6 subnet when one device carries both families (`Mode`
+    /// `auto`, `ipv4`, `ipv6`).
+    pub(crate) more: Option<IpNet>,
 }
 
 pub(crate) struct Tunnel {
@@ -120,13 +123,13 @@ impl Tunnel {
         }
     }
 
-    /// Make the device exist and be attached, up, with its MTU, `addr`
-    /// and a route to `network` through it.
+    /// Make the device exist and be attached, up, with its MTU, `addrs`
+    /// and a route to each of `networks` through it.
     pub(crate) async fn ensure_device(
         &mut self,
         nl: &Netlink,
-        addr: IpNet,
-        network: IpNet,
+        addrs: &[IpNet],
+        networks: &[IpNet],
         report: &mut Report,
     ) -> Result<u32> {
         let name = self.name;
@@ -160,13 +163,15 @@ impl Tunnel {
         }
         let link = nl.link_by_name(name).await?.ok_or(Error::Vanished { device: name.into() })?;
         let same = known && !replaced;
-        device::configure(nl, &link, self.mtu, &[addr], same, "TUN device", report).await?;
-        if !nl.has_route(network, link.index).await? {
-            if same {
-                warn!(device = name, %network, "the route of the network was removed; restoring it");
-                report.repaired(ObjectKind::Route, 1);
+        device::configure(nl, &link, self.mtu, addrs, same, "TUN device", report).await?;
+        for network in networks {
+            if !nl.has_route(*network, link.index).await? {
+                if same {
+                    warn!(device = name, %network, "the route of the network was removed; restoring it");
+                    report.repaired(ObjectKind::Route, 1);
+                }
+                nl.replace_device_route(*network, link.index).await?;
             }
-            nl.replace_device_route(network, link.index).await?;
         }
         self.index = Some(link.index);
         Ok(link.index)
@@ -183,7 +188,8 @@ impl Tunnel {
         let mut states = HashMap::new();
         for p in peers {
             let Some(index) = self.indexes.of(p.key) else { continue };
-            let peer = WgPeer { public_key: p.key, endpoint: p.endpoint, allowed_ips: vec![p.subnet], index };
+            let allowed_ips = std::iter::once(p.subnet).chain(p.more).collect();
+            let peer = WgPeer { public_key: p.key, endpoint: p.endpoint, allowed_ips, index };
             let state = match old.states.get(&index) {
                 Some(s) if s.peer == peer => s.clone(),
                 _ => Arc::new(PeerState {
