@@ -268,3 +268,20 @@ fn wireguard_interoperates_with_wireguard_go() {
     assert!(show.starts_with(&weft_key) && stamp > 0, "{show}");
     lab.wait_ready(1, READY).unwrap();
 }
+
+#[test]
+fn wireguard_with_two_queues_carries_pings_and_checked_tcp() {
+    let config = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"wireguard","Queues":2}}"#;
+    let lab = lab_with_config(2, config, &[]);
+    assert_ping_matrix(&lab);
+    std::thread::scope(|s| {
+        let a = s.spawn(|| tcp_transfer_checked(&lab, 1, 2, 8 << 20));
+        let b = s.spawn(|| tcp_transfer_checked(&lab, 2, 1, 8 << 20));
+        assert_eq!(a.join().unwrap().unwrap(), 8 << 20);
+        assert_eq!(b.join().unwrap().unwrap(), 8 << 20);
+    });
+    let log = lab.log(1);
+    assert!(log.contains("wireguard backend forwarding") && log.contains("queues=2"), "{log}");
+    let tun = text(&lab.node_cmd(1, "ip").args(["-d", "link", "show", "flannel-wg"]).output().unwrap().stdout);
+    assert!(tun.contains("multi_queue"), "{tun}");
+}

@@ -281,16 +281,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             port: get_port(obj, "Port")?.unwrap_or(UDP_DEFAULT_PORT),
             mtu: get_mtu(obj)?,
             offload: get_bool(obj, "Offload")?.unwrap_or(true),
-            queues: match get_u32(obj, "Queues")? {
-                None | Some(0) => None,
-                Some(q) if q > 16 => {
-                    return Err(ConfigError::BadBackendOption {
-                        field: "Queues",
-                        reason: format!("{q} is more than 16"),
-                    })
-                }
-                Some(q) => Some(q),
-            },
+            queues: get_queues(obj)?,
             realtime_threads: get_bool(obj, "RealtimeThreads")?.unwrap_or(false),
         })),
         BackendKind::Vxlan => {
@@ -364,7 +355,19 @@ pub fn parse_wireguard_options(backend: &Value) -> Result<WireguardOptions, Conf
         persistent_keepalive,
         mode,
         mtu: get_mtu(obj)?,
+        queues: get_queues(obj)?,
     })
+}
+
+/// `Queues` (weft's own): 1 to 16; absent or 0 means the default.
+fn get_queues(obj: &Map<String, Value>) -> Result<Option<u32>, ConfigError> {
+    match get_u32(obj, "Queues")? {
+        None | Some(0) => Ok(None),
+        Some(q) if q > 16 => {
+            Err(ConfigError::BadBackendOption { field: "Queues", reason: format!("{q} is more than 16") })
+        }
+        Some(q) => Ok(Some(q)),
+    }
 }
 
 fn type_name(v: &Value) -> String {

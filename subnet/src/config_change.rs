@@ -105,6 +105,7 @@ fn backend_changes(out: &mut Vec<String>, old: &BackendConfig, new: &BackendConf
             changed(out, "Backend.PersistentKeepaliveInterval", &a.persistent_keepalive, &b.persistent_keepalive);
             changed(out, "Backend.Mode", &a.mode, &b.mode);
             changed(out, "Backend.MTU", &a.mtu, &b.mtu);
+            changed(out, "Backend.Queues", &a.queues, &b.queues);
         }
         (a, b) => out.push(format!("Backend.Type {} -> {}", a.type_name(), b.type_name())),
     }

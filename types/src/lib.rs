@@ -86,6 +86,10 @@ pub struct WireguardOptions {
     pub mode: WireguardMode,
     /// `MTU`; default: the external MTU − 80.
     pub mtu: Option<u32>,
+    /// `Queues` (weft's own, as the udp backend's): TUN queues and sockets
+    /// per device, each with its threads; default one per two cores (at
+    /// most 4).
+    pub queues: Option<u32>,
 }
 
 /// The preshared key is a secret: never printed.
@@ -98,6 +102,7 @@ impl fmt::Debug for WireguardOptions {
             .field("persistent_keepalive", &self.persistent_keepalive)
             .field("mode", &self.mode)
             .field("mtu", &self.mtu)
+            .field("queues", &self.queues)
             .finish()
     }
 }

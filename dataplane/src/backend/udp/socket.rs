@@ -16,7 +16,7 @@ const SOCKET_BUFFER: usize = 8 << 20;
 
 /// Forwarding queues: `Queues` if set, else one per two cores with
 /// offloads (at most 4), else one.
-pub(super) fn queue_count(offload: bool, configured: Option<u32>) -> usize {
+pub(crate) fn queue_count(offload: bool, configured: Option<u32>) -> usize {
     if let Some(q) = configured {
         return q.max(1) as usize;
     }

@@ -50,6 +50,7 @@ use tokio::sync::Notify;
 use weft_types::metrics::Writer;
 use weft_types::{BackendKind, WireguardMode, WireguardOptions};
 
+use super::udp::socket;
 use crate::error::{chain, Error, Result};
 use crate::forward::wg::Key;
 use crate::kernel::Netlink;
@@ -107,7 +108,8 @@ impl WgBackend {
                 reason: "Mode ipv6 reaches every peer over IPv6, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
             });
         }
-        let v4 = Tunnel::prepare(&nl, WG_NAME, bind4, mtu, &private).await?;
+        let queues = socket::queue_count(true, opts.queues);
+        let v4 = Tunnel::prepare(&nl, WG_NAME, bind4, mtu, queues, &private).await?;
         let v6 = match network6.filter(|_| separate) {
             None => None,
             Some(_) => {
@@ -116,7 +118,7 @@ impl WgBackend {
                     reason: "IPv6 pods travel over the IPv6 underlay, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
                 })?;
                 let bind6 = SocketAddr::V6(SocketAddrV6::new(ip6, opts.listen_port_v6, 0, 0));
-                Some(Tunnel::prepare(&nl, WG6_NAME, bind6, mtu, &private).await?)
+                Some(Tunnel::prepare(&nl, WG6_NAME, bind6, mtu, queues, &private).await?)
             }
         };
         Ok(WgBackend {

@@ -28,7 +28,7 @@ use tun_rs::SyncDevice;
 use weft_types::metrics::{Kind, Writer};
 
 use super::fast::{FastRx, FastTx};
-use super::handshake::{self, INBOX};
+use super::handshake::{self, Inbox, INBOX};
 use super::plain;
 
 use super::super::udp::duty::{Duty, BULK_QUIET};
@@ -166,17 +166,73 @@ pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
 /// The three running threads.
 pub(crate) struct Threads {
     stop: Arc<StopSignal>,
-    handles: Vec<(&'static str, JoinHandle<Exit>)>,
+    handles: Vec<(String, JoinHandle<Exit>)>,
+}
+
+/// One queue of a device: a TUN queue and the UDP socket that pairs with it.
+pub(crate) struct WgQueue {
+    pub(crate) dev: Arc<SyncDevice>,
+    pub(crate) sock: Arc<UdpSocket>,
+    /// The socket's GSO/GRO state; `None` on the plain path.
+    pub(crate) state: Option<Arc<UdpSocketState>>,
+}
+
+type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
+
+/// The TX and RX bodies of one queue; with the socket's GSO/GRO state (on
+/// a TUN device with virtio-net headers) on the offload path
+/// ([`super::fast`]), else one packet per system call.
+fn queue_bodies(q: &WgQueue, mtu: usize, shared: &Arc<WgShared>, inbox: &Inbox) -> io::Result<(Body, Body)> {
+    let (dev, sock) = (q.dev.clone(), q.sock.clone());
+    Ok(match q.state.clone() {
+        Some(state) => {
+            // As the udp backend's queues: the RX thread serves both
+            // directions while the traffic is light, the TX thread takes
+            // the TUN device when bulk starts (see `udp::duty`).
+            let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
+            let tx_path = Arc::new(Mutex::new(FastTx::new(&state, mtu)));
+            let tx: Body = {
+                let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
+                let (path, duty) = (tx_path.clone(), duty.clone());
+                Box::new(move |stop| {
+                    let step = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                    run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
+                })
+            };
+            let rx: Body = {
+                let (shared, inbox) = (shared.clone(), inbox.clone());
+                let mut path = FastRx::new(mtu);
+                Box::new(move |stop| {
+                    let receive = || {
+                        let step = path.step(&dev, &sock, &state, &shared, &inbox);
+                        (step, path.bulk())
+                    };
+                    let send = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                    let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
+                    run_receiver(receive, &tx_path, send, &duty, fds, stop)
+                })
+            };
+            (tx, rx)
+        }
+        None => {
+            let tx: Body = {
+                let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
+                Box::new(move |stop| plain::tx(&dev, &sock, &shared, stop))
+            };
+            let rx: Body = {
+                let (shared, inbox) = (shared.clone(), inbox.clone());
+                Box::new(move |stop| plain::rx(&dev, &sock, &shared, &inbox, stop))
+            };
+            (tx, rx)
+        }
+    })
 }
 
 impl Threads {
-    /// Start the threads; with `offload` (the socket's GSO/GRO state, on a
-    /// TUN device with virtio-net headers) on the offload path
-    /// ([`super::fast`]), else one packet per system call.
+    /// Start two threads per queue and the handshake thread (which sends
+    /// from the first queue's socket).
     pub(crate) fn start(
-        dev: Arc<SyncDevice>,
-        sock: Arc<UdpSocket>,
-        offload: Option<Arc<UdpSocketState>>,
+        queues: &[WgQueue],
         mtu: usize,
         shared: Arc<WgShared>,
         wake: &Arc<Notify>,
@@ -184,60 +240,21 @@ impl Threads {
         let stop = Arc::new(StopSignal::new()?);
         let mut t = Threads { stop: stop.clone(), handles: Vec::new() };
         let (inbox, handshakes) = std::sync::mpsc::sync_channel(INBOX);
-        type Body = Box<dyn FnOnce(&StopSignal) -> Exit + Send>;
-        let (tx_body, rx_body): (Body, Body) = match offload {
-            Some(state) => {
-                // As the udp backend's queues: the RX thread serves both
-                // directions while the traffic is light, the TX thread takes
-                // the TUN device when bulk starts (see `udp::duty`).
-                let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
-                let tx_path = Arc::new(Mutex::new(FastTx::new(&state, mtu)));
-                (
-                    {
-                        let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
-                        let (path, duty) = (tx_path.clone(), duty.clone());
-                        Box::new(move |stop| {
-                            let step = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
-                            run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
-                        })
-                    },
-                    {
-                        let (dev, sock, shared, inbox) = (dev, sock.clone(), shared.clone(), inbox.clone());
-                        let mut path = FastRx::new(mtu);
-                        Box::new(move |stop| {
-                            let receive = || {
-                                let step = path.step(&dev, &sock, &state, &shared, &inbox);
-                                (step, path.bulk())
-                            };
-                            let send = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
-                            let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
-                            run_receiver(receive, &tx_path, send, &duty, fds, stop)
-                        })
-                    },
-                )
-            }
-            None => (
-                {
-                    let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
-                    Box::new(move |stop| plain::tx(&dev, &sock, &shared, stop))
-                },
-                {
-                    let (dev, sock, shared, inbox) = (dev, sock.clone(), shared.clone(), inbox);
-                    Box::new(move |stop| plain::rx(&dev, &sock, &shared, &inbox, stop))
-                },
-            ),
-        };
-        let bodies: [(&'static str, Body); 3] = [
-            ("weft-wg-tx", tx_body),
-            ("weft-wg-rx", rx_body),
-            ("weft-wg-handshake", {
-                let wake = wake.clone();
-                Box::new(move |stop| handshake::run(&sock, &shared, &handshakes, &wake, stop))
-            }),
-        ];
+        let mut bodies: Vec<(String, Body)> = Vec::new();
+        for (i, q) in queues.iter().enumerate() {
+            let (tx, rx) = queue_bodies(q, mtu, &shared, &inbox)?;
+            bodies.push((format!("weft-wg-tx-{i}"), tx));
+            bodies.push((format!("weft-wg-rx-{i}"), rx));
+        }
+        drop(inbox);
+        let sock = queues.first().map(|q| q.sock.clone()).ok_or_else(|| io::Error::other("no queue"))?;
+        bodies.push(("weft-wg-handshake".into(), {
+            let wake = wake.clone();
+            Box::new(move |stop| handshake::run(&sock, &shared, &handshakes, &wake, stop))
+        }));
         for (name, body) in bodies {
             let (stop, wake) = (stop.clone(), WakeOnExit(wake.clone()));
-            let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
                 let _wake = wake;
                 body(&stop)
             });
@@ -257,7 +274,7 @@ impl Threads {
     }
 
     /// Stop and join every thread; how each ended (`None`: it panicked).
-    pub(crate) fn stop_all(&mut self) -> Vec<(&'static str, Option<Exit>)> {
+    pub(crate) fn stop_all(&mut self) -> Vec<(String, Option<Exit>)> {
         self.stop.fire();
         self.handles.drain(..).map(|(name, h)| (name, h.join().ok())).collect()
     }

@@ -20,7 +20,7 @@ use weft_types::WireguardOptions;
 use super::super::udp::restart::Restart;
 use super::super::udp::shared::Exit;
 use super::super::udp::socket;
-use super::threads::{PeerSet, PeerState, Threads, WgShared};
+use super::threads::{PeerSet, PeerState, Threads, WgQueue, WgShared};
 use crate::error::{chain, Error, Result};
 use crate::forward::wg::{Indexes, Key, PeerTable, WgPeer};
 use crate::kernel::Netlink;
@@ -51,13 +51,15 @@ pub(crate) struct Tunnel {
     pub(crate) port: u16,
     mtu: u32,
     pub(crate) shared: Arc<WgShared>,
-    sock: Arc<UdpSocket>,
-    /// The socket's GSO/GRO state (offload path).
-    state: Option<Arc<UdpSocketState>>,
+    /// One socket per queue (`SO_REUSEPORT` when there are several).
+    socks: Vec<Arc<UdpSocket>>,
+    /// Each socket's GSO/GRO state (offload path).
+    states: Vec<Option<Arc<UdpSocketState>>>,
     /// Whether the device carries virtio-net headers (offloads on).
     vnet_hdr: bool,
     indexes: Indexes,
-    tun: Option<Arc<SyncDevice>>,
+    /// The attached TUN queues (empty: none attached).
+    tun: Vec<Arc<SyncDevice>>,
     /// The device's index as last seen.
     pub(crate) index: Option<u32>,
     threads: Option<Threads>,
@@ -72,21 +74,22 @@ impl Tunnel {
         name: &'static str,
         bind: SocketAddr,
         mtu: u32,
+        queues: usize,
         private: &Key,
     ) -> Result<Tunnel> {
-        let sock = Arc::new(socket::bind(bind, false)?);
+        let socks = (0..queues).map(|_| socket::bind(bind, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         // Without GSO/GRO state the backend still works, a packet a call.
-        let state = UdpSocketState::new((&*sock).into()).ok().map(Arc::new);
+        let states = socks.iter().map(|s| UdpSocketState::new((&**s).into()).ok().map(Arc::new)).collect();
         let mut t = Tunnel {
             name,
             port: bind.port(),
             mtu,
             shared: Arc::new(WgShared::new(StaticSecret::from(private.0))),
-            sock,
-            state,
+            socks,
+            states,
             vnet_hdr: false,
             indexes: Indexes::default(),
-            tun: None,
+            tun: Vec::new(),
             index: None,
             threads: None,
             restart: Restart::new(Instant::now()),
@@ -102,18 +105,29 @@ impl Tunnel {
         Ok(t)
     }
 
+    /// Create the TUN device (or attach to it), persistent, one file
+    /// descriptor per queue, non-blocking.
     fn open_device(&mut self) -> Result<()> {
         let name = self.name;
-        let dev = tun_rs::DeviceBuilder::new()
+        let n = self.socks.len();
+        let first = tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(self.mtu.min(u32::from(u16::MAX)) as u16)
             .offload(true)
+            .multi_queue(n > 1)
             .build_sync()
             .map_err(|e| Error::tun(format!("creating or attaching {name}"), e))?;
-        self.vnet_hdr = dev.tcp_gso() || dev.udp_gso();
-        dev.persist().map_err(|e| Error::tun(format!("making {name} persistent"), e))?;
-        dev.set_nonblocking(true).map_err(|e| Error::tun(format!("making {name} non-blocking"), e))?;
-        self.tun = Some(Arc::new(dev));
+        self.vnet_hdr = first.tcp_gso() || first.udp_gso();
+        first.persist().map_err(|e| Error::tun(format!("making {name} persistent"), e))?;
+        let mut devices = vec![Arc::new(first)];
+        for _ in 1..n {
+            let q = devices[0].try_clone().map_err(|e| Error::tun(format!("opening another queue of {name}"), e))?;
+            devices.push(Arc::new(q));
+        }
+        for d in &devices {
+            d.set_nonblocking(true).map_err(|e| Error::tun(format!("making {name} non-blocking"), e))?;
+        }
+        self.tun = devices;
         Ok(())
     }
 
@@ -156,9 +170,9 @@ impl Tunnel {
                 }
             }
             self.stop_threads();
-            self.tun = None;
+            self.tun.clear();
         }
-        if self.tun.is_none() {
+        if self.tun.is_empty() {
             self.open_device()?;
         }
         let link = nl.link_by_name(name).await?.ok_or(Error::Vanished { device: name.into() })?;
@@ -226,7 +240,7 @@ impl Tunnel {
             warn!(device = self.name, thread, "wireguard thread ended: {why}; restarting the threads");
         }
         self.threads = None;
-        self.tun = None;
+        self.tun.clear();
         self.shared.stats.restarts.fetch_add(1, Ordering::Relaxed);
         report.repaired(ObjectKind::Thread, 1);
         self.restart.failed(Instant::now());
@@ -242,10 +256,20 @@ impl Tunnel {
             report.problem(Problem::ThreadsBackingOff);
             return false;
         }
-        let dev = self.tun.clone().expect("ensure_device attached the device");
-        let offload = self.state.clone().filter(|_| self.vnet_hdr);
-        let fast = offload.is_some();
-        match Threads::start(dev, self.sock.clone(), offload, self.mtu as usize, self.shared.clone(), wake) {
+        let queues: Vec<WgQueue> = self
+            .tun
+            .iter()
+            .zip(&self.socks)
+            .zip(&self.states)
+            .map(|((dev, sock), state)| WgQueue {
+                dev: dev.clone(),
+                sock: sock.clone(),
+                state: state.clone().filter(|_| self.vnet_hdr),
+            })
+            .collect();
+        let fast = queues.first().is_some_and(|q| q.state.is_some());
+        let first_state = self.states.first().and_then(|s| s.as_ref());
+        match Threads::start(&queues, self.mtu as usize, self.shared.clone(), wake) {
             Ok(t) => {
                 self.threads = Some(t);
                 self.restart.started(Instant::now());
@@ -256,9 +280,10 @@ impl Tunnel {
                     public_key = %Key(self.shared.public.to_bytes()).to_base64(),
                     keepalive_s = opts.persistent_keepalive,
                     psk = opts.psk.is_some(),
+                    queues = queues.len(),
                     offload = fast,
-                    udp_gso_segments = self.state.as_ref().map_or(1, |s| s.max_gso_segments()),
-                    udp_gro_segments = self.state.as_ref().map_or(1, |s| s.gro_segments()),
+                    udp_gso_segments = first_state.map_or(1, |s| s.max_gso_segments()),
+                    udp_gro_segments = first_state.map_or(1, |s| s.gro_segments()),
                     "wireguard backend forwarding"
                 );
                 true
