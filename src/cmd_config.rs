@@ -22,16 +22,24 @@ pub(crate) async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
             let config = NetworkConfig::parse(&text).context("the config was not written")?;
             let registry = Registry::connect(etcd.options()).await?;
             registry.put_config(&text).await?;
-            eprintln!(
-                "wrote {}: network {}, /{} subnets {} - {} ({} subnets), backend {}",
-                registry.config_key(),
-                config.network,
-                config.subnet_len,
-                config.subnet_min,
-                config.subnet_max,
-                config.subnet_count(),
-                config.backend.type_name()
-            );
+            let mut what = Vec::new();
+            if let Some(v4) = &config.ipv4 {
+                what.push(format!(
+                    "network {}, /{} subnets {} - {} ({} subnets)",
+                    v4.network,
+                    v4.subnet_len,
+                    v4.subnet_min,
+                    v4.subnet_max,
+                    v4.subnet_count()
+                ));
+            }
+            if let Some(v6) = &config.ipv6 {
+                what.push(format!(
+                    "IPv6 network {}, /{} subnets {} - {}",
+                    v6.network, v6.subnet_len, v6.subnet_min, v6.subnet_max
+                ));
+            }
+            eprintln!("wrote {}: {}, backend {}", registry.config_key(), what.join("; "), config.backend.type_name());
             Ok(ExitCode::SUCCESS)
         }
         ConfigCmd::Get => {

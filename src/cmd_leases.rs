@@ -13,9 +13,12 @@ use crate::cli::{EtcdArgs, LeasesArgs};
 /// One lease as printed by `--json`.
 #[derive(Serialize)]
 struct LeaseView<'a> {
-    subnet: String,
-    public_ip: String,
-    /// On dual-stack networks.
+    /// The IPv4 subnet and `PublicIP` (absent on IPv6-only networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subnet: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_ip: Option<String>,
+    /// On dual-stack and IPv6-only networks.
     #[serde(skip_serializing_if = "Option::is_none")]
     ipv6_subnet: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -37,8 +40,8 @@ struct LeaseView<'a> {
 impl<'a> LeaseView<'a> {
     fn of(l: &'a Lease) -> Self {
         LeaseView {
-            subnet: l.subnet.to_string(),
-            public_ip: l.attrs.public_ip.to_string(),
+            subnet: l.subnet.map(|s| s.to_string()),
+            public_ip: l.attrs.public_ip.map(|ip| ip.to_string()),
             ipv6_subnet: l.ipv6_subnet.map(|s| s.to_string()),
             public_ipv6: l.attrs.public_ipv6.map(|ip| ip.to_string()),
             backend_type: l.attrs.backend_kind(),
@@ -74,15 +77,17 @@ const HEADER: &str = "SUBNET              PUBLIC IP        BACKEND   VTEP MAC   
 /// with its IPv6 subnet, `PublicIPv6` and IPv6 VTEP MAC, and a wireguard
 /// lease one with its public key(s).
 fn row(l: &Lease) -> String {
+    let ipv6_only = l.subnet.is_none();
+    let mac = if ipv6_only { l.attrs.vtep_mac6() } else { l.attrs.vtep_mac() };
     let mut line = format!(
         "{:<19} {:<16} {:<9} {:<19} {}",
-        l.subnet.to_string(),
-        l.attrs.public_ip.to_string(),
+        l.id().to_string(),
+        l.holder().map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
         l.attrs.backend_kind(),
-        l.attrs.vtep_mac().map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+        mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         human(l.ttl)
     );
-    if let Some(s6) = l.ipv6_subnet {
+    if let Some(s6) = l.ipv6_subnet.filter(|_| !ipv6_only) {
         let ip6 = l.attrs.public_ipv6.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
         let mac6 = l.attrs.vtep_mac6().map(|m| m.to_string()).unwrap_or_else(|| "-".into());
         line.push_str(&format!("\n  {s6} {ip6} {mac6}"));
@@ -148,7 +153,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> 
         let mut out = std::io::stdout().lock();
         for ev in &events {
             let (word, lease) = match ev {
-                LeaseEvent::Added(l) => ("added", added.iter().find(|a| a.subnet == l.subnet).unwrap_or(l)),
+                LeaseEvent::Added(l) => ("added", added.iter().find(|a| a.id() == l.id()).unwrap_or(l)),
                 LeaseEvent::Removed(l) => ("removed", l),
             };
 

@@ -13,13 +13,13 @@
 //! dataplane in place, so a restart does not interrupt pods.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{info, warn};
 use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
 use weft_subnet::backoff::Backoff;
@@ -72,9 +72,9 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     };
     health.set_control(registry.metrics().clone());
     info!(
-        network = %config.network,
-        subnet_len = config.subnet_len,
-        ipv6_network = ?config.ipv6.as_ref().map(|v6| v6.network),
+        network = ?config.network(),
+        subnet_len = ?config.ipv4.as_ref().map(|v4| v4.subnet_len),
+        ipv6_network = ?config.network6(),
         backend = config.backend.type_name(),
         "network config"
     );
@@ -85,7 +85,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     //    that packets wait instead of being dropped while the rest starts).
     let dp_config = DataplaneConfig {
         backend: config.backend.clone(),
-        network: config.network,
+        network: config.network(),
         network6,
         iface: IfaceRequest {
             ifaces: args.iface.clone(),
@@ -93,6 +93,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
             public_ip: args.public_ip,
             public_ipv6: args.public_ipv6,
             ipv6: network6.is_some(),
+            ipv6_only: config.ipv6_only(),
         },
         ip_masq: args.ip_masq,
         nexthop_objects: !args.no_nexthop_objects,
@@ -102,8 +103,8 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let ext = dp.external().clone();
     info!(
         iface = %ext.name,
-        addr = %ext.addr,
-        public_ip = %ext.public_ip,
+        addr = ?ext.addr,
+        public_ip = ?ext.public_ip,
         public_ipv6 = ?ext.public_ipv6,
         mtu = ext.mtu,
         "external interface"
@@ -126,16 +127,19 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     };
     let lease = acquire_lease(&registry, &config, &acquire).await?;
     let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
-    registry.metrics().lease_written(subnet, ttl, false);
-    info!(%subnet, ipv6_subnet = ?subnet6, public_ip = %ext.public_ip, ttl = %humantime::format_duration(ttl), "lease acquired");
+    // The lease's name (its IPv4 subnet, or its IPv6 subnet on IPv6-only
+    // networks) and the address that names this node in it.
+    let (id, holder) = (lease.id(), lease.holder().context("the lease names no public address")?);
+    registry.metrics().lease_written(id, ttl, false);
+    info!(subnet = ?subnet, ipv6_subnet = ?subnet6, %holder, ttl = %humantime::format_duration(ttl), "lease acquired");
 
     // 4. The dataplane (devices, rules), the existing peers, subnet.env.
     dp.start(subnet, subnet6).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
-    let first = reconcile(&mut dp, &watch, subnet).await;
+    let first = reconcile(&mut dp, &watch, id).await;
     let env = SubnetEnv {
-        network: config.network,
+        network: config.network(),
         subnet,
         mtu: dp.mtu(),
         ip_masq: args.ip_masq,
@@ -149,7 +153,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     if let Err(e) = crate::notify::ready() {
         warn!("could not notify systemd of readiness: {e}");
     }
-    info!(%subnet, backend = %dp.kind(), "weft is running");
+    info!(subnet = %id, backend = %dp.kind(), "weft is running");
 
     // 5. Run until stopped or until the lease is lost. Lease events, and
     //    whatever the dataplane asks for (kernel events, ended forwarding
@@ -157,8 +161,8 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
     let (mut checks, check_task) =
-        crate::node_check::spawn(registry.clone(), subnet, subnet6, ext.public_ip, args.resync_interval);
-    let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), subnet, registry.metrics().clone());
+        crate::node_check::spawn(registry.clone(), subnet, subnet6, holder, args.resync_interval);
+    let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), id, registry.metrics().clone());
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(ExitCode::SUCCESS),
@@ -180,19 +184,19 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
                 }
             }
             events = watch.next() => {
-                if let Some(why) = own_lease_gone(&events, subnet, &ext.public_ip) {
+                if let Some(why) = own_lease_gone(&events, id, holder) {
                     registry.metrics().lease_lost();
                     break Err(anyhow::anyhow!("{why}; exiting so that the service manager restarts weft"));
                 }
                 for ev in &events {
                     match ev {
-                        LeaseEvent::Added(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease added"),
-                        LeaseEvent::Removed(l) => info!(subnet = %l.subnet, public_ip = %l.attrs.public_ip, "lease removed"),
+                        LeaseEvent::Added(l) => info!(subnet = %l.id(), public_ip = ?l.holder(), "lease added"),
+                        LeaseEvent::Removed(l) => info!(subnet = %l.id(), public_ip = ?l.holder(), "lease removed"),
                     }
                 }
-                readiness.set(reconcile(&mut dp, &watch, subnet).await);
+                readiness.set(reconcile(&mut dp, &watch, id).await);
             }
-            _ = dp.changed() => readiness.set(reconcile(&mut dp, &watch, subnet).await),
+            _ = dp.changed() => readiness.set(reconcile(&mut dp, &watch, id).await),
         }
     };
     renewal.abort();
@@ -200,7 +204,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     readiness.stopping();
     dp.shutdown();
     if outcome.is_ok() {
-        info!(%subnet, "stopping; the dataplane stays in place for the next start");
+        info!(subnet = %id, "stopping; the dataplane stays in place for the next start");
     }
     outcome
 }
@@ -249,12 +253,13 @@ async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
 }
 
 /// Whether the events say our own lease is gone or held by someone else.
-fn own_lease_gone(events: &[LeaseEvent], subnet: Ipv4Net, public_ip: &std::net::Ipv4Addr) -> Option<String> {
+fn own_lease_gone(events: &[LeaseEvent], subnet: IpNet, holder: IpAddr) -> Option<String> {
     events.iter().find_map(|ev| match ev {
-        LeaseEvent::Removed(l) if l.subnet == subnet => Some(format!("the lease of {subnet} was removed from etcd")),
-        LeaseEvent::Added(l) if l.subnet == subnet && &l.attrs.public_ip != public_ip => {
-            Some(format!("the lease of {subnet} now belongs to {}", l.attrs.public_ip))
-        }
+        LeaseEvent::Removed(l) if l.id() == subnet => Some(format!("the lease of {subnet} was removed from etcd")),
+        LeaseEvent::Added(l) if l.id() == subnet && l.holder() != Some(holder) => Some(format!(
+            "the lease of {subnet} now belongs to {}",
+            l.holder().map_or_else(|| "nobody readable".to_string(), |ip| ip.to_string())
+        )),
         _ => None,
     })
 }
@@ -281,7 +286,7 @@ fn release_freed_memory() {
 /// One pass (the one the dataplane judges due, [`Dataplane::update`]):
 /// converge the dataplane to the leases; returns why the node is not ready
 /// (empty: it is).
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: Ipv4Net) -> Vec<String> {
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Vec<String> {
     let peers = desired_peers(watch.leases(), subnet, dp.kind());
     let report = dp.update(&peers).await;
     // A full pass reads every route, nexthop, neighbour and FDB entry.

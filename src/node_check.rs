@@ -4,11 +4,11 @@
 //! the config is judged against the one the daemon started with (see
 //! `weft_subnet::config_change`) and turned into readiness or an exit.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
@@ -22,9 +22,9 @@ use weft_subnet::{NetworkConfig, Registry};
 /// not answer sends nothing: the renewer, the watch and the metrics cover it.
 pub(crate) fn spawn(
     registry: Registry,
-    subnet: Ipv4Net,
+    subnet: Option<Ipv4Net>,
     subnet6: Option<Ipv6Net>,
-    public_ip: Ipv4Addr,
+    holder: IpAddr,
     every: Duration,
 ) -> (mpsc::Receiver<NodeCheck>, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(1);
@@ -34,7 +34,7 @@ pub(crate) fn spawn(
         tick.tick().await;
         loop {
             tick.tick().await;
-            if let Ok(check) = registry.check_node(subnet, subnet6, public_ip).await {
+            if let Ok(check) = registry.check_node(subnet, subnet6, holder).await {
                 if tx.send(check).await.is_err() {
                     return;
                 }
@@ -60,14 +60,14 @@ pub(crate) enum ConfigStep {
 pub(crate) struct ConfigFollower {
     running: NetworkConfig,
     key: String,
-    subnet: Ipv4Net,
+    subnet: IpNet,
     metrics: Arc<Metrics>,
     /// The range changes last logged, so that each is said once.
     said: Vec<String>,
 }
 
 impl ConfigFollower {
-    pub(crate) fn new(running: NetworkConfig, key: String, subnet: Ipv4Net, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(running: NetworkConfig, key: String, subnet: IpNet, metrics: Arc<Metrics>) -> Self {
         metrics.set_config_current(true);
         ConfigFollower { running, key, subnet, metrics, said: Vec::new() }
     }

@@ -1,7 +1,7 @@
 //! The desired peer set, derived from the lease table: the bridge between
 //! the control plane (leases) and the dataplane (peers). Pure.
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::warn;
 use weft_dataplane::Peer;
 use weft_subnet::Lease;
@@ -14,25 +14,27 @@ use weft_types::BackendKind;
 /// publish a public key.
 pub(crate) fn desired_peers<'a>(
     leases: impl IntoIterator<Item = &'a Lease>,
-    own_subnet: Ipv4Net,
+    own_subnet: IpNet,
     backend: BackendKind,
 ) -> Vec<Peer> {
     let mut peers = Vec::new();
     for lease in leases {
-        if lease.subnet == own_subnet {
+        if lease.id() == own_subnet {
             continue;
         }
         if lease.attrs.backend() != Some(backend) {
             warn!(
-                subnet = %lease.subnet,
+                subnet = %lease.id(),
                 "ignoring lease of backend type {:?}; this network runs {backend}",
                 lease.attrs.backend_kind()
             );
             continue;
         }
         let vtep_mac = lease.attrs.vtep_mac();
-        if backend == BackendKind::Vxlan && vtep_mac.is_none() {
-            warn!(subnet = %lease.subnet, "ignoring vxlan lease without a valid VtepMAC");
+        // An IPv6-only network's lease has only the IPv6 device's MAC.
+        let mac = if lease.subnet.is_some() { vtep_mac } else { lease.attrs.vtep_mac6() };
+        if backend == BackendKind::Vxlan && mac.is_none() {
+            warn!(subnet = %lease.id(), "ignoring vxlan lease without a valid VtepMAC");
             continue;
         }
         let (wg_key6, wg_port6) = (lease.attrs.wireguard_public_key6(), lease.attrs.wireguard_port6());
@@ -40,7 +42,7 @@ pub(crate) fn desired_peers<'a>(
             BackendKind::Wireguard => match lease.attrs.wireguard_public_key() {
                 Some(key) => (Some(key), lease.attrs.wireguard_port()),
                 None => {
-                    warn!(subnet = %lease.subnet, "ignoring wireguard lease without a valid PublicKey");
+                    warn!(subnet = %lease.id(), "ignoring wireguard lease without a valid PublicKey");
                     continue;
                 }
             },
@@ -70,10 +72,10 @@ mod tests {
 
     fn lease(subnet: &str, ip: &str, kind: &str, mac: Option<&str>) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             ipv6_subnet: None,
             attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
+                public_ip: Some(ip.parse().unwrap()),
                 public_ipv6: None,
                 backend_type: kind.into(),
                 backend_data: mac.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}).into()),
@@ -96,7 +98,7 @@ mod tests {
         ];
         let peers = desired_peers(&leases, "10.244.1.0/24".parse().unwrap(), BackendKind::Vxlan);
         assert_eq!(peers.len(), 1);
-        assert_eq!(peers[0].subnet.to_string(), "10.244.2.0/24");
+        assert_eq!(peers[0].id().to_string(), "10.244.2.0/24");
         assert_eq!(peers[0].vtep_mac.unwrap().to_string(), "0e:00:00:00:00:02");
 
         let hostgw = [lease("10.244.7.0/24", "198.18.0.7", "host-gw", None)];
@@ -115,6 +117,26 @@ mod tests {
         let peers = desired_peers(&[dual], "10.244.1.0/24".parse().unwrap(), BackendKind::Vxlan);
         assert_eq!(peers[0].subnet6.unwrap().to_string(), "fd10:244:0:2::/64");
         assert_eq!(peers[0].public_ipv6.unwrap().to_string(), "fd00:198:18::2");
+        assert_eq!(peers[0].vtep_mac6.unwrap().to_string(), "0e:00:00:00:06:02");
+    }
+
+    #[test]
+    fn ipv6_only_leases_are_named_by_their_ipv6_subnet() {
+        let only6 = |n: u8, mac6: Option<&str>| {
+            let mut l = lease("10.244.0.0/24", "198.18.0.1", "vxlan", None);
+            l.subnet = None;
+            l.attrs.public_ip = None;
+            l.ipv6_subnet = Some(format!("fd10:244:0:{n}::/64").parse().unwrap());
+            l.attrs.public_ipv6 = Some(format!("fd00:198:18::{n}").parse().unwrap());
+            l.attrs.backend_v6_data = mac6.map(|m| serde_json::json!({"VNI": 1, "VtepMAC": m}).into());
+            l
+        };
+        let leases = [only6(1, Some("0e:00:00:00:06:01")), only6(2, Some("0e:00:00:00:06:02")), only6(3, None)];
+        let own: IpNet = "fd10:244:0:1::/64".parse().unwrap();
+        let peers = desired_peers(&leases, own, BackendKind::Vxlan);
+        assert_eq!(peers.len(), 1, "own lease and the one without an IPv6 VTEP MAC are left out");
+        assert_eq!(peers[0].id().to_string(), "fd10:244:0:2::/64");
+        assert_eq!((peers[0].subnet, peers[0].public_ip), (None, None));
         assert_eq!(peers[0].vtep_mac6.unwrap().to_string(), "0e:00:00:00:06:02");
     }
 }

@@ -70,7 +70,7 @@ fn values_round_trip(backend: &str) {
     for (key, value) in &leases {
         let name = key.strip_prefix(PREFIX).unwrap();
         let (subnet, v6) = parse_subnet_key(name).unwrap();
-        assert_eq!(subnet_key(&subnet, v6.as_ref()), name, "key written back");
+        assert_eq!(subnet_key(subnet.as_ref(), v6.as_ref()), name, "key written back");
         let attrs: LeaseAttrs = serde_json::from_str(value).unwrap_or_else(|e| panic!("{value}: {e}"));
         assert_eq!(attrs.backend_kind(), backend, "{value}");
         assert_eq!(&serde_json::to_string(&attrs).unwrap(), value, "lease value written back byte for byte");
@@ -98,8 +98,8 @@ fn values_round_trip(backend: &str) {
         };
         let subnet: ipnet::Ipv4Net = get("FLANNEL_SUBNET").parse().unwrap();
         let env = SubnetEnv {
-            network: get("FLANNEL_NETWORK").parse().unwrap(),
-            subnet: subnet.trunc(),
+            network: Some(get("FLANNEL_NETWORK").parse().unwrap()),
+            subnet: Some(subnet.trunc()),
             mtu: get("FLANNEL_MTU").parse().unwrap(),
             ip_masq: get("FLANNEL_IPMASQ") == "true",
             ipv6_network: None,
@@ -110,7 +110,8 @@ fn values_round_trip(backend: &str) {
         // flanneld's chains, rule for rule.
         let save = r.section(&format!("{node}: iptables-save"));
         let chain_rules: Vec<&str> = save.iter().map(String::as_str).filter(|l| l.starts_with("-A FLANNEL-")).collect();
-        let ours = forward_rules(config.network.into()) + &masq_rules(config.network.into(), subnet.trunc().into());
+        let ours = forward_rules(config.network().unwrap().into())
+            + &masq_rules(config.network().unwrap().into(), subnet.trunc().into());
         let our_rules: Vec<&str> = ours.lines().filter(|l| l.starts_with("-A ")).collect();
         assert_eq!(our_rules, chain_rules, "{node}");
     }
@@ -229,7 +230,7 @@ fn dual_stack_values_round_trip() {
         let name = key.strip_prefix(PREFIX).unwrap();
         let (subnet, subnet6) = parse_subnet_key(name).unwrap();
         assert!(subnet6.is_some(), "{name} has an IPv6 part");
-        assert_eq!(subnet_key(&subnet, subnet6.as_ref()), name, "key written back");
+        assert_eq!(subnet_key(subnet.as_ref(), subnet6.as_ref()), name, "key written back");
         let lease = weft_subnet::Lease::from_entry(name, value.as_bytes(), &config, 0, 0).unwrap();
         assert_eq!(lease.ipv6_subnet, subnet6);
         assert!(lease.attrs.public_ipv6.is_some() && lease.attrs.vtep_mac6().is_some(), "{value}");
@@ -240,8 +241,8 @@ fn dual_stack_values_round_trip() {
         let subnet: ipnet::Ipv4Net = env_value(&recorded, "FLANNEL_SUBNET").parse().unwrap();
         let subnet6: ipnet::Ipv6Net = env_value(&recorded, "FLANNEL_IPV6_SUBNET").parse().unwrap();
         let env = SubnetEnv {
-            network: config.network,
-            subnet: subnet.trunc(),
+            network: config.network(),
+            subnet: Some(subnet.trunc()),
             mtu: env_value(&recorded, "FLANNEL_MTU").parse().unwrap(),
             ip_masq: true,
             ipv6_network: Some(v6.network),

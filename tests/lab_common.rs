@@ -158,3 +158,48 @@ pub(crate) fn assert_metrics_documented(lab: &Lab, backend: &str) {
     let n = |name: &str| scrape.samples.iter().filter(|s| s.metric == name).count();
     assert_eq!(n("weft_lease_info"), 1, "{body}");
 }
+
+/// The `(key, value)` pairs under `/coreos.com/network/subnets/`.
+pub(crate) fn leases(lab: &Lab) -> Vec<(String, serde_json::Value)> {
+    let out = lab.etcdctl(&["get", "--prefix", "/coreos.com/network/subnets/"]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .chunks(2)
+        .map(|kv| {
+            let key = kv[0].trim_start_matches("/coreos.com/network/subnets/").to_string();
+            (key, serde_json::from_str(kv[1]).unwrap_or_else(|e| panic!("{}: {e}", kv[1])))
+        })
+        .collect()
+}
+
+/// A `KEY=value` of node `i`'s subnet.env.
+pub(crate) fn env_var(lab: &Lab, i: u8, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(&lab.node(i).subnet_file).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
+}
+
+/// Wait until every node has an IPv6 route (proto 87) to every other
+/// node's IPv6 subnet.
+pub(crate) fn wait_converged6(lab: &Lab) {
+    let n = lab.nodes.len() as u8;
+    let has = |dev: &str| lab.node_cmd(1, "ip").args(["link", "show", dev]).output().is_ok_and(|o| o.status.success());
+    if has("flannel0") || has("flannel-wg") {
+        // Its routes live in weft's own table: the pods' pings below wait for it.
+        return;
+    }
+    let subnets: Vec<String> = (1..=n)
+        .map(|i| {
+            let s: ipnet::Ipv6Net = env_var(lab, i, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
+            s.trunc().to_string()
+        })
+        .collect();
+    for i in 1..=n {
+        weft_lab::wait_until(&format!("node {i} to route to every other node's IPv6 subnet"), PROPAGATION, || {
+            let routes = lab.weft_routes6(i).unwrap();
+            (1..=n).filter(|j| *j != i).all(|j| routes.contains(&subnets[usize::from(j) - 1])).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+}

@@ -41,9 +41,9 @@ const EVENT_SETTLE: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
     pub backend: BackendConfig,
-    /// The whole pod network.
-    pub network: Ipv4Net,
-    /// The IPv6 pod network, on dual-stack networks.
+    /// The whole IPv4 pod network (none on IPv6-only networks).
+    pub network: Option<Ipv4Net>,
+    /// The IPv6 pod network, on dual-stack and IPv6-only networks.
     pub network6: Option<Ipv6Net>,
     /// Which interface carries traffic between nodes (`--iface` and co.).
     pub iface: IfaceRequest,
@@ -90,6 +90,7 @@ impl Dataplane {
         let nl = Netlink::connect()?.nexthop_objects(cfg.nexthop_objects);
         let mut req = cfg.iface.clone();
         req.ipv6 = cfg.network6.is_some();
+        req.ipv6_only = cfg.network.is_none();
         let ext = find_external(&nl, &req).await?;
         let wake = Arc::new(Notify::new());
         let backend = match cfg.backend {
@@ -139,7 +140,7 @@ impl Dataplane {
     /// The `BackendData` written in leases.
     pub fn backend_data(&self) -> Option<serde_json::Value> {
         match &self.backend {
-            Backend::Vxlan(b) => Some(b.backend_data()),
+            Backend::Vxlan(b) => b.backend_data(),
             Backend::Wireguard(b) => Some(b.backend_data()),
             Backend::HostGw(_) | Backend::Udp(_) => None,
         }
@@ -166,7 +167,7 @@ impl Dataplane {
 
     /// Program what depends on the node's own subnet (devices, addresses,
     /// forwarding and masquerade rules) and start watching the kernel.
-    pub async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
+    pub async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
         let devices = self.devices();
         let keep: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
         crate::sync::leftovers::remove(&Netlink::connect()?, &keep, &self.networks).await?;

@@ -66,7 +66,7 @@ fn vxlan_opts() -> VxlanOptions {
 fn config(backend: BackendConfig) -> DataplaneConfig {
     DataplaneConfig {
         backend,
-        network: "10.244.0.0/16".parse().unwrap(),
+        network: Some("10.244.0.0/16".parse().unwrap()),
         network6: None,
         iface: IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() },
         ip_masq: false,
@@ -78,7 +78,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
 /// A started dataplane for 10.244.1.0/24 (inside a namespace's runtime).
 async fn started(backend: BackendConfig) -> Dataplane {
     let mut dp = Dataplane::prepare(config(backend)).await.unwrap();
-    dp.start("10.244.1.0/24".parse().unwrap(), None).await.unwrap();
+    dp.start(Some("10.244.1.0/24".parse().unwrap()), None).await.unwrap();
     dp
 }
 
@@ -131,7 +131,7 @@ fn vxlan_direct_routing_uses_the_underlay_for_peers_on_the_same_subnet() {
     let ns = Ns::new("direct");
     ns.block_on(async {
         let mut b = started(BackendConfig::Vxlan(VxlanOptions { direct_routing: true, ..vxlan_opts() })).await;
-        let far = Peer { public_ip: Ipv4Addr::new(198, 19, 0, 7), ..peer(7, true) };
+        let far = Peer { public_ip: Some(Ipv4Addr::new(198, 19, 0, 7)), ..peer(7, true) };
         assert!(b.reconcile(&[peer(2, true), far]).await.problems.is_empty());
     });
     let routes = netns::without_nhid(&ns.show(&["route", "show", "proto", "87"]));
@@ -311,7 +311,7 @@ fn without_nexthop_objects_routes_carry_their_gateway_and_weft_nexthops_go() {
     let r = ns.block_on(async move {
         let cfg = DataplaneConfig { nexthop_objects: false, ..config(BackendConfig::Vxlan(vxlan_opts())) };
         let mut dp = Dataplane::prepare(cfg).await.unwrap();
-        dp.start("10.244.1.0/24".parse().unwrap(), None).await.unwrap();
+        dp.start(Some("10.244.1.0/24".parse().unwrap()), None).await.unwrap();
         dp.reconcile(&peers).await.clone()
     });
     assert!(r.problems.is_empty() && r.peers_programmed == 2, "{r:?}");

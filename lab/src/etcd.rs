@@ -99,8 +99,13 @@ impl EtcdServer {
         let scheme = if tls { "https" } else { "http" };
         let host = netns.as_ref().map(|(_, ip)| *ip).unwrap_or(std::net::Ipv4Addr::LOCALHOST);
         let client = format!("{scheme}://{host}:{client_port}");
+        // In a lab namespace also on the IPv6 underlay address, for nodes
+        // with an IPv6-only underlay.
         let listen = match netns {
-            Some(_) => format!("{client},{scheme}://127.0.0.1:{client_port}"),
+            Some((_, ip)) => format!(
+                "{client},{scheme}://[{}]:{client_port},{scheme}://127.0.0.1:{client_port}",
+                crate::lab::underlay_ip6(ip)
+            ),
             None => client.clone(),
         };
         let peer = format!("http://127.0.0.1:{peer_port}");

@@ -59,6 +59,8 @@ pub struct Node {
     pub pod_ip: Option<Ipv4Addr>,
     /// The pod's IPv6 address, once attached on a dual-stack network.
     pub pod_ip6: Option<Ipv6Addr>,
+    /// The node's underlay has no IPv4 ([`Lab::make_underlay_ipv6_only`]).
+    pub ipv6_only: bool,
 }
 
 pub struct Lab {
@@ -117,6 +119,8 @@ impl Lab {
         netns::add(&lab.switch_ns)?;
         ip(&["-n", &lab.switch_ns, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &lab.switch_ns, "addr", "add", &format!("{SWITCH_IP}/24"), "dev", "br0"])?;
+        let switch6 = format!("{}/64", underlay_ip6(SWITCH_IP));
+        ip(&["-n", &lab.switch_ns, "addr", "add", &switch6, "dev", "br0", "nodad"])?;
         ip(&["-n", &lab.switch_ns, "link", "set", "br0", "up"])?;
 
         let etcd_ns = lab.etcd_ns.clone();
@@ -173,6 +177,7 @@ impl Lab {
             daemon: None,
             pod_ip: None,
             pod_ip6: None,
+            ipv6_only: false,
         });
         Ok(())
     }
@@ -335,7 +340,11 @@ impl Lab {
         let mut cmd = exec(&n.ns, self.weft.to_str().context("weft path")?);
         cmd.arg("run");
         if !extra.contains(&"--etcd-endpoints") {
-            cmd.args(["--etcd-endpoints", &self.etcd_endpoint()]);
+            let endpoint = match (n.ipv6_only, &self.cluster) {
+                (true, None) => format!("http://[{}]:2379", underlay_ip6(ETCD_IP)),
+                _ => self.etcd_endpoint(),
+            };
+            cmd.args(["--etcd-endpoints", &endpoint]);
         }
         if !extra.contains(&"--iface") {
             cmd.args(["--iface", "eth0"]);
@@ -447,12 +456,41 @@ impl Lab {
         read_subnet_env(&self.node(i).subnet_file)
     }
 
+    /// Take node `i`'s underlay IPv4 away: its IPv4 address and default
+    /// route go, an IPv6 default route (via the switch's IPv6 address)
+    /// comes, and its daemon reaches etcd over IPv6. For IPv6-only networks.
+    pub fn make_underlay_ipv6_only(&mut self, i: u8) -> Result<()> {
+        let n = self.node(i);
+        let (ns, v4) = (n.ns.clone(), n.underlay_ip);
+        ip(&["-n", &ns, "route", "del", "default"])?;
+        ip(&["-n", &ns, "addr", "del", &format!("{v4}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "-6", "route", "add", "default", "via", &underlay_ip6(SWITCH_IP).to_string()])?;
+        self.node_mut(i).ipv6_only = true;
+        Ok(())
+    }
+
+    /// [`attach_pod`](Self::attach_pod) on an IPv6-only network: the pod
+    /// gets an IPv6 address only. Returns it.
+    pub fn attach_pod6(&mut self, i: u8) -> Result<Ipv6Addr> {
+        let (v4, v6) = self.attach_pod_any(i)?;
+        if let Some(v4) = v4 {
+            bail!("the pod of node {i} got an IPv4 address ({v4}) on an IPv6-only network");
+        }
+        v6.with_context(|| format!("the pod of node {i} got no IPv6 address"))
+    }
+
     /// Give node `i` a pod the way a runtime does: a namespace, then weft's
     /// CNI plugin (`weft-cni`, next to the `weft` binary) with Debian's
     /// `bridge` and `host-local` as its delegates, reading the node's
     /// `subnet.env`. The bridge does not masquerade (`ipMasq: false`), so
     /// pod addresses are seen end to end. Returns the pod's address.
     pub fn attach_pod(&mut self, i: u8) -> Result<Ipv4Addr> {
+        let (v4, _) = self.attach_pod_any(i)?;
+        v4.with_context(|| format!("the pod of node {i} got no IPv4 address"))
+    }
+
+    /// The pod's addresses of either family, as weft-cni's result gives them.
+    fn attach_pod_any(&mut self, i: u8) -> Result<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
         let plugin = self.cni_plugin.clone().unwrap_or_else(|| self.weft.with_file_name("weft-cni"));
         if !plugin.is_file() {
             bail!(
@@ -481,20 +519,16 @@ impl Lab {
             );
         }
         let result: serde_json::Value = serde_json::from_slice(&out.stdout).context("weft-cni's result")?;
-        let addr: Ipv4Net = result["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("no IPv4 address in weft-cni's result {result}"))?;
-        // On a dual-stack network the pod also has an IPv6 address.
-        let addr6 = result["ips"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|ip| ip["address"].as_str()?.parse::<ipnet::Ipv6Net>().ok())
-            .next();
-        self.node_mut(i).pod_ip = Some(addr.addr());
-        self.node_mut(i).pod_ip6 = addr6.map(|a| a.addr());
-        Ok(addr.addr())
+        let ips: Vec<&str> =
+            result["ips"].as_array().into_iter().flatten().filter_map(|ip| ip["address"].as_str()).collect();
+        let addr = ips.iter().find_map(|a| a.parse::<Ipv4Net>().ok()).map(|a| a.addr());
+        let addr6 = ips.iter().find_map(|a| a.parse::<ipnet::Ipv6Net>().ok()).map(|a| a.addr());
+        if addr.is_none() && addr6.is_none() {
+            bail!("no address in weft-cni's result {result}");
+        }
+        self.node_mut(i).pod_ip = addr;
+        self.node_mut(i).pod_ip6 = addr6;
+        Ok((addr, addr6))
     }
 
     /// Whether pod `i` gets an answer from IPv6 address `dst` within 3 s.

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use ipnet::{Ipv4Net, Ipv6Net};
 use rand::RngExt;
 
-use crate::config::{Ipv6Settings, NetworkConfig};
+use crate::config::{Ipv4Settings, Ipv6Settings};
 
 /// How many free IPv6 subnets, counted from `IPv6SubnetMin`, the random
 /// choice is made among (flanneld's number).
@@ -19,7 +19,7 @@ const V6_CANDIDATES: usize = 100;
 /// concurrent acquirers over the range so they rarely collide); then a scan
 /// from a random start, so a nearly full range is still found to have a hole.
 pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
-    config: &NetworkConfig,
+    config: &Ipv4Settings,
     taken: &BTreeSet<Ipv4Net>,
     rng: &mut R,
 ) -> Option<Ipv4Net> {
@@ -72,8 +72,12 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    fn config(min: &str, max: &str) -> NetworkConfig {
+    use crate::config::NetworkConfig;
+
+    fn config(min: &str, max: &str) -> Ipv4Settings {
         NetworkConfig::parse(&format!(r#"{{"Network":"10.244.0.0/16","SubnetMin":"{min}","SubnetMax":"{max}"}}"#))
+            .unwrap()
+            .ipv4
             .unwrap()
     }
 

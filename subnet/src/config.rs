@@ -22,9 +22,22 @@ use crate::error::ConfigError;
 pub use weft_types::{BackendConfig, UdpOptions, VxlanOptions, UDP_DEFAULT_PORT, VXLAN_DEFAULT_PORT};
 pub use weft_types::{WireguardMode, WireguardOptions, WIREGUARD_DEFAULT_PORT, WIREGUARD_DEFAULT_PORT_V6};
 
-/// A validated network config, defaults applied.
+/// A validated network config, defaults applied. At least one family is on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkConfig {
+    /// The IPv4 network, unless `EnableIPv4` is false: every lease then
+    /// holds an IPv4 subnet.
+    pub ipv4: Option<Ipv4Settings>,
+    /// The IPv6 network, when `EnableIPv6` is set: every lease then holds
+    /// an IPv6 subnet as well (or only that, on an IPv6-only network).
+    pub ipv6: Option<Ipv6Settings>,
+    /// The backend and its options.
+    pub backend: BackendConfig,
+}
+
+/// The IPv4 part of a config (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Settings {
     /// The overlay network all pod subnets are carved from.
     pub network: Ipv4Net,
     /// Prefix length of each node's subnet.
@@ -33,11 +46,6 @@ pub struct NetworkConfig {
     pub subnet_min: Ipv4Addr,
     /// Highest subnet that may be leased (network address).
     pub subnet_max: Ipv4Addr,
-    /// The IPv6 network, when `EnableIPv6` is set: every lease then holds
-    /// an IPv6 subnet as well.
-    pub ipv6: Option<Ipv6Settings>,
-    /// The backend and its options.
-    pub backend: BackendConfig,
 }
 
 /// The IPv6 part of a dual-stack config.
@@ -64,33 +72,7 @@ impl NetworkConfig {
         if !enable_v4 && !enable_v6 {
             return Err(ConfigError::NothingEnabled);
         }
-        if !enable_v4 {
-            return Err(ConfigError::WrongType {
-                field: "EnableIPv4",
-                expected: "true (weft does not support IPv6-only networks yet)",
-                found: "false".into(),
-            });
-        }
-        let network = match get_str(obj, "Network")? {
-            None => return Err(ConfigError::MissingNetwork),
-            Some(s) => parse_v4_cidr("Network", s)?,
-        };
-        let subnet_len = get_u32(obj, "SubnetLen")?.unwrap_or(0);
-        let subnet_len = v4_subnet_len(network, subnet_len)?;
-        let size = 1u32 << (32 - subnet_len);
-        let net_start = u32::from(network.network());
-        let net_end = u32::from(network.broadcast());
-        let subnet_min = match get_str(obj, "SubnetMin")? {
-            None => Ipv4Addr::from(net_start + size),
-            Some(s) => check_bound("SubnetMin", s, network, subnet_len)?,
-        };
-        let subnet_max = match get_str(obj, "SubnetMax")? {
-            None => Ipv4Addr::from(net_end - size + 1),
-            Some(s) => check_bound("SubnetMax", s, network, subnet_len)?,
-        };
-        if subnet_min > subnet_max {
-            return Err(ConfigError::EmptyRange { min: subnet_min, max: subnet_max });
-        }
+        let ipv4 = if enable_v4 { Some(parse_v4(obj)?) } else { None };
         let ipv6 = if enable_v6 { Some(parse_v6(obj)?) } else { None };
         let backend = parse_backend(obj.get("Backend"))?;
         if let BackendConfig::Wireguard(wg) = &backend {
@@ -102,10 +84,83 @@ impl NetworkConfig {
                     reason: "\"ipv6\" reaches every peer over IPv6 and needs EnableIPv6 (and IPv6Network)".into(),
                 });
             }
+            if ipv4.is_none() {
+                return Err(ConfigError::BadBackendOption {
+                    field: "Type",
+                    reason: "the wireguard backend does not run IPv6-only networks (EnableIPv4 false) yet; \
+                             use udp, vxlan or host-gw there"
+                        .into(),
+                });
+            }
         }
-        Ok(NetworkConfig { network, subnet_len, subnet_min, subnet_max, ipv6, backend })
+        Ok(NetworkConfig { ipv4, ipv6, backend })
     }
 
+    /// The IPv4 network, if IPv4 is on.
+    pub fn network(&self) -> Option<Ipv4Net> {
+        self.ipv4.as_ref().map(|v4| v4.network)
+    }
+
+    /// The IPv6 network, if IPv6 is on.
+    pub fn network6(&self) -> Option<Ipv6Net> {
+        self.ipv6.as_ref().map(|v6| v6.network)
+    }
+
+    /// Whether this is an IPv6-only network (`EnableIPv4` false): its
+    /// leases are keyed by their IPv6 subnet alone.
+    pub fn ipv6_only(&self) -> bool {
+        self.ipv4.is_none()
+    }
+
+    /// Whether a lease's IPv4 subnet fits this config: with IPv4 on, a
+    /// subnet it hands out; with IPv4 off, none at all.
+    pub fn ipv4_fits(&self, subnet: Option<&Ipv4Net>) -> bool {
+        match (&self.ipv4, subnet) {
+            (None, None) => true,
+            (Some(v4), Some(s)) => v4.is_leasable(s),
+            _ => false,
+        }
+    }
+
+    /// Whether a lease's IPv6 subnet fits this config, as flanneld judges
+    /// it: with IPv6 on, a subnet of `IPv6SubnetLen` in `[IPv6SubnetMin,
+    /// IPv6SubnetMax]`; with IPv6 off, none at all. A node whose own lease
+    /// does not fit (IPv6 turned on or off since) gets a new key.
+    pub fn ipv6_fits(&self, subnet: Option<&Ipv6Net>) -> bool {
+        match (&self.ipv6, subnet) {
+            (None, None) => true,
+            (Some(v6), Some(s)) => v6.is_leasable(s),
+            _ => false,
+        }
+    }
+}
+
+/// `Network`, `SubnetLen`, `SubnetMin` and `SubnetMax`, validated.
+fn parse_v4(obj: &Map<String, Value>) -> Result<Ipv4Settings, ConfigError> {
+    let network = match get_str(obj, "Network")? {
+        None => return Err(ConfigError::MissingNetwork),
+        Some(s) => parse_v4_cidr("Network", s)?,
+    };
+    let subnet_len = get_u32(obj, "SubnetLen")?.unwrap_or(0);
+    let subnet_len = v4_subnet_len(network, subnet_len)?;
+    let size = 1u32 << (32 - subnet_len);
+    let net_start = u32::from(network.network());
+    let net_end = u32::from(network.broadcast());
+    let subnet_min = match get_str(obj, "SubnetMin")? {
+        None => Ipv4Addr::from(net_start + size),
+        Some(s) => check_bound("SubnetMin", s, network, subnet_len)?,
+    };
+    let subnet_max = match get_str(obj, "SubnetMax")? {
+        None => Ipv4Addr::from(net_end - size + 1),
+        Some(s) => check_bound("SubnetMax", s, network, subnet_len)?,
+    };
+    if subnet_min > subnet_max {
+        return Err(ConfigError::EmptyRange { min: subnet_min, max: subnet_max });
+    }
+    Ok(Ipv4Settings { network, subnet_len, subnet_min, subnet_max })
+}
+
+impl Ipv4Settings {
     /// How many subnets `[SubnetMin, SubnetMax]` holds.
     pub fn subnet_count(&self) -> u64 {
         let size = 1u64 << (32 - self.subnet_len);
@@ -129,18 +184,6 @@ impl NetworkConfig {
         let size = 1u64 << (32 - self.subnet_len);
         let addr = u64::from(u32::from(self.subnet_min)) + index * size;
         Ipv4Net::new(Ipv4Addr::from(addr as u32), self.subnet_len).ok()
-    }
-
-    /// Whether a lease's IPv6 subnet fits this config, as flanneld judges
-    /// it: with IPv6 on, a subnet of `IPv6SubnetLen` in `[IPv6SubnetMin,
-    /// IPv6SubnetMax]`; with IPv6 off, none at all. A node whose own lease
-    /// does not fit (IPv6 turned on or off since) gets a new key.
-    pub fn ipv6_fits(&self, subnet: Option<&Ipv6Net>) -> bool {
-        match (&self.ipv6, subnet) {
-            (None, None) => true,
-            (Some(v6), Some(s)) => v6.is_leasable(s),
-            _ => false,
-        }
     }
 }
 

@@ -47,8 +47,12 @@ pub fn judge(running: &NetworkConfig, stored: Option<&str>) -> ConfigVerdict {
         return ConfigVerdict::Same;
     }
     let mut restart = Vec::new();
-    changed(&mut restart, "Network", &running.network, &fresh.network);
-    changed(&mut restart, "SubnetLen", &running.subnet_len, &fresh.subnet_len);
+    let (old4, new4) = (running.ipv4.as_ref(), fresh.ipv4.as_ref());
+    if old4.is_some() != new4.is_some() {
+        restart.push(format!("EnableIPv4 {} -> {}", old4.is_some(), new4.is_some()));
+    }
+    changed(&mut restart, "Network", &old4.map(|v4| v4.network), &new4.map(|v4| v4.network));
+    changed(&mut restart, "SubnetLen", &old4.map(|v4| v4.subnet_len), &new4.map(|v4| v4.subnet_len));
     if running.ipv6 != fresh.ipv6 {
         restart.push("the IPv6 settings (EnableIPv6, IPv6Network, ...)".to_string());
     }
@@ -57,8 +61,8 @@ pub fn judge(running: &NetworkConfig, stored: Option<&str>) -> ConfigVerdict {
         return ConfigVerdict::NeedsRestart(restart);
     }
     let mut later = Vec::new();
-    changed(&mut later, "SubnetMin", &running.subnet_min, &fresh.subnet_min);
-    changed(&mut later, "SubnetMax", &running.subnet_max, &fresh.subnet_max);
+    changed(&mut later, "SubnetMin", &old4.map(|v4| v4.subnet_min), &new4.map(|v4| v4.subnet_min));
+    changed(&mut later, "SubnetMax", &old4.map(|v4| v4.subnet_max), &new4.map(|v4| v4.subnet_max));
     ConfigVerdict::AppliesToNewLeases(later)
 }
 

@@ -23,9 +23,9 @@ fn defaults_follow_flanneld() {
     ];
     for (net, len, min, max) in table {
         let c = ok(&format!(r#"{{"Network":"{net}"}}"#));
-        assert_eq!(c.subnet_len, len, "{net}");
-        assert_eq!(c.subnet_min.to_string(), min, "{net}");
-        assert_eq!(c.subnet_max.to_string(), max, "{net}");
+        assert_eq!(c.ipv4.as_ref().unwrap().subnet_len, len, "{net}");
+        assert_eq!(c.ipv4.as_ref().unwrap().subnet_min.to_string(), min, "{net}");
+        assert_eq!(c.ipv4.as_ref().unwrap().subnet_max.to_string(), max, "{net}");
         assert_eq!(
             c.backend,
             BackendConfig::Udp(UdpOptions {
@@ -44,10 +44,10 @@ fn defaults_follow_flanneld() {
 fn explicit_values_are_kept() {
     let c = ok(r#"{"Network":"10.244.0.0/16","SubnetLen":26,"SubnetMin":"10.244.1.64","SubnetMax":"10.244.2.0",
                   "Backend":{"Type":"vxlan","VNI":42,"Port":4789,"GBP":true,"DirectRouting":true,"MTU":1400}}"#);
-    assert_eq!(c.subnet_len, 26);
-    assert_eq!(c.subnet_min, Ipv4Addr::new(10, 244, 1, 64));
-    assert_eq!(c.subnet_max, Ipv4Addr::new(10, 244, 2, 0));
-    assert_eq!(c.subnet_count(), 4);
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_len, 26);
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_min, Ipv4Addr::new(10, 244, 1, 64));
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_max, Ipv4Addr::new(10, 244, 2, 0));
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_count(), 4);
     assert_eq!(
         c.backend,
         BackendConfig::Vxlan(VxlanOptions {
@@ -99,7 +99,7 @@ fn backend_defaults() {
 #[test]
 fn host_bits_are_masked_like_flanneld() {
     let c = ok(r#"{"Network":"10.244.7.9/16"}"#);
-    assert_eq!(c.network.to_string(), "10.244.0.0/16");
+    assert_eq!(c.network().unwrap().to_string(), "10.244.0.0/16");
 }
 
 #[test]
@@ -109,6 +109,21 @@ fn ipv6_is_parsed_and_defaulted() {
     assert_eq!(v6.subnet_len, 64);
     assert_eq!(v6.subnet_min.to_string(), "fd00:10:244:1::");
     assert_eq!(v6.subnet_max.to_string(), "fd00:10:244:ff::");
+}
+
+#[test]
+fn ipv6_only_networks_have_no_ipv4_part() {
+    let c = ok(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#);
+    assert!(c.ipv6_only());
+    assert_eq!((c.ipv4.as_ref(), c.network()), (None, None));
+    assert_eq!(c.network6().unwrap().to_string(), "fd10:244::/56");
+    assert!(c.ipv4_fits(None) && !c.ipv4_fits(Some(&"10.244.1.0/24".parse().unwrap())));
+    assert!(c.ipv6_fits(Some(&"fd10:244:0:1::/64".parse().unwrap())) && !c.ipv6_fits(None));
+    let e = err(r#"{"EnableIPv4":false,"EnableIPv6":true}"#);
+    assert!(e.contains("field IPv6Network is required"), "{e}");
+    let e =
+        err(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"wireguard"}}"#);
+    assert!(e.contains("does not run IPv6-only networks"), "{e}");
 }
 
 #[test]
@@ -181,15 +196,15 @@ fn bad_configs_name_the_field_and_rule() {
 #[test]
 fn leasable_and_nth_subnet() {
     let c = ok(r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0"}"#);
-    assert_eq!(c.subnet_count(), 16);
-    assert_eq!(c.nth_subnet(0).unwrap().to_string(), "10.244.1.0/24");
-    assert_eq!(c.nth_subnet(15).unwrap().to_string(), "10.244.16.0/24");
-    assert_eq!(c.nth_subnet(16), None);
-    assert!(c.is_leasable(&"10.244.5.0/24".parse().unwrap()));
-    assert!(!c.is_leasable(&"10.244.17.0/24".parse().unwrap()), "above SubnetMax");
-    assert!(!c.is_leasable(&"10.244.0.0/24".parse().unwrap()), "below SubnetMin");
-    assert!(!c.is_leasable(&"10.244.5.0/25".parse().unwrap()), "wrong length");
-    assert!(!c.is_leasable(&"10.245.5.0/24".parse().unwrap()), "outside network");
+    assert_eq!(c.ipv4.as_ref().unwrap().subnet_count(), 16);
+    assert_eq!(c.ipv4.as_ref().unwrap().nth_subnet(0).unwrap().to_string(), "10.244.1.0/24");
+    assert_eq!(c.ipv4.as_ref().unwrap().nth_subnet(15).unwrap().to_string(), "10.244.16.0/24");
+    assert_eq!(c.ipv4.as_ref().unwrap().nth_subnet(16), None);
+    assert!(c.ipv4.as_ref().unwrap().is_leasable(&"10.244.5.0/24".parse().unwrap()));
+    assert!(!c.ipv4.as_ref().unwrap().is_leasable(&"10.244.17.0/24".parse().unwrap()), "above SubnetMax");
+    assert!(!c.ipv4.as_ref().unwrap().is_leasable(&"10.244.0.0/24".parse().unwrap()), "below SubnetMin");
+    assert!(!c.ipv4.as_ref().unwrap().is_leasable(&"10.244.5.0/25".parse().unwrap()), "wrong length");
+    assert!(!c.ipv4.as_ref().unwrap().is_leasable(&"10.245.5.0/24".parse().unwrap()), "outside network");
 }
 
 #[test]

@@ -8,6 +8,10 @@
 //! FLANNEL_IPMASQ=false
 //! ```
 //!
+//! Dual-stack networks add `FLANNEL_IPV6_NETWORK` and `FLANNEL_IPV6_SUBNET`;
+//! IPv6-only networks have those and no `FLANNEL_NETWORK`/`FLANNEL_SUBNET`,
+//! as flanneld writes it when `EnableIPv4` is false.
+//!
 //! It is written atomically (temporary file in the same directory, fsync,
 //! rename), so a reader never sees half a file.
 
@@ -22,8 +26,9 @@ use crate::error::{Error, Result};
 /// The contents of `subnet.env`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubnetEnv {
-    pub network: Ipv4Net,
-    pub subnet: Ipv4Net,
+    /// The IPv4 network and subnet (none on IPv6-only networks).
+    pub network: Option<Ipv4Net>,
+    pub subnet: Option<Ipv4Net>,
     pub mtu: u32,
     pub ip_masq: bool,
     pub ipv6_network: Option<Ipv6Net>,
@@ -33,9 +38,11 @@ pub struct SubnetEnv {
 impl SubnetEnv {
     /// The file's text.
     pub fn render(&self) -> String {
-        let first = Ipv4Addr::from(u32::from(self.subnet.network()) + 1);
-        let mut s =
-            format!("FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}/{}\n", self.network, first, self.subnet.prefix_len());
+        let mut s = String::new();
+        if let (Some(net), Some(sub)) = (self.network, self.subnet) {
+            let first = Ipv4Addr::from(u32::from(sub.network()) + 1);
+            s.push_str(&format!("FLANNEL_NETWORK={net}\nFLANNEL_SUBNET={first}/{}\n", sub.prefix_len()));
+        }
         if let Some(net) = self.ipv6_network {
             s.push_str(&format!("FLANNEL_IPV6_NETWORK={net}\n"));
         }
@@ -93,8 +100,8 @@ mod tests {
     #[test]
     fn renders_flanneld_format_and_round_trips() {
         let env = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
             mtu: 1450,
             ip_masq: true,
             ipv6_network: None,
@@ -117,8 +124,8 @@ mod tests {
     #[test]
     fn dual_stack_file_is_flanneld_order() {
         let env = SubnetEnv {
-            network: "10.244.0.0/16".parse().unwrap(),
-            subnet: "10.244.3.0/24".parse().unwrap(),
+            network: Some("10.244.0.0/16".parse().unwrap()),
+            subnet: Some("10.244.3.0/24".parse().unwrap()),
             mtu: 1450,
             ip_masq: false,
             ipv6_network: Some("fd10:244::/56".parse().unwrap()),
@@ -133,6 +140,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("subnet.env");
         env.write(&path).unwrap();
+        assert_eq!(previous_ipv6_subnet(&path), Some("fd10:244:0:3::/64".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_only_file_has_no_ipv4_variables() {
+        let env = SubnetEnv {
+            network: None,
+            subnet: None,
+            mtu: 1430,
+            ip_masq: true,
+            ipv6_network: Some("fd10:244::/56".parse().unwrap()),
+            ipv6_subnet: Some("fd10:244:0:3::/64".parse().unwrap()),
+        };
+        assert_eq!(
+            env.render(),
+            "FLANNEL_IPV6_NETWORK=fd10:244::/56\nFLANNEL_IPV6_SUBNET=fd10:244:0:3::1/64\n\
+             FLANNEL_MTU=1430\nFLANNEL_IPMASQ=true\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("subnet.env");
+        env.write(&path).unwrap();
+        assert_eq!(previous_subnet(&path), None);
         assert_eq!(previous_ipv6_subnet(&path), Some("fd10:244:0:3::/64".parse().unwrap()));
     }
 

@@ -80,7 +80,9 @@ pub enum Error {
     #[error("cannot write {path}: {source}")]
     WriteFile { path: String, source: std::io::Error },
     #[error("cannot encode lease for {subnet}: {source}")]
-    Encode { subnet: Ipv4Net, source: serde_json::Error },
+    Encode { subnet: ipnet::IpNet, source: serde_json::Error },
+    #[error("a lease needs an IPv4 or an IPv6 subnet")]
+    NoSubnet,
 }
 
 impl Error {

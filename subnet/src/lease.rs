@@ -2,17 +2,20 @@
 //!
 //! A lease lives at `<prefix>/subnets/<key>`, where `<key>` is the subnet with
 //! `/` replaced by `-` (`10.244.3.0-24`), followed by `&<v6 subnet>` on
-//! dual-stack networks (`10.244.3.0-24&fd00:10:244:3::-64`). The value is
-//! flanneld's `LeaseAttrs` JSON:
+//! dual-stack networks (`10.244.3.0-24&fd00:10:244:3::-64`). On IPv6-only
+//! networks (`EnableIPv4` false, which flanneld's etcd mode cannot run) the
+//! key is the IPv6 subnet alone (`fd00:10:244:3::-64`): flanneld's key
+//! pattern needs a dotted IPv4 address, so a flanneld sharing the prefix
+//! skips such keys. The value is flanneld's `LeaseAttrs` JSON:
 //!
 //! ```json
 //! {"PublicIP":"198.18.0.2","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:5f:..."}}
 //! ```
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -24,8 +27,9 @@ use crate::config::NetworkConfig;
 /// What a node publishes about itself in its lease (flanneld's `LeaseAttrs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LeaseAttrs {
-    #[serde(rename = "PublicIP")]
-    pub public_ip: Ipv4Addr,
+    /// Always written on networks with IPv4; absent on IPv6-only networks.
+    #[serde(rename = "PublicIP", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<Ipv4Addr>,
     #[serde(rename = "PublicIPv6", default)]
     pub public_ipv6: Option<Ipv6Addr>,
     #[serde(rename = "BackendType", default, skip_serializing_if = "String::is_empty")]
@@ -82,6 +86,12 @@ impl std::fmt::Debug for BackendData {
 }
 
 impl LeaseAttrs {
+    /// The address that names the node: `PublicIP`, or `PublicIPv6` on
+    /// IPv6-only networks (whose leases have no `PublicIP`).
+    pub fn holder(&self) -> Option<IpAddr> {
+        self.public_ip.map(IpAddr::V4).or(self.public_ipv6.map(IpAddr::V6))
+    }
+
     /// The backend the lease is for. flanneld's udp backend writes no
     /// `BackendType` at all, so none means `udp`.
     pub fn backend_kind(&self) -> &str {
@@ -179,7 +189,9 @@ impl LeaseAttrs {
 /// A subnet held by a node, as read from etcd.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
-    pub subnet: Ipv4Net,
+    /// The IPv4 subnet (none on IPv6-only networks).
+    pub subnet: Option<Ipv4Net>,
+    /// The IPv6 subnet (dual-stack and IPv6-only networks).
     pub ipv6_subnet: Option<Ipv6Net>,
     pub attrs: LeaseAttrs,
     /// The etcd lease the key is attached to (0: none).
@@ -201,32 +213,46 @@ pub enum LeaseParseError {
     OutsideNetwork { subnet: Ipv4Net, network: Ipv4Net, len: u8 },
     #[error("{subnet} is not a /{len} subnet of the IPv6 network {network}")]
     OutsideNetwork6 { subnet: Ipv6Net, network: Ipv6Net, len: u8 },
+    #[error("key {key:?} is of the wrong form for this network: {reason}")]
+    WrongFamily { key: String, reason: &'static str },
 }
 
-/// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`.
-pub fn subnet_key(subnet: &Ipv4Net, ipv6: Option<&Ipv6Net>) -> String {
-    let mut key = format!("{}-{}", subnet.network(), subnet.prefix_len());
-    if let Some(v6) = ipv6 {
-        key.push_str(&format!("&{}-{}", v6.network(), v6.prefix_len()));
+/// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`,
+/// or `fd00::-64` on IPv6-only networks. At least one subnet is given.
+pub fn subnet_key(subnet: Option<&Ipv4Net>, ipv6: Option<&Ipv6Net>) -> String {
+    let v6 = ipv6.map(|v6| format!("{}-{}", v6.network(), v6.prefix_len()));
+    match (subnet, v6) {
+        (Some(v4), Some(v6)) => format!("{}-{}&{v6}", v4.network(), v4.prefix_len()),
+        (Some(v4), None) => format!("{}-{}", v4.network(), v4.prefix_len()),
+        (None, Some(v6)) => v6,
+        (None, None) => String::new(),
     }
-    key
 }
 
-/// Parse a key name (without prefix) back into its subnets. The subnet must
-/// be written in canonical form (no host bits set).
-pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeaseParseError> {
+/// Parse a key name (without prefix) back into its subnets: IPv4, IPv4 and
+/// IPv6, or IPv6 alone. Each subnet must be written in canonical form (no
+/// host bits set).
+pub fn parse_subnet_key(key: &str) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>), LeaseParseError> {
     let bad = |reason: &str| LeaseParseError::BadKey { key: key.to_string(), reason: reason.to_string() };
     let (v4, v6) = match key.split_once('&') {
-        Some((a, b)) => (a, Some(b)),
-        None => (key, None),
+        Some((a, b)) => (Some(a), Some(b)),
+        // An IPv6-only network's key: no dotted quad, a colon.
+        None if key.contains(':') => (None, Some(key)),
+        None => (Some(key), None),
     };
-    let (addr, len) = v4.rsplit_once('-').ok_or_else(|| bad("no '-' before the prefix length"))?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
-    let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
-    let subnet = Ipv4Net::new(addr, len).map_err(|_| bad("prefix length above 32"))?;
-    if subnet.network() != addr {
-        return Err(bad("host bits are set"));
-    }
+    let subnet = match v4 {
+        None => None,
+        Some(v4) => {
+            let (addr, len) = v4.rsplit_once('-').ok_or_else(|| bad("no '-' before the prefix length"))?;
+            let addr: Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+            let len: u8 = len.parse().map_err(|_| bad("bad prefix length"))?;
+            let subnet = Ipv4Net::new(addr, len).map_err(|_| bad("prefix length above 32"))?;
+            if subnet.network() != addr {
+                return Err(bad("host bits are set"));
+            }
+            Some(subnet)
+        }
+    };
     let ipv6 = match v6 {
         None => None,
         Some(v6) => {
@@ -243,6 +269,12 @@ pub fn parse_subnet_key(key: &str) -> Result<(Ipv4Net, Option<Ipv6Net>), LeasePa
     Ok((subnet, ipv6))
 }
 
+/// The subnet that names a lease: its IPv4 subnet, or its IPv6 subnet on
+/// IPv6-only networks. `None` only for a key of neither.
+pub fn lease_id(subnet: Option<Ipv4Net>, ipv6: Option<Ipv6Net>) -> Option<IpNet> {
+    subnet.map(IpNet::V4).or(ipv6.map(IpNet::V6))
+}
+
 impl Lease {
     /// Build a lease from an etcd entry (key without the `subnets/` prefix),
     /// checking it against the network config.
@@ -254,8 +286,17 @@ impl Lease {
         mod_revision: i64,
     ) -> Result<Lease, LeaseParseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
-        if subnet.prefix_len() != config.subnet_len || !config.network.contains(&subnet) {
-            return Err(LeaseParseError::OutsideNetwork { subnet, network: config.network, len: config.subnet_len });
+        let wrong = |reason| LeaseParseError::WrongFamily { key: key.to_string(), reason };
+        match (&config.ipv4, subnet) {
+            (Some(v4), Some(subnet)) => {
+                if subnet.prefix_len() != v4.subnet_len || !v4.network.contains(&subnet) {
+                    return Err(LeaseParseError::OutsideNetwork { subnet, network: v4.network, len: v4.subnet_len });
+                }
+            }
+            (Some(_), None) => return Err(wrong("an IPv6-only lease, and this network has IPv4 (EnableIPv4)")),
+            (None, Some(_)) => return Err(wrong("an IPv4 lease, and this network is IPv6-only (EnableIPv4 false)")),
+            // An IPv6-only network's key (the key has its IPv6 subnet).
+            (None, None) => {}
         }
         // A v4-only key in a dual-stack network is a node without IPv6 (or
         // one not restarted since IPv6 was turned on): still a peer for IPv4.
@@ -264,14 +305,43 @@ impl Lease {
                 return Err(LeaseParseError::OutsideNetwork6 { subnet: sub6, network: v6.network, len: v6.subnet_len });
             }
         }
+        Lease::read_entry(key, value, etcd_lease, mod_revision)
+    }
+
+    /// Build a lease from an etcd entry without checking it against a
+    /// config (a key of the other family's form, say): its key and value
+    /// must still be well formed and name its holder.
+    pub fn read_entry(key: &str, value: &[u8], etcd_lease: i64, mod_revision: i64) -> Result<Lease, LeaseParseError> {
+        let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
         let attrs: LeaseAttrs = serde_json::from_slice(value)
             .map_err(|e| LeaseParseError::BadValue { key: key.to_string(), reason: e.to_string() })?;
+        if subnet.is_none() && attrs.public_ipv6.is_none() {
+            return Err(LeaseParseError::BadValue {
+                key: key.to_string(),
+                reason: "an IPv6-only lease needs a PublicIPv6".into(),
+            });
+        }
+        if subnet.is_some() && attrs.public_ip.is_none() {
+            return Err(LeaseParseError::BadValue { key: key.to_string(), reason: "no PublicIP".into() });
+        }
         Ok(Lease { subnet, ipv6_subnet, attrs, etcd_lease, mod_revision, ttl: None })
     }
 
     /// This lease's key name (without prefix).
     pub fn key(&self) -> String {
-        subnet_key(&self.subnet, self.ipv6_subnet.as_ref())
+        subnet_key(self.subnet.as_ref(), self.ipv6_subnet.as_ref())
+    }
+
+    /// The subnet that names this lease: the IPv4 subnet, or the IPv6
+    /// subnet on IPv6-only networks.
+    pub fn id(&self) -> IpNet {
+        lease_id(self.subnet, self.ipv6_subnet).expect("a lease has a subnet")
+    }
+
+    /// The address that names the holder: `PublicIP`, or `PublicIPv6` on
+    /// IPv6-only networks.
+    pub fn holder(&self) -> Option<IpAddr> {
+        self.attrs.holder()
     }
 }
 
@@ -309,12 +379,17 @@ mod tests {
             ("10.0.0.0-8", "10.0.0.0/8", None),
             ("10.244.0.4-30", "10.244.0.4/30", None),
             ("10.244.3.0-24&fd00:10:244:3::-64", "10.244.3.0/24", Some("fd00:10:244:3::/64")),
+            // IPv6-only networks: the IPv6 subnet alone.
+            ("fd00:10:244:3::-64", "", Some("fd00:10:244:3::/64")),
+            ("fd00::-126", "", Some("fd00::/126")),
         ];
         for (key, v4, v6) in table {
             let (a, b) = parse_subnet_key(key).unwrap();
-            assert_eq!(a.to_string(), v4);
+            assert_eq!(a.map(|n| n.to_string()).unwrap_or_default(), v4);
             assert_eq!(b.map(|n| n.to_string()).as_deref(), v6);
-            assert_eq!(subnet_key(&a, b.as_ref()), key);
+            assert_eq!(subnet_key(a.as_ref(), b.as_ref()), key);
+            let id = lease_id(a, b).unwrap().to_string();
+            assert_eq!(id, if v4.is_empty() { v6.unwrap() } else { v4 }, "a lease is named by its IPv4 subnet if any");
         }
     }
 
@@ -334,6 +409,9 @@ mod tests {
             "10.244.3.0-24&fd00::",
             "10.244.3.0-24&zz::-64",
             "10.244.3.0-24x",
+            "fd00:10:244:3::",
+            "fd00:10:244:3::1-64",
+            "fd00:10:244:3::-129",
         ] {
             assert!(parse_subnet_key(key).is_err(), "{key:?} should not parse");
         }
@@ -342,7 +420,7 @@ mod tests {
     #[test]
     fn attrs_json_matches_flanneld() {
         let attrs = LeaseAttrs {
-            public_ip: Ipv4Addr::new(198, 18, 0, 2),
+            public_ip: Some(Ipv4Addr::new(198, 18, 0, 2)),
             public_ipv6: None,
             backend_type: "vxlan".into(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"}).into()),
@@ -357,8 +435,37 @@ mod tests {
         // A value written by flanneld for the udp backend (no BackendData).
         let flannel: LeaseAttrs =
             serde_json::from_str(r#"{"PublicIP":"198.18.0.3","PublicIPv6":null,"BackendType":"udp"}"#).unwrap();
-        assert_eq!(flannel.public_ip, Ipv4Addr::new(198, 18, 0, 3));
+        assert_eq!(flannel.public_ip, Some(Ipv4Addr::new(198, 18, 0, 3)));
         assert_eq!(flannel.vtep_mac(), None);
+    }
+
+    #[test]
+    fn ipv6_only_entries_fit_only_ipv6_only_networks() {
+        let only6 =
+            NetworkConfig::parse(r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#).unwrap();
+        let dual =
+            NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#)
+                .unwrap();
+        let value = br#"{"PublicIPv6":"fd00:198:18::2","BackendType":"host-gw"}"#;
+        let l = Lease::from_entry("fd10:244:0:2::-64", value, &only6, 0, 0).unwrap();
+        assert_eq!((l.subnet, l.id().to_string()), (None, "fd10:244:0:2::/64".to_string()));
+        assert_eq!(l.holder(), Some("fd00:198:18::2".parse().unwrap()));
+        assert_eq!(l.key(), "fd10:244:0:2::-64");
+        assert_eq!(
+            serde_json::to_string(&l.attrs).unwrap(),
+            std::str::from_utf8(value).unwrap(),
+            "no PublicIP written"
+        );
+        // The wrong family for the network, either way: skipped with the reason.
+        let e = Lease::from_entry("fd10:244:0:2::-64", value, &dual, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("an IPv6-only lease, and this network has IPv4"), "{e}");
+        let v4 = br#"{"PublicIP":"198.18.0.2","BackendType":"host-gw"}"#;
+        let e = Lease::from_entry("10.244.2.0-24", v4, &only6, 0, 0).unwrap_err().to_string();
+        assert!(e.contains("this network is IPv6-only"), "{e}");
+        // Outside the IPv6 network, or without the address that names the holder.
+        assert!(Lease::from_entry("fd99::-64", value, &only6, 0, 0).is_err());
+        let e = Lease::from_entry("fd10:244:0:2::-64", br#"{"BackendType":"udp"}"#, &only6, 0, 0).unwrap_err();
+        assert!(e.to_string().contains("needs a PublicIPv6"), "{e}");
     }
 
     #[test]
@@ -366,7 +473,7 @@ mod tests {
         // flanneld's LeaseAttrs field order: PublicIP, PublicIPv6,
         // BackendType, BackendData, BackendV6Data.
         let attrs = LeaseAttrs {
-            public_ip: Ipv4Addr::new(198, 18, 0, 2),
+            public_ip: Some(Ipv4Addr::new(198, 18, 0, 2)),
             public_ipv6: Some("fd00:198:18::2".parse().unwrap()),
             backend_type: "vxlan".into(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"}).into()),
@@ -379,7 +486,7 @@ mod tests {
         assert_eq!(attrs.vtep_mac6().unwrap().to_string(), "0e:5f:aa:06:02:03");
         // The key's IPv6 part as Go prints it: lowercase, compressed.
         assert_eq!(
-            subnet_key(&"10.244.1.0/24".parse().unwrap(), Some(&"FD10:244:0:1:0::/64".parse().unwrap())),
+            subnet_key(Some(&"10.244.1.0/24".parse().unwrap()), Some(&"FD10:244:0:1:0::/64".parse().unwrap())),
             "10.244.1.0-24&fd10:244:0:1::-64"
         );
     }

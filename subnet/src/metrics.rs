@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use weft_types::metrics::{Histogram, Kind, Writer};
 
 /// The etcd operations weft makes, as the `op` label names them.
@@ -42,7 +42,7 @@ pub struct Metrics {
     losses: AtomicU64,
     /// Unix time (s) the own lease expires; 0: no lease.
     expires_at: AtomicU64,
-    subnet: Mutex<Option<Ipv4Net>>,
+    subnet: Mutex<Option<IpNet>>,
 }
 
 fn op_index(op: &str) -> usize {
@@ -95,7 +95,7 @@ impl Metrics {
     }
 
     /// The own lease of `subnet` was written (acquired or renewed) with `ttl`.
-    pub fn lease_written(&self, subnet: Ipv4Net, ttl: Duration, renewal: bool) {
+    pub fn lease_written(&self, subnet: IpNet, ttl: Duration, renewal: bool) {
         if renewal {
             self.renewals.fetch_add(1, Ordering::Relaxed);
         }

@@ -6,20 +6,20 @@
 //!   so that it disappears when its holder stops renewing.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::warn;
 
 use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
 use crate::etcd::EtcdOptions;
-use crate::lease::{parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseParseError};
+use crate::lease::{lease_id, parse_subnet_key, subnet_key, Lease, LeaseAttrs, LeaseParseError};
 use crate::metrics::Metrics;
 
 /// A connection to etcd plus the key prefix of one network.
@@ -37,6 +37,11 @@ pub struct Listing {
     pub leases: Vec<Lease>,
     /// Entries that are not, with the reason (to be skipped with a warning).
     pub skipped: Vec<(String, LeaseParseError)>,
+    /// The skipped entries that are well-formed leases of the other key
+    /// form (IPv6-only keys on a network with IPv4, or the reverse): what
+    /// a node's own key is after `EnableIPv4` was turned off or on. The
+    /// node replaces its own at start.
+    pub other_family: Vec<Lease>,
     /// Every subnet that has a key, valid or not: none of them is free.
     pub taken: BTreeSet<Ipv4Net>,
     /// Every IPv6 subnet that has a key.
@@ -58,9 +63,9 @@ pub enum RenewOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LostReason {
     #[error("the lease of {subnet} expired or was deleted from etcd")]
-    Removed { subnet: Ipv4Net },
+    Removed { subnet: IpNet },
     #[error("the lease of {subnet} now belongs to {holder}")]
-    TakenOver { subnet: Ipv4Net, holder: String },
+    TakenOver { subnet: IpNet, holder: String },
 }
 
 /// Keys per page when listing the leases.
@@ -132,22 +137,29 @@ impl Registry {
         format!("{}/subnets/", self.prefix())
     }
 
-    /// The full key of an IPv4-only lease of `subnet`.
-    pub fn lease_key(&self, subnet: &Ipv4Net) -> String {
-        self.full_key(subnet, None)
+    /// The full key of the lease named `id` in its shortest form: the
+    /// IPv4-only key of an IPv4 subnet, the key of an IPv6-only network's
+    /// lease for an IPv6 one.
+    pub fn lease_key(&self, id: &IpNet) -> String {
+        match id {
+            IpNet::V4(v4) => self.full_key(Some(v4), None),
+            IpNet::V6(v6) => self.full_key(None, Some(v6)),
+        }
     }
 
     /// The full key of the lease of `subnet` and, on dual-stack networks,
-    /// `subnet6`: `<prefix>/subnets/10.244.3.0-24&fd10:244:0:3::-64`.
-    pub fn full_key(&self, subnet: &Ipv4Net, subnet6: Option<&Ipv6Net>) -> String {
+    /// `subnet6`: `<prefix>/subnets/10.244.3.0-24&fd10:244:0:3::-64`
+    /// (`<prefix>/subnets/fd10:244:0:3::-64` on IPv6-only networks).
+    pub fn full_key(&self, subnet: Option<&Ipv4Net>, subnet6: Option<&Ipv6Net>) -> String {
         format!("{}{}", self.subnets_prefix(), subnet_key(subnet, subnet6))
     }
 
-    /// A compare that holds while no key, of either form, leases `subnet`:
-    /// every key of it starts with its IPv4-only key, and no other key does
-    /// (all subnets of a network have one length).
-    fn nobody_holds(&self, subnet: &Ipv4Net) -> Compare {
-        let key = self.lease_key(subnet);
+    /// A compare that holds while no key, of any form, leases `id`: every
+    /// key of an IPv4 subnet starts with its IPv4-only key, and no other
+    /// key does (all subnets of a network have one length); an IPv6-only
+    /// network's key is the IPv6 subnet's alone.
+    fn nobody_holds(&self, id: &IpNet) -> Compare {
+        let key = self.lease_key(id);
         let end = prefix_end(key.as_bytes());
         Compare::create_revision(key, CompareOp::Equal, 0).with_range(end)
     }
@@ -205,12 +217,18 @@ impl Registry {
                 let key = String::from_utf8_lossy(kv.key());
                 let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
                 if let Ok((subnet, subnet6)) = parse_subnet_key(&name) {
-                    listing.taken.insert(subnet);
+                    listing.taken.extend(subnet);
                     listing.taken6.extend(subnet6);
                 }
                 match lease_from_kv(&name, kv, config) {
                     Ok(lease) => listing.leases.push(lease),
-                    Err(e) => listing.skipped.push((name, e)),
+                    Err(e) => {
+                        if matches!(e, LeaseParseError::WrongFamily { .. }) {
+                            let read = Lease::read_entry(&name, kv.value(), kv.lease(), kv.mod_revision());
+                            listing.other_family.extend(read.ok());
+                        }
+                        listing.skipped.push((name, e));
+                    }
                 }
             }
             match resp.kvs().last() {
@@ -270,20 +288,21 @@ impl Registry {
         self.timed(op, async { c.txn(txn).await.map_err(Error::etcd(op)) }).await
     }
 
-    /// Create the lease of `subnet` (and `subnet6`) if, and only if, no key
-    /// leases `subnet` yet, in either key form. `Ok(None)` means someone
-    /// else holds it.
+    /// Create the lease of `subnet` and/or `subnet6` (at least one) if, and
+    /// only if, no key leases the subnet that names it yet, in any key form.
+    /// `Ok(None)` means someone else holds it.
     pub async fn create_lease(
         &self,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         subnet6: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let key = self.full_key(&subnet, subnet6.as_ref());
-        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let name = lease_id(subnet, subnet6).ok_or(Error::NoSubnet)?;
+        let key = self.full_key(subnet.as_ref(), subnet6.as_ref());
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet: name, source })?;
         let id = self.grant(ttl).await?;
-        let txn = Txn::new().when([self.nobody_holds(&subnet)]).and_then([TxnOp::put(
+        let txn = Txn::new().when([self.nobody_holds(&name)]).and_then([TxnOp::put(
             key.clone(),
             value,
             Some(PutOptions::new().with_lease(id)),
@@ -299,28 +318,33 @@ impl Registry {
         }))
     }
 
-    /// Replace the node's own lease `old` by one of the same IPv4 subnet
-    /// and IPv6 subnet `subnet6`, in one transaction: only if `old` is as
-    /// last read and the new key does not exist. What flanneld does, as a
-    /// delete and a create, when IPv6 is turned on or off under a node.
+    /// Replace the node's own lease `old` by one of `subnet` and
+    /// `subnet6`, in one transaction: only if `old` is as last read and no
+    /// key holds the new lease's subnets yet (the new key, when it keeps
+    /// the subnet that names `old`; any key of the new name otherwise).
+    /// What flanneld does, as a delete and a create, when IPv6 is turned on
+    /// or off under a node; weft does the same when IPv4 is.
     /// `Ok(None)`: someone wrote either key meanwhile.
     pub async fn replace_lease(
         &self,
         old: &Lease,
+        subnet: Option<Ipv4Net>,
         subnet6: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let subnet = old.subnet;
-        let old_key = self.full_key(&subnet, old.ipv6_subnet.as_ref());
-        let key = self.full_key(&subnet, subnet6.as_ref());
-        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
+        let name = lease_id(subnet, subnet6).ok_or(Error::NoSubnet)?;
+        let old_key = old_key_of(self, old);
+        let key = self.full_key(subnet.as_ref(), subnet6.as_ref());
+        let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet: name, source })?;
+        let free = if name == old.id() {
+            Compare::create_revision(key.clone(), CompareOp::Equal, 0)
+        } else {
+            self.nobody_holds(&name)
+        };
         let id = self.grant(ttl).await?;
         let txn = Txn::new()
-            .when([
-                Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision),
-                Compare::create_revision(key.clone(), CompareOp::Equal, 0),
-            ])
+            .when([Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision), free])
             .and_then([
                 TxnOp::delete(old_key, None),
                 TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
@@ -384,8 +408,8 @@ impl Registry {
     /// the key's revision: if anyone else wrote or deleted the key since we
     /// last did, nothing is written and the outcome says what happened.
     pub async fn renew_lease(&self, lease: &Lease, attrs: &LeaseAttrs, ttl: Duration) -> Result<RenewOutcome> {
-        let subnet = lease.subnet;
-        let key = self.full_key(&subnet, lease.ipv6_subnet.as_ref());
+        let subnet = lease.id();
+        let key = old_key_of(self, lease);
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet, source })?;
         let mut expected_rev = lease.mod_revision;
         // Two rounds at most: the second only when the key was rewritten by
@@ -415,8 +439,8 @@ impl Registry {
             let Some(kv) = current else {
                 return Ok(RenewOutcome::Lost(LostReason::Removed { subnet }));
             };
-            let holder: Option<Ipv4Addr> = serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip);
-            if holder == Some(attrs.public_ip) {
+            let holder: Option<IpAddr> = serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().and_then(|a| a.holder());
+            if holder.is_some() && holder == attrs.holder() {
                 expected_rev = kv.mod_revision();
                 continue;
             }
@@ -452,16 +476,18 @@ impl Registry {
     }
 
     /// Read the own key and the config in one request: whether the key of
-    /// `subnet` (and `subnet6`) still names `public_ip` as its holder, and
+    /// `subnet` and/or `subnet6` still names `holder` (the node's `PublicIP`,
+    /// or `PublicIPv6` on IPv6-only networks) as its holder, and
     /// the config text as stored. Done on every resync, so a lost lease or
     /// a changed config is noticed even when the watch has stalled.
     pub async fn check_node(
         &self,
-        subnet: Ipv4Net,
+        subnet: Option<Ipv4Net>,
         subnet6: Option<Ipv6Net>,
-        public_ip: Ipv4Addr,
+        holder: IpAddr,
     ) -> Result<NodeCheck> {
-        let key = self.full_key(&subnet, subnet6.as_ref());
+        let key = self.full_key(subnet.as_ref(), subnet6.as_ref());
+        let subnet = lease_id(subnet, subnet6).ok_or(Error::NoSubnet)?;
         let txn = Txn::new().and_then([TxnOp::get(key, None), TxnOp::get(self.config_key(), None)]);
         let resp = self.txn(txn, "check_node").await?;
         let mut gets = resp.op_responses().into_iter().map(|r| match r {
@@ -471,8 +497,8 @@ impl Registry {
         let (own, config) = (gets.next().flatten(), gets.next().flatten());
         let lost = match own {
             None => Some(LostReason::Removed { subnet }),
-            Some(kv) => match serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().map(|a| a.public_ip) {
-                Some(ip) if ip == public_ip => None,
+            Some(kv) => match serde_json::from_slice::<LeaseAttrs>(kv.value()).ok().and_then(|a| a.holder()) {
+                Some(ip) if ip == holder => None,
                 other => Some(LostReason::TakenOver {
                     subnet,
                     holder: other.map(|ip| ip.to_string()).unwrap_or_else(|| "an unreadable entry".into()),
@@ -482,9 +508,10 @@ impl Registry {
         Ok(NodeCheck { lost, config: config.map(|kv| String::from_utf8_lossy(kv.value()).into_owned()) })
     }
 
-    /// Delete the lease of `subnet`, whichever key form holds it (used by
+    /// Delete the lease named `subnet` (its IPv4 subnet, or its IPv6
+    /// subnet on IPv6-only networks), whichever key form holds it (used by
     /// tests and by tools).
-    pub async fn delete_lease(&self, subnet: &Ipv4Net) -> Result<()> {
+    pub async fn delete_lease(&self, subnet: &IpNet) -> Result<()> {
         let key = self.lease_key(subnet);
         let opts = etcd_client::DeleteOptions::new().with_range(prefix_end(key.as_bytes()));
         let mut c = self.client.clone();
@@ -513,4 +540,9 @@ pub(crate) fn lease_from_kv(
     config: &NetworkConfig,
 ) -> std::result::Result<Lease, LeaseParseError> {
     Lease::from_entry(name, kv.value(), config, kv.lease(), kv.mod_revision())
+}
+
+/// The full key `lease` was read or written as.
+fn old_key_of(registry: &Registry, lease: &Lease) -> String {
+    registry.full_key(lease.subnet.as_ref(), lease.ipv6_subnet.as_ref())
 }

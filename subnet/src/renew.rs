@@ -55,13 +55,13 @@ impl Renewer {
                 match self.registry.renew_lease(&self.lease, &self.attrs, self.ttl).await {
                     Ok(RenewOutcome::Renewed(lease)) => {
                         if failing {
-                            info!(subnet = %lease.subnet, "lease renewed again after errors");
+                            info!(subnet = %lease.id(), "lease renewed again after errors");
                         } else {
-                            info!(subnet = %lease.subnet, ttl_s = self.ttl.as_secs(), "lease renewed");
+                            info!(subnet = %lease.id(), ttl_s = self.ttl.as_secs(), "lease renewed");
                         }
                         failing = false;
                         backoff.reset();
-                        self.registry.metrics().lease_written(lease.subnet, self.ttl, true);
+                        self.registry.metrics().lease_written(lease.id(), self.ttl, true);
                         self.lease = lease;
                         self.written_at = Instant::now();
                         break;
@@ -69,7 +69,7 @@ impl Renewer {
                     Ok(RenewOutcome::Lost(why)) => return why,
                     Err(e) => {
                         if !failing {
-                            warn!(subnet = %self.lease.subnet, "lease renewal failed, retrying: {e}");
+                            warn!(subnet = %self.lease.id(), "lease renewal failed, retrying: {e}");
                         }
                         failing = true;
                         tokio::time::sleep(backoff.next_delay()).await;

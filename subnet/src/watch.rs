@@ -18,13 +18,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchStream};
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
 use crate::config::NetworkConfig;
 use crate::error::Result;
-use crate::lease::{parse_subnet_key, Lease};
+use crate::lease::{lease_id, parse_subnet_key, Lease};
 use crate::registry::{lease_from_kv, Listing, Registry};
 
 /// A change in the lease table.
@@ -47,7 +47,7 @@ impl LeaseEvent {
 /// The events that turn `known` into `fresh`: `Removed` for subnets gone,
 /// `Added` for subnets new or whose attributes or IPv6 subnet changed (a
 /// renewal that only moves the expiry is not an event). Pure.
-pub fn diff_leases(known: &BTreeMap<Ipv4Net, Lease>, fresh: &BTreeMap<Ipv4Net, Lease>) -> Vec<LeaseEvent> {
+pub fn diff_leases(known: &BTreeMap<IpNet, Lease>, fresh: &BTreeMap<IpNet, Lease>) -> Vec<LeaseEvent> {
     let mut events = Vec::new();
     for (subnet, lease) in known {
         if !fresh.contains_key(subnet) {
@@ -67,7 +67,7 @@ pub fn diff_leases(known: &BTreeMap<Ipv4Net, Lease>, fresh: &BTreeMap<Ipv4Net, L
 pub struct LeaseWatch {
     registry: Registry,
     config: NetworkConfig,
-    known: BTreeMap<Ipv4Net, Lease>,
+    known: BTreeMap<IpNet, Lease>,
     next_rev: i64,
     stream: Option<WatchStream>,
     backoff: Backoff,
@@ -136,7 +136,7 @@ impl LeaseWatch {
         for (key, why) in &listing.skipped {
             self.warn_once(key, why);
         }
-        let fresh: BTreeMap<_, _> = listing.leases.into_iter().map(|l| (l.subnet, l)).collect();
+        let fresh: BTreeMap<_, _> = listing.leases.into_iter().map(|l| (l.id(), l)).collect();
         let events = diff_leases(&self.known, &fresh);
         self.known = fresh;
         self.next_rev = listing.revision + 1;
@@ -268,18 +268,18 @@ impl LeaseWatch {
                 EventType::Delete => {
                     // Only the key known for the subnet: a node whose key
                     // changed form (IPv6 turned on) deletes its old one.
-                    if let Ok((subnet, _)) = parse_subnet_key(&name) {
-                        if self.known.get(&subnet).is_some_and(|l| l.key() == name) {
-                            events.extend(self.known.remove(&subnet).map(LeaseEvent::Removed));
+                    if let Some(id) = id_of_key(&name) {
+                        if self.known.get(&id).is_some_and(|l| l.key() == name) {
+                            events.extend(self.known.remove(&id).map(LeaseEvent::Removed));
                         }
                     }
                     self.warned.remove(&name);
                 }
                 EventType::Put => match lease_from_kv(&name, kv, &self.config) {
                     Ok(lease) => {
-                        let changed = self.known.get(&lease.subnet).map(|o| (&o.attrs, o.ipv6_subnet))
+                        let changed = self.known.get(&lease.id()).map(|o| (&o.attrs, o.ipv6_subnet))
                             != Some((&lease.attrs, lease.ipv6_subnet));
-                        self.known.insert(lease.subnet, lease.clone());
+                        self.known.insert(lease.id(), lease.clone());
                         if changed {
                             events.push(LeaseEvent::Added(lease));
                         }
@@ -287,8 +287,8 @@ impl LeaseWatch {
                     Err(why) => {
                         self.warn_once(&name, &why);
                         // A valid lease overwritten with garbage is no longer usable.
-                        if let Ok((subnet, _)) = parse_subnet_key(&name) {
-                            if let Some(old) = self.known.remove(&subnet) {
+                        if let Some(id) = id_of_key(&name) {
+                            if let Some(old) = self.known.remove(&id) {
                                 events.push(LeaseEvent::Removed(old));
                             }
                         }
@@ -300,6 +300,12 @@ impl LeaseWatch {
     }
 }
 
+/// The subnet that names the lease of key `name`, if it is a subnet key.
+fn id_of_key(name: &str) -> Option<IpNet> {
+    let (subnet, subnet6) = parse_subnet_key(name).ok()?;
+    lease_id(subnet, subnet6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,10 +313,10 @@ mod tests {
 
     fn lease(subnet: &str, ip: &str) -> Lease {
         Lease {
-            subnet: subnet.parse().unwrap(),
+            subnet: Some(subnet.parse().unwrap()),
             ipv6_subnet: None,
             attrs: LeaseAttrs {
-                public_ip: ip.parse().unwrap(),
+                public_ip: Some(ip.parse().unwrap()),
                 public_ipv6: None,
                 backend_type: "vxlan".into(),
                 backend_data: None,
@@ -322,8 +328,8 @@ mod tests {
         }
     }
 
-    fn table(leases: &[Lease]) -> BTreeMap<Ipv4Net, Lease> {
-        leases.iter().map(|l| (l.subnet, l.clone())).collect()
+    fn table(leases: &[Lease]) -> BTreeMap<IpNet, Lease> {
+        leases.iter().map(|l| (l.id(), l.clone())).collect()
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use weft_subnet::registry::{LostReason, RenewOutcome};
 use weft_subnet::renew::Renewer;
-use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, Registry};
+use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, LeaseAttrs, Registry};
 
 const RANGE_16: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;
@@ -55,7 +55,7 @@ async fn twenty_racers_on_sixteen_subnets() {
     assert_eq!(listing.leases.len(), 16);
     for (ip, lease) in &won {
         let stored = listing.leases.iter().find(|l| l.subnet == lease.subnet).unwrap();
-        assert_eq!(stored.attrs.public_ip, *ip, "{} is held by its winner", lease.subnet);
+        assert_eq!(stored.attrs.public_ip, Some(*ip), "{} is held by its winner", lease.id());
     }
 }
 
@@ -73,10 +73,10 @@ async fn restart_reuses_own_lease_then_previous_subnet() {
 
     // The lease is gone (e.g. expired while the node was down), but the
     // node's subnet.env remembers the subnet: it gets it back when free.
-    reg.delete_lease(&first.subnet).await.unwrap();
+    reg.delete_lease(&first.id()).await.unwrap();
     let wanted = "10.244.9.0/24".parse().unwrap();
     let req = AcquireRequest { previous_subnet: Some(wanted), ..req };
-    assert_eq!(acquire_lease(&reg, &config, &req).await.unwrap().subnet, wanted);
+    assert_eq!(acquire_lease(&reg, &config, &req).await.unwrap().subnet, Some(wanted));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,14 +95,14 @@ async fn renewal_never_overwrites_a_subnet_taken_over_by_another_node() {
     .unwrap();
 
     // A is away; its lease goes, and B takes the subnet.
-    reg.delete_lease(&lease_a.subnet).await.unwrap();
+    reg.delete_lease(&lease_a.id()).await.unwrap();
     let lease_b = reg.create_lease(lease_a.subnet, None, &attrs(b), HOUR).await.unwrap().expect("subnet is free");
 
     let outcome = reg.renew_lease(&lease_a, &attrs(a), HOUR).await.unwrap();
-    assert_eq!(outcome, RenewOutcome::Lost(LostReason::TakenOver { subnet: lease_a.subnet, holder: b.to_string() }));
+    assert_eq!(outcome, RenewOutcome::Lost(LostReason::TakenOver { subnet: lease_a.id(), holder: b.to_string() }));
     let listing = reg.list(&config).await.unwrap();
     assert_eq!(listing.leases.len(), 1);
-    assert_eq!(listing.leases[0].attrs.public_ip, b, "B still holds the subnet");
+    assert_eq!(listing.leases[0].attrs.public_ip, Some(b), "B still holds the subnet");
     assert_eq!(listing.leases[0].mod_revision, lease_b.mod_revision, "B's entry untouched");
 }
 
@@ -122,7 +122,6 @@ async fn renewer_keeps_the_lease_alive_and_reports_its_loss() {
     .await
     .unwrap();
     let mut renewer = Renewer::new(reg.clone(), lease.clone(), ttl, Duration::from_secs(2));
-    let subnet = lease.subnet;
 
     // Well past the original TTL, the lease is still there, renewed.
     let outcome = tokio::time::timeout(Duration::from_secs(6), renewer.run()).await;
@@ -132,9 +131,9 @@ async fn renewer_keeps_the_lease_alive_and_reports_its_loss() {
     assert!(listing.leases[0].mod_revision > lease.mod_revision, "it was rewritten");
 
     // Now it disappears out from under the node: the renewer says so.
-    reg.delete_lease(&subnet).await.unwrap();
+    reg.delete_lease(&lease.id()).await.unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(5), renewer.run()).await.expect("renewer noticed");
-    assert_eq!(reason, LostReason::Removed { subnet });
+    assert_eq!(reason, LostReason::Removed { subnet: lease.id() });
     assert!(reg.list(&config).await.unwrap().leases.is_empty(), "and did not recreate it");
 }
 
@@ -160,7 +159,7 @@ async fn an_unrenewed_lease_expires() {
     .unwrap();
     assert_eq!(
         reg.renew_lease(&lease, &req.attrs, HOUR).await.unwrap(),
-        RenewOutcome::Lost(LostReason::Removed { subnet: lease.subnet })
+        RenewOutcome::Lost(LostReason::Removed { subnet: lease.id() })
     );
 }
 
@@ -180,9 +179,9 @@ async fn a_renewal_whose_reply_is_lost_keeps_the_lease() {
     let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
     let lease = acquire_lease(&reg, &config, &req).await.unwrap();
 
-    proxy.mute_from_request_with(reg.lease_key(&lease.subnet).as_bytes());
+    proxy.mute_from_request_with(reg.lease_key(&lease.id()).as_bytes());
     let err = reg.renew_lease(&lease, &lease.attrs, HOUR).await.unwrap_err();
-    let kv = direct.client().get(reg.lease_key(&lease.subnet), None).await.unwrap();
+    let kv = direct.client().get(reg.lease_key(&lease.id()), None).await.unwrap();
     let kv = kv.kvs().first().unwrap_or_else(|| panic!("the key was deleted after the renewal error: {err}"));
     assert_ne!(kv.lease(), lease.etcd_lease, "the renewal did commit (a new etcd lease)");
     let ttl = direct.client().lease_time_to_live(kv.lease(), None).await.unwrap().ttl();
@@ -200,7 +199,7 @@ async fn a_renewal_whose_reply_is_lost_keeps_the_lease() {
         .await
         .unwrap();
     assert_eq!(renewed.subnet, lease.subnet);
-    let kv = direct.client().get(reg.lease_key(&lease.subnet), None).await.unwrap();
+    let kv = direct.client().get(reg.lease_key(&lease.id()), None).await.unwrap();
     assert_eq!(kv.kvs()[0].lease(), renewed.etcd_lease);
 }
 
@@ -268,7 +267,11 @@ async fn turning_ipv6_on_replaces_the_v4_key_and_off_again_replaces_it_back() {
     let both = acquire_lease(&reg, &dual, &req6).await.unwrap();
     assert_eq!(both.subnet, v4.subnet, "the IPv4 subnet is kept");
     assert_eq!(both.ipv6_subnet, Some(wanted6));
-    assert_eq!(key_names(&reg).await, [format!("{}-24&fd10:244:0:7::-64", v4.subnet.network())], "one key, dual");
+    assert_eq!(
+        key_names(&reg).await,
+        [format!("{}-24&fd10:244:0:7::-64", v4.subnet.unwrap().network())],
+        "one key, dual"
+    );
 
     let back = acquire_lease(&reg, &v4_config, &req).await.unwrap();
     assert_eq!((back.subnet, back.ipv6_subnet), (v4.subnet, None));
@@ -280,7 +283,8 @@ async fn a_subnet_held_under_either_key_form_is_not_handed_out_again() {
     let etcd = etcd();
     let reg = registry(&etcd.endpoint()).await;
     let config = put_config(&reg, DUAL).await;
-    let subnet = "10.244.5.0/24".parse().unwrap();
+    let v4: ipnet::Ipv4Net = "10.244.5.0/24".parse().unwrap();
+    let subnet = Some(v4);
     let (a2, a3) = (attrs(Ipv4Addr::new(198, 18, 0, 2)), attrs(Ipv4Addr::new(198, 18, 0, 3)));
     let a = reg.create_lease(subnet, Some("fd10:244:0:5::/64".parse().unwrap()), &a2, HOUR);
     assert!(a.await.unwrap().is_some());
@@ -294,12 +298,80 @@ async fn a_subnet_held_under_either_key_form_is_not_handed_out_again() {
     let req = AcquireRequest {
         attrs: attrs(Ipv4Addr::new(198, 18, 0, 4)),
         ttl: HOUR,
-        previous_subnet: Some(subnet),
+        previous_subnet: subnet,
         previous_ipv6_subnet: Some("fd10:244:0:5::/64".parse().unwrap()),
     };
     let other = acquire_lease(&reg, &config, &req).await.unwrap();
     assert_ne!(other.subnet, subnet);
     assert_ne!(other.ipv6_subnet, Some("fd10:244:0:5::/64".parse().unwrap()));
-    reg.delete_lease(&subnet).await.unwrap();
+    reg.delete_lease(&v4.into()).await.unwrap();
     assert_eq!(key_names(&reg).await, [other.key()], "delete_lease removes the dual key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_leases_are_keyed_by_their_ipv6_subnet() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(
+        &reg,
+        r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56","IPv6SubnetMax":"fd10:244:0:3::"}"#,
+    )
+    .await;
+    let attrs6 = |n: u8| LeaseAttrs {
+        public_ip: None,
+        public_ipv6: Some(format!("fd00:198:18::{n}").parse().unwrap()),
+        ..attrs(Ipv4Addr::UNSPECIFIED)
+    };
+    let req = |n: u8| AcquireRequest { attrs: attrs6(n), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
+    let mut seen = BTreeSet::new();
+    for n in 1..=3 {
+        let lease = acquire_lease(&reg, &config, &req(n)).await.unwrap();
+        assert_eq!(lease.subnet, None);
+        let v6 = lease.ipv6_subnet.expect("an IPv6 subnet");
+        assert!(seen.insert(v6), "{v6} handed out twice");
+        // Restarting (same PublicIPv6) gives the same key back, renewed in place.
+        let again = acquire_lease(&reg, &config, &req(n)).await.unwrap();
+        assert_eq!(again.ipv6_subnet, Some(v6));
+    }
+    let mut keys = key_names(&reg).await;
+    keys.sort();
+    assert_eq!(keys, ["fd10:244:0:1::-64", "fd10:244:0:2::-64", "fd10:244:0:3::-64"]);
+    let value = reg.client().get(reg.full_key(None, seen.first()), None).await.unwrap();
+    let text = String::from_utf8_lossy(value.kvs()[0].value()).into_owned();
+    assert!(!text.contains("PublicIP\""), "no PublicIP in an IPv6-only lease: {text}");
+    // The range is full: a fourth node is told so.
+    let e = acquire_lease(&reg, &config, &req(4)).await.unwrap_err().to_string();
+    assert!(e.contains("out of subnets"), "{e}");
+    // A freed subnet named by a previous subnet.env is taken again.
+    let freed = *seen.first().unwrap();
+    reg.delete_lease(&freed.into()).await.unwrap();
+    let back = AcquireRequest { previous_ipv6_subnet: Some(freed), ..req(5) };
+    assert_eq!(acquire_lease(&reg, &config, &back).await.unwrap().ipv6_subnet, Some(freed));
+    // The listing sees three leases, none skipped.
+    let listing = reg.list(&config).await.unwrap();
+    assert_eq!((listing.leases.len(), listing.skipped.len()), (3, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn turning_ipv4_off_replaces_the_dual_key_keeping_the_ipv6_subnet_and_on_again_back() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let dual = put_config(&reg, DUAL).await;
+    let mut a = attrs(Ipv4Addr::new(198, 18, 0, 2));
+    a.public_ipv6 = Some("fd00:198:18::2".parse().unwrap());
+    let req = AcquireRequest { attrs: a.clone(), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
+    let both = acquire_lease(&reg, &dual, &req).await.unwrap();
+    let v6 = both.ipv6_subnet.unwrap();
+
+    let only6 = put_config(&reg, r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd10:244::/56"}"#).await;
+    let req6 = AcquireRequest { attrs: LeaseAttrs { public_ip: None, ..a.clone() }, ..req.clone() };
+    let lease = acquire_lease(&reg, &only6, &req6).await.unwrap();
+    assert_eq!((lease.subnet, lease.ipv6_subnet), (None, Some(v6)), "the IPv6 subnet is kept");
+    assert_eq!(key_names(&reg).await, [format!("{}-64", v6.network())], "one key, IPv6 alone");
+
+    // IPv4 on again: a dual key with the same IPv6 subnet and an IPv4 one.
+    let again = acquire_lease(&reg, &dual, &req).await.unwrap();
+    assert_eq!(again.ipv6_subnet, Some(v6));
+    assert!(again.subnet.is_some());
+    assert_eq!(key_names(&reg).await, [again.key()], "one key, dual");
 }

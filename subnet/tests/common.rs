@@ -22,7 +22,7 @@ pub(crate) async fn put_config(reg: &Registry, json: &str) -> NetworkConfig {
 
 pub(crate) fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
     LeaseAttrs {
-        public_ip: ip,
+        public_ip: Some(ip),
         public_ipv6: None,
         backend_type: "vxlan".into(),
         backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}).into()),

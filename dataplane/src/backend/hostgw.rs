@@ -2,7 +2,8 @@
 //! dev <external interface> proto 87` per peer (through a nexthop object
 //! per peer where the kernel has them, see `kernel::nexthop`), and on
 //! dual-stack networks `ip -6 route replace <peer v6 subnet> via <peer
-//! PublicIPv6> dev <external interface> proto 87`. Works when all nodes
+//! PublicIPv6> dev <external interface> proto 87` (only those on IPv6-only
+//! networks). Works when all nodes
 //! share one L2 segment; the public IP must be an address of the external
 //! interface. It owns no device: only the routes. What it wants is
 //! [`plan`], pure.
@@ -34,11 +35,15 @@ impl HostGwBackend {
     pub(crate) fn prepare(
         nl: Netlink,
         ext: ExternalInterface,
-        network: Ipv4Net,
+        network: Option<Ipv4Net>,
         network6: Option<Ipv6Net>,
     ) -> Result<HostGwBackend> {
-        if !ext.addrs.iter().any(|a| a.addr() == ext.public_ip) {
-            return Err(Error::HostGwPublicIpNotOnIface { ip: ext.public_ip.into(), iface: ext.name.clone() });
+        if network.is_some() {
+            match ext.public_ip {
+                Some(ip) if ext.addrs.iter().any(|a| a.addr() == ip) => {}
+                Some(ip) => return Err(Error::HostGwPublicIpNotOnIface { ip: ip.into(), iface: ext.name.clone() }),
+                None => return Err(Error::NoAddress { iface: ext.name.clone() }),
+            }
         }
         if network6.is_some() {
             match ext.public_ipv6 {
@@ -85,8 +90,10 @@ impl HostGwBackend {
 pub(crate) fn plan(peers: &[Peer], oif: u32, v6: bool, nexthops: bool) -> Desired {
     let mut d = Desired::default();
     for p in peers {
-        let nhid = nexthops.then(|| nexthop_id(p.subnet));
-        d.routes.insert(p.subnet.into(), RouteSpec { gateway: p.public_ip.into(), oif, onlink: false, nhid });
+        if let (Some(subnet), Some(ip)) = (p.subnet, p.public_ip) {
+            let nhid = nexthops.then(|| nexthop_id(subnet));
+            d.routes.insert(subnet.into(), RouteSpec { gateway: ip.into(), oif, onlink: false, nhid });
+        }
         if let (true, Some(subnet6), Some(ip6)) = (v6, p.subnet6, p.public_ipv6) {
             d.routes.insert(subnet6.into(), RouteSpec { gateway: ip6.into(), oif, onlink: false, nhid: None });
         }
@@ -110,7 +117,7 @@ mod tests {
         for (nexthops, nhid) in [(false, None), (true, Some(u32::from(Ipv4Addr::new(10, 244, 2, 0))))] {
             let d = plan(&peers, 4, false, nexthops);
             assert_eq!(d.routes.len(), 2);
-            let r = d.routes[&IpNet::V4(peers[0].subnet)];
+            let r = d.routes[&peers[0].id()];
             assert_eq!(r, RouteSpec { gateway: Ipv4Addr::new(198, 18, 0, 2).into(), oif: 4, onlink: false, nhid });
             assert_eq!(d.nexthops.len(), if nexthops { 2 } else { 0 });
             assert!(d.neigh.is_empty() && d.fdb.is_empty() && d.unplanned.is_empty());
@@ -124,5 +131,12 @@ mod tests {
         let r6 = d.routes[&IpNet::V6(dual.subnet6.unwrap())];
         assert_eq!(r6, RouteSpec { gateway: dual.public_ipv6.unwrap().into(), oif: 4, onlink: false, nhid: None });
         assert_eq!(d.nexthops.len(), 2);
+
+        // IPv6-only: one IPv6 route per peer, no nexthop objects.
+        let only6 = Peer::v6("fd10:244:0:5::/64".parse().unwrap(), "fd00:198:18::5".parse().unwrap(), None);
+        let d = plan(std::slice::from_ref(&only6), 4, true, true);
+        let want = RouteSpec { gateway: only6.public_ipv6.unwrap().into(), oif: 4, onlink: false, nhid: None };
+        assert_eq!(d.routes.into_iter().collect::<Vec<_>>(), [(only6.id(), want)]);
+        assert!(d.nexthops.is_empty());
     }
 }

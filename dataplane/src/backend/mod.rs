@@ -25,29 +25,28 @@ use crate::model::{Desired, Peer};
 use crate::report::{ObjectKind, Problem, Report};
 use crate::sync::converge::Outcome;
 
-/// The peers (by IPv4 subnet) a route to `dst` is for: the peer whose
+/// The peers (by [`Peer::id`]) a route to `dst` is for: the peer whose
 /// subnet or IPv6 subnet it is.
-pub(crate) fn owners_of_route(peers: &[Peer], dst: &IpNet) -> Vec<Ipv4Net> {
+pub(crate) fn owners_of_route(peers: &[Peer], dst: &IpNet) -> Vec<IpNet> {
     peers
         .iter()
         .filter(|p| match dst {
-            IpNet::V4(d) => p.subnet == *d,
+            IpNet::V4(d) => p.subnet == Some(*d),
             IpNet::V6(d) => p.subnet6 == Some(*d),
         })
-        .map(|p| p.subnet)
+        .map(Peer::id)
         .collect()
 }
 
-/// The networks weft's routes live in: the IPv4 network and, on
-/// dual-stack networks, the IPv6 one.
-pub(crate) fn networks(network: Ipv4Net, network6: Option<ipnet::Ipv6Net>) -> Vec<IpNet> {
-    std::iter::once(IpNet::V4(network)).chain(network6.map(IpNet::V6)).collect()
+/// The networks weft's routes live in: the IPv4 network and/or the IPv6 one.
+pub(crate) fn networks(network: Option<Ipv4Net>, network6: Option<ipnet::Ipv6Net>) -> Vec<IpNet> {
+    network.map(IpNet::V4).into_iter().chain(network6.map(IpNet::V6)).collect()
 }
 
 /// The peers of one pass and which of them could not be programmed.
 pub(crate) struct Programming<'p> {
     peers: &'p [Peer],
-    failed: BTreeSet<Ipv4Net>,
+    failed: BTreeSet<IpNet>,
     /// The first failure, as `subnet: why`.
     first: Option<String>,
 }
@@ -62,7 +61,7 @@ impl<'p> Programming<'p> {
         p
     }
 
-    fn fail(&mut self, subnets: impl IntoIterator<Item = Ipv4Net>, why: impl FnOnce() -> String) {
+    fn fail(&mut self, subnets: impl IntoIterator<Item = IpNet>, why: impl FnOnce() -> String) {
         self.first.get_or_insert_with(why);
         self.failed.extend(subnets);
     }
@@ -78,7 +77,7 @@ impl<'p> Programming<'p> {
         kind: ObjectKind,
         desired: &BTreeMap<K, V>,
         result: Result<Outcome<K>>,
-        peers_of: impl Fn(&K) -> Vec<Ipv4Net>,
+        peers_of: impl Fn(&K) -> Vec<IpNet>,
     ) -> Option<BTreeMap<K, V>> {
         match result {
             Ok(o) => {
@@ -98,14 +97,14 @@ impl<'p> Programming<'p> {
 
     /// Every peer failed: `e` stopped the whole pass.
     pub(crate) fn fail_all(&mut self, e: &Error) {
-        let all: Vec<Ipv4Net> = self.peers.iter().map(|p| p.subnet).collect();
+        let all: Vec<IpNet> = self.peers.iter().map(Peer::id).collect();
         self.fail(all, || chain(e));
     }
 
     /// Write how many peers are programmed, and the problem if any failed
     /// (the face has written how many are desired).
     pub(crate) fn finish(self, report: &mut Report) {
-        let failed = self.failed.iter().filter(|s| self.peers.iter().any(|p| p.subnet == **s)).count();
+        let failed = self.failed.iter().filter(|s| self.peers.iter().any(|p| p.id() == **s)).count();
         report.peers_programmed = self.peers.len() - failed;
         if let Some(first) = self.first {
             report.problem(Problem::Peers { failed, of: self.peers.len(), first });
@@ -127,14 +126,14 @@ mod tests {
     #[test]
     fn outcomes_fold_into_counts_repairs_and_one_problem() {
         let peers = [peer(2), peer(3), peer(4)];
-        let desired = Desired { unplanned: vec![(peers[2].subnet, "no VTEP MAC in its lease")], ..Desired::default() };
+        let desired = Desired { unplanned: vec![(peers[2].id(), "no VTEP MAC in its lease")], ..Desired::default() };
         let mut report = Report::default();
         let mut p = Programming::new(&peers, &desired);
-        let want: BTreeMap<Ipv4Net, u8> = peers.iter().map(|p| (p.subnet, 0)).collect();
+        let want: BTreeMap<IpNet, u8> = peers.iter().map(|p| (p.id(), 0)).collect();
         let outcome = Outcome {
             changes: 3,
             repairs: 1,
-            failed: vec![(peers[1].subnet, Error::Conflict("nexthop id 1 exists already".into()))],
+            failed: vec![(peers[1].id(), Error::Conflict("nexthop id 1 exists already".into()))],
         };
         let kept = p.record(&mut report, ObjectKind::Route, &want, Ok(outcome), |k| vec![*k]).unwrap();
         assert_eq!(kept.len(), 2, "the failed entry is not taken as in place");
@@ -153,8 +152,8 @@ mod tests {
         let peers = [peer(2), peer(3)];
         let mut report = Report::default();
         let mut p = Programming::new(&peers, &Desired::default());
-        let want: BTreeMap<Ipv4Net, u8> = BTreeMap::new();
-        let failed: Result<Outcome<Ipv4Net>> = Err(Error::Conflict("dump failed".into()));
+        let want: BTreeMap<IpNet, u8> = BTreeMap::new();
+        let failed: Result<Outcome<IpNet>> = Err(Error::Conflict("dump failed".into()));
         assert!(p.record(&mut report, ObjectKind::Route, &want, failed, |k| vec![*k]).is_none());
         p.finish(&mut report);
         assert_eq!(report.peers_programmed, 0);

@@ -17,7 +17,8 @@
 //!   network>/128`, `accept_ra` 0) whose MAC is published in
 //!   `BackendV6Data`, and per peer its neighbour, FDB entry (to the peer's
 //!   `PublicIPv6`) and `ip -6 route replace <peer v6 subnet> via <peer v6
-//!   net addr> dev flannel-v6.1 onlink` (no nexthop objects for IPv6).
+//!   net addr> dev flannel-v6.1 onlink` (no nexthop objects for IPv6);
+//! - on IPv6-only networks only the IPv6 device and entries.
 //!
 //! What it wants for the peers is [`plan`], pure; the face publishes it
 //! and [`VxlanBackend::converge`] puts it in place bottom-up.
@@ -70,7 +71,9 @@ pub(crate) struct VxlanBackend {
     opts: VxlanOptions,
     ext: ExternalInterface,
     networks: Vec<IpNet>,
-    v4: Vtep,
+    /// The IPv4 device (none on IPv6-only networks).
+    v4: Option<Vtep>,
+    /// The IPv6 device (dual-stack and IPv6-only networks).
     v6: Option<Vtep>,
     /// What the last pass left in place (both families).
     routes: BTreeMap<IpNet, RouteSpec>,
@@ -217,7 +220,7 @@ impl Vtep {
             peers
                 .iter()
                 .filter(|p| if v6 { p.vtep_mac6 == Some(*mac) } else { p.vtep_mac == Some(*mac) })
-                .map(|p| p.subnet)
+                .map(Peer::id)
                 .collect()
         };
         if let Some(now) = p.record(report, ObjectKind::Fdb, &fdb, done, of_mac) {
@@ -228,10 +231,10 @@ impl Vtep {
             peers
                 .iter()
                 .filter(|p| match ip {
-                    IpAddr::V4(a) => p.subnet.network() == *a,
+                    IpAddr::V4(a) => p.subnet.is_some_and(|s| s.network() == *a),
                     IpAddr::V6(a) => p.subnet6.is_some_and(|s| s.network() == *a),
                 })
-                .map(|p| p.subnet)
+                .map(Peer::id)
                 .collect()
         };
         if let Some(now) = p.record(report, ObjectKind::Neighbour, &neigh, done, of_ip) {
@@ -242,18 +245,25 @@ impl Vtep {
 
 impl VxlanBackend {
     /// Look at the host, change nothing: decide the devices' names and
-    /// MACs. `network6`: the network is dual-stack, so the IPv6 device is
-    /// wanted too.
+    /// MACs. `network`: the IPv4 device is wanted; `network6`: the IPv6
+    /// device is wanted (dual-stack or IPv6-only network).
     pub(crate) async fn prepare(
         nl: Netlink,
         opts: VxlanOptions,
         ext: ExternalInterface,
-        network: Ipv4Net,
+        network: Option<Ipv4Net>,
         network6: Option<Ipv6Net>,
     ) -> Result<VxlanBackend> {
-        let mtu4 = opts.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
-        let v4 = Vtep::prepare(&nl, vxlan_device(opts.vni), ext.addr.addr().into(), ext.public_ip.into(), mtu4, &opts)
-            .await?;
+        let v4 = match network {
+            None => None,
+            Some(_) => {
+                let (Some(local), Some(public)) = (ext.addr, ext.public_ip) else {
+                    return Err(Error::NoAddress { iface: ext.name.clone() });
+                };
+                let mtu4 = opts.mtu.unwrap_or(ext.mtu.saturating_sub(VXLAN_OVERHEAD));
+                Some(Vtep::prepare(&nl, vxlan_device(opts.vni), local.addr().into(), public.into(), mtu4, &opts).await?)
+            }
+        };
         let v6 = match network6 {
             None => None,
             Some(_) => {
@@ -267,33 +277,46 @@ impl VxlanBackend {
         Ok(VxlanBackend { nl, opts, networks: networks(network, network6), ext, v4, v6, routes: BTreeMap::new() })
     }
 
-    /// `{"VNI": 1, "VtepMAC": "..."}`, as flanneld publishes it.
-    pub(crate) fn backend_data(&self) -> serde_json::Value {
-        serde_json::json!({"VNI": self.opts.vni, "VtepMAC": self.v4.mac.to_string()})
+    /// `{"VNI": 1, "VtepMAC": "..."}`, as flanneld publishes it (none on
+    /// IPv6-only networks).
+    pub(crate) fn backend_data(&self) -> Option<serde_json::Value> {
+        let v4 = self.v4.as_ref()?;
+        Some(serde_json::json!({"VNI": self.opts.vni, "VtepMAC": v4.mac.to_string()}))
     }
 
-    /// `BackendV6Data`: the same for the IPv6 device, on dual-stack networks.
+    /// `BackendV6Data`: the same for the IPv6 device (dual-stack and
+    /// IPv6-only networks).
     pub(crate) fn backend_v6_data(&self) -> Option<serde_json::Value> {
         let v6 = self.v6.as_ref()?;
         Some(serde_json::json!({"VNI": self.opts.vni, "VtepMAC": v6.mac.to_string()}))
     }
 
-    /// The MTU pods should use: the IPv4 device's, or on dual-stack
-    /// networks the smaller IPv6 device's, so that pod packets of both
-    /// families fit without fragmentation.
+    /// The MTU pods should use: the smallest of the devices', so that pod
+    /// packets of both families fit without fragmentation.
     pub(crate) fn mtu(&self) -> u32 {
-        self.v6.as_ref().map_or(self.v4.mtu, |v6| v6.mtu.min(self.v4.mtu))
+        self.vteps().map(|v| v.mtu).min().unwrap_or(self.ext.mtu)
+    }
+
+    fn vteps(&self) -> impl Iterator<Item = &Vtep> {
+        self.v4.iter().chain(self.v6.as_ref())
+    }
+
+    fn vteps_mut(&mut self) -> impl Iterator<Item = &mut Vtep> {
+        self.v4.iter_mut().chain(self.v6.as_mut())
     }
 
     /// The devices and their indexes as last seen.
     pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
-        std::iter::once(&self.v4).chain(self.v6.as_ref()).map(|v| (v.name.clone(), v.index)).collect()
+        self.vteps().map(|v| (v.name.clone(), v.index)).collect()
     }
 
     /// Create or reuse the devices and give them the subnets' addresses.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.v4.addr = Some(IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is a valid prefix")));
-        self.v4.ensure(&self.nl, &self.opts, self.ext.index, &mut Report::default()).await?;
+    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+        if let Some(v4) = &mut self.v4 {
+            let Some(s4) = subnet else { return Err(Error::Vanished { device: v4.name.clone() }) };
+            v4.addr = Some(IpNet::V4(Ipv4Net::new(s4.network(), 32).expect("/32 is a valid prefix")));
+            v4.ensure(&self.nl, &self.opts, self.ext.index, &mut Report::default()).await?;
+        }
         if let Some(v6) = &mut self.v6 {
             let Some(s6) = subnet6 else { return Err(Error::Vanished { device: v6.name.clone() }) };
             v6.addr = Some(IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is a valid prefix")));
@@ -313,20 +336,21 @@ impl VxlanBackend {
         report: &mut Report,
         pass: Pass,
     ) -> Option<(Desired, Pass)> {
-        if self.v4.addr.is_none() {
+        if self.vteps().any(|v| v.addr.is_none()) {
             report.problem(Problem::NotStarted { backend: BackendKind::Vxlan });
             return None;
         }
         let mut pass = pass;
-        let mut indexes = Vec::new();
-        for vtep in std::iter::once(&mut self.v4).chain(self.v6.as_mut()) {
+        let mut devs = Devices { v4: None, v6: None };
+        let (nl, opts, ext_index) = (self.nl.clone(), self.opts.clone(), self.ext.index);
+        for vtep in self.vteps_mut() {
             let before = vtep.index;
-            match vtep.ensure(&self.nl, &self.opts, self.ext.index, report).await {
+            match vtep.ensure(&nl, &opts, ext_index, report).await {
                 Ok(i) => {
                     if before != Some(i) {
                         pass = Pass::Full;
                     }
-                    indexes.push(i);
+                    *(if vtep.v6 { &mut devs.v6 } else { &mut devs.v4 }) = Some(i);
                 }
                 Err(e) => {
                     report.problem(Problem::Device { name: vtep.name.clone(), error: chain(&e) });
@@ -335,7 +359,6 @@ impl VxlanBackend {
             }
         }
         let nexthops = self.nl.use_nexthops().await;
-        let devs = Devices { v4: indexes[0], v6: indexes.get(1).copied() };
         Some((plan(peers, devs, &self.ext, self.opts.direct_routing, nexthops), pass))
     }
 
@@ -343,14 +366,15 @@ impl VxlanBackend {
     /// `desired`, bottom-up (FDB, neighbour, route) so that a route never
     /// points at an unprogrammed peer; stale routes go first in `routes`.
     pub(crate) async fn converge(&mut self, peers: &[Peer], desired: &Desired, report: &mut Report, pass: Pass) {
-        if self.v4.index.is_none() {
-            // check_and_plan found the device first; without it nothing is programmed.
+        if self.vteps().any(|v| v.index.is_none()) {
+            // check_and_plan found the devices first; without them nothing is programmed.
             report.problem(Problem::NotStarted { backend: BackendKind::Vxlan });
             return;
         }
         let mut p = Programming::new(peers, desired);
-        for vtep in std::iter::once(&mut self.v4).chain(self.v6.as_mut()) {
-            vtep.converge(&self.nl, peers, desired, &mut p, report, pass).await;
+        let nl = self.nl.clone();
+        for vtep in self.vteps_mut() {
+            vtep.converge(&nl, peers, desired, &mut p, report, pass).await;
         }
         let routes = converge::routes(&self.nl, &self.networks, &desired.routes, &self.routes, pass).await;
         if let Some(now) =
@@ -362,10 +386,11 @@ impl VxlanBackend {
     }
 }
 
-/// The indexes of the VXLAN devices (the IPv6 one on dual-stack networks).
+/// The indexes of the VXLAN devices: the IPv4 one (none on IPv6-only
+/// networks) and the IPv6 one (dual-stack and IPv6-only networks).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Devices {
-    pub(crate) v4: u32,
+    pub(crate) v4: Option<u32>,
     pub(crate) v6: Option<u32>,
 }
 
@@ -387,23 +412,22 @@ pub(crate) fn plan(
 ) -> Desired {
     let mut d = Desired::default();
     for p in peers {
-        let nhid = nexthops.then(|| nexthop_id(p.subnet));
-        let direct = direct_routing && ext.addrs.iter().any(|a| a.contains(&p.public_ip));
-        if direct {
-            d.routes.insert(
-                p.subnet.into(),
-                RouteSpec { gateway: p.public_ip.into(), oif: ext.index, onlink: false, nhid },
-            );
-        } else if let Some(mac) = p.vtep_mac {
-            d.neigh.insert(p.subnet.network().into(), mac);
-            d.fdb.insert(mac, p.public_ip.into());
-            d.routes.insert(
-                p.subnet.into(),
-                RouteSpec { gateway: p.subnet.network().into(), oif: dev.v4, onlink: true, nhid },
-            );
-        } else {
-            d.unplanned.push((p.subnet, "no VTEP MAC in its lease"));
-            continue;
+        if let (Some(dev4), Some(subnet), Some(ip)) = (dev.v4, p.subnet, p.public_ip) {
+            let nhid = nexthops.then(|| nexthop_id(subnet));
+            let direct = direct_routing && ext.addrs.iter().any(|a| a.contains(&ip));
+            if direct {
+                d.routes.insert(subnet.into(), RouteSpec { gateway: ip.into(), oif: ext.index, onlink: false, nhid });
+            } else if let Some(mac) = p.vtep_mac {
+                d.neigh.insert(subnet.network().into(), mac);
+                d.fdb.insert(mac, ip.into());
+                d.routes.insert(
+                    subnet.into(),
+                    RouteSpec { gateway: subnet.network().into(), oif: dev4, onlink: true, nhid },
+                );
+            } else {
+                d.unplanned.push((p.id(), "no VTEP MAC in its lease"));
+                continue;
+            }
         }
         let (Some(dev6), Some(subnet6), Some(ip6)) = (dev.v6, p.subnet6, p.public_ipv6) else { continue };
         let direct6 = direct_routing && ext.addrs6.iter().any(|a| a.contains(&ip6));
@@ -416,7 +440,7 @@ pub(crate) fn plan(
             d.fdb.insert(mac6, ip6.into());
             d.routes.insert(subnet6.into(), RouteSpec { gateway: gw6.into(), oif: dev6, onlink: true, nhid: None });
         } else {
-            d.unplanned.push((p.subnet, "no IPv6 VTEP MAC in its lease (BackendV6Data)"));
+            d.unplanned.push((p.id(), "no IPv6 VTEP MAC in its lease (BackendV6Data)"));
         }
     }
     d.with_nexthops()
@@ -433,8 +457,8 @@ mod tests {
             index: 2,
             name: "eth0".into(),
             mtu: 1500,
-            addr: "198.18.0.1/24".parse().unwrap(),
-            public_ip: Ipv4Addr::new(198, 18, 0, 1),
+            addr: Some("198.18.0.1/24".parse().unwrap()),
+            public_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
             addrs: vec!["198.18.0.1/24".parse().unwrap()],
             addr6: Some("fd00:198:18::1".parse().unwrap()),
             public_ipv6: Some("fd00:198:18::1".parse().unwrap()),
@@ -446,7 +470,7 @@ mod tests {
         Peer::v4(subnet.parse().unwrap(), Ipv4Addr::from(ip), mac.map(|m| m.parse().unwrap()))
     }
 
-    const V4_ONLY: Devices = Devices { v4: 9, v6: None };
+    const V4_ONLY: Devices = Devices { v4: Some(9), v6: None };
 
     #[test]
     fn plan_table() {
@@ -456,8 +480,9 @@ mod tests {
         let no_mac_near = peer("10.244.4.0/24", [198, 18, 0, 4], None);
         let no_mac_far = peer("10.244.5.0/24", [198, 19, 0, 5], None);
         let peers = [near.clone(), far.clone(), no_mac_near.clone(), no_mac_far.clone()];
-        let via_vtep = |p: &Peer, nhid| RouteSpec { gateway: p.subnet.network().into(), oif: 9, onlink: true, nhid };
-        let direct = |p: &Peer| RouteSpec { gateway: p.public_ip.into(), oif: 2, onlink: false, nhid: None };
+        let via_vtep =
+            |p: &Peer, nhid| RouteSpec { gateway: p.subnet.unwrap().network().into(), oif: 9, onlink: true, nhid };
+        let direct = |p: &Peer| RouteSpec { gateway: p.public_ip.unwrap().into(), oif: 2, onlink: false, nhid: None };
 
         // (direct routing, nexthops, routes, neighbours, unplanned)
         type Case = (bool, bool, Vec<(Ipv4Net, RouteSpec)>, usize, Vec<Ipv4Net>);
@@ -465,19 +490,19 @@ mod tests {
             (
                 false,
                 false,
-                vec![(near.subnet, via_vtep(&near, None)), (far.subnet, via_vtep(&far, None))],
+                vec![(near.subnet.unwrap(), via_vtep(&near, None)), (far.subnet.unwrap(), via_vtep(&far, None))],
                 2,
-                vec![no_mac_near.subnet, no_mac_far.subnet],
+                vec![no_mac_near.subnet.unwrap(), no_mac_far.subnet.unwrap()],
             ),
             (
                 false,
                 true,
                 vec![
-                    (near.subnet, via_vtep(&near, Some(nexthop_id(near.subnet)))),
-                    (far.subnet, via_vtep(&far, Some(nexthop_id(far.subnet)))),
+                    (near.subnet.unwrap(), via_vtep(&near, Some(nexthop_id(near.subnet.unwrap())))),
+                    (far.subnet.unwrap(), via_vtep(&far, Some(nexthop_id(far.subnet.unwrap())))),
                 ],
                 2,
-                vec![no_mac_near.subnet, no_mac_far.subnet],
+                vec![no_mac_near.subnet.unwrap(), no_mac_far.subnet.unwrap()],
             ),
             (
                 // A peer on the interface's subnet is routed directly and
@@ -485,12 +510,12 @@ mod tests {
                 true,
                 false,
                 vec![
-                    (near.subnet, direct(&near)),
-                    (far.subnet, via_vtep(&far, None)),
-                    (no_mac_near.subnet, direct(&no_mac_near)),
+                    (near.subnet.unwrap(), direct(&near)),
+                    (far.subnet.unwrap(), via_vtep(&far, None)),
+                    (no_mac_near.subnet.unwrap(), direct(&no_mac_near)),
                 ],
                 1,
-                vec![no_mac_far.subnet],
+                vec![no_mac_far.subnet.unwrap()],
             ),
         ];
         for (direct_routing, nexthops, routes, neigh, unplanned) in cases {
@@ -499,12 +524,13 @@ mod tests {
             assert_eq!(d.routes, routes.into_iter().map(|(k, v)| (IpNet::V4(k), v)).collect(), "{case}");
             assert_eq!(d.neigh.len(), neigh, "{case}");
             assert_eq!(d.fdb.len(), neigh, "{case}: an FDB entry per neighbour");
+            let unplanned: Vec<IpNet> = unplanned.into_iter().map(IpNet::V4).collect();
             assert_eq!(d.unplanned.iter().map(|(s, _)| *s).collect::<Vec<_>>(), unplanned, "{case}");
             assert_eq!(d.nexthops.len(), if nexthops { d.routes.len() } else { 0 }, "{case}");
         }
         let d = plan(&peers, V4_ONLY, &ext(), false, false);
-        assert_eq!(d.neigh.get(&IpAddr::V4(near.subnet.network())), near.vtep_mac.as_ref());
-        assert_eq!(d.fdb.get(&near.vtep_mac.unwrap()), Some(&IpAddr::V4(near.public_ip)));
+        assert_eq!(d.neigh.get(&IpAddr::V4(near.subnet.unwrap().network())), near.vtep_mac.as_ref());
+        assert_eq!(d.fdb.get(&near.vtep_mac.unwrap()), Some(&IpAddr::V4(near.public_ip.unwrap())));
     }
 
     #[test]
@@ -518,7 +544,7 @@ mod tests {
         no_mac6.public_ipv6 = Some("fd00:198:18::3".parse().unwrap());
         let v4_only = peer("10.244.4.0/24", [198, 18, 0, 4], Some("0e:00:00:00:00:04"));
         let peers = [dual.clone(), no_mac6.clone(), v4_only.clone()];
-        let devs = Devices { v4: 9, v6: Some(10) };
+        let devs = Devices { v4: Some(9), v6: Some(10) };
 
         let d = plan(&peers, devs, &ext(), false, true);
         let s6 = dual.subnet6.unwrap();
@@ -528,7 +554,7 @@ mod tests {
         assert_eq!(d.fdb[&dual.vtep_mac6.unwrap()], IpAddr::V6(dual.public_ipv6.unwrap()));
         assert_eq!(d.routes.len(), 4, "three IPv4 routes and the dual peer's IPv6 one");
         assert_eq!(d.nexthops.len(), 3, "nexthop objects for IPv4 only");
-        assert_eq!(d.unplanned, vec![(no_mac6.subnet, "no IPv6 VTEP MAC in its lease (BackendV6Data)")]);
+        assert_eq!(d.unplanned, vec![(no_mac6.id(), "no IPv6 VTEP MAC in its lease (BackendV6Data)")]);
         let (neigh6, fdb6) = d.family(true);
         assert_eq!((neigh6.len(), fdb6.len()), (1, 1), "the IPv6 device gets only IPv6 entries");
         let (neigh4, fdb4) = d.family(false);
@@ -553,5 +579,24 @@ mod tests {
         assert_ne!(a, derive_vtep_mac(ip("198.18.0.1"), 2));
         assert_ne!(a, derive_vtep_mac(ip("fd00:198:18::1"), 1));
         assert_eq!(a.0[0] & 0b11, 0b10, "unicast, locally administered");
+    }
+
+    #[test]
+    fn ipv6_only_plan_has_only_the_ipv6_device_entries() {
+        let mac6: MacAddr = "0e:00:00:00:06:02".parse().unwrap();
+        let p = Peer::v6("fd10:244:0:2::/64".parse().unwrap(), "fd00:198:18::2".parse().unwrap(), Some(mac6));
+        let no_mac = Peer::v6("fd10:244:0:3::/64".parse().unwrap(), "fd00:198:18::3".parse().unwrap(), None);
+        let mut ext = ext();
+        (ext.addr, ext.public_ip, ext.addrs) = (None, None, Vec::new());
+        let d = plan(&[p.clone(), no_mac.clone()], Devices { v4: None, v6: Some(10) }, &ext, false, true);
+        let gw6 = IpAddr::V6(p.subnet6.unwrap().network());
+        assert_eq!(
+            d.routes.into_iter().collect::<Vec<_>>(),
+            [(p.id(), RouteSpec { gateway: gw6, oif: 10, onlink: true, nhid: None })]
+        );
+        assert_eq!(d.neigh.into_iter().collect::<Vec<_>>(), [(gw6, mac6)]);
+        assert_eq!(d.fdb.into_iter().collect::<Vec<_>>(), [(mac6, IpAddr::V6(p.public_ipv6.unwrap()))]);
+        assert!(d.nexthops.is_empty());
+        assert_eq!(d.unplanned, vec![(no_mac.id(), "no IPv6 VTEP MAC in its lease (BackendV6Data)")]);
     }
 }

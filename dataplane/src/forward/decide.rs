@@ -11,16 +11,17 @@ use super::packet6;
 use super::table::Snapshot;
 
 /// This node's subnets: the only destinations accepted from peers (the
-/// IPv6 one on dual-stack networks).
+/// IPv4 one unless the network is IPv6-only, the IPv6 one on dual-stack
+/// and IPv6-only networks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
-    pub v4: Ipv4Net,
+    pub v4: Option<Ipv4Net>,
     pub v6: Option<Ipv6Net>,
 }
 
 impl From<Ipv4Net> for Local {
     fn from(v4: Ipv4Net) -> Local {
-        Local { v4, v6: None }
+        Local { v4: Some(v4), v6: None }
     }
 }
 
@@ -79,7 +80,13 @@ pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Local) ->
         }
         return Ok(());
     }
-    check_inbound(seg, &local.v4)?;
+    let Some(local4) = &local.v4 else {
+        return Err(match seg.first().map(|b| b >> 4) {
+            Some(4) => DropReason::NotForThisNode,
+            _ => DropReason::NotIpv4,
+        });
+    };
+    check_inbound(seg, local4)?;
     // check_inbound verified a whole IPv4 header.
     let src = std::net::Ipv4Addr::new(seg[12], seg[13], seg[14], seg[15]);
     if !senders.v4.iter().any(|n| n.contains(&src)) {
@@ -157,7 +164,8 @@ mod tests {
         let mut last_hop = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 1, 60);
         assert_eq!(outbound(&mut last_hop, &snap), Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded));
 
-        let local = Local { v4: "10.244.1.0/24".parse().unwrap(), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
+        let local =
+            Local { v4: Some("10.244.1.0/24".parse().unwrap()), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
         let from_peer = to_peer;
         let good = packet6("fd10:244:0:2::5", "fd10:244:0:1::2", 63, 60);
         assert_eq!(inbound(&good, &from_peer, &snap, &local), Ok(()));
@@ -169,7 +177,7 @@ mod tests {
         let elsewhere = packet6("fd10:244:0:2::5", "fd10:244:0:7::2", 63, 60);
         assert_eq!(inbound(&elsewhere, &from_peer, &snap, &local), Err(DropReason::NotForThisNode));
         // On an IPv4-only node an IPv6 datagram is what it always was: not IPv4.
-        let v4_only: Local = local.v4.into();
+        let v4_only: Local = local.v4.unwrap().into();
         assert_eq!(inbound(&good, &from_peer, &snap, &v4_only), Err(DropReason::NotIpv4));
         let v4_snap = Snapshot::new(&[Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None)], 8285);
         let mut p = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 64, 60);

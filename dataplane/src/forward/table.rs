@@ -5,7 +5,8 @@
 //! networks the peers' IPv6 subnets are routed the same way: to the peer's
 //! `PublicIPv6` when this node sends over an IPv6 underlay too and the peer
 //! has one, else to its IPv4 public address. Pod IPv4 always travels to
-//! the IPv4 public address (flanneld's wire format).
+//! the IPv4 public address (flanneld's wire format). On IPv6-only networks
+//! every peer is reached at its `PublicIPv6`.
 //!
 //! The control plane builds a new [`Snapshot`] and swaps it in; forwarding
 //! threads load the current one per batch without taking a lock
@@ -62,25 +63,28 @@ impl Snapshot {
         let mut lens6: HashMap<u8, HashMap<u128, SocketAddr>> = HashMap::new();
         let mut sources: HashMap<IpAddr, Senders> = HashMap::new();
         for p in peers {
-            let to = SocketAddrV4::new(p.public_ip, port);
-            lens.entry(p.subnet.prefix_len()).or_default().insert(u32::from(p.subnet.network()), to);
-            let senders = sources.entry(p.public_ip.into()).or_default();
-            senders.v4.push(p.subnet);
+            let mut senders = Senders::default();
+            let to4 = p.public_ip.map(|ip| SocketAddrV4::new(ip, port));
+            if let (Some(subnet), Some(to)) = (p.subnet, to4) {
+                lens.entry(subnet.prefix_len()).or_default().insert(u32::from(subnet.network()), to);
+                senders.v4.push(subnet);
+            }
             if let Some(s6) = p.subnet6 {
-                let to6 = match p.public_ipv6.filter(|_| underlay6) {
-                    Some(ip6) => SocketAddr::V6(SocketAddrV6::new(ip6, port, 0, 0)),
-                    None => SocketAddr::V4(to),
+                let to6 = match (p.public_ipv6.filter(|_| underlay6), to4) {
+                    (Some(ip6), _) => SocketAddr::V6(SocketAddrV6::new(ip6, port, 0, 0)),
+                    (None, Some(to)) => SocketAddr::V4(to),
+                    // An IPv6-only peer is always reached over IPv6.
+                    (None, None) => continue,
                 };
                 lens6.entry(s6.prefix_len()).or_default().insert(u128::from(s6.network()), to6);
                 senders.v6.push(s6);
             }
-        }
-        // A leaseholder may send from its IPv6 public address as well.
-        for p in peers {
-            if let Some(ip6) = p.public_ipv6 {
-                if let Some(senders) = sources.get(&IpAddr::V4(p.public_ip)).cloned() {
-                    sources.insert(ip6.into(), senders);
-                }
+            // A leaseholder may send from either of its public addresses.
+            let publics = [p.public_ip.map(IpAddr::V4), p.public_ipv6.map(IpAddr::V6)];
+            for ip in publics.into_iter().flatten() {
+                let entry = sources.entry(ip).or_default();
+                entry.v4.extend(&senders.v4);
+                entry.v6.extend(&senders.v6);
             }
         }
         Snapshot { by_len: by_longest(lens), by_len6: by_longest(lens6), sources, port }
@@ -257,6 +261,17 @@ mod tests {
         // Without an IPv6 underlay on this node, everything goes over IPv4.
         let s = Snapshot::build(&peers, 8285, false);
         assert_eq!(s.lookup6("fd10:244:0:2::9".parse().unwrap()), Some("198.18.0.2:8285".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_only_peers_are_reached_and_accepted_on_their_public_ipv6() {
+        let p = Peer::v6("fd10:244:0:2::/64".parse().unwrap(), "fd00:198:18::2".parse().unwrap(), None);
+        let s = Snapshot::build(&[p], 8285, true);
+        assert_eq!(s.lookup6("fd10:244:0:2::9".parse().unwrap()), Some("[fd00:198:18::2]:8285".parse().unwrap()));
+        assert_eq!(s.lookup("10.244.2.9".parse().unwrap()), None);
+        assert_eq!(s.len(), 1);
+        let from = s.sender_subnets(&"[fd00:198:18::2]:8285".parse().unwrap()).unwrap();
+        assert_eq!((from.v4.len(), from.v6.len()), (0, 1));
     }
 
     #[test]

@@ -72,6 +72,11 @@ impl Netlink {
         self.default_oif(RouteMessageBuilder::<Ipv4Addr>::new().build()).await
     }
 
+    /// The interface of the IPv6 default route, if any (IPv6-only networks).
+    pub(crate) async fn default_route6_oif(&self) -> Result<Option<u32>> {
+        self.default_oif(RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()).await
+    }
+
     async fn default_oif(&self, dump: RouteMessage) -> Result<Option<u32>> {
         let mut stream = self.handle.route().get(dump).execute();
         while let Some(msg) = stream.try_next().await.map_err(|e| Error::netlink("ip route show", e))? {

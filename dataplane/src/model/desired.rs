@@ -58,7 +58,7 @@ pub(crate) struct Desired {
     pub(crate) neigh: BTreeMap<IpAddr, MacAddr>,
     pub(crate) fdb: BTreeMap<MacAddr, IpAddr>,
     /// Peers left out, with why (a vxlan peer without a VTEP MAC).
-    pub(crate) unplanned: Vec<(Ipv4Net, &'static str)>,
+    pub(crate) unplanned: Vec<(IpNet, &'static str)>,
 }
 
 impl Desired {

@@ -4,7 +4,9 @@
 //! or the interface's first IPv4 address. On dual-stack networks the same
 //! interface must carry a global IPv6 address as well: the public IPv6
 //! address is `--public-ipv6` or the interface's first one. An IPv6
-//! address given in `--iface` names the interface that has it.
+//! address given in `--iface` names the interface that has it. On IPv6-only
+//! networks the interface needs no IPv4 address at all, and with no option
+//! it is the one of the IPv6 default route.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -26,6 +28,8 @@ pub struct IfaceRequest {
     pub public_ipv6: Option<Ipv6Addr>,
     /// The network is dual-stack: the interface needs an IPv6 address.
     pub ipv6: bool,
+    /// The network is IPv6-only: no IPv4 address is needed or published.
+    pub ipv6_only: bool,
 }
 
 /// The interface pod traffic leaves the node through.
@@ -34,10 +38,12 @@ pub struct ExternalInterface {
     pub index: u32,
     pub name: String,
     pub mtu: u32,
-    /// The interface's address (the VXLAN source address).
-    pub addr: Ipv4Net,
-    /// The address published in the lease.
-    pub public_ip: Ipv4Addr,
+    /// The interface's address (the VXLAN source address); none on
+    /// IPv6-only networks.
+    pub addr: Option<Ipv4Net>,
+    /// The address published in the lease (`PublicIP`); none on IPv6-only
+    /// networks.
+    pub public_ip: Option<Ipv4Addr>,
     /// All IPv4 addresses of the interface.
     pub addrs: Vec<Ipv4Net>,
     /// The interface's IPv6 address (the IPv6 VXLAN source), on dual-stack networks.
@@ -100,15 +106,20 @@ pub(crate) fn select(
         links.iter().find(|l| l.index == oif).ok_or(Error::NoDefaultInterface)?
     };
     let own = addrs_of(link.index);
-    let addr = *own.first().ok_or_else(|| Error::NoAddress { iface: link.name.clone() })?;
-    let public_ip = match req.public_ip {
-        None => addr.addr(),
-        Some(ip) => {
-            if !addrs.iter().any(|(_, a)| a.addr() == ip) {
-                return Err(Error::PublicIpNotLocal { ip });
+    let (addr, public_ip) = if req.ipv6_only {
+        (None, None)
+    } else {
+        let addr = *own.first().ok_or_else(|| Error::NoAddress { iface: link.name.clone() })?;
+        let public_ip = match req.public_ip {
+            None => addr.addr(),
+            Some(ip) => {
+                if !addrs.iter().any(|(_, a)| a.addr() == ip) {
+                    return Err(Error::PublicIpNotLocal { ip });
+                }
+                ip
             }
-            ip
-        }
+        };
+        (Some(addr), Some(public_ip))
     };
     let own6: Vec<Ipv6Net> = addrs6.iter().filter(|(i, _)| *i == link.index).map(|(_, a)| *a).collect();
     // An IPv6 address given in --iface is used as given (flannel >= 0.25.7).
@@ -119,12 +130,12 @@ pub(crate) fn select(
         Some(ip) => Some(ip),
         None => given6.or_else(|| own6.first().map(|a| a.addr())),
     };
-    if req.ipv6 && public_ipv6.is_none() {
+    if (req.ipv6 || req.ipv6_only) && public_ipv6.is_none() {
         return Err(Error::NoAddress6 { iface: link.name.clone() });
     }
     let addr6 =
         public_ipv6.filter(|ip| own6.iter().any(|a| a.addr() == *ip)).or_else(|| own6.first().map(|a| a.addr()));
-    let (addr6, public_ipv6) = if req.ipv6 { (addr6, public_ipv6) } else { (None, None) };
+    let (addr6, public_ipv6) = if req.ipv6 || req.ipv6_only { (addr6, public_ipv6) } else { (None, None) };
     Ok(ExternalInterface {
         index: link.index,
         name: link.name.clone(),
@@ -142,8 +153,11 @@ pub(crate) fn select(
 pub(crate) async fn find_external(nl: &Netlink, req: &IfaceRequest) -> Result<ExternalInterface> {
     let links = nl.links().await?;
     let (addrs, addrs6) = nl.addresses_by_family().await?;
-    let default_oif =
-        if req.ifaces.is_empty() && req.regexes.is_empty() { nl.default_route_oif().await? } else { None };
+    let default_oif = match (req.ifaces.is_empty() && req.regexes.is_empty(), req.ipv6_only) {
+        (false, _) => None,
+        (true, false) => nl.default_route_oif().await?,
+        (true, true) => nl.default_route6_oif().await?,
+    };
     select(&links, &addrs, &addrs6, default_oif, req)
 }
 
@@ -185,6 +199,27 @@ mod tests {
         assert_eq!((v4.public_ipv6, v4.addr6), (None, None));
     }
 
+    #[test]
+    fn ipv6_only_selection_needs_no_ipv4_address() {
+        let (links, _) = host();
+        let addrs6: Vec<(u32, Ipv6Net)> = vec![(3, "fd00:198:19::2/64".parse().unwrap())];
+        let only6 = IfaceRequest { ipv6_only: true, ..Default::default() };
+        // An interface with no IPv4 address at all, by the IPv6 default route.
+        let e = select(&links, &[], &addrs6, Some(3), &only6).unwrap();
+        assert_eq!((e.name.as_str(), e.addr, e.public_ip), ("eth1", None, None));
+        assert_eq!(e.public_ipv6, Some("fd00:198:19::2".parse().unwrap()));
+        let by6 = select(
+            &links,
+            &[],
+            &addrs6,
+            None,
+            &IfaceRequest { ifaces: vec!["fd00:198:19::2".into()], ..only6.clone() },
+        );
+        assert_eq!(by6.unwrap().name, "eth1");
+        let none = select(&links, &[], &addrs6, Some(2), &only6).unwrap_err().to_string();
+        assert!(none.contains("eth0 has no global IPv6 address"), "{none}");
+    }
+
     use super::*;
 
     fn link(index: u32, name: &str) -> Link {
@@ -211,7 +246,10 @@ mod tests {
     #[test]
     fn selection_rules() {
         let by_default = pick(IfaceRequest::default(), Some(2)).unwrap();
-        assert_eq!((by_default.name.as_str(), by_default.public_ip.to_string().as_str()), ("eth0", "198.18.0.2"));
+        assert_eq!(
+            (by_default.name.as_str(), by_default.public_ip.unwrap().to_string().as_str()),
+            ("eth0", "198.18.0.2")
+        );
 
         let by_name = pick(IfaceRequest { ifaces: vec!["eth1".into()], ..Default::default() }, None).unwrap();
         assert_eq!(by_name.name, "eth1");
@@ -236,7 +274,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert_eq!((public.name.as_str(), public.public_ip.to_string().as_str()), ("eth0", "198.19.0.2"));
+        assert_eq!((public.name.as_str(), public.public_ip.unwrap().to_string().as_str()), ("eth0", "198.19.0.2"));
     }
 
     #[test]

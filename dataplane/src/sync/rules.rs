@@ -111,7 +111,7 @@ async fn observe(fam: Family, table: &str, from: &str, chain: &str) -> Result<(S
 
 /// weft's forwarding and masquerade rules, kept in place.
 pub(crate) struct Rules {
-    network: Ipv4Net,
+    network: Option<Ipv4Net>,
     network6: Option<Ipv6Net>,
     ip_masq: bool,
     /// (network, node subnet) per family, once started.
@@ -121,7 +121,7 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
-    pub(crate) fn new(network: Ipv4Net, network6: Option<Ipv6Net>, ip_masq: bool) -> Rules {
+    pub(crate) fn new(network: Option<Ipv4Net>, network6: Option<Ipv6Net>, ip_masq: bool) -> Rules {
         Rules { network, network6, ip_masq, nets: Vec::new(), installed: None }
     }
 
@@ -152,17 +152,23 @@ impl Rules {
 
     /// Install the rules for `subnet` (and `subnet6`), and remove the
     /// masquerade chain of an earlier run with `--ip-masq` when it is off
-    /// now, and the IPv6 chains when IPv6 is.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.nets = vec![(self.network.into(), subnet.into())];
+    /// now, and the chains of a family the network does not have.
+    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.nets.clear();
+        if let (Some(n4), Some(s4)) = (self.network, subnet) {
+            self.nets.push((n4.into(), s4.into()));
+        }
         if let (Some(n6), Some(s6)) = (self.network6, subnet6) {
             self.nets.push((n6.into(), s6.into()));
         }
         for (table, chain, from) in LEGACY {
             remove_chain(Family::V4, table, from, chain).await?;
         }
-        if !self.ip_masq {
+        if !self.ip_masq || self.network.is_none() {
             remove_chain(Family::V4, "nat", "POSTROUTING", NAT_CHAIN).await?;
+        }
+        if self.network.is_none() {
+            remove_chain(Family::V4, "filter", "FORWARD", FWD_CHAIN).await?;
         }
         if !self.ip_masq || self.network6.is_none() {
             // ip6tables may be missing on an IPv4-only host: nothing to remove then.

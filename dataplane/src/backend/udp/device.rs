@@ -45,7 +45,7 @@ impl UdpBackend {
 
     /// Make `flannel0` exist and be attached, up, with its MTU, address and
     /// the route of the whole network; returns its index.
-    pub(super) async fn ensure_device(&mut self, subnet: Ipv4Net, report: &mut Report) -> Result<u32> {
+    pub(super) async fn ensure_device(&mut self, report: &mut Report) -> Result<u32> {
         let known = self.index.is_some();
         let link = self.nl.link_by_name(TUN_NAME).await?;
         if let Some(l) = &link {
@@ -76,8 +76,10 @@ impl UdpBackend {
         }
         let link = self.nl.link_by_name(TUN_NAME).await?.ok_or(Error::Vanished { device: TUN_NAME.into() })?;
         let same = known && !replaced;
-        let addr = Ipv4Net::new(subnet.network(), self.network.prefix_len()).expect("network prefix is valid");
-        let mut addrs: Vec<ipnet::IpNet> = vec![addr.into()];
+        let mut addrs: Vec<ipnet::IpNet> = Vec::new();
+        if let (Some(n4), Some(s4)) = (self.network, self.subnet) {
+            addrs.push(Ipv4Net::new(s4.network(), n4.prefix_len()).expect("network prefix is valid").into());
+        }
         if let (Some(n6), Some(s6)) = (self.network6, self.subnet6) {
             addrs.push(ipnet::Ipv6Net::new(s6.network(), n6.prefix_len()).expect("network prefix is valid").into());
         }

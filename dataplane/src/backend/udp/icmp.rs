@@ -53,9 +53,10 @@ impl Icmp {
         let hdr = if shared.vnet_hdr { VIRTIO_NET_HDR_LEN } else { 0 };
         // A zeroed virtio-net header means: no GSO, checksums complete.
         self.buf[..hdr].fill(0);
-        let built = match (original.first().map(|b| b >> 4), shared.icmp_from6) {
-            (Some(6), Some(from6)) => build_icmp6_error(kind, from6, original, &mut self.buf[hdr..]),
-            _ => build_icmp_error(kind, shared.icmp_from, original, &mut self.buf[hdr..]),
+        let built = match (original.first().map(|b| b >> 4), shared.icmp_from6, shared.icmp_from) {
+            (Some(6), Some(from6), _) => build_icmp6_error(kind, from6, original, &mut self.buf[hdr..]),
+            (Some(6), None, _) | (_, _, None) => None,
+            (_, _, Some(from)) => build_icmp_error(kind, from, original, &mut self.buf[hdr..]),
         };
         if let Some(n) = built {
             if dev.send(&self.buf[..hdr + n]).is_ok() {

@@ -84,16 +84,19 @@ pub(crate) struct UdpBackend {
     nl: Netlink,
     opts: UdpOptions,
     ext: ExternalInterface,
-    network: Ipv4Net,
-    /// The IPv6 pod network, on dual-stack networks.
+    /// The IPv4 pod network (none on IPv6-only networks).
+    network: Option<Ipv4Net>,
+    /// The IPv6 pod network, on dual-stack and IPv6-only networks.
     network6: Option<Ipv6Net>,
     /// This node's `PublicIPv6` when pod IPv6 travels over an IPv6
-    /// underlay (dual-stack network, and the node has one).
+    /// underlay (a network with IPv6, and the node has one).
     underlay6: Option<Ipv6Addr>,
     table: Arc<RouteTable>,
     counters: Arc<UdpCounters>,
     sockets: Vec<Arc<UdpSocket>>,
     states: Vec<Option<Arc<UdpSocketState>>>,
+    /// Whether `start` ran: the subnets below are this node's.
+    started: bool,
     subnet: Option<Ipv4Net>,
     subnet6: Option<Ipv6Net>,
     /// The attached TUN queues (empty: none attached).
@@ -113,7 +116,7 @@ impl UdpBackend {
         nl: Netlink,
         opts: UdpOptions,
         ext: ExternalInterface,
-        network: Ipv4Net,
+        network: Option<Ipv4Net>,
         network6: Option<Ipv6Net>,
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
@@ -121,9 +124,10 @@ impl UdpBackend {
         // On a dual-stack network with a public IPv6 address, one socket per
         // queue for both families, on [::]; else on the IPv4 public address.
         let underlay6 = ext.public_ipv6.filter(|_| network6.is_some());
-        let addr = match underlay6 {
-            Some(_) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.port)),
-            None => SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.port)),
+        let addr = match (underlay6, ext.public_ip) {
+            (Some(_), _) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.port)),
+            (None, Some(ip)) => SocketAddr::V4(SocketAddrV4::new(ip, opts.port)),
+            (None, None) => return Err(Error::NoAddress6 { iface: ext.name.clone() }),
         };
         let sockets = (0..queues).map(|_| socket::bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
         let states = sockets
@@ -151,6 +155,7 @@ impl UdpBackend {
             }),
             sockets,
             states,
+            started: false,
             subnet: None,
             subnet6: None,
             tun: Vec::new(),
@@ -195,12 +200,13 @@ impl UdpBackend {
     /// Remove stale routes of an earlier kernel-backend run and set up the
     /// device. Forwarding starts at the first reconcile, once the route
     /// table is loaded.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.subnet = Some(subnet);
+    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.subnet = subnet.filter(|_| self.network.is_some());
         self.subnet6 = subnet6.filter(|_| self.network6.is_some());
+        self.started = true;
         let o = converge::routes(
             &self.nl,
-            &[self.network.into()],
+            &crate::backend::networks(self.network, self.network6),
             &BTreeMap::new(),
             &BTreeMap::new(),
             converge::Pass::Full,
@@ -209,7 +215,7 @@ impl UdpBackend {
         if let Some((dst, e)) = o.failed.first() {
             warn!("could not remove the stale route to {dst}: {}", chain(e));
         }
-        self.ensure_device(subnet, &mut Report::default()).await.map(|_| ())
+        self.ensure_device(&mut Report::default()).await.map(|_| ())
     }
 
     /// Swap in the route table for `peers`, check the device, and keep the
@@ -221,12 +227,12 @@ impl UdpBackend {
         report.changes += before.symmetric_difference(&after).count();
         self.table.store(snapshot);
 
-        let Some(subnet) = self.subnet else {
+        if !self.started {
             report.problem(Problem::NotStarted { backend: BackendKind::Udp });
             return;
-        };
+        }
         self.reap_workers(report);
-        if let Err(e) = self.ensure_device(subnet, report).await {
+        if let Err(e) = self.ensure_device(report).await {
             report.problem(Problem::Device { name: TUN_NAME.into(), error: chain(&e) });
             return;
         }
@@ -235,7 +241,7 @@ impl UdpBackend {
                 report.problem(Problem::ThreadsBackingOff);
                 return;
             }
-            if let Err(e) = self.start_workers(subnet) {
+            if let Err(e) = self.start_workers() {
                 report.problem(Problem::ThreadsCannotStart { error: chain(&e) });
                 self.restart.failed(Instant::now());
                 return;
@@ -279,12 +285,12 @@ impl UdpBackend {
         }
     }
 
-    fn start_workers(&mut self, subnet: Ipv4Net) -> Result<()> {
+    fn start_workers(&mut self) -> Result<()> {
         let shared = Shared {
             table: self.table.clone(),
             stats: self.counters.stats.clone(),
-            local: Local { v4: subnet, v6: self.subnet6 },
-            icmp_from: subnet.network(),
+            local: Local { v4: self.subnet, v6: self.subnet6 },
+            icmp_from: self.subnet.map(|s| s.network()),
             icmp_from6: self.subnet6.map(|s| s.network()),
             send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
             vnet_hdr: self.vnet_hdr,

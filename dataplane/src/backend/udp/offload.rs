@@ -366,7 +366,9 @@ fn send_gso(
         segment_size: (gso.count > 1).then_some(gso.seg),
         // A socket bound to [::] sends from the public address of the
         // destination's family, which is what the peer accepts.
-        src_ip: shared.send_from.map(|(v4, v6)| if gso.dest.is_ipv4() { v4.into() } else { v6.into() }),
+        src_ip: shared
+            .send_from
+            .and_then(|(v4, v6)| if gso.dest.is_ipv4() { v4.map(Into::into) } else { Some(v6.into()) }),
     };
     loop {
         let e = match state.try_send(sock.into(), &transmit) {

@@ -34,13 +34,13 @@ pub(crate) struct Shared {
     /// This node's subnets: the only destinations accepted from peers.
     pub(crate) local: Local,
     /// Source address of the ICMP errors weft sends (the TUN address).
-    pub(crate) icmp_from: Ipv4Addr,
+    pub(crate) icmp_from: Option<Ipv4Addr>,
     /// Source address of the ICMPv6 errors (the TUN's IPv6 address).
     pub(crate) icmp_from6: Option<std::net::Ipv6Addr>,
     /// The public addresses (IPv4, IPv6) to send from when the socket is
     /// bound to `[::]` for an IPv6 underlay; `None`: bound to the IPv4
     /// public address, which the kernel sends from.
-    pub(crate) send_from: Option<(Ipv4Addr, std::net::Ipv6Addr)>,
+    pub(crate) send_from: Option<(Option<Ipv4Addr>, std::net::Ipv6Addr)>,
     /// Whether the TUN device carries virtio-net headers (offload on).
     pub(crate) vnet_hdr: bool,
 }

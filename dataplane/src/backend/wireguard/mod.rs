@@ -88,10 +88,18 @@ impl WgBackend {
         nl: Netlink,
         opts: WireguardOptions,
         ext: ExternalInterface,
-        network: Ipv4Net,
+        network: Option<Ipv4Net>,
         network6: Option<Ipv6Net>,
         wake: Arc<Notify>,
     ) -> Result<WgBackend> {
+        // The config refuses an IPv6-only wireguard network; this is the
+        // same rule for a caller that did not parse one.
+        let (Some(network), Some(public_ip)) = (network, ext.public_ip) else {
+            return Err(Error::Unsupported {
+                backend: "wireguard",
+                reason: "IPv6-only networks (EnableIPv4 false) are not supported yet; use udp, vxlan or host-gw".into(),
+            });
+        };
         let private = key::load_or_create(&key::key_file())?;
         let mtu = opts.mtu.unwrap_or(ext.mtu.saturating_sub(WG_OVERHEAD));
         let separate = opts.mode == WireguardMode::Separate;
@@ -100,7 +108,7 @@ impl WgBackend {
         let bind4 = if !separate && network6.is_some() {
             SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, opts.listen_port, 0, 0))
         } else {
-            SocketAddr::V4(SocketAddrV4::new(ext.public_ip, opts.listen_port))
+            SocketAddr::V4(SocketAddrV4::new(public_ip, opts.listen_port))
         };
         if opts.mode == WireguardMode::Ipv6 && ext.public_ipv6.is_none() {
             return Err(Error::Unsupported {
@@ -162,8 +170,8 @@ impl WgBackend {
     }
 
     /// Set up the device(s); forwarding starts at the first reconcile.
-    pub(crate) async fn start(&mut self, subnet: Ipv4Net, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.subnet = Some(subnet);
+    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+        self.subnet = subnet;
         self.subnet6 = subnet6.filter(|_| self.network6.is_some());
         self.ensure_devices(&mut Report::default()).await
     }
@@ -200,15 +208,15 @@ impl WgBackend {
         let one_device = self.v6.is_none() && self.network6.is_some();
         let mode = self.opts.mode;
         // Peers Mode ipv6 cannot reach: their lease has no PublicIPv6.
-        let unreachable: Vec<Ipv4Net> = peers
+        let unreachable: Vec<IpNet> = peers
             .iter()
             .filter(|p| mode == WireguardMode::Ipv6 && p.wg_key.is_some() && p.public_ipv6.is_none())
-            .map(|p| p.subnet)
+            .map(Peer::id)
             .collect();
         let v4: Vec<TunnelPeer> = peers
             .iter()
             .filter_map(|p| {
-                let v4 = SocketAddr::V4(SocketAddrV4::new(p.public_ip, p.wg_port.unwrap_or(port)));
+                let v4 = SocketAddr::V4(SocketAddrV4::new(p.public_ip?, p.wg_port.unwrap_or(port)));
                 let v6 = p.public_ipv6.map(|ip| SocketAddr::V6(SocketAddrV6::new(ip, p.wg_port.unwrap_or(port), 0, 0)));
                 // The endpoint by Mode, as flanneld chooses it.
                 let endpoint = match mode {
@@ -219,7 +227,7 @@ impl WgBackend {
                 Some(TunnelPeer {
                     key: Key(p.wg_key?),
                     endpoint,
-                    subnet: IpNet::V4(p.subnet),
+                    subnet: IpNet::V4(p.subnet?),
                     more: p.subnet6.filter(|_| one_device).map(IpNet::V6),
                 })
             })
