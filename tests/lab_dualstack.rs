@@ -86,43 +86,13 @@ fn dual_stack_pods_reach_each_other(backend: &str) -> Lab {
 #[test]
 fn vxlan_dual_stack() {
     let lab = dual_stack_pods_reach_each_other("vxlan");
-    // flannel-v6.1 deleted: weft recreates it with its MAC, entries and
-    // routes, and IPv6 pod traffic flows again.
-    let mac = |lab: &Lab| {
-        let o = lab.node_cmd(1, "ip").args(["-br", "link", "show", "flannel-v6.1"]).output().unwrap();
-        String::from_utf8_lossy(&o.stdout).split_whitespace().nth(2).map(str::to_string)
-    };
-    let before = mac(&lab).expect("flannel-v6.1 exists");
-    let out = lab.node_cmd(1, "ip").args(["link", "del", "flannel-v6.1"]).output().unwrap();
-    assert!(out.status.success());
-    let dst = lab.node(2).pod_ip6.unwrap();
-    wait_until("IPv6 pod traffic to flow again after flannel-v6.1 was deleted", Duration::from_secs(10), || {
-        lab.ping6_once(1, dst).then_some(())
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
-    assert_eq!(mac(&lab), Some(before), "recreated with the MAC its lease publishes");
-    assert!(lab.metric(1, "weft_dataplane_repairs_total{backend=\"vxlan\",kind=\"device\"}").unwrap() >= 1);
-    let (code, body) = lab.http(1, "/readyz").unwrap();
-    assert_eq!(code, 200, "{body}");
-    let neigh = lab
-        .node_cmd(1, "ip")
-        .args(["-6", "neigh", "show", "dev", "flannel-v6.1", "nud", "permanent"])
-        .output()
-        .unwrap();
-    assert!(!neigh.stdout.is_empty(), "the peer's IPv6 neighbour entry is back");
+    delete_flannel_v6_and_wait_repaired(&lab);
 }
 
 #[test]
 fn host_gw_dual_stack() {
     let lab = dual_stack_pods_reach_each_other("host-gw");
-    let routes = lab.weft_routes6(1).unwrap();
-    let via = format!("via {} dev eth0", lab.node(2).underlay_ip6);
-    assert!(routes.contains(&via), "host-gw routes the peer's IPv6 subnet via its PublicIPv6: {routes}");
-    // ip6tables has flanneld's forward chain for the IPv6 network.
-    let out = lab.node_cmd(1, "ip6tables").args(["-S", "FLANNEL-FWD"]).output().unwrap();
-    let rules = String::from_utf8_lossy(&out.stdout);
-    assert!(rules.contains("-A FLANNEL-FWD -s fd10:244::/56"), "{rules}");
-    assert!(rules.contains("-A FLANNEL-FWD -d fd10:244::/56"), "{rules}");
+    assert_host_gw_ipv6_route_and_chain(&lab);
 }
 
 #[test]
