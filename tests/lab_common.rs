@@ -246,3 +246,9 @@ pub(crate) fn assert_host_gw_ipv6_route_and_chain(lab: &Lab) {
     assert!(rules.contains("-A FLANNEL-FWD -s fd10:244::/56"), "{rules}");
     assert!(rules.contains("-A FLANNEL-FWD -d fd10:244::/56"), "{rules}");
 }
+
+/// What `weft leases` prints.
+pub(crate) fn weft_leases(lab: &Lab) -> String {
+    let out = lab.weft(&["leases"], None).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -33,8 +33,7 @@ fn assert_pods_reach_each_other_over_both_families(lab: &Lab) {
 fn check_leases_and_env(lab: &Lab, backend: &str) {
     let leases = leases(lab);
     assert_eq!(leases.len(), 2, "{leases:?}");
-    let shown = lab.weft(&["leases"], None).unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let shown = weft_leases(lab);
     for i in 1..=2u8 {
         let node = lab.node(i);
         let sub4 = env_var(lab, i, "FLANNEL_SUBNET").unwrap();

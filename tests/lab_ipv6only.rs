@@ -42,8 +42,7 @@ fn ipv6_only_lab(backend: &str) -> Lab {
 fn check_leases_and_env(lab: &Lab, backend: &str) {
     let leases = leases(lab);
     assert_eq!(leases.len(), 2, "{leases:?}");
-    let shown = lab.weft(&["leases"], None).unwrap();
-    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    let shown = weft_leases(lab);
     for i in 1..=2u8 {
         let node = lab.node(i);
         assert_eq!(env_var(lab, i, "FLANNEL_NETWORK"), None, "no IPv4 in subnet.env");

@@ -301,10 +301,6 @@ impl VxlanBackend {
         self.v4.iter().chain(self.v6.as_ref())
     }
 
-    fn vteps_mut(&mut self) -> impl Iterator<Item = &mut Vtep> {
-        self.v4.iter_mut().chain(self.v6.as_mut())
-    }
-
     /// The devices and their indexes as last seen.
     pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
         self.vteps().map(|v| (v.name.clone(), v.index)).collect()
@@ -342,10 +338,9 @@ impl VxlanBackend {
         }
         let mut pass = pass;
         let mut devs = Devices { v4: None, v6: None };
-        let (nl, opts, ext_index) = (self.nl.clone(), self.opts.clone(), self.ext.index);
-        for vtep in self.vteps_mut() {
+        for vtep in self.v4.iter_mut().chain(self.v6.as_mut()) {
             let before = vtep.index;
-            match vtep.ensure(&nl, &opts, ext_index, report).await {
+            match vtep.ensure(&self.nl, &self.opts, self.ext.index, report).await {
                 Ok(i) => {
                     if before != Some(i) {
                         pass = Pass::Full;
@@ -372,9 +367,8 @@ impl VxlanBackend {
             return;
         }
         let mut p = Programming::new(peers, desired);
-        let nl = self.nl.clone();
-        for vtep in self.vteps_mut() {
-            vtep.converge(&nl, peers, desired, &mut p, report, pass).await;
+        for vtep in self.v4.iter_mut().chain(self.v6.as_mut()) {
+            vtep.converge(&self.nl, peers, desired, &mut p, report, pass).await;
         }
         let routes = converge::routes(&self.nl, &self.networks, &desired.routes, &self.routes, pass).await;
         if let Some(now) =
