@@ -180,21 +180,24 @@ pub(crate) fn env_var(lab: &Lab, i: u8, name: &str) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix(&format!("{name}=")).map(str::to_string))
 }
 
-/// Wait until every node has an IPv6 route (proto 87) to every other
-/// node's IPv6 subnet.
+/// Check that every node leased an IPv6 subnet of its own, and wait until
+/// every node has an IPv6 route (proto 87) to every other node's IPv6
+/// subnet.
 pub(crate) fn wait_converged6(lab: &Lab) {
     let n = lab.nodes.len() as u8;
-    let has = |dev: &str| lab.node_cmd(1, "ip").args(["link", "show", dev]).output().is_ok_and(|o| o.status.success());
-    if has("flannel0") || has("flannel-wg") {
-        // Its routes live in weft's own table: the pods' pings below wait for it.
-        return;
-    }
     let subnets: Vec<String> = (1..=n)
         .map(|i| {
             let s: ipnet::Ipv6Net = env_var(lab, i, "FLANNEL_IPV6_SUBNET").unwrap().parse().unwrap();
             s.trunc().to_string()
         })
         .collect();
+    let distinct: std::collections::BTreeSet<_> = subnets.iter().collect();
+    assert_eq!(distinct.len(), subnets.len(), "every node has an IPv6 subnet of its own: {subnets:?}");
+    let has = |dev: &str| lab.node_cmd(1, "ip").args(["link", "show", dev]).output().is_ok_and(|o| o.status.success());
+    if has("flannel0") || has("flannel-wg") {
+        // Its routes live in weft's own table: the pods' pings below wait for it.
+        return;
+    }
     for i in 1..=n {
         weft_lab::wait_until(&format!("node {i} to route to every other node's IPv6 subnet"), PROPAGATION, || {
             let routes = lab.weft_routes6(i).unwrap();

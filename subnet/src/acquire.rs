@@ -13,8 +13,11 @@
 //!    `PublicIPv6`).
 //!
 //! Creation is a transaction that succeeds only if no key leases the IPv4
-//! subnet (the IPv6 subnet on IPv6-only networks). A node that loses a race lists again and tries another subnet
-//! (flanneld exits instead); a full range is [`Error::OutOfSubnets`].
+//! subnet (the IPv6 subnet on IPv6-only networks) and, for an IPv6 part,
+//! no key was created since the listing it was chosen from (flanneld checks
+//! only its own key, so two of its nodes can end up with one IPv6 subnet).
+//! A node that loses a race lists again and tries another subnet (flanneld
+//! exits instead); a full range is [`Error::OutOfSubnets`].
 
 use std::time::Duration;
 
@@ -91,7 +94,7 @@ pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &Ac
                     ),
                 },
             };
-            match registry.replace_lease(own, own.subnet, subnet6, &req.attrs, req.ttl).await? {
+            match registry.replace_lease(own, own.subnet, subnet6, &req.attrs, req.ttl, listing.revision).await? {
                 Some(lease) => {
                     info!(
                         old = %own.key(),
@@ -132,7 +135,7 @@ pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &Ac
                     _ => choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
                 }),
             };
-            match registry.replace_lease(old, v4, v6, &req.attrs, req.ttl).await? {
+            match registry.replace_lease(old, v4, v6, &req.attrs, req.ttl, listing.revision).await? {
                 Some(lease) => {
                     info!(old = %old.key(), new = %lease.key(), "replaced this node's lease: EnableIPv4 changed");
                     return Ok(lease);
@@ -174,7 +177,7 @@ pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &Ac
                 (v4, v6)
             }
         };
-        match registry.create_lease(candidate, candidate6, &req.attrs, req.ttl).await? {
+        match registry.create_lease(candidate, candidate6, &req.attrs, req.ttl, listing.revision).await? {
             Some(lease) => {
                 info!(subnet = ?lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, attempt, "acquired a new lease");
                 return Ok(lease);

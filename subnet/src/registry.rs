@@ -164,6 +164,17 @@ impl Registry {
         Compare::create_revision(key, CompareOp::Equal, 0).with_range(end)
     }
 
+    /// A compare that holds while no key under `<prefix>/subnets/` was
+    /// created after revision `listed_at`: the subnets chosen from a listing
+    /// at that revision are still free. Needed for an IPv6 part, which is
+    /// not a key prefix (`10.244.3.0-24&fd10:244:0:3::-64`), so no range
+    /// over keys can say that nobody holds it.
+    fn nothing_created_since(&self, listed_at: i64) -> Compare {
+        let dir = self.subnets_prefix();
+        let end = prefix_end(dir.as_bytes());
+        Compare::create_revision(dir, CompareOp::Less, listed_at + 1).with_range(end)
+    }
+
     /// The config as stored, or `None` when there is none.
     pub async fn get_config_text(&self) -> Result<Option<String>> {
         let key = self.config_key();
@@ -289,24 +300,29 @@ impl Registry {
     }
 
     /// Create the lease of `subnet` and/or `subnet6` (at least one) if, and
-    /// only if, no key leases the subnet that names it yet, in any key form.
-    /// `Ok(None)` means someone else holds it.
+    /// only if, no key leases the subnet that names it yet, in any key form,
+    /// and, with an IPv6 part, no key was created since the listing at
+    /// revision `listed_at` that found `subnet6` free (two nodes choosing
+    /// one IPv6 subnet with different IPv4 ones write different keys).
+    /// `Ok(None)` means someone else holds it or may: list again.
     pub async fn create_lease(
         &self,
         subnet: Option<Ipv4Net>,
         subnet6: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
+        listed_at: i64,
     ) -> Result<Option<Lease>> {
         let name = lease_id(subnet, subnet6).ok_or(Error::NoSubnet)?;
         let key = self.full_key(subnet.as_ref(), subnet6.as_ref());
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet: name, source })?;
         let id = self.grant(ttl).await?;
-        let txn = Txn::new().when([self.nobody_holds(&name)]).and_then([TxnOp::put(
-            key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(id)),
-        )]);
+        let mut free = vec![self.nobody_holds(&name)];
+        if subnet6.is_some() {
+            free.push(self.nothing_created_since(listed_at));
+        }
+        let txn =
+            Txn::new().when(free).and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id)))]);
         let Some(mod_revision) = self.put_if(txn, &key, id).await? else { return Ok(None) };
         Ok(Some(Lease {
             subnet,
@@ -323,7 +339,9 @@ impl Registry {
     /// key holds the new lease's subnets yet (the new key, when it keeps
     /// the subnet that names `old`; any key of the new name otherwise).
     /// What flanneld does, as a delete and a create, when IPv6 is turned on
-    /// or off under a node; weft does the same when IPv4 is.
+    /// or off under a node; weft does the same when IPv4 is. A new IPv6
+    /// subnet is taken only if no key was created since `listed_at`, as in
+    /// [`Registry::create_lease`].
     /// `Ok(None)`: someone wrote either key meanwhile.
     pub async fn replace_lease(
         &self,
@@ -332,6 +350,7 @@ impl Registry {
         subnet6: Option<Ipv6Net>,
         attrs: &LeaseAttrs,
         ttl: Duration,
+        listed_at: i64,
     ) -> Result<Option<Lease>> {
         let name = lease_id(subnet, subnet6).ok_or(Error::NoSubnet)?;
         let old_key = old_key_of(self, old);
@@ -342,13 +361,15 @@ impl Registry {
         } else {
             self.nobody_holds(&name)
         };
+        let mut compares = vec![Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision), free];
+        if subnet6.is_some() && subnet6 != old.ipv6_subnet {
+            compares.push(self.nothing_created_since(listed_at));
+        }
         let id = self.grant(ttl).await?;
-        let txn = Txn::new()
-            .when([Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision), free])
-            .and_then([
-                TxnOp::delete(old_key, None),
-                TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
-            ]);
+        let txn = Txn::new().when(compares).and_then([
+            TxnOp::delete(old_key, None),
+            TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id))),
+        ]);
         let Some(mod_revision) = self.put_if(txn, &key, id).await? else { return Ok(None) };
         if old.etcd_lease != 0 {
             self.revoke(old.etcd_lease).await;

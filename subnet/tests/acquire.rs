@@ -9,23 +9,20 @@ use std::time::Duration;
 use common::*;
 use weft_subnet::registry::{LostReason, RenewOutcome};
 use weft_subnet::renew::Renewer;
-use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, LeaseAttrs, Registry};
+use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, Lease, LeaseAttrs, NetworkConfig, Registry};
 
 const RANGE_16: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn twenty_racers_on_sixteen_subnets() {
-    let etcd = etcd();
-    let reg = registry(&etcd.endpoint()).await;
-    let config = put_config(&reg, RANGE_16).await;
-
+/// Twenty racers acquire at once, each with its own connection as separate
+/// nodes would: the winners with their leases, and the errors of those
+/// told the range is full (any other error fails the test).
+async fn twenty_racers(endpoint: &str, config: &NetworkConfig) -> (Vec<(Ipv4Addr, Lease)>, Vec<String>) {
     let mut tasks = Vec::new();
     for i in 0..20u8 {
-        let endpoint = etcd.endpoint();
+        let endpoint = endpoint.to_string();
         let config = config.clone();
         tasks.push(tokio::spawn(async move {
-            // Each racer has its own connection, as separate nodes would.
             let reg = registry(&endpoint).await;
             let ip = Ipv4Addr::new(198, 18, 0, 10 + i);
             let req = AcquireRequest { attrs: attrs(ip), ttl: HOUR, previous_subnet: None, previous_ipv6_subnet: None };
@@ -42,6 +39,15 @@ async fn twenty_racers_on_sixteen_subnets() {
             Err(e) => panic!("racer {ip} failed unexpectedly: {e}"),
         }
     }
+    (won, out_of_subnets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_racers_on_sixteen_subnets() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, RANGE_16).await;
+    let (won, out_of_subnets) = twenty_racers(&etcd.endpoint(), &config).await;
     assert_eq!(won.len(), 16, "16 racers get a lease");
     assert_eq!(out_of_subnets.len(), 4, "4 racers are told the range is full");
     for msg in &out_of_subnets {
@@ -56,6 +62,35 @@ async fn twenty_racers_on_sixteen_subnets() {
     for (ip, lease) in &won {
         let stored = listing.leases.iter().find(|l| l.subnet == lease.subnet).unwrap();
         assert_eq!(stored.attrs.public_ip, Some(*ip), "{} is held by its winner", lease.id());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_dual_stack_racers_on_sixteen_ipv6_subnets() {
+    // Plenty of IPv4 subnets, 16 IPv6 ones: two racers choosing one IPv6
+    // subnet with different IPv4 ones write different keys, so only the
+    // transaction's check that nothing was created since the listing keeps
+    // them from sharing it.
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let text = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","IPv6SubnetMin":"fd10:244:0:1::","IPv6SubnetMax":"fd10:244:0:10::","Backend":{"Type":"vxlan"}}"#;
+    let config = put_config(&reg, text).await;
+    let (won, out_of_subnets) = twenty_racers(&etcd.endpoint(), &config).await;
+    assert_eq!(won.len(), 16, "16 racers get a lease");
+    assert_eq!(out_of_subnets.len(), 4, "4 racers are told the IPv6 range is full: {out_of_subnets:?}");
+    for msg in &out_of_subnets {
+        assert!(msg.contains("fd10:244:0:1:: - fd10:244:0:10::"), "{msg}");
+    }
+    let v6: BTreeSet<_> = won.iter().map(|(_, l)| l.ipv6_subnet.expect("dual-stack lease")).collect();
+    assert_eq!(v6.len(), 16, "no IPv6 subnet handed out twice: {won:?}");
+    let v4: BTreeSet<_> = won.iter().map(|(_, l)| l.subnet.expect("dual-stack lease")).collect();
+    assert_eq!(v4.len(), 16, "no IPv4 subnet handed out twice");
+
+    let listing = reg.list(&config).await.unwrap();
+    assert_eq!(listing.leases.len(), 16, "etcd holds the winners' keys only");
+    for (ip, lease) in &won {
+        let stored = listing.leases.iter().find(|l| l.id() == lease.id()).unwrap();
+        assert_eq!((stored.ipv6_subnet, stored.attrs.public_ip), (lease.ipv6_subnet, Some(*ip)));
     }
 }
 
@@ -96,7 +131,8 @@ async fn renewal_never_overwrites_a_subnet_taken_over_by_another_node() {
 
     // A is away; its lease goes, and B takes the subnet.
     reg.delete_lease(&lease_a.id()).await.unwrap();
-    let lease_b = reg.create_lease(lease_a.subnet, None, &attrs(b), HOUR).await.unwrap().expect("subnet is free");
+    let now = reg.list(&config).await.unwrap().revision;
+    let lease_b = reg.create_lease(lease_a.subnet, None, &attrs(b), HOUR, now).await.unwrap().expect("subnet is free");
 
     let outcome = reg.renew_lease(&lease_a, &attrs(a), HOUR).await.unwrap();
     assert_eq!(outcome, RenewOutcome::Lost(LostReason::TakenOver { subnet: lease_a.id(), holder: b.to_string() }));
@@ -286,13 +322,20 @@ async fn a_subnet_held_under_either_key_form_is_not_handed_out_again() {
     let v4: ipnet::Ipv4Net = "10.244.5.0/24".parse().unwrap();
     let subnet = Some(v4);
     let (a2, a3) = (attrs(Ipv4Addr::new(198, 18, 0, 2)), attrs(Ipv4Addr::new(198, 18, 0, 3)));
-    let a = reg.create_lease(subnet, Some("fd10:244:0:5::/64".parse().unwrap()), &a2, HOUR);
+    let listed_before = reg.list(&config).await.unwrap().revision;
+    let a = reg.create_lease(subnet, Some("fd10:244:0:5::/64".parse().unwrap()), &a2, HOUR, listed_before);
     assert!(a.await.unwrap().is_some());
+    let now = reg.list(&config).await.unwrap().revision;
     // Same IPv4 subnet, other IPv6 subnet, or none: both refused.
-    let b = reg.create_lease(subnet, Some("fd10:244:0:6::/64".parse().unwrap()), &a3, HOUR);
+    let b = reg.create_lease(subnet, Some("fd10:244:0:6::/64".parse().unwrap()), &a3, HOUR, now);
     assert!(b.await.unwrap().is_none(), "a second dual key for the same IPv4 subnet");
-    let c = reg.create_lease(subnet, None, &a3, HOUR);
+    let c = reg.create_lease(subnet, None, &a3, HOUR, now);
     assert!(c.await.unwrap().is_none(), "a v4-only key for a subnet held by a dual key");
+    // Other IPv4 subnet, same IPv6 subnet, chosen from a listing taken
+    // before the dual key was created: refused, it may be taken.
+    let other_v4 = Some("10.244.6.0/24".parse().unwrap());
+    let d = reg.create_lease(other_v4, Some("fd10:244:0:5::/64".parse().unwrap()), &a3, HOUR, listed_before);
+    assert!(d.await.unwrap().is_none(), "an IPv6 subnet chosen from a stale listing");
     assert_eq!(key_names(&reg).await, ["10.244.5.0-24&fd10:244:0:5::-64"]);
     // The previous subnet.env of another node names the same subnets: it gets others.
     let req = AcquireRequest {

@@ -19,7 +19,8 @@ fn net(s: &str) -> Ipv4Net {
 }
 
 async fn add(reg: &Registry, subnet: &str, host: u8) {
-    reg.create_lease(Some(net(subnet)), None, &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR)
+    // IPv4 only: the listing revision does not matter.
+    reg.create_lease(Some(net(subnet)), None, &attrs(Ipv4Addr::new(198, 18, 0, host)), HOUR, 0)
         .await
         .unwrap()
         .expect("subnet free");
