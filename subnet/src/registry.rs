@@ -164,15 +164,19 @@ impl Registry {
         Compare::create_revision(key, CompareOp::Equal, 0).with_range(end)
     }
 
-    /// A compare that holds while no key under `<prefix>/subnets/` was
-    /// created after revision `listed_at`: the subnets chosen from a listing
-    /// at that revision are still free. Needed for an IPv6 part, which is
-    /// not a key prefix (`10.244.3.0-24&fd10:244:0:3::-64`), so no range
-    /// over keys can say that nobody holds it.
-    fn nothing_created_since(&self, listed_at: i64) -> Compare {
+    /// For a key taking the IPv6 subnet `subnet6` that the writer does not
+    /// hold yet (`held` is what it holds): a compare that holds while no key
+    /// under `<prefix>/subnets/` was created after revision `listed_at`, so
+    /// the subnet chosen from a listing at that revision is still free. An
+    /// IPv6 part is not a key prefix (`10.244.3.0-24&fd10:244:0:3::-64`), so
+    /// no range over keys can say that nobody holds it.
+    fn ipv6_still_free(&self, subnet6: Option<Ipv6Net>, held: Option<Ipv6Net>, listed_at: i64) -> Option<Compare> {
+        if subnet6.is_none() || subnet6 == held {
+            return None;
+        }
         let dir = self.subnets_prefix();
         let end = prefix_end(dir.as_bytes());
-        Compare::create_revision(dir, CompareOp::Less, listed_at + 1).with_range(end)
+        Some(Compare::create_revision(dir, CompareOp::Less, listed_at + 1).with_range(end))
     }
 
     /// The config as stored, or `None` when there is none.
@@ -317,10 +321,8 @@ impl Registry {
         let key = self.full_key(subnet.as_ref(), subnet6.as_ref());
         let value = serde_json::to_string(attrs).map_err(|source| Error::Encode { subnet: name, source })?;
         let id = self.grant(ttl).await?;
-        let mut free = vec![self.nobody_holds(&name)];
-        if subnet6.is_some() {
-            free.push(self.nothing_created_since(listed_at));
-        }
+        let free: Vec<Compare> =
+            std::iter::once(self.nobody_holds(&name)).chain(self.ipv6_still_free(subnet6, None, listed_at)).collect();
         let txn =
             Txn::new().when(free).and_then([TxnOp::put(key.clone(), value, Some(PutOptions::new().with_lease(id)))]);
         let Some(mod_revision) = self.put_if(txn, &key, id).await? else { return Ok(None) };
@@ -362,9 +364,7 @@ impl Registry {
             self.nobody_holds(&name)
         };
         let mut compares = vec![Compare::mod_revision(old_key.clone(), CompareOp::Equal, old.mod_revision), free];
-        if subnet6.is_some() && subnet6 != old.ipv6_subnet {
-            compares.push(self.nothing_created_since(listed_at));
-        }
+        compares.extend(self.ipv6_still_free(subnet6, old.ipv6_subnet, listed_at));
         let id = self.grant(ttl).await?;
         let txn = Txn::new().when(compares).and_then([
             TxnOp::delete(old_key, None),
