@@ -306,6 +306,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 offload: true,
                 queues: None,
                 realtime_threads: false,
+                latency_lane: false,
             }))
         }
         Some(Value::Object(obj)) => obj,
@@ -326,6 +327,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             offload: get_bool(obj, "Offload")?.unwrap_or(true),
             queues: get_queues(obj)?,
             realtime_threads: get_bool(obj, "RealtimeThreads")?.unwrap_or(false),
+            latency_lane: get_bool(obj, "LatencyLane")?.unwrap_or(false),
         })),
         BackendKind::Vxlan => {
             let vni = get_u32(obj, "VNI")?.unwrap_or(1);

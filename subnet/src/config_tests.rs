@@ -33,7 +33,8 @@ fn defaults_follow_flanneld() {
                 mtu: None,
                 offload: true,
                 queues: None,
-                realtime_threads: false
+                realtime_threads: false,
+                latency_lane: false
             })
         );
         assert!(c.ipv6.is_none());
@@ -87,13 +88,18 @@ fn backend_defaults() {
             mtu: None,
             offload: false,
             queues: Some(2),
-            realtime_threads: false
+            realtime_threads: false,
+            latency_lane: false
         })
     );
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#);
     assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { realtime_threads: true, .. })));
     let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":"yes"}}"#);
     assert!(e.contains("RealtimeThreads"), "the error names the field: {e}");
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":true}}"#);
+    assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { latency_lane: true, .. })));
+    let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":1}}"#);
+    assert!(e.contains("LatencyLane"), "the error names the field: {e}");
 }
 
 #[test]

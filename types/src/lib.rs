@@ -46,6 +46,12 @@ pub struct UdpOptions {
     /// `SCHED_FIFO` priority 10, default false. Short latency under load
     /// for some throughput (docs/backends.md).
     pub realtime_threads: bool,
+    /// `LatencyLane` (weft's own): one extra queue that carries only small
+    /// packets (ping, requests, DNS; not a bulk flow's segments or ACKs),
+    /// chosen by an eBPF classifier on both the TUN device and the UDP
+    /// sockets, its two threads at `SCHED_FIFO`. Short latency beside a
+    /// bulk stream, default false (docs/backends.md).
+    pub latency_lane: bool,
 }
 
 /// Options of the vxlan backend.

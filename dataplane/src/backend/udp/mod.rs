@@ -13,6 +13,7 @@
 //! | `plain`    | the plain path: one packet per syscall                         |
 //! | `shared`   | what threads share: route table, stop signal, waits, error log |
 //! | `icmp`     | ICMP errors written back into the TUN device, rate-limited     |
+//! | `lane`     | `LatencyLane`: the eBPF classifier of small packets, attached  |
 //! | `restart`  | the restart backoff of ended threads (pure, clock passed in)   |
 //! | `sys`      | every libc call, each in one checked helper                    |
 //!
@@ -41,6 +42,7 @@
 mod device;
 pub(crate) mod duty;
 mod icmp;
+pub(crate) mod lane;
 pub(crate) mod offload;
 mod plain;
 pub(crate) mod restart;

@@ -1,0 +1,317 @@
+//! `LatencyLane`: one extra forwarding queue for small packets, so that a
+//! ping or a request beside a bulk stream does not wait behind the bulk
+//! stream's queue (docs/benchmarks.md, "a real-time lane").
+//!
+//! One eBPF socket-filter program classifies packets in both directions:
+//! the kernel runs it as the TUN device's steering program
+//! (`TUNSETSTEERINGEBPF`: the packet a pod sends, which TUN queue reads it)
+//! and as the UDP sockets' reuseport program (`SO_ATTACH_REUSEPORT_EBPF`:
+//! the datagram a peer sends, which socket receives it). In both places the
+//! program sees the pod packet from its IP header on (the reuseport program
+//! runs on the datagram's payload), and returns the queue: the TUN device
+//! takes it modulo its queues, the reuseport group as the index of the
+//! socket in bind order, which is the queue's.
+//!
+//! The lane (the last queue) takes every IPv4 or IPv6 packet of at most
+//! [`SMALL`] bytes except a TCP segment without payload (a bulk flow's ACKs
+//! stay with its data, where they do not crowd the lane). The rest goes to
+//! the bulk queues by a hash of the addresses (and ports of TCP and UDP),
+//! so that a flow keeps to one queue. A flow whose segments are sometimes
+//! small (the tail of a write) can see those overtake its large ones: TCP
+//! copes, at the cost of a duplicate ACK.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Packets of at most this many bytes (IP header included) may take the
+/// lane: a ping (84), a DNS query, a small request.
+pub(crate) const SMALL: i32 = 256;
+
+// eBPF opcodes (linux/bpf_common.h, linux/bpf.h).
+const LD_ABS_B: u8 = 0x30;
+const LD_ABS_H: u8 = 0x28;
+const LD_ABS_W: u8 = 0x20;
+const LD_IND_B: u8 = 0x50;
+const LD_IND_W: u8 = 0x40;
+const LDX_MEM_W: u8 = 0x61;
+const MOV_X: u8 = 0xbf;
+const MOV_K: u8 = 0xb7;
+const ADD_X: u8 = 0x0f;
+const SUB_X: u8 = 0x1f;
+const XOR_X: u8 = 0xaf;
+const AND_K: u8 = 0x57;
+const LSH_K: u8 = 0x67;
+const RSH_K: u8 = 0x77;
+const MOD_K: u8 = 0x97;
+const JEQ_K: u8 = 0x15;
+const JNE_K: u8 = 0x55;
+const JGT_K: u8 = 0x25;
+const JA: u8 = 0x05;
+const EXIT: u8 = 0x95;
+
+/// Registers: r0 the loaded value and the result, r1 the context on entry,
+/// r6 the context (what `LD_ABS` needs), r7 the flow hash, r8 the IPv4
+/// header length, r9 the protocol and scratch.
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+
+/// One instruction; a jump names its target label.
+enum Op {
+    Insn { code: u8, dst: u8, src: u8, off: i16, imm: i32 },
+    Jump { code: u8, dst: u8, imm: i32, to: &'static str },
+    Label(&'static str),
+}
+
+fn op(code: u8, dst: u8, src: u8, imm: i32) -> Op {
+    Op::Insn { code, dst, src, off: 0, imm }
+}
+
+fn jump(code: u8, dst: u8, imm: i32, to: &'static str) -> Op {
+    Op::Jump { code, dst, imm, to }
+}
+
+/// The classifier for `bulk` bulk queues (the lane is queue `bulk`), as
+/// eBPF instructions of 8 bytes each.
+pub(crate) fn program(bulk: u32) -> Vec<u64> {
+    let bulk = bulk.max(1) as i32;
+    let mut ops = vec![
+        op(MOV_X, R6, R1, 0),
+        op(MOV_K, R7, 0, 0),
+        op(LD_ABS_B, 0, 0, 0),
+        op(RSH_K, R0, 0, 4),
+        jump(JEQ_K, R0, 4, "v4"),
+        jump(JEQ_K, R0, 6, "v6"),
+        jump(JA, 0, 0, "bulk"),
+        // IPv4: r8 = header length, r7 = source ^ destination.
+        Op::Label("v4"),
+        op(LD_ABS_B, 0, 0, 0),
+        op(AND_K, R0, 0, 0x0f),
+        op(LSH_K, R0, 0, 2),
+        op(MOV_X, R8, R0, 0),
+        op(LD_ABS_W, 0, 0, 12),
+        op(XOR_X, R7, R0, 0),
+        op(LD_ABS_W, 0, 0, 16),
+        op(XOR_X, R7, R0, 0),
+        op(LD_ABS_B, 0, 0, 9),
+        op(MOV_X, R9, R0, 0),
+        jump(JEQ_K, R9, 6, "v4ports"),
+        jump(JNE_K, R9, 17, "v4size"),
+        Op::Label("v4ports"),
+        op(LD_IND_W, 0, R8, 0),
+        op(XOR_X, R7, R0, 0),
+        Op::Label("v4size"),
+        op(LDX_MEM_W, R0, R6, 0),
+        jump(JGT_K, R0, SMALL, "bulk"),
+        jump(JNE_K, R9, 6, "lane"),
+        // TCP: payload = total length - IP header - TCP header.
+        op(LD_IND_B, 0, R8, 12),
+        op(RSH_K, R0, 0, 4),
+        op(LSH_K, R0, 0, 2),
+        op(ADD_X, R0, R8, 0),
+        op(MOV_X, R9, R0, 0),
+        op(LD_ABS_H, 0, 0, 2),
+        op(SUB_X, R0, R9, 0),
+        jump(JEQ_K, R0, 0, "bulk"),
+        jump(JA, 0, 0, "lane"),
+        // IPv6 (no extension headers: anything else is not TCP here).
+        Op::Label("v6"),
+    ];
+    for off in (8..40).step_by(4) {
+        ops.push(op(LD_ABS_W, 0, 0, off));
+        ops.push(op(XOR_X, R7, R0, 0));
+    }
+    ops.extend([
+        op(LD_ABS_B, 0, 0, 6),
+        op(MOV_X, R9, R0, 0),
+        jump(JEQ_K, R9, 6, "v6ports"),
+        jump(JNE_K, R9, 17, "v6size"),
+        Op::Label("v6ports"),
+        op(LD_ABS_W, 0, 0, 40),
+        op(XOR_X, R7, R0, 0),
+        Op::Label("v6size"),
+        op(LDX_MEM_W, R0, R6, 0),
+        jump(JGT_K, R0, SMALL, "bulk"),
+        jump(JNE_K, R9, 6, "lane"),
+        op(LD_ABS_B, 0, 0, 52),
+        op(RSH_K, R0, 0, 4),
+        op(LSH_K, R0, 0, 2),
+        op(MOV_X, R9, R0, 0),
+        op(LD_ABS_H, 0, 0, 4),
+        op(SUB_X, R0, R9, 0),
+        jump(JEQ_K, R0, 0, "bulk"),
+        jump(JA, 0, 0, "lane"),
+        // A bulk queue by the folded hash.
+        Op::Label("bulk"),
+        op(MOV_X, R0, R7, 0),
+        op(RSH_K, R0, 0, 16),
+        op(XOR_X, R7, R0, 0),
+        op(MOV_X, R0, R7, 0),
+        op(RSH_K, R0, 0, 8),
+        op(XOR_X, R0, R7, 0),
+        op(AND_K, R0, 0, 0xffff),
+        op(MOD_K, R0, 0, bulk),
+        op(EXIT, 0, 0, 0),
+        Op::Label("lane"),
+        op(MOV_K, R0, 0, bulk),
+        op(EXIT, 0, 0, 0),
+    ]);
+    assemble(&ops)
+}
+
+/// Resolve the labels and encode.
+fn assemble(ops: &[Op]) -> Vec<u64> {
+    let mut at = std::collections::HashMap::new();
+    let mut n = 0i32;
+    for o in ops {
+        match o {
+            Op::Label(l) => {
+                at.insert(*l, n);
+            }
+            _ => n += 1,
+        }
+    }
+    let encode = |code: u8, dst: u8, src: u8, off: i16, imm: i32| {
+        u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(off as u16) << 16 | u64::from(imm as u32) << 32
+    };
+    let mut out = Vec::new();
+    for o in ops {
+        match *o {
+            Op::Label(_) => {}
+            Op::Insn { code, dst, src, off, imm } => out.push(encode(code, dst, src, off, imm)),
+            Op::Jump { code, dst, imm, to } => {
+                let here = out.len() as i32;
+                let off = at[to] - here - 1;
+                out.push(encode(code, dst, 0, off as i16, imm));
+            }
+        }
+    }
+    out
+}
+
+// bpf(2) commands and the program type.
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+
+/// `union bpf_attr` for `BPF_PROG_LOAD`, as far as it is used.
+#[repr(C)]
+#[derive(Default)]
+struct LoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN`, as far as it is used.
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, initialised `union bpf_attr` prefix of the
+    // size passed, whose pointers point at buffers that outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// The loaded classifier.
+pub(crate) struct Classifier {
+    fd: OwnedFd,
+}
+
+impl Classifier {
+    /// Load the classifier for `bulk` bulk queues; the verifier's log is in
+    /// the error if it refuses.
+    pub(crate) fn load(bulk: u32) -> io::Result<Classifier> {
+        let insns = program(bulk);
+        let license = c"GPL";
+        let mut log = vec![0u8; 16 << 10];
+        let mut attr = LoadAttr {
+            prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+            insn_cnt: insns.len() as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: 1,
+            log_size: log.len() as u32,
+            log_buf: log.as_mut_ptr() as u64,
+            ..LoadAttr::default()
+        };
+        match bpf(BPF_PROG_LOAD, &mut attr) {
+            // SAFETY: the kernel returned a new descriptor that nothing else owns.
+            Ok(fd) => Ok(Classifier { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) } }),
+            Err(e) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..end]);
+                Err(io::Error::new(e.kind(), format!("loading the eBPF classifier: {e}; verifier: {}", text.trim())))
+            }
+        }
+    }
+
+    /// Make it the TUN device's steering program (through any of its queues).
+    pub(crate) fn steer_tun(&self, tun: &impl AsRawFd) -> io::Result<()> {
+        set_tun_steering(tun, self.fd.as_raw_fd())
+    }
+
+    /// Make it the reuseport program of `sock`'s group.
+    pub(crate) fn steer_sockets(&self, sock: &impl AsRawFd) -> io::Result<()> {
+        const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
+        super::sys::set_socket_int(sock, SO_ATTACH_REUSEPORT_EBPF, self.fd.as_raw_fd())
+    }
+
+    /// Run the program on `packet` (an IP packet) in the kernel, as the
+    /// TUN device would: the queue it picks.
+    pub(crate) fn test_run(&self, packet: &[u8]) -> io::Result<u32> {
+        // The test run wants an Ethernet frame and strips its header.
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(if packet.first().map(|b| b >> 4) == Some(6) { &[0x86, 0xdd] } else { &[8, 0] });
+        frame.extend_from_slice(packet);
+        let mut attr = TestAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat: 1,
+            ..TestAttr::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        Ok(attr.retval)
+    }
+}
+
+/// `TUNSETSTEERINGEBPF` with `prog` (-1: none, the kernel's own steering).
+pub(crate) fn set_tun_steering(tun: &impl AsRawFd, prog: RawFd) -> io::Result<()> {
+    const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+    let value: libc::c_int = prog;
+    // SAFETY: the ioctl reads one int from the pointer, which is live.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETSTEERINGEBPF, &value as *const libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[path = "lane_tests.rs"]
+mod tests;

@@ -1,0 +1,125 @@
+//! The classifier run by the kernel itself: `BPF_PROG_TEST_RUN` (as the TUN
+//! device runs it) and a real reuseport group on loopback (as the sockets
+//! run it). Needs root (or `CAP_BPF`), as the daemon does: without it these
+//! fail, they do not skip.
+
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use super::*;
+
+/// An IPv4 packet of `len` bytes with protocol `proto`; TCP gets a header
+/// of 32 bytes (with timestamps), so `len` 52 is a pure ACK.
+fn v4(proto: u8, len: usize, src: [u8; 4], ports: (u16, u16)) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = proto;
+    p[12..16].copy_from_slice(&src);
+    p[16..20].copy_from_slice(&[10, 244, 2, 5]);
+    if len >= 24 {
+        p[20..22].copy_from_slice(&ports.0.to_be_bytes());
+        p[22..24].copy_from_slice(&ports.1.to_be_bytes());
+    }
+    if proto == 6 && len >= 40 {
+        p[32] = 8 << 4;
+    }
+    p
+}
+
+/// An IPv6 packet of `len` bytes (40 of them the header), next header
+/// `proto`; TCP gets a header of 32 bytes, so `len` 72 is a pure ACK.
+fn v6(proto: u8, len: usize, flow: u8) -> Vec<u8> {
+    let mut p = vec![0u8; len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+    p[6] = proto;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&[0xfd, 0x10, 2, 0x44, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, flow]);
+    p[24..40].copy_from_slice(&[0xfd, 0x10, 2, 0x44, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 9]);
+    if proto == 6 && len >= 60 {
+        p[40 + 12] = 8 << 4;
+    }
+    p
+}
+
+const A: [u8; 4] = [10, 244, 1, 5];
+
+#[test]
+fn small_packets_take_the_lane_and_bulk_and_acks_do_not() {
+    let c = Classifier::load(1).expect("loading the classifier (needs root)");
+    let lane = 1;
+    let cases: &[(&str, Vec<u8>, u32)] = &[
+        ("IPv4 ping", v4(1, 84, A, (0, 0)), lane),
+        ("IPv4 TCP request of 100 bytes", v4(6, 152, A, (40000, 80)), lane),
+        ("IPv4 TCP pure ACK", v4(6, 52, A, (40000, 80)), 0),
+        ("IPv4 TCP segment of 1400 bytes", v4(6, 1452, A, (40000, 80)), 0),
+        ("IPv4 TCP super-packet (as long as a test run takes)", v4(6, 3000, A, (40000, 80)), 0),
+        ("IPv4 UDP query", v4(17, 80, A, (5353, 53)), lane),
+        ("IPv4 UDP of 1000 bytes", v4(17, 1000, A, (5353, 53)), 0),
+        ("IPv4 at the size limit", v4(17, SMALL as usize, A, (1, 2)), lane),
+        ("IPv4 one byte over it", v4(17, SMALL as usize + 1, A, (1, 2)), 0),
+        ("IPv6 ping", v6(58, 104, 1), lane),
+        ("IPv6 TCP request", v6(6, 172, 1), lane),
+        ("IPv6 TCP pure ACK", v6(6, 72, 1), 0),
+        ("IPv6 TCP segment", v6(6, 1440, 1), 0),
+        ("not IP", vec![0u8; 60], 0),
+        ("IPv4 cut short", v4(6, 30, A, (1, 2))[..30].to_vec(), 0),
+    ];
+    for (what, packet, want) in cases {
+        assert_eq!(c.test_run(packet).unwrap_or_else(|e| panic!("{what}: {e}")), *want, "{what}");
+    }
+}
+
+#[test]
+fn bulk_flows_spread_over_the_bulk_queues_and_each_keeps_to_one() {
+    let c = Classifier::load(3).expect("loading the classifier (needs root)");
+    let mut seen = std::collections::BTreeSet::new();
+    for port in 40000..40064u16 {
+        let first = c.test_run(&v4(6, 1452, A, (port, 80))).unwrap();
+        assert!(first < 3, "a bulk packet goes to a bulk queue, not the lane (3): {first}");
+        assert_eq!(c.test_run(&v4(6, 52, A, (port, 80))).unwrap(), first, "a flow's ACKs go with its data");
+        assert_eq!(c.test_run(&v4(6, 3000, A, (port, 80))).unwrap(), first, "one flow, one queue");
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "64 flows use all three bulk queues: {seen:?}");
+    assert_eq!(c.test_run(&v4(1, 84, A, (0, 0))).unwrap(), 3, "the lane is the last queue");
+}
+
+#[test]
+fn a_reuseport_group_gives_small_datagrams_to_the_lane_socket() {
+    let c = Classifier::load(1).expect("loading the classifier (needs root)");
+    let bulk = super::super::socket::bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+    let addr = bulk.local_addr().unwrap();
+    let lane = super::super::socket::bind(addr, true).unwrap();
+    c.steer_sockets(&bulk).expect("attaching to the reuseport group");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent = [
+        ("ping", v4(1, 84, A, (0, 0)), true),
+        ("bulk segment", v4(6, 1452, A, (40000, 80)), false),
+        ("pure ACK", v4(6, 52, A, (40000, 80)), false),
+        ("request", v4(6, 152, A, (40000, 80)), true),
+    ];
+    for (what, packet, to_lane) in &sent {
+        peer.send_to(packet, addr).unwrap();
+        let (got, other) = if *to_lane { (&lane, &bulk) } else { (&bulk, &lane) };
+        let mut buf = [0u8; 2048];
+        let n = recv_within(got, &mut buf, Duration::from_secs(2)).unwrap_or_else(|| panic!("{what}: not received"));
+        assert_eq!(&buf[..n], &packet[..], "{what}");
+        assert!(other.recv(&mut buf).is_err(), "{what}: only one socket gets it");
+    }
+}
+
+/// Receive on the non-blocking `sock` within `deadline`.
+fn recv_within(sock: &UdpSocket, buf: &mut [u8], deadline: Duration) -> Option<usize> {
+    let end = std::time::Instant::now() + deadline;
+    while std::time::Instant::now() < end {
+        match sock.recv(buf) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    None
+}
