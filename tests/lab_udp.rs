@@ -400,17 +400,59 @@ fn rtts_us(stdout: &[u8]) -> Vec<f64> {
 /// With `RealtimeThreads`, the forwarding threads run `SCHED_FIFO`, and a
 /// ping every 10 ms beside a bulk TCP stream keeps a bounded tail (a
 /// generous 5 ms for the 99th percentile here; the benchmark judges the
-/// real figure, docs/benchmarks.md). Latency is a property of the release
-/// build, so this runs the one `scripts/package.sh` builds (scripts/test.sh
-/// runs it before the tests).
+/// real figure, docs/benchmarks.md).
 #[test]
 fn udp_realtime_threads_keep_pings_short_beside_a_bulk_stream() {
+    let lab = release_lab(r#""RealtimeThreads":true"#);
+    for i in 1..=2 {
+        let policies = forwarding_policies(lab.daemon_pid(i).unwrap());
+        assert!(policies.len() >= 2, "node {i}: {policies:?}");
+        for (thread, policy) in &policies {
+            assert_eq!(*policy, libc::SCHED_FIFO as u32, "node {i} thread {thread} is not SCHED_FIFO");
+        }
+    }
+    assert_pings_short_beside_a_bulk_stream(&lab);
+}
+
+/// With `LatencyLane`, the one bulk queue of this 2-core machine gets a
+/// lane beside it: its two threads alone run `SCHED_FIFO`, the classifier
+/// is attached (no warning), and a ping beside a bulk stream keeps a
+/// bounded tail. Which packet takes which queue is tested against the
+/// kernel in the dataplane's unit tests (`backend::udp::lane`).
+#[test]
+fn udp_latency_lane_keeps_pings_short_beside_a_bulk_stream() {
+    let lab = release_lab(r#""LatencyLane":true"#);
+    for i in 1..=2 {
+        let log = lab.log(i);
+        assert!(!log.contains("LatencyLane:"), "node {i} warned about the lane: {log}");
+        let started = log.lines().find(|l| l.contains("udp backend forwarding")).unwrap_or_else(|| panic!("{log}"));
+        assert!(started.contains("queues=2") && started.contains("latency_lane=true"), "node {i}: {started}");
+        let mut policies = forwarding_policies(lab.daemon_pid(i).unwrap());
+        policies.sort();
+        let fifo = libc::SCHED_FIFO as u32;
+        let other = libc::SCHED_OTHER as u32;
+        let want: Vec<(String, u32)> =
+            [("weft-rx-0", other), ("weft-rx-1", fifo), ("weft-tx-0", other), ("weft-tx-1", fifo)]
+                .iter()
+                .map(|(t, p)| (t.to_string(), *p))
+                .collect();
+        assert_eq!(policies, want, "node {i}: only the lane's threads are real-time");
+    }
+    assert_pings_short_beside_a_bulk_stream(&lab);
+}
+
+/// Two nodes of the release build (latency is a property of the release
+/// build: the one `scripts/package.sh` builds, which scripts/test.sh runs
+/// before the tests), udp with `options`, a pod on each, converged.
+fn release_lab(options: &str) -> Lab {
     let weft = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/weft");
     assert!(weft.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", weft.display());
-    let config = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","RealtimeThreads":true}}"#;
+    let config = format!(
+        r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{{"Type":"udp",{options}}}}}"#
+    );
     let mut lab = Lab::new(2, &weft).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
     lab.cni_plugin = Some(weft.with_file_name("weft-cni"));
-    lab.put_config(config).unwrap();
+    lab.put_config(&config).unwrap();
     for i in 1..=2 {
         lab.start_daemon(i, &[]).unwrap();
     }
@@ -419,13 +461,12 @@ fn udp_realtime_threads_keep_pings_short_beside_a_bulk_stream() {
         lab.attach_pod(i).unwrap();
     }
     wait_converged(&lab);
-    for i in 1..=2 {
-        let policies = forwarding_policies(lab.daemon_pid(i).unwrap());
-        assert!(policies.len() >= 2, "node {i}: {policies:?}");
-        for (thread, policy) in &policies {
-            assert_eq!(*policy, libc::SCHED_FIFO as u32, "node {i} thread {thread} is not SCHED_FIFO");
-        }
-    }
+    lab
+}
+
+/// A ping every 10 ms from pod 1 to pod 2 beside a bulk TCP stream between
+/// them: its 99th percentile under a generous 5 ms.
+fn assert_pings_short_beside_a_bulk_stream(lab: &Lab) {
     let dst = lab.node(2).pod_ip.unwrap().to_string();
     let _server = weft_lab::iperf::Server::start(&lab.node(2).pod_ns, &dst).unwrap();
     // This machine is shared: a neighbour's burst can stall both CPUs for

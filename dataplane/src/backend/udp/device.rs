@@ -39,6 +39,15 @@ impl UdpBackend {
         for d in &devices {
             d.set_nonblocking(true).map_err(|e| Error::tun(format!("making {TUN_NAME} non-blocking"), e))?;
         }
+        // The steering program outlives the descriptors of a persistent
+        // device: set it, or take away one an earlier run left.
+        let steered = match &self.lane {
+            Some(lane) => lane.steer_tun(&*devices[0]),
+            None => super::lane::set_tun_steering(&*devices[0], -1),
+        };
+        if let Err(e) = steered {
+            warn!("cannot set the steering program of {TUN_NAME} ({e}); the kernel spreads packets over its queues");
+        }
         self.tun = devices;
         Ok(())
     }

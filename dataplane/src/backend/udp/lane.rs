@@ -194,7 +194,6 @@ fn assemble(ops: &[Op]) -> Vec<u64> {
 
 // bpf(2) commands and the program type.
 const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
 /// `union bpf_attr` for `BPF_PROG_LOAD`, as far as it is used.
@@ -209,20 +208,9 @@ struct LoadAttr {
     log_size: u32,
     log_buf: u64,
     kern_version: u32,
-}
-
-/// `union bpf_attr` for `BPF_PROG_TEST_RUN`, as far as it is used.
-#[repr(C)]
-#[derive(Default)]
-struct TestAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
+    /// Named so that it is zero: as padding it would be left undefined,
+    /// and the kernel refuses unknown flags.
+    prog_flags: u32,
 }
 
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
@@ -247,7 +235,7 @@ impl Classifier {
     pub(crate) fn load(bulk: u32) -> io::Result<Classifier> {
         let insns = program(bulk);
         let license = c"GPL";
-        let mut log = vec![0u8; 16 << 10];
+        let mut log = vec![0u8; 256 << 10];
         let mut attr = LoadAttr {
             prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
             insn_cnt: insns.len() as u32,
@@ -279,23 +267,22 @@ impl Classifier {
         const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
         super::sys::set_socket_int(sock, SO_ATTACH_REUSEPORT_EBPF, self.fd.as_raw_fd())
     }
+}
 
-    /// Run the program on `packet` (an IP packet) in the kernel, as the
-    /// TUN device would: the queue it picks.
-    pub(crate) fn test_run(&self, packet: &[u8]) -> io::Result<u32> {
-        // The test run wants an Ethernet frame and strips its header.
-        let mut frame = vec![0u8; 14];
-        frame[12..14].copy_from_slice(if packet.first().map(|b| b >> 4) == Some(6) { &[0x86, 0xdd] } else { &[8, 0] });
-        frame.extend_from_slice(packet);
-        let mut attr = TestAttr {
-            prog_fd: self.fd.as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat: 1,
-            ..TestAttr::default()
-        };
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        Ok(attr.retval)
+/// Load the classifier for `bulk` bulk queues and attach it to the
+/// reuseport group of `sock` (bound first of the group); a refusal is
+/// logged and the lane left off (a lane without its classifier would be
+/// one more bulk queue).
+pub(crate) fn attach_to_sockets(bulk: usize, sock: &impl AsRawFd) -> Option<Classifier> {
+    let attached = Classifier::load(bulk as u32).and_then(|c| c.steer_sockets(sock).map(|()| c));
+    match attached {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(
+                "LatencyLane: {e}; forwarding without the lane. It needs CAP_BPF (or CAP_SYS_ADMIN); under the packaged unit add a drop-in with CapabilityBoundingSet=CAP_BPF and AmbientCapabilities=CAP_BPF"
+            );
+            None
+        }
     }
 }
 

@@ -8,6 +8,42 @@ use std::time::Duration;
 
 use super::*;
 
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
+/// `union bpf_attr` for `BPF_PROG_TEST_RUN`, as far as it is used.
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+}
+
+impl Classifier {
+    /// Run the program on `packet` (an IP packet) in the kernel, as the
+    /// TUN device would: the queue it picks.
+    pub(crate) fn test_run(&self, packet: &[u8]) -> io::Result<u32> {
+        // The test run wants an Ethernet frame and strips its header.
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(if packet.first().map(|b| b >> 4) == Some(6) { &[0x86, 0xdd] } else { &[8, 0] });
+        frame.extend_from_slice(packet);
+        let mut attr = TestAttr {
+            prog_fd: self.fd.as_raw_fd() as u32,
+            data_size_in: frame.len() as u32,
+            data_in: frame.as_ptr() as u64,
+            repeat: 1,
+            ..TestAttr::default()
+        };
+        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        Ok(attr.retval)
+    }
+}
+
 /// An IPv4 packet of `len` bytes with protocol `proto`; TCP gets a header
 /// of 32 bytes (with timestamps), so `len` 52 is a pure ACK.
 fn v4(proto: u8, len: usize, src: [u8; 4], ports: (u16, u16)) -> Vec<u8> {

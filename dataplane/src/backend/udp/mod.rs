@@ -97,6 +97,9 @@ pub(crate) struct UdpBackend {
     counters: Arc<UdpCounters>,
     sockets: Vec<Arc<UdpSocket>>,
     states: Vec<Option<Arc<UdpSocketState>>>,
+    /// The `LatencyLane` classifier, attached to the sockets (none: off, or
+    /// the kernel refused it).
+    lane: Option<lane::Classifier>,
     /// Whether `start` ran: the subnets below are this node's.
     started: bool,
     subnet: Option<Ipv4Net>,
@@ -122,7 +125,8 @@ impl UdpBackend {
         network6: Option<Ipv6Net>,
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
-        let queues = socket::queue_count(opts.offload, opts.queues);
+        // With `LatencyLane`, one more queue after the bulk ones: the lane.
+        let queues = socket::queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
         // On a dual-stack network with a public IPv6 address, one socket per
         // queue for both families, on [::]; else on the IPv4 public address.
         let underlay6 = ext.public_ipv6.filter(|_| network6.is_some());
@@ -143,6 +147,7 @@ impl UdpBackend {
                     .map_err(|source| Error::UdpSocket { addr, source })
             })
             .collect::<Result<Vec<_>>>()?;
+        let lane = if opts.latency_lane { lane::attach_to_sockets(queues - 1, &sockets[0]) } else { None };
         let mut b = UdpBackend {
             nl,
             opts,
@@ -157,6 +162,7 @@ impl UdpBackend {
             }),
             sockets,
             states,
+            lane,
             started: false,
             subnet: None,
             subnet6: None,
@@ -309,7 +315,8 @@ impl UdpBackend {
             })
             .collect();
         let mtu = self.mtu() as usize;
-        self.workers = Some(Workers::start(&queues, &shared, mtu, self.opts.realtime_threads, &self.wake)?);
+        let lane = self.lane.as_ref().map(|_| queues.len() - 1);
+        self.workers = Some(Workers::start(&queues, &shared, mtu, self.opts.realtime_threads, lane, &self.wake)?);
         self.restart.started(Instant::now());
         let (gso, gro) = match self.states.first().and_then(|s| s.as_ref()).filter(|_| self.vnet_hdr) {
             Some(s) => (s.max_gso_segments(), s.gro_segments()),
@@ -327,6 +334,7 @@ impl UdpBackend {
             udp_gso_segments = gso,
             udp_gro_segments = gro,
             realtime_threads = self.opts.realtime_threads,
+            latency_lane = lane.is_some(),
             ipv6_underlay = self.underlay6.map(|a| a.to_string()).unwrap_or_else(|| "no".into()),
             "udp backend forwarding"
         );

@@ -59,6 +59,10 @@ pub(crate) struct Workers {
     threads: Vec<Worker>,
     /// Run each thread at `SCHED_FIFO` priority [`REALTIME_PRIORITY`].
     realtime: bool,
+    /// The `LatencyLane` queue, whose threads alone run at `SCHED_FIFO`
+    /// without `realtime`: they carry only small packets, so they cannot
+    /// starve the node.
+    lane: Option<usize>,
 }
 
 /// The real-time priority of the forwarding threads with
@@ -223,17 +227,18 @@ fn send_step<T: TunReader>(tx: &Mutex<T>, step: &mut impl FnMut(&mut T) -> Step,
 }
 
 impl Workers {
-    /// Start two threads per queue, `realtime` at `SCHED_FIFO`. `wake` is
-    /// notified when any ends.
+    /// Start two threads per queue, at `SCHED_FIFO` when `realtime` or for
+    /// the `lane` queue. `wake` is notified when any ends.
     pub(crate) fn start(
         queues: &[Queue],
         common: &Shared,
         mtu: usize,
         realtime: bool,
+        lane: Option<usize>,
         wake: &Arc<Notify>,
     ) -> Result<Workers> {
         let stop = Arc::new(StopSignal::new().map_err(|e| Error::tun("creating the stop eventfd", e))?);
-        let mut workers = Workers { stop, threads: Vec::new(), realtime };
+        let mut workers = Workers { stop, threads: Vec::new(), realtime, lane };
         for (q, queue) in queues.iter().enumerate() {
             match &queue.state {
                 Some(state) => workers.start_offload(q, queue, state, common, mtu, wake)?,
@@ -296,23 +301,25 @@ impl Workers {
     fn spawn(&mut self, name: String, queue: usize, body: Body, wake: &Arc<Notify>) -> Result<()> {
         let stop = self.stop.clone();
         let wake = WakeOnExit(wake.clone());
-        let realtime = self.realtime;
+        let realtime = self.realtime || self.lane == Some(queue);
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let _wake = wake;
-            if !realtime {
+            let fifo = realtime && match sys::set_fifo(REALTIME_PRIORITY) {
+                Ok(()) => true,
+                Err(e) => {
+                    if !REALTIME_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::warn!(
+                            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
+                        );
+                    }
+                    false
+                }
+            };
+            if !fifo {
                 if let Err(e) = sys::set_nice(FORWARDING_NICE) {
                     if !NICE_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                         tracing::warn!(
                             "the kernel refused nice {FORWARDING_NICE} for the forwarding threads ({e}); forwarding at normal priority, with longer waits under CPU load. Give the service CAP_SYS_NICE (the packaged unit has it)"
-                        );
-                    }
-                }
-            }
-            if realtime {
-                if let Err(e) = sys::set_fifo(REALTIME_PRIORITY) {
-                    if !REALTIME_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(
-                            "RealtimeThreads: the kernel refused SCHED_FIFO ({e}); forwarding at normal priority. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
                         );
                     }
                 }
