@@ -209,6 +209,39 @@ fn dual_stack_vxlan_on_systemd_nodes() {
     assert_eq!(code, 200, "{body}");
 }
 
+/// `LatencyLane` under the packaged unit: without `CAP_BPF` the kernel
+/// refuses the classifier; weft says so once, with the drop-in to add, and
+/// forwards without the lane. With the drop-in docs/backends.md gives, the
+/// restarted daemon runs the lane (its threads at nice -19 here: this
+/// kernel's `CONFIG_RT_GROUP_SCHED` refuses `SCHED_FIFO` to a service, said
+/// once too).
+#[test]
+fn udp_latency_lane_under_the_unit_needs_the_documented_drop_in() {
+    let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","LatencyLane":true}}"#;
+    let c = Cluster::with_config("udp", json);
+    let node = c.node(2);
+    let said = journal(node);
+    assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "{said}");
+    assert!(said.contains("add a drop-in (systemctl edit weft) with CapabilityBoundingSet=CAP_BPF"), "{said}");
+    assert!(said.contains("latency_lane=false"), "{said}");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/backends.md")).unwrap();
+    let start = docs.find("<!-- latency-lane drop-in -->").expect("the drop-in in docs/backends.md");
+    let block = &docs[start..];
+    let ini = &block[block.find("```ini\n").unwrap() + 7..];
+    let ini = &ini[..ini.find("```").unwrap()];
+    let dir = node.path("/etc/systemd/system/weft.service.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("lane.conf"), ini).unwrap();
+    node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
+    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+    let said = journal(node);
+    assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "no new refusal: {said}");
+    assert!(said.contains("latency_lane=true"), "{said}");
+    let policies = forwarding_policies(node.main_pid().unwrap());
+    assert_eq!(policies.len(), 4, "two queues, two threads each: {policies:?}");
+    assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "pods reach each other");
+}
+
 /// `RealtimeThreads` under the packaged unit (`RestrictRealtime=yes`): the
 /// kernel refuses `SCHED_FIFO`; weft says so once, with what to change,
 /// and forwards at normal priority. (The drop-in docs/backends.md gives is

@@ -99,7 +99,14 @@ impl SystemdNode {
             .arg(format!("--directory={}", base.display()))
             .arg(format!("--machine={}-n{i}", lab.name))
             .arg(format!("--network-namespace-path=/run/netns/{}", lab.node(i).ns))
-            .args(["--capability=CAP_NET_ADMIN,CAP_NET_RAW", "--bind=/dev/net/tun", "--bind=/run/netns"])
+            // CAP_BPF and bpf(2), which a real node has and nspawn keeps from a container,
+            // for the udp backend's LatencyLane (its unit drop-in is tested).
+            .args([
+                "--capability=CAP_NET_ADMIN,CAP_NET_RAW,CAP_BPF",
+                "--system-call-filter=bpf",
+                "--bind=/dev/net/tun",
+                "--bind=/run/netns",
+            ])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)

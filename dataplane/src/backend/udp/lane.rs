@@ -279,7 +279,7 @@ pub(crate) fn attach_to_sockets(bulk: usize, sock: &impl AsRawFd) -> Option<Clas
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(
-                "LatencyLane: {e}; forwarding without the lane. It needs CAP_BPF (or CAP_SYS_ADMIN); under the packaged unit add a drop-in with CapabilityBoundingSet=CAP_BPF and AmbientCapabilities=CAP_BPF"
+                "LatencyLane: {e}; forwarding without the lane. Loading it needs CAP_BPF (or CAP_SYS_ADMIN): under the packaged unit, add a drop-in (systemctl edit weft) with CapabilityBoundingSet=CAP_BPF"
             );
             None
         }
