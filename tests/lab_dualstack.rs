@@ -143,6 +143,21 @@ fn udp_datagrams_out(lab: &Lab, i: u8) -> (u64, u64) {
     (v4, v6)
 }
 
+/// Ten pings from pod 1 to `dst`, each answered: the UDP datagrams node 1
+/// sent meanwhile, (over IPv4, over IPv6).
+fn datagrams_for_ten_pings(lab: &Lab, dst: std::net::IpAddr) -> (u64, u64) {
+    let before = udp_datagrams_out(lab, 1);
+    for _ in 0..10 {
+        let ok = match dst {
+            std::net::IpAddr::V6(d) => lab.ping6_once(1, d),
+            std::net::IpAddr::V4(d) => lab.ping_once(1, d),
+        };
+        assert!(ok, "pod 1 cannot ping {dst}");
+    }
+    let after = udp_datagrams_out(lab, 1);
+    (after.0 - before.0, after.1 - before.1)
+}
+
 #[test]
 fn udp_dual_stack() {
     // Pod IPv6 travels through flannel0 like IPv4; the TUN device holds
@@ -152,16 +167,7 @@ fn udp_dual_stack() {
     // IPv6 datagrams to the peer's PublicIPv6, pod IPv4 still in IPv4 ones
     // (flanneld's format), and the MTU leaves room for the IPv6 header.
     for (family, dst) in [("IPv6", lab.node(2).pod_ip6.unwrap().into()), ("IPv4", lab.node(2).pod_ip.unwrap().into())] {
-        let before = udp_datagrams_out(&lab, 1);
-        for _ in 0..10 {
-            let ok = match dst {
-                std::net::IpAddr::V6(d) => lab.ping6_once(1, d),
-                std::net::IpAddr::V4(d) => lab.ping_once(1, d),
-            };
-            assert!(ok, "pod 1 cannot ping {dst}");
-        }
-        let after = udp_datagrams_out(&lab, 1);
-        let (v4, v6) = (after.0 - before.0, after.1 - before.1);
+        let (v4, v6) = datagrams_for_ten_pings(&lab, dst);
         if family == "IPv6" {
             assert!(v6 >= 10 && v4 < 10, "10 pod IPv6 pings: {v6} IPv6 and {v4} IPv4 datagrams sent");
         } else {
@@ -245,21 +251,8 @@ fn wireguard_dual_stack_on_one_device_with_mode_auto() {
         assert_eq!(value["BackendV6Data"]["Port"], 51820, "one device, one port: {value}");
     }
     for (family, dst) in [("IPv6", lab.node(2).pod_ip6.unwrap().into()), ("IPv4", lab.node(2).pod_ip.unwrap().into())] {
-        let before = udp_datagrams_out(&lab, 1);
-        for _ in 0..10 {
-            let ok = match dst {
-                std::net::IpAddr::V6(d) => lab.ping6_once(1, d),
-                std::net::IpAddr::V4(d) => lab.ping_once(1, d),
-            };
-            assert!(ok, "pod 1 cannot ping {dst}");
-        }
-        let after = udp_datagrams_out(&lab, 1);
-        assert!(
-            after.1 - before.1 >= 10,
-            "10 pod {family} pings go over the IPv6 underlay: {:?} -> {:?}",
-            before,
-            after
-        );
+        let (v4, v6) = datagrams_for_ten_pings(&lab, dst);
+        assert!(v6 >= 10, "10 pod {family} pings go over the IPv6 underlay: {v4} IPv4 and {v6} IPv6 datagrams sent");
     }
     assert_eq!(tcp6_transfer_checked(&lab, 1, 2, 1 << 20).unwrap(), 1 << 20);
     let text = |args: &[&str]| {
