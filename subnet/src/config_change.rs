@@ -97,6 +97,8 @@ fn backend_changes(out: &mut Vec<String>, old: &BackendConfig, new: &BackendConf
             changed(out, "Backend.MTU", &a.mtu, &b.mtu);
             changed(out, "Backend.Offload", &a.offload, &b.offload);
             changed(out, "Backend.Queues", &a.queues, &b.queues);
+            changed(out, "Backend.RealtimeThreads", &a.realtime_threads, &b.realtime_threads);
+            changed(out, "Backend.LatencyLane", &a.latency_lane, &b.latency_lane);
         }
         (BackendConfig::HostGw, BackendConfig::HostGw) => {}
         (BackendConfig::Wireguard(a), BackendConfig::Wireguard(b)) => {
@@ -173,5 +175,18 @@ mod tests {
         assert_eq!(restart(opts), ["Backend.VNI 1 -> 7", "Backend.MTU default -> 1400"]);
         let both = r#"{"Network":"10.245.0.0/16","SubnetLen":24,"SubnetMax":"10.245.9.0","Backend":{"Type":"vxlan","Learning":true}}"#;
         assert_eq!(restart(both), ["Network 10.244.0.0/16 -> 10.245.0.0/16", "Backend.Learning false -> true"]);
+    }
+
+    #[test]
+    fn udp_thread_options_need_a_restart() {
+        let running = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
+        let lane = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":true,"RealtimeThreads":true}}"#;
+        assert_eq!(
+            judge(&running, Some(lane)),
+            ConfigVerdict::NeedsRestart(vec![
+                "Backend.RealtimeThreads false -> true".into(),
+                "Backend.LatencyLane false -> true".into()
+            ])
+        );
     }
 }
