@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::lane_priority::LanePriority;
 use super::sys::Doorbell;
 use crate::forward::stats::Stats;
 
@@ -46,6 +47,8 @@ pub(crate) struct Duty {
     pub(crate) to_receiver: Doorbell,
     /// Counts the hand-overs, both ways.
     stats: Arc<Stats>,
+    /// On a bulk queue beside a `LatencyLane`: told of each hand-over.
+    pub(crate) lane: Option<Arc<LanePriority>>,
 }
 
 impl Duty {
@@ -59,6 +62,7 @@ impl Duty {
             to_sender: Doorbell::new()?,
             to_receiver: Doorbell::new()?,
             stats,
+            lane: None,
         })
     }
 
@@ -76,6 +80,9 @@ impl Duty {
         self.last_bulk.store(self.now_ms(), Ordering::Relaxed);
         if !self.bulk.swap(true, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+            if let Some(lane) = &self.lane {
+                lane.bulk_changed(true);
+            }
             // A failed ring means it is rung already.
             let _ = self.to_sender.ring();
         }
@@ -91,6 +98,9 @@ impl Duty {
         }
         if self.bulk.swap(false, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
+            if let Some(lane) = &self.lane {
+                lane.bulk_changed(false);
+            }
             let _ = self.to_receiver.ring();
         }
         true

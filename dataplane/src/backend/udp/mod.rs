@@ -14,6 +14,7 @@
 //! | `shared`   | what threads share: route table, stop signal, waits, error log |
 //! | `icmp`     | ICMP errors written back into the TUN device, rate-limited     |
 //! | `lane`     | `LatencyLane`: the eBPF classifier of small packets, attached  |
+//! | `lane_priority` | when the lane's threads are real-time: while bulk flows   |
 //! | `restart`  | the restart backoff of ended threads (pure, clock passed in)   |
 //! | `sys`      | every libc call, each in one checked helper                    |
 //!
@@ -43,6 +44,7 @@ mod device;
 pub(crate) mod duty;
 mod icmp;
 pub(crate) mod lane;
+mod lane_priority;
 pub(crate) mod offload;
 mod plain;
 pub(crate) mod restart;

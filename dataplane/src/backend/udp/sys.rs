@@ -120,12 +120,24 @@ pub(crate) fn set_socket_int(fd: &impl AsRawFd, opt: libc::c_int, value: libc::c
     }
 }
 
-/// `sched_setscheduler(2)`: the calling thread to `SCHED_FIFO` at `priority`.
-pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
+/// The calling thread's kernel id.
+pub(crate) fn gettid() -> libc::pid_t {
+    // SAFETY: gettid(2) has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// `sched_setscheduler(2)`: thread `tid` (0: the calling thread) to
+/// `SCHED_FIFO` at `priority`, or with `None` back to `SCHED_OTHER` (at the
+/// nice value it had).
+pub(crate) fn set_policy(tid: libc::pid_t, fifo: Option<i32>) -> io::Result<()> {
+    let (policy, priority) = match fifo {
+        Some(p) => (libc::SCHED_FIFO, p),
+        None => (libc::SCHED_OTHER, 0),
+    };
     let param = libc::sched_param { sched_priority: priority };
-    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param
-    // the kernel only reads.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+    // SAFETY: `tid` is a plain id (the kernel checks it names a thread we
+    // may change); `param` is a live sched_param the kernel only reads.
+    if unsafe { libc::sched_setscheduler(tid, policy, &param) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
@@ -135,8 +147,7 @@ pub(crate) fn set_fifo(priority: i32) -> io::Result<()> {
 /// `setpriority(2)` of the calling thread (Linux: a thread id names one
 /// thread) to nice value `nice`.
 pub(crate) fn set_nice(nice: i32) -> io::Result<()> {
-    // SAFETY: gettid(2) has no preconditions.
-    let tid = unsafe { libc::gettid() };
+    let tid = gettid();
     // SAFETY: setpriority takes plain integers; it changes only the
     // scheduling weight of thread `tid`, our own.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) } == 0 {

@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 use tun_rs::SyncDevice;
 
 use super::duty::{Duty, BULK_QUIET};
+use super::lane_priority::LanePriority;
 use super::offload::{RxPath, Step, TxPath};
 use super::plain::{PlainRx, PlainTx};
 use super::shared::{wait, wait_any, Exit, Shared, StopSignal, Wake, WakeOnExit};
@@ -63,6 +64,17 @@ pub(crate) struct Workers {
     /// without `realtime`: they carry only small packets, so they cannot
     /// starve the node.
     lane: Option<usize>,
+    /// On the offload path: the lane's threads are real-time only while a
+    /// bulk queue is bulk (see `lane_priority`); else always.
+    lane_priority: Option<Arc<LanePriority>>,
+}
+
+/// How a thread is scheduled.
+enum Priority {
+    Nice,
+    Fifo,
+    /// A lane thread: nice, and `SCHED_FIFO` while a bulk queue is bulk.
+    Lane(Arc<LanePriority>),
 }
 
 /// The real-time priority of the forwarding threads with
@@ -83,6 +95,15 @@ static NICE_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBo
 
 /// Whether a refusal of `SCHED_FIFO` was logged already.
 static REALTIME_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The kernel refused `SCHED_FIFO`: said once per process.
+pub(crate) fn realtime_refused(e: &io::Error) {
+    if !REALTIME_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
+        );
+    }
+}
 
 /// Step until told to stop or a persistent error.
 fn run(mut step: impl FnMut() -> Step, fd: i32, stop: &StopSignal) -> Exit {
@@ -238,7 +259,11 @@ impl Workers {
         wake: &Arc<Notify>,
     ) -> Result<Workers> {
         let stop = Arc::new(StopSignal::new().map_err(|e| Error::tun("creating the stop eventfd", e))?);
-        let mut workers = Workers { stop, threads: Vec::new(), realtime, lane };
+        // The lane's threads follow the bulk queues' state where it is
+        // known: on the offload path, where each queue has a `Duty`.
+        let governed = lane.is_some() && !realtime && queues.iter().all(|q| q.state.is_some());
+        let lane_priority = governed.then(|| Arc::new(LanePriority::new(REALTIME_PRIORITY)));
+        let mut workers = Workers { stop, threads: Vec::new(), realtime, lane, lane_priority };
         for (q, queue) in queues.iter().enumerate() {
             match &queue.state {
                 Some(state) => workers.start_offload(q, queue, state, common, mtu, wake)?,
@@ -258,9 +283,12 @@ impl Workers {
         mtu: usize,
         wake: &Arc<Notify>,
     ) -> Result<()> {
-        let duty = Arc::new(
-            Duty::new(BULK_QUIET, common.stats.clone()).map_err(|e| Error::tun("creating the queue's doorbells", e))?,
-        );
+        let mut duty =
+            Duty::new(BULK_QUIET, common.stats.clone()).map_err(|e| Error::tun("creating the queue's doorbells", e))?;
+        if self.lane != Some(q) {
+            duty.lane = self.lane_priority.clone();
+        }
+        let duty = Arc::new(duty);
         let txp = Arc::new(Mutex::new(TxPath::new(state, mtu)));
         let (dev, sock, shared, state2, duty2, txp2) =
             (queue.dev.clone(), queue.sock.clone(), common.clone(), state.clone(), duty.clone(), txp.clone());
@@ -301,20 +329,15 @@ impl Workers {
     fn spawn(&mut self, name: String, queue: usize, body: Body, wake: &Arc<Notify>) -> Result<()> {
         let stop = self.stop.clone();
         let wake = WakeOnExit(wake.clone());
-        let realtime = self.realtime || self.lane == Some(queue);
+        let priority = match (&self.lane_priority, self.realtime || self.lane == Some(queue)) {
+            (_, false) => Priority::Nice,
+            (Some(lane), true) if !self.realtime => Priority::Lane(lane.clone()),
+            (_, true) => Priority::Fifo,
+        };
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let _wake = wake;
-            let fifo = realtime && match sys::set_fifo(REALTIME_PRIORITY) {
-                Ok(()) => true,
-                Err(e) => {
-                    if !REALTIME_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                        tracing::warn!(
-                            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
-                        );
-                    }
-                    false
-                }
-            };
+            let fifo = matches!(priority, Priority::Fifo)
+                && sys::set_policy(0, Some(REALTIME_PRIORITY)).map_err(|e| realtime_refused(&e)).is_ok();
             if !fifo {
                 if let Err(e) = sys::set_nice(FORWARDING_NICE) {
                     if !NICE_REFUSED.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -323,6 +346,9 @@ impl Workers {
                         );
                     }
                 }
+            }
+            if let Priority::Lane(lane) = &priority {
+                lane.join();
             }
             body(&stop)
         });
