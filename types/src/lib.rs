@@ -49,8 +49,8 @@ pub struct UdpOptions {
     /// `LatencyLane` (weft's own): one extra queue that carries only small
     /// packets (ping, requests, DNS; not a bulk flow's segments or ACKs),
     /// chosen by an eBPF classifier on both the TUN device and the UDP
-    /// sockets, its two threads at `SCHED_FIFO`. Short latency beside a
-    /// bulk stream, default false (docs/backends.md).
+    /// sockets, its two threads at `SCHED_FIFO` while bulk flows. Short
+    /// latency beside a bulk stream, default false (docs/backends.md).
     pub latency_lane: bool,
 }
 

@@ -14,7 +14,7 @@
 //! | `shared`   | what threads share: route table, stop signal, waits, error log |
 //! | `icmp`     | ICMP errors written back into the TUN device, rate-limited     |
 //! | `lane`     | `LatencyLane`: the eBPF classifier of small packets, attached  |
-//! | `lane_priority` | when the lane's threads are real-time: while bulk flows   |
+//! | `lane_priority` | when the lane's threads are real-time: while bulk flows |
 //! | `restart`  | the restart backoff of ended threads (pure, clock passed in)   |
 //! | `sys`      | every libc call, each in one checked helper                    |
 //!

@@ -248,8 +248,9 @@ fn send_step<T: TunReader>(tx: &Mutex<T>, step: &mut impl FnMut(&mut T) -> Step,
 }
 
 impl Workers {
-    /// Start two threads per queue, at `SCHED_FIFO` when `realtime` or for
-    /// the `lane` queue. `wake` is notified when any ends.
+    /// Start two threads per queue, at `SCHED_FIFO` when `realtime`, or for
+    /// the `lane` queue (while bulk flows, on the offload path). `wake` is
+    /// notified when any ends.
     pub(crate) fn start(
         queues: &[Queue],
         common: &Shared,
