@@ -97,53 +97,23 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
         op(LD_ABS_W, 0, 0, 16),
         op(XOR_X, R7, R0, 0),
         op(LD_ABS_B, 0, 0, 9),
-        op(MOV_X, R9, R0, 0),
-        jump(JEQ_K, R9, 6, "v4ports"),
-        jump(JNE_K, R9, 17, "v4size"),
-        Op::Label("v4ports"),
-        op(LD_IND_W, 0, R8, 0),
-        op(XOR_X, R7, R0, 0),
-        Op::Label("v4size"),
-        op(LDX_MEM_W, R0, R6, 0),
-        jump(JGT_K, R0, SMALL, "bulk"),
-        jump(JNE_K, R9, 6, "lane"),
-        // TCP: payload = total length - IP header - TCP header.
-        op(LD_IND_B, 0, R8, 12),
-        op(RSH_K, R0, 0, 4),
-        op(LSH_K, R0, 0, 2),
-        op(ADD_X, R0, R8, 0),
-        op(MOV_X, R9, R0, 0),
-        op(LD_ABS_H, 0, 0, 2),
-        op(SUB_X, R0, R9, 0),
-        jump(JEQ_K, R0, 0, "bulk"),
-        jump(JA, 0, 0, "lane"),
-        // IPv6 (no extension headers: anything else is not TCP here).
-        Op::Label("v6"),
     ];
+    ops.extend(ports_and_size(op(LD_IND_W, 0, R8, 0), ["v4ports", "v4size"]));
+    // TCP: payload = total length - IP header - TCP header.
+    ops.extend([op(LD_IND_B, 0, R8, 12), op(RSH_K, R0, 0, 4), op(LSH_K, R0, 0, 2), op(ADD_X, R0, R8, 0)]);
+    ops.extend(no_payload_to_bulk(2));
+    // IPv6 (no extension headers: anything else is not TCP here).
+    ops.push(Op::Label("v6"));
     for off in (8..40).step_by(4) {
         ops.push(op(LD_ABS_W, 0, 0, off));
         ops.push(op(XOR_X, R7, R0, 0));
     }
+    ops.push(op(LD_ABS_B, 0, 0, 6));
+    ops.extend(ports_and_size(op(LD_ABS_W, 0, 0, 40), ["v6ports", "v6size"]));
+    // TCP: payload = payload length - TCP header.
+    ops.extend([op(LD_ABS_B, 0, 0, 52), op(RSH_K, R0, 0, 4), op(LSH_K, R0, 0, 2)]);
+    ops.extend(no_payload_to_bulk(4));
     ops.extend([
-        op(LD_ABS_B, 0, 0, 6),
-        op(MOV_X, R9, R0, 0),
-        jump(JEQ_K, R9, 6, "v6ports"),
-        jump(JNE_K, R9, 17, "v6size"),
-        Op::Label("v6ports"),
-        op(LD_ABS_W, 0, 0, 40),
-        op(XOR_X, R7, R0, 0),
-        Op::Label("v6size"),
-        op(LDX_MEM_W, R0, R6, 0),
-        jump(JGT_K, R0, SMALL, "bulk"),
-        jump(JNE_K, R9, 6, "lane"),
-        op(LD_ABS_B, 0, 0, 52),
-        op(RSH_K, R0, 0, 4),
-        op(LSH_K, R0, 0, 2),
-        op(MOV_X, R9, R0, 0),
-        op(LD_ABS_H, 0, 0, 4),
-        op(SUB_X, R0, R9, 0),
-        jump(JEQ_K, R0, 0, "bulk"),
-        jump(JA, 0, 0, "lane"),
         // A bulk queue by the folded hash.
         Op::Label("bulk"),
         op(MOV_X, R0, R7, 0),
@@ -160,6 +130,38 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
         op(EXIT, 0, 0, 0),
     ]);
     assemble(&ops)
+}
+
+/// With the protocol in r0: keep it in r9, hash the ports of TCP and UDP
+/// (`load_ports` puts them in r0), send what is not small to a bulk queue
+/// and what is small but not TCP to the lane. `labels`: this family's two.
+fn ports_and_size(load_ports: Op, labels: [&'static str; 2]) -> [Op; 10] {
+    let [ports, size] = labels;
+    [
+        op(MOV_X, R9, R0, 0),
+        jump(JEQ_K, R9, 6, ports),
+        jump(JNE_K, R9, 17, size),
+        Op::Label(ports),
+        load_ports,
+        op(XOR_X, R7, R0, 0),
+        Op::Label(size),
+        op(LDX_MEM_W, R0, R6, 0),
+        jump(JGT_K, R0, SMALL, "bulk"),
+        jump(JNE_K, R9, 6, "lane"),
+    ]
+}
+
+/// With the headers' length in r0: a TCP segment whose length field (a
+/// 16-bit word at `len_at`) holds no more than the headers goes to a bulk
+/// queue, one with payload to the lane.
+fn no_payload_to_bulk(len_at: i32) -> [Op; 5] {
+    [
+        op(MOV_X, R9, R0, 0),
+        op(LD_ABS_H, 0, 0, len_at),
+        op(SUB_X, R0, R9, 0),
+        jump(JEQ_K, R0, 0, "bulk"),
+        jump(JA, 0, 0, "lane"),
+    ]
 }
 
 /// Resolve the labels and encode.

@@ -330,10 +330,11 @@ impl Workers {
     fn spawn(&mut self, name: String, queue: usize, body: Body, wake: &Arc<Notify>) -> Result<()> {
         let stop = self.stop.clone();
         let wake = WakeOnExit(wake.clone());
-        let priority = match (&self.lane_priority, self.realtime || self.lane == Some(queue)) {
-            (_, false) => Priority::Nice,
-            (Some(lane), true) if !self.realtime => Priority::Lane(lane.clone()),
-            (_, true) => Priority::Fifo,
+        let priority = match &self.lane_priority {
+            _ if self.realtime => Priority::Fifo,
+            _ if self.lane != Some(queue) => Priority::Nice,
+            Some(lane) => Priority::Lane(lane.clone()),
+            None => Priority::Fifo,
         };
         let handle = std::thread::Builder::new().name(name.clone()).spawn(move || {
             let _wake = wake;
