@@ -24,6 +24,7 @@ use crate::backend::hostgw::HostGwBackend;
 use crate::backend::udp::UdpBackend;
 use crate::backend::vxlan::VxlanBackend;
 use crate::backend::wireguard::WgBackend;
+use crate::backend::Family;
 use crate::error::Result;
 use crate::kernel::Netlink;
 use crate::model::Peer;
@@ -58,16 +59,9 @@ pub struct DataplaneConfig {
     pub resync: Duration,
 }
 
-enum Backend {
-    Vxlan(VxlanBackend),
-    HostGw(HostGwBackend),
-    Udp(UdpBackend),
-    Wireguard(WgBackend),
-}
-
 /// The node's dataplane: one backend, its rules, and its watch on the kernel.
 pub struct Dataplane {
-    backend: Backend,
+    backend: Family,
     ext: ExternalInterface,
     networks: Vec<IpNet>,
     rules: Rules,
@@ -93,19 +87,18 @@ impl Dataplane {
         req.ipv6_only = cfg.network.is_none();
         let ext = find_external(&nl, &req).await?;
         let wake = Arc::new(Notify::new());
+        let (network, network6, e) = (cfg.network, cfg.network6, ext.clone());
         let backend = match cfg.backend {
             BackendConfig::Vxlan(opts) => {
-                Backend::Vxlan(VxlanBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6).await?)
+                Family::Kernel(Box::new(VxlanBackend::prepare(nl, opts, e, network, network6).await?))
             }
-            BackendConfig::HostGw => {
-                Backend::HostGw(HostGwBackend::prepare(nl, ext.clone(), cfg.network, cfg.network6)?)
-            }
+            BackendConfig::HostGw => Family::Kernel(Box::new(HostGwBackend::prepare(nl, e, network, network6)?)),
             BackendConfig::Udp(opts) => {
-                Backend::Udp(UdpBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?)
+                Family::Userspace(Box::new(UdpBackend::prepare(nl, opts, e, network, network6, wake.clone()).await?))
             }
-            BackendConfig::Wireguard(opts) => Backend::Wireguard(
-                WgBackend::prepare(nl, opts, ext.clone(), cfg.network, cfg.network6, wake.clone()).await?,
-            ),
+            BackendConfig::Wireguard(opts) => {
+                Family::Userspace(Box::new(WgBackend::prepare(nl, opts, e, network, network6, wake.clone()).await?))
+            }
         };
         Ok(Dataplane {
             backend,
@@ -129,40 +122,22 @@ impl Dataplane {
 
     /// The backend's type (`BackendType` in leases).
     pub fn kind(&self) -> BackendKind {
-        match self.backend {
-            Backend::Vxlan(_) => BackendKind::Vxlan,
-            Backend::HostGw(_) => BackendKind::HostGw,
-            Backend::Udp(_) => BackendKind::Udp,
-            Backend::Wireguard(_) => BackendKind::Wireguard,
-        }
+        self.backend.common().kind()
     }
 
     /// The `BackendData` written in leases.
     pub fn backend_data(&self) -> Option<serde_json::Value> {
-        match &self.backend {
-            Backend::Vxlan(b) => b.backend_data(),
-            Backend::Wireguard(b) => Some(b.backend_data()),
-            Backend::HostGw(_) | Backend::Udp(_) => None,
-        }
+        self.backend.common().backend_data()
     }
 
     /// The `BackendV6Data` written in leases on dual-stack networks.
     pub fn backend_v6_data(&self) -> Option<serde_json::Value> {
-        match &self.backend {
-            Backend::Vxlan(b) => b.backend_v6_data(),
-            Backend::Wireguard(b) => b.backend_v6_data(),
-            Backend::HostGw(_) | Backend::Udp(_) => None,
-        }
+        self.backend.common().backend_v6_data()
     }
 
     /// The MTU pods should use (`FLANNEL_MTU`).
     pub fn mtu(&self) -> u32 {
-        match &self.backend {
-            Backend::Vxlan(b) => b.mtu(),
-            Backend::HostGw(b) => b.mtu(),
-            Backend::Udp(b) => b.mtu(),
-            Backend::Wireguard(b) => b.mtu(),
-        }
+        self.backend.common().mtu()
     }
 
     /// Program what depends on the node's own subnet (devices, addresses,
@@ -171,12 +146,7 @@ impl Dataplane {
         let devices = self.devices();
         let keep: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
         crate::sync::leftovers::remove(&Netlink::connect()?, &keep, &self.networks).await?;
-        match &mut self.backend {
-            Backend::Vxlan(b) => b.start(subnet, subnet6).await?,
-            Backend::HostGw(_) => {}
-            Backend::Udp(b) => b.start(subnet, subnet6).await?,
-            Backend::Wireguard(b) => b.start(subnet, subnet6).await?,
-        }
+        self.backend.common_mut().start(subnet, subnet6).await?;
         self.rules.start(subnet, subnet6).await?;
         self.resynced = Instant::now();
         self.watch_devices();
@@ -186,15 +156,7 @@ impl Dataplane {
 
     /// The devices weft owns for this backend, and their indexes as last seen.
     fn devices(&self) -> Vec<(String, Option<u32>)> {
-        match &self.backend {
-            Backend::Vxlan(b) => b.devices(),
-            Backend::Udp(b) => {
-                let (name, index) = b.device();
-                vec![(name.to_string(), index)]
-            }
-            Backend::Wireguard(b) => b.devices(),
-            Backend::HostGw(_) => Vec::new(),
-        }
+        self.backend.common().devices()
     }
 
     fn watch_devices(&self) {
@@ -238,7 +200,7 @@ impl Dataplane {
         let mut report = Report { peers_desired: peers.len(), ..Report::default() };
         let mut full = pass == Pass::Full;
         match &mut self.backend {
-            Backend::Vxlan(b) => {
+            Family::Kernel(b) => {
                 if let Some((desired, pass)) = b.check_and_plan(peers, &mut report, pass).await {
                     full = pass == Pass::Full;
                     // Shared with the watch, not copied: it holds an entry per peer.
@@ -247,16 +209,7 @@ impl Dataplane {
                     b.converge(peers, &desired, &mut report, pass).await;
                 }
             }
-            Backend::HostGw(b) => {
-                let desired = Arc::new(b.plan(peers).await);
-                self.watch.publish(Some(desired.clone()));
-                b.converge(peers, &desired, &mut report, pass).await;
-            }
-            Backend::Udp(b) => {
-                b.reconcile(peers, &mut report).await;
-                full = true;
-            }
-            Backend::Wireguard(b) => {
+            Family::Userspace(b) => {
                 b.reconcile(peers, &mut report).await;
                 full = true;
             }
@@ -280,9 +233,8 @@ impl Dataplane {
     pub async fn changed(&self) {
         let resync = tokio::time::sleep_until((self.resynced + self.resync).into());
         let restart = match &self.backend {
-            Backend::Udp(b) => b.next_wake(),
-            Backend::Wireguard(b) => b.next_wake(),
-            _ => None,
+            Family::Userspace(b) => b.next_wake(),
+            Family::Kernel(_) => None,
         };
         let restart = async {
             match restart {
@@ -298,13 +250,11 @@ impl Dataplane {
     }
 
     /// What does not match the desired state, as of the last pass (and,
-    /// for the udp backend, threads that ended since). Empty: all in place.
+    /// for the userspace backends, threads that ended since). Empty: all in place.
     pub fn health(&self) -> Vec<Problem> {
         let mut problems = self.last.problems.clone();
-        match &self.backend {
-            Backend::Udp(b) => b.live_problems(&mut problems),
-            Backend::Wireguard(b) => b.live_problems(&mut problems),
-            _ => {}
+        if let Family::Userspace(b) = &self.backend {
+            b.live_problems(&mut problems);
         }
         problems
     }
@@ -314,13 +264,9 @@ impl Dataplane {
         DataplaneMetrics {
             backend: self.kind(),
             counters: self.counters.clone(),
-            udp: match &self.backend {
-                Backend::Udp(b) => Some(b.counters().clone()),
-                _ => None,
-            },
             backend_metrics: match &self.backend {
-                Backend::Wireguard(b) => Some(b.metrics()),
-                _ => None,
+                Family::Userspace(b) => Some(b.metrics()),
+                Family::Kernel(_) => None,
             },
         }
     }
@@ -330,10 +276,8 @@ impl Dataplane {
     /// as soon as the next start re-attaches (udp).
     pub fn shutdown(mut self) {
         self.watch.stop();
-        match &mut self.backend {
-            Backend::Udp(b) => b.shutdown(),
-            Backend::Wireguard(b) => b.shutdown(),
-            _ => {}
+        if let Family::Userspace(b) = &mut self.backend {
+            b.shutdown();
         }
     }
 }

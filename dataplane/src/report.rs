@@ -7,8 +7,6 @@ use std::sync::Arc;
 use weft_types::metrics::{Histogram, Kind, Writer};
 use weft_types::BackendKind;
 
-use crate::forward::stats::Stats;
-
 /// The kinds of objects weft owns and repairs, as metrics label them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(usize)]
@@ -76,12 +74,13 @@ pub enum Problem {
     Peers { failed: usize, of: usize, first: String },
     /// The iptables rules could not be put back.
     Rules { error: String },
-    /// The udp forwarding threads stopped and wait out a restart backoff.
-    ThreadsBackingOff,
-    /// The udp forwarding threads could not be started.
-    ThreadsCannotStart { error: String },
-    /// A udp forwarding thread ended since the last pass.
-    ThreadEnded,
+    /// A userspace backend's forwarding threads stopped and wait out a
+    /// restart backoff.
+    ThreadsBackingOff { backend: BackendKind },
+    /// A userspace backend's forwarding threads could not be started.
+    ThreadsCannotStart { backend: BackendKind, error: String },
+    /// A forwarding thread of a userspace backend ended since the last pass.
+    ThreadEnded { backend: BackendKind },
     /// WireGuard peers without a completed handshake after a grace period,
     /// or whose last one is older than a session lives; `first` names one
     /// (`subnet at endpoint (why)`).
@@ -97,9 +96,13 @@ impl std::fmt::Display for Problem {
                 write!(f, "{failed} of {of} peers not programmed, retrying (first: {first})")
             }
             Problem::Rules { error } => write!(f, "iptables rules not in place, retrying: {error}"),
-            Problem::ThreadsBackingOff => f.write_str("udp forwarding threads stopped, restarting after a backoff"),
-            Problem::ThreadsCannotStart { error } => write!(f, "cannot start the udp forwarding threads: {error}"),
-            Problem::ThreadEnded => f.write_str("a udp forwarding thread ended, restarting"),
+            Problem::ThreadsBackingOff { backend } => {
+                write!(f, "{backend} forwarding threads stopped, restarting after a backoff")
+            }
+            Problem::ThreadsCannotStart { backend, error } => {
+                write!(f, "cannot start the {backend} forwarding threads: {error}")
+            }
+            Problem::ThreadEnded { backend } => write!(f, "a {backend} forwarding thread ended, restarting"),
             Problem::NoHandshake { peers, of, first } => {
                 write!(f, "{peers} of {of} wireguard peers without a completed handshake (first: {first})")
             }
@@ -184,16 +187,8 @@ impl Counters {
     }
 }
 
-/// The udp backend's counters.
-#[derive(Debug, Default)]
-pub(crate) struct UdpCounters {
-    pub(crate) stats: Arc<Stats>,
-    /// Thread restarts per queue.
-    pub(crate) restarts: Vec<AtomicU64>,
-}
-
-/// A backend's own metric families (the wireguard backend's), rendered
-/// after the common ones.
+/// A backend's own metric families (the userspace backends' counters),
+/// rendered after the common ones.
 pub(crate) trait BackendMetrics: Send + Sync + std::fmt::Debug {
     fn render(&self, w: &mut Writer<'_>);
 }
@@ -204,7 +199,6 @@ pub(crate) trait BackendMetrics: Send + Sync + std::fmt::Debug {
 pub struct DataplaneMetrics {
     pub(crate) backend: BackendKind,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) udp: Option<Arc<UdpCounters>>,
     pub(crate) backend_metrics: Option<Arc<dyn BackendMetrics>>,
 }
 
@@ -213,21 +207,6 @@ impl DataplaneMetrics {
     pub fn render(&self, out: &mut String) {
         let mut w = Writer::new(out);
         self.counters.render(&mut w, self.backend);
-        if let Some(u) = &self.udp {
-            u.stats.render(&mut w);
-            w.family(
-                "weft_udp_thread_restarts_total",
-                Kind::Counter,
-                "Restarts of a queue's forwarding threads after a persistent error or a panic.",
-            );
-            for (q, n) in u.restarts.iter().enumerate() {
-                w.sample(
-                    "weft_udp_thread_restarts_total",
-                    &[("queue", &q.to_string())],
-                    n.load(Ordering::Relaxed) as f64,
-                );
-            }
-        }
         if let Some(b) = &self.backend_metrics {
             b.render(&mut w);
         }
@@ -251,9 +230,19 @@ mod tests {
                 "1 of 2 peers not programmed, retrying (first: 10.244.2.0/24: Network is unreachable)",
             ),
             (Problem::Rules { error: "x".into() }, "iptables rules not in place, retrying: x"),
-            (Problem::ThreadsBackingOff, "udp forwarding threads stopped, restarting after a backoff"),
-            (Problem::ThreadsCannotStart { error: "y".into() }, "cannot start the udp forwarding threads: y"),
-            (Problem::ThreadEnded, "a udp forwarding thread ended, restarting"),
+            (
+                Problem::ThreadsBackingOff { backend: BackendKind::Udp },
+                "udp forwarding threads stopped, restarting after a backoff",
+            ),
+            (
+                Problem::ThreadsCannotStart { backend: BackendKind::Udp, error: "y".into() },
+                "cannot start the udp forwarding threads: y",
+            ),
+            (Problem::ThreadEnded { backend: BackendKind::Udp }, "a udp forwarding thread ended, restarting"),
+            (
+                Problem::ThreadEnded { backend: BackendKind::Wireguard },
+                "a wireguard forwarding thread ended, restarting",
+            ),
         ];
         for (p, text) in cases {
             assert_eq!(p.to_string(), text);

@@ -12,7 +12,10 @@ use std::collections::BTreeMap;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{networks, owners_of_route, Programming};
+use futures::future::BoxFuture;
+use weft_types::BackendKind;
+
+use super::{networks, owners_of_route, Backend, KernelBackend, Programming};
 use crate::error::{Error, Result};
 use crate::kernel::Netlink;
 use crate::model::{nexthop_id, Desired, Peer, RouteSpec};
@@ -99,6 +102,48 @@ pub(crate) fn plan(peers: &[Peer], oif: u32, v6: bool, nexthops: bool) -> Desire
         }
     }
     d.with_nexthops()
+}
+
+impl Backend for HostGwBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::HostGw
+    }
+
+    fn mtu(&self) -> u32 {
+        HostGwBackend::mtu(self)
+    }
+
+    /// host-gw owns no device.
+    fn devices(&self) -> Vec<(String, Option<u32>)> {
+        Vec::new()
+    }
+
+    /// Nothing depends on the node's subnets but the rules (the face's).
+    fn start(&mut self, _: Option<Ipv4Net>, _: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+impl KernelBackend for HostGwBackend {
+    /// host-gw has no device to check: the plan, and the pass as asked.
+    fn check_and_plan<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        _: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, Option<(Desired, Pass)>> {
+        Box::pin(async move { Some((HostGwBackend::plan(self, peers).await, pass)) })
+    }
+
+    fn converge<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        desired: &'a Desired,
+        report: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(HostGwBackend::converge(self, peers, desired, report, pass))
+    }
 }
 
 #[cfg(test)]

@@ -1,29 +1,119 @@
-//! The backends: what each one wants for the peers (a pure `plan`) and the
-//! devices and threads it runs.
+//! The backends, in two families behind one small interface each:
 //!
-//! | module     | backend                                                           |
+//! - kernel backends ([`KernelBackend`]): a pure `plan(peers) -> Desired`,
+//!   then converge the kernel to it;
+//! - userspace backends ([`UserspaceBackend`]): a pure plan (udp's route
+//!   table snapshot, wireguard's peers by `Mode`), then supervise the
+//!   forwarding threads with it, on the shared [`userspace`] substrate.
+//!
+//! | module     | what                                                              |
 //! |------------|-------------------------------------------------------------------|
 //! | [`vxlan`]  | kernel VXLAN device; FDB, neighbour and route per peer            |
 //! | [`hostgw`] | one route per peer via its public IP                              |
-//! | [`udp`]    | persistent TUN + UDP, supervised forwarding threads               |
-//! | [`wireguard`] | TUN + standard WireGuard in userspace (boringtun's protocol)   |
+//! | [`userspace`] | the substrate of udp and wireguard: TUN device, sockets, threads |
+//! | [`udp`]    | flannel's udp wire format on the substrate                         |
+//! | [`wireguard`] | standard WireGuard (boringtun's protocol) on the substrate     |
 //!
 //! [`Programming`] is the one place that folds converge outcomes into the
 //! report and says how many peers are not programmed.
 
 pub(crate) mod hostgw;
 pub(crate) mod udp;
+pub(crate) mod userspace;
 pub(crate) mod vxlan;
 pub(crate) mod wireguard;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
 
-use ipnet::{IpNet, Ipv4Net};
+use futures::future::BoxFuture;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use weft_types::BackendKind;
 
 use crate::error::{chain, Error, Result};
 use crate::model::{Desired, Peer};
-use crate::report::{ObjectKind, Problem, Report};
-use crate::sync::converge::Outcome;
+use crate::report::{BackendMetrics, ObjectKind, Problem, Report};
+use crate::sync::converge::{Outcome, Pass};
+
+/// What every backend tells the face.
+pub(crate) trait Backend: Send {
+    fn kind(&self) -> BackendKind;
+    /// The MTU pods should use (`FLANNEL_MTU`).
+    fn mtu(&self) -> u32;
+    /// The `BackendData` written in leases.
+    fn backend_data(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// The `BackendV6Data` written in leases on dual-stack networks.
+    fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// The devices weft owns for this backend, and their indexes as last seen.
+    fn devices(&self) -> Vec<(String, Option<u32>)>;
+    /// Program what depends on the node's own subnets (devices, addresses).
+    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A kernel backend (vxlan, host-gw): a pure plan, then converge the kernel.
+pub(crate) trait KernelBackend: Backend {
+    /// The first half of a pass: check the devices and plan `peers`.
+    /// `None` when a device cannot be put right (the problem is in
+    /// `report`); the pass returned may be widened to a full one.
+    fn check_and_plan<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        report: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, Option<(Desired, Pass)>>;
+    /// The second half: converge the kernel's entries to `desired`.
+    fn converge<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        desired: &'a Desired,
+        report: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, ()>;
+}
+
+/// A userspace backend (udp, wireguard): a pure plan, then supervise the
+/// forwarding threads with it.
+pub(crate) trait UserspaceBackend: Backend {
+    /// Swap in the plan for `peers`, check the devices, keep the threads
+    /// running (always a full check: nothing is trusted from the last pass).
+    fn reconcile<'a>(&'a mut self, peers: &'a [Peer], report: &'a mut Report) -> BoxFuture<'a, ()>;
+    /// When a pass is due without any event (a thread restart, a grace
+    /// period's end).
+    fn next_wake(&self) -> Option<Instant>;
+    /// Problems visible without a pass (a thread that ended).
+    fn live_problems(&self, out: &mut Vec<Problem>);
+    /// The backend's own counters for `/metrics`.
+    fn metrics(&self) -> Arc<dyn BackendMetrics>;
+    /// Stop and join the threads; the devices stay (they are persistent).
+    fn shutdown(&mut self);
+}
+
+/// One backend of either family.
+pub(crate) enum Family {
+    Kernel(Box<dyn KernelBackend>),
+    Userspace(Box<dyn UserspaceBackend>),
+}
+
+impl Family {
+    pub(crate) fn common(&self) -> &dyn Backend {
+        match self {
+            Family::Kernel(b) => &**b,
+            Family::Userspace(b) => &**b,
+        }
+    }
+
+    pub(crate) fn common_mut(&mut self) -> &mut dyn Backend {
+        match self {
+            Family::Kernel(b) => &mut **b,
+            Family::Userspace(b) => &mut **b,
+        }
+    }
+}
 
 /// The peers (by [`Peer::id`]) a route to `dst` is for: the peer whose
 /// subnet or IPv6 subnet it is.

@@ -34,7 +34,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tracing::{info, warn};
 use weft_types::{BackendKind, MacAddr, VxlanOptions};
 
-use super::{networks, owners_of_route, Programming};
+use futures::future::BoxFuture;
+
+use super::{networks, owners_of_route, Backend, KernelBackend, Programming};
 use crate::error::{chain, Error, Result};
 use crate::kernel::{Link, Netlink, VxlanSpec};
 use crate::model::{nexthop_id, vxlan6_device, vxlan_device, Desired, Peer, RouteSpec};
@@ -438,6 +440,53 @@ pub(crate) fn plan(
         }
     }
     d.with_nexthops()
+}
+
+impl Backend for VxlanBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Vxlan
+    }
+
+    fn mtu(&self) -> u32 {
+        VxlanBackend::mtu(self)
+    }
+
+    fn backend_data(&self) -> Option<serde_json::Value> {
+        VxlanBackend::backend_data(self)
+    }
+
+    fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        VxlanBackend::backend_v6_data(self)
+    }
+
+    fn devices(&self) -> Vec<(String, Option<u32>)> {
+        VxlanBackend::devices(self)
+    }
+
+    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(VxlanBackend::start(self, subnet, subnet6))
+    }
+}
+
+impl KernelBackend for VxlanBackend {
+    fn check_and_plan<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        report: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, Option<(Desired, Pass)>> {
+        Box::pin(VxlanBackend::check_and_plan(self, peers, report, pass))
+    }
+
+    fn converge<'a>(
+        &'a mut self,
+        peers: &'a [Peer],
+        desired: &'a Desired,
+        report: &'a mut Report,
+        pass: Pass,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(VxlanBackend::converge(self, peers, desired, report, pass))
+    }
 }
 
 #[cfg(test)]

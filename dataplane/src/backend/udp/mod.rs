@@ -5,19 +5,14 @@
 //!
 //! | module     | what it holds                                                  |
 //! |------------|----------------------------------------------------------------|
-//! | `device`   | the TUN device: created or re-attached, kept as it should be   |
-//! | `socket`   | the UDP sockets, one per queue, with large buffers             |
-//! | `workers`  | the forwarding threads: started, stopped and joined together   |
-//! | `duty`     | which thread reads the TUN device: light or bulk traffic       |
+//! | `workers`  | which threads run on each queue, at which priority             |
 //! | `offload`  | the offload path: TUN->UDP and UDP->TUN steps, batched         |
 //! | `plain`    | the plain path: one packet per syscall                         |
-//! | `shared`   | what threads share: route table, stop signal, waits, error log |
+//! | `shared`   | what the threads share: route table, counters, own subnets     |
 //! | `icmp`     | ICMP errors written back into the TUN device, rate-limited     |
-//! | `lane`     | `LatencyLane`: the eBPF classifier of small packets, attached  |
-//! | `lane_priority` | when the lane's threads are real-time: while bulk flows |
-//! | `restart`  | the restart backoff of ended threads (pure, clock passed in)   |
-//! | `sys`      | every libc call, each in one checked helper                    |
 //!
+//! The device, sockets, threads and their supervision are the userspace
+//! substrate's ([`super::userspace`]), shared with the wireguard backend.
 //! The per-packet decisions, packet views, route table and counters are
 //! the pure [`crate::forward`].
 //!
@@ -40,43 +35,39 @@
 //! or panic) gets its queues rebuilt and restarted after a backoff of 100 ms
 //! doubling to 10 s (reset after 30 s of healthy running).
 
-mod device;
-pub(crate) mod duty;
 mod icmp;
-pub(crate) mod lane;
-mod lane_priority;
 pub(crate) mod offload;
 mod plain;
-pub(crate) mod restart;
 pub(crate) mod shared;
-pub(crate) mod socket;
-pub(crate) mod sys;
-pub(crate) mod workers;
+mod workers;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ipnet::{Ipv4Net, Ipv6Net};
-use quinn_udp::UdpSocketState;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
 use tracing::{info, warn};
-use tun_rs::SyncDevice;
+use weft_types::metrics::{Kind, Writer};
 use weft_types::{BackendKind, UdpOptions};
 
+use futures::future::BoxFuture;
+
+use super::userspace::socket::queue_count;
+use super::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
+use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
 use crate::forward::decide::Local;
+use crate::forward::stats::Stats;
 use crate::forward::table::{RouteTable, Snapshot};
 use crate::kernel::Netlink;
 use crate::model::{Peer, TUN_NAME};
-use crate::report::{ObjectKind, Problem, Report, UdpCounters};
+use crate::report::{BackendMetrics, Problem, Report};
 use crate::sync::converge;
 use crate::sync::iface::ExternalInterface;
-use restart::Restart;
-use shared::{Exit, Shared};
-use workers::{Queue, Workers};
+use shared::Shared;
 
 /// IPv4 (20) + UDP (8).
 pub(crate) const UDP_OVERHEAD: u32 = 28;
@@ -96,23 +87,13 @@ pub(crate) struct UdpBackend {
     /// underlay (a network with IPv6, and the node has one).
     underlay6: Option<Ipv6Addr>,
     table: Arc<RouteTable>,
-    counters: Arc<UdpCounters>,
-    sockets: Vec<Arc<UdpSocket>>,
-    states: Vec<Option<Arc<UdpSocketState>>>,
-    /// The `LatencyLane` classifier, attached to the sockets (none: off, or
-    /// the kernel refused it).
-    lane: Option<lane::Classifier>,
+    stats: Arc<Stats>,
+    /// `flannel0`, its queues and sockets, the threads.
+    fwd: Forwarder,
     /// Whether `start` ran: the subnets below are this node's.
     started: bool,
     subnet: Option<Ipv4Net>,
     subnet6: Option<Ipv6Net>,
-    /// The attached TUN queues (empty: none attached).
-    tun: Vec<Arc<SyncDevice>>,
-    vnet_hdr: bool,
-    /// The device's index as last seen.
-    index: Option<u32>,
-    workers: Option<Workers>,
-    restart: Restart,
     wake: Arc<Notify>,
 }
 
@@ -128,7 +109,7 @@ impl UdpBackend {
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
         // With `LatencyLane`, one more queue after the bulk ones: the lane.
-        let queues = socket::queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
+        let queues = queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
         // On a dual-stack network with a public IPv6 address, one socket per
         // queue for both families, on [::]; else on the IPv4 public address.
         let underlay6 = ext.public_ipv6.filter(|_| network6.is_some());
@@ -137,20 +118,18 @@ impl UdpBackend {
             (None, Some(ip)) => SocketAddr::V4(SocketAddrV4::new(ip, opts.port)),
             (None, None) => return Err(Error::NoAddress6 { iface: ext.name.clone() }),
         };
-        let sockets = (0..queues).map(|_| socket::bind(addr, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
-        let states = sockets
-            .iter()
-            .map(|s| {
-                if !opts.offload {
-                    return Ok(None);
-                }
-                UdpSocketState::new((&**s).into())
-                    .map(|st| Some(Arc::new(st)))
-                    .map_err(|source| Error::UdpSocket { addr, source })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let lane = if opts.latency_lane { lane::attach_to_sockets(queues - 1, &sockets[0]) } else { None };
-        let mut b = UdpBackend {
+        let overhead = if underlay6.is_some() { UDP6_OVERHEAD } else { UDP_OVERHEAD };
+        let spec = DeviceSpec {
+            name: TUN_NAME,
+            backend: BackendKind::Udp,
+            mtu: opts.mtu.unwrap_or(ext.mtu.saturating_sub(overhead)),
+            offload: opts.offload,
+            route_by: RouteBy::AddressPrefix,
+            accept_local: true,
+            not_tun_hint: "",
+        };
+        let fwd = Forwarder::prepare(&nl, spec, addr, queues, opts.latency_lane).await?;
+        Ok(UdpBackend {
             nl,
             opts,
             ext,
@@ -158,53 +137,21 @@ impl UdpBackend {
             network6,
             underlay6,
             table: RouteTable::new(),
-            counters: Arc::new(UdpCounters {
-                stats: Arc::default(),
-                restarts: (0..queues).map(|_| AtomicU64::new(0)).collect(),
-            }),
-            sockets,
-            states,
-            lane,
+            stats: Arc::default(),
+            fwd,
             started: false,
             subnet: None,
             subnet6: None,
-            tun: Vec::new(),
-            vnet_hdr: false,
-            index: None,
-            workers: None,
-            restart: Restart::new(Instant::now()),
             wake,
-        };
-        if let Some(link) = b.nl.link_by_name(TUN_NAME).await? {
-            if link.kind.as_deref() == Some("tun") {
-                match b.open_queues() {
-                    Ok(()) => info!(device = TUN_NAME, "re-attached to the TUN device left by the last run"),
-                    Err(e) => warn!("cannot re-attach to the existing {TUN_NAME} ({}); recreating it later", chain(&e)),
-                }
-            }
-        }
-        Ok(b)
+        })
     }
 
     pub(crate) fn mtu(&self) -> u32 {
-        let overhead = if self.underlay6.is_some() { UDP6_OVERHEAD } else { UDP_OVERHEAD };
-        self.opts.mtu.unwrap_or(self.ext.mtu.saturating_sub(overhead))
+        self.fwd.mtu()
     }
 
-    pub(crate) fn device(&self) -> (&'static str, Option<u32>) {
-        (TUN_NAME, self.index)
-    }
-
-    fn stop_workers(&mut self) {
-        if let Some(mut w) = self.workers.take() {
-            w.stop_all();
-        }
-    }
-
-    /// Give up the TUN queues (after stopping the threads that use them).
-    pub(super) fn detach(&mut self) {
-        self.stop_workers();
-        self.tun.clear();
+    pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
+        vec![(TUN_NAME.to_string(), self.fwd.index())]
     }
 
     /// Remove stale routes of an earlier kernel-backend run and set up the
@@ -225,7 +172,21 @@ impl UdpBackend {
         if let Some((dst, e)) = o.failed.first() {
             warn!("could not remove the stale route to {dst}: {}", chain(e));
         }
-        self.ensure_device(&mut Report::default()).await.map(|_| ())
+        self.ensure_device(&mut Report::default()).await
+    }
+
+    /// `flannel0` with `<subnet network>/<network prefix>` of each family,
+    /// so that the kernel routes the whole network into it.
+    async fn ensure_device(&mut self, report: &mut Report) -> Result<()> {
+        let mut addrs: Vec<IpNet> = Vec::new();
+        if let (Some(n4), Some(s4)) = (self.network, self.subnet) {
+            addrs.push(Ipv4Net::new(s4.network(), n4.prefix_len()).expect("network prefix is valid").into());
+        }
+        if let (Some(n6), Some(s6)) = (self.network6, self.subnet6) {
+            addrs.push(Ipv6Net::new(s6.network(), n6.prefix_len()).expect("network prefix is valid").into());
+        }
+        let networks: Vec<IpNet> = addrs.iter().map(IpNet::trunc).collect();
+        self.fwd.ensure_device(&self.nl, &addrs, &networks, report).await.map(|_| ())
     }
 
     /// Swap in the route table for `peers`, check the device, and keep the
@@ -241,128 +202,134 @@ impl UdpBackend {
             report.problem(Problem::NotStarted { backend: BackendKind::Udp });
             return;
         }
-        self.reap_workers(report);
+        self.fwd.reap(report);
         if let Err(e) = self.ensure_device(report).await {
             report.problem(Problem::Device { name: TUN_NAME.into(), error: chain(&e) });
             return;
         }
-        if self.workers.is_none() {
-            if !self.restart.due(Instant::now()) {
-                report.problem(Problem::ThreadsBackingOff);
-                return;
-            }
-            if let Err(e) = self.start_workers() {
-                report.problem(Problem::ThreadsCannotStart { error: chain(&e) });
-                self.restart.failed(Instant::now());
-                return;
-            }
-        }
-        report.peers_programmed = peers.len();
-    }
-
-    /// Collect threads that ended; a failed one means rebuilding the queues.
-    fn reap_workers(&mut self, report: &mut Report) {
-        let Some(w) = &mut self.workers else { return };
-        if w.all_alive() {
-            return;
-        }
-        let ended = w.stop_all();
-        self.workers = None;
-        let mut failed_queues = Vec::new();
-        for e in &ended {
-            let why = match &e.exit {
-                Some(Exit::Stopped) => continue,
-                Some(Exit::Failed(err)) => err.to_string(),
-                None => "panicked".to_string(),
-            };
-            warn!(thread = %e.thread, "udp forwarding thread ended: {why}; rebuilding its queues");
-            if !failed_queues.contains(&e.queue) {
-                failed_queues.push(e.queue);
-            }
-        }
-        self.count_restarts(failed_queues, report);
-        // The queues may be broken (device deleted under them): reopen.
-        self.tun.clear();
-        self.restart.failed(Instant::now());
-    }
-
-    /// The threads of `queues` are restarted: counted per queue and as
-    /// repairs.
-    pub(super) fn count_restarts(&self, queues: impl IntoIterator<Item = usize>, report: &mut Report) {
-        for q in queues {
-            self.counters.restarts[q].fetch_add(1, Ordering::Relaxed);
-            report.repaired(ObjectKind::Thread, 1);
-        }
-    }
-
-    fn start_workers(&mut self) -> Result<()> {
         let shared = Shared {
             table: self.table.clone(),
-            stats: self.counters.stats.clone(),
+            stats: self.stats.clone(),
             local: Local { v4: self.subnet, v6: self.subnet6 },
             icmp_from: self.subnet.map(|s| s.network()),
             icmp_from6: self.subnet6.map(|s| s.network()),
             send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
-            vnet_hdr: self.vnet_hdr,
+            vnet_hdr: self.fwd.vnet_hdr(),
         };
-        let queues: Vec<Queue> = self
-            .tun
-            .iter()
-            .zip(&self.sockets)
-            .zip(&self.states)
-            .map(|((dev, sock), state)| Queue {
-                dev: dev.clone(),
-                sock: sock.clone(),
-                state: if self.vnet_hdr { state.clone() } else { None },
-            })
-            .collect();
-        let mtu = self.mtu() as usize;
-        let lane = self.lane.as_ref().map(|_| queues.len() - 1);
-        self.workers = Some(Workers::start(&queues, &shared, mtu, self.opts.realtime_threads, lane, &self.wake)?);
-        self.restart.started(Instant::now());
-        let (gso, gro) = match self.states.first().and_then(|s| s.as_ref()).filter(|_| self.vnet_hdr) {
-            Some(s) => (s.max_gso_segments(), s.gro_segments()),
-            None => (1, 1),
-        };
-        if self.opts.offload && !self.vnet_hdr {
+        let (mtu, realtime, wake) = (self.mtu() as usize, self.opts.realtime_threads, self.wake.clone());
+        let lane = self.fwd.has_lane();
+        let running = self.fwd.keep_running(report, |queues| {
+            let lane = lane.then(|| queues.len() - 1);
+            workers::start(queues, &shared, mtu, realtime, lane, &wake)
+        });
+        match running {
+            Running::No => return,
+            Running::Started => self.log_started(),
+            Running::Already => {}
+        }
+        report.peers_programmed = peers.len();
+    }
+
+    fn log_started(&self) {
+        let (gso, gro) = self.fwd.segments();
+        if self.opts.offload && !self.fwd.vnet_hdr() {
             warn!("the kernel refused TUN offloads; forwarding one packet per syscall");
         }
         info!(
             device = TUN_NAME,
             mtu = self.mtu(),
             port = self.opts.port,
-            queues = queues.len(),
-            tun_offload = self.vnet_hdr,
+            queues = self.fwd.queues().len(),
+            tun_offload = self.fwd.vnet_hdr(),
             udp_gso_segments = gso,
             udp_gro_segments = gro,
             realtime_threads = self.opts.realtime_threads,
-            latency_lane = lane.is_some(),
+            latency_lane = self.fwd.has_lane(),
             ipv6_underlay = self.underlay6.map(|a| a.to_string()).unwrap_or_else(|| "no".into()),
             "udp backend forwarding"
         );
-        Ok(())
     }
 
     /// When a stopped set of threads is due to be restarted.
     pub(crate) fn next_wake(&self) -> Option<Instant> {
-        self.restart.next().filter(|_| self.workers.is_none())
+        self.fwd.next_wake()
     }
 
     /// Problems visible without a reconcile pass: threads that ended.
     pub(crate) fn live_problems(&self, out: &mut Vec<Problem>) {
-        if let Some(w) = &self.workers {
-            if !w.all_alive() {
-                out.push(Problem::ThreadEnded);
-            }
+        if self.fwd.thread_ended() {
+            out.push(Problem::ThreadEnded { backend: BackendKind::Udp });
         }
     }
 
-    pub(crate) fn counters(&self) -> &Arc<UdpCounters> {
-        &self.counters
+    pub(crate) fn metrics(&self) -> Arc<dyn BackendMetrics> {
+        Arc::new(UdpMetrics { stats: self.stats.clone(), restarts: self.fwd.restarts().clone() })
     }
 
     /// Stop and join the threads; the device stays (it is persistent).
     pub(crate) fn shutdown(&mut self) {
-        self.stop_workers();
+        self.fwd.shutdown();
+    }
+}
+
+/// The udp backend's counters for `/metrics`.
+#[derive(Debug)]
+struct UdpMetrics {
+    stats: Arc<Stats>,
+    /// Thread restarts per queue.
+    restarts: Arc<Vec<std::sync::atomic::AtomicU64>>,
+}
+
+impl BackendMetrics for UdpMetrics {
+    fn render(&self, w: &mut Writer<'_>) {
+        self.stats.render(w);
+        w.family(
+            "weft_udp_thread_restarts_total",
+            Kind::Counter,
+            "Restarts of a queue's forwarding threads after a persistent error or a panic.",
+        );
+        for (q, n) in self.restarts.iter().enumerate() {
+            w.sample("weft_udp_thread_restarts_total", &[("queue", &q.to_string())], n.load(Ordering::Relaxed) as f64);
+        }
+    }
+}
+
+impl Backend for UdpBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Udp
+    }
+
+    fn mtu(&self) -> u32 {
+        UdpBackend::mtu(self)
+    }
+
+    fn devices(&self) -> Vec<(String, Option<u32>)> {
+        UdpBackend::devices(self)
+    }
+
+    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(UdpBackend::start(self, subnet, subnet6))
+    }
+}
+
+impl UserspaceBackend for UdpBackend {
+    fn reconcile<'a>(&'a mut self, peers: &'a [Peer], report: &'a mut Report) -> BoxFuture<'a, ()> {
+        Box::pin(UdpBackend::reconcile(self, peers, report))
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        UdpBackend::next_wake(self)
+    }
+
+    fn live_problems(&self, out: &mut Vec<Problem>) {
+        UdpBackend::live_problems(self, out)
+    }
+
+    fn metrics(&self) -> Arc<dyn BackendMetrics> {
+        UdpBackend::metrics(self)
+    }
+
+    fn shutdown(&mut self) {
+        UdpBackend::shutdown(self)
     }
 }

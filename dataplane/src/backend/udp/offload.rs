@@ -11,7 +11,7 @@
 //!   batch, enter the TUN device as one super-packet written straight from
 //!   the receive buffer (see `coalesce`).
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 
@@ -19,10 +19,12 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::icmp::Icmp;
-pub(crate) use super::shared::Step;
-use super::shared::{add, wait, ErrorLog, Shared, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
-use super::sys;
-use crate::forward::coalesce::{runs, super_header, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
+use super::shared::Shared;
+use crate::backend::userspace::io::{read_tun, recv_batch, write_run, CHUNK};
+use crate::backend::userspace::thread::{
+    add, wait, ErrorLog, Step, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD,
+};
+use crate::forward::coalesce::runs;
 use crate::forward::decide::{inbound, outbound, Outbound};
 use crate::forward::packet::DropReason;
 
@@ -58,8 +60,8 @@ impl TxPath {
             // Also bounded by the UDP payload limit.
             fast_segments: max_segments.min(MAX_UDP_PAYLOAD / slot).max(1),
             icmp: Icmp::new(),
-            read_errors: ErrorLog::new("reading from the TUN device"),
-            send_errors: ErrorLog::new("sending UDP"),
+            read_errors: ErrorLog::new("udp backend: reading from the TUN device"),
+            send_errors: ErrorLog::new("udp backend: sending UDP"),
             bulk: false,
         }
     }
@@ -135,21 +137,6 @@ impl TxPath {
     }
 }
 
-/// One read of the TUN device: a packet, or a super-packet split into
-/// packets of at most `slot` bytes laid out in `area` at `slot` strides
-/// (`original` holds what the read returned); their sizes in `sizes`.
-pub(crate) fn read_tun(
-    dev: &SyncDevice,
-    original: &mut [u8],
-    area: &mut [u8],
-    slot: usize,
-    sizes: &mut [usize; IDEAL_BATCH_SIZE],
-) -> io::Result<usize> {
-    let mut chunks = area.chunks_mut(slot);
-    let mut slots: [&mut [u8]; IDEAL_BATCH_SIZE] = std::array::from_fn(|_| chunks.next().unwrap_or_default());
-    dev.recv_multiple(original, &mut slots, sizes, 0)
-}
-
 /// UDP -> TUN, with buffers owned by the forwarding thread.
 pub(crate) struct RxPath {
     rx: Vec<u8>,
@@ -163,32 +150,14 @@ pub(crate) struct RxPath {
     pub(crate) bulk: bool,
 }
 
-/// The largest datagram GRO hands over in one piece: the stride of the
-/// receive buffers.
-pub(crate) const CHUNK: usize = MAX_PACKET + 1;
-
-/// One `recvmmsg` (with GRO) into `rx`, [`CHUNK`] bytes per datagram; the
-/// datagrams' lengths, strides and sources in `metas`.
-pub(crate) fn recv_batch(
-    sock: &UdpSocket,
-    state: &UdpSocketState,
-    rx: &mut [u8],
-    metas: &mut [RecvMeta; BATCH_SIZE],
-) -> io::Result<usize> {
-    let mut chunks = rx.chunks_mut(CHUNK);
-    let mut iovs: [IoSliceMut; BATCH_SIZE] =
-        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-    state.recv(sock.into(), &mut iovs, metas)
-}
-
 impl RxPath {
     pub(crate) fn new() -> RxPath {
         RxPath {
             rx: vec![0u8; CHUNK * BATCH_SIZE],
             metas: [RecvMeta::default(); BATCH_SIZE],
             segs: Vec::with_capacity(64),
-            recv_errors: ErrorLog::new("receiving UDP"),
-            write_errors: ErrorLog::new("writing to the TUN device"),
+            recv_errors: ErrorLog::new("udp backend: receiving UDP"),
+            write_errors: ErrorLog::new("udp backend: writing to the TUN device"),
             bulk: false,
         }
     }
@@ -252,31 +221,6 @@ impl RxPath {
         add(&shared.stats.rx_bytes, tally.bytes);
         Step::Worked
     }
-}
-
-/// The virtio-net header of a packet written as it is.
-const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
-
-/// Write one run into the TUN device with one `writev`: a packet as it
-/// came, or a TCP super-packet whose payloads are read from where they lie.
-pub(crate) fn write_run(dev: &SyncDevice, run: &[&[u8]]) -> io::Result<()> {
-    let mut header = [0u8; MAX_HEADER];
-    let mut iov = [IoSlice::new(&[]); 1 + MAX_RUN];
-    let slice = IoSlice::new;
-    let count = if run.len() == 1 {
-        iov[0] = slice(&PLAIN_VNET);
-        iov[1] = slice(run[0]);
-        2
-    } else {
-        let len = super_header(run, &mut header);
-        let hdr = len - VNET_HDR_LEN;
-        iov[0] = slice(&header[..len]);
-        for (i, seg) in run.iter().enumerate() {
-            iov[1 + i] = slice(&seg[hdr..]);
-        }
-        1 + run.len()
-    };
-    sys::writev(dev.as_raw_fd(), &iov[..count]).map(|_| ())
 }
 
 /// A run of packets to one peer, laid out back to back for one GSO send.

@@ -7,7 +7,8 @@ use std::net::UdpSocket;
 use tun_rs::SyncDevice;
 
 use super::icmp::Icmp;
-use super::shared::{add, ErrorLog, Shared, Step, MAX_PACKET};
+use super::shared::Shared;
+use crate::backend::userspace::thread::{add, ErrorLog, Step, MAX_PACKET};
 use crate::forward::decide::{inbound, outbound, Outbound};
 use crate::forward::packet::DropReason;
 
@@ -24,8 +25,8 @@ impl PlainTx {
         PlainTx {
             buf: vec![0u8; MAX_PACKET],
             icmp: Icmp::new(),
-            read_errors: ErrorLog::new("reading from the TUN device"),
-            send_errors: ErrorLog::new("sending UDP"),
+            read_errors: ErrorLog::new("udp backend: reading from the TUN device"),
+            send_errors: ErrorLog::new("udp backend: sending UDP"),
         }
     }
 
@@ -76,8 +77,8 @@ impl PlainRx {
     pub(crate) fn new() -> PlainRx {
         PlainRx {
             buf: vec![0u8; MAX_PACKET + 1],
-            recv_errors: ErrorLog::new("receiving UDP"),
-            write_errors: ErrorLog::new("writing to the TUN device"),
+            recv_errors: ErrorLog::new("udp backend: receiving UDP"),
+            write_errors: ErrorLog::new("udp backend: writing to the TUN device"),
         }
     }
 

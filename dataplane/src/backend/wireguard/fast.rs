@@ -22,11 +22,10 @@ use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::super::udp::offload::{read_tun, recv_batch, write_run, CHUNK};
-use super::super::udp::shared::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
-use super::super::udp::workers::TunReader;
 use super::handshake::{is_handshake, post, Inbox};
-use super::threads::{lock, WgShared};
+use super::state::{lock, WgShared};
+use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_run, CHUNK};
+use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
 use crate::forward::coalesce::runs;
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
@@ -50,16 +49,10 @@ pub(crate) struct FastTx {
     out: Vec<u8>,
     scratch: Vec<u8>,
     max_segments: usize,
-    /// Whether the last read was a super-packet (bulk, see `udp::duty`).
+    /// Whether the last read was a super-packet (bulk, see `userspace::duty`).
     bulk: bool,
     reads: ErrorLog,
     sends: ErrorLog,
-}
-
-impl TunReader for FastTx {
-    fn read_bulk(&self) -> bool {
-        self.bulk
-    }
 }
 
 /// A run of messages for one peer in `FastTx::out`.
@@ -87,6 +80,11 @@ impl FastTx {
             reads: ErrorLog::new("reading from flannel-wg"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
         }
+    }
+
+    /// Whether the last read was a super-packet.
+    pub(crate) fn bulk(&self) -> bool {
+        self.bulk
     }
 
     /// Read one batch from the TUN device, encrypt and send it.
@@ -205,18 +203,6 @@ fn flush(out: &[u8], sends: &mut ErrorLog, sock: &UdpSocket, state: &UdpSocketSt
     }
 }
 
-/// Send one datagram; a failure is logged (rate-limited), never fatal: a
-/// peer's ICMP errors show up as send errors on the shared socket.
-pub(crate) fn send_one(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mut ErrorLog) {
-    match sock.send_to(buf, to) {
-        Ok(_) => errors.ok(),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => {
-            let _ = errors.note(e);
-        }
-    }
-}
-
 /// UDP -> TUN on the offload path.
 pub(crate) struct FastRx {
     rx: Vec<u8>,
@@ -229,7 +215,7 @@ pub(crate) struct FastRx {
     /// A reply being sent (what a data message's decryption answers).
     reply: Vec<u8>,
     /// Whether the last batch held a datagram of several GRO segments
-    /// (bulk, see `udp::duty`).
+    /// (bulk, see `userspace::duty`).
     bulk: bool,
     recvs: ErrorLog,
     sends: ErrorLog,

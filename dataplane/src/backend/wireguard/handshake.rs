@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use boringtun::noise::TunnResult;
 use tokio::sync::Notify;
 
-use super::super::udp::shared::{ErrorLog, Exit, StopSignal};
-use super::fast::send_one;
-use super::threads::{lock, WgShared};
+use super::state::{lock, WgShared};
+use crate::backend::userspace::io::send_one;
+use crate::backend::userspace::thread::{ErrorLog, Exit, StopSignal};
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
 /// How often the timers run (boringtun's own device ticks every 250 ms).

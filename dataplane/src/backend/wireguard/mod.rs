@@ -10,10 +10,16 @@
 //! | module    | what it holds                                                        |
 //! |-----------|----------------------------------------------------------------------|
 //! | `key`     | the node's private key file (`/run/flannel/wgkey`), made once, kept  |
-//! | `threads` | the threads (started, stopped together), the peer set, the counters |
+//! | `plan`    | each device's peers and endpoints by `Mode` (pure, table-tested)    |
+//! | `tunnel`  | one device: its peers' protocol states, on the substrate's forwarder |
+//! | `state`   | what the threads share: the peer set, the key, the counters         |
+//! | `threads` | which threads run on each queue, and the handshake thread          |
 //! | `fast`    | the offload path: TUN super-packets, UDP GSO and GRO, batches       |
 //! | `plain`   | the path without offloads: one packet per system call               |
 //! | `handshake` | the handshake thread: handshake messages, timers, the limiter     |
+//!
+//! The device, sockets, threads and their supervision are the userspace
+//! substrate's ([`super::userspace`]), shared with the udp backend.
 //!
 //! The pure part (the peer table by AllowedIPs and by receiver index, the
 //! decisions per datagram) is [`crate::forward::wg`].
@@ -38,6 +44,8 @@ mod fast;
 mod handshake;
 mod key;
 mod plain;
+mod plan;
+mod state;
 mod threads;
 mod tunnel;
 
@@ -50,15 +58,19 @@ use tokio::sync::Notify;
 use weft_types::metrics::Writer;
 use weft_types::{BackendKind, WireguardMode, WireguardOptions};
 
-use super::udp::socket;
+use futures::future::BoxFuture;
+
+use super::userspace::socket;
+use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
 use crate::forward::wg::Key;
 use crate::kernel::Netlink;
 use crate::model::{Peer, WG6_NAME, WG_NAME};
 use crate::report::{BackendMetrics, Problem, Report};
 use crate::sync::iface::ExternalInterface;
-use threads::WgShared;
-use tunnel::{Tunnel, TunnelPeer};
+use plan::Layout;
+use state::WgShared;
+use tunnel::Tunnel;
 
 /// IPv6 (40) + UDP (8) + WireGuard (32): flanneld's overhead, whichever
 /// family the underlay is.
@@ -150,7 +162,7 @@ impl WgBackend {
 
     /// The devices and their indexes as last seen.
     pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
-        self.tunnels().map(|t| (t.name.to_string(), t.index)).collect()
+        self.tunnels().map(|t| (t.name().to_string(), t.fwd.index())).collect()
     }
 
     fn tunnels(&self) -> impl Iterator<Item = &Tunnel> {
@@ -204,58 +216,25 @@ impl WgBackend {
 
     /// Swap in the peers, check the devices, keep the threads running.
     pub(crate) async fn reconcile(&mut self, peers: &[Peer], report: &mut Report) {
-        let port = self.opts.listen_port;
-        let one_device = self.v6.is_none() && self.network6.is_some();
-        let mode = self.opts.mode;
-        // Peers Mode ipv6 cannot reach: their lease has no PublicIPv6.
-        let unreachable: Vec<IpNet> = peers
-            .iter()
-            .filter(|p| mode == WireguardMode::Ipv6 && p.wg_key.is_some() && p.public_ipv6.is_none())
-            .map(Peer::id)
-            .collect();
-        let v4: Vec<TunnelPeer> = peers
-            .iter()
-            .filter_map(|p| {
-                let v4 = SocketAddr::V4(SocketAddrV4::new(p.public_ip?, p.wg_port.unwrap_or(port)));
-                let v6 = p.public_ipv6.map(|ip| SocketAddr::V6(SocketAddrV6::new(ip, p.wg_port.unwrap_or(port), 0, 0)));
-                // The endpoint by Mode, as flanneld chooses it.
-                let endpoint = match mode {
-                    WireguardMode::Separate | WireguardMode::Ipv4 => v4,
-                    WireguardMode::Auto => v6.filter(|_| one_device).unwrap_or(v4),
-                    WireguardMode::Ipv6 => v6?,
-                };
-                Some(TunnelPeer {
-                    key: Key(p.wg_key?),
-                    endpoint,
-                    subnet: IpNet::V4(p.subnet?),
-                    more: p.subnet6.filter(|_| one_device).map(IpNet::V6),
-                })
-            })
-            .collect();
-        self.v4.set_peers(v4, &self.opts, report);
-        if let Some(t) = &mut self.v6 {
-            let port6 = self.opts.listen_port_v6;
-            let v6: Vec<TunnelPeer> = peers
-                .iter()
-                .filter_map(|p| {
-                    let ip6: Ipv6Addr = p.public_ipv6?;
-                    Some(TunnelPeer {
-                        key: Key(p.wg_key6.or(p.wg_key)?),
-                        endpoint: SocketAddr::V6(SocketAddrV6::new(ip6, p.wg_port6.unwrap_or(port6), 0, 0)),
-                        subnet: IpNet::V6(p.subnet6?),
-                        more: None,
-                    })
-                })
-                .collect();
+        let layout = Layout {
+            mode: self.opts.mode,
+            port: self.opts.listen_port,
+            port6: self.opts.listen_port_v6,
+            dual_stack: self.network6.is_some(),
+        };
+        let plan = plan::plan(peers, &layout);
+        let unreachable = plan.unreachable;
+        self.v4.set_peers(plan.v4, &self.opts, report);
+        if let (Some(t), Some(v6)) = (&mut self.v6, plan.v6) {
             t.set_peers(v6, &self.opts, report);
         }
         if self.subnet.is_none() {
             report.problem(Problem::NotStarted { backend: BackendKind::Wireguard });
             return;
         }
-        self.v4.reap_threads(report);
+        self.v4.fwd.reap(report);
         if let Some(t) = &mut self.v6 {
-            t.reap_threads(report);
+            t.fwd.reap(report);
         }
         if let Err(e) = self.ensure_devices(report).await {
             report.problem(Problem::Device { name: WG_NAME.into(), error: chain(&e) });
@@ -295,7 +274,7 @@ impl WgBackend {
             of += n;
         }
         if ended {
-            out.push(Problem::ThreadEnded);
+            out.push(Problem::ThreadEnded { backend: BackendKind::Wireguard });
         }
         if !silent.is_empty() {
             silent.sort();
@@ -304,7 +283,7 @@ impl WgBackend {
     }
 
     pub(crate) fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        Arc::new(WgMetrics(self.tunnels().map(|t| t.shared.clone()).collect()))
+        Arc::new(WgMetrics(self.tunnels().map(|t| (t.shared.clone(), t.fwd.restarts().clone())).collect()))
     }
 
     /// Stop and join the threads; the devices stay (they are persistent).
@@ -316,8 +295,9 @@ impl WgBackend {
     }
 }
 
-/// The wireguard counters for `/metrics`, both devices' summed.
-struct WgMetrics(Vec<Arc<WgShared>>);
+/// The wireguard counters for `/metrics`, both devices' summed, with each
+/// device's thread restarts per queue.
+struct WgMetrics(Vec<(Arc<WgShared>, state::Restarts)>);
 
 impl std::fmt::Debug for WgMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -327,6 +307,54 @@ impl std::fmt::Debug for WgMetrics {
 
 impl BackendMetrics for WgMetrics {
     fn render(&self, w: &mut Writer<'_>) {
-        threads::render(&self.0, w);
+        state::render(&self.0, w);
+    }
+}
+
+impl Backend for WgBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Wireguard
+    }
+
+    fn mtu(&self) -> u32 {
+        WgBackend::mtu(self)
+    }
+
+    fn backend_data(&self) -> Option<serde_json::Value> {
+        Some(WgBackend::backend_data(self))
+    }
+
+    fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        WgBackend::backend_v6_data(self)
+    }
+
+    fn devices(&self) -> Vec<(String, Option<u32>)> {
+        WgBackend::devices(self)
+    }
+
+    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(WgBackend::start(self, subnet, subnet6))
+    }
+}
+
+impl UserspaceBackend for WgBackend {
+    fn reconcile<'a>(&'a mut self, peers: &'a [Peer], report: &'a mut Report) -> BoxFuture<'a, ()> {
+        Box::pin(WgBackend::reconcile(self, peers, report))
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        WgBackend::next_wake(self)
+    }
+
+    fn live_problems(&self, out: &mut Vec<Problem>) {
+        WgBackend::live_problems(self, out)
+    }
+
+    fn metrics(&self) -> Arc<dyn BackendMetrics> {
+        WgBackend::metrics(self)
+    }
+
+    fn shutdown(&mut self) {
+        WgBackend::shutdown(self)
     }
 }

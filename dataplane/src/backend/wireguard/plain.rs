@@ -9,10 +9,10 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::SyncDevice;
 
-use super::super::udp::shared::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
-use super::fast::send_one;
 use super::handshake::{is_handshake, post, Inbox};
-use super::threads::{lock, WgShared};
+use super::state::{lock, WgShared};
+use crate::backend::userspace::io::send_one;
+use crate::backend::userspace::thread::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
 /// Largest packet or datagram, and what encryption adds at most.

@@ -1,4 +1,4 @@
-//! The udp backend's UDP sockets: one per forwarding queue on the node's
+//! The userspace backends' UDP sockets: one per forwarding queue on the node's
 //! public IP and port (`SO_REUSEPORT` when there are several), with large
 //! buffers. Over an IPv6 underlay each is one socket for both families,
 //! bound to `[::]` (IPv4 peers arrive as mapped addresses).

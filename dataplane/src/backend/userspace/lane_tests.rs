@@ -39,7 +39,7 @@ impl Classifier {
             repeat: 1,
             ..TestAttr::default()
         };
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+        sys::bpf(BPF_PROG_TEST_RUN, &mut attr)?;
         Ok(attr.retval)
     }
 }

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::lane_priority::LanePriority;
+use super::priority::LanePriority;
 use super::sys::Doorbell;
 use crate::forward::stats::Stats;
 

@@ -21,7 +21,9 @@
 //! copes, at the cost of a duplicate ACK.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::sys;
 
 /// Packets of at most this many bytes (IP header included) may take the
 /// lane: a ping (84), a DNS query, a small request.
@@ -195,7 +197,6 @@ fn assemble(ops: &[Op]) -> Vec<u64> {
 }
 
 // bpf(2) commands and the program type.
-const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 
 /// `union bpf_attr` for `BPF_PROG_LOAD`, as far as it is used.
@@ -213,17 +214,6 @@ struct LoadAttr {
     /// Named so that it is zero: as padding it would be left undefined,
     /// and the kernel refuses unknown flags.
     prog_flags: u32,
-}
-
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
-    // SAFETY: `attr` is a live, initialised `union bpf_attr` prefix of the
-    // size passed, whose pointers point at buffers that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
 }
 
 /// The loaded classifier.
@@ -248,9 +238,9 @@ impl Classifier {
             log_buf: log.as_mut_ptr() as u64,
             ..LoadAttr::default()
         };
-        match bpf(BPF_PROG_LOAD, &mut attr) {
-            // SAFETY: the kernel returned a new descriptor that nothing else owns.
-            Ok(fd) => Ok(Classifier { fd: unsafe { OwnedFd::from_raw_fd(fd as RawFd) } }),
+        // `insns`, `license` and `log` outlive the call.
+        match sys::bpf_load(&mut attr) {
+            Ok(fd) => Ok(Classifier { fd }),
             Err(e) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let text = String::from_utf8_lossy(&log[..end]);
@@ -267,7 +257,7 @@ impl Classifier {
     /// Make it the reuseport program of `sock`'s group.
     pub(crate) fn steer_sockets(&self, sock: &impl AsRawFd) -> io::Result<()> {
         const SO_ATTACH_REUSEPORT_EBPF: libc::c_int = 52;
-        super::sys::set_socket_int(sock, SO_ATTACH_REUSEPORT_EBPF, self.fd.as_raw_fd())
+        sys::set_socket_int(sock, SO_ATTACH_REUSEPORT_EBPF, self.fd.as_raw_fd())
     }
 }
 
@@ -290,15 +280,7 @@ pub(crate) fn attach_to_sockets(bulk: usize, sock: &impl AsRawFd) -> Option<Clas
 
 /// `TUNSETSTEERINGEBPF` with `prog` (-1: none, the kernel's own steering).
 pub(crate) fn set_tun_steering(tun: &impl AsRawFd, prog: RawFd) -> io::Result<()> {
-    const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
-    let value: libc::c_int = prog;
-    // SAFETY: the ioctl reads one int from the pointer, which is live.
-    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETSTEERINGEBPF, &value as *const libc::c_int) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    sys::set_tun_steering(tun, prog)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! When `LatencyLane`'s threads are real-time: only while a bulk queue
-//! carries bulk traffic.
+//! How the forwarding threads are scheduled ([`Priority`]), and when
+//! `LatencyLane`'s threads are real-time: only while a bulk queue carries
+//! bulk traffic.
 //!
 //! `SCHED_FIFO` is what keeps a ping beside a bulk stream short (a woken
 //! lane thread takes a CPU at once instead of waiting out a busy task's
@@ -10,9 +11,74 @@
 //! them to `SCHED_FIFO` when the first bulk queue turns bulk and back when
 //! the last one turns light.
 
-use std::sync::Mutex;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::sys;
+
+/// The real-time priority of the forwarding threads with
+/// `RealtimeThreads` (and of the lane's): low, so that the kernel's own
+/// real-time threads (migration, watchdogs) still come first.
+pub(crate) const REALTIME_PRIORITY: i32 = 10;
+
+/// The nice value of the forwarding threads without `RealtimeThreads`.
+/// On a saturated node a woken forwarding thread otherwise waits behind
+/// the busy tasks' slices, and every packet with it: at -19 a ping beside
+/// a bulk stream waits about 8 times less at the median and 2 times less
+/// at the 99th percentile, at the same throughput (docs/benchmarks.md).
+/// Needs `CAP_SYS_NICE` (the packaged unit keeps it).
+pub(crate) const FORWARDING_NICE: i32 = -19;
+
+/// Whether a refusal of the nice value was logged already.
+static NICE_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a refusal of `SCHED_FIFO` was logged already.
+static REALTIME_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// The kernel refused `SCHED_FIFO`: said once per process.
+fn realtime_refused(e: &io::Error) {
+    if !REALTIME_REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
+        );
+    }
+}
+
+/// How a forwarding thread is scheduled.
+pub(crate) enum Priority {
+    /// As the process is (the wireguard backend's threads).
+    Normal,
+    /// Nice [`FORWARDING_NICE`].
+    Nice,
+    /// `SCHED_FIFO` at [`REALTIME_PRIORITY`] (nice when refused).
+    Fifo,
+    /// A lane thread: nice, and `SCHED_FIFO` while a bulk queue is bulk.
+    Lane(Arc<LanePriority>),
+}
+
+impl Priority {
+    /// Apply to the calling thread, as it starts.
+    pub(crate) fn apply(&self) {
+        if matches!(self, Priority::Normal) {
+            return;
+        }
+        let fifo = matches!(self, Priority::Fifo)
+            && sys::set_policy(0, Some(REALTIME_PRIORITY)).map_err(|e| realtime_refused(&e)).is_ok();
+        if !fifo {
+            if let Err(e) = sys::set_nice(FORWARDING_NICE) {
+                if !NICE_REFUSED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "the kernel refused nice {FORWARDING_NICE} for the forwarding threads ({e}); forwarding at normal priority, with longer waits under CPU load. Give the service CAP_SYS_NICE (the packaged unit has it)"
+                    );
+                }
+            }
+        }
+        if let Priority::Lane(lane) = self {
+            lane.join();
+        }
+    }
+}
 
 /// How many bulk queues are bulk: the pure part.
 #[derive(Debug, Default)]
@@ -79,7 +145,7 @@ impl LanePriority {
     fn apply(&self, threads: &[libc::pid_t], fifo: bool) {
         for &tid in threads {
             if let Err(e) = sys::set_policy(tid, fifo.then_some(self.priority)) {
-                super::workers::realtime_refused(&e);
+                realtime_refused(&e);
             }
         }
     }

@@ -1,7 +1,8 @@
-//! Every libc call of the udp backend, each in one checked helper with its
-//! `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt, writev and
-//! the scheduling policy.
-//! The rest of the backend calls these and holds no `unsafe` of its own.
+//! Every libc call of the userspace backends, each in one checked helper
+//! with its `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt,
+//! writev, the scheduling policy, bpf(2) and the TUN steering ioctl.
+//! The rest of `backend/` calls these and holds no `unsafe` of its own
+//! (`dataplane/tests/layers.rs` checks it).
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -171,5 +172,40 @@ pub(crate) fn writev(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
         }
+    }
+}
+
+/// bpf(2) with `cmd` and `attr` (a `union bpf_attr` prefix): the kernel's
+/// non-negative answer.
+pub(crate) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i64> {
+    // SAFETY: `attr` is a live, initialised `union bpf_attr` prefix of the
+    // size passed; the callers' pointers inside it point at buffers that
+    // outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `BPF_PROG_LOAD` with `attr`: the new program's descriptor.
+pub(crate) fn bpf_load<T>(attr: &mut T) -> io::Result<OwnedFd> {
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    let fd = bpf(BPF_PROG_LOAD, attr)?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `TUNSETSTEERINGEBPF` on a TUN queue with `prog` (-1: none).
+pub(crate) fn set_tun_steering(tun: &impl AsRawFd, prog: RawFd) -> io::Result<()> {
+    const TUNSETSTEERINGEBPF: libc::c_ulong = 0x8004_54e0;
+    let value: libc::c_int = prog;
+    // SAFETY: the ioctl reads one int from the pointer, which is live.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNSETSTEERINGEBPF, &value as *const libc::c_int) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }

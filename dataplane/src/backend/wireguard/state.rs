@@ -1,0 +1,148 @@
+//! What the wireguard backend's threads share: the peers, the node's key,
+//! the handshake limiter and the counters (rendered for `/metrics`).
+//!
+//! The peers are one immutable [`PeerSet`] swapped whole when the leases
+//! change; each peer's boringtun [`Tunn`] sits behind its own lock, taken
+//! for one packet at a time.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519::{PublicKey, StaticSecret};
+use weft_types::metrics::{Kind, Writer};
+
+use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
+
+/// Handshakes each peer may start per second before cookies are asked
+/// for (boringtun's own device uses the same limit).
+const HANDSHAKES_PER_SECOND: u64 = 100;
+
+/// One peer: its lease's data and its protocol state.
+pub(crate) struct PeerState {
+    pub(crate) peer: WgPeer,
+    /// Its subnet of the device's family (its name in metrics).
+    pub(crate) subnet: ipnet::IpNet,
+    pub(crate) tunn: Mutex<Tunn>,
+    pub(crate) added: Instant,
+    pub(crate) handshakes: AtomicU64,
+}
+
+/// The peers as the threads see them.
+#[derive(Default)]
+pub(crate) struct PeerSet {
+    pub(crate) table: PeerTable,
+    pub(crate) states: HashMap<u32, Arc<PeerState>>,
+}
+
+/// Counters of the wireguard backend.
+#[derive(Debug, Default)]
+pub(crate) struct WgStats {
+    pub(crate) tx_packets: AtomicU64,
+    pub(crate) tx_bytes: AtomicU64,
+    pub(crate) rx_packets: AtomicU64,
+    pub(crate) rx_bytes: AtomicU64,
+    pub(crate) handshakes: AtomicU64,
+    drops: [AtomicU64; WgDrop::ALL.len()],
+}
+
+impl WgStats {
+    pub(crate) fn drop(&self, reason: WgDrop) {
+        self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the threads share.
+pub(crate) struct WgShared {
+    pub(crate) peers: ArcSwap<PeerSet>,
+    pub(crate) private: StaticSecret,
+    pub(crate) public: PublicKey,
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) stats: WgStats,
+}
+
+impl WgShared {
+    pub(crate) fn new(private: StaticSecret) -> WgShared {
+        let public = PublicKey::from(&private);
+        WgShared {
+            peers: ArcSwap::default(),
+            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            private,
+            public,
+            stats: WgStats::default(),
+        }
+    }
+
+    /// A new protocol state for `peer`, sharing this node's limiter.
+    pub(crate) fn tunn(&self, peer: &WgPeer, psk: Option<[u8; 32]>, keepalive: u16) -> Tunn {
+        Tunn::new(
+            self.private.clone(),
+            PublicKey::from(peer.public_key.0),
+            psk,
+            (keepalive > 0).then_some(keepalive),
+            peer.index,
+            Some(self.limiter.clone()),
+        )
+    }
+}
+
+/// A device's thread restarts per queue (the substrate counts them).
+pub(crate) type Restarts = Arc<Vec<AtomicU64>>;
+
+/// The counters of every device as Prometheus families (summed), with
+/// each peer's handshake age.
+pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) {
+    let sum = |f: &dyn Fn(&WgStats) -> &AtomicU64| {
+        devices.iter().map(|(s, _)| f(&s.stats).load(Ordering::Relaxed) as f64).sum::<f64>()
+    };
+    let restarts: f64 = devices.iter().flat_map(|(_, r)| r.iter()).map(|n| n.load(Ordering::Relaxed) as f64).sum();
+    w.family("weft_wireguard_packets_total", Kind::Counter, "Packets carried by the wireguard backend, by direction.")
+        .sample("weft_wireguard_packets_total", &[("direction", "tx")], sum(&|s| &s.tx_packets))
+        .sample("weft_wireguard_packets_total", &[("direction", "rx")], sum(&|s| &s.rx_packets))
+        .family(
+            "weft_wireguard_bytes_total",
+            Kind::Counter,
+            "Pod bytes carried by the wireguard backend, by direction.",
+        )
+        .sample("weft_wireguard_bytes_total", &[("direction", "tx")], sum(&|s| &s.tx_bytes))
+        .sample("weft_wireguard_bytes_total", &[("direction", "rx")], sum(&|s| &s.rx_bytes))
+        .family("weft_wireguard_handshakes_total", Kind::Counter, "Handshake messages from peers that were accepted.")
+        .sample("weft_wireguard_handshakes_total", &[], sum(&|s| &s.handshakes))
+        .family("weft_wireguard_thread_restarts_total", Kind::Counter, "Restarts of the wireguard threads.")
+        .sample("weft_wireguard_thread_restarts_total", &[], restarts)
+        .family(
+            "weft_wireguard_dropped_total",
+            Kind::Counter,
+            "Datagrams and packets the wireguard backend dropped, by reason; none of them reached the TUN device.",
+        );
+    for r in WgDrop::ALL {
+        w.sample("weft_wireguard_dropped_total", &[("reason", r.as_str())], sum(&|s| &s.drops[r as usize]));
+    }
+    w.family(
+        "weft_wireguard_peer_last_handshake_seconds",
+        Kind::Gauge,
+        "Seconds since each peer's last completed handshake (absent: none yet).",
+    );
+    let sets: Vec<_> = devices.iter().map(|(s, _)| s.peers.load_full()).collect();
+    let mut peers: Vec<_> = sets.iter().flat_map(|set| set.states.values()).collect();
+    peers.sort_by_key(|p| p.subnet);
+    for p in peers {
+        if let Some(age) = lock(&p.tunn).time_since_last_handshake() {
+            w.sample(
+                "weft_wireguard_peer_last_handshake_seconds",
+                &[("peer", &p.subnet.to_string())],
+                age.as_secs_f64(),
+            );
+        }
+    }
+}
+
+/// A peer's lock; a thread that panicked holding it left the state usable
+/// (every call on it is one whole message).
+pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
+    t.lock().unwrap_or_else(|e| e.into_inner())
+}
