@@ -131,18 +131,68 @@ fn joins(first: (&[u8], Tcp), pt: Tcp, next: (&[u8], Tcp), run_payload: usize) -
         }
 }
 
+/// Segments to coalesce, by index: a slice of slices, or [`Spans`] of one
+/// receive buffer (which needs no list of slices built per batch).
+pub trait Segments {
+    fn count(&self) -> usize;
+    fn seg(&self, i: usize) -> &[u8];
+}
+
+impl Segments for [&[u8]] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+
+    fn seg(&self, i: usize) -> &[u8] {
+        self[i]
+    }
+}
+
+/// Segments lying in one buffer, each at `(offset, length)`.
+pub struct Spans<'a> {
+    pub buf: &'a [u8],
+    pub spans: &'a [(usize, usize)],
+}
+
+impl Segments for Spans<'_> {
+    fn count(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn seg(&self, i: usize) -> &[u8] {
+        let (at, len) = self.spans[i];
+        &self.buf[at..at + len]
+    }
+}
+
 /// Split `segs` into runs: `(first index, count)`, in order. A run of one
-/// is a packet written as it came.
-pub fn runs(segs: &[&[u8]]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < segs.len() {
+/// is a packet written as it came. Allocates nothing.
+pub fn runs<S: Segments + ?Sized>(segs: &S) -> Runs<'_, S> {
+    Runs { segs, i: 0 }
+}
+
+/// The runs of [`runs`], one at a time.
+pub struct Runs<'a, S: ?Sized> {
+    segs: &'a S,
+    i: usize,
+}
+
+impl<S: Segments + ?Sized> Iterator for Runs<'_, S> {
+    type Item = (usize, usize);
+
+    fn next(&mut self) -> Option<(usize, usize)> {
+        let (segs, i) = (self.segs, self.i);
+        if i >= segs.count() {
+            return None;
+        }
         let mut count = 1;
-        if let Some(ft) = tcp(segs[i]).filter(|t| t.payload > 0) {
+        if let Some(ft) = tcp(segs.seg(i)).filter(|t| t.payload > 0) {
             let mut prev = ft;
             let mut payload = ft.payload;
-            while let Some(nt) = segs.get(i + count).filter(|_| count < MAX_RUN).and_then(|s| tcp(s)) {
-                if !joins((segs[i], ft), prev, (segs[i + count], nt), payload) {
+            while i + count < segs.count() && count < MAX_RUN {
+                let next = segs.seg(i + count);
+                let Some(nt) = tcp(next) else { break };
+                if !joins((segs.seg(i), ft), prev, (next, nt), payload) {
                     break;
                 }
                 payload += nt.payload;
@@ -150,10 +200,9 @@ pub fn runs(segs: &[&[u8]]) -> Vec<(usize, usize)> {
                 count += 1;
             }
         }
-        out.push((i, count));
-        i += count;
+        self.i += count;
+        Some((i, count))
     }
-    out
 }
 
 /// Write into `out` what goes before the payloads of run `segs` (two or
@@ -281,7 +330,17 @@ mod tests {
     }
 
     fn plan(segs: &[Vec<u8>]) -> Vec<(usize, usize)> {
-        runs(&segs.iter().map(|s| s.as_slice()).collect::<Vec<_>>())
+        let slices: Vec<&[u8]> = segs.iter().map(|s| s.as_slice()).collect();
+        let by_slices: Vec<_> = runs(&slices[..]).collect();
+        let mut buf = Vec::new();
+        let mut spans = Vec::new();
+        for s in segs {
+            spans.push((buf.len(), s.len()));
+            buf.extend_from_slice(s);
+        }
+        let by_spans: Vec<_> = runs(&Spans { buf: &buf, spans: &spans }).collect();
+        assert_eq!(by_slices, by_spans, "slices and spans of one buffer make the same runs");
+        by_slices
     }
 
     #[test]

@@ -12,21 +12,22 @@
 //!   the receive buffer (see `coalesce`).
 
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::icmp::Icmp;
 use super::shared::Shared;
-use crate::backend::userspace::io::{read_tun, recv_batch, write_run, CHUNK};
+use crate::backend::userspace::io::{read_tun, recv_batch, write_runs, CHUNK};
 use crate::backend::userspace::thread::{
     add, wait, ErrorLog, Step, StopSignal, Tally, Wake, MAX_PACKET, MAX_UDP_PAYLOAD,
 };
-use crate::forward::coalesce::runs;
 use crate::forward::decide::{inbound, outbound, Outbound};
 use crate::forward::packet::DropReason;
+use crate::forward::stats::Stats;
 
 /// TUN -> UDP, with buffers owned by the forwarding thread.
 pub(crate) struct TxPath {
@@ -40,15 +41,37 @@ pub(crate) struct TxPath {
     fast_segments: usize,
     icmp: Icmp,
     read_errors: ErrorLog,
-    send_errors: ErrorLog,
+    out: Sender,
     /// Whether the last read was a super-packet (bulk, see `duty`).
     pub(crate) bulk: bool,
 }
 
+/// The sending half of a queue, owned by its TX path: the socket and its
+/// GSO state, the addresses to send from, the error log and what the
+/// current step sent.
+struct Sender {
+    sock: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
+    /// See [`Shared::send_from`].
+    send_from: Option<(Option<Ipv4Addr>, Ipv6Addr)>,
+    stats: Arc<Stats>,
+    errors: ErrorLog,
+    tally: Tally,
+}
+
 impl TxPath {
-    pub(crate) fn new(state: &UdpSocketState, mtu: usize) -> TxPath {
+    /// The TX path of the queue of `sock` (with its GSO state).
+    pub(crate) fn new(sock: Arc<UdpSocket>, state: Arc<UdpSocketState>, shared: &Shared, mtu: usize) -> TxPath {
         let slot = mtu.max(576);
         let max_segments = state.max_gso_segments().clamp(1, 64);
+        let out = Sender {
+            sock,
+            state,
+            send_from: shared.send_from,
+            stats: shared.stats.clone(),
+            errors: ErrorLog::new("udp backend: sending UDP"),
+            tally: Tally::default(),
+        };
         TxPath {
             slot,
             original: vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET],
@@ -61,20 +84,13 @@ impl TxPath {
             fast_segments: max_segments.min(MAX_UDP_PAYLOAD / slot).max(1),
             icmp: Icmp::new(),
             read_errors: ErrorLog::new("udp backend: reading from the TUN device"),
-            send_errors: ErrorLog::new("udp backend: sending UDP"),
+            out,
             bulk: false,
         }
     }
 
     /// Read one batch from the (non-blocking) TUN device and send it.
-    pub(crate) fn step(
-        &mut self,
-        dev: &SyncDevice,
-        sock: &UdpSocket,
-        state: &UdpSocketState,
-        shared: &Shared,
-        stop: &StopSignal,
-    ) -> Step {
+    pub(crate) fn step(&mut self, dev: &SyncDevice, shared: &Shared, stop: &StopSignal) -> Step {
         let slot = self.slot;
         let n = match read_tun(dev, &mut self.original, &mut self.area, slot, &mut self.sizes) {
             Ok(n) => n,
@@ -88,7 +104,7 @@ impl TxPath {
         self.read_errors.ok();
         self.bulk = n > 1;
         let snap = shared.table.load();
-        let mut tally = Tally::default();
+        self.out.tally = Tally::default();
         for i in 0..n {
             let pkt = &mut self.area[i * slot..i * slot + self.sizes[i]];
             self.peers[i] = match outbound(pkt, &snap) {
@@ -117,7 +133,7 @@ impl TxPath {
                 let bytes = (last - 1 - first) * slot + self.sizes[last - 1];
                 let contents = &self.area[first * slot..first * slot + bytes];
                 let gso = Gso { dest, contents, seg: slot, count: last - first };
-                send_gso(sock, state, shared, stop, &mut self.send_errors, &mut tally, gso);
+                self.out.send(gso, stop);
                 first = last;
             }
         } else {
@@ -125,14 +141,14 @@ impl TxPath {
                 let Some(peer) = self.peers[i] else { continue };
                 let pkt = &self.area[i * slot..i * slot + self.sizes[i]];
                 if !self.batch.fits(peer, pkt.len(), self.max_segments) {
-                    self.batch.flush(sock, state, shared, stop, &mut self.send_errors, &mut tally);
+                    self.batch.flush(&mut self.out, stop);
                 }
                 self.batch.push(peer, pkt);
             }
-            self.batch.flush(sock, state, shared, stop, &mut self.send_errors, &mut tally);
+            self.batch.flush(&mut self.out, stop);
         }
-        add(&shared.stats.tx_packets, tally.packets);
-        add(&shared.stats.tx_bytes, tally.bytes);
+        add(&shared.stats.tx_packets, self.out.tally.packets);
+        add(&shared.stats.tx_bytes, self.out.tally.bytes);
         Step::Worked
     }
 }
@@ -172,7 +188,6 @@ impl RxPath {
         };
         self.recv_errors.ok();
         let snap = shared.table.load();
-        let mut tally = Tally::default();
         // The valid segments of every datagram of the batch, in order: a
         // flow's run may continue from one datagram into the next (a TUN
         // super-packet larger than one UDP GSO send arrives as two).
@@ -198,27 +213,15 @@ impl RxPath {
                 }
             }
         }
-        let segs: Vec<&[u8]> = self.segs.iter().map(|(at, len)| &self.rx[*at..at + len]).collect();
-        for (first, count) in runs(&segs) {
-            let run = &segs[first..first + count];
-            match write_run(dev, run) {
-                Ok(()) => {
-                    self.write_errors.ok();
-                    tally.packets += count as u64;
-                    tally.bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
-                }
-                Err(e) => {
-                    for _ in 0..count {
-                        shared.stats.count_drop(DropReason::IoError);
-                    }
-                    if let Err(e) = self.write_errors.note(e) {
-                        return Step::Failed(e);
-                    }
-                }
-            }
+        let written = write_runs(dev, &self.rx, &self.segs, &mut self.write_errors);
+        for _ in 0..written.dropped {
+            shared.stats.count_drop(DropReason::IoError);
         }
-        add(&shared.stats.rx_packets, tally.packets);
-        add(&shared.stats.rx_bytes, tally.bytes);
+        add(&shared.stats.rx_packets, written.packets);
+        add(&shared.stats.rx_bytes, written.bytes);
+        if let Some(e) = written.fatal {
+            return Step::Failed(e);
+        }
         Step::Worked
     }
 }
@@ -262,19 +265,10 @@ impl GsoBatch {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn flush(
-        &mut self,
-        sock: &UdpSocket,
-        state: &UdpSocketState,
-        shared: &Shared,
-        stop: &StopSignal,
-        errors: &mut ErrorLog,
-        tally: &mut Tally,
-    ) {
+    fn flush(&mut self, out: &mut Sender, stop: &StopSignal) {
         if let (Some(dest), true) = (self.dest, self.count > 0) {
             let gso = Gso { dest, contents: &self.buf[..self.len], seg: self.seg, count: self.count };
-            send_gso(sock, state, shared, stop, errors, tally, gso);
+            out.send(gso, stop);
         }
         self.len = 0;
         self.count = 0;
@@ -291,50 +285,46 @@ struct Gso<'a> {
     count: usize,
 }
 
-/// Send one GSO batch, waiting while the socket's buffer is full. Send
-/// errors are counted and logged but never end the thread: a peer's ICMP
-/// errors show up as send errors on the shared socket.
-fn send_gso(
-    sock: &UdpSocket,
-    state: &UdpSocketState,
-    shared: &Shared,
-    stop: &StopSignal,
-    errors: &mut ErrorLog,
-    tally: &mut Tally,
-    gso: Gso<'_>,
-) {
-    let transmit = Transmit {
-        destination: gso.dest,
-        ecn: None,
-        contents: gso.contents,
-        segment_size: (gso.count > 1).then_some(gso.seg),
-        // A socket bound to [::] sends from the public address of the
-        // destination's family, which is what the peer accepts.
-        src_ip: shared
-            .send_from
-            .and_then(|(v4, v6)| if gso.dest.is_ipv4() { v4.map(Into::into) } else { Some(v6.into()) }),
-    };
-    loop {
-        let e = match state.try_send(sock.into(), &transmit) {
-            Ok(()) => {
-                errors.ok();
-                tally.packets += gso.count as u64;
-                tally.bytes += gso.contents.len() as u64;
-                return;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match wait(sock.as_raw_fd(), libc::POLLOUT, stop) {
-                Ok(Wake::Ready(_)) => continue,
-                Ok(Wake::Stop) => e,
-                Err(e) => e,
-            },
-            Err(e) => e,
+impl Sender {
+    /// Send one GSO batch, waiting while the socket's buffer is full. Send
+    /// errors are counted and logged but never end the thread: a peer's
+    /// ICMP errors show up as send errors on the shared socket.
+    fn send(&mut self, gso: Gso<'_>, stop: &StopSignal) {
+        let transmit = Transmit {
+            destination: gso.dest,
+            ecn: None,
+            contents: gso.contents,
+            segment_size: (gso.count > 1).then_some(gso.seg),
+            // A socket bound to [::] sends from the public address of the
+            // destination's family, which is what the peer accepts.
+            src_ip: self
+                .send_from
+                .and_then(|(v4, v6)| if gso.dest.is_ipv4() { v4.map(Into::into) } else { Some(v6.into()) }),
         };
-        let _ = errors.note(e);
-        for _ in 0..gso.count {
-            shared.stats.count_drop(DropReason::IoError);
+        loop {
+            let e = match self.state.try_send((&*self.sock).into(), &transmit) {
+                Ok(()) => {
+                    self.errors.ok();
+                    self.tally.packets += gso.count as u64;
+                    self.tally.bytes += gso.contents.len() as u64;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match wait(self.sock.as_raw_fd(), libc::POLLOUT, stop) {
+                        Ok(Wake::Ready(_)) => continue,
+                        Ok(Wake::Stop) => e,
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => e,
+            };
+            let _ = self.errors.note(e);
+            for _ in 0..gso.count {
+                self.stats.count_drop(DropReason::IoError);
+            }
+            return;
         }
-        return;
     }
 }
 

@@ -96,11 +96,10 @@ fn offload_bodies(
     mtu: usize,
     duty: Arc<Duty>,
 ) -> (Body, Body) {
-    let txp = Arc::new(Mutex::new(TxPath::new(&state, mtu)));
-    let (dev, sock, shared, state2, duty2, txp2) =
-        (queue.dev.clone(), queue.sock.clone(), common.clone(), state.clone(), duty.clone(), txp.clone());
+    let txp = Arc::new(Mutex::new(TxPath::new(queue.sock.clone(), state.clone(), common, mtu)));
+    let (dev, shared, duty2, txp2) = (queue.dev.clone(), common.clone(), duty.clone(), txp.clone());
     let tx: Body = Box::new(move |stop| {
-        let step = |t: &mut TxPath| t.step(&dev, &sock, &state2, &shared, stop);
+        let step = |t: &mut TxPath| t.step(&dev, &shared, stop);
         run_sender(&txp2, step, &duty2, dev.as_raw_fd(), stop)
     });
     let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
@@ -110,7 +109,7 @@ fn offload_bodies(
             let step = rx.step(&dev, &sock, &state, &shared);
             (step, rx.bulk)
         };
-        let send = |t: &mut TxPath| t.step(&dev, &sock, &state, &shared, stop);
+        let send = |t: &mut TxPath| t.step(&dev, &shared, stop);
         run_receiver(receive, &txp, send, &duty, [sock.as_raw_fd(), dev.as_raw_fd()], stop)
     });
     (tx, rx)

@@ -12,7 +12,7 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE};
 
 use super::sys;
 use super::thread::{ErrorLog, MAX_PACKET};
-use crate::forward::coalesce::{super_header, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
+use crate::forward::coalesce::{runs, super_header, Segments, Spans, MAX_HEADER, MAX_RUN, VNET_HDR_LEN};
 
 // The pure coalescing code writes virtio-net headers of its own length.
 const _: () = assert!(VNET_HDR_LEN == tun_rs::VIRTIO_NET_HDR_LEN);
@@ -85,4 +85,46 @@ pub(crate) fn send_one(sock: &UdpSocket, buf: &[u8], to: SocketAddr, errors: &mu
             let _ = errors.note(e);
         }
     }
+}
+
+/// What [`write_runs`] wrote and lost.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub(crate) packets: u64,
+    pub(crate) bytes: u64,
+    /// Packets of failed writes.
+    pub(crate) dropped: u64,
+    /// A persistent error that stopped the writing (the thread should end).
+    pub(crate) fatal: Option<io::Error>,
+}
+
+/// Write the packets at `spans` of `buf` into the TUN device, runs of one
+/// TCP flow as one super-packet each (see `forward::coalesce`), from where
+/// they lie: nothing is copied or allocated. Failures are noted in
+/// `errors`; a persistent one stops the writing.
+pub(crate) fn write_runs(dev: &SyncDevice, buf: &[u8], spans: &[(usize, usize)], errors: &mut ErrorLog) -> Written {
+    let segs = Spans { buf, spans };
+    let mut out = Written::default();
+    let mut run: [&[u8]; MAX_RUN] = [&[]; MAX_RUN];
+    for (first, count) in runs(&segs) {
+        for (k, slot) in run.iter_mut().take(count).enumerate() {
+            *slot = segs.seg(first + k);
+        }
+        let run = &run[..count];
+        match write_run(dev, run) {
+            Ok(()) => {
+                errors.ok();
+                out.packets += count as u64;
+                out.bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
+            }
+            Err(e) => {
+                out.dropped += count as u64;
+                if let Err(e) = errors.note(e) {
+                    out.fatal = Some(e);
+                    return out;
+                }
+            }
+        }
+    }
+    out
 }

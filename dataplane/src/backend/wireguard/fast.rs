@@ -17,6 +17,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
@@ -24,9 +25,8 @@ use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::handshake::{is_handshake, post, Inbox};
 use super::state::{lock, WgShared};
-use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_run, CHUNK};
+use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_runs, CHUNK};
 use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
-use crate::forward::coalesce::runs;
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
 /// The largest data message that carries `len` bytes of packet: header
@@ -53,6 +53,8 @@ pub(crate) struct FastTx {
     bulk: bool,
     reads: ErrorLog,
     sends: ErrorLog,
+    sock: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
 }
 
 /// A run of messages for one peer in `FastTx::out`.
@@ -66,7 +68,8 @@ struct Run {
 }
 
 impl FastTx {
-    pub(crate) fn new(state: &UdpSocketState, mtu: usize) -> FastTx {
+    /// The TX path of the queue of `sock` (with its GSO state).
+    pub(crate) fn new(sock: Arc<UdpSocket>, state: Arc<UdpSocketState>, mtu: usize) -> FastTx {
         let slot = mtu.max(576);
         FastTx {
             slot,
@@ -79,6 +82,8 @@ impl FastTx {
             bulk: false,
             reads: ErrorLog::new("reading from flannel-wg"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
+            sock,
+            state,
         }
     }
 
@@ -88,14 +93,8 @@ impl FastTx {
     }
 
     /// Read one batch from the TUN device, encrypt and send it.
-    pub(crate) fn step(
-        &mut self,
-        dev: &SyncDevice,
-        sock: &UdpSocket,
-        state: &UdpSocketState,
-        shared: &WgShared,
-        stop: &StopSignal,
-    ) -> Step {
+    pub(crate) fn step(&mut self, dev: &SyncDevice, shared: &WgShared, stop: &StopSignal) -> Step {
+        let (sock, state) = (&*self.sock, &*self.state);
         let slot = self.slot;
         let n = match read_tun(dev, &mut self.original, &mut self.area, slot, &mut self.sizes) {
             Ok(n) => n,
@@ -220,6 +219,8 @@ pub(crate) struct FastRx {
     recvs: ErrorLog,
     sends: ErrorLog,
     writes: ErrorLog,
+    sock: Arc<UdpSocket>,
+    state: Arc<UdpSocketState>,
 }
 
 /// Decrypted packets per batch, at most: a GRO read holds up to 64
@@ -227,7 +228,8 @@ pub(crate) struct FastRx {
 const MAX_SEGMENTS: usize = 64 * BATCH_SIZE;
 
 impl FastRx {
-    pub(crate) fn new(mtu: usize) -> FastRx {
+    /// The RX path of the queue of `sock` (with its GRO state).
+    pub(crate) fn new(sock: Arc<UdpSocket>, state: Arc<UdpSocketState>, mtu: usize) -> FastRx {
         // A slot holds the largest packet a peer with our MTU sends; a
         // larger one is decrypted in a slot of its own at the end.
         let slot = (mtu + 64).max(2048);
@@ -242,6 +244,8 @@ impl FastRx {
             recvs: ErrorLog::new("receiving WireGuard datagrams"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
             writes: ErrorLog::new("writing to flannel-wg"),
+            sock,
+            state,
         }
     }
 
@@ -252,14 +256,8 @@ impl FastRx {
 
     /// Receive one batch without blocking, decrypt it and write what is
     /// admitted into the TUN device.
-    pub(crate) fn step(
-        &mut self,
-        dev: &SyncDevice,
-        sock: &UdpSocket,
-        state: &UdpSocketState,
-        shared: &WgShared,
-        inbox: &Inbox,
-    ) -> Step {
+    pub(crate) fn step(&mut self, dev: &SyncDevice, shared: &WgShared, inbox: &Inbox) -> Step {
+        let (sock, state) = (&*self.sock, &*self.state);
         let n = match recv_batch(sock, state, &mut self.rx, &mut self.metas) {
             Ok(n) => n,
             Err(e) => return self.recvs.step_after(e),
@@ -334,26 +332,12 @@ fn write_all(
     if segs_at.is_empty() {
         return;
     }
-    let segs: Vec<&[u8]> = segs_at.iter().map(|(at, len)| &plain[*at..at + len]).collect();
-    let (mut packets, mut bytes) = (0u64, 0u64);
-    for (first, count) in runs(&segs) {
-        let run = &segs[first..first + count];
-        match write_run(dev, run) {
-            Ok(()) => {
-                writes.ok();
-                packets += count as u64;
-                bytes += run.iter().map(|s| s.len() as u64).sum::<u64>();
-            }
-            Err(e) => {
-                for _ in 0..count {
-                    shared.stats.drop(WgDrop::Other);
-                }
-                let _ = writes.note(e);
-            }
-        }
+    let written = write_runs(dev, plain, segs_at, writes);
+    for _ in 0..written.dropped {
+        shared.stats.drop(WgDrop::Other);
     }
-    shared.stats.rx_packets.fetch_add(packets, Ordering::Relaxed);
-    shared.stats.rx_bytes.fetch_add(bytes, Ordering::Relaxed);
+    shared.stats.rx_packets.fetch_add(written.packets, Ordering::Relaxed);
+    shared.stats.rx_bytes.fetch_add(written.bytes, Ordering::Relaxed);
     segs_at.clear();
 }
 

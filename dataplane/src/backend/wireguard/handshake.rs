@@ -56,18 +56,21 @@ pub(crate) fn run(
     wake: &Notify,
     stop: &StopSignal,
 ) -> Exit {
-    let mut out = vec![0u8; MAX_DATAGRAM];
-    let mut cookie = [0u8; 64];
-    let mut sends = ErrorLog::new("sending WireGuard handshakes");
+    let mut h = Handshaker {
+        sock,
+        shared,
+        wake,
+        out: vec![0u8; MAX_DATAGRAM],
+        cookie: [0u8; 64],
+        sends: ErrorLog::new("sending WireGuard handshakes"),
+    };
     let (mut ticked, mut reset) = (Instant::now(), Instant::now());
     loop {
         if stop.fired() {
             return Exit::Stopped;
         }
         match inbox.recv_timeout(POLL) {
-            Ok((datagram, from)) => {
-                handle(sock, shared, &datagram, from, &mut out, &mut cookie, &mut sends, wake);
-            }
+            Ok((datagram, from)) => h.handle(&datagram, from),
             Err(RecvTimeoutError::Timeout) => {}
             // The RX thread ended: its own exit says why.
             Err(RecvTimeoutError::Disconnected) => return Exit::Stopped,
@@ -77,83 +80,92 @@ pub(crate) fn run(
             reset = Instant::now();
         }
         if ticked.elapsed() >= TICK {
-            tick(sock, shared, &mut out, &mut sends);
+            h.tick();
             ticked = Instant::now();
         }
     }
 }
 
-/// One handshake message from `from`.
-#[allow(clippy::too_many_arguments)]
-fn handle(
-    sock: &UdpSocket,
-    shared: &WgShared,
-    datagram: &[u8],
-    from: SocketAddr,
-    out: &mut [u8],
-    cookie: &mut [u8; 64],
-    sends: &mut ErrorLog,
-    wake: &Notify,
-) {
-    let kind = datagram[0];
-    // An initiation costs Diffie-Hellman to open: its MAC (and, under
-    // load, its cookie) is checked first, cheaply.
-    if kind == 1 {
-        match shared.limiter.verify_packet(Some(from.ip()), datagram, cookie) {
-            Ok(_) => {}
-            Err(TunnResult::WriteToNetwork(reply)) => {
-                shared.stats.drop(WgDrop::UnderLoad);
-                send_one(sock, reply, from, sends);
-                return;
-            }
-            Err(TunnResult::Err(e)) => return shared.stats.drop(WgDrop::from_error(&e)),
-            Err(_) => return,
-        }
-    }
-    let set = shared.peers.load();
-    let index = match set.table.classify(datagram, &shared.private, &shared.public) {
-        Incoming::Peer(i) => i,
-        Incoming::Drop(reason) => return shared.stats.drop(reason),
-    };
-    let Some(state) = set.states.get(&index) else { return };
-    let mut tunn = lock(&state.tunn);
-    let mut first = true;
-    loop {
-        let verdict = {
-            let result =
-                if first { tunn.decapsulate(Some(from.ip()), datagram, out) } else { tunn.decapsulate(None, &[], out) };
-            received(&set.table, index, &result)
-        };
-        if first && kind != 3 && !matches!(verdict, Received::Drop(_)) {
-            shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
-            // A peer's first handshake may make the node ready: a pass now
-            // says so.
-            if state.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
-                wake.notify_one();
-            }
-        }
-        first = false;
-        match verdict {
-            // The response to an initiation, then what waited for the session.
-            Received::ToNetwork(len) => send_one(sock, &out[..len], from, sends),
-            Received::Drop(reason) => return shared.stats.drop(reason),
-            Received::ToTunnel(_) | Received::Nothing => return,
-        }
-    }
+/// The handshake thread's socket, shared state and buffers.
+struct Handshaker<'a> {
+    sock: &'a UdpSocket,
+    shared: &'a WgShared,
+    /// Rung when a peer's first handshake completes (it may make the node ready).
+    wake: &'a Notify,
+    out: Vec<u8>,
+    cookie: [u8; 64],
+    sends: ErrorLog,
 }
 
-/// The timers of every peer, and a handshake for each one without a
-/// fresh session.
-fn tick(sock: &UdpSocket, shared: &WgShared, out: &mut [u8], sends: &mut ErrorLog) {
-    let set = shared.peers.load();
-    for state in set.states.values() {
-        let mut tunn = lock(&state.tunn);
-        if let TunnResult::WriteToNetwork(b) = tunn.update_timers(out) {
-            send_one(sock, b, state.peer.endpoint, sends);
+impl Handshaker<'_> {
+    /// One handshake message from `from`.
+    fn handle(&mut self, datagram: &[u8], from: SocketAddr) {
+        let Handshaker { sock, shared, wake, out, cookie, sends } = self;
+        let (sock, shared, wake) = (*sock, *shared, *wake);
+        let kind = datagram[0];
+        // An initiation costs Diffie-Hellman to open: its MAC (and, under
+        // load, its cookie) is checked first, cheaply.
+        if kind == 1 {
+            match shared.limiter.verify_packet(Some(from.ip()), datagram, cookie) {
+                Ok(_) => {}
+                Err(TunnResult::WriteToNetwork(reply)) => {
+                    shared.stats.drop(WgDrop::UnderLoad);
+                    send_one(sock, reply, from, sends);
+                    return;
+                }
+                Err(TunnResult::Err(e)) => return shared.stats.drop(WgDrop::from_error(&e)),
+                Err(_) => return,
+            }
         }
-        if tunn.time_since_last_handshake().is_none_or(|age| age >= KEEP_SESSION) {
-            if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
+        let set = shared.peers.load();
+        let index = match set.table.classify(datagram, &shared.private, &shared.public) {
+            Incoming::Peer(i) => i,
+            Incoming::Drop(reason) => return shared.stats.drop(reason),
+        };
+        let Some(state) = set.states.get(&index) else { return };
+        let mut tunn = lock(&state.tunn);
+        let mut first = true;
+        loop {
+            let verdict = {
+                let result = if first {
+                    tunn.decapsulate(Some(from.ip()), datagram, out)
+                } else {
+                    tunn.decapsulate(None, &[], out)
+                };
+                received(&set.table, index, &result)
+            };
+            if first && kind != 3 && !matches!(verdict, Received::Drop(_)) {
+                shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                // A peer's first handshake may make the node ready: a pass now
+                // says so.
+                if state.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {
+                    wake.notify_one();
+                }
+            }
+            first = false;
+            match verdict {
+                // The response to an initiation, then what waited for the session.
+                Received::ToNetwork(len) => send_one(sock, &out[..len], from, sends),
+                Received::Drop(reason) => return shared.stats.drop(reason),
+                Received::ToTunnel(_) | Received::Nothing => return,
+            }
+        }
+    }
+
+    /// The timers of every peer, and a handshake for each one without a
+    /// fresh session.
+    fn tick(&mut self) {
+        let Handshaker { sock, shared, out, sends, .. } = self;
+        let set = shared.peers.load();
+        for state in set.states.values() {
+            let mut tunn = lock(&state.tunn);
+            if let TunnResult::WriteToNetwork(b) = tunn.update_timers(out) {
                 send_one(sock, b, state.peer.endpoint, sends);
+            }
+            if tunn.time_since_last_handshake().is_none_or(|age| age >= KEEP_SESSION) {
+                if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
+                    send_one(sock, b, state.peer.endpoint, sends);
+                }
             }
         }
     }

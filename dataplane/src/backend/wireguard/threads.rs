@@ -40,24 +40,24 @@ fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Inbox) ->
             // directions while the traffic is light, the TX thread takes
             // the TUN device when bulk starts (see `userspace::duty`).
             let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
-            let tx_path = Arc::new(Mutex::new(FastTx::new(&state, mtu)));
+            let tx_path = Arc::new(Mutex::new(FastTx::new(sock.clone(), state.clone(), mtu)));
             let tx: Body = {
-                let (dev, sock, shared, state) = (dev.clone(), sock.clone(), shared.clone(), state.clone());
+                let (dev, shared) = (dev.clone(), shared.clone());
                 let (path, duty) = (tx_path.clone(), duty.clone());
                 Box::new(move |stop| {
-                    let step = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                    let step = |p: &mut FastTx| p.step(&dev, &shared, stop);
                     run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
                 })
             };
             let rx: Body = {
                 let (shared, inbox) = (shared.clone(), inbox.clone());
-                let mut path = FastRx::new(mtu);
+                let mut path = FastRx::new(sock.clone(), state, mtu);
                 Box::new(move |stop| {
                     let receive = || {
-                        let step = path.step(&dev, &sock, &state, &shared, &inbox);
+                        let step = path.step(&dev, &shared, &inbox);
                         (step, path.bulk())
                     };
-                    let send = |p: &mut FastTx| p.step(&dev, &sock, &state, &shared, stop);
+                    let send = |p: &mut FastTx| p.step(&dev, &shared, stop);
                     let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
                     run_receiver(receive, &tx_path, send, &duty, fds, stop)
                 })
