@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use weft_subnet::etcd::{DEFAULT_ENDPOINT, DEFAULT_PREFIX};
 use weft_subnet::EtcdOptions;
+use weft_subnet::{DEFAULT_ENDPOINT, DEFAULT_PREFIX};
 
 #[derive(Debug, Parser)]
 #[command(

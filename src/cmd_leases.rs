@@ -34,7 +34,7 @@ struct LeaseView<'a> {
     public_key6: Option<String>,
     /// Seconds left on the lease, when known.
     expires_in_s: Option<u64>,
-    backend_data: &'a Option<weft_subnet::lease::BackendData>,
+    backend_data: &'a Option<weft_subnet::BackendData>,
 }
 
 impl<'a> LeaseView<'a> {

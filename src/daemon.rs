@@ -22,12 +22,12 @@ use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use tracing::{info, warn};
 use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
-use weft_subnet::backoff::Backoff;
-use weft_subnet::env_file::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
-use weft_subnet::renew::Renewer;
+use weft_subnet::Backoff;
+use weft_subnet::Renewer;
 use weft_subnet::{
     acquire_lease, AcquireRequest, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry,
 };
+use weft_subnet::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 
 use crate::cli::{EtcdArgs, RunArgs};
 use crate::health::{HealthState, Readiness};

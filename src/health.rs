@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use weft_dataplane::DataplaneMetrics;
-use weft_subnet::metrics::Metrics as ControlMetrics;
+use weft_subnet::Metrics as ControlMetrics;
 
 /// What the endpoints report.
 #[derive(Default)]

@@ -12,9 +12,9 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
-use weft_subnet::config_change::{judge, ConfigVerdict};
-use weft_subnet::metrics::Metrics;
-use weft_subnet::registry::NodeCheck;
+use weft_subnet::Metrics;
+use weft_subnet::NodeCheck;
+use weft_subnet::{judge, ConfigVerdict};
 use weft_subnet::{NetworkConfig, Registry};
 
 /// Check the own key and the config every `every` (the first after one

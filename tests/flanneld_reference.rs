@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 use lab_common::*;
 use weft_dataplane::{forward_rules, masq_rules};
 use weft_lab::{netns, wait_until, Lab};
-use weft_subnet::env_file::SubnetEnv;
-use weft_subnet::lease::{parse_subnet_key, subnet_key};
+use weft_subnet::SubnetEnv;
+use weft_subnet::{parse_subnet_key, subnet_key};
 use weft_subnet::{LeaseAttrs, NetworkConfig};
 
 const PREFIX: &str = "/coreos.com/network/subnets/";

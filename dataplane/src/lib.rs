@@ -6,10 +6,10 @@
 //! | layer        | what it holds                                                        |
 //! |--------------|----------------------------------------------------------------------|
 //! | [`Dataplane`] | the face the daemon drives (`dataplane.rs`): prepare, start, update, health, metrics, shutdown; owns the timing (settling, resync, full or delta pass) |
-//! | `backend/`   | vxlan, host-gw, udp: each one's pure `plan(peers) -> Desired`, its devices and threads |
+//! | `backend/`   | two families: kernel (vxlan, host-gw: a pure `plan(peers) -> Desired`, then converge) and userspace (udp, wireguard: a pure plan, then supervised threads on the shared `backend/userspace/` substrate) |
 //! | `sync/`      | converging the host: applying diffs, the kernel watch, flanneld's iptables rules, interface choice, leftovers |
 //! | `kernel/`    | one file per kernel object (link, addr, route, neigh, nexthop, monitor, iptables), one function per operation |
-//! | [`forward`]  | the udp hot path's pure part: packet views, decisions, route table, coalescing, counters; the wireguard peer table |
+//! | [`forward`]  | the userspace hot paths' pure part: packet views, decisions, route table, coalescing, counters; the wireguard peer table |
 //! | `model/`     | pure: [`Peer`], `Desired`, the installed-vs-desired diff, device names |
 //! | [`report`], [`error`] | what a pass found (typed [`Problem`]s), the counters, the error type |
 //!

@@ -18,7 +18,7 @@ const V6_CANDIDATES: usize = 100;
 /// Random probes first (cheap when the range is mostly free, and it spreads
 /// concurrent acquirers over the range so they rarely collide); then a scan
 /// from a random start, so a nearly full range is still found to have a hole.
-pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
+pub(crate) fn choose_free_subnet<R: rand::Rng + ?Sized>(
     config: &Ipv4Settings,
     taken: &BTreeSet<Ipv4Net>,
     rng: &mut R,
@@ -44,7 +44,7 @@ pub fn choose_free_subnet<R: rand::Rng + ?Sized>(
 /// among the first [`V6_CANDIDATES`] free ones from `IPv6SubnetMin`, or
 /// `None` when the range is full. The walk is bounded by the taken set, so
 /// it stays short even in a range of 2^64 subnets.
-pub fn choose_free_subnet6<R: rand::Rng + ?Sized>(
+pub(crate) fn choose_free_subnet6<R: rand::Rng + ?Sized>(
     v6: &Ipv6Settings,
     taken: &BTreeSet<Ipv6Net>,
     rng: &mut R,

@@ -19,8 +19,9 @@ use weft_types::BackendKind;
 
 use crate::error::ConfigError;
 
-pub use weft_types::{BackendConfig, UdpOptions, VxlanOptions, UDP_DEFAULT_PORT, VXLAN_DEFAULT_PORT};
-pub use weft_types::{WireguardMode, WireguardOptions, WIREGUARD_DEFAULT_PORT, WIREGUARD_DEFAULT_PORT_V6};
+pub use weft_types::BackendConfig;
+pub(crate) use weft_types::{UdpOptions, VxlanOptions, UDP_DEFAULT_PORT, VXLAN_DEFAULT_PORT};
+pub(crate) use weft_types::{WireguardMode, WireguardOptions, WIREGUARD_DEFAULT_PORT, WIREGUARD_DEFAULT_PORT_V6};
 
 /// A validated network config, defaults applied. At least one family is on.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,7 +354,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
 
 /// The wireguard backend's options from a `Backend` object, validated.
 /// Each wrong option is an error naming the field.
-pub fn parse_wireguard_options(backend: &Value) -> Result<WireguardOptions, ConfigError> {
+pub(crate) fn parse_wireguard_options(backend: &Value) -> Result<WireguardOptions, ConfigError> {
     let empty = Map::new();
     let obj = match backend {
         Value::Null => &empty,

@@ -89,7 +89,7 @@ pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
 }
 
 /// The value of `name` in a `KEY=value` file.
-pub fn parse_var<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn parse_var<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().filter_map(|l| l.trim().split_once('=')).find(|(k, _)| k.trim() == name).map(|(_, v)| v.trim())
 }
 

@@ -271,7 +271,7 @@ pub fn parse_subnet_key(key: &str) -> Result<(Option<Ipv4Net>, Option<Ipv6Net>),
 
 /// The subnet that names a lease: its IPv4 subnet, or its IPv6 subnet on
 /// IPv6-only networks. `None` only for a key of neither.
-pub fn lease_id(subnet: Option<Ipv4Net>, ipv6: Option<Ipv6Net>) -> Option<IpNet> {
+pub(crate) fn lease_id(subnet: Option<Ipv4Net>, ipv6: Option<Ipv6Net>) -> Option<IpNet> {
     subnet.map(IpNet::V4).or(ipv6.map(IpNet::V6))
 }
 
@@ -345,7 +345,7 @@ impl Lease {
     }
 }
 
-pub use weft_types::{MacAddr, MacParseError};
+pub use weft_types::MacAddr;
 
 #[cfg(test)]
 mod tests {

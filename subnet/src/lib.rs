@@ -22,24 +22,29 @@
 //! clock and are unit-tested directly; the etcd parts are tested against a real
 //! etcd server in `tests/`.
 
-pub mod acquire;
-pub mod backoff;
-pub mod choose;
-pub mod config;
-pub mod config_change;
-pub mod env_file;
-pub mod error;
-pub mod etcd;
-pub mod lease;
-pub mod metrics;
-pub mod registry;
-pub mod renew;
-pub mod watch;
+mod acquire;
+mod backoff;
+mod choose;
+mod config;
+mod config_change;
+mod env_file;
+mod error;
+mod etcd;
+mod lease;
+mod metrics;
+mod registry;
+mod renew;
+mod watch;
 
 pub use acquire::{acquire_lease, AcquireRequest};
+pub use backoff::Backoff;
 pub use config::{BackendConfig, NetworkConfig};
+pub use config_change::{judge, ConfigVerdict};
+pub use env_file::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 pub use error::{ConfigError, Error, Result};
-pub use etcd::EtcdOptions;
-pub use lease::{Lease, LeaseAttrs, MacAddr};
-pub use registry::Registry;
+pub use etcd::{EtcdOptions, DEFAULT_ENDPOINT, DEFAULT_PREFIX};
+pub use lease::{parse_subnet_key, subnet_key, BackendData, Lease, LeaseAttrs, MacAddr};
+pub use metrics::Metrics;
+pub use registry::{LostReason, NodeCheck, Registry, RenewOutcome};
+pub use renew::Renewer;
 pub use watch::{LeaseEvent, LeaseWatch};

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use weft_types::metrics::{Histogram, Kind, Writer};
 
 /// The etcd operations weft makes, as the `op` label names them.
-pub const OPS: [&str; 12] = [
+pub(crate) const OPS: [&str; 12] = [
     "get_config",
     "put_config",
     "list_leases",

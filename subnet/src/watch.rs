@@ -47,7 +47,7 @@ impl LeaseEvent {
 /// The events that turn `known` into `fresh`: `Removed` for subnets gone,
 /// `Added` for subnets new or whose attributes or IPv6 subnet changed (a
 /// renewal that only moves the expiry is not an event). Pure.
-pub fn diff_leases(known: &BTreeMap<IpNet, Lease>, fresh: &BTreeMap<IpNet, Lease>) -> Vec<LeaseEvent> {
+pub(crate) fn diff_leases(known: &BTreeMap<IpNet, Lease>, fresh: &BTreeMap<IpNet, Lease>) -> Vec<LeaseEvent> {
     let mut events = Vec::new();
     for (subnet, lease) in known {
         if !fresh.contains_key(subnet) {
@@ -79,7 +79,7 @@ pub struct LeaseWatch {
 }
 
 /// How often the table is listed again when nothing else forces it.
-pub const DEFAULT_RELIST_INTERVAL: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_RELIST_INTERVAL: Duration = Duration::from_secs(300);
 
 impl LeaseWatch {
     /// List the current leases; `leases()` then holds them and `next()`

@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use common::*;
-use weft_subnet::registry::{LostReason, RenewOutcome};
-use weft_subnet::renew::Renewer;
+use weft_subnet::Renewer;
 use weft_subnet::{acquire_lease, AcquireRequest, Error, EtcdOptions, Lease, LeaseAttrs, NetworkConfig, Registry};
+use weft_subnet::{LostReason, RenewOutcome};
 
 const RANGE_16: &str =
     r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.16.0","Backend":{"Type":"vxlan"}}"#;

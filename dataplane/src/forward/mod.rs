@@ -1,5 +1,5 @@
 //! The hot path's pure part: what the udp backend's forwarding threads
-//! (and the wireguard backend's, once built) decide per packet, with no
+//! (and the wireguard backend's) decide per packet, with no
 //! I/O at all (no sockets, no TUN, no clock), so
 //! that fuzz targets and benches can drive it directly.
 //!
