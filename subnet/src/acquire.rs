@@ -29,7 +29,7 @@ use crate::choose::{choose_free_subnet, choose_free_subnet6};
 use crate::config::NetworkConfig;
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseAttrs};
-use crate::registry::{Registry, RenewOutcome};
+use crate::registry::{Listing, Registry, RenewOutcome};
 
 /// What the node asks for.
 #[derive(Debug, Clone)]
@@ -44,13 +44,121 @@ pub struct AcquireRequest {
     pub previous_ipv6_subnet: Option<Ipv6Net>,
 }
 
-/// Acquire a lease for this node; see the module doc for the policy.
+/// What to do with one listing: the policy, pure (the randomness passed in).
+#[derive(Debug, PartialEq)]
+pub(crate) enum Decision<'a> {
+    /// Renew the node's own lease in place.
+    Renew(&'a Lease),
+    /// Replace the node's own key by one for these subnets, in one
+    /// transaction (`why` says what changed).
+    Replace { old: &'a Lease, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>, why: &'static str },
+    /// Create a key for these subnets.
+    Create { subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>, previous: Previous },
+}
+
+/// What became of the previous `subnet.env`'s subnets in a [`Decision::Create`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Previous {
+    /// There were none.
+    None,
+    /// They are asked for again.
+    Used,
+    /// Someone holds one of them now.
+    Taken,
+    /// They do not fit the network config (said once, as a warning).
+    Unfit,
+}
+
+/// The decision for `listing`; see the module doc for the policy.
+pub(crate) fn decide<'a, R: rand::Rng + ?Sized>(
+    listing: &'a Listing,
+    config: &NetworkConfig,
+    req: &AcquireRequest,
+    rng: &mut R,
+) -> Result<Decision<'a>> {
+    let holder = req.attrs.holder();
+    let free4 = |rng: &mut R| -> Result<Option<Ipv4Net>> {
+        match &config.ipv4 {
+            None => Ok(None),
+            Some(v4) => choose_free_subnet(v4, &listing.taken, rng).map(Some).ok_or_else(|| out_of_v4(config)),
+        }
+    };
+    let free6 = |rng: &mut R| -> Result<Option<Ipv6Net>> {
+        match &config.ipv6 {
+            None => Ok(None),
+            Some(v6) => choose_free_subnet6(v6, &listing.taken6, rng).map(Some).ok_or_else(|| out_of_v6(config)),
+        }
+    };
+
+    // The own lease: same holder, and the subnet that names it still one
+    // this config hands out.
+    let own = listing.leases.iter().find(|l| {
+        l.holder() == holder
+            && match &config.ipv4 {
+                Some(_) => config.ipv4_fits(l.subnet.as_ref()),
+                None => config.ipv6_fits(l.ipv6_subnet.as_ref()),
+            }
+    });
+    if let Some(own) = own {
+        if config.ipv6_fits(own.ipv6_subnet.as_ref()) {
+            return Ok(Decision::Renew(own));
+        }
+        // Same IPv4 subnet, new IPv6 part (or none).
+        let subnet6 = match (&config.ipv6, req.previous_ipv6_subnet) {
+            (Some(v6), Some(p)) if v6.is_leasable(&p) && !listing.taken6.contains(&p) => Some(p),
+            _ => free6(rng)?,
+        };
+        let why = "its IPv6 part did not fit the network config";
+        return Ok(Decision::Replace { old: own, subnet: own.subnet, subnet6, why });
+    }
+
+    // The own key of the other form: IPv4 was turned off (a dual key on an
+    // IPv6-only network) or on again. Keep what still fits of its subnets,
+    // choose the rest. Its holder is named by the other family's address:
+    // the same node has the same address of either family.
+    let same_node = |l: &&Lease| {
+        let a = &l.attrs;
+        (a.public_ip.is_some() && a.public_ip == req.attrs.public_ip)
+            || (a.public_ipv6.is_some() && a.public_ipv6 == req.attrs.public_ipv6)
+    };
+    if let Some(old) = listing.other_family.iter().find(same_node) {
+        let subnet = match (&config.ipv4, old.subnet) {
+            (Some(v4), Some(s)) if v4.is_leasable(&s) && !listing.leases.iter().any(|l| l.subnet == Some(s)) => Some(s),
+            _ => free4(rng)?,
+        };
+        let subnet6 = match (&config.ipv6, old.ipv6_subnet) {
+            (Some(v6), Some(s)) if v6.is_leasable(&s) && !listing.leases.iter().any(|l| l.ipv6_subnet == Some(s)) => {
+                Some(s)
+            }
+            _ => free6(rng)?,
+        };
+        return Ok(Decision::Replace { old, subnet, subnet6, why: "EnableIPv4 changed" });
+    }
+
+    let (prev, prev6) = (req.previous_subnet, req.previous_ipv6_subnet);
+    let previous = if prev.is_none() && prev6.is_none() {
+        Previous::None
+    } else if !config.ipv4_fits(prev.as_ref()) || !config.ipv6_fits(prev6.as_ref()) {
+        Previous::Unfit
+    } else if prev.is_some_and(|p| listing.taken.contains(&p)) || prev6.is_some_and(|p| listing.taken6.contains(&p)) {
+        Previous::Taken
+    } else {
+        Previous::Used
+    };
+    let (subnet, subnet6) = match previous {
+        Previous::Used => (prev, prev6),
+        _ => (free4(rng)?, free6(rng)?),
+    };
+    Ok(Decision::Create { subnet, subnet6, previous })
+}
+
+/// Acquire a lease for this node: list, [`decide`], carry it out; a lost
+/// race (another writer changed a key since the listing) lists again.
 pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &AcquireRequest) -> Result<Lease> {
     // Every failed attempt means another writer won a subnet or rewrote a
     // key, so the loop ends; the bound only guards against a pathological store.
     let range = config.ipv4.as_ref().map_or(1000, |v4| v4.subnet_count());
     let max_attempts = (range + 16).min(1000) as u32;
-    let holder = req.attrs.holder();
     for attempt in 1..=max_attempts {
         if attempt > 1 {
             // Spread retrying racers apart a little.
@@ -61,128 +169,37 @@ pub async fn acquire_lease(registry: &Registry, config: &NetworkConfig, req: &Ac
         for (key, why) in &listing.skipped {
             debug!("ignoring entry {key}: {why}");
         }
-
-        // The own lease: same holder, and the subnet that names it still
-        // one this config hands out.
-        let own = listing.leases.iter().find(|l| {
-            l.holder() == holder
-                && match &config.ipv4 {
-                    Some(_) => config.ipv4_fits(l.subnet.as_ref()),
-                    None => config.ipv6_fits(l.ipv6_subnet.as_ref()),
+        // The thread's RNG is not kept across the awaits below.
+        let decision = decide(&listing, config, req, &mut rand::rng())?;
+        match decision {
+            Decision::Renew(own) => match registry.renew_lease(own, &req.attrs, req.ttl).await? {
+                RenewOutcome::Renewed(lease) => {
+                    info!(subnet = ?lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, "reusing this node's existing lease");
+                    return Ok(lease);
                 }
-        });
-        if let Some(own) = own {
-            if config.ipv6_fits(own.ipv6_subnet.as_ref()) {
-                match registry.renew_lease(own, &req.attrs, req.ttl).await? {
-                    RenewOutcome::Renewed(lease) => {
-                        info!(subnet = ?lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, "reusing this node's existing lease");
+                RenewOutcome::Lost(why) => debug!("own lease changed while reusing it ({why}); retrying"),
+            },
+            Decision::Replace { old, subnet, subnet6, why } => {
+                match registry.replace_lease(old, subnet, subnet6, &req.attrs, req.ttl, listing.revision).await? {
+                    Some(lease) => {
+                        info!(old = %old.key(), new = %lease.key(), "replaced this node's lease: {why}");
                         return Ok(lease);
                     }
-                    RenewOutcome::Lost(why) => {
-                        debug!("own lease changed while reusing it ({why}); retrying");
-                        continue;
+                    None => debug!("own lease changed while replacing it; retrying"),
+                }
+            }
+            Decision::Create { subnet, subnet6, previous } => {
+                if previous == Previous::Unfit {
+                    warn!(subnet = ?req.previous_subnet, ipv6_subnet = ?req.previous_ipv6_subnet, "previous subnet does not fit the network config; choosing another");
+                }
+                match registry.create_lease(subnet, subnet6, &req.attrs, req.ttl, listing.revision).await? {
+                    Some(lease) => {
+                        info!(subnet = ?lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, attempt, "acquired a new lease");
+                        return Ok(lease);
                     }
+                    None => debug!(subnet = ?subnet, ipv6_subnet = ?subnet6, "lost the race for a subnet; retrying"),
                 }
             }
-            // Same IPv4 subnet, new IPv6 part (or none).
-            let subnet6 = match &config.ipv6 {
-                None => None,
-                Some(v6) => match req.previous_ipv6_subnet {
-                    Some(p) if v6.is_leasable(&p) && !listing.taken6.contains(&p) => Some(p),
-                    _ => Some(
-                        choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
-                    ),
-                },
-            };
-            match registry.replace_lease(own, own.subnet, subnet6, &req.attrs, req.ttl, listing.revision).await? {
-                Some(lease) => {
-                    info!(
-                        old = %own.key(),
-                        new = %lease.key(),
-                        "replaced this node's lease: its IPv6 part did not fit the network config"
-                    );
-                    return Ok(lease);
-                }
-                None => {
-                    debug!("own lease changed while replacing it; retrying");
-                    continue;
-                }
-            }
-        }
-
-        // The own key of the other form: IPv4 was turned off (a dual key on
-        // an IPv6-only network) or on again. Keep what still fits of its
-        // subnets, choose the rest, and replace it in one transaction.
-        // Its holder is named by the other family's address: the same
-        // node has the same address of either family.
-        let same_node = |l: &&Lease| {
-            let a = &l.attrs;
-            (a.public_ip.is_some() && a.public_ip == req.attrs.public_ip)
-                || (a.public_ipv6.is_some() && a.public_ipv6 == req.attrs.public_ipv6)
-        };
-        if let Some(old) = listing.other_family.iter().find(same_node) {
-            let v4 = match &config.ipv4 {
-                None => None,
-                Some(v4) => Some(match old.subnet {
-                    Some(s) if v4.is_leasable(&s) && !listing.leases.iter().any(|l| l.subnet == Some(s)) => s,
-                    _ => choose_free_subnet(v4, &listing.taken, &mut rand::rng()).ok_or_else(|| out_of_v4(config))?,
-                }),
-            };
-            let v6 = match &config.ipv6 {
-                None => None,
-                Some(v6) => Some(match old.ipv6_subnet {
-                    Some(s) if v6.is_leasable(&s) && !listing.leases.iter().any(|l| l.ipv6_subnet == Some(s)) => s,
-                    _ => choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
-                }),
-            };
-            match registry.replace_lease(old, v4, v6, &req.attrs, req.ttl, listing.revision).await? {
-                Some(lease) => {
-                    info!(old = %old.key(), new = %lease.key(), "replaced this node's lease: EnableIPv4 changed");
-                    return Ok(lease);
-                }
-                None => {
-                    debug!("own lease changed while replacing it; retrying");
-                    continue;
-                }
-            }
-        }
-
-        let (prev, prev6) = (req.previous_subnet, req.previous_ipv6_subnet);
-        let previous = if prev.is_none() && prev6.is_none() {
-            None
-        } else if !config.ipv4_fits(prev.as_ref()) || !config.ipv6_fits(prev6.as_ref()) {
-            warn!(subnet = ?prev, ipv6_subnet = ?prev6, "previous subnet does not fit the network config; choosing another");
-            None
-        } else if prev.is_some_and(|p| listing.taken.contains(&p)) || prev6.is_some_and(|p| listing.taken6.contains(&p))
-        {
-            None
-        } else {
-            Some((prev, prev6))
-        };
-        let (candidate, candidate6) = match previous {
-            Some(p) => p,
-            None => {
-                let v4 = match &config.ipv4 {
-                    None => None,
-                    Some(v4) => Some(
-                        choose_free_subnet(v4, &listing.taken, &mut rand::rng()).ok_or_else(|| out_of_v4(config))?,
-                    ),
-                };
-                let v6 = match &config.ipv6 {
-                    None => None,
-                    Some(v6) => Some(
-                        choose_free_subnet6(v6, &listing.taken6, &mut rand::rng()).ok_or_else(|| out_of_v6(config))?,
-                    ),
-                };
-                (v4, v6)
-            }
-        };
-        match registry.create_lease(candidate, candidate6, &req.attrs, req.ttl, listing.revision).await? {
-            Some(lease) => {
-                info!(subnet = ?lease.subnet, ipv6_subnet = ?lease.ipv6_subnet, attempt, "acquired a new lease");
-                return Ok(lease);
-            }
-            None => debug!(subnet = ?candidate, ipv6_subnet = ?candidate6, "lost the race for a subnet; retrying"),
         }
     }
     Err(Error::TooManyConflicts { attempts: max_attempts })
@@ -198,4 +215,127 @@ fn out_of_v4(config: &NetworkConfig) -> Error {
 fn out_of_v6(config: &NetworkConfig) -> Error {
     let v6 = config.ipv6.as_ref().expect("only called on networks with IPv6");
     Error::OutOfSubnets { min: v6.subnet_min.to_string(), max: v6.subnet_max.to_string(), len: v6.subnet_len }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::net::Ipv4Addr;
+
+    use rand::SeedableRng;
+
+    use super::*;
+
+    const V4: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.3.0"}"#;
+    const DUAL: &str = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.3.0","EnableIPv6":true,"IPv6Network":"fd00::/48","IPv6SubnetLen":64}"#;
+
+    fn lease(config: &NetworkConfig, key: &str, ip: u8) -> Lease {
+        let value = format!(r#"{{"PublicIP":"198.18.0.{ip}"}}"#);
+        Lease::from_entry(key, value.as_bytes(), config, 0, 1).unwrap()
+    }
+
+    fn listing(leases: Vec<Lease>) -> Listing {
+        Listing {
+            taken: leases.iter().filter_map(|l| l.subnet).collect(),
+            taken6: leases.iter().filter_map(|l| l.ipv6_subnet).collect(),
+            leases,
+            skipped: Vec::new(),
+            other_family: Vec::new(),
+            revision: 7,
+        }
+    }
+
+    fn req(ip: u8, prev: Option<&str>, prev6: Option<&str>) -> AcquireRequest {
+        AcquireRequest {
+            attrs: LeaseAttrs {
+                public_ip: Some(Ipv4Addr::new(198, 18, 0, ip)),
+                public_ipv6: None,
+                backend_type: String::new(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            ttl: Duration::from_secs(60),
+            previous_subnet: prev.map(|p| p.parse().unwrap()),
+            previous_ipv6_subnet: prev6.map(|p| p.parse().unwrap()),
+        }
+    }
+
+    fn decide_seeded<'a>(l: &'a Listing, c: &NetworkConfig, r: &AcquireRequest) -> Result<Decision<'a>> {
+        decide(l, c, r, &mut rand::rngs::StdRng::seed_from_u64(1))
+    }
+
+    #[test]
+    fn the_own_lease_is_renewed_and_an_unfit_ipv6_part_replaced() {
+        let v4 = NetworkConfig::parse(V4).unwrap();
+        let l = listing(vec![lease(&v4, "10.244.2.0-24", 2), lease(&v4, "10.244.3.0-24", 3)]);
+        assert_eq!(decide_seeded(&l, &v4, &req(3, None, None)).unwrap(), Decision::Renew(&l.leases[1]));
+
+        // IPv6 turned on since: same IPv4 subnet, a free IPv6 one (the
+        // previous subnet.env's when it is free).
+        let dual = NetworkConfig::parse(DUAL).unwrap();
+        let l = listing(vec![lease(&dual, "10.244.2.0-24", 2)]);
+        match decide_seeded(&l, &dual, &req(2, None, Some("fd00:0:0:5::/64"))).unwrap() {
+            Decision::Replace { old, subnet, subnet6, .. } => {
+                assert_eq!(old, &l.leases[0]);
+                assert_eq!(subnet, Some("10.244.2.0/24".parse().unwrap()));
+                assert_eq!(subnet6, Some("fd00:0:0:5::/64".parse().unwrap()));
+            }
+            d => panic!("expected a replacement, got {d:?}"),
+        }
+    }
+
+    #[test]
+    fn without_an_own_lease_the_previous_subnet_then_a_free_one_is_created() {
+        let v4 = NetworkConfig::parse(V4).unwrap();
+        let l = listing(vec![lease(&v4, "10.244.2.0-24", 2)]);
+        let free: BTreeSet<Ipv4Net> = ["10.244.1.0/24", "10.244.3.0/24"].iter().map(|s| s.parse().unwrap()).collect();
+        // (previous subnet.env subnet, what becomes of it, the subnet asked for: None = any free one)
+        let cases = [
+            (None, Previous::None, None),
+            (Some("10.244.3.0/24"), Previous::Used, Some("10.244.3.0/24")),
+            (Some("10.244.2.0/24"), Previous::Taken, None),
+            (Some("10.245.0.0/24"), Previous::Unfit, None),
+        ];
+        for (prev, want_previous, want_subnet) in cases {
+            match decide_seeded(&l, &v4, &req(9, prev, None)).unwrap() {
+                Decision::Create { subnet, subnet6, previous } => {
+                    assert_eq!(previous, want_previous, "{prev:?}");
+                    assert_eq!(subnet6, None);
+                    let subnet = subnet.unwrap();
+                    match want_subnet {
+                        Some(w) => assert_eq!(subnet, w.parse().unwrap(), "{prev:?}"),
+                        None => assert!(free.contains(&subnet), "{prev:?}: {subnet} is not free"),
+                    }
+                }
+                d => panic!("{prev:?}: expected a creation, got {d:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_range_is_out_of_subnets_naming_it() {
+        let v4 = NetworkConfig::parse(V4).unwrap();
+        let l = listing((1..=3).map(|n| lease(&v4, &format!("10.244.{n}.0-24"), n)).collect());
+        let e = decide_seeded(&l, &v4, &req(9, None, None)).unwrap_err();
+        assert!(matches!(e, Error::OutOfSubnets { .. }), "{e}");
+        assert!(e.to_string().contains("10.244.1.0"), "{e}");
+    }
+
+    #[test]
+    fn the_own_key_of_the_other_form_is_replaced_keeping_what_fits() {
+        // A dual-stack key on what is now an IPv6-only network's listing is
+        // the other form; here, the reverse: IPv4 turned on again.
+        let dual = NetworkConfig::parse(DUAL).unwrap();
+        let old = lease(&dual, "10.244.2.0-24&fd00:0:0:2::-64", 2);
+        let mut l = listing(vec![]);
+        l.other_family.push(old);
+        match decide_seeded(&l, &dual, &req(2, None, None)).unwrap() {
+            Decision::Replace { subnet, subnet6, why, .. } => {
+                assert_eq!(subnet, Some("10.244.2.0/24".parse().unwrap()));
+                assert_eq!(subnet6, Some("fd00:0:0:2::/64".parse().unwrap()));
+                assert_eq!(why, "EnableIPv4 changed");
+            }
+            d => panic!("expected a replacement, got {d:?}"),
+        }
+    }
 }
