@@ -201,7 +201,7 @@ impl WgBackend {
         match (&mut self.v6, v6) {
             // separate: the IPv6 pods have a device of their own.
             (Some(t), Some((addr, network))) => {
-                t.ensure_device(&self.nl, &[addr], &[network], report).await?;
+                t.fwd.ensure_device(&self.nl, &[addr], &[network], report).await?;
             }
             // one device for both families.
             (None, Some((addr, network))) => {
@@ -210,7 +210,7 @@ impl WgBackend {
             }
             _ => {}
         }
-        self.v4.ensure_device(&self.nl, &addrs, &networks, report).await?;
+        self.v4.fwd.ensure_device(&self.nl, &addrs, &networks, report).await?;
         Ok(())
     }
 

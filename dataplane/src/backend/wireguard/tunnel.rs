@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
-use ipnet::IpNet;
 use tokio::sync::Notify;
 use tracing::info;
 use weft_types::{BackendKind, WireguardOptions};
@@ -68,18 +67,6 @@ impl Tunnel {
 
     pub(crate) fn name(&self) -> &'static str {
         self.fwd.name()
-    }
-
-    /// Make the device exist and be attached, up, with its MTU, `addrs`
-    /// and a route to each of `networks` through it.
-    pub(crate) async fn ensure_device(
-        &mut self,
-        nl: &Netlink,
-        addrs: &[IpNet],
-        networks: &[IpNet],
-        report: &mut Report,
-    ) -> Result<u32> {
-        self.fwd.ensure_device(nl, addrs, networks, report).await
     }
 
     /// The new peer set: a peer whose key and endpoint stay keeps its
