@@ -25,7 +25,8 @@ use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
 use weft_subnet::Backoff;
 use weft_subnet::Renewer;
 use weft_subnet::{
-    acquire_lease, AcquireRequest, Error as SubnetError, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig, Registry,
+    acquire_lease, AcquireRequest, Error as SubnetError, Lease, LeaseAttrs, LeaseEvent, LeaseWatch, NetworkConfig,
+    Registry,
 };
 use weft_subnet::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 
@@ -34,8 +35,41 @@ use crate::health::{HealthState, Readiness};
 use crate::node_check::{ConfigFollower, ConfigStep};
 use crate::peers::desired_peers;
 
+/// `weft run`: [`start`], then [`serve`] until `shutdown` resolves or the
+/// lease is lost.
 pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<Output = ()>) -> Result<ExitCode> {
     tokio::pin!(shutdown);
+    match start(etcd, args, shutdown.as_mut()).await? {
+        Some(node) => serve(node, args, shutdown).await,
+        None => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// A started node: what [`serve`] runs.
+struct Node {
+    registry: Registry,
+    config: NetworkConfig,
+    dp: Dataplane,
+    watch: LeaseWatch,
+    lease: Lease,
+    /// The lease's name (its IPv4 subnet, or its IPv6 subnet on IPv6-only
+    /// networks) and the address that names this node in it.
+    id: IpNet,
+    holder: IpAddr,
+    readiness: Readiness,
+    ttl: Duration,
+    margin: Duration,
+    /// The health server, kept for as long as the node runs.
+    _health_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Start-up, in the order of the module doc, up to ready; `None` when
+/// `shutdown` came while waiting for etcd.
+async fn start(
+    etcd: &EtcdArgs,
+    args: &RunArgs,
+    shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<Node>> {
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
     if margin >= ttl {
@@ -54,7 +88,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     }
     let health = Arc::new(HealthState::default());
     let mut readiness = Readiness::new(health.clone());
-    let _health_task = if args.healthz_port != 0 {
+    let health_task = if args.healthz_port != 0 {
         let addr = SocketAddr::from((args.healthz_ip, args.healthz_port));
         Some(
             crate::health::serve(addr, health.clone())
@@ -68,7 +102,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
     // 1. etcd and the config, waiting for either while they are absent.
     let (registry, config) = tokio::select! {
         r = wait_for_config(etcd) => r?,
-        _ = &mut shutdown => { info!("stopped while waiting for etcd"); return Ok(ExitCode::SUCCESS) }
+        _ = shutdown => { info!("stopped while waiting for etcd"); return Ok(None) }
     };
     health.set_control(registry.metrics().clone());
     info!(
@@ -154,10 +188,20 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &RunArgs, shutdown: impl Future<O
         warn!("could not notify systemd of readiness: {e}");
     }
     info!(subnet = %id, backend = %dp.kind(), "weft is running");
+    Ok(Some(Node { registry, config, dp, watch, lease, id, holder, readiness, ttl, margin, _health_task: health_task }))
+}
 
-    // 5. Run until stopped or until the lease is lost. Lease events, and
-    //    whatever the dataplane asks for (kernel events, ended forwarding
-    //    threads, its resync), trigger a pass; the dataplane picks its kind.
+/// Run until stopped or until the lease is lost. Lease events, and
+/// whatever the dataplane asks for (kernel events, ended forwarding
+/// threads, its resync), trigger a pass; the dataplane picks its kind.
+async fn serve(
+    node: Node,
+    args: &RunArgs,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<ExitCode> {
+    let Node { registry, config, mut dp, mut watch, lease, id, holder, mut readiness, ttl, margin, _health_task } =
+        node;
+    let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
     let (mut checks, check_task) =

@@ -23,12 +23,11 @@ use std::future::Future;
 use tracing::{debug, info};
 use weft_types::MacAddr;
 
+use super::nexthops::{self, Put};
 use crate::error::{Error, Result};
-use crate::kernel::nexthop::Nexthop;
 use crate::kernel::Netlink;
 use crate::model::diff::{diff, Diff};
-use crate::model::{NexthopSpec, RouteSpec};
-use crate::WEFT_ROUTE_PROTO;
+use crate::model::RouteSpec;
 
 /// Netlink requests kept in flight at once. The kernel answers each in
 /// order as it is sent; keeping a window open instead of waiting for every
@@ -131,8 +130,9 @@ impl<K: Ord + Clone> Outcome<K> {
 
 /// Converge weft's routes inside `networks` (the IPv4 network and, on
 /// dual-stack networks, the IPv6 one) to `desired`, and the nexthop
-/// objects those routes name. Nexthops are put in place before the routes
-/// that use them and removed after (removing one takes its routes along).
+/// objects those routes name, as [`nexthops::plan`] decides. Nexthops are
+/// put in place before the routes that use them and removed after
+/// (removing one takes its routes along).
 pub(crate) async fn routes(
     nl: &Netlink,
     networks: &[IpNet],
@@ -144,69 +144,38 @@ pub(crate) async fn routes(
         (false, _) => None,
         (true, Pass::Full) => Some(nl.nexthops().dump().await?),
         // weft's own nexthops are those of the routes it left in place.
-        (true, Pass::Delta) => Some(
-            previous
-                .values()
-                .filter_map(|s| Some((s.nhid?, Nexthop { spec: Some(s.nexthop()?), protocol: WEFT_ROUTE_PROTO })))
-                .collect(),
-        ),
+        (true, Pass::Delta) => Some(nexthops::of_routes(previous)),
     };
     let mut installed: BTreeMap<_, _> = installed(pass, previous, async {
         Ok(nl.weft_routes().await?.into_iter().filter(|(dst, _)| networks.iter().any(|n| n.contains(dst))).collect())
     })
     .await?;
     if let Some(all) = &nexthops {
-        for spec in installed.values_mut() {
-            // A route that shows only its nexthop id (compat mode off).
-            if let (0, Some(nh)) = (spec.oif, spec.nhid.and_then(|id| all.get(&id))) {
-                if let Some(n) = nh.spec {
-                    (spec.gateway, spec.oif, spec.onlink) = (IpAddr::V4(n.gateway), n.oif, n.onlink);
-                }
-            }
-        }
+        nexthops::resolve(&mut installed, all);
     }
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     let mut install: Vec<(IpNet, RouteSpec)> = d.install;
+    let plan = nexthops.as_ref().map(|all| nexthops::plan(all, desired)).unwrap_or_default();
 
     // Nexthops first: weft's (protocol 87) that differ are replaced; an id
     // held by another program's nexthop is left alone and its route fails.
-    let mut ours: BTreeMap<u32, NexthopSpec> = BTreeMap::new();
-    if let Some(all) = &nexthops {
-        let want: BTreeMap<u32, (IpNet, NexthopSpec)> =
-            desired.iter().filter_map(|(dst, s)| Some((s.nhid?, (*dst, s.nexthop()?)))).collect();
-        ours = all
-            .iter()
-            .filter(|(_, n)| n.protocol == WEFT_ROUTE_PROTO)
-            .filter_map(|(id, n)| Some((*id, n.spec?)))
-            .collect();
-        let mut put = Vec::new();
-        for (id, (dst, spec)) in &want {
-            match all.get(id) {
-                Some(n) if n.protocol != WEFT_ROUTE_PROTO => out.failed.push((
-                    *dst,
-                    Error::Conflict(format!("nexthop id {id} belongs to another program (protocol {})", n.protocol)),
-                )),
-                Some(n) if n.spec == Some(*spec) => {}
-                // weft's own is replaced; a new one must not exist yet (in
-                // a delta pass another program's could, unseen).
-                n => put.push((*id, (*dst, *spec, n.is_some()))),
+    out.failed.extend(plan.refused.into_iter().map(|(dst, why)| (dst, Error::Conflict(why))));
+    let put: Vec<(u32, Put)> = plan.put.into_iter().collect();
+    let nh = nl.nexthops();
+    let failed = each(&put, |id, p| async move {
+        match nh.replace(id, p.spec, p.replace).await {
+            Err(e) if e.errno() == Some(libc::EEXIST) => {
+                Err(Error::Conflict(format!("nexthop id {id} exists already, not made by weft")))
             }
+            other => other,
         }
-        let nh = nl.nexthops();
-        let failed = each(&put, |id, (_, spec, ours)| async move {
-            match nh.replace(id, spec, ours).await {
-                Err(e) if e.errno() == Some(libc::EEXIST) => {
-                    Err(Error::Conflict(format!("nexthop id {id} exists already, not made by weft")))
-                }
-                other => other,
-            }
-        })
-        .await;
-        debug!(installed = put.len() - failed.len(), "nexthops converged");
-        for (id, e) in failed {
-            out.failed.push((want[&id].0, e));
-        }
+    })
+    .await;
+    debug!(installed = put.len() - failed.len(), "nexthops converged");
+    let dst_of: BTreeMap<u32, IpNet> = put.iter().map(|(id, p)| (*id, p.dst)).collect();
+    for (id, e) in failed {
+        out.failed.push((dst_of[&id], e));
     }
     let failed_dst: std::collections::BTreeSet<IpNet> = out.failed.iter().map(|(d, _)| *d).collect();
     install.retain(|(dst, _)| !failed_dst.contains(dst));
@@ -223,11 +192,8 @@ pub(crate) async fn routes(
     out.failed.extend(failed);
 
     // Then weft's nexthops no route wants any more.
-    let wanted: std::collections::BTreeSet<u32> = desired.values().filter_map(|s| s.nhid).collect();
-    let unused: Vec<(u32, NexthopSpec)> = ours.into_iter().filter(|(id, _)| !wanted.contains(id)).collect();
-    let nh = nl.nexthops();
-    let failed = each(&unused, |id, _| nh.delete(id)).await;
-    debug!(removed = unused.len() - failed.len(), "unused nexthops removed");
+    let failed = each(&plan.unused, |id, _| nh.delete(id)).await;
+    debug!(removed = plan.unused.len() - failed.len(), "unused nexthops removed");
     for (id, e) in failed {
         debug!(id, "could not remove an unused nexthop: {}", crate::error::chain(&e));
     }

@@ -4,6 +4,7 @@
 //! | module        | what it holds                                                 |
 //! |---------------|---------------------------------------------------------------|
 //! | [`converge`]  | applying diffs to routes, nexthops, neighbours and FDB        |
+//! | [`nexthops`]  | which nexthop objects a routes pass puts, refuses, removes (pure) |
 //! | [`device`]    | a device weft made: up, MTU, its one address                  |
 //! | [`watch`]     | matching kernel events against what weft owns and wants       |
 //! | [`rules`]     | flanneld's forwarding and masquerade rules, kept in place     |
@@ -16,5 +17,6 @@ pub(crate) mod converge;
 pub(crate) mod device;
 pub(crate) mod iface;
 pub(crate) mod leftovers;
+pub(crate) mod nexthops;
 pub(crate) mod rules;
 pub(crate) mod watch;
