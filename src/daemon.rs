@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
 use tracing::{info, warn};
-use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest};
+use weft_dataplane::{Dataplane, DataplaneConfig, DualStack, IfaceRequest};
 use weft_subnet::Backoff;
 use weft_subnet::Renewer;
 use weft_subnet::{
@@ -119,8 +119,7 @@ async fn start(
     //    that packets wait instead of being dropped while the rest starts).
     let dp_config = DataplaneConfig {
         backend: config.backend.clone(),
-        network: config.network(),
-        network6,
+        network: DualStack::new(config.network(), network6),
         iface: IfaceRequest {
             ifaces: args.iface.clone(),
             regexes: args.iface_regex.clone(),
@@ -168,7 +167,7 @@ async fn start(
     info!(subnet = ?subnet, ipv6_subnet = ?subnet6, %holder, ttl = %humantime::format_duration(ttl), "lease acquired");
 
     // 4. The dataplane (devices, rules), the existing peers, subnet.env.
-    dp.start(subnet, subnet6).await.context("setting up the dataplane")?;
+    dp.start(DualStack::new(subnet, subnet6)).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
     let first = reconcile(&mut dp, &watch, id).await;

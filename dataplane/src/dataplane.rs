@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use tokio::sync::Notify;
 use weft_types::{BackendConfig, BackendKind};
 
@@ -27,7 +27,7 @@ use crate::backend::wireguard::WgBackend;
 use crate::backend::Family;
 use crate::error::Result;
 use crate::kernel::Netlink;
-use crate::model::Peer;
+use crate::model::{DualStack, Peer};
 use crate::report::{Counters, DataplaneMetrics, Problem, Report};
 use crate::sync::converge::Pass;
 use crate::sync::iface::{find_external, ExternalInterface, IfaceRequest};
@@ -42,10 +42,9 @@ const EVENT_SETTLE: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
     pub backend: BackendConfig,
-    /// The whole IPv4 pod network (none on IPv6-only networks).
-    pub network: Option<Ipv4Net>,
-    /// The IPv6 pod network, on dual-stack and IPv6-only networks.
-    pub network6: Option<Ipv6Net>,
+    /// The whole pod network: IPv4 (none on IPv6-only networks) and IPv6
+    /// (on dual-stack and IPv6-only networks).
+    pub network: DualStack,
     /// Which interface carries traffic between nodes (`--iface` and co.).
     pub iface: IfaceRequest,
     /// Masquerade pod traffic leaving the network (`--ip-masq`).
@@ -83,28 +82,26 @@ impl Dataplane {
     pub async fn prepare(cfg: DataplaneConfig) -> Result<Dataplane> {
         let nl = Netlink::connect()?.nexthop_objects(cfg.nexthop_objects);
         let mut req = cfg.iface.clone();
-        req.ipv6 = cfg.network6.is_some();
-        req.ipv6_only = cfg.network.is_none();
+        req.ipv6 = cfg.network.v6.is_some();
+        req.ipv6_only = cfg.network.v4.is_none();
         let ext = find_external(&nl, &req).await?;
         let wake = Arc::new(Notify::new());
-        let (network, network6, e) = (cfg.network, cfg.network6, ext.clone());
+        let (network, e) = (cfg.network, ext.clone());
         let backend = match cfg.backend {
-            BackendConfig::Vxlan(opts) => {
-                Family::Kernel(Box::new(VxlanBackend::prepare(nl, opts, e, network, network6).await?))
-            }
-            BackendConfig::HostGw => Family::Kernel(Box::new(HostGwBackend::prepare(nl, e, network, network6)?)),
+            BackendConfig::Vxlan(opts) => Family::Kernel(Box::new(VxlanBackend::prepare(nl, opts, e, network).await?)),
+            BackendConfig::HostGw => Family::Kernel(Box::new(HostGwBackend::prepare(nl, e, network)?)),
             BackendConfig::Udp(opts) => {
-                Family::Userspace(Box::new(UdpBackend::prepare(nl, opts, e, network, network6, wake.clone()).await?))
+                Family::Userspace(Box::new(UdpBackend::prepare(nl, opts, e, network, wake.clone()).await?))
             }
             BackendConfig::Wireguard(opts) => {
-                Family::Userspace(Box::new(WgBackend::prepare(nl, opts, e, network, network6, wake.clone()).await?))
+                Family::Userspace(Box::new(WgBackend::prepare(nl, opts, e, network, wake.clone()).await?))
             }
         };
         Ok(Dataplane {
             backend,
             ext,
-            networks: crate::backend::networks(cfg.network, cfg.network6),
-            rules: Rules::new(cfg.network, cfg.network6, cfg.ip_masq),
+            networks: cfg.network.both(),
+            rules: Rules::new(cfg.network, cfg.ip_masq),
             resync: cfg.resync,
             resynced: Instant::now(),
             watch: Watch::new(wake.clone()),
@@ -142,12 +139,12 @@ impl Dataplane {
 
     /// Program what depends on the node's own subnet (devices, addresses,
     /// forwarding and masquerade rules) and start watching the kernel.
-    pub async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+    pub async fn start(&mut self, subnets: DualStack) -> Result<()> {
         let devices = self.devices();
         let keep: Vec<&str> = devices.iter().map(|(n, _)| n.as_str()).collect();
         crate::sync::leftovers::remove(&Netlink::connect()?, &keep, &self.networks).await?;
-        self.backend.common_mut().start(subnet, subnet6).await?;
-        self.rules.start(subnet, subnet6).await?;
+        self.backend.common_mut().start(subnets).await?;
+        self.rules.start(subnets).await?;
         self.resynced = Instant::now();
         self.watch_devices();
         self.watch.start()?;

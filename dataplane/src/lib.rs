@@ -36,7 +36,7 @@ mod sync;
 
 pub use dataplane::{Dataplane, DataplaneConfig};
 pub use error::{Error, Result};
-pub use model::Peer;
+pub use model::{DualStack, Peer};
 pub use report::{DataplaneMetrics, ObjectKind, Problem, Report};
 pub use sync::iface::{ExternalInterface, IfaceRequest};
 pub use sync::rules::{forward_rules, masq_rules};

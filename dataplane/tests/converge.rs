@@ -6,7 +6,7 @@ use std::process::Command;
 
 use std::time::Duration;
 
-use weft_dataplane::{Dataplane, DataplaneConfig, IfaceRequest, ObjectKind, Peer};
+use weft_dataplane::{Dataplane, DataplaneConfig, DualStack, IfaceRequest, ObjectKind, Peer};
 use weft_lab::netns;
 use weft_types::{BackendConfig, VxlanOptions};
 
@@ -66,8 +66,7 @@ fn vxlan_opts() -> VxlanOptions {
 fn config(backend: BackendConfig) -> DataplaneConfig {
     DataplaneConfig {
         backend,
-        network: Some("10.244.0.0/16".parse().unwrap()),
-        network6: None,
+        network: DualStack::new(Some("10.244.0.0/16".parse().unwrap()), None),
         iface: IfaceRequest { ifaces: vec!["eth0".into()], ..Default::default() },
         ip_masq: false,
         resync: Duration::from_secs(10),
@@ -78,7 +77,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
 /// A started dataplane for 10.244.1.0/24 (inside a namespace's runtime).
 async fn started(backend: BackendConfig) -> Dataplane {
     let mut dp = Dataplane::prepare(config(backend)).await.unwrap();
-    dp.start(Some("10.244.1.0/24".parse().unwrap()), None).await.unwrap();
+    dp.start(DualStack::new(Some("10.244.1.0/24".parse().unwrap()), None)).await.unwrap();
     dp
 }
 
@@ -311,7 +310,7 @@ fn without_nexthop_objects_routes_carry_their_gateway_and_weft_nexthops_go() {
     let r = ns.block_on(async move {
         let cfg = DataplaneConfig { nexthop_objects: false, ..config(BackendConfig::Vxlan(vxlan_opts())) };
         let mut dp = Dataplane::prepare(cfg).await.unwrap();
-        dp.start(Some("10.244.1.0/24".parse().unwrap()), None).await.unwrap();
+        dp.start(DualStack::new(Some("10.244.1.0/24".parse().unwrap()), None)).await.unwrap();
         dp.reconcile(&peers).await.clone()
     });
     assert!(r.problems.is_empty() && r.peers_programmed == 2, "{r:?}");

@@ -10,15 +10,15 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 
 use futures::future::BoxFuture;
 use weft_types::BackendKind;
 
-use super::{networks, owners_of_route, Backend, KernelBackend, Programming};
+use super::{owners_of_route, Backend, KernelBackend, Programming};
 use crate::error::{Error, Result};
 use crate::kernel::Netlink;
-use crate::model::{nexthop_id, Desired, Peer, RouteSpec};
+use crate::model::{nexthop_id, Desired, DualStack, Peer, RouteSpec};
 use crate::report::{ObjectKind, Report};
 use crate::sync::converge::{self, Pass};
 use crate::sync::iface::ExternalInterface;
@@ -35,33 +35,22 @@ pub(crate) struct HostGwBackend {
 
 impl HostGwBackend {
     /// Check that host-gw can work here; changes nothing.
-    pub(crate) fn prepare(
-        nl: Netlink,
-        ext: ExternalInterface,
-        network: Option<Ipv4Net>,
-        network6: Option<Ipv6Net>,
-    ) -> Result<HostGwBackend> {
-        if network.is_some() {
+    pub(crate) fn prepare(nl: Netlink, ext: ExternalInterface, network: DualStack) -> Result<HostGwBackend> {
+        if network.v4.is_some() {
             match ext.public_ip {
                 Some(ip) if ext.addrs.iter().any(|a| a.addr() == ip) => {}
                 Some(ip) => return Err(Error::HostGwPublicIpNotOnIface { ip: ip.into(), iface: ext.name.clone() }),
                 None => return Err(Error::NoAddress { iface: ext.name.clone() }),
             }
         }
-        if network6.is_some() {
+        if network.v6.is_some() {
             match ext.public_ipv6 {
                 Some(ip6) if ext.addrs6.iter().any(|a| a.addr() == ip6) => {}
                 Some(ip6) => return Err(Error::HostGwPublicIpNotOnIface { ip: ip6.into(), iface: ext.name.clone() }),
                 None => return Err(Error::NoAddress6 { iface: ext.name.clone() }),
             }
         }
-        Ok(HostGwBackend {
-            nl,
-            ext,
-            networks: networks(network, network6),
-            v6: network6.is_some(),
-            routes: BTreeMap::new(),
-        })
+        Ok(HostGwBackend { nl, ext, networks: network.both(), v6: network.v6.is_some(), routes: BTreeMap::new() })
     }
 
     pub(crate) fn mtu(&self) -> u32 {
@@ -119,7 +108,7 @@ impl Backend for HostGwBackend {
     }
 
     /// Nothing depends on the node's subnets but the rules (the face's).
-    fn start(&mut self, _: Option<Ipv4Net>, _: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
+    fn start(&mut self, _: DualStack) -> BoxFuture<'_, Result<()>> {
         Box::pin(async { Ok(()) })
     }
 }

@@ -28,11 +28,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::BoxFuture;
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use weft_types::BackendKind;
 
 use crate::error::{chain, Error, Result};
-use crate::model::{Desired, Peer};
+use crate::model::{Desired, DualStack, Peer};
 use crate::report::{BackendMetrics, ObjectKind, Problem, Report};
 use crate::sync::converge::{Outcome, Pass};
 
@@ -52,7 +52,7 @@ pub(crate) trait Backend: Send {
     /// The devices weft owns for this backend, and their indexes as last seen.
     fn devices(&self) -> Vec<(String, Option<u32>)>;
     /// Program what depends on the node's own subnets (devices, addresses).
-    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>>;
+    fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>>;
 }
 
 /// A kernel backend (vxlan, host-gw): a pure plan, then converge the kernel.
@@ -126,11 +126,6 @@ pub(crate) fn owners_of_route(peers: &[Peer], dst: &IpNet) -> Vec<IpNet> {
         })
         .map(Peer::id)
         .collect()
-}
-
-/// The networks weft's routes live in: the IPv4 network and/or the IPv6 one.
-pub(crate) fn networks(network: Option<Ipv4Net>, network6: Option<ipnet::Ipv6Net>) -> Vec<IpNet> {
-    network.map(IpNet::V4).into_iter().chain(network6.map(IpNet::V6)).collect()
 }
 
 /// The peers of one pass and which of them could not be programmed.

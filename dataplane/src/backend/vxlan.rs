@@ -36,10 +36,10 @@ use weft_types::{BackendKind, MacAddr, VxlanOptions};
 
 use futures::future::BoxFuture;
 
-use super::{networks, owners_of_route, Backend, KernelBackend, Programming};
+use super::{owners_of_route, Backend, KernelBackend, Programming};
 use crate::error::{chain, Error, Result};
 use crate::kernel::{Link, Netlink, VxlanSpec};
-use crate::model::{nexthop_id, vxlan6_device, vxlan_device, Desired, Peer, RouteSpec};
+use crate::model::{nexthop_id, vxlan6_device, vxlan_device, Desired, DualStack, Peer, RouteSpec};
 use crate::report::{ObjectKind, Problem, Report};
 use crate::sync::converge::{self, Pass};
 use crate::sync::device;
@@ -253,10 +253,9 @@ impl VxlanBackend {
         nl: Netlink,
         opts: VxlanOptions,
         ext: ExternalInterface,
-        network: Option<Ipv4Net>,
-        network6: Option<Ipv6Net>,
+        network: DualStack,
     ) -> Result<VxlanBackend> {
-        let v4 = match network {
+        let v4 = match network.v4 {
             None => None,
             Some(_) => {
                 let (Some(local), Some(public)) = (ext.addr, ext.public_ip) else {
@@ -266,7 +265,7 @@ impl VxlanBackend {
                 Some(Vtep::prepare(&nl, vxlan_device(opts.vni), local.addr().into(), public.into(), mtu4, &opts).await?)
             }
         };
-        let v6 = match network6 {
+        let v6 = match network.v6 {
             None => None,
             Some(_) => {
                 let (Some(local), Some(public)) = (ext.addr6, ext.public_ipv6) else {
@@ -276,7 +275,7 @@ impl VxlanBackend {
                 Some(Vtep::prepare(&nl, vxlan6_device(opts.vni), local.into(), public.into(), mtu6, &opts).await?)
             }
         };
-        Ok(VxlanBackend { nl, opts, networks: networks(network, network6), ext, v4, v6, routes: BTreeMap::new() })
+        Ok(VxlanBackend { nl, opts, networks: network.both(), ext, v4, v6, routes: BTreeMap::new() })
     }
 
     /// `{"VNI": 1, "VtepMAC": "..."}`, as flanneld publishes it (none on
@@ -309,7 +308,8 @@ impl VxlanBackend {
     }
 
     /// Create or reuse the devices and give them the subnets' addresses.
-    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+    pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
+        let (subnet, subnet6) = (subnets.v4, subnets.v6);
         if let Some(v4) = &mut self.v4 {
             let Some(s4) = subnet else { return Err(Error::Vanished { device: v4.name.clone() }) };
             v4.addr = Some(IpNet::V4(Ipv4Net::new(s4.network(), 32).expect("/32 is a valid prefix")));
@@ -463,8 +463,8 @@ impl Backend for VxlanBackend {
         VxlanBackend::devices(self)
     }
 
-    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(VxlanBackend::start(self, subnet, subnet6))
+    fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>> {
+        Box::pin(VxlanBackend::start(self, subnets))
     }
 }
 

@@ -4,26 +4,10 @@
 
 use std::net::SocketAddr;
 
-use ipnet::{Ipv4Net, Ipv6Net};
-
 use super::packet::{check_inbound, decrement_ttl, dst_of, DropReason, IcmpError, Ttl};
 use super::packet6;
 use super::table::Snapshot;
-
-/// This node's subnets: the only destinations accepted from peers (the
-/// IPv4 one unless the network is IPv6-only, the IPv6 one on dual-stack
-/// and IPv6-only networks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Local {
-    pub v4: Option<Ipv4Net>,
-    pub v6: Option<Ipv6Net>,
-}
-
-impl From<Ipv4Net> for Local {
-    fn from(v4: Ipv4Net) -> Local {
-        Local { v4: Some(v4), v6: None }
-    }
-}
+use crate::model::DualStack;
 
 /// What to do with one outbound packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,7 +53,7 @@ pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
 /// source must be inside a subnet leased to the sender (flanneld accepts
 /// anything; a leaseholder must not be able to inject packets in another
 /// node's name, or a host-local source through `accept_local`).
-pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Local) -> Result<(), DropReason> {
+pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &DualStack) -> Result<(), DropReason> {
     let Some(senders) = snap.sender_subnets(from) else {
         return Err(DropReason::UnknownSource);
     };
@@ -97,6 +81,8 @@ pub fn inbound(seg: &[u8], from: &SocketAddr, snap: &Snapshot, local: &Local) ->
 
 #[cfg(test)]
 mod tests {
+    use ipnet::Ipv4Net;
+
     use super::*;
     use crate::forward::packet::checksum;
     use crate::Peer;
@@ -134,7 +120,7 @@ mod tests {
         let mut v6 = vec![0x60u8; 40];
         assert_eq!(outbound(&mut v6, &snap), Outbound::Drop(DropReason::NotIpv4Outbound));
 
-        let local: Local = "10.244.1.0/24".parse::<Ipv4Net>().unwrap().into();
+        let local: DualStack = "10.244.1.0/24".parse::<Ipv4Net>().unwrap().into();
         let from_peer = to_peer;
         let stranger = SocketAddr::V4(SocketAddrV4::new([198, 18, 0, 9].into(), 8285));
         assert_eq!(inbound(&packet([10, 244, 1, 2], 63), &from_peer, &snap, &local), Ok(()));
@@ -165,7 +151,7 @@ mod tests {
         assert_eq!(outbound(&mut last_hop, &snap), Outbound::Reply(IcmpError::TimeExceeded, DropReason::TtlExceeded));
 
         let local =
-            Local { v4: Some("10.244.1.0/24".parse().unwrap()), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
+            DualStack { v4: Some("10.244.1.0/24".parse().unwrap()), v6: Some("fd10:244:0:1::/64".parse().unwrap()) };
         let from_peer = to_peer;
         let good = packet6("fd10:244:0:2::5", "fd10:244:0:1::2", 63, 60);
         assert_eq!(inbound(&good, &from_peer, &snap, &local), Ok(()));
@@ -177,7 +163,7 @@ mod tests {
         let elsewhere = packet6("fd10:244:0:2::5", "fd10:244:0:7::2", 63, 60);
         assert_eq!(inbound(&elsewhere, &from_peer, &snap, &local), Err(DropReason::NotForThisNode));
         // On an IPv4-only node an IPv6 datagram is what it always was: not IPv4.
-        let v4_only: Local = local.v4.unwrap().into();
+        let v4_only: DualStack = local.v4.unwrap().into();
         assert_eq!(inbound(&good, &from_peer, &snap, &v4_only), Err(DropReason::NotIpv4));
         let v4_snap = Snapshot::new(&[Peer::v4("10.244.2.0/24".parse().unwrap(), [198, 18, 0, 2].into(), None)], 8285);
         let mut p = packet6("fd10:244:0:1::2", "fd10:244:0:2::5", 64, 60);

@@ -11,9 +11,11 @@
 
 pub(crate) mod desired;
 pub(crate) mod diff;
+pub(crate) mod dual_stack;
 pub(crate) mod peer;
 
 pub(crate) use desired::{nexthop_id, Desired, NexthopSpec, RouteSpec};
+pub use dual_stack::DualStack;
 pub use peer::Peer;
 
 /// flanneld's TUN device name (udp backend).

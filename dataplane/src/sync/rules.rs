@@ -20,11 +20,12 @@
 //! `iptables -S` shows of weft's chains; each check compares again and
 //! reinstalls (a repair) when a chain, a rule or a jump went missing.
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use ipnet::IpNet;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use crate::kernel::iptables::{self, Family};
+use crate::model::DualStack;
 use crate::report::{ObjectKind, Problem, Report};
 
 pub(crate) const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
@@ -111,8 +112,7 @@ async fn observe(fam: Family, table: &str, from: &str, chain: &str) -> Result<(S
 
 /// weft's forwarding and masquerade rules, kept in place.
 pub(crate) struct Rules {
-    network: Option<Ipv4Net>,
-    network6: Option<Ipv6Net>,
+    network: DualStack,
     ip_masq: bool,
     /// (network, node subnet) per family, once started.
     nets: Vec<(IpNet, IpNet)>,
@@ -121,8 +121,8 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
-    pub(crate) fn new(network: Option<Ipv4Net>, network6: Option<Ipv6Net>, ip_masq: bool) -> Rules {
-        Rules { network, network6, ip_masq, nets: Vec::new(), installed: None }
+    pub(crate) fn new(network: DualStack, ip_masq: bool) -> Rules {
+        Rules { network, ip_masq, nets: Vec::new(), installed: None }
     }
 
     async fn observe_all(&self) -> Result<Vec<(String, bool)>> {
@@ -150,31 +150,31 @@ impl Rules {
         Ok(())
     }
 
-    /// Install the rules for `subnet` (and `subnet6`), and remove the
+    /// Install the rules for the node's `subnets`, and remove the
     /// masquerade chain of an earlier run with `--ip-masq` when it is off
     /// now, and the chains of a family the network does not have.
-    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
+    pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
         self.nets.clear();
-        if let (Some(n4), Some(s4)) = (self.network, subnet) {
+        if let (Some(n4), Some(s4)) = (self.network.v4, subnets.v4) {
             self.nets.push((n4.into(), s4.into()));
         }
-        if let (Some(n6), Some(s6)) = (self.network6, subnet6) {
+        if let (Some(n6), Some(s6)) = (self.network.v6, subnets.v6) {
             self.nets.push((n6.into(), s6.into()));
         }
         for (table, chain, from) in LEGACY {
             remove_chain(Family::V4, table, from, chain).await?;
         }
-        if !self.ip_masq || self.network.is_none() {
+        if !self.ip_masq || self.network.v4.is_none() {
             remove_chain(Family::V4, "nat", "POSTROUTING", NAT_CHAIN).await?;
         }
-        if self.network.is_none() {
+        if self.network.v4.is_none() {
             remove_chain(Family::V4, "filter", "FORWARD", FWD_CHAIN).await?;
         }
-        if !self.ip_masq || self.network6.is_none() {
+        if !self.ip_masq || self.network.v6.is_none() {
             // ip6tables may be missing on an IPv4-only host: nothing to remove then.
             let _ = remove_chain(Family::V6, "nat", "POSTROUTING", NAT_CHAIN).await;
         }
-        if self.network6.is_none() {
+        if self.network.v6.is_none() {
             let _ = remove_chain(Family::V6, "filter", "FORWARD", FWD_CHAIN).await;
         }
         self.apply().await?;

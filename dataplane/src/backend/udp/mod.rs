@@ -59,11 +59,10 @@ use super::userspace::socket::queue_count;
 use super::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
 use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
-use crate::forward::decide::Local;
 use crate::forward::stats::Stats;
 use crate::forward::table::{RouteTable, Snapshot};
 use crate::kernel::Netlink;
-use crate::model::{Peer, TUN_NAME};
+use crate::model::{DualStack, Peer, TUN_NAME};
 use crate::report::{BackendMetrics, Problem, Report};
 use crate::sync::converge;
 use crate::sync::iface::ExternalInterface;
@@ -79,10 +78,9 @@ pub(crate) struct UdpBackend {
     nl: Netlink,
     opts: UdpOptions,
     ext: ExternalInterface,
-    /// The IPv4 pod network (none on IPv6-only networks).
-    network: Option<Ipv4Net>,
-    /// The IPv6 pod network, on dual-stack and IPv6-only networks.
-    network6: Option<Ipv6Net>,
+    /// The pod network (no IPv4 part on IPv6-only networks, an IPv6 part
+    /// on dual-stack and IPv6-only networks).
+    network: DualStack,
     /// This node's `PublicIPv6` when pod IPv6 travels over an IPv6
     /// underlay (a network with IPv6, and the node has one).
     underlay6: Option<Ipv6Addr>,
@@ -92,8 +90,7 @@ pub(crate) struct UdpBackend {
     fwd: Forwarder,
     /// Whether `start` ran: the subnets below are this node's.
     started: bool,
-    subnet: Option<Ipv4Net>,
-    subnet6: Option<Ipv6Net>,
+    subnets: DualStack,
     wake: Arc<Notify>,
 }
 
@@ -104,15 +101,14 @@ impl UdpBackend {
         nl: Netlink,
         opts: UdpOptions,
         ext: ExternalInterface,
-        network: Option<Ipv4Net>,
-        network6: Option<Ipv6Net>,
+        network: DualStack,
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
         // With `LatencyLane`, one more queue after the bulk ones: the lane.
         let queues = queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
         // On a dual-stack network with a public IPv6 address, one socket per
         // queue for both families, on [::]; else on the IPv4 public address.
-        let underlay6 = ext.public_ipv6.filter(|_| network6.is_some());
+        let underlay6 = ext.public_ipv6.filter(|_| network.v6.is_some());
         let addr = match (underlay6, ext.public_ip) {
             (Some(_), _) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.port)),
             (None, Some(ip)) => SocketAddr::V4(SocketAddrV4::new(ip, opts.port)),
@@ -134,14 +130,12 @@ impl UdpBackend {
             opts,
             ext,
             network,
-            network6,
             underlay6,
             table: RouteTable::new(),
             stats: Arc::default(),
             fwd,
             started: false,
-            subnet: None,
-            subnet6: None,
+            subnets: DualStack::default(),
             wake,
         })
     }
@@ -157,18 +151,12 @@ impl UdpBackend {
     /// Remove stale routes of an earlier kernel-backend run and set up the
     /// device. Forwarding starts at the first reconcile, once the route
     /// table is loaded.
-    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.subnet = subnet.filter(|_| self.network.is_some());
-        self.subnet6 = subnet6.filter(|_| self.network6.is_some());
+    pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
+        self.subnets = subnets.within(self.network);
         self.started = true;
-        let o = converge::routes(
-            &self.nl,
-            &crate::backend::networks(self.network, self.network6),
-            &BTreeMap::new(),
-            &BTreeMap::new(),
-            converge::Pass::Full,
-        )
-        .await?;
+        let o =
+            converge::routes(&self.nl, &self.network.both(), &BTreeMap::new(), &BTreeMap::new(), converge::Pass::Full)
+                .await?;
         if let Some((dst, e)) = o.failed.first() {
             warn!("could not remove the stale route to {dst}: {}", chain(e));
         }
@@ -179,10 +167,10 @@ impl UdpBackend {
     /// so that the kernel routes the whole network into it.
     async fn ensure_device(&mut self, report: &mut Report) -> Result<()> {
         let mut addrs: Vec<IpNet> = Vec::new();
-        if let (Some(n4), Some(s4)) = (self.network, self.subnet) {
+        if let (Some(n4), Some(s4)) = (self.network.v4, self.subnets.v4) {
             addrs.push(Ipv4Net::new(s4.network(), n4.prefix_len()).expect("network prefix is valid").into());
         }
-        if let (Some(n6), Some(s6)) = (self.network6, self.subnet6) {
+        if let (Some(n6), Some(s6)) = (self.network.v6, self.subnets.v6) {
             addrs.push(Ipv6Net::new(s6.network(), n6.prefix_len()).expect("network prefix is valid").into());
         }
         let networks: Vec<IpNet> = addrs.iter().map(IpNet::trunc).collect();
@@ -210,9 +198,9 @@ impl UdpBackend {
         let shared = Shared {
             table: self.table.clone(),
             stats: self.stats.clone(),
-            local: Local { v4: self.subnet, v6: self.subnet6 },
-            icmp_from: self.subnet.map(|s| s.network()),
-            icmp_from6: self.subnet6.map(|s| s.network()),
+            local: self.subnets,
+            icmp_from: self.subnets.v4.map(|s| s.network()),
+            icmp_from6: self.subnets.v6.map(|s| s.network()),
             send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
             vnet_hdr: self.fwd.vnet_hdr(),
         };
@@ -307,8 +295,8 @@ impl Backend for UdpBackend {
         UdpBackend::devices(self)
     }
 
-    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(UdpBackend::start(self, subnet, subnet6))
+    fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>> {
+        Box::pin(UdpBackend::start(self, subnets))
     }
 }
 

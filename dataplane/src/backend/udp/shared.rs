@@ -4,9 +4,9 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::forward::decide::Local;
 use crate::forward::stats::Stats;
 use crate::forward::table::RouteTable;
+use crate::model::DualStack;
 
 /// What every forwarding thread shares.
 #[derive(Clone)]
@@ -14,7 +14,7 @@ pub(crate) struct Shared {
     pub(crate) table: Arc<RouteTable>,
     pub(crate) stats: Arc<Stats>,
     /// This node's subnets: the only destinations accepted from peers.
-    pub(crate) local: Local,
+    pub(crate) local: DualStack,
     /// Source address of the ICMP errors weft sends (the TUN address).
     pub(crate) icmp_from: Option<Ipv4Addr>,
     /// Source address of the ICMPv6 errors (the TUN's IPv6 address).

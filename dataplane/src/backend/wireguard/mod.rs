@@ -65,7 +65,7 @@ use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
 use crate::forward::wg::Key;
 use crate::kernel::Netlink;
-use crate::model::{Peer, WG6_NAME, WG_NAME};
+use crate::model::{DualStack, Peer, WG6_NAME, WG_NAME};
 use crate::report::{BackendMetrics, Problem, Report};
 use crate::sync::iface::ExternalInterface;
 use plan::Layout;
@@ -88,8 +88,8 @@ pub(crate) struct WgBackend {
     /// `flannel-wg-v6` (IPv6 pods over the IPv6 underlay), on dual-stack
     /// networks.
     v6: Option<Tunnel>,
-    subnet: Option<Ipv4Net>,
-    subnet6: Option<Ipv6Net>,
+    /// This node's subnets, once started.
+    subnets: DualStack,
     wake: Arc<Notify>,
 }
 
@@ -100,13 +100,13 @@ impl WgBackend {
         nl: Netlink,
         opts: WireguardOptions,
         ext: ExternalInterface,
-        network: Option<Ipv4Net>,
-        network6: Option<Ipv6Net>,
+        network: DualStack,
         wake: Arc<Notify>,
     ) -> Result<WgBackend> {
+        let network6 = network.v6;
         // The config refuses an IPv6-only wireguard network; this is the
         // same rule for a caller that did not parse one.
-        let (Some(network), Some(public_ip)) = (network, ext.public_ip) else {
+        let (Some(network), Some(public_ip)) = (network.v4, ext.public_ip) else {
             return Err(Error::Unsupported {
                 backend: "wireguard",
                 reason: "IPv6-only networks (EnableIPv4 false) are not supported yet; use udp, vxlan or host-gw".into(),
@@ -150,8 +150,7 @@ impl WgBackend {
             mtu,
             v4,
             v6,
-            subnet: None,
-            subnet6: None,
+            subnets: DualStack::default(),
             wake,
         })
     }
@@ -182,17 +181,16 @@ impl WgBackend {
     }
 
     /// Set up the device(s); forwarding starts at the first reconcile.
-    pub(crate) async fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> Result<()> {
-        self.subnet = subnet;
-        self.subnet6 = subnet6.filter(|_| self.network6.is_some());
+    pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
+        self.subnets = DualStack::new(subnets.v4, subnets.v6.filter(|_| self.network6.is_some()));
         self.ensure_devices(&mut Report::default()).await
     }
 
     async fn ensure_devices(&mut self, report: &mut Report) -> Result<()> {
-        let Some(subnet) = self.subnet else { return Ok(()) };
+        let Some(subnet) = self.subnets.v4 else { return Ok(()) };
         let mut addrs = vec![IpNet::V4(Ipv4Net::new(subnet.network(), 32).expect("/32 is valid"))];
         let mut networks = vec![IpNet::V4(self.network)];
-        let v6 = match (self.subnet6, self.network6) {
+        let v6 = match (self.subnets.v6, self.network6) {
             (Some(s6), Some(n6)) => {
                 Some((IpNet::V6(Ipv6Net::new(s6.network(), 128).expect("/128 is valid")), IpNet::V6(n6)))
             }
@@ -228,7 +226,7 @@ impl WgBackend {
         if let (Some(t), Some(v6)) = (&mut self.v6, plan.v6) {
             t.set_peers(v6, &self.opts, report);
         }
-        if self.subnet.is_none() {
+        if self.subnets.v4.is_none() {
             report.problem(Problem::NotStarted { backend: BackendKind::Wireguard });
             return;
         }
@@ -332,8 +330,8 @@ impl Backend for WgBackend {
         WgBackend::devices(self)
     }
 
-    fn start(&mut self, subnet: Option<Ipv4Net>, subnet6: Option<Ipv6Net>) -> BoxFuture<'_, Result<()>> {
-        Box::pin(WgBackend::start(self, subnet, subnet6))
+    fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>> {
+        Box::pin(WgBackend::start(self, subnets))
     }
 }
 
