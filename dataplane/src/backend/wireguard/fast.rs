@@ -23,11 +23,11 @@ use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::handshake::{is_handshake, post, Inbox};
+use super::handshake::{admit, Inbox};
 use super::state::{lock, WgShared};
 use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_runs, CHUNK};
 use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
-use crate::forward::wg::{received, Incoming, Received, WgDrop};
+use crate::forward::wg::{received, Received, WgDrop};
 
 /// The largest data message that carries `len` bytes of packet: header
 /// (16), the packet padded to 16 bytes (the protocol allows it; boringtun
@@ -275,18 +275,7 @@ impl FastRx {
             self.bulk |= stride < len;
             for at in (0..len).step_by(stride) {
                 let dg = &self.rx[base + at..base + (at + stride).min(len)];
-                if is_handshake(dg.first().copied().unwrap_or(0)) {
-                    post(inbox, shared, dg, from);
-                    continue;
-                }
-                let index = match set.table.classify(dg, &shared.private, &shared.public) {
-                    Incoming::Peer(i) => i,
-                    Incoming::Drop(reason) => {
-                        shared.stats.drop(reason);
-                        continue;
-                    }
-                };
-                let Some(peer) = set.states.get(&index) else { continue };
+                let Some((index, peer)) = admit(dg, from, &set, shared, inbox) else { continue };
                 // A packet larger than a slot (a peer with a larger MTU)
                 // goes in the spare space after the slots.
                 let k = self.segs.len();

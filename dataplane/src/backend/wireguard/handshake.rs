@@ -8,12 +8,13 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::TunnResult;
 use tokio::sync::Notify;
 
-use super::state::{lock, WgShared};
+use super::state::{lock, PeerSet, PeerState, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{ErrorLog, Exit, StopSignal};
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
@@ -44,6 +45,30 @@ pub(crate) fn is_handshake(kind: u8) -> bool {
 pub(crate) fn post(inbox: &Inbox, shared: &WgShared, datagram: &[u8], from: SocketAddr) {
     if inbox.try_send((datagram.to_vec(), from)).is_err() {
         shared.stats.drop(WgDrop::UnderLoad);
+    }
+}
+
+/// The first look at a datagram from the network, on either receive path:
+/// a handshake message goes to the handshake thread; a data message from a
+/// known peer returns that peer (its receiver index and state); anything
+/// else is counted as dropped.
+pub(crate) fn admit<'s>(
+    datagram: &[u8],
+    from: SocketAddr,
+    set: &'s PeerSet,
+    shared: &WgShared,
+    inbox: &Inbox,
+) -> Option<(u32, &'s Arc<PeerState>)> {
+    if is_handshake(datagram.first().copied().unwrap_or(0)) {
+        post(inbox, shared, datagram, from);
+        return None;
+    }
+    match set.table.classify(datagram, &shared.private, &shared.public) {
+        Incoming::Peer(i) => set.states.get(&i).map(|s| (i, s)),
+        Incoming::Drop(reason) => {
+            shared.stats.drop(reason);
+            None
+        }
     }
 }
 

@@ -9,11 +9,11 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::SyncDevice;
 
-use super::handshake::{is_handshake, post, Inbox};
+use super::handshake::{admit, Inbox};
 use super::state::{lock, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
-use crate::forward::wg::{received, Incoming, Received, WgDrop};
+use crate::forward::wg::{received, Received, WgDrop};
 
 /// Largest packet or datagram, and what encryption adds at most.
 const MAX_PACKET: usize = 65535;
@@ -102,19 +102,8 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
             Err(exit) => return exit,
         };
         let datagram = &dg[..n];
-        if is_handshake(datagram.first().copied().unwrap_or(0)) {
-            post(inbox, shared, datagram, from);
-            continue;
-        }
         let set = shared.peers.load();
-        let index = match set.table.classify(datagram, &shared.private, &shared.public) {
-            Incoming::Peer(i) => i,
-            Incoming::Drop(reason) => {
-                shared.stats.drop(reason);
-                continue;
-            }
-        };
-        let Some(state) = set.states.get(&index) else { continue };
+        let Some((index, state)) = admit(datagram, from, &set, shared, inbox) else { continue };
         let verdict = {
             let result = lock(&state.tunn).decapsulate(Some(from.ip()), datagram, &mut out);
             received(&set.table, index, &result)
