@@ -90,6 +90,9 @@ pub enum WgDrop {
     NoSession,
     /// Under handshake load: answered with a cookie instead.
     UnderLoad,
+    /// A handshake message that passed its checks, but the handshake
+    /// thread's queue was full.
+    InboxFull,
     /// A decrypted packet whose source is outside the sender's AllowedIPs.
     SpoofedSource,
     /// A decrypted packet that is neither IPv4 nor IPv6.
@@ -101,13 +104,14 @@ pub enum WgDrop {
 }
 
 impl WgDrop {
-    pub const ALL: [WgDrop; 10] = [
+    pub const ALL: [WgDrop; 11] = [
         WgDrop::Malformed,
         WgDrop::UnknownPeer,
         WgDrop::Authentication,
         WgDrop::Replay,
         WgDrop::NoSession,
         WgDrop::UnderLoad,
+        WgDrop::InboxFull,
         WgDrop::SpoofedSource,
         WgDrop::NotIp,
         WgDrop::NoRoute,
@@ -123,6 +127,7 @@ impl WgDrop {
             WgDrop::Replay => "replay",
             WgDrop::NoSession => "no_session",
             WgDrop::UnderLoad => "under_load",
+            WgDrop::InboxFull => "inbox_full",
             WgDrop::SpoofedSource => "spoofed_source",
             WgDrop::NotIp => "not_ip",
             WgDrop::NoRoute => "no_route",

@@ -23,7 +23,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::handshake::{admit, Inbox};
+use super::handshake::{admit, Inbox, Replies};
 use super::state::{lock, WgShared};
 use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_runs, CHUNK};
 use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
@@ -219,6 +219,8 @@ pub(crate) struct FastRx {
     recvs: ErrorLog,
     sends: ErrorLog,
     writes: ErrorLog,
+    /// A cookie reply being sent (under handshake load).
+    cookie: [u8; 64],
     sock: Arc<UdpSocket>,
     state: Arc<UdpSocketState>,
 }
@@ -244,6 +246,7 @@ impl FastRx {
             recvs: ErrorLog::new("receiving WireGuard datagrams"),
             sends: ErrorLog::new("sending WireGuard datagrams"),
             writes: ErrorLog::new("writing to flannel-wg"),
+            cookie: [0; 64],
             sock,
             state,
         }
@@ -275,7 +278,8 @@ impl FastRx {
             self.bulk |= stride < len;
             for at in (0..len).step_by(stride) {
                 let dg = &self.rx[base + at..base + (at + stride).min(len)];
-                let Some((index, peer)) = admit(dg, from, &set, shared, inbox) else { continue };
+                let mut replies = Replies { sock, buf: &mut self.cookie, sends: &mut self.sends };
+                let Some((index, peer)) = admit(dg, from, &set, shared, inbox, &mut replies) else { continue };
                 // A packet larger than a slot (a peer with a larger MTU)
                 // goes in the spare space after the slots.
                 let k = self.segs.len();

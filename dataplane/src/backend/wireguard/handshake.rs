@@ -4,14 +4,26 @@
 //! protocol's timers run here too: retransmitted and new handshakes,
 //! keepalives, a handshake with every peer without a fresh session, and the
 //! handshake limiter's reset each second.
+//!
+//! What reaches the thread is checked first, on the RX thread, cheaply:
+//! the exact size of its type, and for initiations and responses the mac1
+//! that only a sender knowing this node's public key can compute
+//! ([`admit`]). Under load (more handshake messages a second than the
+//! limiter allows) an initiation or response must also carry a valid mac2,
+//! proof that its sender receives at its source address; one without it is
+//! answered with a cookie reply, as the protocol prescribes, and goes no
+//! further. So a flood of junk costs a BLAKE2s each and never queues. What
+//! passes waits in a bounded [`Inbox`] of fixed-size slots, where answers
+//! to this node's own initiations (responses, cookie replies) go before
+//! new initiations from peers.
 
+use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::TunnResult;
+use boringtun::noise::{Tunn, TunnResult};
 use tokio::sync::Notify;
 
 use super::state::{lock, PeerSet, PeerState, WgShared};
@@ -27,66 +39,147 @@ const POLL: Duration = Duration::from_millis(50);
 /// is always ready and a peer that stops answering is noticed
 /// (WireGuard's REKEY_AFTER_TIME).
 const KEEP_SESSION: Duration = Duration::from_secs(120);
-/// Handshake messages waiting for the thread, at most; more are dropped
-/// (counted as `under_load`), as a flood must not grow memory.
-pub(crate) const INBOX: usize = 1024;
+/// Initiations waiting for the thread, at most; more are dropped (counted
+/// as `inbox_full`), as a flood must not grow memory.
+const INITIATIONS: usize = 1024;
+/// Responses and cookie replies waiting, at most.
+const ANSWERS: usize = 256;
 /// Largest datagram.
 const MAX_DATAGRAM: usize = 65535 + 256;
+/// The largest handshake message: an initiation.
+const MAX_HANDSHAKE: usize = 148;
 
-/// Where the RX thread hands handshake messages.
-pub(crate) type Inbox = SyncSender<(Vec<u8>, SocketAddr)>;
-
-/// Whether a message type is a handshake message (for this thread).
-pub(crate) fn is_handshake(kind: u8) -> bool {
-    matches!(kind, 1..=3)
+/// One handshake message in a fixed-size slot.
+#[derive(Clone, Copy)]
+pub(crate) struct Message {
+    buf: [u8; MAX_HANDSHAKE],
+    len: usize,
+    from: SocketAddr,
 }
 
-/// Hand a handshake message over; a full inbox drops it.
-pub(crate) fn post(inbox: &Inbox, shared: &WgShared, datagram: &[u8], from: SocketAddr) {
-    if inbox.try_send((datagram.to_vec(), from)).is_err() {
-        shared.stats.drop(WgDrop::UnderLoad);
+impl Message {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 
+#[derive(Default)]
+struct Queues {
+    /// Responses and cookie replies: answers to this node's initiations.
+    answers: VecDeque<Message>,
+    initiations: VecDeque<Message>,
+}
+
+/// Where the RX threads hand handshake messages to the handshake thread:
+/// two bounded queues of fixed-size slots, allocated once.
+pub(crate) struct Inbox {
+    queues: Mutex<Queues>,
+    ready: Condvar,
+}
+
+impl Inbox {
+    pub(crate) fn new() -> Arc<Inbox> {
+        Arc::new(Inbox {
+            queues: Mutex::new(Queues {
+                answers: VecDeque::with_capacity(ANSWERS),
+                initiations: VecDeque::with_capacity(INITIATIONS),
+            }),
+            ready: Condvar::new(),
+        })
+    }
+
+    /// Queue `datagram` (at most [`MAX_HANDSHAKE`] bytes, checked by
+    /// [`admit`]); `false` when its queue is full.
+    fn post(&self, datagram: &[u8], from: SocketAddr) -> bool {
+        let mut m = Message { buf: [0; MAX_HANDSHAKE], len: datagram.len().min(MAX_HANDSHAKE), from };
+        m.buf[..m.len].copy_from_slice(&datagram[..m.len]);
+        let Ok(mut q) = self.queues.lock() else { return false };
+        let (queue, cap) =
+            if datagram.first() == Some(&1) { (&mut q.initiations, INITIATIONS) } else { (&mut q.answers, ANSWERS) };
+        if queue.len() >= cap {
+            return false;
+        }
+        queue.push_back(m);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next message, answers first; `None` after `wait` without one.
+    fn next(&self, wait: Duration) -> Option<Message> {
+        let q = self.queues.lock().ok()?;
+        let (mut q, _) =
+            self.ready.wait_timeout_while(q, wait, |q| q.answers.is_empty() && q.initiations.is_empty()).ok()?;
+        q.answers.pop_front().or_else(|| q.initiations.pop_front())
+    }
+}
+
+/// How an RX thread answers with a cookie reply: its socket, a buffer for
+/// the reply, its send error log.
+pub(crate) struct Replies<'a> {
+    pub(crate) sock: &'a UdpSocket,
+    pub(crate) buf: &'a mut [u8; 64],
+    pub(crate) sends: &'a mut ErrorLog,
+}
+
 /// The first look at a datagram from the network, on either receive path:
-/// a handshake message goes to the handshake thread; a data message from a
-/// known peer returns that peer (its receiver index and state); anything
-/// else is counted as dropped.
+/// a handshake message of the right size (and, for initiations and
+/// responses, a valid mac1, and a valid mac2 under load) goes to the
+/// handshake thread; under load one without mac2 is answered with a cookie
+/// reply (`cookie`: a buffer for it); a data message from a known peer
+/// returns that peer (its receiver index and state); anything else is
+/// counted as dropped.
 pub(crate) fn admit<'s>(
     datagram: &[u8],
     from: SocketAddr,
     set: &'s PeerSet,
     shared: &WgShared,
     inbox: &Inbox,
+    replies: &mut Replies<'_>,
 ) -> Option<(u32, &'s Arc<PeerState>)> {
-    if is_handshake(datagram.first().copied().unwrap_or(0)) {
-        post(inbox, shared, datagram, from);
-        return None;
-    }
-    match set.table.classify(datagram, &shared.private, &shared.public) {
-        Incoming::Peer(i) => set.states.get(&i).map(|s| (i, s)),
-        Incoming::Drop(reason) => {
-            shared.stats.drop(reason);
+    match datagram.first() {
+        Some(1..=2) => {
+            match shared.limiter.verify_packet(Some(from.ip()), datagram, replies.buf) {
+                Ok(_) => {
+                    if !inbox.post(datagram, from) {
+                        shared.stats.drop(WgDrop::InboxFull);
+                    }
+                }
+                Err(TunnResult::WriteToNetwork(reply)) => {
+                    shared.stats.drop(WgDrop::UnderLoad);
+                    send_one(replies.sock, reply, from, replies.sends);
+                }
+                Err(TunnResult::Err(e)) => shared.stats.drop(WgDrop::from_error(&e)),
+                Err(_) => shared.stats.drop(WgDrop::Other),
+            }
             None
         }
+        Some(3) => {
+            match Tunn::parse_incoming_packet(datagram) {
+                Ok(_) if inbox.post(datagram, from) => {}
+                Ok(_) => shared.stats.drop(WgDrop::InboxFull),
+                Err(e) => shared.stats.drop(WgDrop::from_error(&e)),
+            }
+            None
+        }
+        _ => match set.table.classify(datagram, &shared.private, &shared.public) {
+            Incoming::Peer(i) => set.states.get(&i).map(|s| (i, s)),
+            Incoming::Drop(reason) => {
+                shared.stats.drop(reason);
+                None
+            }
+        },
     }
 }
 
 /// The thread's body: handshake messages as they come, the timers every
 /// [`TICK`].
-pub(crate) fn run(
-    sock: &UdpSocket,
-    shared: &WgShared,
-    inbox: &Receiver<(Vec<u8>, SocketAddr)>,
-    wake: &Notify,
-    stop: &StopSignal,
-) -> Exit {
+pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Notify, stop: &StopSignal) -> Exit {
     let mut h = Handshaker {
         sock,
         shared,
         wake,
         out: vec![0u8; MAX_DATAGRAM],
-        cookie: [0u8; 64],
         sends: ErrorLog::new("sending WireGuard handshakes"),
     };
     let (mut ticked, mut reset) = (Instant::now(), Instant::now());
@@ -94,11 +187,8 @@ pub(crate) fn run(
         if stop.fired() {
             return Exit::Stopped;
         }
-        match inbox.recv_timeout(POLL) {
-            Ok((datagram, from)) => h.handle(&datagram, from),
-            Err(RecvTimeoutError::Timeout) => {}
-            // The RX thread ended: its own exit says why.
-            Err(RecvTimeoutError::Disconnected) => return Exit::Stopped,
+        if let Some(m) = inbox.next(POLL) {
+            h.handle(m.bytes(), m.from);
         }
         if reset.elapsed() >= Duration::from_secs(1) {
             shared.limiter.reset_count();
@@ -118,30 +208,15 @@ struct Handshaker<'a> {
     /// Rung when a peer's first handshake completes (it may make the node ready).
     wake: &'a Notify,
     out: Vec<u8>,
-    cookie: [u8; 64],
     sends: ErrorLog,
 }
 
 impl Handshaker<'_> {
     /// One handshake message from `from`.
     fn handle(&mut self, datagram: &[u8], from: SocketAddr) {
-        let Handshaker { sock, shared, wake, out, cookie, sends } = self;
+        let Handshaker { sock, shared, wake, out, sends } = self;
         let (sock, shared, wake) = (*sock, *shared, *wake);
         let kind = datagram[0];
-        // An initiation costs Diffie-Hellman to open: its MAC (and, under
-        // load, its cookie) is checked first, cheaply.
-        if kind == 1 {
-            match shared.limiter.verify_packet(Some(from.ip()), datagram, cookie) {
-                Ok(_) => {}
-                Err(TunnResult::WriteToNetwork(reply)) => {
-                    shared.stats.drop(WgDrop::UnderLoad);
-                    send_one(sock, reply, from, sends);
-                    return;
-                }
-                Err(TunnResult::Err(e)) => return shared.stats.drop(WgDrop::from_error(&e)),
-                Err(_) => return,
-            }
-        }
         let set = shared.peers.load();
         let index = match set.table.classify(datagram, &shared.private, &shared.public) {
             Incoming::Peer(i) => i,
@@ -193,5 +268,102 @@ impl Handshaker<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use boringtun::x25519::{PublicKey, StaticSecret};
+
+    use super::*;
+
+    fn from(n: u8) -> SocketAddr {
+        SocketAddr::from(([198, 18, 0, n], 51820))
+    }
+
+    fn message(kind: u8, len: usize) -> Vec<u8> {
+        let mut m = vec![0u8; len];
+        m[0] = kind;
+        m
+    }
+
+    #[test]
+    fn answers_go_before_initiations_and_a_full_queue_refuses() {
+        let inbox = Inbox::new();
+        assert!(inbox.post(&message(1, 148), from(1)));
+        assert!(inbox.post(&message(2, 92), from(2)));
+        assert!(inbox.post(&message(3, 64), from(3)));
+        let order: Vec<u8> = (0..3).map(|_| inbox.next(POLL).unwrap().bytes()[0]).collect();
+        assert_eq!(order, [2, 3, 1], "responses and cookie replies first");
+        assert!(inbox.next(Duration::from_millis(1)).is_none());
+        for _ in 0..INITIATIONS {
+            assert!(inbox.post(&message(1, 148), from(1)));
+        }
+        assert!(!inbox.post(&message(1, 148), from(1)), "initiations beyond the bound are refused");
+        assert!(inbox.post(&message(2, 92), from(2)), "and do not crowd out answers");
+    }
+
+    /// What `admit` does with one datagram: whether it was queued, and the
+    /// drops it counted.
+    fn admit_one(shared: &WgShared, inbox: &Inbox, datagram: &[u8]) -> (bool, Vec<(&'static str, u64)>) {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (mut buf, mut sends) = ([0u8; 64], ErrorLog::new("test"));
+        let queued = || {
+            let q = inbox.queues.lock().unwrap();
+            q.initiations.len() + q.answers.len()
+        };
+        let before = queued();
+        let set = PeerSet::default();
+        let mut replies = Replies { sock: &sock, buf: &mut buf, sends: &mut sends };
+        assert!(admit(datagram, from(9), &set, shared, inbox, &mut replies).is_none());
+        (queued() > before, shared.stats.counts())
+    }
+
+    fn initiation_to(node: &StaticSecret) -> Vec<u8> {
+        let mut t =
+            Tunn::new(StaticSecret::random_from_rng(rand_core::OsRng), PublicKey::from(node), None, None, 7, None);
+        let mut out = [0u8; 256];
+        match t.format_handshake_initiation(&mut out, false) {
+            TunnResult::WriteToNetwork(m) => m.to_vec(),
+            _ => panic!("no initiation"),
+        }
+    }
+
+    #[test]
+    fn junk_never_queues_and_a_real_initiation_does() {
+        let node = StaticSecret::random_from_rng(rand_core::OsRng);
+        let shared = WgShared::new(node.clone());
+        let inbox = Inbox::new();
+        // An initiation's type and size, made-up content: no valid mac1.
+        let mut junk = message(1, 148);
+        junk[4..].iter_mut().enumerate().for_each(|(i, b)| *b = (i * 7) as u8);
+        let (queued, drops) = admit_one(&shared, &inbox, &junk);
+        assert!(!queued);
+        assert!(drops.contains(&("authentication", 1)), "{drops:?}");
+        // Sizes no handshake message has.
+        for (kind, len) in [(1, 147), (1, 1400), (2, 148), (3, 65)] {
+            assert!(!admit_one(&shared, &inbox, &message(kind, len)).0, "type {kind}, {len} bytes");
+        }
+        let (_, drops) = admit_one(&shared, &inbox, &[]);
+        assert!(drops.contains(&("malformed", 5)), "{drops:?}");
+        // An initiation made for this node's key passes (whoever made it:
+        // the handshake thread decides who may).
+        let (queued, drops) = admit_one(&shared, &inbox, &initiation_to(&node));
+        assert!(queued, "{drops:?}");
+        assert!(drops.iter().all(|(r, _)| *r != "under_load" && *r != "inbox_full"), "{drops:?}");
+    }
+
+    #[test]
+    fn under_load_an_initiation_without_a_cookie_is_answered_with_one() {
+        let node = StaticSecret::random_from_rng(rand_core::OsRng);
+        let shared = WgShared::new(node.clone());
+        let inbox = Inbox::new();
+        let init = initiation_to(&node);
+        let answered = (0..300).filter(|_| !admit_one(&shared, &inbox, &init).0).count();
+        let drops = shared.stats.counts();
+        assert!(answered > 0, "past the limit some are answered with a cookie: {drops:?}");
+        let under_load = drops.iter().find(|(r, _)| *r == "under_load").map_or(0, |(_, n)| *n);
+        assert_eq!(under_load as usize, answered, "each counted as under_load: {drops:?}");
+        assert!(answered < 300, "the first ones under the limit are queued");
     }
 }

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::SyncDevice;
 
-use super::handshake::{admit, Inbox};
+use super::handshake::{admit, Inbox, Replies};
 use super::state::{lock, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
@@ -95,6 +95,7 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
     let mut out = vec![0u8; MAX_PACKET + OVERHEAD];
     let mut reads = ErrorLog::new("receiving WireGuard datagrams");
     let mut sends = ErrorLog::new("sending WireGuard datagrams");
+    let mut cookie = [0u8; 64];
     let mut writes = ErrorLog::new("writing to flannel-wg");
     loop {
         let (n, from) = match next(sock.as_raw_fd(), &mut reads, stop, || sock.recv_from(&mut dg)) {
@@ -103,7 +104,8 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
         };
         let datagram = &dg[..n];
         let set = shared.peers.load();
-        let Some((index, state)) = admit(datagram, from, &set, shared, inbox) else { continue };
+        let mut replies = Replies { sock, buf: &mut cookie, sends: &mut sends };
+        let Some((index, state)) = admit(datagram, from, &set, shared, inbox, &mut replies) else { continue };
         let verdict = {
             let result = lock(&state.tunn).decapsulate(Some(from.ip()), datagram, &mut out);
             received(&set.table, index, &result)

@@ -54,6 +54,16 @@ impl WgStats {
     pub(crate) fn drop(&self, reason: WgDrop) {
         self.drops[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
+
+    /// The drops counted so far, by reason (those not zero).
+    #[cfg(test)]
+    pub(crate) fn counts(&self) -> Vec<(&'static str, u64)> {
+        WgDrop::ALL
+            .iter()
+            .map(|r| (r.as_str(), self.drops[*r as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
 }
 
 /// What the threads share.
@@ -61,7 +71,13 @@ pub(crate) struct WgShared {
     pub(crate) peers: ArcSwap<PeerSet>,
     pub(crate) private: StaticSecret,
     pub(crate) public: PublicKey,
+    /// Handshake messages a second before cookies are asked for; the RX
+    /// threads check every one against it ([`super::handshake::admit`]).
     pub(crate) limiter: Arc<RateLimiter>,
+    /// The limiter each peer's protocol state checks again when it opens a
+    /// message: it never reports load (the RX thread did the limiting),
+    /// so a message is counted once.
+    checked: Arc<RateLimiter>,
     pub(crate) stats: WgStats,
 }
 
@@ -71,6 +87,7 @@ impl WgShared {
         WgShared {
             peers: ArcSwap::default(),
             limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            checked: Arc::new(RateLimiter::new(&public, u64::MAX)),
             private,
             public,
             stats: WgStats::default(),
@@ -85,7 +102,7 @@ impl WgShared {
             psk,
             (keepalive > 0).then_some(keepalive),
             peer.index,
-            Some(self.limiter.clone()),
+            Some(self.checked.clone()),
         )
     }
 }

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
 use super::fast::{FastRx, FastTx};
-use super::handshake::{self, Inbox, INBOX};
+use super::handshake::{self, Inbox};
 use super::plain;
 use super::state::WgShared;
 use crate::backend::userspace::duty::{Duty, BULK_QUIET};
@@ -32,7 +32,7 @@ impl TunReader for FastTx {
 /// The TX and RX bodies of one queue; with the socket's GSO/GRO state (on
 /// a TUN device with virtio-net headers) on the offload path
 /// ([`super::fast`]), else one packet per system call.
-fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Inbox) -> io::Result<(Body, Body)> {
+fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Arc<Inbox>) -> io::Result<(Body, Body)> {
     let (dev, sock) = (q.dev.clone(), q.sock.clone());
     Ok(match q.state.clone() {
         Some(state) => {
@@ -82,16 +82,15 @@ fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Inbox) ->
 /// the first queue's socket); `wake` is notified when any ends.
 pub(crate) fn start(queues: &[Queue], mtu: usize, shared: &Arc<WgShared>, wake: &Arc<Notify>) -> io::Result<ThreadSet> {
     let mut set = ThreadSet::new(wake)?;
-    let (inbox, handshakes) = std::sync::mpsc::sync_channel(INBOX);
+    let inbox = Inbox::new();
     for (i, q) in queues.iter().enumerate() {
         let (tx, rx) = queue_bodies(q, mtu, shared, &inbox)?;
         set.spawn(format!("weft-wg-tx-{i}"), i, Priority::Normal, tx)?;
         set.spawn(format!("weft-wg-rx-{i}"), i, Priority::Normal, rx)?;
     }
-    drop(inbox);
     let sock = queues.first().map(|q| q.sock.clone()).ok_or_else(|| io::Error::other("no queue"))?;
     let (shared, wake) = (shared.clone(), wake.clone());
-    let body: Body = Box::new(move |stop| handshake::run(&sock, &shared, &handshakes, &wake, stop));
+    let body: Body = Box::new(move |stop| handshake::run(&sock, &shared, &inbox, &wake, stop));
     set.spawn("weft-wg-handshake".into(), 0, Priority::Normal, body)?;
     Ok(set)
 }
