@@ -39,6 +39,27 @@ pub(crate) fn lab_with_config(n: u8, json: &str, extra: &[&str]) -> Lab {
     lab
 }
 
+/// `n` nodes of the release build with the network config `json`, a pod on
+/// each, converged: for what is a property of the release build (latency,
+/// how much a flood a node drains), the one `scripts/package.sh` builds,
+/// which scripts/test.sh runs before the tests.
+pub(crate) fn release_lab(n: u8, json: &str) -> Lab {
+    let weft = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/weft");
+    assert!(weft.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", weft.display());
+    let mut lab = Lab::new(n, &weft).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
+    lab.cni_plugin = Some(weft.with_file_name("weft-cni"));
+    lab.put_config(json).unwrap();
+    for i in 1..=n {
+        lab.start_daemon(i, &[]).unwrap();
+    }
+    for i in 1..=n {
+        lab.wait_ready(i, READY).unwrap_or_else(|e| panic!("{e:#}"));
+        lab.attach_pod(i).unwrap();
+    }
+    wait_converged(&lab);
+    lab
+}
+
 /// Wait until every node routes to every other node's subnet: once the
 /// last node is ready, this must hold within [`PROPAGATION`]. For the udp
 /// and wireguard backends, whose routes live in weft's own tables, pods

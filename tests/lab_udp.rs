@@ -403,7 +403,7 @@ fn rtts_us(stdout: &[u8]) -> Vec<f64> {
 /// real figure, docs/benchmarks.md).
 #[test]
 fn udp_realtime_threads_keep_pings_short_beside_a_bulk_stream() {
-    let lab = release_lab(r#""RealtimeThreads":true"#);
+    let lab = release_udp_lab(r#""RealtimeThreads":true"#);
     for i in 1..=2 {
         let policies = forwarding_policies(lab.daemon_pid(i).unwrap());
         assert!(policies.len() >= 2, "node {i}: {policies:?}");
@@ -422,7 +422,7 @@ fn udp_realtime_threads_keep_pings_short_beside_a_bulk_stream() {
 /// kernel in the dataplane's unit tests (`backend::udp::lane`).
 #[test]
 fn udp_latency_lane_keeps_pings_short_beside_a_bulk_stream() {
-    let lab = release_lab(r#""LatencyLane":true"#);
+    let lab = release_udp_lab(r#""LatencyLane":true"#);
     for i in 1..=2 {
         let log = lab.log(i);
         assert!(!log.contains("LatencyLane:"), "node {i} warned about the lane: {log}");
@@ -465,27 +465,13 @@ fn lane_policies(bulk: bool) -> Vec<(String, u32)> {
         .collect()
 }
 
-/// Two nodes of the release build (latency is a property of the release
-/// build: the one `scripts/package.sh` builds, which scripts/test.sh runs
-/// before the tests), udp with `options`, a pod on each, converged.
-fn release_lab(options: &str) -> Lab {
-    let weft = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/weft");
-    assert!(weft.is_file(), "{} is missing: build it with scripts/package.sh (scripts/test.sh does)", weft.display());
+/// Two nodes of the release build, udp with `options`, a pod on each,
+/// converged.
+fn release_udp_lab(options: &str) -> Lab {
     let config = format!(
         r#"{{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{{"Type":"udp",{options}}}}}"#
     );
-    let mut lab = Lab::new(2, &weft).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
-    lab.cni_plugin = Some(weft.with_file_name("weft-cni"));
-    lab.put_config(&config).unwrap();
-    for i in 1..=2 {
-        lab.start_daemon(i, &[]).unwrap();
-    }
-    for i in 1..=2 {
-        lab.wait_ready(i, READY).unwrap_or_else(|e| panic!("{e:#}"));
-        lab.attach_pod(i).unwrap();
-    }
-    wait_converged(&lab);
-    lab
+    release_lab(2, &config)
 }
 
 /// A ping every 10 ms from pod 1 to pod 2 beside a bulk TCP stream between

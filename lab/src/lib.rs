@@ -22,6 +22,7 @@ pub mod lab;
 pub mod netns;
 pub mod peers;
 pub mod proxy;
+pub mod raw;
 pub mod systemd;
 pub mod wait;
 pub mod wggo;

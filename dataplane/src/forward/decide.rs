@@ -2,7 +2,7 @@
 //! packet read from the TUN device, and whether a datagram from a peer may
 //! enter it. The forwarding threads do the I/O the decision asks for.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::packet::{check_inbound, decrement_ttl, dst_of, DropReason, IcmpError, Ttl};
 use super::packet6;
@@ -48,6 +48,34 @@ pub fn outbound(pkt: &mut [u8], snap: &Snapshot) -> Outbound {
 
 /// Whether a datagram from `from` may be written into the TUN device: the
 /// sender must hold a lease and send from the backend's port, the packet
+/// The only way a datagram from a peer may arrive: on the external
+/// interface, addressed to one of the node's public addresses. Anything
+/// else (a pod sending to the port through `cni0`, a local process over
+/// loopback, a datagram to another local address) is not from the
+/// underlay, whatever source it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// The external interface's index.
+    pub iface: u32,
+    pub v4: Option<Ipv4Addr>,
+    pub v6: Option<Ipv6Addr>,
+}
+
+impl Arrival {
+    /// Whether a datagram that came in on interface `iface` addressed to
+    /// `dst` (as the kernel reports them: `IP_PKTINFO`) came the right
+    /// way. Unknown (the kernel said nothing) is not the right way.
+    pub fn admits(&self, iface: Option<u32>, dst: Option<IpAddr>) -> bool {
+        iface == Some(self.iface)
+            && match dst.map(|d| d.to_canonical()) {
+                Some(IpAddr::V4(d)) => self.v4 == Some(d),
+                Some(IpAddr::V6(d)) => self.v6 == Some(d),
+                None => false,
+            }
+    }
+}
+
+/// The checks on one datagram from a peer (after [`Arrival::admits`]): it
 /// must be a well-formed IPv4 packet for this node's subnet (or, on
 /// dual-stack networks, an IPv6 packet for its IPv6 subnet), and its
 /// source must be inside a subnet leased to the sender (flanneld accepts
@@ -84,6 +112,30 @@ mod tests {
     use ipnet::Ipv4Net;
 
     use super::*;
+
+    #[test]
+    fn only_the_external_interface_and_a_public_address_admit() {
+        let a = Arrival { iface: 2, v4: Some(Ipv4Addr::new(198, 18, 0, 2)), v6: Some("fd18::2".parse().unwrap()) };
+        let v4: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+        let mapped: IpAddr = "::ffff:198.18.0.2".parse::<Ipv6Addr>().unwrap().into();
+        // (interface, destination, admitted)
+        let cases = [
+            (Some(2), Some(v4), true),
+            (Some(2), Some(mapped), true),
+            (Some(2), Some("fd18::2".parse().unwrap()), true),
+            (Some(5), Some(v4), false),                                    // through cni0
+            (Some(1), Some(Ipv4Addr::LOCALHOST.into()), false),            // loopback
+            (Some(2), Some(Ipv4Addr::new(198, 18, 0, 9).into()), false),   // another address
+            (Some(2), Some(Ipv4Addr::new(198, 18, 0, 255).into()), false), // broadcast
+            (None, Some(v4), false),
+            (Some(2), None, false),
+        ];
+        for (iface, dst, want) in cases {
+            assert_eq!(a.admits(iface, dst), want, "{iface:?} {dst:?}");
+        }
+        let v4_only = Arrival { v6: None, ..a };
+        assert!(!v4_only.admits(Some(2), Some("fd18::2".parse().unwrap())));
+    }
     use crate::forward::packet::checksum;
     use crate::Peer;
     use std::net::SocketAddrV4;

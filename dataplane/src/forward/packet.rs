@@ -51,10 +51,14 @@ pub enum DropReason {
     IoError,
     /// The inner source is outside every subnet leased to the sender.
     SpoofedSource,
+    /// The datagram did not come in on the external interface addressed to
+    /// the node's public address (a pod or a local process sending to the
+    /// port, perhaps with a forged source).
+    WrongPath,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::UnknownSource,
         DropReason::TooShort,
         DropReason::NotIpv4,
@@ -68,6 +72,7 @@ impl DropReason {
         DropReason::NotIpv4Outbound,
         DropReason::IoError,
         DropReason::SpoofedSource,
+        DropReason::WrongPath,
     ];
 
     /// The reason as it appears in metrics.
@@ -86,6 +91,7 @@ impl DropReason {
             DropReason::NotIpv4Outbound => "not_ipv4_outbound",
             DropReason::IoError => "io_error",
             DropReason::SpoofedSource => "spoofed_source",
+            DropReason::WrongPath => "wrong_path",
         }
     }
 }

@@ -59,6 +59,7 @@ use super::userspace::socket::queue_count;
 use super::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
 use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
+use crate::forward::decide::Arrival;
 use crate::forward::stats::Stats;
 use crate::forward::table::{RouteTable, Snapshot};
 use crate::kernel::Netlink;
@@ -202,6 +203,7 @@ impl UdpBackend {
             icmp_from: self.subnets.v4.map(|s| s.network()),
             icmp_from6: self.subnets.v6.map(|s| s.network()),
             send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
+            arrival: Arrival { iface: self.ext.index, v4: self.ext.public_ip, v6: self.underlay6 },
             vnet_hdr: self.fwd.vnet_hdr(),
         };
         let (mtu, realtime, wake) = (self.mtu() as usize, self.opts.realtime_threads, self.wake.clone());

@@ -199,6 +199,12 @@ impl RxPath {
             let len = meta.len.min(CHUNK);
             let stride = if meta.stride == 0 { len.max(1) } else { meta.stride };
             self.bulk |= stride < len;
+            if !shared.arrival.admits(meta.interface_index, meta.dst_ip) {
+                for _ in (0..len.max(1)).step_by(stride) {
+                    shared.stats.count_drop(DropReason::WrongPath);
+                }
+                continue;
+            }
             if len == 0 {
                 if let Err(reason) = inbound(&[], &meta.addr, &snap, &shared.local) {
                     shared.stats.count_drop(reason);

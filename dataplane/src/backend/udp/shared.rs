@@ -4,6 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
+use crate::forward::decide::Arrival;
 use crate::forward::stats::Stats;
 use crate::forward::table::RouteTable;
 use crate::model::DualStack;
@@ -23,6 +24,8 @@ pub(crate) struct Shared {
     /// bound to `[::]` for an IPv6 underlay; `None`: bound to the IPv4
     /// public address, which the kernel sends from.
     pub(crate) send_from: Option<(Option<Ipv4Addr>, std::net::Ipv6Addr)>,
+    /// How a datagram from a peer must arrive (interface, destination).
+    pub(crate) arrival: Arrival,
     /// Whether the TUN device carries virtio-net headers (offload on).
     pub(crate) vnet_hdr: bool,
 }

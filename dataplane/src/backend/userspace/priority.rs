@@ -47,8 +47,6 @@ fn realtime_refused(e: &io::Error) {
 
 /// How a forwarding thread is scheduled.
 pub(crate) enum Priority {
-    /// As the process is (the wireguard backend's threads).
-    Normal,
     /// Nice [`FORWARDING_NICE`].
     Nice,
     /// `SCHED_FIFO` at [`REALTIME_PRIORITY`] (nice when refused).
@@ -60,9 +58,6 @@ pub(crate) enum Priority {
 impl Priority {
     /// Apply to the calling thread, as it starts.
     pub(crate) fn apply(&self) {
-        if matches!(self, Priority::Normal) {
-            return;
-        }
         let fifo = matches!(self, Priority::Fifo)
             && sys::set_policy(0, Some(REALTIME_PRIORITY)).map_err(|e| realtime_refused(&e)).is_ok();
         if !fifo {

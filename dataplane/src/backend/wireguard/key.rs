@@ -7,6 +7,7 @@ use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
+use boringtun::x25519::{PublicKey, StaticSecret};
 use tracing::info;
 
 use crate::error::{Error, Result};
@@ -68,9 +69,42 @@ pub(crate) fn load_or_create(path: &Path) -> Result<Key> {
     }
 }
 
+/// Why a peer's public key cannot be used, if it cannot: this node's own
+/// key (a copied key file, or a lease of this node's written again), or a
+/// key with which no secret can be shared (a low-order point such as all
+/// zeros: with it, anyone who knows this node's public key could handshake
+/// in that peer's name; kernel WireGuard refuses such keys too).
+pub(crate) fn refusal(own: &StaticSecret, own_public: &Key, peer: &Key) -> Option<&'static str> {
+    if peer == own_public {
+        return Some("its PublicKey is this node's own");
+    }
+    if !own.diffie_hellman(&PublicKey::from(peer.0)).was_contributory() {
+        return Some(
+            "its PublicKey is a weak key (a low-order point, such as all zeros): no secret can be shared with it",
+        );
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_and_weak_keys_are_refused() {
+        let own = StaticSecret::from([7u8; 32]);
+        let own_public = Key(PublicKey::from(&own).to_bytes());
+        let other = Key(PublicKey::from(&StaticSecret::from([9u8; 32])).to_bytes());
+        assert_eq!(refusal(&own, &own_public, &other), None);
+        assert!(refusal(&own, &own_public, &own_public).unwrap().contains("this node's own"));
+        // All zeros and one (the identity and a point of order 4 on the
+        // curve's twist): no shared secret.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        for weak in [[0u8; 32], one] {
+            assert!(refusal(&own, &own_public, &Key(weak)).unwrap().contains("weak key"), "{weak:?}");
+        }
+    }
 
     #[test]
     fn a_key_is_made_once_private_and_then_kept() {

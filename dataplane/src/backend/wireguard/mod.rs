@@ -49,12 +49,15 @@ mod state;
 mod threads;
 mod tunnel;
 
+use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use tokio::sync::Notify;
+use tracing::{info, warn};
 use weft_types::metrics::Writer;
 use weft_types::{BackendKind, WireguardMode, WireguardOptions};
 
@@ -90,6 +93,8 @@ pub(crate) struct WgBackend {
     v6: Option<Tunnel>,
     /// This node's subnets, once started.
     subnets: DualStack,
+    /// Leases whose key is refused, with why (said once each).
+    refused: BTreeMap<IpNet, &'static str>,
     wake: Arc<Notify>,
 }
 
@@ -151,6 +156,7 @@ impl WgBackend {
             v4,
             v6,
             subnets: DualStack::default(),
+            refused: BTreeMap::new(),
             wake,
         })
     }
@@ -220,7 +226,9 @@ impl WgBackend {
             port6: self.opts.listen_port_v6,
             dual_stack: self.network6.is_some(),
         };
-        let plan = plan::plan(peers, &layout);
+        let (own, own_public) = (&self.v4.shared.private, &self.public_key);
+        let plan = plan::plan(peers, &layout, |k| key::refusal(own, own_public, k));
+        self.note_refused(plan.refused);
         let unreachable = plan.unreachable;
         self.v4.set_peers(plan.v4, &self.opts, report);
         if let (Some(t), Some(v6)) = (&mut self.v6, plan.v6) {
@@ -243,7 +251,7 @@ impl WgBackend {
             running &= t.keep_running(&self.opts, &self.wake, report);
         }
         if running {
-            report.peers_programmed = peers.len() - unreachable.len();
+            report.peers_programmed = peers.len() - unreachable.len() - self.refused.len();
             if let Some(first) = unreachable.first() {
                 report.problem(Problem::Peers {
                     failed: unreachable.len(),
@@ -252,6 +260,23 @@ impl WgBackend {
                 });
             }
         }
+    }
+
+    /// Say once which peers' keys are refused, and when a refusal ends; the
+    /// count is a metric. A refused peer is another node's fault: it does
+    /// not make this node not ready.
+    fn note_refused(&mut self, refused: Vec<(IpNet, &'static str)>) {
+        let now: BTreeMap<IpNet, &'static str> = refused.into_iter().collect();
+        for (subnet, why) in &now {
+            if self.refused.get(subnet) != Some(why) {
+                warn!(%subnet, "refusing the wireguard lease of {subnet}: {why}; fix or remove that lease");
+            }
+        }
+        for subnet in self.refused.keys().filter(|s| !now.contains_key(s)) {
+            info!(%subnet, "the wireguard lease of {subnet} is no longer refused");
+        }
+        self.v4.shared.stats.refused_peers.store(now.len() as u64, Ordering::Relaxed);
+        self.refused = now;
     }
 
     /// When a pass is due without any event (a restart of stopped

@@ -67,10 +67,26 @@ pub(crate) struct Plan {
     pub(crate) v6: Option<Vec<TunnelPeer>>,
     /// Peers that cannot be reached (`Mode` ipv6, no `PublicIPv6`).
     pub(crate) unreachable: Vec<IpNet>,
+    /// Peers whose key `refuse` refused, with why.
+    pub(crate) refused: Vec<(IpNet, &'static str)>,
 }
 
-/// The plan for `peers`.
-pub(crate) fn plan(peers: &[Peer], layout: &Layout) -> Plan {
+/// The plan for `peers`; a peer whose key `refuse` says why not to use is
+/// left out and listed.
+pub(crate) fn plan(peers: &[Peer], layout: &Layout, refuse: impl Fn(&Key) -> Option<&'static str>) -> Plan {
+    let mut refused: Vec<(IpNet, &'static str)> = Vec::new();
+    let mut usable = |p: &Peer, key: [u8; 32]| -> Option<Key> {
+        let key = Key(key);
+        match refuse(&key) {
+            None => Some(key),
+            Some(why) => {
+                if !refused.iter().any(|(id, _)| *id == p.id()) {
+                    refused.push((p.id(), why));
+                }
+                None
+            }
+        }
+    };
     let one_device = layout.one_device();
     let mode = layout.mode;
     let unreachable = peers
@@ -90,7 +106,7 @@ pub(crate) fn plan(peers: &[Peer], layout: &Layout) -> Plan {
                 WireguardMode::Ipv6 => v6?,
             };
             Some(TunnelPeer {
-                key: Key(p.wg_key?),
+                key: usable(p, p.wg_key?)?,
                 endpoint,
                 subnet: IpNet::V4(p.subnet?),
                 more: p.subnet6.filter(|_| one_device).map(IpNet::V6),
@@ -102,7 +118,7 @@ pub(crate) fn plan(peers: &[Peer], layout: &Layout) -> Plan {
             .iter()
             .filter_map(|p| {
                 Some(TunnelPeer {
-                    key: Key(p.wg_key6.or(p.wg_key)?),
+                    key: usable(p, p.wg_key6.or(p.wg_key)?)?,
                     endpoint: SocketAddr::V6(SocketAddrV6::new(
                         p.public_ipv6?,
                         p.wg_port6.unwrap_or(layout.port6),
@@ -115,7 +131,7 @@ pub(crate) fn plan(peers: &[Peer], layout: &Layout) -> Plan {
             })
             .collect()
     });
-    Plan { v4, v6, unreachable }
+    Plan { v4, v6, unreachable, refused }
 }
 
 #[cfg(test)]
@@ -180,7 +196,7 @@ mod tests {
             (WireguardMode::Ipv6, true, &["10.244.2.0/24 [fd18::2]:51820 Some(\"fd00:2::/64\")"], None),
         ];
         for (mode, dual, want4, want6) in cases {
-            let p = plan(&peers, &layout(mode, dual));
+            let p = plan(&peers, &layout(mode, dual), |_| None);
             assert_eq!(ends(&p.v4), want4, "{mode:?} dual-stack {dual}");
             assert_eq!(p.v6.as_deref().map(ends), want6.map(|w| w.iter().map(|s| s.to_string()).collect()), "{mode:?}");
         }
@@ -189,18 +205,28 @@ mod tests {
     #[test]
     fn mode_ipv6_names_the_peers_it_cannot_reach() {
         let peers = [peer(2, true, false, None), peer(3, false, false, None)];
-        let p = plan(&peers, &layout(WireguardMode::Ipv6, true));
+        let p = plan(&peers, &layout(WireguardMode::Ipv6, true), |_| None);
         assert_eq!(p.unreachable, vec![peers[1].id()]);
-        assert!(plan(&peers, &layout(WireguardMode::Auto, true)).unreachable.is_empty());
+        assert!(plan(&peers, &layout(WireguardMode::Auto, true), |_| None).unreachable.is_empty());
     }
 
     #[test]
     fn the_v6_device_takes_the_v6_key_and_port_when_the_lease_has_them() {
         let peers = [peer(2, true, true, None)];
-        let p = plan(&peers, &layout(WireguardMode::Separate, true));
+        let p = plan(&peers, &layout(WireguardMode::Separate, true), |_| None);
         let v6 = &p.v6.unwrap()[0];
         assert_eq!((v6.key, v6.endpoint.port()), (Key([102; 32]), 7000));
         assert_eq!(p.v4[0].key, Key([2; 32]), "flannel-wg keeps BackendData's key");
+    }
+
+    #[test]
+    fn a_refused_key_leaves_its_peer_out_of_both_devices_named_once() {
+        let peers = [peer(2, true, false, None), peer(3, true, false, None)];
+        let weak = Key([3; 32]);
+        let p = plan(&peers, &layout(WireguardMode::Separate, true), |k| (*k == weak).then_some("weak"));
+        assert_eq!(ends(&p.v4), ["10.244.2.0/24 198.18.0.2:51820 None"]);
+        assert_eq!(p.v6.as_deref().map(ends), Some(vec!["fd00:2::/64 [fd18::2]:51821 None".to_string()]));
+        assert_eq!(p.refused, vec![(peers[1].id(), "weak")]);
     }
 
     #[test]
@@ -208,7 +234,7 @@ mod tests {
         let mut no_key = peer(2, false, false, None);
         no_key.wg_key = None;
         let v6_only = Peer::v6("fd00:4::/64".parse().unwrap(), "fd18::4".parse().unwrap(), None);
-        let p = plan(&[no_key, v6_only], &layout(WireguardMode::Separate, true));
-        assert_eq!(p, Plan { v4: vec![], v6: Some(vec![]), unreachable: vec![] });
+        let p = plan(&[no_key, v6_only], &layout(WireguardMode::Separate, true), |_| None);
+        assert_eq!(p, Plan { v4: vec![], v6: Some(vec![]), unreachable: vec![], refused: vec![] });
     }
 }

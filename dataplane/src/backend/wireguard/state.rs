@@ -47,6 +47,8 @@ pub(crate) struct WgStats {
     pub(crate) rx_packets: AtomicU64,
     pub(crate) rx_bytes: AtomicU64,
     pub(crate) handshakes: AtomicU64,
+    /// Leases whose key is refused now (a gauge, on the first device).
+    pub(crate) refused_peers: AtomicU64,
     drops: [AtomicU64; WgDrop::ALL.len()],
 }
 
@@ -139,6 +141,12 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
     for r in WgDrop::ALL {
         w.sample("weft_wireguard_dropped_total", &[("reason", r.as_str())], sum(&|s| &s.drops[r as usize]));
     }
+    w.family(
+        "weft_wireguard_peers_refused",
+        Kind::Gauge,
+        "Wireguard leases whose PublicKey is refused (this node's own, or a weak key); the log names them.",
+    )
+    .sample("weft_wireguard_peers_refused", &[], sum(&|s| &s.refused_peers));
     w.family(
         "weft_wireguard_peer_last_handshake_seconds",
         Kind::Gauge,

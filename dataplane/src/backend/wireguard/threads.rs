@@ -85,12 +85,12 @@ pub(crate) fn start(queues: &[Queue], mtu: usize, shared: &Arc<WgShared>, wake: 
     let inbox = Inbox::new();
     for (i, q) in queues.iter().enumerate() {
         let (tx, rx) = queue_bodies(q, mtu, shared, &inbox)?;
-        set.spawn(format!("weft-wg-tx-{i}"), i, Priority::Normal, tx)?;
-        set.spawn(format!("weft-wg-rx-{i}"), i, Priority::Normal, rx)?;
+        set.spawn(format!("weft-wg-tx-{i}"), i, Priority::Nice, tx)?;
+        set.spawn(format!("weft-wg-rx-{i}"), i, Priority::Nice, rx)?;
     }
     let sock = queues.first().map(|q| q.sock.clone()).ok_or_else(|| io::Error::other("no queue"))?;
     let (shared, wake) = (shared.clone(), wake.clone());
     let body: Body = Box::new(move |stop| handshake::run(&sock, &shared, &inbox, &wake, stop));
-    set.spawn("weft-wg-handshake".into(), 0, Priority::Normal, body)?;
+    set.spawn("weft-wg-handshake".into(), 0, Priority::Nice, body)?;
     Ok(set)
 }

@@ -1,0 +1,212 @@
+//! Input from outside the node that is broken or hostile, sent in the lab
+//! at a node of `weft run`: none of it may reach a pod, evict a peer or
+//! make a healthy node not ready; each is counted or said once.
+
+mod lab_common;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lab_common::*;
+use weft_lab::{netns, wait_until};
+
+/// How long a flood may run at most, and how many datagrams each sender
+/// sends at most: the lab stays bounded in time and count.
+const FLOOD_FOR: Duration = Duration::from_secs(12);
+const FLOOD_MAX: u64 = 4_000_000;
+
+/// A small xorshift generator: junk that differs datagram to datagram.
+struct Junk(u64);
+
+impl Junk {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Half: initiations of the right size and type (reserved bytes zero)
+    /// with made-up content; half: types 1 to 3 at any size up to 1,400.
+    fn datagram(&mut self, buf: &mut [u8; 1400]) -> usize {
+        let r = self.next();
+        let len = if r & 1 == 0 { 148 } else { 1 + (r >> 8) as usize % 1400 };
+        for chunk in buf[..len].chunks_mut(8) {
+            let v = self.next().to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        buf[0] = if len == 148 { 1 } else { 1 + (r >> 32) as u8 % 3 };
+        if len >= 4 {
+            buf[1..4].fill(0);
+        }
+        len
+    }
+}
+
+/// Flood `target` from `ns` with junk handshake messages on `senders`
+/// threads until `stop` (or the bounds); returns how many were sent.
+fn flood(ns: &str, from: &'static str, target: SocketAddr, senders: u64, stop: Arc<AtomicBool>) -> u64 {
+    netns::in_netns(ns, move || {
+        let threads: Vec<_> = (0..senders)
+            .map(|s| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let sock = UdpSocket::bind((from, 0)).unwrap();
+                    let (mut junk, mut buf, mut sent) = (Junk(0x9e37_79b9_7f4a_7c15 ^ (s + 1)), [0u8; 1400], 0u64);
+                    let began = Instant::now();
+                    while !stop.load(Ordering::Relaxed) && began.elapsed() < FLOOD_FOR && sent < FLOOD_MAX {
+                        let len = junk.datagram(&mut buf);
+                        if sock.send_to(&buf[..len], target).is_ok() {
+                            sent += 1;
+                        }
+                    }
+                    sent
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).sum()
+    })
+    .unwrap()
+}
+
+/// A junk flood of handshake-type datagrams at node 2's 51820 while node
+/// 1 restarts and must handshake again: the junk is dropped before it
+/// queues (malformed or failing mac1, never `inbox_full`), and node 1's
+/// pods reach node 2's within one handshake retry (5 s).
+#[test]
+fn wireguard_junk_flood_never_queues_and_a_restarted_peer_handshakes_through_it() {
+    // How much of a flood a node drains is a property of the release build.
+    let mut lab = release_lab(2, &config("wireguard"));
+    let pod2 = lab.node(2).pod_ip.unwrap();
+    let target = SocketAddr::from((lab.node(2).underlay_ip, 51820));
+    let intruder = lab.add_intruder(&["198.18.0.200"]).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let (ns, stop) = (intruder.clone(), stop.clone());
+        std::thread::spawn(move || flood(&ns, "198.18.0.200", target, 2, stop))
+    };
+    // The flood has started when node 2 counts it.
+    let junk = |lab: &weft_lab::Lab| {
+        ["malformed", "authentication"]
+            .iter()
+            .map(|r| lab.metric(2, &format!("weft_wireguard_dropped_total{{reason=\"{r}\"}}")).unwrap_or(0))
+            .sum::<u64>()
+    };
+    wait_until("node 2 to count the junk", READY, || (junk(&lab) > 10_000).then_some(())).unwrap();
+
+    assert!(lab.stop_daemon(1, libc::SIGTERM).unwrap().success());
+    lab.start_daemon(1, &[]).unwrap();
+    lab.wait_ready(1, READY).unwrap();
+    let back = lab.time_to_reach(1, pod2, Duration::from_secs(5));
+    let still_flooding = !flooding.is_finished();
+    stop.store(true, Ordering::Relaxed);
+    let sent = flooding.join().unwrap();
+
+    let (_, metrics) = lab.http(2, "/metrics").unwrap();
+    let drops: Vec<&str> = metrics.lines().filter(|l| l.starts_with("weft_wireguard_dropped_total")).collect();
+    assert!(still_flooding, "the flood ended before node 1 was back; the test proves nothing ({sent} sent)");
+    assert!(back.is_some(), "node 1's pod did not reach node 2's within 5 s of the restart under the flood ({sent} junk datagrams sent)\n{drops:#?}\n{}", lab.log_tail(2));
+    assert_eq!(
+        lab.metric(2, "weft_wireguard_dropped_total{reason=\"inbox_full\"}").unwrap(),
+        0,
+        "junk queued for the handshake thread\n{drops:#?}"
+    );
+    assert!(junk(&lab) >= 10_000, "{drops:#?}");
+    eprintln!("back after {back:?} under a flood of {sent} junk datagrams; node 2: {drops:#?}");
+    assert_eq!(lab.http(2, "/readyz").unwrap().0, 200);
+    assert_ping_matrix(&lab);
+}
+
+/// Leases whose WireGuard key no secret can be shared with (all zeros, a
+/// low-order point): refused by every node and said once each, counted,
+/// and not a readiness problem; the healthy nodes keep talking.
+#[test]
+fn wireguard_refuses_weak_keys_in_leases() {
+    let lab = lab(2, "wireguard", &[]);
+    // All zeros, and 1 (base64 of 32 bytes).
+    let weak = [
+        (200u8, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        (201, "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    ];
+    for (n, key) in weak {
+        let lease = serde_json::json!({
+            "PublicIP": format!("198.18.0.{n}"),
+            "BackendType": "wireguard",
+            "BackendData": {"PublicKey": key, "Port": 51820},
+        });
+        lab.etcdctl(&["put", &format!("/coreos.com/network/subnets/10.244.{n}.0-24"), &lease.to_string()]).unwrap();
+    }
+    for i in [1, 2] {
+        wait_until(&format!("node {i} to refuse both"), PROPAGATION, || {
+            (lab.metric(i, "weft_wireguard_peers_refused").ok()? == 2).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(i)));
+    }
+    // More passes (a lease change) say nothing new.
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/subnets/10.244.202.0-24",
+        "{\"PublicIP\":\"198.18.0.202\",\"BackendType\":\"host-gw\"}",
+    ])
+    .unwrap();
+    std::thread::sleep(PROPAGATION);
+    for i in [1, 2] {
+        let log = lab.log(i);
+        for n in [200, 201] {
+            let said = log.matches(&format!("refusing the wireguard lease of 10.244.{n}.0/24")).count();
+            assert_eq!(said, 1, "node {i}, lease {n}:\n{log}");
+        }
+        assert!(log.contains("weak key"), "{log}");
+        let (code, body) = lab.http(i, "/readyz").unwrap();
+        assert_eq!(code, 200, "node {i}: {body}");
+    }
+    assert_ping_matrix(&lab);
+}
+
+/// A pod on node 1 (root in its namespace, so `CAP_NET_RAW`) forges the
+/// udp backend's wire format: a datagram "from node 2's port 8285" to node
+/// 1's, carrying a packet "from pod 2" to pod 1. It reaches node 1 through
+/// `cni0`, not the external interface: dropped as `wrong_path`, and pod 1
+/// receives nothing, while real traffic goes on.
+#[test]
+fn udp_datagrams_forged_by_a_pod_never_reach_a_pod() {
+    let lab = lab(2, "udp", &[]);
+    let (pod1, pod2) = (lab.node(1).pod_ip.unwrap(), lab.node(2).pod_ip.unwrap());
+    let (node1, node2) = (lab.node(1).underlay_ip, lab.node(2).underlay_ip);
+    let inner = weft_lab::raw::ipv4_udp(
+        std::net::SocketAddrV4::new(pod2, 40000),
+        std::net::SocketAddrV4::new(pod1, 7777),
+        b"forged by a pod",
+    );
+    let outer = weft_lab::raw::ipv4_udp(
+        std::net::SocketAddrV4::new(node2, 8285),
+        std::net::SocketAddrV4::new(node1, 8285),
+        &inner,
+    );
+    // Pod 1 listens on 7777 while the forgeries are sent.
+    let pod1_ns = lab.node(1).pod_ns.clone();
+    let listener = std::thread::spawn(move || {
+        netns::in_netns(&pod1_ns, || {
+            let sock = UdpSocket::bind("0.0.0.0:7777").unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            let (mut got, mut buf, began) = (0, [0u8; 2048], Instant::now());
+            while began.elapsed() < Duration::from_secs(3) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            got
+        })
+        .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let wrong_path = |lab: &weft_lab::Lab| lab.metric(1, "weft_udp_dropped_total{reason=\"wrong_path\"}").unwrap();
+    let before = wrong_path(&lab);
+    weft_lab::raw::send_ipv4(&lab.node(1).pod_ns, vec![outer; 5]).unwrap();
+    let delivered = listener.join().unwrap();
+    assert_eq!(delivered, 0, "a forged datagram reached pod 1");
+    assert!(wrong_path(&lab) >= before + 5, "{}", lab.http(1, "/metrics").unwrap().1);
+    assert_ping_matrix(&lab);
+}
