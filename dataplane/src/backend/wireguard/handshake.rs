@@ -216,6 +216,7 @@ impl Handshaker<'_> {
     fn handle(&mut self, datagram: &[u8], from: SocketAddr) {
         let Handshaker { sock, shared, wake, out, sends } = self;
         let (sock, shared, wake) = (*sock, *shared, *wake);
+        shared.stats.handshake_messages.fetch_add(1, Ordering::Relaxed);
         let kind = datagram[0];
         let set = shared.peers.load();
         let index = match set.table.classify(datagram, &shared.private, &shared.public) {

@@ -47,6 +47,9 @@ pub(crate) struct WgStats {
     pub(crate) rx_packets: AtomicU64,
     pub(crate) rx_bytes: AtomicU64,
     pub(crate) handshakes: AtomicU64,
+    /// Handshake messages that passed the RX thread's checks and reached
+    /// the handshake thread.
+    pub(crate) handshake_messages: AtomicU64,
     /// Leases whose key is refused now (a gauge, on the first device).
     pub(crate) refused_peers: AtomicU64,
     drops: [AtomicU64; WgDrop::ALL.len()],
@@ -131,6 +134,12 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
         .sample("weft_wireguard_bytes_total", &[("direction", "rx")], sum(&|s| &s.rx_bytes))
         .family("weft_wireguard_handshakes_total", Kind::Counter, "Handshake messages from peers that were accepted.")
         .sample("weft_wireguard_handshakes_total", &[], sum(&|s| &s.handshakes))
+        .family(
+            "weft_wireguard_handshake_messages_total",
+            Kind::Counter,
+            "Handshake messages that passed the receive checks (size, mac1, mac2 under load) and reached the handshake thread.",
+        )
+        .sample("weft_wireguard_handshake_messages_total", &[], sum(&|s| &s.handshake_messages))
         .family("weft_wireguard_thread_restarts_total", Kind::Counter, "Restarts of the wireguard threads.")
         .sample("weft_wireguard_thread_restarts_total", &[], restarts)
         .family(
