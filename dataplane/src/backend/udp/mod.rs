@@ -141,14 +141,6 @@ impl UdpBackend {
         })
     }
 
-    pub(crate) fn mtu(&self) -> u32 {
-        self.fwd.mtu()
-    }
-
-    pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
-        vec![(TUN_NAME.to_string(), self.fwd.index())]
-    }
-
     /// Remove stale routes of an earlier kernel-backend run and set up the
     /// device. Forwarding starts at the first reconcile, once the route
     /// table is loaded.
@@ -196,21 +188,24 @@ impl UdpBackend {
             report.problem(Problem::Device { name: TUN_NAME.into(), error: chain(&e) });
             return;
         }
-        let shared = Shared {
-            table: self.table.clone(),
-            stats: self.stats.clone(),
-            local: self.subnets,
-            icmp_from: self.subnets.v4.map(|s| s.network()),
-            icmp_from6: self.subnets.v6.map(|s| s.network()),
-            send_from: self.underlay6.map(|v6| (self.ext.public_ip, v6)),
-            arrival: Arrival { iface: self.ext.index, v4: self.ext.public_ip, v6: self.underlay6 },
-            vnet_hdr: self.fwd.vnet_hdr(),
-        };
-        let (mtu, realtime, wake) = (self.mtu() as usize, self.opts.realtime_threads, self.wake.clone());
-        let lane = self.fwd.has_lane();
+        let (mtu, vnet_hdr, lane) = (self.fwd.mtu() as usize, self.fwd.vnet_hdr(), self.fwd.has_lane());
+        // What the threads share is made only when they are started.
+        let (table, stats, subnets, ext, underlay6) =
+            (&self.table, &self.stats, self.subnets, &self.ext, self.underlay6);
+        let (realtime, wake) = (self.opts.realtime_threads, &self.wake);
         let running = self.fwd.keep_running(report, |queues| {
+            let shared = Shared {
+                table: table.clone(),
+                stats: stats.clone(),
+                local: subnets,
+                icmp_from: subnets.v4.map(|s| s.network()),
+                icmp_from6: subnets.v6.map(|s| s.network()),
+                send_from: underlay6.map(|v6| (ext.public_ip, v6)),
+                arrival: Arrival { iface: ext.index, v4: ext.public_ip, v6: underlay6 },
+                vnet_hdr,
+            };
             let lane = lane.then(|| queues.len() - 1);
-            workers::start(queues, &shared, mtu, realtime, lane, &wake)
+            workers::start(queues, &shared, mtu, realtime, lane, wake)
         });
         match running {
             Running::No => return,
@@ -229,7 +224,7 @@ impl UdpBackend {
             device = TUN_NAME,
             mtu = self.mtu(),
             port = self.opts.port,
-            queues = self.fwd.queues().len(),
+            queues = self.fwd.queue_count(),
             tun_offload = self.fwd.vnet_hdr(),
             udp_gso_segments = gso,
             udp_gro_segments = gro,
@@ -238,27 +233,6 @@ impl UdpBackend {
             ipv6_underlay = self.underlay6.map(|a| a.to_string()).unwrap_or_else(|| "no".into()),
             "udp backend forwarding"
         );
-    }
-
-    /// When a stopped set of threads is due to be restarted.
-    pub(crate) fn next_wake(&self) -> Option<Instant> {
-        self.fwd.next_wake()
-    }
-
-    /// Problems visible without a reconcile pass: threads that ended.
-    pub(crate) fn live_problems(&self, out: &mut Vec<Problem>) {
-        if self.fwd.thread_ended() {
-            out.push(Problem::ThreadEnded { backend: BackendKind::Udp });
-        }
-    }
-
-    pub(crate) fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        Arc::new(UdpMetrics { stats: self.stats.clone(), restarts: self.fwd.restarts().clone() })
-    }
-
-    /// Stop and join the threads; the device stays (it is persistent).
-    pub(crate) fn shutdown(&mut self) {
-        self.fwd.shutdown();
     }
 }
 
@@ -290,11 +264,11 @@ impl Backend for UdpBackend {
     }
 
     fn mtu(&self) -> u32 {
-        UdpBackend::mtu(self)
+        self.fwd.mtu()
     }
 
     fn devices(&self) -> Vec<(String, Option<u32>)> {
-        UdpBackend::devices(self)
+        vec![(TUN_NAME.to_string(), self.fwd.index())]
     }
 
     fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>> {
@@ -307,19 +281,24 @@ impl UserspaceBackend for UdpBackend {
         Box::pin(UdpBackend::reconcile(self, peers, report))
     }
 
+    /// When a stopped set of threads is due to be restarted.
     fn next_wake(&self) -> Option<Instant> {
-        UdpBackend::next_wake(self)
+        self.fwd.next_wake()
     }
 
+    /// Problems visible without a reconcile pass: threads that ended.
     fn live_problems(&self, out: &mut Vec<Problem>) {
-        UdpBackend::live_problems(self, out)
+        if self.fwd.thread_ended() {
+            out.push(Problem::ThreadEnded { backend: BackendKind::Udp });
+        }
     }
 
     fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        UdpBackend::metrics(self)
+        Arc::new(UdpMetrics { stats: self.stats.clone(), restarts: self.fwd.restarts().clone() })
     }
 
+    /// Stop and join the threads; the device stays (it is persistent).
     fn shutdown(&mut self) {
-        UdpBackend::shutdown(self)
+        self.fwd.shutdown();
     }
 }

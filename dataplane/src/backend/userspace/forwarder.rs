@@ -178,6 +178,11 @@ impl Forwarder {
         self.vnet_hdr
     }
 
+    /// How many queues are attached.
+    pub(crate) fn queue_count(&self) -> usize {
+        self.tun.len()
+    }
+
     /// The attached queues, each with the socket that pairs with it.
     pub(crate) fn queues(&self) -> Vec<Queue> {
         self.tun

@@ -161,34 +161,13 @@ impl WgBackend {
         })
     }
 
-    pub(crate) fn mtu(&self) -> u32 {
-        self.mtu
-    }
-
-    /// The devices and their indexes as last seen.
-    pub(crate) fn devices(&self) -> Vec<(String, Option<u32>)> {
-        self.tunnels().map(|t| (t.name().to_string(), t.fwd.index())).collect()
-    }
-
     fn tunnels(&self) -> impl Iterator<Item = &Tunnel> {
         std::iter::once(&self.v4).chain(self.v6.as_ref())
     }
 
-    /// `BackendData` as flanneld writes it: the public key and the port.
-    pub(crate) fn backend_data(&self) -> serde_json::Value {
-        serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port })
-    }
-
-    /// `BackendV6Data` on dual-stack networks: the same key, and the IPv6
-    /// device's port (`separate`) or the one device's.
-    pub(crate) fn backend_v6_data(&self) -> Option<serde_json::Value> {
-        let port = if self.v6.is_some() { self.opts.listen_port_v6 } else { self.opts.listen_port };
-        self.network6.map(|_| serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": port }))
-    }
-
     /// Set up the device(s); forwarding starts at the first reconcile.
     pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
-        self.subnets = DualStack::new(subnets.v4, subnets.v6.filter(|_| self.network6.is_some()));
+        self.subnets = subnets.within(DualStack::new(Some(self.network), self.network6));
         self.ensure_devices(&mut Report::default()).await
     }
 
@@ -278,44 +257,6 @@ impl WgBackend {
         self.v4.shared.stats.refused_peers.store(now.len() as u64, Ordering::Relaxed);
         self.refused = now;
     }
-
-    /// When a pass is due without any event (a restart of stopped
-    /// threads, the end of a new peer's grace period, so that `/readyz`
-    /// names it then).
-    pub(crate) fn next_wake(&self) -> Option<Instant> {
-        self.tunnels().filter_map(Tunnel::next_wake).min()
-    }
-
-    /// Problems visible without a pass: a thread that ended, peers whose
-    /// handshake has not completed (beyond a grace period) or expired.
-    pub(crate) fn live_problems(&self, out: &mut Vec<Problem>) {
-        let mut silent = Vec::new();
-        let (mut ended, mut of) = (false, 0);
-        for t in self.tunnels() {
-            let (e, n) = t.live_problems(&mut silent);
-            ended |= e;
-            of += n;
-        }
-        if ended {
-            out.push(Problem::ThreadEnded { backend: BackendKind::Wireguard });
-        }
-        if !silent.is_empty() {
-            silent.sort();
-            out.push(Problem::NoHandshake { peers: silent.len(), of, first: silent.swap_remove(0) });
-        }
-    }
-
-    pub(crate) fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        Arc::new(WgMetrics(self.tunnels().map(|t| (t.shared.clone(), t.fwd.restarts().clone())).collect()))
-    }
-
-    /// Stop and join the threads; the devices stay (they are persistent).
-    pub(crate) fn shutdown(&mut self) {
-        self.v4.shutdown();
-        if let Some(t) = &mut self.v6 {
-            t.shutdown();
-        }
-    }
 }
 
 /// The wireguard counters for `/metrics`, both devices' summed, with each
@@ -340,19 +281,24 @@ impl Backend for WgBackend {
     }
 
     fn mtu(&self) -> u32 {
-        WgBackend::mtu(self)
+        self.mtu
     }
 
+    /// `BackendData` as flanneld writes it: the public key and the port.
     fn backend_data(&self) -> Option<serde_json::Value> {
-        Some(WgBackend::backend_data(self))
+        Some(serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": self.opts.listen_port }))
     }
 
+    /// `BackendV6Data` on dual-stack networks: the same key, and the IPv6
+    /// device's port (`separate`) or the one device's.
     fn backend_v6_data(&self) -> Option<serde_json::Value> {
-        WgBackend::backend_v6_data(self)
+        let port = if self.v6.is_some() { self.opts.listen_port_v6 } else { self.opts.listen_port };
+        self.network6.map(|_| serde_json::json!({ "PublicKey": self.public_key.to_base64(), "Port": port }))
     }
 
+    /// The devices and their indexes as last seen.
     fn devices(&self) -> Vec<(String, Option<u32>)> {
-        WgBackend::devices(self)
+        self.tunnels().map(|t| (t.name().to_string(), t.fwd.index())).collect()
     }
 
     fn start(&mut self, subnets: DualStack) -> BoxFuture<'_, Result<()>> {
@@ -365,19 +311,41 @@ impl UserspaceBackend for WgBackend {
         Box::pin(WgBackend::reconcile(self, peers, report))
     }
 
+    /// When a pass is due without any event (a restart of stopped
+    /// threads, the end of a new peer's grace period, so that `/readyz`
+    /// names it then).
     fn next_wake(&self) -> Option<Instant> {
-        WgBackend::next_wake(self)
+        self.tunnels().filter_map(Tunnel::next_wake).min()
     }
 
+    /// Problems visible without a pass: a thread that ended, peers whose
+    /// handshake has not completed (beyond a grace period) or expired.
     fn live_problems(&self, out: &mut Vec<Problem>) {
-        WgBackend::live_problems(self, out)
+        let mut silent = Vec::new();
+        let (mut ended, mut of) = (false, 0);
+        for t in self.tunnels() {
+            let (e, n) = t.live_problems(&mut silent);
+            ended |= e;
+            of += n;
+        }
+        if ended {
+            out.push(Problem::ThreadEnded { backend: BackendKind::Wireguard });
+        }
+        if !silent.is_empty() {
+            silent.sort();
+            out.push(Problem::NoHandshake { peers: silent.len(), of, first: silent.swap_remove(0) });
+        }
     }
 
     fn metrics(&self) -> Arc<dyn BackendMetrics> {
-        WgBackend::metrics(self)
+        Arc::new(WgMetrics(self.tunnels().map(|t| (t.shared.clone(), t.fwd.restarts().clone())).collect()))
     }
 
+    /// Stop and join the threads; the devices stay (they are persistent).
     fn shutdown(&mut self) {
-        WgBackend::shutdown(self)
+        self.v4.shutdown();
+        if let Some(t) = &mut self.v6 {
+            t.shutdown();
+        }
     }
 }

@@ -119,7 +119,7 @@ impl Tunnel {
                 public_key = %Key(self.shared.public.to_bytes()).to_base64(),
                 keepalive_s = opts.persistent_keepalive,
                 psk = opts.psk.is_some(),
-                queues = self.fwd.queues().len(),
+                queues = self.fwd.queue_count(),
                 offload = self.fwd.vnet_hdr(),
                 udp_gso_segments = gso,
                 udp_gro_segments = gro,
