@@ -173,10 +173,19 @@ fn wireguard_refuses_weak_keys_in_leases() {
 /// udp backend's wire format: a datagram "from node 2's port 8285" to node
 /// 1's, carrying a packet "from pod 2" to pod 1. It reaches node 1 through
 /// `cni0`, not the external interface: dropped as `wrong_path`, and pod 1
-/// receives nothing, while real traffic goes on.
+/// receives nothing, while real traffic goes on. On both receive paths.
 #[test]
 fn udp_datagrams_forged_by_a_pod_never_reach_a_pod() {
-    let lab = lab(2, "udp", &[]);
+    forged_by_a_pod(&lab(2, "udp", &[]));
+}
+
+#[test]
+fn udp_datagrams_forged_by_a_pod_never_reach_a_pod_on_the_plain_path() {
+    let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","Offload":false}}"#;
+    forged_by_a_pod(&lab_with_config(2, json, &[]));
+}
+
+fn forged_by_a_pod(lab: &weft_lab::Lab) {
     let (pod1, pod2) = (lab.node(1).pod_ip.unwrap(), lab.node(2).pod_ip.unwrap());
     let (node1, node2) = (lab.node(1).underlay_ip, lab.node(2).underlay_ip);
     let inner = weft_lab::raw::ipv4_udp(
@@ -207,10 +216,10 @@ fn udp_datagrams_forged_by_a_pod_never_reach_a_pod() {
     });
     std::thread::sleep(Duration::from_millis(300));
     let wrong_path = |lab: &weft_lab::Lab| lab.metric(1, "weft_udp_dropped_total{reason=\"wrong_path\"}").unwrap();
-    let before = wrong_path(&lab);
+    let before = wrong_path(lab);
     weft_lab::raw::send_ipv4(&lab.node(1).pod_ns, vec![outer; 5]).unwrap();
     let delivered = listener.join().unwrap();
     assert_eq!(delivered, 0, "a forged datagram reached pod 1");
-    assert!(wrong_path(&lab) >= before + 5, "{}", lab.http(1, "/metrics").unwrap().1);
-    assert_ping_matrix(&lab);
+    assert!(wrong_path(lab) >= before + 5, "{}", lab.http(1, "/metrics").unwrap().1);
+    assert_ping_matrix(lab);
 }

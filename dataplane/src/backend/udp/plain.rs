@@ -1,13 +1,16 @@
 //! The plain path (`Offload: false`): one packet per syscall each way, the
 //! baseline the benchmark compares the offload path against. Same step
-//! shape as [`super::offload`]: each call handles one packet without blocking.
+//! shape as [`super::offload`]: each call handles one packet without blocking,
+//! and the same arrival check (the external interface, the public address).
 
 use std::net::UdpSocket;
 
+use quinn_udp::UdpSocketState;
 use tun_rs::SyncDevice;
 
 use super::icmp::Icmp;
 use super::shared::Shared;
+use crate::backend::userspace::io::recv_one;
 use crate::backend::userspace::thread::{add, ErrorLog, Step, MAX_PACKET};
 use crate::forward::decide::{inbound, outbound, Outbound};
 use crate::forward::packet::DropReason;
@@ -82,14 +85,19 @@ impl PlainRx {
         }
     }
 
-    pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, shared: &Shared) -> Step {
-        let (n, from) = match sock.recv_from(&mut self.buf) {
-            Ok(r) => r,
+    pub(crate) fn step(&mut self, dev: &SyncDevice, sock: &UdpSocket, state: &UdpSocketState, shared: &Shared) -> Step {
+        let meta = match recv_one(sock, state, &mut self.buf) {
+            Ok(m) => m,
             Err(e) => return self.recv_errors.step_after(e),
         };
         self.recv_errors.ok();
+        if !shared.arrival.admits(meta.interface_index, meta.dst_ip) {
+            shared.stats.count_drop(DropReason::WrongPath);
+            return Step::Worked;
+        }
+        let n = meta.len.min(self.buf.len());
         let snap = shared.table.load();
-        if let Err(reason) = inbound(&self.buf[..n], &from, &snap, &shared.local) {
+        if let Err(reason) = inbound(&self.buf[..n], &meta.addr, &snap, &shared.local) {
             shared.stats.count_drop(reason);
             return Step::Worked;
         }

@@ -65,20 +65,19 @@ pub(crate) fn start(
     let mut set = ThreadSet::new(wake).map_err(|e| Error::tun("creating the stop eventfd", e))?;
     // The lane's threads follow the bulk queues' state where it is known:
     // on the offload path, where each queue has a `Duty`.
-    let governed = lane.is_some() && !realtime && queues.iter().all(|q| q.state.is_some());
+    let governed = lane.is_some() && !realtime && queues.iter().all(|q| q.offload);
     let lane_priority = governed.then(|| Arc::new(LanePriority::new(REALTIME_PRIORITY)));
     let priorities = Priorities { realtime, lane, lane_priority };
     for (q, queue) in queues.iter().enumerate() {
-        let (tx, rx) = match &queue.state {
-            Some(state) => {
-                let mut duty = Duty::new(BULK_QUIET, common.stats.clone())
-                    .map_err(|e| Error::tun("creating the queue's doorbells", e))?;
-                if lane != Some(q) {
-                    duty.lane = priorities.lane_priority.clone();
-                }
-                offload_bodies(queue, state.clone(), common, mtu, Arc::new(duty))
+        let (tx, rx) = if queue.offload {
+            let mut duty = Duty::new(BULK_QUIET, common.stats.clone())
+                .map_err(|e| Error::tun("creating the queue's doorbells", e))?;
+            if lane != Some(q) {
+                duty.lane = priorities.lane_priority.clone();
             }
-            None => plain_bodies(queue, common),
+            offload_bodies(queue, queue.state.clone(), common, mtu, Arc::new(duty))
+        } else {
+            plain_bodies(queue, common)
         };
         for (name, body) in [(format!("weft-tx-{q}"), tx), (format!("weft-rx-{q}"), rx)] {
             set.spawn(name.clone(), q, priorities.of(q), body)
@@ -122,10 +121,10 @@ fn plain_bodies(queue: &Queue, common: &Shared) -> (Body, Body) {
         let mut tx = PlainTx::new();
         run(|| tx.step(&dev, &sock, &shared), dev.as_raw_fd(), stop)
     });
-    let (dev, sock, shared) = (queue.dev.clone(), queue.sock.clone(), common.clone());
+    let (dev, sock, state, shared) = (queue.dev.clone(), queue.sock.clone(), queue.state.clone(), common.clone());
     let rx: Body = Box::new(move |stop| {
         let mut rx = PlainRx::new();
-        run(|| rx.step(&dev, &sock, &shared), sock.as_raw_fd(), stop)
+        run(|| rx.step(&dev, &sock, &state, &shared), sock.as_raw_fd(), stop)
     });
     (tx, rx)
 }

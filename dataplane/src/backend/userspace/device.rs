@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use tracing::warn;
 
 use super::forwarder::{Forwarder, RouteBy};
-use super::lane;
+use super::{lane, socket};
 use crate::error::{Error, Result};
 use crate::kernel::Netlink;
 use crate::report::{ObjectKind, Report};
@@ -32,6 +32,9 @@ impl Forwarder {
             .map_err(|e| Error::tun(format!("creating or attaching {name}"), e))?;
         first.persist().map_err(|e| Error::tun(format!("making {name} persistent"), e))?;
         self.vnet_hdr = self.spec.offload && (first.tcp_gso() || first.udp_gso());
+        for sock in &self.sockets {
+            socket::set_gro(sock, self.vnet_hdr).map_err(|e| Error::tun(format!("setting UDP GRO for {name}"), e))?;
+        }
         let mut devices = vec![Arc::new(first)];
         for _ in 1..n {
             let q = devices[0].try_clone().map_err(|e| Error::tun(format!("opening another queue of {name}"), e))?;

@@ -57,9 +57,12 @@ pub(crate) struct DeviceSpec {
 pub(crate) struct Queue {
     pub(crate) dev: Arc<SyncDevice>,
     pub(crate) sock: Arc<UdpSocket>,
-    /// The socket's GSO/GRO state on the offload path (the TUN device
-    /// carries virtio-net headers); `None` on the plain path.
-    pub(crate) state: Option<Arc<UdpSocketState>>,
+    /// The socket's quinn-udp state: its receive metadata (destination,
+    /// interface) on both paths, GSO/GRO on the offload path.
+    pub(crate) state: Arc<UdpSocketState>,
+    /// The offload path: the TUN device carries virtio-net headers and the
+    /// socket hands over GRO datagrams; else one packet per system call.
+    pub(crate) offload: bool,
 }
 
 /// Whether the threads run after [`Forwarder::keep_running`].
@@ -76,8 +79,8 @@ pub(crate) struct Forwarder {
     pub(super) spec: DeviceSpec,
     /// One socket per queue (`SO_REUSEPORT` when there are several).
     pub(super) sockets: Vec<Arc<UdpSocket>>,
-    /// Each socket's GSO/GRO state (offload asked for).
-    states: Vec<Option<Arc<UdpSocketState>>>,
+    /// Each socket's quinn-udp state (GRO on only while `vnet_hdr`).
+    states: Vec<Arc<UdpSocketState>>,
     /// The `LatencyLane` classifier, attached to the sockets (none: off, or
     /// the kernel refused it); the lane is the last queue.
     pub(super) lane: Option<Classifier>,
@@ -108,12 +111,10 @@ impl Forwarder {
         let states = sockets
             .iter()
             .map(|s| {
-                if !spec.offload {
-                    return Ok(None);
-                }
-                UdpSocketState::new((&**s).into())
-                    .map(|st| Some(Arc::new(st)))
-                    .map_err(|source| Error::UdpSocket { addr: bind, source })
+                let fail = |source| Error::UdpSocket { addr: bind, source };
+                let state = UdpSocketState::new((&**s).into()).map_err(fail)?;
+                socket::set_gro(s, false).map_err(fail)?;
+                Ok(Arc::new(state))
             })
             .collect::<Result<Vec<_>>>()?;
         let lane = if latency_lane { lane::attach_to_sockets(queues - 1, &sockets[0]) } else { None };
@@ -167,7 +168,7 @@ impl Forwarder {
     /// (GSO segments per send, GRO segments per receive) of the offload
     /// path; (1, 1) on the plain path.
     pub(crate) fn segments(&self) -> (usize, usize) {
-        match self.states.first().and_then(|s| s.as_ref()).filter(|_| self.vnet_hdr) {
+        match self.states.first().filter(|_| self.vnet_hdr) {
             Some(s) => (s.max_gso_segments(), s.gro_segments()),
             None => (1, 1),
         }
@@ -192,7 +193,8 @@ impl Forwarder {
             .map(|((dev, sock), state)| Queue {
                 dev: dev.clone(),
                 sock: sock.clone(),
-                state: state.clone().filter(|_| self.vnet_hdr),
+                state: state.clone(),
+                offload: self.vnet_hdr,
             })
             .collect()
     }

@@ -50,6 +50,14 @@ pub(crate) fn recv_batch(
     state.recv(sock.into(), &mut iovs, metas)
 }
 
+/// One datagram into `buf` (GRO off: the plain path), with its length,
+/// source, destination and interface in the returned metadata.
+pub(crate) fn recv_one(sock: &UdpSocket, state: &UdpSocketState, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    let mut meta = [RecvMeta::default()];
+    state.recv(sock.into(), &mut [IoSliceMut::new(buf)], &mut meta)?;
+    Ok(meta[0])
+}
+
 /// The virtio-net header of a packet written as it is.
 const PLAIN_VNET: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 

@@ -60,3 +60,10 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> Result<UdpSocket> {
     sock.set_nonblocking(true).map_err(fail)?;
     Ok(sock.into())
 }
+
+/// Turn UDP GRO on or off: on only where the receiving path reads its
+/// segment size (the offload path); a path that reads one datagram at a
+/// time must not be handed several glued together.
+pub(crate) fn set_gro(sock: &UdpSocket, on: bool) -> std::io::Result<()> {
+    sys::set_sockopt_int(sock, libc::SOL_UDP, libc::UDP_GRO, libc::c_int::from(on))
+}

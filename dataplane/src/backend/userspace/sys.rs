@@ -103,12 +103,22 @@ pub(crate) fn poll(fds: &[RawFd], events: i16, stop: RawFd, timeout: Option<Dura
 
 /// `setsockopt(fd, SOL_SOCKET, opt, &value)` for an int option.
 pub(crate) fn set_socket_int(fd: &impl AsRawFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    set_sockopt_int(fd, libc::SOL_SOCKET, opt, value)
+}
+
+/// `setsockopt(fd, level, opt, &value)` for an int option.
+pub(crate) fn set_sockopt_int(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt on a valid fd with a pointer to a c_int that
     // outlives the call and its exact size.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
+            level,
             opt,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,

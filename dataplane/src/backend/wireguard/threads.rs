@@ -34,47 +34,45 @@ impl TunReader for FastTx {
 /// ([`super::fast`]), else one packet per system call.
 fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Arc<Inbox>) -> io::Result<(Body, Body)> {
     let (dev, sock) = (q.dev.clone(), q.sock.clone());
-    Ok(match q.state.clone() {
-        Some(state) => {
-            // As the udp backend's queues: the RX thread serves both
-            // directions while the traffic is light, the TX thread takes
-            // the TUN device when bulk starts (see `userspace::duty`).
-            let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
-            let tx_path = Arc::new(Mutex::new(FastTx::new(sock.clone(), state.clone(), mtu)));
-            let tx: Body = {
-                let (dev, shared) = (dev.clone(), shared.clone());
-                let (path, duty) = (tx_path.clone(), duty.clone());
-                Box::new(move |stop| {
-                    let step = |p: &mut FastTx| p.step(&dev, &shared, stop);
-                    run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
-                })
-            };
-            let rx: Body = {
-                let (shared, inbox) = (shared.clone(), inbox.clone());
-                let mut path = FastRx::new(sock.clone(), state, mtu);
-                Box::new(move |stop| {
-                    let receive = || {
-                        let step = path.step(&dev, &shared, &inbox);
-                        (step, path.bulk())
-                    };
-                    let send = |p: &mut FastTx| p.step(&dev, &shared, stop);
-                    let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
-                    run_receiver(receive, &tx_path, send, &duty, fds, stop)
-                })
-            };
-            (tx, rx)
-        }
-        None => {
-            let tx: Body = {
-                let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
-                Box::new(move |stop| plain::tx(&dev, &sock, &shared, stop))
-            };
-            let rx: Body = {
-                let (shared, inbox) = (shared.clone(), inbox.clone());
-                Box::new(move |stop| plain::rx(&dev, &sock, &shared, &inbox, stop))
-            };
-            (tx, rx)
-        }
+    Ok(if q.offload {
+        let state = q.state.clone();
+        // As the udp backend's queues: the RX thread serves both
+        // directions while the traffic is light, the TX thread takes
+        // the TUN device when bulk starts (see `userspace::duty`).
+        let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
+        let tx_path = Arc::new(Mutex::new(FastTx::new(sock.clone(), state.clone(), mtu)));
+        let tx: Body = {
+            let (dev, shared) = (dev.clone(), shared.clone());
+            let (path, duty) = (tx_path.clone(), duty.clone());
+            Box::new(move |stop| {
+                let step = |p: &mut FastTx| p.step(&dev, &shared, stop);
+                run_sender(&path, step, &duty, dev.as_raw_fd(), stop)
+            })
+        };
+        let rx: Body = {
+            let (shared, inbox) = (shared.clone(), inbox.clone());
+            let mut path = FastRx::new(sock.clone(), state, mtu);
+            Box::new(move |stop| {
+                let receive = || {
+                    let step = path.step(&dev, &shared, &inbox);
+                    (step, path.bulk())
+                };
+                let send = |p: &mut FastTx| p.step(&dev, &shared, stop);
+                let fds = [sock.as_raw_fd(), dev.as_raw_fd()];
+                run_receiver(receive, &tx_path, send, &duty, fds, stop)
+            })
+        };
+        (tx, rx)
+    } else {
+        let tx: Body = {
+            let (dev, sock, shared) = (dev.clone(), sock.clone(), shared.clone());
+            Box::new(move |stop| plain::tx(&dev, &sock, &shared, stop))
+        };
+        let rx: Body = {
+            let (shared, inbox) = (shared.clone(), inbox.clone());
+            Box::new(move |stop| plain::rx(&dev, &sock, &shared, &inbox, stop))
+        };
+        (tx, rx)
     })
 }
 
