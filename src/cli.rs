@@ -171,8 +171,11 @@ pub(crate) struct RunArgs {
     /// Masquerade pod traffic leaving the overlay network (--ip-masq or --ip-masq=false).
     #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_value_t = false, default_missing_value = "true", value_parser = parse_bool)]
     pub ip_masq: bool,
-    /// Address the health endpoints listen on.
-    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "0.0.0.0")]
+    /// Address the health endpoints listen on. The default keeps them
+    /// (and /metrics) on the node itself; flanneld's is 0.0.0.0, which
+    /// pods can reach too: set 0.0.0.0 or the node's address to scrape
+    /// from elsewhere.
+    #[arg(long, env = "WEFT_HEALTHZ_IP", default_value = "127.0.0.1")]
     pub healthz_ip: Ipv4Addr,
     /// Port of /healthz and /readyz; 0 disables them.
     #[arg(long, env = "WEFT_HEALTHZ_PORT", default_value_t = 0)]

@@ -12,10 +12,13 @@
 //! reconcile and logs once when they change, not on every pass.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use weft_dataplane::DataplaneMetrics;
 use weft_subnet::Metrics as ControlMetrics;
@@ -28,7 +31,21 @@ pub(crate) struct HealthState {
     ready: std::sync::atomic::AtomicBool,
     control: OnceLock<Arc<ControlMetrics>>,
     dataplane: OnceLock<DataplaneMetrics>,
+    /// Connections closed at once because [`MAX_CONNECTIONS`] were open.
+    refused: AtomicU64,
 }
+
+/// Connections served at once; more are closed as soon as accepted (and
+/// counted), so a flood of them costs a bounded number of descriptors
+/// and tasks, never the forwarding or the lease.
+const MAX_CONNECTIONS: usize = 32;
+
+/// The longest a connection lives: reading the request and writing the
+/// answer, however slowly the other side reads.
+const CONNECTION_TIME: Duration = Duration::from_secs(5);
+
+/// The longest the request's head may take to arrive.
+const HEAD_TIME: Duration = Duration::from_secs(2);
 
 impl HealthState {
     pub(crate) fn set_control(&self, m: Arc<ControlMetrics>) {
@@ -64,6 +81,14 @@ impl HealthState {
         if let Some(d) = self.dataplane.get() {
             d.render(&mut out);
         }
+        use weft_types::metrics::{Kind, Writer};
+        Writer::new(&mut out)
+            .family(
+                "weft_health_connections_refused_total",
+                Kind::Counter,
+                "Connections to the health port closed unanswered because as many as the cap were open.",
+            )
+            .sample("weft_health_connections_refused_total", &[], self.refused.load(Ordering::Relaxed) as f64);
         out
     }
 }
@@ -127,7 +152,8 @@ impl Readiness {
     }
 }
 
-/// Read a request's head (up to the blank line, at most 8 KiB, within 2 s):
+/// Read a request's head (up to the blank line, at most 8 KiB, within
+/// [`HEAD_TIME`]):
 /// answering before the whole request has arrived would make the kernel
 /// reset the connection.
 async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
@@ -143,43 +169,56 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
         }
         Some(())
     };
-    tokio::time::timeout(std::time::Duration::from_secs(2), read).await.ok()??;
+    tokio::time::timeout(HEAD_TIME, read).await.ok()??;
     Some(String::from_utf8_lossy(&buf).into_owned())
 }
 
-/// Bind and serve until the task is dropped.
+/// Bind and serve until the task is dropped: at most [`MAX_CONNECTIONS`]
+/// at once, each for at most [`CONNECTION_TIME`].
 pub(crate) async fn serve(addr: SocketAddr, state: Arc<HealthState>) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     info!(%addr, "serving /healthz, /readyz and /metrics");
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
         loop {
-            let (mut conn, _) = match listener.accept().await {
-                Ok(c) => c,
+            let conn = match listener.accept().await {
+                Ok((c, _)) => c,
                 Err(e) => {
                     warn!("health endpoint accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                state.refused.fetch_add(1, Ordering::Relaxed);
+                drop(conn);
+                continue;
+            };
             let state = state.clone();
             tokio::spawn(async move {
-                let Some(request) = read_head(&mut conn).await else { return };
-                let path = request.split_whitespace().nth(1).unwrap_or("");
-                let (status, content_type, body) = match path {
-                    "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
-                    "/readyz" => match state.readyz() {
-                        (true, body) => ("200 OK", "text/plain", body),
-                        (false, body) => ("503 Service Unavailable", "text/plain", body),
-                    },
-                    "/metrics" => ("200 OK", "text/plain; version=0.0.4", state.metrics()),
-                    _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".to_string()),
-                };
-                let resp = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = conn.write_all(resp.as_bytes()).await;
+                let _ = tokio::time::timeout(CONNECTION_TIME, answer(conn, &state)).await;
+                drop(permit);
             });
         }
     }))
+}
+
+/// Read one request and write its answer.
+async fn answer(mut conn: tokio::net::TcpStream, state: &HealthState) {
+    let Some(request) = read_head(&mut conn).await else { return };
+    let path = request.split_whitespace().nth(1).unwrap_or("");
+    let (status, content_type, body) = match path {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/readyz" => match state.readyz() {
+            (true, body) => ("200 OK", "text/plain", body),
+            (false, body) => ("503 Service Unavailable", "text/plain", body),
+        },
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", state.metrics()),
+        _ => ("404 Not Found", "text/plain", "try /healthz, /readyz or /metrics\n".to_string()),
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(resp.as_bytes()).await;
 }

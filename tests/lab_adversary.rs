@@ -223,3 +223,63 @@ fn forged_by_a_pod(lab: &weft_lab::Lab) {
     assert!(wrong_path(lab) >= before + 5, "{}", lab.http(1, "/metrics").unwrap().1);
     assert_ping_matrix(lab);
 }
+
+/// The health port is the node's own: by default a pod reaches it neither
+/// on the bridge's address nor on the node's, while the node itself does.
+#[test]
+fn health_port_is_not_reachable_from_pods_by_default() {
+    let lab = lab(1, "udp", &[]);
+    let node = lab.node(1);
+    let (subnet, _, _) = lab.subnet_env(1).unwrap();
+    let bridge = std::net::Ipv4Addr::from(u32::from(subnet.network()) + 1);
+    for addr in [bridge, node.underlay_ip] {
+        let to = SocketAddr::from((addr, weft_lab::lab::HEALTHZ_PORT));
+        let reached = netns::in_netns(&node.pod_ns, move || {
+            std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)).is_ok()
+        })
+        .unwrap();
+        assert!(!reached, "a pod reached the health port on {to}");
+    }
+    assert_eq!(lab.http(1, "/readyz").unwrap().0, 200);
+}
+
+/// Thousands of connections to the health port, held open and silent:
+/// weft serves a bounded number at once (its descriptors stay bounded),
+/// closes the rest at once and counts them, keeps forwarding meanwhile,
+/// and answers again once the flood is over.
+#[test]
+fn health_port_connection_flood_is_capped_and_forwarding_goes_on() {
+    let lab = lab(2, "udp", &[]);
+    let pid = lab.daemon_pid(1).unwrap();
+    let fds = move || std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    let before = fds();
+    let pinger = lab.pinger(2, lab.node(1).pod_ip.unwrap(), "0.02", 200).unwrap();
+    let to = SocketAddr::from(([127, 0, 0, 1], weft_lab::lab::HEALTHZ_PORT));
+    let (opened, most) = netns::in_netns(&lab.node(1).ns, move || {
+        let (mut held, mut most, began) = (Vec::new(), 0, Instant::now());
+        while held.len() < 3000 && began.elapsed() < Duration::from_secs(3) {
+            if let Ok(c) = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200)) {
+                held.push(c);
+            }
+            if held.len() % 100 == 0 {
+                most = most.max(fds());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        (held.len(), most.max(fds()))
+    })
+    .unwrap();
+    let (sent, received) = pinger.finish().unwrap();
+    assert!(opened >= 1000, "the flood opened only {opened} connections; the test proves nothing");
+    assert!(most <= before + 40, "weft held {most} descriptors under the flood ({before} before)");
+    assert!(received + 2 >= sent, "forwarding suffered under the flood: {received} of {sent} pings");
+    // The held connections are closed by weft within their time limit.
+    wait_until("the health port to answer again", Duration::from_secs(10), || {
+        (lab.http(1, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .unwrap();
+    let refused = lab.metric(1, "weft_health_connections_refused_total").unwrap();
+    // Most: those still in the backlog when the flood ended may be
+    // served (and find the other side gone) once the held ones time out.
+    assert!(refused >= opened as u64 / 2, "{refused} of {opened} connections counted as refused");
+}
