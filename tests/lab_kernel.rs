@@ -363,3 +363,42 @@ fn sighup_is_ignored_and_said() {
     assert!(lab.daemon_running(1), "SIGHUP must not stop weft");
     lab.wait_ready(1, READY).unwrap();
 }
+
+/// weft appends its jumps to FORWARD and POSTROUTING as flanneld does
+/// (`AppendUnique`), after the rules an operator (or Docker's DOCKER-USER)
+/// put there first, at start and when it puts a deleted jump back.
+#[test]
+fn iptables_jumps_come_after_the_operators_rules_as_flanneld_appends_them() {
+    let mut lab = lab(1, "host-gw", &["--ip-masq", "--resync-interval", "1s"]);
+    let ipt =
+        |lab: &weft_lab::Lab, args: &[&str]| text(&lab.node_cmd(1, "iptables").args(args).output().unwrap().stdout);
+    // The node is restarted onto a host whose chains already hold an
+    // operator's rule each (weft's jumps gone, as on a fresh boot).
+    assert!(lab.stop_daemon(1, libc::SIGTERM).unwrap().success());
+    for (table, chain, jump) in [("filter", "FORWARD", "FLANNEL-FWD"), ("nat", "POSTROUTING", "FLANNEL-POSTRTG")] {
+        let comment = if jump == "FLANNEL-FWD" { "flanneld forward" } else { "flanneld masq" };
+        ipt(&lab, &["-t", table, "-D", chain, "-m", "comment", "--comment", comment, "-j", jump]);
+        ipt(&lab, &["-t", table, "-A", chain, "-m", "comment", "--comment", "operator rule"]);
+    }
+    lab.start_daemon(1, &["--ip-masq", "--resync-interval", "1s"]).unwrap();
+    lab.wait_ready(1, READY).unwrap();
+    let order = |lab: &weft_lab::Lab, table: &str, chain: &str, jump: &str| -> (usize, usize) {
+        let rules = ipt(lab, &["-t", table, "-S", chain]);
+        let at =
+            |what: &str| rules.lines().position(|l| l.contains(what)).unwrap_or_else(|| panic!("{what} in\n{rules}"));
+        (at("operator rule"), at(&format!("-j {jump}")))
+    };
+    for (table, chain, jump) in [("filter", "FORWARD", "FLANNEL-FWD"), ("nat", "POSTROUTING", "FLANNEL-POSTRTG")] {
+        let (operator, weft) = order(&lab, table, chain, jump);
+        assert!(operator < weft, "{table}/{chain}: weft's jump to {jump} is ahead of the operator's rule");
+    }
+    // A deleted jump is put back at the end too.
+    ipt(&lab, &["-D", "FORWARD", "-m", "comment", "--comment", "flanneld forward", "-j", "FLANNEL-FWD"]);
+    ipt(&lab, &["-I", "FORWARD", "-m", "comment", "--comment", "operator rule 2"]);
+    wait_until("the jump to be put back", Duration::from_secs(10), || {
+        ipt(&lab, &["-S", "FORWARD"]).contains("-j FLANNEL-FWD").then_some(())
+    })
+    .unwrap();
+    let (operator, weft) = order(&lab, "filter", "FORWARD", "FLANNEL-FWD");
+    assert!(operator < weft, "the repaired jump is ahead of the operator's rule:\n{}", ipt(&lab, &["-S", "FORWARD"]));
+}

@@ -92,13 +92,15 @@ async fn jump(fam: Family, table: &str, op: &str, chain: &str, target: &str) -> 
     iptables::jump(fam, table, op, chain, target, comment_of(target)).await
 }
 
-/// Make sure `table/chain` jumps to `target` (inserted first).
+/// Make sure `table/chain` jumps to `target`: appended, as flanneld does,
+/// so the rules an operator (or Docker's `DOCKER-USER`) put first stay
+/// first.
 async fn ensure_jump(fam: Family, table: &str, chain: &str, target: &str) -> Result<()> {
     if jump(fam, table, "-C", chain, target).await? {
         return Ok(());
     }
-    if !jump(fam, table, "-I", chain, target).await? {
-        return Err(Error::Masq(format!("could not insert the jump from {table}/{chain} to {target} ({fam:?})")));
+    if !jump(fam, table, "-A", chain, target).await? {
+        return Err(Error::Masq(format!("could not append the jump from {table}/{chain} to {target} ({fam:?})")));
     }
     Ok(())
 }
