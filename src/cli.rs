@@ -122,22 +122,47 @@ pub(crate) struct EtcdArgs {
     /// etcd user name (with --etcd-password).
     #[arg(long, global = true, env = "WEFT_ETCD_USERNAME")]
     pub etcd_username: Option<String>,
-    /// etcd password (with --etcd-username).
+    /// etcd password (with --etcd-username). Seen by anyone who can read
+    /// the process's environment or command line: prefer
+    /// --etcd-password-file.
     #[arg(long, global = true, env = "WEFT_ETCD_PASSWORD", hide_env_values = true)]
     pub etcd_password: Option<String>,
+    /// File whose first line is the etcd password (with --etcd-username),
+    /// instead of --etcd-password: e.g. a systemd credential,
+    /// `%d/etcd-password` with `LoadCredential=`.
+    #[arg(long, global = true, env = "WEFT_ETCD_PASSWORD_FILE", conflicts_with = "etcd_password")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 impl EtcdArgs {
-    pub(crate) fn options(&self) -> EtcdOptions {
+    /// The options to reach etcd with; fails when the password file
+    /// cannot be read or is empty.
+    pub(crate) fn options(&self) -> anyhow::Result<EtcdOptions> {
         let mut o = EtcdOptions::new(self.etcd_endpoints.clone());
         o.prefix = self.etcd_prefix.clone();
         o.key_file = self.etcd_keyfile.clone();
         o.cert_file = self.etcd_certfile.clone();
         o.ca_file = self.etcd_cafile.clone();
         o.username = self.etcd_username.clone();
-        o.password = self.etcd_password.clone();
-        o
+        o.password = match &self.etcd_password_file {
+            Some(path) => Some(read_password(path)?),
+            None => self.etcd_password.clone(),
+        };
+        Ok(o)
     }
+}
+
+/// The first line of `path`, which must not be empty.
+fn read_password(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::{bail, Context};
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read the etcd password from {}; check --etcd-password-file", path.display())
+    })?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        bail!("{} holds no password on its first line; check --etcd-password-file", path.display());
+    }
+    Ok(line.to_string())
 }
 
 /// `weft run`: flanneld's flags, so an existing unit file works unchanged.

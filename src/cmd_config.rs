@@ -20,7 +20,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
             };
             // Validate before connecting: an invalid config never reaches etcd.
             let config = NetworkConfig::parse(&text).context("the config was not written")?;
-            let registry = Registry::connect(etcd.options()).await?;
+            let registry = Registry::connect(etcd.options()?).await?;
             registry.put_config(&text).await?;
             let mut what = Vec::new();
             if let Some(v4) = &config.ipv4 {
@@ -43,7 +43,7 @@ pub(crate) async fn run(etcd: &EtcdArgs, cmd: &ConfigCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ConfigCmd::Get => {
-            let registry = Registry::connect(etcd.options()).await?;
+            let registry = Registry::connect(etcd.options()?).await?;
             let Some(text) = registry.get_config_text().await? else {
                 anyhow::bail!(weft_subnet::Error::ConfigNotFound { key: registry.config_key() });
             };

@@ -101,7 +101,7 @@ fn row(l: &Lease) -> String {
 }
 
 pub(crate) async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> {
-    let registry = Registry::connect(etcd.options()).await?;
+    let registry = Registry::connect(etcd.options()?).await?;
     let config = registry.get_config().await?;
     let mut watch = LeaseWatch::start(registry.clone(), config).await?;
     let mut leases: Vec<Lease> = watch.leases().cloned().collect();

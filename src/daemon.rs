@@ -79,7 +79,7 @@ async fn start(
             humantime::format_duration(ttl)
         );
     }
-    let cleartext = etcd.options().cleartext_password_endpoints().join(",");
+    let cleartext = etcd.options()?.cleartext_password_endpoints().join(",");
     if !cleartext.is_empty() {
         warn!(
             endpoints = %cleartext,
@@ -256,7 +256,7 @@ async fn serve(
 /// unreachable or the config is absent (saying so once). An invalid config
 /// is an error: the operator has to fix it.
 async fn wait_for_config(etcd: &EtcdArgs) -> Result<(Registry, NetworkConfig)> {
-    let opts = etcd.options();
+    let opts = etcd.options()?;
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut said_etcd = false;
     let mut said_config = false;

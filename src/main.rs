@@ -7,6 +7,7 @@
 //! |----------------|---------------------------------------------------------------|
 //! | [`cli`]        | the clap command line: flags, subcommands, help texts         |
 //! | [`compat`]     | flanneld compatibility of the command line and environment    |
+//! | [`crash_loop`] | the back-off of a crash loop under the unit                   |
 //! | [`cmd_config`] | `weft config put|get`                                         |
 //! | [`cmd_leases`] | `weft leases [--json] [--watch]`                              |
 //! | [`cmd_docker_opts`] | `weft docker-opts`: flannel's mk-docker-opts.sh          |
@@ -25,6 +26,7 @@ mod cmd_config;
 mod cmd_docker_opts;
 mod cmd_leases;
 mod compat;
+mod crash_loop;
 mod daemon;
 mod health;
 mod node_check;
@@ -49,6 +51,9 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_logging(&cli);
+    if matches!(cli.command, Command::Run(_)) {
+        crash_loop::back_off();
+    }
     // One thread: the control plane waits on etcd and netlink, and the udp
     // backend forwards on threads of its own. Measured with 65,433 peers
     // against the two-worker runtime: programmed in 3.1 s instead of 4.0,

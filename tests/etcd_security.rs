@@ -108,4 +108,27 @@ fn username_and_password_from_flags_or_flanneld_environment() {
         weft(&["--etcd-endpoints", &ep, "--etcd-username", "root", "--etcd-password", "wrong", "config", "get"], &[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("authentication failed"), "{}", text(&out.stderr));
+
+    // From a file (its first line; a systemd credential ends with a newline).
+    let secret = dir.path().join("etcd-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let get = ["--etcd-endpoints", &ep, "--etcd-username", "root", "config", "get"];
+    let out = weft(&[&get[..], &["--etcd-password-file", secret.to_str().unwrap()]].concat(), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), CONFIG);
+    let out = weft(&get, &[("WEFT_ETCD_PASSWORD_FILE", secret.to_str().unwrap())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // A missing or empty file, or both ways at once: a clear error.
+    let missing = dir.path().join("missing");
+    let out = weft(&[&get[..], &["--etcd-password-file", missing.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot read the etcd password from"), "{}", text(&out.stderr));
+    std::fs::write(&secret, "\n").unwrap();
+    let out = weft(&[&get[..], &["--etcd-password-file", secret.to_str().unwrap()]].concat(), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("holds no password"), "{}", text(&out.stderr));
+    let both = [&get[..], &["--etcd-password", "s3cret", "--etcd-password-file", "/dev/null"]].concat();
+    let out = weft(&both, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot be used with"), "{}", text(&out.stderr));
 }

@@ -49,10 +49,21 @@ fn the_package_holds_what_a_node_needs() {
     }
     let (_, conffiles) = run(Command::new("dpkg-deb").arg("-I").arg(package()).arg("conffiles"));
     assert_eq!(conffiles.trim(), "/etc/default/weft");
+    // It is where WEFT_ETCD_PASSWORD goes: readable by root alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(root.path().join("etc/default/weft")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "/etc/default/weft is {:o}", mode & 0o777);
     let defaults = std::fs::read_to_string(root.path().join("etc/default/weft")).unwrap();
     assert!(defaults.contains("#WEFT_ETCD_ENDPOINTS=") && defaults.contains("#FLANNELD_ETCD_ENDPOINTS="));
     let unit = std::fs::read_to_string(root.path().join("lib/systemd/system/weft.service")).unwrap();
-    for line in ["Type=notify", "Restart=always", "EnvironmentFile=-/etc/default/weft", "ExecStart=/usr/bin/weft run"] {
+    for line in [
+        "Type=notify",
+        "Restart=always",
+        "StartLimitIntervalSec=0",
+        "LimitNOFILE=65536",
+        "EnvironmentFile=-/etc/default/weft",
+        "ExecStart=/usr/bin/weft run",
+    ] {
         assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
     }
     assert!(

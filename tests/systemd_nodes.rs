@@ -188,6 +188,72 @@ fn udp_on_systemd_nodes() {
     assert!(!journal(c.node(1)).contains("refused nice"), "{}", journal(c.node(1)));
 }
 
+/// Under the packaged unit: `/etc/default/weft` is root's alone; five
+/// SIGKILLs within two seconds leave weft restarted (systemd's default
+/// start limit left the unit failed for good), the first restarts as fast
+/// as ever; and the etcd password comes from a systemd credential through
+/// `--etcd-password-file`, never from the environment.
+#[test]
+fn a_crash_loop_and_a_credential_on_systemd_nodes() {
+    let c = Cluster::new("host-gw");
+    let node = c.node(2);
+    assert_eq!(node.run("stat", &["-c", "%a %U", "/etc/default/weft"]).unwrap().trim(), "600 root");
+
+    let began = Instant::now();
+    let mut kills = 0;
+    while kills < 6 && began.elapsed() < Duration::from_secs(2) {
+        let pid = node.main_pid().unwrap();
+        if pid == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        node.run("systemctl", &["kill", "--kill-whom=main", "-s", "SIGKILL", "weft"]).unwrap();
+        kills += 1;
+        // The next process, before it is killed in turn.
+        let _ = wait_until("the next weft", Duration::from_secs(2), || {
+            let now = node.main_pid().ok()?;
+            (now != 0 && now != pid).then_some(())
+        });
+    }
+    assert!(kills >= 5, "only {kills} SIGKILLs within 2 s: the test proves nothing");
+    wait_until("weft to be active and ready after the crash loop", Duration::from_secs(30), || {
+        (c.state(2) == "active" && c.lab.http(2, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e} ({kills} SIGKILLs in {:?})\n{}", began.elapsed(), journal(node)));
+    let restarts: u32 =
+        node.run("systemctl", &["show", "-p", "NRestarts", "--value", "weft"]).unwrap().trim().parse().unwrap();
+    assert!(restarts >= kills, "{restarts} restarts after {kills} SIGKILLs");
+    eprintln!("{kills} SIGKILLs in {:?}: {restarts} restarts, ready again", began.elapsed());
+
+    // etcd requires a password now; node 2's comes from a credential.
+    for args in [&["user", "add", "root:s3cret-pw"][..], &["user", "grant-role", "root", "root"], &["auth", "enable"]] {
+        let out = c.lab.etcdctl(args).unwrap();
+        assert!(out.status.success(), "etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    node.run("install", &["-d", "-m", "700", "/etc/weft"]).unwrap();
+    std::fs::write(node.path("/etc/weft/etcd-password"), "s3cret-pw\n").unwrap();
+    node.run("chmod", &["600", "/etc/weft/etcd-password"]).unwrap();
+    let dropin = node.path("/etc/systemd/system/weft.service.d");
+    std::fs::create_dir_all(&dropin).unwrap();
+    std::fs::write(
+        dropin.join("etcd-password.conf"),
+        "[Service]\nLoadCredential=etcd-password:/etc/weft/etcd-password\n\
+         Environment=WEFT_ETCD_USERNAME=root WEFT_ETCD_PASSWORD_FILE=%d/etcd-password\n",
+    )
+    .unwrap();
+    node.run("systemctl", &["daemon-reload"]).unwrap();
+    // Type=notify: active means weft held its lease in etcd, so it logged in.
+    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+    assert_eq!(c.state(2), "active", "{}", journal(node));
+    assert_eq!(c.lab.http(2, "/readyz").unwrap().0, 200, "{}", journal(node));
+    let env = node.run("systemctl", &["show", "-p", "Environment", "weft"]).unwrap();
+    assert!(!env.contains("s3cret-pw"), "the password is in the unit's environment: {env}");
+    let pid = node.main_pid().unwrap();
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(environ.contains("WEFT_ETCD_PASSWORD_FILE="), "weft's environment unread: {environ}");
+    assert!(!environ.contains("s3cret-pw"), "the password is in weft's environment");
+}
+
 /// A dual-stack network on systemd nodes: the packaged unit and CNI
 /// plugin (kube-flannel's config) give pods both families, and they reach
 /// each other over IPv6 through flannel-v6.1.
