@@ -27,6 +27,7 @@ pub struct WireguardGo {
     pub public_key: String,
     child: Child,
     log: PathBuf,
+    key_file: PathBuf,
 }
 
 fn wg_output(args: &[&str], input: Option<&str>) -> Result<String> {
@@ -65,27 +66,45 @@ impl WireguardGo {
         Self::start_with(cmd, ns, dev, dir)
     }
 
-    fn start_with(mut cmd: Command, ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
+    fn start_with(cmd: Command, ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
         let private = wg_output(&["genkey"], None)?;
         let public_key = wg_output(&["pubkey"], Some(&private))?;
         let key_file = dir.join(format!("{dev}.key"));
         std::fs::write(&key_file, &private)?;
         let log = dir.join(format!("{dev}.log"));
-        let out = std::fs::File::create(&log)?;
-        let child = cmd
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        let w = WireguardGo { ns: ns.into(), dev: dev.into(), public_key, child, log };
-        let sock = format!("/var/run/wireguard/{dev}.sock");
+        let child = Self::spawn(cmd, &log)?;
+        let w = WireguardGo { ns: ns.into(), dev: dev.into(), public_key, child, log, key_file };
+        w.configure()?;
+        Ok(w)
+    }
+
+    fn spawn(mut cmd: Command, log: &Path) -> Result<Child> {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        cmd.stdout(out.try_clone()?).stderr(out).spawn().with_context(|| format!("starting {:?}", cmd.get_program()))
+    }
+
+    /// Wait for the control socket, then set the key and the port.
+    fn configure(&self) -> Result<()> {
+        let sock = format!("/var/run/wireguard/{}.sock", self.dev);
         wait_until("the WireGuard process to open its control socket", Duration::from_secs(10), || {
             Path::new(&sock).exists().then_some(())
         })
-        .with_context(|| w.log())?;
-        let key = key_file.to_str().context("key path")?;
-        w.wg(&["set", dev, "private-key", key, "listen-port", &PORT.to_string()])?;
-        Ok(w)
+        .with_context(|| self.log())?;
+        let key = self.key_file.to_str().context("key path")?;
+        self.wg(&["set", &self.dev, "private-key", key, "listen-port", &PORT.to_string()]).map(|_| ())
+    }
+
+    /// Kill `wireguard-go` (its device goes with it) and start it again
+    /// with the same key, as a node restarts: peers and the device's
+    /// address are to be set again.
+    pub fn restart(&mut self) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
+        let mut cmd = netns::exec(&self.ns, "wireguard-go");
+        cmd.env("WG_PROCESS_FOREGROUND", "1").arg(&self.dev);
+        self.child = Self::spawn(cmd, &self.log)?;
+        self.configure()
     }
 
     fn wg(&self, args: &[&str]) -> Result<String> {
