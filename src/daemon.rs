@@ -31,7 +31,7 @@ use weft_subnet::{
 use weft_subnet::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 
 use crate::cli::{EtcdArgs, RunArgs};
-use crate::health::{HealthState, Readiness};
+use crate::health::{Health, HealthState, Readiness};
 use crate::node_check::{ConfigFollower, ConfigStep};
 use crate::peers::desired_peers;
 
@@ -61,6 +61,8 @@ struct Node {
     margin: Duration,
     /// The health server, kept for as long as the node runs.
     _health_task: Option<tokio::task::JoinHandle<()>>,
+    /// This host is this process's (see `instance`).
+    _instance: crate::instance::Instance,
 }
 
 /// Start-up, in the order of the module doc, up to ready; `None` when
@@ -70,6 +72,7 @@ async fn start(
     args: &RunArgs,
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Node>> {
+    let instance = crate::instance::claim()?;
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
     if margin >= ttl {
@@ -187,7 +190,20 @@ async fn start(
         warn!("could not notify systemd of readiness: {e}");
     }
     info!(subnet = %id, backend = %dp.kind(), "weft is running");
-    Ok(Some(Node { registry, config, dp, watch, lease, id, holder, readiness, ttl, margin, _health_task: health_task }))
+    Ok(Some(Node {
+        registry,
+        config,
+        dp,
+        watch,
+        lease,
+        id,
+        holder,
+        readiness,
+        ttl,
+        margin,
+        _health_task: health_task,
+        _instance: instance,
+    }))
 }
 
 /// Run until stopped or until the lease is lost. Lease events, and
@@ -198,8 +214,20 @@ async fn serve(
     args: &RunArgs,
     mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<ExitCode> {
-    let Node { registry, config, mut dp, mut watch, lease, id, holder, mut readiness, ttl, margin, _health_task } =
-        node;
+    let Node {
+        registry,
+        config,
+        mut dp,
+        mut watch,
+        lease,
+        id,
+        holder,
+        mut readiness,
+        ttl,
+        margin,
+        _health_task,
+        _instance,
+    } = node;
     let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
     let mut renewal = tokio::spawn(async move { renewer.run().await });
@@ -329,9 +357,9 @@ fn release_freed_memory() {
 /// One pass (the one the dataplane judges due, [`Dataplane::update`]):
 /// converge the dataplane to the leases; returns why the node is not ready
 /// (empty: it is).
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Vec<String> {
-    let peers = desired_peers(watch.leases(), subnet, dp.kind());
-    let report = dp.update(&peers).await;
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Health {
+    let desired = desired_peers(watch.leases(), subnet, dp.kind());
+    let report = dp.update(&desired.peers).await;
     // A full pass reads every route, nexthop, neighbour and FDB entry.
     if report.changes >= TRIM_AT || (report.full && report.peers_desired >= TRIM_AT) {
         release_freed_memory();
@@ -345,5 +373,8 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Vec
             "dataplane converged"
         );
     }
-    dp.health().iter().map(ToString::to_string).collect()
+    let (remote, own): (Vec<_>, Vec<_>) = dp.health().into_iter().partition(|p| p.is_remote());
+    let mut remote: Vec<String> = remote.iter().map(ToString::to_string).collect();
+    remote.extend(desired.duplicates);
+    Health { own: own.iter().map(ToString::to_string).collect(), remote }
 }

@@ -33,6 +33,18 @@ pub(crate) struct HealthState {
     dataplane: OnceLock<DataplaneMetrics>,
     /// Connections closed at once because [`MAX_CONNECTIONS`] were open.
     refused: AtomicU64,
+    /// Faults of other nodes: said, not a reason to be not ready.
+    remote: Mutex<Vec<String>>,
+}
+
+/// What a reconcile pass found wrong, split by whose fault it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Health {
+    /// This node's own objects, rules or threads: not ready.
+    pub(crate) own: Vec<String>,
+    /// Other nodes' (a silent peer, a lease that cannot be programmed):
+    /// reported, still ready.
+    pub(crate) remote: Vec<String>,
 }
 
 /// Connections served at once; more are closed as soon as accepted (and
@@ -63,7 +75,12 @@ impl HealthState {
         // dataplane still matches the last known leases and carries traffic
         // (every node would turn not ready at once otherwise). It is said.
         let etcd_down = self.control.get().is_some_and(|c| !c.available());
-        let note = if etcd_down { "etcd unavailable: forwarding with the last known leases\n" } else { "" };
+        let mut note =
+            String::from(if etcd_down { "etcd unavailable: forwarding with the last known leases\n" } else { "" });
+        let remote = self.remote.lock().map(|r| r.clone()).unwrap_or_default();
+        if !remote.is_empty() {
+            note.push_str(&format!("other nodes at fault (not a readiness problem):\n{}\n", remote.join("\n")));
+        }
         if ready {
             (true, format!("ready\n{note}"))
         } else if reasons.is_empty() {
@@ -82,7 +99,14 @@ impl HealthState {
             d.render(&mut out);
         }
         use weft_types::metrics::{Kind, Writer};
+        let remote = self.remote.lock().map(|r| r.len()).unwrap_or(0);
         Writer::new(&mut out)
+            .family(
+                "weft_remote_problems",
+                Kind::Gauge,
+                "Faults of other nodes this node reports without being not ready (silent peers, leases it cannot program).",
+            )
+            .sample("weft_remote_problems", &[], remote as f64)
             .family(
                 "weft_health_connections_refused_total",
                 Kind::Counter,
@@ -100,16 +124,30 @@ pub(crate) struct Readiness {
     last: Option<Vec<String>>,
     dataplane: Vec<String>,
     config: Option<String>,
+    /// The other nodes' faults last said.
+    remote: Vec<String>,
 }
 
 impl Readiness {
     pub(crate) fn new(state: Arc<HealthState>) -> Readiness {
-        Readiness { state, last: None, dataplane: Vec::new(), config: None }
+        Readiness { state, last: None, dataplane: Vec::new(), config: None, remote: Vec::new() }
     }
 
-    /// Set the reasons the dataplane is not ready (empty: it is).
-    pub(crate) fn set(&mut self, reasons: Vec<String>) {
-        self.dataplane = reasons;
+    /// Set what the dataplane found wrong: its own faults make the node not
+    /// ready (none: it is), the other nodes' are said once per change.
+    pub(crate) fn set(&mut self, health: Health) {
+        self.dataplane = health.own;
+        if health.remote != self.remote {
+            if health.remote.is_empty() {
+                info!("other nodes at fault: none any more");
+            } else {
+                warn!("other nodes at fault (this node stays ready): {}", health.remote.join("; "));
+            }
+            if let Ok(mut r) = self.state.remote.lock() {
+                r.clone_from(&health.remote);
+            }
+            self.remote = health.remote;
+        }
         self.publish();
     }
 

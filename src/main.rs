@@ -13,6 +13,7 @@
 //! | [`cmd_docker_opts`] | `weft docker-opts`: flannel's mk-docker-opts.sh          |
 //! | [`daemon`]     | `weft run`: lease, backend, watch, renew, resync, shutdown    |
 //! | [`health`]     | `/healthz`, `/readyz` and `/metrics`                          |
+//! | [`instance`]   | one `weft run` per host (network namespace)                  |
 //! | [`node_check`] | the own lease and the config read back every resync           |
 //! | [`notify`]     | systemd readiness (`sd_notify READY=1`)                       |
 //! | [`peers`]      | the leases of the other nodes that the backend programs       |
@@ -29,6 +30,7 @@ mod compat;
 mod crash_loop;
 mod daemon;
 mod health;
+mod instance;
 mod node_check;
 mod notify;
 mod peers;

@@ -142,7 +142,8 @@ fn wireguard_garbage_and_forgeries_are_dropped_and_counted() {
     assert_ping_matrix(&lab);
 
     // A lease whose node does not answer: named by /readyz once the grace
-    // period is over, and ready again when the lease goes.
+    // period is over, while the node stays ready (the fault is the other
+    // node's), and no longer named when the lease goes.
     let silent: ipnet::Ipv4Net = "10.244.200.0/24".parse().unwrap();
     let lease = serde_json::json!({
         "PublicIP": "198.18.0.200",
@@ -152,19 +153,24 @@ fn wireguard_garbage_and_forgeries_are_dropped_and_counted() {
     lab.etcdctl(&["put", &lease_key(silent), &lease.to_string()]).unwrap();
     let (code, body) = wait_until("node 1 to name the silent peer", READY, || {
         let (code, body) = lab.http(1, "/readyz").ok()?;
-        (code == 503).then_some((code, body))
+        body.contains("other nodes at fault").then_some((code, body))
     })
     .unwrap();
+    assert_eq!(code, 200, "{body}");
     assert!(
         body.contains(
             "1 of 2 wireguard peers without a completed handshake (first: 10.244.200.0/24 at 198.18.0.200:51820"
         ),
         "{code} {body}"
     );
+    assert_eq!(lab.metric(1, "weft_remote_problems").unwrap(), 1);
+    assert_eq!(lab.metric(1, "weft_dataplane_ready{backend=\"wireguard\"}").unwrap(), 1);
     lab.etcdctl(&["del", &lease_key(silent)]).unwrap();
-    wait_until("node 1 to be ready again", PROPAGATION, || (lab.http(1, "/readyz").ok()?.0 == 200).then_some(()))
-        .unwrap();
-    assert!(lab.log(1).contains("ready again"), "{}", lab.log(1));
+    wait_until("node 1 to stop naming it", PROPAGATION, || {
+        (!lab.http(1, "/readyz").ok()?.1.contains("at fault")).then_some(())
+    })
+    .unwrap();
+    assert!(lab.log(1).contains("other nodes at fault: none any more"), "{}", lab.log(1));
 }
 
 /// What node 1 sends node 2 is WireGuard and nothing else (a capture on

@@ -110,6 +110,22 @@ impl std::fmt::Display for Problem {
     }
 }
 
+impl Problem {
+    /// Whether the fault lies with other nodes rather than this one: a
+    /// peer that does not answer, or some peers (not all) that cannot be
+    /// programmed (their leases name what this host cannot reach). Such a
+    /// problem is reported but does not make the node not ready: a
+    /// powered-off node keeps its lease for the TTL, and its neighbours
+    /// are no less able to carry their pods' traffic.
+    pub fn is_remote(&self) -> bool {
+        match self {
+            Problem::NoHandshake { .. } => true,
+            Problem::Peers { failed, of, .. } => failed < of,
+            _ => false,
+        }
+    }
+}
+
 impl Report {
     pub(crate) fn repaired(&mut self, kind: ObjectKind, n: usize) {
         self.repairs[kind as usize] += n as u64;
@@ -146,7 +162,7 @@ impl Counters {
         self.duration.observe(took);
         self.peers_desired.store(r.peers_desired as u64, Ordering::Relaxed);
         self.peers_programmed.store(r.peers_programmed as u64, Ordering::Relaxed);
-        self.ready.store(r.problems.is_empty(), Ordering::Relaxed);
+        self.ready.store(!r.problems.iter().any(|p| !p.is_remote()), Ordering::Relaxed);
     }
 
     fn render(&self, w: &mut Writer<'_>, backend: BackendKind) {
@@ -158,7 +174,11 @@ impl Counters {
             .sample("weft_dataplane_peers_desired", &b, g(&self.peers_desired))
             .family("weft_dataplane_peers_programmed", Kind::Gauge, "Peers whose routes and entries are all in place.")
             .sample("weft_dataplane_peers_programmed", &b, g(&self.peers_programmed))
-            .family("weft_dataplane_ready", Kind::Gauge, "1 while the host matches the desired state.")
+            .family(
+                "weft_dataplane_ready",
+                Kind::Gauge,
+                "1 while the host's own objects match the desired state (peers at fault aside).",
+            )
             .sample("weft_dataplane_ready", &b, if ready { 1.0 } else { 0.0 })
             .family(
                 "weft_dataplane_reconcile_duration_seconds",

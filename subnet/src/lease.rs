@@ -198,6 +198,9 @@ pub struct Lease {
     pub etcd_lease: i64,
     /// The key's last modification revision, for compare-and-swap.
     pub mod_revision: i64,
+    /// The revision the key was created at (0: not known): of two leases
+    /// that claim one identity, the older wins.
+    pub create_revision: i64,
     /// Time left before the lease expires, as of when it was read.
     pub ttl: Option<Duration>,
 }
@@ -324,7 +327,7 @@ impl Lease {
         if subnet.is_some() && attrs.public_ip.is_none() {
             return Err(LeaseParseError::BadValue { key: key.to_string(), reason: "no PublicIP".into() });
         }
-        Ok(Lease { subnet, ipv6_subnet, attrs, etcd_lease, mod_revision, ttl: None })
+        Ok(Lease { subnet, ipv6_subnet, attrs, etcd_lease, mod_revision, create_revision: 0, ttl: None })
     }
 
     /// This lease's key name (without prefix).

@@ -332,6 +332,7 @@ impl Registry {
             attrs: attrs.clone(),
             etcd_lease: id,
             mod_revision,
+            create_revision: mod_revision,
             ttl: Some(ttl),
         }))
     }
@@ -380,6 +381,7 @@ impl Registry {
             attrs: attrs.clone(),
             etcd_lease: id,
             mod_revision,
+            create_revision: mod_revision,
             ttl: Some(ttl),
         }))
     }
@@ -492,6 +494,7 @@ impl Registry {
             attrs: attrs.clone(),
             etcd_lease: id,
             mod_revision,
+            create_revision: lease.create_revision,
             ttl: Some(ttl),
         })
     }
@@ -560,7 +563,9 @@ pub(crate) fn lease_from_kv(
     kv: &KeyValue,
     config: &NetworkConfig,
 ) -> std::result::Result<Lease, LeaseParseError> {
-    Lease::from_entry(name, kv.value(), config, kv.lease(), kv.mod_revision())
+    let mut lease = Lease::from_entry(name, kv.value(), config, kv.lease(), kv.mod_revision())?;
+    lease.create_revision = kv.create_revision();
+    Ok(lease)
 }
 
 /// The full key `lease` was read or written as.

@@ -324,6 +324,7 @@ mod tests {
             },
             etcd_lease: 1,
             mod_revision: 1,
+            create_revision: 0,
             ttl: None,
         }
     }
