@@ -534,18 +534,23 @@ fn main() -> Result<()> {
     let mut scale_results = Vec::new();
     if !scales.is_empty() {
         println!();
-        println!("{:<10} {:>14} {:>14} {:>8} {:>8}", "leases", "programmed s", "+100 s", "RSS MB", "CPU s");
+        println!(
+            "{:<10} {:<10} {:>14} {:>14} {:>8} {:>8} {:>12}",
+            "backend", "leases", "programmed s", "+100 s", "RSS MB", "CPU s", "idle CPU"
+        );
     }
     for n in scales {
-        match scale::run(&weft, n) {
-            Ok(s) => {
-                println!(
-                    "{:<10} {:>14.2} {:>14.3} {:>8.0} {:>8.1}",
-                    s.leases, s.programmed_s, s.add_100_s, s.rss_mb, s.cpu_s
-                );
-                scale_results.push(s);
+        for backend in ["vxlan", "wireguard"] {
+            match scale::run(&weft, backend, n) {
+                Ok(s) => {
+                    println!(
+                        "{:<10} {:<10} {:>14.2} {:>14.3} {:>8.0} {:>8.1} {:>12.3}",
+                        s.backend, s.leases, s.programmed_s, s.add_100_s, s.rss_mb, s.cpu_s, s.idle_cpu
+                    );
+                    scale_results.push(s);
+                }
+                Err(e) => println!("{backend:<10} {n:<10} failed: {e:#}"),
             }
-            Err(e) => println!("{n:<10} failed: {e:#}"),
         }
     }
     let json = json!({
@@ -578,11 +583,13 @@ fn main() -> Result<()> {
 
         })).collect::<Vec<_>>(),
         "scale": scale_results.iter().map(|s| json!({
+            "backend": s.backend,
             "leases": s.leases,
             "programmed_s": s.programmed_s,
             "add_100_s": s.add_100_s,
             "rss_mb": s.rss_mb,
             "cpu_s": s.cpu_s,
+            "idle_cpu_per_s": s.idle_cpu,
         })).collect::<Vec<_>>(),
     });
     if let Some(dir) = out.parent() {
@@ -652,11 +659,26 @@ fn write_charts(
         let flanneld = vec![(5000.0, 3.01), (20000.0, 16.9)];
         charts::lines(
             &p,
-            "Time from start until every lease's route is in the kernel (vxlan)",
+            "Time from start until every lease's peer is programmed",
             "leases",
             "seconds",
             &[
-                ("weft", scale.iter().map(|s| (f64::from(s.leases), s.programmed_s)).collect()),
+                (
+                    "weft",
+                    scale
+                        .iter()
+                        .filter(|s| s.backend == "vxlan")
+                        .map(|s| (f64::from(s.leases), s.programmed_s))
+                        .collect(),
+                ),
+                (
+                    "weft, wireguard",
+                    scale
+                        .iter()
+                        .filter(|s| s.backend == "wireguard")
+                        .map(|s| (f64::from(s.leases), s.programmed_s))
+                        .collect(),
+                ),
                 ("flanneld v0.20.2 (reference)", flanneld),
             ],
         )?;

@@ -334,9 +334,13 @@ pub fn received(table: &PeerTable, index: u32, result: &TunnResult<'_>) -> Recei
 }
 
 /// Indexes for peers: stable per key, reused only after the key is gone.
+/// Giving one out costs O(1) on average: the indexes in use are a set
+/// kept beside the map, not rebuilt per call (which made programming N
+/// peers O(N²)).
 #[derive(Debug, Default)]
 pub struct Indexes {
     by_key: HashMap<Key, u32>,
+    used: std::collections::HashSet<u32>,
     next: u32,
 }
 
@@ -350,24 +354,29 @@ impl Indexes {
         if let Some(i) = self.by_key.get(&key) {
             return Some(*i);
         }
-        let used: std::collections::HashSet<u32> = self.by_key.values().copied().collect();
-        let start = self.next;
+        if self.used.len() >= MAX_INDEX as usize {
+            return None;
+        }
         loop {
             let candidate = self.next;
             self.next = if self.next >= MAX_INDEX { 1 } else { self.next + 1 };
-            if candidate != 0 && !used.contains(&candidate) {
+            if candidate != 0 && self.used.insert(candidate) {
                 self.by_key.insert(key, candidate);
                 return Some(candidate);
-            }
-            if self.next == start {
-                return None;
             }
         }
     }
 
     /// Forget the keys not in `keep` (their leases are gone).
     pub fn retain(&mut self, keep: &std::collections::HashSet<Key>) {
-        self.by_key.retain(|k, _| keep.contains(k));
+        let used = &mut self.used;
+        self.by_key.retain(|k, i| {
+            let kept = keep.contains(k);
+            if !kept {
+                used.remove(i);
+            }
+            kept
+        });
     }
 }
 

@@ -30,6 +30,9 @@ pub(crate) struct PeerState {
     pub(crate) tunn: Mutex<Tunn>,
     pub(crate) added: Instant,
     pub(crate) handshakes: AtomicU64,
+    /// When the handshake thread starts a handshake of its own with this
+    /// peer (see `handshake::Probe`); only that thread uses it.
+    pub(crate) probe: Mutex<crate::backend::wireguard::handshake::Probe>,
 }
 
 /// The peers as the threads see them.
@@ -177,6 +180,6 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
 
 /// A peer's lock; a thread that panicked holding it left the state usable
 /// (every call on it is one whole message).
-pub(crate) fn lock(t: &Mutex<Tunn>) -> std::sync::MutexGuard<'_, Tunn> {
+pub(crate) fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|e| e.into_inner())
 }

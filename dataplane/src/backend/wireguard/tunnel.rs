@@ -90,6 +90,7 @@ impl Tunnel {
                     subnet: p.subnet,
                     added: Instant::now(),
                     handshakes: Default::default(),
+                    probe: Default::default(),
                 }),
             };
             states.insert(index, state);
