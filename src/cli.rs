@@ -196,6 +196,11 @@ pub(crate) struct RunArgs {
     /// Masquerade pod traffic leaving the overlay network (--ip-masq or --ip-masq=false).
     #[arg(long, env = "WEFT_IP_MASQ", num_args = 0..=1, default_value_t = false, default_missing_value = "true", value_parser = parse_bool)]
     pub ip_masq: bool,
+    /// This host's identity in its lease (`WeftNodeID`, which flanneld
+    /// ignores), so that two hosts with one public address are told apart
+    /// and said, not fought over. Default: /etc/machine-id.
+    #[arg(long, env = "WEFT_NODE_ID")]
+    pub node_id: Option<String>,
     /// Address the health endpoints listen on. The default keeps them
     /// (and /metrics) on the node itself; flanneld's is 0.0.0.0, which
     /// pods can reach too: set 0.0.0.0 or the node's address to scrape

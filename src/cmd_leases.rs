@@ -71,6 +71,12 @@ fn human(d: Option<Duration>) -> String {
     }
 }
 
+/// `s` with its control characters escaped (`\u{1b}`, `\n`): a lease is
+/// another node's word, and its strings must not drive the terminal.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 const HEADER: &str = "SUBNET              PUBLIC IP        BACKEND   VTEP MAC            EXPIRES IN";
 
 /// One line per lease; a dual-stack lease has a second, indented line
@@ -83,7 +89,7 @@ fn row(l: &Lease) -> String {
         "{:<19} {:<16} {:<9} {:<19} {}",
         l.id().to_string(),
         l.holder().map(|ip| ip.to_string()).unwrap_or_else(|| "-".into()),
-        l.attrs.backend_kind(),
+        printable(l.attrs.backend_kind()),
         mac.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
         human(l.ttl)
     );
@@ -93,8 +99,10 @@ fn row(l: &Lease) -> String {
         line.push_str(&format!("\n  {s6} {ip6} {mac6}"));
     }
     match (l.attrs.wireguard_key(), l.attrs.wireguard_key6()) {
-        (Some(k), Some(k6)) if k != k6 => line.push_str(&format!("\n  wireguard key {k} (IPv6: {k6})")),
-        (Some(k), _) | (None, Some(k)) => line.push_str(&format!("\n  wireguard key {k}")),
+        (Some(k), Some(k6)) if k != k6 => {
+            line.push_str(&format!("\n  wireguard key {} (IPv6: {})", printable(&k), printable(&k6)))
+        }
+        (Some(k), _) | (None, Some(k)) => line.push_str(&format!("\n  wireguard key {}", printable(&k))),
         (None, None) => {}
     }
     line
@@ -165,5 +173,26 @@ pub(crate) async fn run(etcd: &EtcdArgs, args: &LeasesArgs) -> Result<ExitCode> 
             }
         }
         out.flush()?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_in_a_lease_are_printed_escaped() {
+        assert_eq!(printable("vxlan"), "vxlan");
+        assert_eq!(printable("\u{1b}[2Jvxlan\n"), "\\u{1b}[2Jvxlan\\n");
+        let l = Lease::read_entry(
+            "10.244.3.0-24",
+            br#"{"PublicIP":"198.18.0.3","BackendType":"\u001b[31mred\u0007"}"#,
+            0,
+            0,
+        )
+        .unwrap();
+        let shown = row(&l);
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'), "{shown:?}");
+        assert!(shown.contains("\\u{1b}[31mred\\u{7}"), "{shown}");
     }
 }

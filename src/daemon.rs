@@ -33,7 +33,7 @@ use weft_subnet::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
 use crate::cli::{EtcdArgs, RunArgs};
 use crate::health::{Health, HealthState, Readiness};
 use crate::node_check::{ConfigFollower, ConfigStep};
-use crate::peers::desired_peers;
+use crate::peers::{desired_peers, Own};
 
 /// `weft run`: [`start`], then [`serve`] until `shutdown` resolves or the
 /// lease is lost.
@@ -63,6 +63,8 @@ struct Node {
     _health_task: Option<tokio::task::JoinHandle<()>>,
     /// This host is this process's (see `instance`).
     _instance: crate::instance::Instance,
+    /// What the leases are judged against.
+    own: Own,
 }
 
 /// Start-up, in the order of the module doc, up to ready; `None` when
@@ -154,6 +156,7 @@ async fn start(
         backend_type: LeaseAttrs::backend_type_for(dp.kind()),
         backend_data: dp.backend_data().map(Into::into),
         backend_v6_data: dp.backend_v6_data().map(Into::into),
+        node_id: node_id(args),
     };
     let acquire = AcquireRequest {
         attrs,
@@ -173,7 +176,14 @@ async fn start(
     dp.start(DualStack::new(subnet, subnet6)).await.context("setting up the dataplane")?;
     let mut watch = LeaseWatch::start(registry.clone(), config.clone()).await?;
     watch.set_relist_interval(args.lease_relist_interval);
-    let first = reconcile(&mut dp, &watch, id).await;
+    let own = Own {
+        subnet: id,
+        subnet6,
+        public: [ext.public_ip.map(IpAddr::V4), ext.public_ipv6.map(IpAddr::V6)].into_iter().flatten().collect(),
+        ipv6: config.ipv6.is_some(),
+        backend: dp.kind(),
+    };
+    let first = reconcile(&mut dp, &watch, &own).await;
     let env = SubnetEnv {
         network: config.network(),
         subnet,
@@ -203,6 +213,7 @@ async fn start(
         margin,
         _health_task: health_task,
         _instance: instance,
+        own,
     }))
 }
 
@@ -227,6 +238,7 @@ async fn serve(
         margin,
         _health_task,
         _instance,
+        own,
     } = node;
     let (subnet, subnet6) = (lease.subnet, lease.ipv6_subnet);
     let mut renewer = Renewer::new(registry.clone(), lease, ttl, margin);
@@ -234,9 +246,19 @@ async fn serve(
     let (mut checks, check_task) =
         crate::node_check::spawn(registry.clone(), subnet, subnet6, holder, args.resync_interval);
     let mut follower = ConfigFollower::new(config.clone(), registry.config_key(), id, registry.metrics().clone());
+    let mut lease_clock = tokio::time::interval(LEASE_CLOCK);
+    lease_clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut expired = false;
     let outcome = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(ExitCode::SUCCESS),
+            _ = lease_clock.tick() => {
+                let now = registry.metrics().expires_in().is_some_and(|d| d.is_zero());
+                if now != expired {
+                    expired = now;
+                    readiness.set_lease(lease_time(id, now, &args.subnet_file));
+                }
+            }
             lost = &mut renewal => {
                 registry.metrics().lease_lost();
                 let why = lost.map(|r| r.to_string()).unwrap_or_else(|e| format!("renewal task failed: {e}"));
@@ -265,19 +287,74 @@ async fn serve(
                         LeaseEvent::Removed(l) => info!(subnet = %l.id(), public_ip = ?l.holder(), "lease removed"),
                     }
                 }
-                readiness.set(reconcile(&mut dp, &watch, id).await);
+                readiness.set(reconcile(&mut dp, &watch, &own).await);
             }
-            _ = dp.changed() => readiness.set(reconcile(&mut dp, &watch, id).await),
+            _ = dp.changed() => readiness.set(reconcile(&mut dp, &watch, &own).await),
         }
     };
     renewal.abort();
     check_task.abort();
     readiness.stopping();
+    // Without a lease no new pod may get an address from this subnet.
+    if registry.metrics().expires_in().is_none() {
+        withdraw_subnet_env(&args.subnet_file);
+    }
     dp.shutdown();
     if outcome.is_ok() {
         info!(subnet = %id, "stopping; the dataplane stays in place for the next start");
     }
     outcome
+}
+
+/// This host's identity: `--node-id`, else `/etc/machine-id` (none when
+/// neither is there: no check).
+fn node_id(args: &RunArgs) -> Option<String> {
+    let id = args
+        .node_id
+        .clone()
+        .or_else(|| std::fs::read_to_string("/etc/machine-id").ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty());
+    if id.is_none() {
+        warn!("no node ID (no /etc/machine-id, no --node-id): two hosts with one public address cannot be told apart");
+    }
+    id
+}
+
+/// How often the own lease's time is checked locally.
+const LEASE_CLOCK: Duration = Duration::from_secs(1);
+
+/// The own lease has `expired` by this host's clock (etcd unreachable for
+/// longer than it lives, so it could not be renewed): another node may
+/// hold the subnet now, so `subnet.env` is withdrawn and the node is not
+/// ready until a renewal; or it is renewed again: put back. Returns the
+/// readiness reason.
+fn lease_time(id: IpNet, expired: bool, subnet_file: &std::path::Path) -> Option<String> {
+    if expired {
+        withdraw_subnet_env(subnet_file);
+        let why = format!(
+            "the lease of {id} expired without a renewal (etcd unreachable?): another node may hold the subnet now; \
+             {} withdrawn, so new pods wait",
+            subnet_file.display()
+        );
+        warn!("{why}");
+        return Some(why);
+    }
+    match weft_subnet::restore(subnet_file) {
+        Ok(true) => info!(path = %subnet_file.display(), "the lease is renewed: subnet file put back"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot put {} back: {e}", subnet_file.display()),
+    }
+    None
+}
+
+/// Move `subnet.env` aside (the CNI plugin then says why it finds none).
+fn withdraw_subnet_env(subnet_file: &std::path::Path) {
+    match weft_subnet::withdraw(subnet_file) {
+        Ok(true) => warn!(path = %subnet_file.display(), "subnet file withdrawn: this node holds no valid lease"),
+        Ok(false) => {}
+        Err(e) => warn!("cannot withdraw {}: {e}", subnet_file.display()),
+    }
 }
 
 /// Connect to etcd and read a valid config, retrying while etcd is
@@ -357,8 +434,8 @@ fn release_freed_memory() {
 /// One pass (the one the dataplane judges due, [`Dataplane::update`]):
 /// converge the dataplane to the leases; returns why the node is not ready
 /// (empty: it is).
-async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Health {
-    let desired = desired_peers(watch.leases(), subnet, dp.kind());
+async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, own: &Own) -> Health {
+    let desired = desired_peers(watch.leases(), own);
     let report = dp.update(&desired.peers).await;
     // A full pass reads every route, nexthop, neighbour and FDB entry.
     if report.changes >= TRIM_AT || (report.full && report.peers_desired >= TRIM_AT) {
@@ -376,5 +453,5 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, subnet: IpNet) -> Hea
     let (remote, own): (Vec<_>, Vec<_>) = dp.health().into_iter().partition(|p| p.is_remote());
     let mut remote: Vec<String> = remote.iter().map(ToString::to_string).collect();
     remote.extend(desired.duplicates);
-    Health { own: own.iter().map(ToString::to_string).collect(), remote }
+    Health { own: own.iter().map(ToString::to_string).collect(), remote, ignored: desired.ignored }
 }

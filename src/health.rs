@@ -35,6 +35,8 @@ pub(crate) struct HealthState {
     refused: AtomicU64,
     /// Faults of other nodes: said, not a reason to be not ready.
     remote: Mutex<Vec<String>>,
+    /// Leases left out now.
+    ignored: AtomicU64,
 }
 
 /// What a reconcile pass found wrong, split by whose fault it is.
@@ -45,6 +47,8 @@ pub(crate) struct Health {
     /// Other nodes' (a silent peer, a lease that cannot be programmed):
     /// reported, still ready.
     pub(crate) remote: Vec<String>,
+    /// Leases left out, with why: said once per lease, counted.
+    pub(crate) ignored: Vec<(ipnet::IpNet, String)>,
 }
 
 /// Connections served at once; more are closed as soon as accepted (and
@@ -108,6 +112,12 @@ impl HealthState {
             )
             .sample("weft_remote_problems", &[], remote as f64)
             .family(
+                "weft_leases_ignored",
+                Kind::Gauge,
+                "Leases of other nodes left out now (another backend type, no usable address or backend data); the log says why, once each.",
+            )
+            .sample("weft_leases_ignored", &[], self.ignored.load(Ordering::Relaxed) as f64)
+            .family(
                 "weft_health_connections_refused_total",
                 Kind::Counter,
                 "Connections to the health port closed unanswered because as many as the cap were open.",
@@ -124,18 +134,31 @@ pub(crate) struct Readiness {
     last: Option<Vec<String>>,
     dataplane: Vec<String>,
     config: Option<String>,
+    /// Why the own lease keeps the node from being ready (expired).
+    lease: Option<String>,
     /// The other nodes' faults last said.
     remote: Vec<String>,
+    /// The leases left out, with why, as last said.
+    ignored: std::collections::HashMap<ipnet::IpNet, String>,
 }
 
 impl Readiness {
     pub(crate) fn new(state: Arc<HealthState>) -> Readiness {
-        Readiness { state, last: None, dataplane: Vec::new(), config: None, remote: Vec::new() }
+        Readiness {
+            state,
+            last: None,
+            dataplane: Vec::new(),
+            config: None,
+            lease: None,
+            remote: Vec::new(),
+            ignored: std::collections::HashMap::new(),
+        }
     }
 
     /// Set what the dataplane found wrong: its own faults make the node not
     /// ready (none: it is), the other nodes' are said once per change.
     pub(crate) fn set(&mut self, health: Health) {
+        self.note_ignored(health.ignored);
         self.dataplane = health.own;
         if health.remote != self.remote {
             if health.remote.is_empty() {
@@ -151,6 +174,21 @@ impl Readiness {
         self.publish();
     }
 
+    /// Say each lease left out once (and again only when why changes).
+    fn note_ignored(&mut self, now: Vec<(ipnet::IpNet, String)>) {
+        let now: std::collections::HashMap<_, _> = now.into_iter().collect();
+        for (subnet, why) in &now {
+            if self.ignored.get(subnet) != Some(why) {
+                warn!(%subnet, "ignoring the lease of {subnet}: {why}");
+            }
+        }
+        for subnet in self.ignored.keys().filter(|s| !now.contains_key(s)) {
+            info!(%subnet, "the lease of {subnet} is no longer ignored");
+        }
+        self.state.ignored.store(now.len() as u64, Ordering::Relaxed);
+        self.ignored = now;
+    }
+
     /// Set why the config in etcd keeps the node from being ready (`None`:
     /// it does not). Takes effect with the next [`set`](Self::set) before
     /// the node was first ready.
@@ -161,9 +199,19 @@ impl Readiness {
         }
     }
 
+    /// Set why the own lease keeps the node from being ready (`None`: it
+    /// does not).
+    pub(crate) fn set_lease(&mut self, reason: Option<String>) {
+        self.lease = reason;
+        if self.last.is_some() {
+            self.publish();
+        }
+    }
+
     fn publish(&mut self) {
         let mut reasons = self.dataplane.clone();
         reasons.extend(self.config.clone());
+        reasons.extend(self.lease.clone());
         if self.last.as_ref() == Some(&reasons) {
             return;
         }

@@ -88,6 +88,7 @@ fn values_round_trip(backend: &str) {
         backend_type: LeaseAttrs::backend_type_for(backend.parse().unwrap()),
         backend_data: attrs.backend_data.clone(),
         backend_v6_data: None,
+        node_id: None,
     };
     assert_eq!(&serde_json::to_string(&ours).unwrap(), value);
 

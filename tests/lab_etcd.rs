@@ -368,3 +368,51 @@ fn a_renewal_whose_reply_is_lost_keeps_the_daemons_lease() {
     assert_eq!(lab.subnet_env(1).unwrap().0, subnet);
     assert_eq!(lab.metric(1, "weft_lease_losses_total").unwrap(), 0);
 }
+
+/// etcd out of reach for longer than the lease lives: by its own clock the
+/// node knows the lease expired (another node may hold the subnet now), so
+/// it says so in /readyz (not ready), withdraws subnet.env, and the CNI
+/// plugin refuses new pods with a clear error. When etcd answers again the
+/// key is gone: weft exits to lease again, and the next start (as systemd
+/// restarts it) gets the same subnet back and puts subnet.env back.
+#[test]
+fn a_lease_that_expired_while_etcd_was_away_withdraws_subnet_env_until_leased_again() {
+    let mut lab = Lab::new(1, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(VXLAN).unwrap();
+    let proxy = lab.etcd_proxy().unwrap_or_else(|e| panic!("{e:#}"));
+    let args = ["--etcd-endpoints", &proxy.endpoint(), "--subnet-lease-ttl", "70s", "--subnet-lease-renew-margin", "1"];
+    lab.start_daemon(1, &args).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let subnet = lab.subnet_env(1).unwrap().0;
+    let file = lab.node(1).subnet_file.clone();
+    let withdrawn = weft_subnet::withdrawn_path(&file);
+
+    proxy.cut();
+    let body = wait_until("node 1 to find its lease expired", Duration::from_secs(100), || {
+        let (code, body) = lab.http(1, "/readyz").ok()?;
+        (code == 503 && body.contains("expired without a renewal")).then_some(body)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    assert!(body.contains("withdrawn"), "{body}");
+    assert!(!file.exists() && withdrawn.exists(), "subnet.env is not withdrawn");
+    let ns = lab.add_netns("late").unwrap();
+    let dir = lab.dir().join("n1");
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "cbr0", "type": "flannel",
+        "subnetFile": file, "dataDir": dir.join("cni"), "ipam": {"dataDir": dir.join("ipam")},
+    });
+    let out = lab
+        .cni(1, std::path::Path::new(env!("CARGO_BIN_EXE_weft-cni")), "ADD", "late", &ns, &conf.to_string())
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success() && said.contains("is withdrawn"), "CNI ADD: {said}");
+
+    proxy.restore();
+    let status = lab.wait_exit(1, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.log_tail(1)));
+    assert!(!status.success());
+    assert!(!file.exists(), "subnet.env came back without a lease");
+    lab.start_daemon(1, &args).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(lab.subnet_env(1).unwrap().0, subnet, "the same subnet again");
+    assert!(!withdrawn.exists());
+}

@@ -140,3 +140,85 @@ fn two_wireguard_nodes_with_one_key_one_is_reached_and_both_are_named() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(lab.log(1).matches(&said).count(), 1, "said once:\n{}", lab.log(1));
 }
+
+/// Leases whose PublicIP no peer can have: a multicast group (every node
+/// would multicast that subnet's pod traffic onto the underlay), loopback,
+/// and the node's own address. None is programmed (no FDB entry, no
+/// route); each is said once and counted; the node stays ready and its
+/// pods keep talking.
+#[test]
+fn leases_with_addresses_no_peer_can_have_are_not_programmed_and_said_once() {
+    let lab = lab(2, "vxlan", &["--resync-interval", "1s"]);
+    let own = lab.node(1).underlay_ip.to_string();
+    let bad = [(201u8, "224.0.0.1"), (202, "127.0.0.1"), (203, own.as_str())];
+    for (n, ip) in bad {
+        let lease = serde_json::json!({
+            "PublicIP": ip,
+            "BackendType": "vxlan",
+            "BackendData": {"VNI": 1, "VtepMAC": format!("02:42:c6:12:00:{n:02x}")},
+        });
+        lab.etcdctl(&["put", &format!("/coreos.com/network/subnets/10.244.{n}.0-24"), &lease.to_string()]).unwrap();
+    }
+    weft_lab::wait_until("node 1 to count the three", PROPAGATION, || {
+        (lab.metric(1, "weft_leases_ignored").ok()? == 3).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.log_tail(1)));
+    // A few passes more: still said once each.
+    std::thread::sleep(Duration::from_secs(3));
+    let run = |args: &[&str]| {
+        String::from_utf8_lossy(&lab.node_cmd(1, args[0]).args(&args[1..]).output().unwrap().stdout).into_owned()
+    };
+    let fdb = run(&["bridge", "fdb", "show", "dev", "flannel.1"]);
+    let routes = run(&["ip", "route"]);
+    let log = lab.log(1);
+    for (n, ip) in bad {
+        assert!(!fdb.contains(&format!("dst {ip} ")), "an FDB entry to {ip}:\n{fdb}");
+        assert!(!routes.contains(&format!("10.244.{n}.0/24")), "a route to 10.244.{n}.0/24:\n{routes}");
+        let said = log.matches(&format!("ignoring the lease of 10.244.{n}.0/24: PublicIP {ip} is")).count();
+        assert_eq!(said, 1, "lease {n}:\n{log}");
+    }
+    assert_eq!(lab.http(1, "/readyz").unwrap().0, 200);
+    assert_ping_matrix(&lab);
+}
+
+/// A second host comes up with node 1's address (a cloned VM, a leftover
+/// node): told apart by its node ID, it refuses to start with a clear
+/// error naming the lease and both IDs, and never rewrites node 1's lease;
+/// node 1 stays ready with its subnet.
+#[test]
+fn a_second_host_with_a_nodes_address_is_told_apart_and_said_not_fought() {
+    let mut lab = weft_lab::Lab::new(2, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("{e:#}"));
+    lab.put_config(&config("host-gw")).unwrap();
+    lab.start_daemon_env(1, &[], &[("WEFT_NODE_ID", "node-one")]).unwrap();
+    lab.wait_ready(1, READY).unwrap_or_else(|e| panic!("{e:#}"));
+    let subnet = lab.subnet_env(1).unwrap().0.trunc();
+    let key = format!("/coreos.com/network/subnets/{}-{}", subnet.network(), subnet.prefix_len());
+    let value = |lab: &weft_lab::Lab| lab.etcdctl(&["get", "--print-value-only", &key]).unwrap().stdout;
+    let before = value(&lab);
+    assert!(
+        String::from_utf8_lossy(&before).contains("\"WeftNodeID\":\"node-one\""),
+        "{}",
+        String::from_utf8_lossy(&before)
+    );
+
+    let ip1 = lab.node(1).underlay_ip.to_string();
+    let added =
+        lab.node_cmd(2, "ip").args(["addr", "add", &format!("{ip1}/24"), "dev", "eth0", "nodad"]).status().unwrap();
+    assert!(added.success());
+    let mut second = lab.run_command(2, &["--public-ip", &ip1]).unwrap();
+    second.env("WEFT_NODE_ID", "node-two").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = second.spawn().unwrap();
+    let exited =
+        weft_lab::wait_until("the second host to give up", Duration::from_secs(15), || child.try_wait().ok().flatten());
+    if exited.is_err() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let said = format!("another host holds the lease of {subnet} with this node's public address {ip1}");
+    assert!(stderr.contains(&said) && stderr.contains("node-one") && stderr.contains("node-two"), "{stderr}");
+    assert_eq!(value(&lab), before, "node 1's lease was rewritten");
+    assert_eq!(lab.http(1, "/readyz").unwrap().0, 200);
+    assert_eq!(lab.subnet_env(1).unwrap().0.trunc(), subnet);
+}

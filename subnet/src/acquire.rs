@@ -1,5 +1,8 @@
 //! The acquire policy: which subnet a node ends up with.
 //!
+//! 0. A lease with this node's `PublicIP` held by another host (its
+//!    `WeftNodeID` differs) is an error: two hosts with one address are
+//!    told apart and said, never fought over.
 //! 1. The node's own lease (same `PublicIP`) if it still fits the config: it
 //!    is renewed in place, so a restarted node keeps its subnet. If only its
 //!    IPv6 part no longer fits (IPv6 turned on or off since), the key is
@@ -90,6 +93,22 @@ pub(crate) fn decide<'a, R: rand::Rng + ?Sized>(
         }
     };
 
+    // A lease is this host's when it names no node (flanneld's, or an
+    // older weft's) or this one.
+    let this_host = |l: &Lease| match (&l.attrs.node_id, &req.attrs.node_id) {
+        (Some(theirs), Some(ours)) => theirs == ours,
+        _ => true,
+    };
+    // Another host with this node's address holds a lease: said, never
+    // fought over (each would take the other's lease in turn).
+    if let Some(other) = listing.leases.iter().find(|l| l.holder() == holder && !this_host(l)) {
+        return Err(Error::AddressInUse {
+            subnet: other.id(),
+            holder: holder.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            other: other.attrs.node_id.clone().unwrap_or_default(),
+            own: req.attrs.node_id.clone().unwrap_or_default(),
+        });
+    }
     // The own lease: same holder, and the subnet that names it still one
     // this config hands out.
     let own = listing.leases.iter().find(|l| {
@@ -118,8 +137,9 @@ pub(crate) fn decide<'a, R: rand::Rng + ?Sized>(
     // the same node has the same address of either family.
     let same_node = |l: &&Lease| {
         let a = &l.attrs;
-        (a.public_ip.is_some() && a.public_ip == req.attrs.public_ip)
-            || (a.public_ipv6.is_some() && a.public_ipv6 == req.attrs.public_ipv6)
+        this_host(l)
+            && ((a.public_ip.is_some() && a.public_ip == req.attrs.public_ip)
+                || (a.public_ipv6.is_some() && a.public_ipv6 == req.attrs.public_ipv6))
     };
     if let Some(old) = listing.other_family.iter().find(same_node) {
         let subnet = match (&config.ipv4, old.subnet) {
@@ -253,6 +273,7 @@ mod tests {
                 backend_type: String::new(),
                 backend_data: None,
                 backend_v6_data: None,
+                node_id: None,
             },
             ttl: Duration::from_secs(60),
             previous_subnet: prev.map(|p| p.parse().unwrap()),
@@ -337,5 +358,34 @@ mod tests {
             }
             d => panic!("expected a replacement, got {d:?}"),
         }
+    }
+
+    #[test]
+    fn a_lease_with_this_address_held_by_another_host_is_an_error_not_taken_over() {
+        let v4 = NetworkConfig::parse(V4).unwrap();
+        let held = |node: Option<&str>| {
+            let mut l = lease(&v4, "10.244.2.0-24", 2);
+            l.attrs.node_id = node.map(str::to_owned);
+            l
+        };
+        let mine = |node: Option<&str>| {
+            let mut r = req(2, None, None);
+            r.attrs.node_id = node.map(str::to_owned);
+            r
+        };
+        // (the lease's node, this node's) -> renewed as this node's own?
+        let table = [(Some("aaa"), Some("aaa"), true), (None, Some("aaa"), true), (Some("aaa"), None, true)];
+        for (theirs, ours, renewed) in table {
+            let l = listing(vec![held(theirs)]);
+            let d = decide_seeded(&l, &v4, &mine(ours)).unwrap();
+            assert_eq!(d == Decision::Renew(&l.leases[0]), renewed, "{theirs:?} {ours:?}: {d:?}");
+        }
+        let l = listing(vec![held(Some("aaa"))]);
+        let e = decide_seeded(&l, &v4, &mine(Some("bbb"))).unwrap_err().to_string();
+        assert!(
+            e.contains("another host holds the lease of 10.244.2.0/24 with this node's public address 198.18.0.2"),
+            "{e}"
+        );
+        assert!(e.contains("--public-ip"), "{e}");
     }
 }

@@ -70,21 +70,57 @@ impl SubnetEnv {
         if result.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
-        result.map_err(err)
+        result.map_err(err)?;
+        // A subnet held again: what was withdrawn is stale.
+        let _ = std::fs::remove_file(withdrawn_path(path));
+        Ok(())
     }
 }
 
-/// The subnet recorded in an existing `subnet.env` (`FLANNEL_SUBNET`), if
-/// the file exists and holds one.
+/// Where `subnet.env` is moved while the node holds no valid lease: the
+/// CNI plugin finds no subnet file (and says why), and the next start
+/// still asks for the same subnet.
+pub fn withdrawn_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".withdrawn");
+    path.with_file_name(name)
+}
+
+/// Move `subnet.env` aside (see [`withdrawn_path`]); `false` when there was
+/// none.
+pub fn withdraw(path: &Path) -> std::io::Result<bool> {
+    match std::fs::rename(path, withdrawn_path(path)) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Put a withdrawn `subnet.env` back; `false` when there was none.
+pub fn restore(path: &Path) -> std::io::Result<bool> {
+    match std::fs::rename(withdrawn_path(path), path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `subnet.env`'s text, or the withdrawn one's.
+fn recorded(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path).or_else(|_| std::fs::read_to_string(withdrawn_path(path))).ok()
+}
+
+/// The subnet recorded in an existing `subnet.env` (`FLANNEL_SUBNET`), or
+/// a withdrawn one, if the file exists and holds one.
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = recorded(path)?;
     parse_var(&text, "FLANNEL_SUBNET")?.parse::<Ipv4Net>().ok().map(|n| n.trunc())
 }
 
 /// The IPv6 subnet recorded in an existing `subnet.env`
 /// (`FLANNEL_IPV6_SUBNET`), if the file exists and holds one.
 pub fn previous_ipv6_subnet(path: &Path) -> Option<Ipv6Net> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = recorded(path)?;
     parse_var(&text, "FLANNEL_IPV6_SUBNET")?.parse::<Ipv6Net>().ok().map(|n| n.trunc())
 }
 

@@ -75,6 +75,11 @@ pub enum Error {
         "out of subnets: every /{len} subnet in {min} - {max} is leased; widen SubnetMin/SubnetMax (or IPv6SubnetMin/IPv6SubnetMax) or free a lease"
     )]
     OutOfSubnets { min: String, max: String, len: u8 },
+    #[error(
+        "another host holds the lease of {subnet} with this node's public address {holder} (its node ID {other}, this node's {own}): \
+         two hosts with one address (a cloned VM, a leftover node?); give this node its own address (--public-ip) or stop the other"
+    )]
+    AddressInUse { subnet: ipnet::IpNet, holder: std::net::IpAddr, other: String, own: String },
     #[error("gave up acquiring a subnet after {attempts} attempts lost to concurrent writers")]
     TooManyConflicts { attempts: u32 },
     #[error("cannot write {path}: {source}")]

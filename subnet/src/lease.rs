@@ -38,6 +38,11 @@ pub struct LeaseAttrs {
     pub backend_data: Option<BackendData>,
     #[serde(rename = "BackendV6Data", default, skip_serializing_if = "Option::is_none")]
     pub backend_v6_data: Option<BackendData>,
+    /// The host that holds the lease (weft's own field, from
+    /// `/etc/machine-id` or `--node-id`; flanneld ignores it and writes
+    /// none). Two hosts with one public address are told apart by it.
+    #[serde(rename = "WeftNodeID", default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
 }
 
 /// A lease's `BackendData`, kept as the JSON text it was read as. Every
@@ -218,7 +223,14 @@ pub enum LeaseParseError {
     OutsideNetwork6 { subnet: Ipv6Net, network: Ipv6Net, len: u8 },
     #[error("key {key:?} is of the wrong form for this network: {reason}")]
     WrongFamily { key: String, reason: &'static str },
+    #[error("value of {key} is {len} bytes, more than a lease ever needs ({MAX_LEASE_VALUE})")]
+    TooLarge { key: String, len: usize },
 }
+
+/// The largest lease value read: flanneld's are about 200 bytes, a
+/// dual-stack wireguard one under 400. A larger one is not a lease (and
+/// every node would hold it in memory).
+pub(crate) const MAX_LEASE_VALUE: usize = 4096;
 
 /// The key name (without prefix) of a lease: `10.244.3.0-24[&fd00::-64]`,
 /// or `fd00::-64` on IPv6-only networks. At least one subnet is given.
@@ -316,6 +328,9 @@ impl Lease {
     /// must still be well formed and name its holder.
     pub fn read_entry(key: &str, value: &[u8], etcd_lease: i64, mod_revision: i64) -> Result<Lease, LeaseParseError> {
         let (subnet, ipv6_subnet) = parse_subnet_key(key)?;
+        if value.len() > MAX_LEASE_VALUE {
+            return Err(LeaseParseError::TooLarge { key: key.to_string(), len: value.len() });
+        }
         let attrs: LeaseAttrs = serde_json::from_slice(value)
             .map_err(|e| LeaseParseError::BadValue { key: key.to_string(), reason: e.to_string() })?;
         if subnet.is_none() && attrs.public_ipv6.is_none() {
@@ -428,6 +443,7 @@ mod tests {
             backend_type: "vxlan".into(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"}).into()),
             backend_v6_data: None,
+            node_id: None,
         };
         let text = serde_json::to_string(&attrs).unwrap();
         assert_eq!(
@@ -481,6 +497,7 @@ mod tests {
             backend_type: "vxlan".into(),
             backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:01:02:03"}).into()),
             backend_v6_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:5f:aa:06:02:03"}).into()),
+            node_id: None,
         };
         assert_eq!(
             serde_json::to_string(&attrs).unwrap(),

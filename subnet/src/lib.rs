@@ -40,7 +40,7 @@ pub use acquire::{acquire_lease, AcquireRequest};
 pub use backoff::Backoff;
 pub use config::{BackendConfig, NetworkConfig};
 pub use config_change::{judge, ConfigVerdict};
-pub use env_file::{previous_ipv6_subnet, previous_subnet, SubnetEnv};
+pub use env_file::{previous_ipv6_subnet, previous_subnet, restore, withdraw, withdrawn_path, SubnetEnv};
 pub use error::{ConfigError, Error, Result};
 pub use etcd::{EtcdOptions, DEFAULT_ENDPOINT, DEFAULT_PREFIX};
 pub use lease::{parse_subnet_key, subnet_key, BackendData, Lease, LeaseAttrs, MacAddr};

@@ -105,6 +105,14 @@ impl Metrics {
         }
     }
 
+    /// Time left on the own lease as of its last write or renewal, by
+    /// this host's clock, less a second for the request that wrote it
+    /// (`None`: no lease held).
+    pub fn expires_in(&self) -> Option<Duration> {
+        let at = self.expires_at.load(Ordering::Relaxed);
+        (at > 0).then(|| Duration::from_secs_f64((at as f64 - unix_now() - 1.0).max(0.0)))
+    }
+
     pub fn lease_lost(&self) {
         self.losses.fetch_add(1, Ordering::Relaxed);
         self.expires_at.store(0, Ordering::Relaxed);

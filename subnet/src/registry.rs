@@ -70,6 +70,11 @@ pub enum LostReason {
 
 /// Keys per page when listing the leases.
 const LIST_PAGE: i64 = 2000;
+/// The largest listing reply taken (gRPC's default is 4 MiB): more than
+/// one value of etcd's largest (1.5 MiB). A page whose reply is larger
+/// still (a few huge values among 2,000 keys) is asked for again in
+/// halves.
+const MAX_REPLY: usize = 16 << 20;
 
 /// The first key after every key that starts with `prefix` (etcd's range
 /// end for a prefix).
@@ -215,16 +220,28 @@ impl Registry {
         // Pages of LIST_PAGE keys, all at the revision of the first page: one
         // consistent picture, and no reply near gRPC's 4 MiB limit (65,534
         // leases are about 11 MB).
+        let mut page = LIST_PAGE;
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(LIST_PAGE);
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(page);
             if listing.revision > 0 {
                 opts = opts.with_revision(listing.revision);
             }
-            let mut c = self.client.clone();
+            let mut kv = self.client.kv_client().max_decoding_message_size(MAX_REPLY);
             let key = from.clone();
             let resp = self
-                .timed("list_leases", async { c.get(key, Some(opts)).await.map_err(Error::etcd("list leases")) })
+                .timed("list_leases", async {
+                    match kv.get(key, Some(opts)).await {
+                        Ok(r) => Ok(Some(r)),
+                        Err(e) if page > 1 && reply_too_large(&e) => Ok(None),
+                        Err(e) => Err(Error::etcd("list leases")(e)),
+                    }
+                })
                 .await?;
+            let Some(resp) = resp else {
+                page = (page / 2).max(1);
+                tracing::debug!(page, "a listing reply was too large; asking for fewer keys");
+                continue;
+            };
             if listing.revision == 0 {
                 listing.revision = resp.header().map(|h| h.revision()).unwrap_or(0);
             }
@@ -547,13 +564,24 @@ impl Registry {
     /// Start a watch of `<prefix>/subnets/` from revision `from`.
     pub async fn watch_subnets(&self, from: i64) -> Result<WatchStream> {
         let prefix = self.subnets_prefix();
-        let mut c = self.client.clone();
+        // Events of several huge values may come in one message.
+        let mut c = self.client.watch_client().max_decoding_message_size(MAX_REPLY);
         self.timed("watch_leases", async {
             c.watch(prefix, Some(WatchOptions::new().with_prefix().with_start_revision(from).with_progress_notify()))
                 .await
                 .map_err(Error::etcd("watch leases"))
         })
         .await
+    }
+}
+
+/// Whether `e` says a reply was larger than the client takes.
+fn reply_too_large(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::OutOfRange || s.message().contains("message length too large")
+        }
+        _ => false,
     }
 }
 

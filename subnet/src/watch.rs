@@ -68,6 +68,10 @@ pub struct LeaseWatch {
     registry: Registry,
     config: NetworkConfig,
     known: BTreeMap<IpNet, Lease>,
+    /// Leases at a key of another form for a subnet whose older key is in
+    /// `known` (two key forms for one subnet): not used, kept so that the
+    /// deletion of the older one brings them in.
+    shadowed: BTreeMap<String, Lease>,
     next_rev: i64,
     stream: Option<WatchStream>,
     backoff: Backoff,
@@ -89,6 +93,7 @@ impl LeaseWatch {
             registry,
             config,
             known: BTreeMap::new(),
+            shadowed: BTreeMap::new(),
             next_rev: 0,
             stream: None,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(5)),
@@ -132,11 +137,92 @@ impl LeaseWatch {
         }
     }
 
+    fn warn_shadowed(&mut self, lease: &Lease, kept: String) {
+        let key = lease.key();
+        if self.warned.insert(key.clone()) {
+            warn!(
+                "two keys for subnet {} in etcd: using subnets/{kept} (the older), ignoring subnets/{key}; delete the one that is stale",
+                lease.id()
+            );
+        }
+    }
+
+    /// Take `lease` (at its key) into the table; the events it makes.
+    fn put(&mut self, lease: Lease) -> Vec<LeaseEvent> {
+        let key = lease.key();
+        self.shadowed.remove(&key);
+        let id = lease.id();
+        match self.known.get(&id) {
+            Some(cur) if cur.key() != key => {
+                if (lease.create_revision, &key) < (cur.create_revision, &cur.key()) {
+                    let old = self.known.insert(id, lease.clone()).expect("present");
+                    self.warn_shadowed(&old, key);
+                    self.shadowed.insert(old.key(), old);
+                    vec![LeaseEvent::Added(lease)]
+                } else {
+                    let kept = cur.key();
+                    self.warn_shadowed(&lease, kept);
+                    self.shadowed.insert(key, lease);
+                    Vec::new()
+                }
+            }
+            cur => {
+                let changed = cur.map(|o| (&o.attrs, o.ipv6_subnet)) != Some((&lease.attrs, lease.ipv6_subnet));
+                self.known.insert(id, lease.clone());
+                if changed {
+                    vec![LeaseEvent::Added(lease)]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// The key `name` no longer holds a usable lease (deleted, or
+    /// overwritten with garbage): only the lease at that very key goes, and
+    /// a shadowed one of the same subnet takes its place.
+    fn gone(&mut self, name: &str) -> Vec<LeaseEvent> {
+        self.shadowed.remove(name);
+        let Some(id) = id_of_key(name) else { return Vec::new() };
+        if self.known.get(&id).is_none_or(|l| l.key() != name) {
+            return Vec::new();
+        }
+        let old = self.known.remove(&id).expect("present");
+        let next = self
+            .shadowed
+            .values()
+            .filter(|l| l.id() == id)
+            .min_by_key(|l| (l.create_revision, l.key()))
+            .map(Lease::key);
+        match next.and_then(|k| self.shadowed.remove(&k)) {
+            Some(lease) => {
+                self.known.insert(id, lease.clone());
+                vec![LeaseEvent::Added(lease)]
+            }
+            None => vec![LeaseEvent::Removed(old)],
+        }
+    }
+
     fn absorb_listing(&mut self, listing: Listing) -> Vec<LeaseEvent> {
         for (key, why) in &listing.skipped {
             self.warn_once(key, why);
         }
-        let fresh: BTreeMap<_, _> = listing.leases.into_iter().map(|l| (l.id(), l)).collect();
+        let mut leases = listing.leases;
+        // Of two keys for one subnet, the older (by create revision) wins.
+        leases.sort_by_key(|l| (l.create_revision, l.key()));
+        let mut fresh: BTreeMap<IpNet, Lease> = BTreeMap::new();
+        self.shadowed.clear();
+        for lease in leases {
+            match fresh.get(&lease.id()) {
+                Some(kept) => {
+                    self.warn_shadowed(&lease, kept.key());
+                    self.shadowed.insert(lease.key(), lease);
+                }
+                None => {
+                    fresh.insert(lease.id(), lease);
+                }
+            }
+        }
         let events = diff_leases(&self.known, &fresh);
         self.known = fresh;
         self.next_rev = listing.revision + 1;
@@ -266,32 +352,14 @@ impl LeaseWatch {
             let name = key.strip_prefix(&prefix).unwrap_or(&key).to_string();
             match ev.event_type() {
                 EventType::Delete => {
-                    // Only the key known for the subnet: a node whose key
-                    // changed form (IPv6 turned on) deletes its old one.
-                    if let Some(id) = id_of_key(&name) {
-                        if self.known.get(&id).is_some_and(|l| l.key() == name) {
-                            events.extend(self.known.remove(&id).map(LeaseEvent::Removed));
-                        }
-                    }
+                    events.extend(self.gone(&name));
                     self.warned.remove(&name);
                 }
                 EventType::Put => match lease_from_kv(&name, kv, &self.config) {
-                    Ok(lease) => {
-                        let changed = self.known.get(&lease.id()).map(|o| (&o.attrs, o.ipv6_subnet))
-                            != Some((&lease.attrs, lease.ipv6_subnet));
-                        self.known.insert(lease.id(), lease.clone());
-                        if changed {
-                            events.push(LeaseEvent::Added(lease));
-                        }
-                    }
+                    Ok(lease) => events.extend(self.put(lease)),
                     Err(why) => {
                         self.warn_once(&name, &why);
-                        // A valid lease overwritten with garbage is no longer usable.
-                        if let Some(id) = id_of_key(&name) {
-                            if let Some(old) = self.known.remove(&id) {
-                                events.push(LeaseEvent::Removed(old));
-                            }
-                        }
+                        events.extend(self.gone(&name));
                     }
                 },
             }
@@ -321,6 +389,7 @@ mod tests {
                 backend_type: "vxlan".into(),
                 backend_data: None,
                 backend_v6_data: None,
+                node_id: None,
             },
             etcd_lease: 1,
             mod_revision: 1,

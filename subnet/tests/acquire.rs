@@ -418,3 +418,46 @@ async fn turning_ipv4_off_replaces_the_dual_key_keeping_the_ipv6_subnet_and_on_a
     assert!(again.subnet.is_some());
     assert_eq!(key_names(&reg).await, [again.key()], "one key, dual");
 }
+
+/// Three values of 1.4 MiB under the subnets prefix (near etcd's request
+/// limit) among ordinary leases: one listing page of them is larger than
+/// gRPC's 4 MiB reply, which made every listing (and every `weft run`
+/// start) fail. The listing asks for smaller pages instead, skips the
+/// huge values with why, and a node still acquires a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_values_among_the_leases_are_skipped_and_a_node_still_acquires() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let config = put_config(&reg, RANGE_16).await;
+    let mut kv = reg.client();
+    let huge = format!(r#"{{"PublicIP":"198.18.0.99","BackendType":"vxlan","Junk":"{}"}}"#, "x".repeat(1_400_000));
+    for n in 1..=3 {
+        kv.put(format!("/coreos.com/network/subnets/10.244.{n}.0-24"), huge.clone(), None).await.unwrap();
+    }
+    for n in 4..=6 {
+        let req = AcquireRequest {
+            attrs: attrs(Ipv4Addr::new(198, 18, 0, n)),
+            ttl: HOUR,
+            previous_subnet: Some(format!("10.244.{n}.0/24").parse().unwrap()),
+            previous_ipv6_subnet: None,
+        };
+        acquire_lease(&reg, &config, &req).await.unwrap();
+    }
+    let listing = reg.list(&config).await.expect("the listing copes with huge values");
+    assert_eq!(listing.leases.len(), 3, "the three ordinary leases");
+    assert_eq!(listing.skipped.len(), 3);
+    assert!(
+        listing.skipped.iter().all(|(_, e)| e.to_string().contains("more than a lease ever needs")),
+        "{:?}",
+        listing.skipped
+    );
+    // Their subnets still count as taken: a new node gets another one.
+    let req = AcquireRequest {
+        attrs: attrs(Ipv4Addr::new(198, 18, 0, 7)),
+        ttl: HOUR,
+        previous_subnet: None,
+        previous_ipv6_subnet: None,
+    };
+    let lease = acquire_lease(&reg, &config, &req).await.unwrap();
+    assert!(!(1..=6).any(|n| lease.subnet == Some(format!("10.244.{n}.0/24").parse().unwrap())), "{lease:?}");
+}

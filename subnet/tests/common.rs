@@ -27,6 +27,7 @@ pub(crate) fn attrs(ip: Ipv4Addr) -> LeaseAttrs {
         backend_type: "vxlan".into(),
         backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}).into()),
         backend_v6_data: None,
+        node_id: None,
     }
 }
 

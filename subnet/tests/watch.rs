@@ -215,3 +215,48 @@ async fn a_listing_larger_than_a_grpc_reply_is_complete() {
     let events = tokio::time::timeout(Duration::from_secs(10), watch.next()).await.expect("the new lease is seen");
     assert!(matches!(&events[..], [LeaseEvent::Added(l)] if l.subnet == Some(net("10.255.0.0/24"))), "{events:?}");
 }
+
+/// Two keys for one subnet (`10.244.3.0-24` and its dual-stack form): the
+/// older is the lease, from a listing and from the watch alike; garbage
+/// written at the other key removes nothing; once the older key is
+/// deleted, the other takes its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_keys_for_one_subnet_the_older_wins_and_only_its_own_key_removes_it() {
+    let etcd = etcd();
+    let reg = registry(&etcd.endpoint()).await;
+    let dual =
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd10:244::/56","Backend":{"Type":"vxlan"}}"#;
+    let config = put_config(&reg, dual).await;
+    let mut kv = reg.client();
+    let p = reg.subnets_prefix();
+    let (v4_key, dual_key) = (format!("{p}10.244.3.0-24"), format!("{p}10.244.3.0-24&fd10:244:0:3::-64"));
+    let value = |host: u8| format!(r#"{{"PublicIP":"198.18.0.{host}","PublicIPv6":null,"BackendType":"vxlan"}}"#);
+    kv.put(v4_key.clone(), value(3), None).await.unwrap();
+    let mut watch = LeaseWatch::start(reg.clone(), config.clone()).await.unwrap();
+    let holder = |watch: &LeaseWatch| {
+        watch.leases().find(|l| l.subnet == Some(net("10.244.3.0/24"))).and_then(|l| l.attrs.public_ip)
+    };
+
+    // The newer key: not used. A lease added after it marks when the
+    // watch has seen it.
+    kv.put(dual_key.clone(), value(33), None).await.unwrap();
+    add(&reg, "10.244.4.0/24", 4).await;
+    events_until(&mut watch, &["10.244.3.0/24", "10.244.4.0/24"]).await;
+    assert_eq!(holder(&watch), Some(Ipv4Addr::new(198, 18, 0, 3)));
+    let listed = LeaseWatch::start(reg.clone(), config.clone()).await.unwrap();
+    assert_eq!(holder(&listed), Some(Ipv4Addr::new(198, 18, 0, 3)), "a listing picks the same one");
+
+    // Garbage at the newer key removes nothing.
+    kv.put(dual_key.clone(), "garbage", None).await.unwrap();
+    add(&reg, "10.244.5.0/24", 5).await;
+    events_until(&mut watch, &["10.244.3.0/24", "10.244.4.0/24", "10.244.5.0/24"]).await;
+    assert_eq!(holder(&watch), Some(Ipv4Addr::new(198, 18, 0, 3)));
+
+    // The older key deleted: the other (valid again) takes its place.
+    kv.put(dual_key.clone(), value(33), None).await.unwrap();
+    kv.delete(v4_key.clone(), None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while holder(&watch) != Some(Ipv4Addr::new(198, 18, 0, 33)) {
+        tokio::time::timeout_at(deadline, watch.next()).await.expect("the other key to take over");
+    }
+}

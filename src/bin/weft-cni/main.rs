@@ -20,6 +20,7 @@ mod netconf;
 mod subnet_file;
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 
 use serde_json::{json, Value};
@@ -95,6 +96,13 @@ fn add(stdin: &[u8]) -> Result<String, CniError> {
     let cni_path = env("CNI_PATH")?;
     let text = match std::fs::read_to_string(&conf.subnet_file) {
         Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && Path::new(&format!("{}.withdrawn", conf.subnet_file)).exists() => {
+            return Err(CniError::with_details(
+                code::TRY_AGAIN_LATER,
+                format!("{} is withdrawn: this node holds no valid lease of its subnet", conf.subnet_file),
+                "weft withdrew it when the lease expired or was lost (etcd unreachable?); pods get addresses again once it is renewed",
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CniError::with_details(
                 code::TRY_AGAIN_LATER,
