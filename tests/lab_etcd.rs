@@ -407,6 +407,13 @@ fn a_lease_that_expired_while_etcd_was_away_withdraws_subnet_env_until_leased_ag
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success() && said.contains("is withdrawn"), "CNI ADD: {said}");
 
+    // The node's clock runs ahead of etcd's by the time its grant took to
+    // arrive: restore etcd only once etcd itself has let the key go.
+    wait_until("etcd to expire the lease", Duration::from_secs(30), || {
+        let out = lab.etcdctl(&["get", "--prefix", "--keys-only", "/coreos.com/network/subnets/"]).ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().is_empty().then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
     proxy.restore();
     let status = lab.wait_exit(1, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}\n{}", lab.log_tail(1)));
     assert!(!status.success());

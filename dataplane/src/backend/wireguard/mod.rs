@@ -45,6 +45,7 @@ mod handshake;
 mod key;
 mod plain;
 mod plan;
+mod probe;
 mod state;
 mod threads;
 mod tunnel;

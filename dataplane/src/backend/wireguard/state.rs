@@ -31,8 +31,8 @@ pub(crate) struct PeerState {
     pub(crate) added: Instant,
     pub(crate) handshakes: AtomicU64,
     /// When the handshake thread starts a handshake of its own with this
-    /// peer (see `handshake::Probe`); only that thread uses it.
-    pub(crate) probe: Mutex<crate::backend::wireguard::handshake::Probe>,
+    /// peer (see `probe::Probe`); only that thread uses it.
+    pub(crate) probe: Mutex<super::probe::Probe>,
 }
 
 /// The peers as the threads see them.
