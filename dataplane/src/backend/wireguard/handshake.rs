@@ -2,7 +2,7 @@
 //! 3: initiation, response, cookie reply) is handed over by the RX thread,
 //! so that the Diffie-Hellman they cost never holds up decryption, and the
 //! protocol's timers run here too: retransmitted and new handshakes,
-//! keepalives, a handshake with every peer without a fresh session, and the
+//! keepalives, the handshakes weft starts on its own (`probe.rs`), and the
 //! handshake limiter's reset each second.
 //!
 //! What reaches the thread is checked first, on the RX thread, cheaply:
@@ -35,9 +35,8 @@ use crate::forward::wg::{received, Incoming, Received, WgDrop};
 const TICK: Duration = Duration::from_millis(250);
 /// The longest wait for a message, so that a stop is seen within it.
 const POLL: Duration = Duration::from_millis(50);
-/// A new handshake once the last completed one is this old, so a session
-/// is always ready and a peer that stops answering is noticed
-/// (WireGuard's REKEY_AFTER_TIME).
+/// A session this old is stale (WireGuard's REKEY_AFTER_TIME): weft may
+/// start a handshake of its own then, as its [`Probe`](super::probe::Probe) decides.
 const KEEP_SESSION: Duration = Duration::from_secs(120);
 /// Initiations waiting for the thread, at most; more are dropped (counted
 /// as `inbox_full`), as a flood must not grow memory.
@@ -139,7 +138,7 @@ pub(crate) fn admit<'s>(
 ) -> Option<(u32, &'s Arc<PeerState>)> {
     match datagram.first() {
         Some(1..=2) => {
-            match shared.limiter.verify_packet(Some(from.ip()), datagram, replies.buf) {
+            match shared.limiter.load().verify_packet(Some(from.ip()), datagram, replies.buf) {
                 Ok(_) => {
                     if !inbox.post(datagram, from) {
                         shared.stats.drop(WgDrop::InboxFull);
@@ -191,7 +190,7 @@ pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Not
             h.handle(m.bytes(), m.from);
         }
         if reset.elapsed() >= Duration::from_secs(1) {
-            shared.limiter.reset_count();
+            shared.limiter.load().reset_count();
             reset = Instant::now();
         }
         if ticked.elapsed() >= TICK {
@@ -254,7 +253,7 @@ impl Handshaker<'_> {
     }
 
     /// The timers of every peer, and a handshake for each one without a
-    /// fresh session when its [`Probe`] says so.
+    /// fresh session when its [`Probe`](super::probe::Probe) says so.
     fn tick(&mut self) {
         let Handshaker { sock, shared, out, sends, .. } = self;
         let set = shared.peers.load();
@@ -264,8 +263,9 @@ impl Handshaker<'_> {
             if let TunnResult::WriteToNetwork(b) = tunn.update_timers(out) {
                 send_one(sock, b, state.peer.endpoint, sends);
             }
-            if tunn.time_since_last_handshake().is_none_or(|age| age >= KEEP_SESSION)
-                && lock(&state.probe).start(now, state.handshakes.load(Ordering::Relaxed))
+            let (age, sent, ..) = tunn.stats();
+            if age.is_none_or(|age| age >= KEEP_SESSION)
+                && lock(&state.probe).start(now, state.handshakes.load(Ordering::Relaxed), sent as u64)
             {
                 if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
                     send_one(sock, b, state.peer.endpoint, sends);
@@ -369,5 +369,23 @@ mod tests {
         let under_load = drops.iter().find(|(r, _)| *r == "under_load").map_or(0, |(_, n)| *n);
         assert_eq!(under_load as usize, answered, "each counted as under_load: {drops:?}");
         assert!(answered < 300, "the first ones under the limit are queued");
+    }
+
+    #[test]
+    fn the_limit_grows_with_the_peers_so_their_rekeys_ask_for_no_cookies() {
+        use super::super::state::handshake_limit;
+        let table: Vec<u64> = [0, 1_500, 6_000, 20_000, 65_000, 1_000_000].map(handshake_limit).to_vec();
+        assert_eq!(table, [100, 100, 400, 1_333, 4_000, 4_000]);
+        let node = StaticSecret::random_from_rng(rand_core::OsRng);
+        let shared = WgShared::new(node.clone());
+        shared.fit_limiter(20_000);
+        let (inbox, init) = (Inbox::new(), initiation_to(&node));
+        // 300 in one second from 20,000 peers is no load: all are queued
+        // (up to the inbox's bound), none asked for a cookie.
+        for _ in 0..300 {
+            admit_one(&shared, &inbox, &init);
+        }
+        let drops = shared.stats.counts();
+        assert!(drops.iter().all(|(r, _)| *r != "under_load"), "{drops:?}");
     }
 }

@@ -18,9 +18,20 @@ use weft_types::metrics::{Kind, Writer};
 
 use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
 
-/// Handshakes each peer may start per second before cookies are asked
-/// for (boringtun's own device uses the same limit).
+/// Handshake messages a second before cookies are asked for, with few
+/// peers (boringtun's own device uses the same limit).
 const HANDSHAKES_PER_SECOND: u64 = 100;
+/// The most, however many peers: about what one core's Diffie-Hellman
+/// keeps up with; past it, cookies are due whoever sends.
+const MAX_HANDSHAKES_PER_SECOND: u64 = 4000;
+
+/// The handshake limit for `peers` peers: each may start one handshake
+/// in each direction per REKEY_AFTER_TIME (120 s), so on average
+/// `peers / 60` a second; four times that leaves room for bursts (a
+/// restarted node's peers all at once, spread by their retries). Pure.
+pub(crate) fn handshake_limit(peers: usize) -> u64 {
+    (peers as u64 / 15).clamp(HANDSHAKES_PER_SECOND, MAX_HANDSHAKES_PER_SECOND)
+}
 
 /// One peer: its lease's data and its protocol state.
 pub(crate) struct PeerState {
@@ -31,7 +42,7 @@ pub(crate) struct PeerState {
     pub(crate) added: Instant,
     pub(crate) handshakes: AtomicU64,
     /// When the handshake thread starts a handshake of its own with this
-    /// peer (see `probe::Probe`); only that thread uses it.
+    /// peer (see `probe::Probe`); the health check reads it.
     pub(crate) probe: Mutex<super::probe::Probe>,
 }
 
@@ -81,11 +92,14 @@ pub(crate) struct WgShared {
     pub(crate) public: PublicKey,
     /// Handshake messages a second before cookies are asked for; the RX
     /// threads check every one against it ([`super::handshake::admit`]).
-    pub(crate) limiter: Arc<RateLimiter>,
+    /// Replaced when the peer count moves its [`handshake_limit`].
+    pub(crate) limiter: ArcSwap<RateLimiter>,
     /// The limiter each peer's protocol state checks again when it opens a
     /// message: it never reports load (the RX thread did the limiting),
     /// so a message is counted once.
     checked: Arc<RateLimiter>,
+    /// The limit `limiter` was made with.
+    limit: AtomicU64,
     pub(crate) stats: WgStats,
 }
 
@@ -94,11 +108,21 @@ impl WgShared {
         let public = PublicKey::from(&private);
         WgShared {
             peers: ArcSwap::default(),
-            limiter: Arc::new(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            limiter: ArcSwap::from_pointee(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
+            limit: AtomicU64::new(HANDSHAKES_PER_SECOND),
             checked: Arc::new(RateLimiter::new(&public, u64::MAX)),
             private,
             public,
             stats: WgStats::default(),
+        }
+    }
+
+    /// Fits the handshake limit to `peers` peers (a new limiter, with a
+    /// new cookie secret, only when the limit changes).
+    pub(crate) fn fit_limiter(&self, peers: usize) {
+        let limit = handshake_limit(peers);
+        if self.limit.swap(limit, Ordering::Relaxed) != limit {
+            self.limiter.store(Arc::new(RateLimiter::new(&self.public, limit)));
         }
     }
 

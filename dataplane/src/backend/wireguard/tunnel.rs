@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +15,7 @@ use tracing::info;
 use weft_types::{BackendKind, WireguardOptions};
 
 use super::plan::TunnelPeer;
-use super::state::{PeerSet, PeerState, WgShared};
+use super::state::{lock, PeerSet, PeerState, WgShared};
 use super::threads;
 use crate::backend::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
 use crate::error::{Error, Result};
@@ -25,9 +26,6 @@ use crate::report::Report;
 /// How long a new peer may take to complete its first handshake before
 /// `/readyz` names it.
 pub(crate) const HANDSHAKE_GRACE: Duration = Duration::from_secs(10);
-/// A session older than this has expired (WireGuard's REJECT_AFTER_TIME);
-/// weft renews it at 120 s, so a peer past it has stopped answering.
-const SESSION_LIFETIME: Duration = Duration::from_secs(180);
 
 pub(crate) struct Tunnel {
     pub(crate) port: u16,
@@ -100,6 +98,7 @@ impl Tunnel {
             || states.iter().any(|(i, s)| old.states.get(i).is_none_or(|o| !Arc::ptr_eq(o, s)));
         if changed {
             report.changes += 1;
+            self.shared.fit_limiter(states.len());
             self.shared.peers.store(Arc::new(PeerSet { table: PeerTable::new(wanted), states }));
         }
     }
@@ -151,12 +150,16 @@ impl Tunnel {
     pub(crate) fn live_problems(&self, silent: &mut Vec<String>) -> (bool, usize) {
         let ended = self.fwd.thread_ended();
         let set = self.shared.peers.load();
+        let now = Instant::now();
         for s in set.states.values() {
-            let age = s.tunn.lock().unwrap_or_else(|e| e.into_inner()).time_since_last_handshake();
-            let since = s.added.elapsed();
-            let why = match age {
-                None if since > HANDSHAKE_GRACE => format!("none in {} s", since.as_secs()),
-                Some(a) if a > SESSION_LIFETIME => format!("the last {} s ago", a.as_secs()),
+            let age = lock(&s.tunn).time_since_last_handshake();
+            let unanswered = lock(&s.probe).unanswered(now, s.handshakes.load(Ordering::Relaxed));
+            let since = now.saturating_duration_since(s.added);
+            let why = match (age, unanswered) {
+                (None, _) if since > HANDSHAKE_GRACE => format!("none in {} s", since.as_secs()),
+                (Some(a), Some(u)) if u > HANDSHAKE_GRACE => {
+                    format!("the last {} s ago, none since weft asked {} s ago", a.as_secs(), u.as_secs())
+                }
                 _ => continue,
             };
             silent.push(format!("{} at {} ({why})", s.subnet, s.peer.endpoint));
