@@ -216,6 +216,12 @@ pub(crate) struct RunArgs {
     /// kernel time (see docs/backends.md).
     #[arg(long, env = "WEFT_NO_NEXTHOP_OBJECTS")]
     pub no_nexthop_objects: bool,
+    /// Where the wireguard backend serves WireGuard's userspace API, one
+    /// socket per device (`flannel-wg.sock`), for `wg show` and wgctrl
+    /// tools. `wg` looks in /var/run/wireguard; another directory is for
+    /// several weft nodes on one host (a lab). Empty: not served.
+    #[arg(long, env = "WEFT_WIREGUARD_UAPI_DIR", default_value = "/var/run/wireguard")]
+    pub wireguard_uapi_dir: PathBuf,
     /// How often to re-check and restore the dataplane (e.g. 10s).
     #[arg(long, env = "WEFT_RESYNC_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     pub resync_interval: Duration,

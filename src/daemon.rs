@@ -136,6 +136,7 @@ async fn start(
         ip_masq: args.ip_masq,
         nexthop_objects: !args.no_nexthop_objects,
         resync: args.resync_interval,
+        wireguard_uapi_dir: Some(args.wireguard_uapi_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
     };
     let mut dp = Dataplane::prepare(dp_config).await?;
     let ext = dp.external().clone();
@@ -147,6 +148,13 @@ async fn start(
         mtu = ext.mtu,
         "external interface"
     );
+    if let Some((public, local)) = ext.public_not_local() {
+        warn!(
+            %public,
+            %local,
+            "the public address is not this host's: other nodes are told to reach this node at {public} (1:1 NAT, a floating address), and weft sends from {local}; udp and vxlan need {public} to forward to {local}, wireguard also finds a node behind NAT from its packets (see docs/operations.md)"
+        );
+    }
     health.set_dataplane(dp.metrics());
 
     // 3. The lease.

@@ -248,7 +248,7 @@ fn bad_input_fails_before_changing_anything() {
     netns::ip(&["-n", &ns, "addr", "add", "198.19.5.5/32", "dev", "lo"]).unwrap();
     let cases: [(&str, Vec<&str>, &str); 4] = [
         ("vxlan", vec!["--iface", "nosuch0"], "interface \"nosuch0\" does not exist"),
-        ("vxlan", vec!["--public-ip", "198.18.9.9"], "198.18.9.9 is not an address of this host"),
+        ("host-gw", vec!["--public-ip", "198.18.9.9"], "198.18.9.9 is not an address of eth0"),
         ("host-gw", vec!["--public-ip", "198.19.5.5"], "198.19.5.5 is not an address of eth0"),
         ("udp", vec![], "cannot use UDP port 198.18.0.1:8285"),
     ];

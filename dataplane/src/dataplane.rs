@@ -56,6 +56,9 @@ pub struct DataplaneConfig {
     /// rules included (netlink objects are checked on every kernel event
     /// as well).
     pub resync: Duration,
+    /// Where the wireguard backend serves WireGuard's userspace API
+    /// sockets (`wg show` reads `/var/run/wireguard`); `None`: not served.
+    pub wireguard_uapi_dir: Option<std::path::PathBuf>,
 }
 
 /// The node's dataplane: one backend, its rules, and its watch on the kernel.
@@ -93,9 +96,9 @@ impl Dataplane {
             BackendConfig::Udp(opts) => {
                 Family::Userspace(Box::new(UdpBackend::prepare(nl, opts, e, network, wake.clone()).await?))
             }
-            BackendConfig::Wireguard(opts) => {
-                Family::Userspace(Box::new(WgBackend::prepare(nl, opts, e, network, wake.clone()).await?))
-            }
+            BackendConfig::Wireguard(opts) => Family::Userspace(Box::new(
+                WgBackend::prepare(nl, opts, e, network, wake.clone(), cfg.wireguard_uapi_dir.clone()).await?,
+            )),
         };
         Ok(Dataplane {
             backend,

@@ -1,8 +1,6 @@
 //! Dataplane errors: which kernel object, which operation, and the kernel's
 //! own error kept as the source (`{:#}` in anyhow, or [`chain`], prints both).
 
-use std::net::Ipv4Addr;
-
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +27,6 @@ pub enum Error {
     NoAddress { iface: String },
     #[error("interface {iface} has no global IPv6 address, and this network has EnableIPv6; give it one, pass --public-ipv6, or choose the interface with --iface")]
     NoAddress6 { iface: String },
-    #[error("public IP {ip} is not an address of this host; check --public-ip")]
-    PublicIpNotLocal { ip: Ipv4Addr },
-    #[error("public IPv6 address {ip} is not an address of this host; check --public-ipv6")]
-    PublicIpv6NotLocal { ip: std::net::Ipv6Addr },
     #[error("host-gw needs the public IP on the external interface, but {ip} is not an address of {iface}; use --public-ip (--public-ipv6) with an address of {iface} or choose the interface with --iface")]
     HostGwPublicIpNotOnIface { ip: std::net::IpAddr, iface: String },
     #[error("{device} exists but is not a VXLAN device; remove it or change the VNI")]

@@ -71,6 +71,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
         ip_masq: false,
         resync: Duration::from_secs(10),
         nexthop_objects: true,
+        wireguard_uapi_dir: None,
     }
 }
 

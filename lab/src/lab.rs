@@ -195,6 +195,41 @@ impl Lab {
         Ok(ns)
     }
 
+    /// Put node `i` (its daemon not started yet) behind a NAT router, as a
+    /// home router or a cloud NAT gateway puts a host: the node's `eth0`
+    /// moves to `198.19.<i>.2/24` on a link of its own to a router
+    /// namespace, which sits on the switch at `public` and masquerades what
+    /// the node sends (iptables MASQUERADE). Nothing on the switch can
+    /// reach the node's own address. The node has no IPv6 underlay then.
+    /// Returns the router's namespace.
+    pub fn put_behind_nat(&mut self, i: u8, public: Ipv4Addr) -> Result<String> {
+        let ns = self.node(i).ns.clone();
+        let router = format!("{}-r{i}", self.name);
+        self.plug(&router, &format!("r{i}"), public)?;
+        self.extra_ns.push(router.clone());
+        ip(&["-n", &ns, "link", "del", "eth0"])?;
+        ip(&["link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", "lan0", "netns", &router])?;
+        let (inside, gateway) = (Ipv4Addr::new(198, 19, i, 2), Ipv4Addr::new(198, 19, i, 1));
+        ip(&["-n", &router, "addr", "add", &format!("{gateway}/24"), "dev", "lan0"])?;
+        ip(&["-n", &router, "link", "set", "lan0", "up"])?;
+        ip(&["-n", &ns, "addr", "add", &format!("{inside}/24"), "dev", "eth0"])?;
+        ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+        ip(&["-n", &ns, "route", "add", "default", "via", &gateway.to_string()])?;
+        netns::run(exec(&router, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
+        netns::run(exec(&router, "iptables").args([
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "eth0",
+            "-j",
+            "MASQUERADE",
+        ]))?;
+        self.nodes[usize::from(i) - 1].underlay_ip = inside;
+        Ok(router)
+    }
+
     /// A namespace of its own (e.g. a pod's, for a CNI plugin to wire),
     /// removed with the lab.
     pub fn add_netns(&mut self, suffix: &str) -> Result<String> {
@@ -352,10 +387,36 @@ impl Lab {
         // Each node its own WireGuard key, beside its subnet.env (the nodes
         // share one filesystem).
         cmd.env("WIREGUARD_KEY_FILE", n.subnet_file.with_file_name("wgkey"));
+        // And its own directory of WireGuard userspace API sockets (every
+        // node's device is `flannel-wg`); [`Lab::wg`] shows it where `wg`
+        // looks.
+        cmd.env("WEFT_WIREGUARD_UAPI_DIR", self.uapi_dir(i));
         cmd.args(["--subnet-file", n.subnet_file.to_str().context("path")?])
             .args(["--healthz-port", &HEALTHZ_PORT.to_string()])
             .args(extra);
         Ok(cmd)
+    }
+
+    /// Where node `i`'s weft serves its WireGuard userspace API sockets.
+    pub fn uapi_dir(&self, i: u8) -> PathBuf {
+        self.node(i).subnet_file.with_file_name("wireguard")
+    }
+
+    /// `wg ARGS` in node `i`, seeing that node's sockets as
+    /// `/var/run/wireguard` (a bind mount in the mount namespace `ip netns
+    /// exec` gives the command, so nothing outside it changes). The output
+    /// whatever the exit status.
+    pub fn wg(&self, i: u8, args: &[&str]) -> Result<Output> {
+        let dir = self.uapi_dir(i);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all("/run/wireguard")?;
+        let script = format!("mount --bind '{}' /run/wireguard && exec wg \"$@\"", dir.display());
+        exec(&self.node(i).ns, "sh")
+            .args(["-c", &script, "wg"])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running wg")
     }
 
     /// Write node `i`'s `subnet.env` as weft writes it, for a node that runs

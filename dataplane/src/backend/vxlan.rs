@@ -506,6 +506,8 @@ mod tests {
             addr6: Some("fd00:198:18::1".parse().unwrap()),
             public_ipv6: Some("fd00:198:18::1".parse().unwrap()),
             addrs6: vec!["fd00:198:18::1/64".parse().unwrap()],
+            local_ip: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            local_ipv6: Some("fd00:198:18::1".parse().unwrap()),
         }
     }
 

@@ -317,6 +317,16 @@ pub enum Received {
     Drop(WgDrop),
 }
 
+/// Whether a message of type `kind` that boringtun opened with `result`
+/// proves its sender holds the peer's key, so that its source may become
+/// the peer's endpoint: an initiation or response that completed its part
+/// of the handshake (a replayed one fails its timestamp or its state), or
+/// a data message that decrypted (a replayed one fails the replay
+/// window). A cookie reply proves nothing of the kind.
+pub fn authenticated(kind: u8, result: &TunnResult<'_>) -> bool {
+    matches!(kind, 1 | 2 | 4) && !matches!(result, TunnResult::Err(_))
+}
+
 /// Judge one decapsulation: an inner packet is admitted only from the
 /// sender's AllowedIPs.
 pub fn received(table: &PeerTable, index: u32, result: &TunnResult<'_>) -> Received {

@@ -52,6 +52,22 @@ pub struct ExternalInterface {
     pub public_ipv6: Option<Ipv6Addr>,
     /// All global IPv6 addresses of the interface.
     pub addrs6: Vec<Ipv6Net>,
+    /// The IPv4 address weft's own sockets use: the public IP where it is
+    /// an address of this host, else the interface's (the public IP is
+    /// then a NAT's or a floating address).
+    pub local_ip: Option<Ipv4Addr>,
+    /// The same for IPv6.
+    pub local_ipv6: Option<Ipv6Addr>,
+}
+
+impl ExternalInterface {
+    /// Whether the public address of either family is not this host's
+    /// (1:1 NAT, a floating address): `(public, local)` of the first such.
+    pub fn public_not_local(&self) -> Option<(IpAddr, IpAddr)> {
+        let v4 = self.public_ip.zip(self.local_ip).filter(|(p, l)| p != l).map(|(p, l)| (p.into(), l.into()));
+        let v6 = self.public_ipv6.zip(self.local_ipv6).filter(|(p, l)| p != l).map(|(p, l)| (p.into(), l.into()));
+        v4.or(v6)
+    }
 }
 
 /// Pick the interface from the host's links and addresses. Pure.
@@ -110,32 +126,25 @@ pub(crate) fn select(
         (None, None)
     } else {
         let addr = *own.first().ok_or_else(|| Error::NoAddress { iface: link.name.clone() })?;
-        let public_ip = match req.public_ip {
-            None => addr.addr(),
-            Some(ip) => {
-                if !addrs.iter().any(|(_, a)| a.addr() == ip) {
-                    return Err(Error::PublicIpNotLocal { ip });
-                }
-                ip
-            }
-        };
-        (Some(addr), Some(public_ip))
+        // --public-ip need not be the host's (1:1 NAT, a floating address):
+        // it is what other nodes reach this one at, as flanneld takes it.
+        (Some(addr), Some(req.public_ip.unwrap_or(addr.addr())))
     };
+    let is_host = |ip: Ipv4Addr| addrs.iter().any(|(_, a)| a.addr() == ip);
+    let local_ip = public_ip.zip(addr).map(|(ip, a)| if is_host(ip) { ip } else { a.addr() });
     let own6: Vec<Ipv6Net> = addrs6.iter().filter(|(i, _)| *i == link.index).map(|(_, a)| *a).collect();
     // An IPv6 address given in --iface is used as given (flannel >= 0.25.7).
     let given6 =
         req.ifaces.iter().find_map(|w| w.parse::<Ipv6Addr>().ok()).filter(|ip| own6.iter().any(|a| a.addr() == *ip));
-    let public_ipv6 = match req.public_ipv6 {
-        Some(ip) if !addrs6.iter().any(|(_, a)| a.addr() == ip) => return Err(Error::PublicIpv6NotLocal { ip }),
-        Some(ip) => Some(ip),
-        None => given6.or_else(|| own6.first().map(|a| a.addr())),
-    };
+    let public_ipv6 = req.public_ipv6.or_else(|| given6.or_else(|| own6.first().map(|a| a.addr())));
     if (req.ipv6 || req.ipv6_only) && public_ipv6.is_none() {
         return Err(Error::NoAddress6 { iface: link.name.clone() });
     }
     let addr6 =
         public_ipv6.filter(|ip| own6.iter().any(|a| a.addr() == *ip)).or_else(|| own6.first().map(|a| a.addr()));
     let (addr6, public_ipv6) = if req.ipv6 || req.ipv6_only { (addr6, public_ipv6) } else { (None, None) };
+    let local_ipv6 =
+        public_ipv6.and_then(|ip| if addrs6.iter().any(|(_, a)| a.addr() == ip) { Some(ip) } else { addr6 });
     Ok(ExternalInterface {
         index: link.index,
         name: link.name.clone(),
@@ -146,6 +155,8 @@ pub(crate) fn select(
         addr6,
         public_ipv6,
         addrs6: own6,
+        local_ip,
+        local_ipv6,
     })
 }
 
@@ -192,8 +203,13 @@ mod tests {
         assert!(e.contains("eth2 has no IPv4 address"), "{e}");
         let no6 = select(&links, &addrs, &[], Some(2), &dual).unwrap_err().to_string();
         assert!(no6.contains("eth0 has no global IPv6 address"), "{no6}");
-        let e = pick6(IfaceRequest { public_ipv6: Some("2001:db8::1".parse().unwrap()), ..dual }, Some(2)).unwrap_err();
-        assert!(e.to_string().contains("2001:db8::1 is not an address of this host"), "{e}");
+        // A public IPv6 address that is not the host's (a NAT's): published,
+        // and weft's sockets use the interface's.
+        let nat = pick6(IfaceRequest { public_ipv6: Some("2001:db8::1".parse().unwrap()), ..dual }, Some(2)).unwrap();
+        assert_eq!(
+            (nat.public_ipv6, nat.local_ipv6),
+            (Some("2001:db8::1".parse().unwrap()), Some("fd00:198:18::2".parse().unwrap()))
+        );
         // IPv4-only networks publish no IPv6 address even where there is one.
         let v4 = pick6(IfaceRequest::default(), Some(2)).unwrap();
         assert_eq!((v4.public_ipv6, v4.addr6), (None, None));
@@ -292,14 +308,23 @@ mod tests {
         assert!(e(IfaceRequest::default(), None).contains("no default route"));
         assert!(e(IfaceRequest { ifaces: vec!["eth2".into()], ..Default::default() }, None)
             .contains("eth2 has no IPv4 address"));
-        assert!(e(
-            IfaceRequest {
-                ifaces: vec!["eth0".into()],
-                public_ip: Some("203.0.113.9".parse().unwrap()),
-                ..Default::default()
-            },
-            None
-        )
-        .contains("203.0.113.9 is not an address of this host"));
+    }
+
+    /// flanneld takes any --public-ip: what other nodes reach this one at
+    /// (1:1 NAT, a floating address). weft's own sockets then use the
+    /// interface's address; a public IP the host has is used as it is.
+    #[test]
+    fn a_public_ip_that_is_not_the_hosts_is_published_and_sockets_use_the_interfaces() {
+        let req = |ip: &str| IfaceRequest {
+            ifaces: vec!["eth0".into()],
+            public_ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        };
+        let nat = pick(req("203.0.113.9"), None).unwrap();
+        assert_eq!((nat.public_ip, nat.local_ip), (Some("203.0.113.9".parse().unwrap()), nat.addr.map(|a| a.addr())));
+        assert_eq!(nat.public_not_local().map(|(p, _)| p.to_string()), Some("203.0.113.9".into()));
+        let own = pick(req(&nat.addr.unwrap().addr().to_string()), None).unwrap();
+        assert_eq!((own.public_ip, own.local_ip), (own.addr.map(|a| a.addr()), own.addr.map(|a| a.addr())));
+        assert_eq!(own.public_not_local(), None);
     }
 }

@@ -108,9 +108,9 @@ impl UdpBackend {
         // With `LatencyLane`, one more queue after the bulk ones: the lane.
         let queues = queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
         // On a dual-stack network with a public IPv6 address, one socket per
-        // queue for both families, on [::]; else on the IPv4 public address.
-        let underlay6 = ext.public_ipv6.filter(|_| network.v6.is_some());
-        let addr = match (underlay6, ext.public_ip) {
+        // queue for both families, on [::]; else on the IPv4 address (the public one where it is the host's).
+        let underlay6 = ext.local_ipv6.filter(|_| network.v6.is_some());
+        let addr = match (underlay6, ext.local_ip) {
             (Some(_), _) => SocketAddr::from((Ipv6Addr::UNSPECIFIED, opts.port)),
             (None, Some(ip)) => SocketAddr::V4(SocketAddrV4::new(ip, opts.port)),
             (None, None) => return Err(Error::NoAddress6 { iface: ext.name.clone() }),
@@ -200,8 +200,8 @@ impl UdpBackend {
                 local: subnets,
                 icmp_from: subnets.v4.map(|s| s.network()),
                 icmp_from6: subnets.v6.map(|s| s.network()),
-                send_from: underlay6.map(|v6| (ext.public_ip, v6)),
-                arrival: Arrival { iface: ext.index, v4: ext.public_ip, v6: underlay6 },
+                send_from: underlay6.map(|v6| (ext.local_ip, v6)),
+                arrival: Arrival { iface: ext.index, v4: ext.local_ip, v6: underlay6 },
                 vnet_hdr,
             };
             let lane = lane.then(|| queues.len() - 1);

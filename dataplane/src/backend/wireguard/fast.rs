@@ -24,7 +24,7 @@ use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
 use super::handshake::{admit, Inbox, Replies};
-use super::state::{lock, WgShared};
+use super::state::{lock, roamed, WgShared};
 use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_runs, CHUNK};
 use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
 use crate::forward::wg::{received, Received, WgDrop};
@@ -119,10 +119,7 @@ impl FastTx {
             // Room for the message at its largest (padded to 16 bytes;
             // boringtun does not pad, so it is 32 bytes more than the packet).
             let room = run.as_ref().is_some_and(|r| {
-                r.dest == peer.endpoint
-                    && !r.closed
-                    && r.count < self.max_segments
-                    && r.len + max_message_len(pkt.len()) <= MAX_UDP_PAYLOAD
+                !r.closed && r.count < self.max_segments && r.len + max_message_len(pkt.len()) <= MAX_UDP_PAYLOAD
             });
             if !room {
                 if let Some(r) = run.take() {
@@ -130,27 +127,33 @@ impl FastTx {
                 }
             }
             let at = run.as_ref().map_or(0, |r| r.len);
-            let result = lock(&peer_state.tunn).encapsulate(pkt, &mut self.out[at..]);
+            // The endpoint is read under the lock the message is sealed in,
+            // so a roam never splits them.
+            let mut session = lock(&peer_state.session);
+            let dest = session.endpoint;
+            let result = session.tunn.encapsulate(pkt, &mut self.out[at..]);
+            drop(session);
             match result {
                 TunnResult::WriteToNetwork(m) if m.first() == Some(&DATA) => {
                     let len = m.len();
                     packets += 1;
                     bytes += pkt.len() as u64;
                     match &mut run {
-                        Some(r) if len <= r.seg => {
+                        Some(r) if r.dest == dest && len <= r.seg => {
                             r.len += len;
                             r.count += 1;
                             // A shorter message must be the last of a GSO send.
                             r.closed |= len < r.seg;
                         }
-                        // Longer than the run's messages: it starts the next run.
+                        // Longer than the run's messages, or for another
+                        // endpoint: it starts the next run.
                         Some(r) => {
                             let done = Run { len: r.len, ..*r };
                             flush(&self.out, &mut self.sends, sock, state, stop, &done);
                             self.out.copy_within(at..at + len, 0);
-                            run = Some(Run { dest: peer.endpoint, len, seg: len, count: 1, closed: false });
+                            run = Some(Run { dest, len, seg: len, count: 1, closed: false });
                         }
-                        None => run = Some(Run { dest: peer.endpoint, len, seg: len, count: 1, closed: false }),
+                        None => run = Some(Run { dest, len, seg: len, count: 1, closed: false }),
                     }
                 }
                 // No session yet: the packet is queued and this is the
@@ -158,7 +161,7 @@ impl FastTx {
                 TunnResult::WriteToNetwork(m) => {
                     let len = m.len();
                     self.scratch[..len].copy_from_slice(&self.out[at..at + len]);
-                    send_one(sock, &self.scratch[..len], peer.endpoint, &mut self.sends);
+                    send_one(sock, &self.scratch[..len], dest, &mut self.sends);
                 }
                 TunnResult::Done => {}
                 TunnResult::Err(e) => shared.stats.drop(WgDrop::from_error(&e)),
@@ -289,7 +292,11 @@ impl FastRx {
                     write_all(&mut self.segs, &self.plain, &mut self.writes, dev, shared);
                 }
                 let verdict = {
-                    let result = lock(&peer.tunn).decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
+                    let mut session = lock(&peer.session);
+                    let result = session.tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
+                    if let Some(was) = session.roam(dg[0], from, &result) {
+                        roamed(shared, &peer.subnet, was, from);
+                    }
                     received(&set.table, index, &result)
                 };
                 match verdict {

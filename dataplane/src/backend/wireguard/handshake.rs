@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use tokio::sync::Notify;
 
-use super::state::{lock, PeerSet, PeerState, WgShared};
+use super::state::{lock, roamed, PeerSet, PeerState, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{ErrorLog, Exit, StopSignal};
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
@@ -223,14 +223,18 @@ impl Handshaker<'_> {
             Incoming::Drop(reason) => return shared.stats.drop(reason),
         };
         let Some(state) = set.states.get(&index) else { return };
-        let mut tunn = lock(&state.tunn);
+        let mut session = lock(&state.session);
         let mut first = true;
         loop {
             let verdict = {
                 let result = if first {
-                    tunn.decapsulate(Some(from.ip()), datagram, out)
+                    let result = session.tunn.decapsulate(Some(from.ip()), datagram, out);
+                    if let Some(was) = session.roam(kind, from, &result) {
+                        roamed(shared, &state.subnet, was, from);
+                    }
+                    result
                 } else {
-                    tunn.decapsulate(None, &[], out)
+                    session.tunn.decapsulate(None, &[], out)
                 };
                 received(&set.table, index, &result)
             };
@@ -259,16 +263,17 @@ impl Handshaker<'_> {
         let set = shared.peers.load();
         let now = Instant::now();
         for state in set.states.values() {
-            let mut tunn = lock(&state.tunn);
-            if let TunnResult::WriteToNetwork(b) = tunn.update_timers(out) {
-                send_one(sock, b, state.peer.endpoint, sends);
+            let mut session = lock(&state.session);
+            let endpoint = session.endpoint;
+            if let TunnResult::WriteToNetwork(b) = session.tunn.update_timers(out) {
+                send_one(sock, b, endpoint, sends);
             }
-            let (age, sent, ..) = tunn.stats();
+            let (age, sent, ..) = session.tunn.stats();
             if age.is_none_or(|age| age >= KEEP_SESSION)
                 && lock(&state.probe).start(now, state.handshakes.load(Ordering::Relaxed), sent as u64)
             {
-                if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
-                    send_one(sock, b, state.peer.endpoint, sends);
+                if let TunnResult::WriteToNetwork(b) = session.tunn.format_handshake_initiation(out, false) {
+                    send_one(sock, b, endpoint, sends);
                 }
             }
         }

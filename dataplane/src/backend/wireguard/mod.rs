@@ -17,6 +17,8 @@
 //! | `fast`    | the offload path: TUN super-packets, UDP GSO and GRO, batches       |
 //! | `plain`   | the path without offloads: one packet per system call               |
 //! | `handshake` | the handshake thread: handshake messages, timers, the limiter     |
+//! | `probe`   | the handshakes weft starts on its own, and their backoff            |
+//! | `uapi`    | WireGuard's userspace API socket: `wg show` reads the peers         |
 //!
 //! The device, sockets, threads and their supervision are the userspace
 //! substrate's ([`super::userspace`]), shared with the udp backend.
@@ -33,8 +35,11 @@
 //! (flanneld's default `Mode`, `separate`) a second device, `flannel-wg-v6`,
 //! carries the IPv6 pods over the IPv6 underlay on `ListenPortV6`, with
 //! the same key, `<v6 subnet network>/128` and `BackendV6Data`. Beyond flanneld: weft starts
-//! a handshake with every peer at once and again before the session ages
-//! out, so `/readyz` can say which peer does not answer.
+//! a handshake with every peer when its lease appears (and with an idle
+//! one now and then, `probe`), so `/readyz` can say which peer does not
+//! answer. As WireGuard does, a peer's endpoint follows the source of its
+//! authenticated messages (a node behind NAT), and `wg show` reads the
+//! devices through WireGuard's userspace API (`uapi`).
 //!
 //! Supervision as the udp backend's: the device is checked on every pass
 //! (recreated if deleted, its address, MTU and route put back), and a
@@ -49,9 +54,11 @@ mod probe;
 mod state;
 mod threads;
 mod tunnel;
+mod uapi;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -97,6 +104,10 @@ pub(crate) struct WgBackend {
     /// Leases whose key is refused, with why (said once each).
     refused: BTreeMap<IpNet, &'static str>,
     wake: Arc<Notify>,
+    /// Where the userspace API sockets go (`None`: not served).
+    uapi_dir: Option<PathBuf>,
+    /// The sockets served, one per device.
+    uapi: Vec<uapi::Uapi>,
 }
 
 impl WgBackend {
@@ -108,11 +119,12 @@ impl WgBackend {
         ext: ExternalInterface,
         network: DualStack,
         wake: Arc<Notify>,
+        uapi_dir: Option<PathBuf>,
     ) -> Result<WgBackend> {
         let network6 = network.v6;
         // The config refuses an IPv6-only wireguard network; this is the
         // same rule for a caller that did not parse one.
-        let (Some(network), Some(public_ip)) = (network.v4, ext.public_ip) else {
+        let (Some(network), Some(local_ip)) = (network.v4, ext.local_ip) else {
             return Err(Error::Unsupported {
                 backend: "wireguard",
                 reason: "IPv6-only networks (EnableIPv4 false) are not supported yet; use udp, vxlan or host-gw".into(),
@@ -126,7 +138,7 @@ impl WgBackend {
         let bind4 = if !separate && network6.is_some() {
             SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, opts.listen_port, 0, 0))
         } else {
-            SocketAddr::V4(SocketAddrV4::new(public_ip, opts.listen_port))
+            SocketAddr::V4(SocketAddrV4::new(local_ip, opts.listen_port))
         };
         if opts.mode == WireguardMode::Ipv6 && ext.public_ipv6.is_none() {
             return Err(Error::Unsupported {
@@ -139,7 +151,7 @@ impl WgBackend {
         let v6 = match network6.filter(|_| separate) {
             None => None,
             Some(_) => {
-                let ip6 = ext.public_ipv6.ok_or_else(|| Error::Unsupported {
+                let ip6 = ext.local_ipv6.ok_or_else(|| Error::Unsupported {
                     backend: "wireguard",
                     reason: "IPv6 pods travel over the IPv6 underlay, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
                 })?;
@@ -159,6 +171,8 @@ impl WgBackend {
             subnets: DualStack::default(),
             refused: BTreeMap::new(),
             wake,
+            uapi_dir,
+            uapi: Vec::new(),
         })
     }
 
@@ -169,7 +183,31 @@ impl WgBackend {
     /// Set up the device(s); forwarding starts at the first reconcile.
     pub(crate) async fn start(&mut self, subnets: DualStack) -> Result<()> {
         self.subnets = subnets.within(DualStack::new(Some(self.network), self.network6));
-        self.ensure_devices(&mut Report::default()).await
+        self.ensure_devices(&mut Report::default()).await?;
+        self.serve_uapi();
+        Ok(())
+    }
+
+    /// The userspace API for each device, so `wg show` lists the peers; a
+    /// socket that cannot be served is said (forwarding goes on without).
+    fn serve_uapi(&mut self) {
+        let Some(dir) = self.uapi_dir.clone() else { return };
+        let (psk, keepalive) = (self.opts.psk, self.opts.persistent_keepalive);
+        let devices: Vec<uapi::Device> = self
+            .tunnels()
+            .map(|t| uapi::Device { name: t.name(), shared: t.shared.clone(), port: t.port, psk, keepalive })
+            .collect();
+        for dev in devices {
+            let name = dev.name;
+            match uapi::Uapi::serve(&dir, dev) {
+                Ok(u) => self.uapi.push(u),
+                Err(e) => warn!(
+                    device = name,
+                    dir = %dir.display(),
+                    "not serving the WireGuard userspace API, so wg show cannot list this device: {e}"
+                ),
+            }
+        }
     }
 
     async fn ensure_devices(&mut self, report: &mut Report) -> Result<()> {
@@ -344,6 +382,7 @@ impl UserspaceBackend for WgBackend {
 
     /// Stop and join the threads; the devices stay (they are persistent).
     fn shutdown(&mut self) {
+        self.uapi.clear();
         self.v4.shutdown();
         if let Some(t) = &mut self.v6 {
             t.shutdown();

@@ -10,7 +10,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::SyncDevice;
 
 use super::handshake::{admit, Inbox, Replies};
-use super::state::{lock, WgShared};
+use super::state::{lock, roamed, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
 use crate::forward::wg::{received, Received, WgDrop};
@@ -72,12 +72,15 @@ pub(crate) fn tx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &S
             continue;
         };
         let Some(state) = set.states.get(&peer.index) else { continue };
-        let result = lock(&state.tunn).encapsulate(packet, &mut out);
+        let mut session = lock(&state.session);
+        let endpoint = session.endpoint;
+        let result = session.tunn.encapsulate(packet, &mut out);
+        drop(session);
         match result {
             TunnResult::WriteToNetwork(b) => {
                 shared.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
                 shared.stats.tx_bytes.fetch_add(n as u64, Ordering::Relaxed);
-                send_one(sock, b, peer.endpoint, &mut sends);
+                send_one(sock, b, endpoint, &mut sends);
             }
             // Queued until the handshake completes (it has been sent).
             TunnResult::Done => {}
@@ -107,7 +110,11 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
         let mut replies = Replies { sock, buf: &mut cookie, sends: &mut sends };
         let Some((index, state)) = admit(datagram, from, &set, shared, inbox, &mut replies) else { continue };
         let verdict = {
-            let result = lock(&state.tunn).decapsulate(Some(from.ip()), datagram, &mut out);
+            let mut session = lock(&state.session);
+            let result = session.tunn.decapsulate(Some(from.ip()), datagram, &mut out);
+            if let Some(was) = session.roam(datagram[0], from, &result) {
+                roamed(shared, &state.subnet, was, from);
+            }
             received(&set.table, index, &result)
         };
         match verdict {

@@ -15,7 +15,7 @@ use tracing::info;
 use weft_types::{BackendKind, WireguardOptions};
 
 use super::plan::TunnelPeer;
-use super::state::{lock, PeerSet, PeerState, WgShared};
+use super::state::{lock, PeerSet, PeerState, Session, WgShared};
 use super::threads;
 use crate::backend::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
 use crate::error::{Error, Result};
@@ -83,7 +83,10 @@ impl Tunnel {
             let state = match old.states.get(&index) {
                 Some(s) if s.peer == peer => s.clone(),
                 _ => Arc::new(PeerState {
-                    tunn: std::sync::Mutex::new(self.shared.tunn(&peer, opts.psk, opts.persistent_keepalive)),
+                    session: std::sync::Mutex::new(Session::new(
+                        self.shared.tunn(&peer, opts.psk, opts.persistent_keepalive),
+                        peer.endpoint,
+                    )),
                     peer: peer.clone(),
                     subnet: p.subnet,
                     added: Instant::now(),
@@ -152,7 +155,10 @@ impl Tunnel {
         let set = self.shared.peers.load();
         let now = Instant::now();
         for s in set.states.values() {
-            let age = lock(&s.tunn).time_since_last_handshake();
+            let (age, endpoint) = {
+                let session = lock(&s.session);
+                (session.tunn.time_since_last_handshake(), session.endpoint)
+            };
             let unanswered = lock(&s.probe).unanswered(now, s.handshakes.load(Ordering::Relaxed));
             let since = now.saturating_duration_since(s.added);
             let why = match (age, unanswered) {
@@ -162,7 +168,7 @@ impl Tunnel {
                 }
                 _ => continue,
             };
-            silent.push(format!("{} at {} ({why})", s.subnet, s.peer.endpoint));
+            silent.push(format!("{} at {endpoint} ({why})", s.subnet));
         }
         (ended, set.states.len())
     }
