@@ -119,7 +119,12 @@ fn journal(node: &SystemdNode) -> String {
 }
 
 fn systemd_nodes(backend: &str, device: &str) -> Cluster {
-    let c = Cluster::new(backend);
+    faults_and_stop(Cluster::new(backend), backend, device)
+}
+
+/// A crash and a restart of node 2's weft under pings, its journal, and a
+/// stop that leaves the dataplane.
+fn faults_and_stop(c: Cluster, backend: &str, device: &str) -> Cluster {
     let (code, body) = c.lab.http(2, "/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
 
@@ -138,11 +143,11 @@ fn systemd_nodes(backend: &str, device: &str) -> Cluster {
     assert!(errors.is_empty(), "{backend}: error lines in the journal:\n{}", errors.join("\n"));
 
     // Stopped, the dataplane stays: the device is there, and the kernel
-    // backends still carry pod traffic.
+    // backends still carry pod traffic (the userspace ones cannot).
     c.node(2).run("systemctl", &["stop", "weft"]).unwrap();
     assert_eq!(c.state(2), "inactive");
     c.node(2).run("ip", &["link", "show", device]).unwrap_or_else(|e| panic!("{backend}: {e:#}"));
-    if backend != "udp" {
+    if !matches!(backend, "udp" | "wireguard") {
         assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "{backend}: pods cut off by systemctl stop");
     }
     c
@@ -186,6 +191,21 @@ fn udp_on_systemd_nodes() {
     let nice = forwarding_nice(c.node(1).main_pid().unwrap());
     assert!(nice.len() >= 2 && nice.iter().all(|(_, n)| *n == -19), "{nice:?}");
     assert!(!journal(c.node(1)).contains("refused nice"), "{}", journal(c.node(1)));
+}
+
+/// The wireguard backend under the packaged unit: `wg show` on a node, as
+/// an operator types it, lists the other node with its endpoint, a latest
+/// handshake and traffic; then the crash, restart and stop of every
+/// backend (a restarted node handshakes again at once).
+#[test]
+fn wireguard_on_systemd_nodes() {
+    let c = Cluster::new("wireguard");
+    let shown =
+        c.node(1).run("wg", &["show", "flannel-wg"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(c.node(1))));
+    let endpoint = format!("endpoint: {}:51820", c.lab.node(2).underlay_ip);
+    assert!(shown.contains("peer: ") && shown.contains(&endpoint), "{shown}");
+    assert!(shown.contains("latest handshake:") && shown.contains("transfer:"), "{shown}");
+    faults_and_stop(c, "wireguard", "flannel-wg");
 }
 
 /// Under the packaged unit: `/etc/default/weft` is root's alone; five

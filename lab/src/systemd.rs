@@ -25,12 +25,82 @@ use crate::netns;
 use crate::wait::wait_until;
 use crate::Lab;
 
-/// Where the base file system is kept between runs.
-pub const BASE: &str = "/var/cache/weft-lab/bookworm";
+/// Where the base file system is kept between runs (named after what it
+/// holds, so a base without a package of [`INCLUDE`] is never used).
+pub const BASE: &str = "/var/cache/weft-lab/bookworm-wg";
 
 /// What the base holds beyond debootstrap's minimal set: systemd as init,
-/// what weft's package depends on and recommends, and ping.
-const INCLUDE: &str = "systemd,systemd-sysv,iproute2,iptables,iputils-ping,containernetworking-plugins";
+/// what weft's package depends on and recommends, ping, and `wg` (what an
+/// operator of the wireguard backend types).
+const INCLUDE: &str = "systemd,systemd-sysv,iproute2,iptables,iputils-ping,containernetworking-plugins,wireguard-tools";
+
+/// The Debian archive this machine's apt uses for bookworm: the `URIs` of
+/// the first `deb` entry for suite `bookworm` in deb822 `.sources` files,
+/// or the URI of the first `deb` line for it in one-line `.list` files.
+/// So a machine that reaches Debian through a mirror or a proxy builds the
+/// base through it too. Pure.
+pub fn bookworm_archive(files: &[(String, String)]) -> Option<String> {
+    for (name, text) in files {
+        if name.ends_with(".sources") {
+            for stanza in text.split("\n\n") {
+                let field = |key: &str| {
+                    stanza.lines().filter(|l| !l.trim_start().starts_with('#')).find_map(|l| {
+                        l.strip_prefix(key).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string())
+                    })
+                };
+                let deb = field("Types").is_some_and(|t| t.split_whitespace().any(|t| t == "deb"));
+                let enabled = field("Enabled").is_none_or(|e| e != "no");
+                let bookworm = field("Suites").is_some_and(|s| s.split_whitespace().any(|s| s == "bookworm"));
+                if deb && enabled && bookworm {
+                    if let Some(uri) = field("URIs").and_then(|u| u.split_whitespace().next().map(str::to_string)) {
+                        return Some(uri);
+                    }
+                }
+            }
+        } else {
+            for line in text.lines() {
+                let mut words = line.split_whitespace().peekable();
+                if words.next() != Some("deb") {
+                    continue;
+                }
+                // Options in brackets may hold spaces: skip to their end.
+                if words.peek().is_some_and(|w| w.starts_with('[')) {
+                    for w in words.by_ref() {
+                        if w.ends_with(']') {
+                            break;
+                        }
+                    }
+                }
+                let (uri, suite) = (words.next(), words.next());
+                if let (Some(uri), Some("bookworm")) = (uri, suite) {
+                    return Some(uri.to_string());
+                }
+            }
+        }
+    }
+    None
+}
+
+/// [`bookworm_archive`] of this machine's apt sources.
+fn archive() -> Result<String> {
+    let mut files = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
+        files.push(("sources.list".to_string(), text));
+    }
+    let mut more: Vec<_> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    more.sort();
+    for path in more {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if name.ends_with(".list") || name.ends_with(".sources") {
+            files.push((name, std::fs::read_to_string(&path).unwrap_or_default()));
+        }
+    }
+    bookworm_archive(&files).context(
+        "no apt source for Debian 12 (bookworm) on this machine (/etc/apt/sources.list, /etc/apt/sources.list.d): the systemd nodes are debootstrapped from it",
+    )
+}
 
 /// The base file system, built on first use (about a minute). Builds are
 /// serialised by a lock, and a build lands by rename, so a half-built
@@ -52,7 +122,7 @@ pub fn base() -> Result<PathBuf> {
     let out = Command::new("debootstrap")
         .args(["--variant=minbase", &format!("--include={INCLUDE}"), "bookworm"])
         .arg(&tmp)
-        .arg("http://deb.debian.org/debian")
+        .arg(archive()?)
         .output()
         .context("running debootstrap (install Debian's debootstrap package: scripts/setup.sh does)")?;
     if !out.status.success() {
@@ -266,4 +336,30 @@ fn host_pid_of(leader: u32, inner: u32) -> Result<u32> {
         }
     }
     bail!("no process {inner} in the node's PID namespace")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bookworm_archive;
+
+    fn files(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+    }
+
+    #[test]
+    fn the_archive_is_the_machines_own_bookworm_source() {
+        let deb822 = "Types: deb\n# a comment\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\nTypes: deb\nURIs: http://mirror.example/debian-security\nSuites: bookworm-security\n";
+        assert_eq!(
+            bookworm_archive(&files(&[("debian.sources", deb822)])).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        let one_line = "# deb http://old/debian bookworm main\ndeb-src http://src/debian bookworm main\ndeb [arch=amd64 signed-by=/k.gpg] http://proxy:3142/debian bookworm main\n";
+        assert_eq!(
+            bookworm_archive(&files(&[("sources.list", one_line)])).as_deref(),
+            Some("http://proxy:3142/debian")
+        );
+        let disabled = "Types: deb\nEnabled: no\nURIs: http://off/debian\nSuites: bookworm\n";
+        let backports = "deb http://b/debian bookworm-backports main\n";
+        assert_eq!(bookworm_archive(&files(&[("a.sources", disabled), ("b.list", backports)])), None);
+    }
 }
