@@ -75,6 +75,9 @@ async fn start(
     shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Result<Option<Node>> {
     let instance = crate::instance::claim()?;
+    // Under systemd: the sockets and TUN queues the last run left in the
+    // descriptor store, taken before anything else runs.
+    weft_dataplane::take_handed_over_descriptors();
     let ttl = args.subnet_lease_ttl;
     let margin = Duration::from_secs(args.subnet_lease_renew_margin * 60);
     if margin >= ttl {
@@ -192,6 +195,7 @@ async fn start(
         backend: dp.kind(),
     };
     let first = reconcile(&mut dp, &watch, &own).await;
+    weft_dataplane::release_unclaimed_descriptors();
     let env = SubnetEnv {
         network: config.network(),
         subnet,

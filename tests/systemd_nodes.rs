@@ -22,6 +22,9 @@ use weft_lab::{wait_until, Lab};
 /// How long a crash or a restart may interrupt pod traffic.
 const GAP: Duration = Duration::from_secs(1);
 const PING_INTERVAL_MS: u64 = 10;
+/// The same for the udp backend, whose sockets and TUN queues systemd
+/// keeps: two pings at most.
+const HANDED_OVER_GAP: Duration = Duration::from_millis(2 * PING_INTERVAL_MS);
 
 struct Cluster {
     lab: Lab,
@@ -78,15 +81,19 @@ impl Cluster {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
-    /// Run `fault` on node 2 while pod 1 pings pod 2 every 10 ms; wait for
-    /// the unit to be active again with another main process, and ready;
-    /// then ping on for a second. Returns the time the pings lost add up to.
+    /// Run `fault` on node 2 while pods 1 and 2 ping each other every 10
+    /// ms; wait for the unit to be active again with another main process,
+    /// and ready; then ping on for a second. Returns the time the pings lost
+    /// add up to, the worse way.
     fn loss_during(&self, what: &str, fault: impl FnOnce(&SystemdNode)) -> Duration {
         let node = self.node(2);
         let before = node.main_pid().unwrap();
         assert_ne!(before, 0, "weft is not running on node 2");
-        let dst = self.lab.node(2).pod_ip.unwrap();
-        let pinger = self.lab.pinger(1, dst, &format!("0.{PING_INTERVAL_MS:03}"), 100_000).unwrap();
+        let interval = format!("0.{PING_INTERVAL_MS:03}");
+        // Both ways: pod 1's requests wait in node 2's UDP socket, pod 2's
+        // in its TUN queues.
+        let to_2 = self.lab.pinger(1, self.lab.node(2).pod_ip.unwrap(), &interval, 100_000).unwrap();
+        let to_1 = self.lab.pinger(2, self.lab.node(1).pod_ip.unwrap(), &interval, 100_000).unwrap();
         std::thread::sleep(Duration::from_millis(300));
         let began = Instant::now();
         fault(node);
@@ -101,15 +108,19 @@ impl Cluster {
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", journal(node)));
         std::thread::sleep(Duration::from_secs(1));
-        let (sent, received) = pinger.finish().unwrap();
-        let lost = Duration::from_millis((sent - received) * PING_INTERVAL_MS);
-        eprintln!(
-            "{what}: back in {} ms; {sent} pings sent, {} lost ({} ms)",
-            took.as_millis(),
-            sent - received,
-            lost.as_millis()
-        );
-        lost
+        let mut worst = Duration::ZERO;
+        for (way, pinger) in [("pod 1 to pod 2", to_2), ("pod 2 to pod 1", to_1)] {
+            let (sent, received) = pinger.finish().unwrap();
+            let lost = Duration::from_millis((sent - received) * PING_INTERVAL_MS);
+            eprintln!(
+                "{what}: back in {} ms; {way}: {sent} pings sent, {} lost ({} ms)",
+                took.as_millis(),
+                sent - received,
+                lost.as_millis()
+            );
+            worst = worst.max(lost);
+        }
+        worst
     }
 }
 
@@ -128,14 +139,22 @@ fn faults_and_stop(c: Cluster, backend: &str, device: &str) -> Cluster {
     let (code, body) = c.lab.http(2, "/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
 
+    // The udp backend's sockets and TUN queues wait in systemd's store
+    // while weft is away: nothing is lost but what a ping or two may lose
+    // to a loaded machine. A wireguard session dies with its process.
+    let gap = if backend == "udp" { HANDED_OVER_GAP } else { GAP };
     let crash = c.loss_during("SIGKILL", |n| {
         n.run("systemctl", &["kill", "--kill-whom=main", "-s", "SIGKILL", "weft"]).unwrap();
     });
-    assert!(crash < GAP, "{backend}: a crash cost {} ms of pings\n{}", crash.as_millis(), journal(c.node(2)));
+    assert!(crash <= gap, "{backend}: a crash cost {} ms of pings\n{}", crash.as_millis(), journal(c.node(2)));
     let restart = c.loss_during("systemctl restart", |n| {
         n.run("systemctl", &["restart", "weft"]).unwrap();
     });
-    assert!(restart < GAP, "{backend}: a restart cost {} ms of pings\n{}", restart.as_millis(), journal(c.node(2)));
+    assert!(restart <= gap, "{backend}: a restart cost {} ms of pings\n{}", restart.as_millis(), journal(c.node(2)));
+    if matches!(backend, "udp" | "wireguard") {
+        let log = journal(c.node(2));
+        assert!(log.contains("took back") && log.contains("UDP sockets of the last run"), "{log}");
+    }
 
     // weft's own log lines carry their level; none is an error.
     let own = c.node(2).run("journalctl", &["-u", "weft", "--no-pager", "-o", "cat", "_COMM=weft"]).unwrap();
@@ -183,9 +202,35 @@ fn host_gw_on_systemd_nodes() {
     failures_are_held_off(&c);
 }
 
+/// A config change the nodes restart for (`Queues` 1 to 2): the one socket
+/// systemd kept does not fit, so it is let go, named in the log, and two
+/// are bound; pods reach each other again.
+fn kept_sockets_that_do_not_fit_are_let_go(c: &Cluster) {
+    let before = c.node(2).main_pid().unwrap();
+    let json = config("udp").replace(r#""Type":"udp""#, r#""Type":"udp","Queues":2"#);
+    let out = c.lab.etcdctl(&["put", "/coreos.com/network/config", &json]).unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_until("node 2 to restart with two queues, ready", Duration::from_secs(30), || {
+        let pid = c.node(2).main_pid().ok()?;
+        (pid != 0 && pid != before && c.lab.http(2, "/readyz").ok()?.0 == 200).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", journal(c.node(2))));
+    let log = journal(c.node(2));
+    assert!(log.contains("are not 2 on"), "{log}");
+    for (from, to) in [(1, 2), (2, 1)] {
+        let dst = c.lab.node(to).pod_ip.unwrap();
+        wait_until(&format!("pod {from} to reach pod {to}"), Duration::from_secs(10), || {
+            c.lab.ping_once(from, dst).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", journal(c.node(2))));
+    }
+}
+
 #[test]
 fn udp_on_systemd_nodes() {
-    let c = systemd_nodes("udp", "flannel0");
+    let c = Cluster::new("udp");
+    kept_sockets_that_do_not_fit_are_let_go(&c);
+    let c = faults_and_stop(c, "udp", "flannel0");
     // The packaged unit keeps CAP_SYS_NICE: the forwarding threads of
     // node 1 (still running) are at nice -19, and nothing was refused.
     let nice = forwarding_nice(c.node(1).main_pid().unwrap());

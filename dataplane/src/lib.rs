@@ -34,6 +34,9 @@ mod model;
 pub mod report;
 mod sync;
 
+pub use backend::userspace::handover::{
+    release_unclaimed as release_unclaimed_descriptors, take_handed_over as take_handed_over_descriptors,
+};
 pub use dataplane::{Dataplane, DataplaneConfig};
 pub use error::{Error, Result};
 pub use model::{DualStack, Peer};

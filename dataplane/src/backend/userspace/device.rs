@@ -4,13 +4,14 @@
 //! MTU, addresses, the network's routes), repairs counted. One function
 //! for both backends; what differs between them is data (`DeviceSpec`).
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use tracing::warn;
 
 use super::forwarder::{Forwarder, RouteBy};
-use super::{lane, socket};
+use super::{handover, lane, socket};
 use crate::error::{Error, Result};
 use crate::kernel::Netlink;
 use crate::report::{ObjectKind, Report};
@@ -23,6 +24,7 @@ impl Forwarder {
     pub(super) fn open_device(&mut self) -> Result<()> {
         let name = self.spec.name;
         let n = self.sockets.len();
+        let backlog = handover::drain_tun(name);
         let first = tun_rs::DeviceBuilder::new()
             .name(name)
             .mtu(self.spec.mtu.min(u32::from(u16::MAX)) as u16)
@@ -52,6 +54,8 @@ impl Forwarder {
         if let Err(e) = steered {
             warn!("cannot set the steering program of {name} ({e}); the kernel spreads packets over its queues");
         }
+        handover::pass_on(name, &devices[0], backlog, self.vnet_hdr);
+        handover::store(devices.iter().enumerate().map(|(i, d)| (handover::name(name, "tun", i), d.as_fd())));
         self.tun = devices;
         Ok(())
     }
@@ -95,7 +99,16 @@ impl Forwarder {
         }
         let fresh = self.tun.is_empty();
         if fresh {
-            self.open_device()?;
+            if let Err(e) = self.open_device() {
+                // An existing device made with other flags (one queue, now
+                // several; offloads switched) cannot be attached with
+                // these: the kernel says EINVAL. Make it anew.
+                let Some(l) = link.as_ref().filter(|_| e.errno() == Some(libc::EINVAL)) else { return Err(e) };
+                warn!(device = name, "{name} was made with other settings (queues, offloads); recreating it");
+                nl.delete_link(l.index).await?;
+                report.repaired(ObjectKind::Device, 1);
+                self.open_device()?;
+            }
         }
         let link = nl.link_by_name(name).await?.ok_or(Error::Vanished { device: name.into() })?;
         let same = known && !replaced;

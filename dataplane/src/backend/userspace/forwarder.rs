@@ -5,6 +5,7 @@
 //! queues); the forwarder keeps them running.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +15,7 @@ use tracing::{info, warn};
 use tun_rs::SyncDevice;
 use weft_types::BackendKind;
 
+use super::handover;
 use super::lane::{self, Classifier};
 use super::restart::Restart;
 use super::socket;
@@ -107,18 +109,30 @@ impl Forwarder {
         queues: usize,
         latency_lane: bool,
     ) -> Result<Forwarder> {
-        let sockets = (0..queues).map(|_| socket::bind(bind, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+        let name = spec.name;
+        let sockets = match handover::take_sockets(name, bind, queues) {
+            Some(kept) => {
+                info!(device = name, "took over the {} UDP sockets of the last run on {bind}", kept.len());
+                kept.into_iter().map(Arc::new).collect()
+            }
+            None => {
+                let fresh =
+                    (0..queues).map(|_| socket::bind(bind, queues > 1).map(Arc::new)).collect::<Result<Vec<_>>>()?;
+                handover::store(fresh.iter().enumerate().map(|(i, s)| (handover::name(name, "udp", i), s.as_fd())));
+                fresh
+            }
+        };
         let states = sockets
             .iter()
             .map(|s| {
                 let fail = |source| Error::UdpSocket { addr: bind, source };
                 let state = UdpSocketState::new((&**s).into()).map_err(fail)?;
                 socket::set_gro(s, false).map_err(fail)?;
+                s.set_nonblocking(true).map_err(fail)?;
                 Ok(Arc::new(state))
             })
             .collect::<Result<Vec<_>>>()?;
         let lane = if latency_lane { lane::attach_to_sockets(queues - 1, &sockets[0]) } else { None };
-        let name = spec.name;
         let mut f = Forwarder {
             spec,
             sockets,
@@ -208,6 +222,13 @@ impl Forwarder {
     /// Give up the TUN queues (after stopping the threads that use them).
     pub(super) fn detach(&mut self) {
         self.stop_threads();
+        self.release_tun();
+    }
+
+    /// Close the TUN queues, systemd's copies too, so that the device can
+    /// be attached anew (one queue of a single-queue device at most).
+    fn release_tun(&mut self) {
+        handover::remove((0..self.tun.len()).map(|i| handover::name(self.spec.name, "tun", i)));
         self.tun.clear();
     }
 
@@ -250,7 +271,7 @@ impl Forwarder {
         }
         self.count_restarts(failed_queues, report);
         // The queues may be broken (device deleted under them): reopen.
-        self.tun.clear();
+        self.release_tun();
         self.restart.failed(Instant::now());
     }
 

@@ -7,6 +7,7 @@
 //! | module      | what it holds                                                      |
 //! |-------------|--------------------------------------------------------------------|
 //! | `forwarder` | [`Forwarder`]: one device's queues, sockets, threads, supervision   |
+//! | `handover`  | systemd's descriptor store: sockets and queues kept over a restart |
 //! | `device`    | the persistent multi-queue TUN device: open, check, repair, re-attach |
 //! | `socket`    | the UDP sockets, one per queue, with large buffers                  |
 //! | `threads`   | [`ThreadSet`]: owned threads, started, stopped and joined together |
@@ -22,6 +23,7 @@
 pub(crate) mod device;
 pub(crate) mod duty;
 pub(crate) mod forwarder;
+pub(crate) mod handover;
 pub(crate) mod io;
 pub(crate) mod lane;
 pub(crate) mod loops;

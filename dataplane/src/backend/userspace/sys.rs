@@ -1,6 +1,7 @@
 //! Every libc call of the userspace backends, each in one checked helper
 //! with its `// SAFETY:` reasoning: eventfd doorbells, poll, setsockopt,
-//! writev, the scheduling policy, bpf(2) and the TUN steering ioctl.
+//! writev, the scheduling policy, bpf(2), the TUN ioctls, and the
+//! descriptors systemd hands over.
 //! The rest of `backend/` calls these and holds no `unsafe` of its own
 //! (`dataplane/tests/layers.rs` checks it).
 
@@ -218,4 +219,59 @@ pub(crate) fn set_tun_steering(tun: &impl AsRawFd, prog: RawFd) -> io::Result<()
     } else {
         Ok(())
     }
+}
+
+/// The descriptors systemd handed this process (`LISTEN_FDS` for our
+/// pid), each with its `FDNAME`; close-on-exec. Taken at most once: a
+/// second call finds none.
+pub(crate) fn take_listen_fds() -> io::Result<Vec<(String, OwnedFd)>> {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return Ok(Vec::new());
+    }
+    let fds = sd_notify::listen_fds_with_names()?;
+    // SAFETY: systemd passed these descriptors to this process (LISTEN_PID
+    // is ours), and the flag above lets only this one call take them, so
+    // nothing else owns them.
+    Ok(fds.map(|(fd, name)| (name, unsafe { OwnedFd::from_raw_fd(fd) })).collect())
+}
+
+/// The `TUNGETIFF` flags of a TUN queue (`IFF_VNET_HDR`, `IFF_MULTI_QUEUE`,
+/// ...); an error when the descriptor is not an attached TUN queue.
+pub(crate) fn tun_flags(tun: &impl AsRawFd) -> io::Result<libc::c_short> {
+    const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+    // SAFETY: `ifreq` is plain C data; all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one `struct ifreq` through the pointer,
+    // which points at a live one.
+    let r = unsafe { libc::ioctl(tun.as_raw_fd(), TUNGETIFF, &mut req as *mut libc::ifreq) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: TUNGETIFF filled in the flags member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_flags })
+}
+
+/// `read(2)` of one packet from a non-blocking descriptor (`EAGAIN` when
+/// none is waiting).
+pub(crate) fn read(fd: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: the kernel writes at most `buf.len()` bytes into `buf`,
+    // which is live and writable for the call.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Set `O_NONBLOCK` on a descriptor.
+pub(crate) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: fcntl(2) with F_GETFL/F_SETFL takes no pointers.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
