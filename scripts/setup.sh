@@ -23,6 +23,7 @@ packages=(
     openssl            # test certificates for etcd TLS
     iproute2           # ip, bridge: namespaces, links, routes, FDB in the lab
     iptables           # iptables, iptables-restore: weft's masquerade/forward rules
+    nftables           # nft: the same rules in nftables ("EnableNFTables": true)
     iputils-ping       # ping: the lab's reachability checks
     iperf3             # throughput in the demo and benchmark
     procps             # sysctl in the lab's namespaces
@@ -86,6 +87,7 @@ need ip iproute2
 need bridge iproute2
 need iptables iptables
 need iptables-restore iptables
+need nft nftables
 need ping iputils-ping
 need iperf3 iperf3
 need sysctl procps

@@ -140,6 +140,7 @@ async fn start(
         nexthop_objects: !args.no_nexthop_objects,
         resync: args.resync_interval,
         wireguard_uapi_dir: Some(args.wireguard_uapi_dir.clone()).filter(|d| !d.as_os_str().is_empty()),
+        nftables: config.enable_nftables,
     };
     let mut dp = Dataplane::prepare(dp_config).await?;
     let ext = dp.external().clone();

@@ -39,12 +39,19 @@ impl Cluster {
 
     /// The same with the network config `json`.
     fn with_config(backend: &str, json: &str) -> Cluster {
+        Cluster::prepared(backend, json, |_| {})
+    }
+
+    /// The same, with `prepare` run on each node before the package is
+    /// installed.
+    fn prepared(backend: &str, json: &str, prepare: impl Fn(&SystemdNode)) -> Cluster {
         let deb = package();
         let mut lab = Lab::new(2, env!("CARGO_BIN_EXE_weft")).unwrap_or_else(|e| panic!("building the lab: {e:#}"));
         lab.put_config(json).unwrap();
         let mut nodes = Vec::new();
         for i in 1..=2 {
             let node = SystemdNode::boot(&mut lab, i).unwrap_or_else(|e| panic!("{e:#}"));
+            prepare(&node);
             node.install(&deb).unwrap_or_else(|e| panic!("{e:#}"));
             let defaults = format!(
                 "WEFT_ETCD_ENDPOINTS={}\nWEFT_IFACE=eth0\nWEFT_IP_MASQ=true\nWEFT_HEALTHZ_PORT={}\n",
@@ -389,4 +396,22 @@ fn udp_realtime_threads_refused_by_the_unit_are_said_once_and_forwarding_goes_on
     let policies = forwarding_policies(node.main_pid().unwrap());
     assert!(policies.len() >= 2 && policies.iter().all(|(_, p)| *p == 0), "threads at normal priority: {policies:?}");
     assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "pods reach each other");
+}
+
+/// A node with nft and without the iptables commands, the network config
+/// in nftables mode: the unit comes up, pods reach each other (in
+/// `Cluster::new`), and the rules are flannel's nftables tables.
+#[test]
+fn nftables_on_systemd_nodes_without_iptables() {
+    let json = config("vxlan").replace(r#""Backend""#, r#""EnableNFTables":true,"Backend""#);
+    let c = Cluster::prepared("vxlan", &json, |node| {
+        node.run("sh", &["-c", "rm -f /usr/sbin/iptables* /usr/sbin/ip6tables* /usr/sbin/xtables*"]).unwrap();
+        assert!(node.run("sh", &["-c", "command -v iptables"]).is_err(), "iptables is still there");
+    });
+    for i in 1..=2 {
+        let table = c.node(i).run("nft", &["list", "table", "ip", "flannel-ipv4"]).unwrap();
+        assert!(table.contains("chain postrtg") && table.contains("masquerade fully-random"), "{table}");
+    }
+    let own = c.node(2).run("journalctl", &["-u", "weft", "--no-pager", "-o", "cat", "_COMM=weft"]).unwrap();
+    assert!(!own.lines().any(|l| l.contains(" ERROR ")), "{own}");
 }

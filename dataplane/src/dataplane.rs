@@ -59,6 +59,8 @@ pub struct DataplaneConfig {
     /// Where the wireguard backend serves WireGuard's userspace API
     /// sockets (`wg show` reads `/var/run/wireguard`); `None`: not served.
     pub wireguard_uapi_dir: Option<std::path::PathBuf>,
+    /// `EnableNFTables`: the rules go into flannel's nftables tables.
+    pub nftables: bool,
 }
 
 /// The node's dataplane: one backend, its rules, and its watch on the kernel.
@@ -88,6 +90,8 @@ impl Dataplane {
         req.ipv6 = cfg.network.v6.is_some();
         req.ipv6_only = cfg.network.v4.is_none();
         let ext = find_external(&nl, &req).await?;
+        let rules = Rules::new(cfg.network, cfg.ip_masq, cfg.nftables);
+        rules.check_tools().await?;
         let wake = Arc::new(Notify::new());
         let (network, e) = (cfg.network, ext.clone());
         let backend = match cfg.backend {
@@ -104,7 +108,7 @@ impl Dataplane {
             backend,
             ext,
             networks: cfg.network.both(),
-            rules: Rules::new(cfg.network, cfg.ip_masq),
+            rules,
             resync: cfg.resync,
             resynced: Instant::now(),
             watch: Watch::new(wake.clone()),

@@ -42,6 +42,7 @@ pub use error::{Error, Result};
 pub use model::{DualStack, Peer};
 pub use report::{DataplaneMetrics, ObjectKind, Problem, Report};
 pub use sync::iface::{ExternalInterface, IfaceRequest};
+pub use sync::nft_rules::nft_script;
 pub use sync::rules::{forward_rules, masq_rules};
 
 /// The route protocol number on every route weft installs (`ip route show

@@ -72,6 +72,7 @@ fn config(backend: BackendConfig) -> DataplaneConfig {
         resync: Duration::from_secs(10),
         nexthop_objects: true,
         wireguard_uapi_dir: None,
+        nftables: false,
     }
 }
 

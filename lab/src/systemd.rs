@@ -27,12 +27,14 @@ use crate::Lab;
 
 /// Where the base file system is kept between runs (named after what it
 /// holds, so a base without a package of [`INCLUDE`] is never used).
-pub const BASE: &str = "/var/cache/weft-lab/bookworm-wg";
+pub const BASE: &str = "/var/cache/weft-lab/bookworm-wg-nft";
 
 /// What the base holds beyond debootstrap's minimal set: systemd as init,
-/// what weft's package depends on and recommends, ping, and `wg` (what an
+/// what weft's package depends on (iptables, or nftables for its nftables
+/// mode) and recommends, ping, and `wg` (what an
 /// operator of the wireguard backend types).
-const INCLUDE: &str = "systemd,systemd-sysv,iproute2,iptables,iputils-ping,containernetworking-plugins,wireguard-tools";
+const INCLUDE: &str =
+    "systemd,systemd-sysv,iproute2,iptables,nftables,iputils-ping,containernetworking-plugins,wireguard-tools";
 
 /// The Debian archive this machine's apt uses for bookworm: the `URIs` of
 /// the first `deb` entry for suite `bookworm` in deb822 `.sources` files,

@@ -34,6 +34,10 @@ pub struct NetworkConfig {
     pub ipv6: Option<Ipv6Settings>,
     /// The backend and its options.
     pub backend: BackendConfig,
+    /// `EnableNFTables`: the forwarding and masquerade rules go into
+    /// nftables (flannel's `flannel-ipv4`/`flannel-ipv6` tables) instead
+    /// of iptables chains.
+    pub enable_nftables: bool,
 }
 
 /// The IPv4 part of a config (`Network`, `SubnetLen`, `SubnetMin`, `SubnetMax`).
@@ -94,7 +98,8 @@ impl NetworkConfig {
                 });
             }
         }
-        Ok(NetworkConfig { ipv4, ipv6, backend })
+        let enable_nftables = get_bool(obj, "EnableNFTables")?.unwrap_or(false);
+        Ok(NetworkConfig { ipv4, ipv6, backend, enable_nftables })
     }
 
     /// The IPv4 network, if IPv4 is on.

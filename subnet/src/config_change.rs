@@ -6,7 +6,7 @@
 //! - Only `SubnetMin`/`SubnetMax` changed: that applies to leases acquired
 //!   from now on; a running node keeps its subnet and the leases of the
 //!   others are checked against `Network` and `SubnetLen` only.
-//! - `Network`, `SubnetLen`, IPv6 or anything in `Backend` changed: the
+//! - `Network`, `SubnetLen`, IPv6, `EnableNFTables` or anything in `Backend` changed: the
 //!   node's lease, devices and routes were made for the old values and
 //!   cannot be changed in place; the daemon exits so that the service
 //!   manager starts it again with the new config.
@@ -57,6 +57,7 @@ pub fn judge(running: &NetworkConfig, stored: Option<&str>) -> ConfigVerdict {
         restart.push("the IPv6 settings (EnableIPv6, IPv6Network, ...)".to_string());
     }
     backend_changes(&mut restart, &running.backend, &fresh.backend);
+    changed(&mut restart, "EnableNFTables", &running.enable_nftables, &fresh.enable_nftables);
     if !restart.is_empty() {
         return ConfigVerdict::NeedsRestart(restart);
     }
@@ -164,6 +165,8 @@ mod tests {
     fn what_a_running_node_cannot_change_names_each_field() {
         let net = r#"{"Network":"10.245.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
         assert_eq!(restart(net), ["Network 10.244.0.0/16 -> 10.245.0.0/16"]);
+        let nft = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"EnableNFTables":true,"Backend":{"Type":"vxlan"}}"#;
+        assert_eq!(restart(nft), ["EnableNFTables false -> true"]);
         let len = r#"{"Network":"10.244.0.0/16","SubnetLen":26,"Backend":{"Type":"vxlan"}}"#;
         // SubnetMin/SubnetMax move with SubnetLen but are not the point.
         assert_eq!(restart(len), ["SubnetLen 24 -> 26"]);

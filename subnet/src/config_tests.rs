@@ -260,3 +260,11 @@ fn wireguard_mode_ipv6_needs_a_dual_stack_network() {
     let err = NetworkConfig::parse(&v4("ipv6")).unwrap_err().to_string();
     assert!(err.contains("field Backend.Mode") && err.contains("needs EnableIPv6"), "{err}");
 }
+
+#[test]
+fn enable_nftables_is_flannel_s_switch() {
+    assert!(!ok(r#"{"Network":"10.244.0.0/16"}"#).enable_nftables);
+    assert!(ok(r#"{"Network":"10.244.0.0/16","EnableNFTables":true}"#).enable_nftables);
+    let e = err(r#"{"Network":"10.244.0.0/16","EnableNFTables":"yes"}"#);
+    assert!(e.contains("EnableNFTables"), "{e}");
+}

@@ -41,6 +41,23 @@ const DEADLINE: Duration = Duration::from_secs(10);
 
 /// Run `program args` with `stdin`, within [`DEADLINE`]: (success, stdout, stderr).
 async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String)> {
+    run_tool(
+        program,
+        args,
+        stdin,
+        "install the iptables package, or set \"EnableNFTables\": true in the network config for nftables",
+    )
+    .await
+}
+
+/// Run `program args` with `stdin`, within [`DEADLINE`]: (success, stdout,
+/// stderr); `missing` says what to do when the program cannot be run.
+pub(crate) async fn run_tool(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+    missing: &str,
+) -> Result<(bool, String, String)> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -48,7 +65,7 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool,
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| Error::Masq(format!("cannot run {program} (install the iptables package): {e}")))?;
+        .map_err(|e| Error::Masq(format!("cannot run {program} ({missing}): {e}")))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         pipe.write_all(input.as_bytes()).await.map_err(|e| Error::Masq(format!("writing to {program}: {e}")))?;
     }
@@ -65,6 +82,11 @@ async fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(bool,
 
 async fn iptables(fam: Family, args: &[&str]) -> Result<bool> {
     Ok(run(fam.tool(), args, None).await?.0)
+}
+
+/// `iptables` can be run here: an error saying what to do if not.
+pub(crate) async fn check() -> Result<()> {
+    run(Family::V4.tool(), &["--version"], None).await.map(|_| ())
 }
 
 /// `iptables-restore -w 5 --noflush` with `input`.

@@ -13,6 +13,7 @@
 //! | [`nexthop`] | nexthop objects (`ip nexthop`), with their own messages     |
 //! | [`monitor`] | multicast events (`ip monitor`), parsed into [`monitor::Event`] |
 //! | [`iptables`]| running `iptables-restore`/`iptables-save`                  |
+//! | [`nft`]     | running `nft`: one transaction per change, a table read back |
 
 pub(crate) mod addr;
 pub(crate) mod iptables;
@@ -20,6 +21,7 @@ pub(crate) mod link;
 pub(crate) mod monitor;
 pub(crate) mod neigh;
 pub(crate) mod nexthop;
+pub(crate) mod nft;
 pub(crate) mod route;
 
 use std::sync::Arc;

@@ -8,6 +8,7 @@
 //! | [`device`]    | a device weft made: up, MTU, its one address                  |
 //! | [`watch`]     | matching kernel events against what weft owns and wants       |
 //! | [`rules`]     | flanneld's forwarding and masquerade rules, kept in place     |
+//! | [`nft_rules`] | the same in flannel's nftables tables (`EnableNFTables`)      |
 //! | [`iface`]     | choosing the external interface and public IP                 |
 //! | [`leftovers`] | devices and routes an earlier run with another config left    |
 //!
@@ -18,5 +19,6 @@ pub(crate) mod device;
 pub(crate) mod iface;
 pub(crate) mod leftovers;
 pub(crate) mod nexthops;
+pub(crate) mod nft_rules;
 pub(crate) mod rules;
 pub(crate) mod watch;

@@ -19,6 +19,11 @@
 //! [`Rules`] keeps them in place: after installing, it remembers what
 //! `iptables -S` shows of weft's chains; each check compares again and
 //! reinstalls (a repair) when a chain, a rule or a jump went missing.
+//!
+//! With `"EnableNFTables": true` the same is done with flannel's nftables
+//! tables instead (`sync::nft_rules`, compared as `nft list table` prints
+//! them), and the iptables chains of an earlier run are removed; without
+//! it, the nftables tables of an earlier run are.
 
 use ipnet::IpNet;
 use tracing::{info, warn};
@@ -27,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::kernel::iptables::{self, Family};
 use crate::model::DualStack;
 use crate::report::{ObjectKind, Problem, Report};
+use crate::sync::nft_rules;
 
 pub(crate) const NAT_CHAIN: &str = "FLANNEL-POSTRTG";
 pub(crate) const FWD_CHAIN: &str = "FLANNEL-FWD";
@@ -120,14 +126,40 @@ pub(crate) struct Rules {
     nets: Vec<(IpNet, IpNet)>,
     /// What the chains looked like right after weft installed them.
     installed: Option<Vec<(String, bool)>>,
+    /// nftables (flannel's tables) instead of iptables chains.
+    nftables: bool,
 }
 
 impl Rules {
-    pub(crate) fn new(network: DualStack, ip_masq: bool) -> Rules {
-        Rules { network, ip_masq, nets: Vec::new(), installed: None }
+    pub(crate) fn new(network: DualStack, ip_masq: bool, nftables: bool) -> Rules {
+        Rules { network, ip_masq, nets: Vec::new(), installed: None, nftables }
+    }
+
+    /// The command the rules are made with can be run here: checked at
+    /// start, before anything changes, so that a host without it is told
+    /// what to install (or which mode to choose).
+    pub(crate) async fn check_tools(&self) -> Result<()> {
+        if self.nftables {
+            crate::kernel::nft::check().await
+        } else {
+            iptables::check().await
+        }
+    }
+
+    /// What the rules are kept in, for log lines.
+    fn kind(&self) -> &'static str {
+        if self.nftables {
+            "nftables"
+        } else {
+            "iptables"
+        }
     }
 
     async fn observe_all(&self) -> Result<Vec<(String, bool)>> {
+        if self.nftables {
+            let tables = nft_rules::observe().await?;
+            return Ok(tables.into_iter().map(|t| (t.clone().unwrap_or_default(), t.is_some())).collect());
+        }
         let mut v = Vec::new();
         for (network, _) in &self.nets {
             let fam = family(network);
@@ -140,6 +172,9 @@ impl Rules {
     }
 
     async fn apply(&self) -> Result<()> {
+        if self.nftables {
+            return nft_rules::apply(&self.nets, self.ip_masq).await;
+        }
         for (network, subnet) in &self.nets {
             let fam = family(network);
             iptables::restore(fam, &forward_rules(*network)).await?;
@@ -162,6 +197,20 @@ impl Rules {
         }
         if let (Some(n6), Some(s6)) = (self.network.v6, subnets.v6) {
             self.nets.push((n6.into(), s6.into()));
+        }
+        if self.nftables {
+            self.remove_iptables_chains().await;
+            self.apply().await?;
+            if self.ip_masq {
+                info!("installed IP masquerade rules (nftables)");
+            }
+            self.installed = Some(self.observe_all().await?);
+            return Ok(());
+        }
+        match nft_rules::remove().await {
+            Ok(true) => info!("removed the nftables tables of a run with EnableNFTables"),
+            Ok(false) => {}
+            Err(e) => warn!("cannot remove the nftables tables of a run with EnableNFTables: {e}"),
         }
         for (table, chain, from) in LEGACY {
             remove_chain(Family::V4, table, from, chain).await?;
@@ -197,7 +246,7 @@ impl Rules {
             if self.installed.as_ref() == Some(&now) {
                 return Ok(false);
             }
-            warn!("weft's iptables rules were changed or removed; reinstalling them");
+            warn!("weft's {} rules were changed or removed; reinstalling them", self.kind());
             self.apply().await?;
             self.installed = Some(self.observe_all().await?);
             Ok::<_, Error>(true)
@@ -207,6 +256,26 @@ impl Rules {
             Ok(true) => report.repaired(ObjectKind::Rules, 1),
             Ok(false) => {}
             Err(e) => report.problem(Problem::Rules { error: e.to_string() }),
+        }
+    }
+}
+
+impl Rules {
+    /// In nftables mode: remove the iptables chains of an earlier run in
+    /// iptables mode, where iptables is there to ask (a host without it has
+    /// none).
+    async fn remove_iptables_chains(&self) {
+        let chains = LEGACY.into_iter().chain([("nat", NAT_CHAIN, "POSTROUTING"), ("filter", FWD_CHAIN, "FORWARD")]);
+        let mut removed = false;
+        for (table, chain, from) in chains {
+            for fam in [Family::V4, Family::V6] {
+                if iptables::show(fam, table, chain).await.ok().flatten().is_some() {
+                    removed |= remove_chain(fam, table, from, chain).await.is_ok();
+                }
+            }
+        }
+        if removed {
+            info!("removed the iptables chains of a run without EnableNFTables");
         }
     }
 }
