@@ -131,7 +131,7 @@ impl FastTx {
             // so a roam never splits them.
             let mut session = lock(&peer_state.session);
             let dest = session.endpoint;
-            let result = session.tunn.encapsulate(pkt, &mut self.out[at..]);
+            let result = session.tunn(&shared.maker).encapsulate(pkt, &mut self.out[at..]);
             drop(session);
             match result {
                 TunnResult::WriteToNetwork(m) if m.first() == Some(&DATA) => {
@@ -293,7 +293,12 @@ impl FastRx {
                 }
                 let verdict = {
                     let mut session = lock(&peer.session);
-                    let result = session.tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
+                    // A resting peer has no session to open data with.
+                    let Some(tunn) = session.tunn_for(dg[0], &shared.maker) else {
+                        shared.stats.drop(WgDrop::NoSession);
+                        continue;
+                    };
+                    let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
                     if let Some(was) = session.roam(dg[0], from, &result) {
                         roamed(shared, &peer.subnet, was, from);
                     }

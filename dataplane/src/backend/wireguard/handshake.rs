@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use tokio::sync::Notify;
 
+use super::probe::FIRST_PROBES_PER_TICK;
 use super::state::{lock, roamed, PeerSet, PeerState, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{ErrorLog, Exit, StopSignal};
@@ -33,6 +34,8 @@ use crate::forward::wg::{received, Incoming, Received, WgDrop};
 
 /// How often the timers run (boringtun's own device ticks every 250 ms).
 const TICK: Duration = Duration::from_millis(250);
+/// A resting peer is visited every this many ticks (2 s).
+const RESTING_VISIT: u32 = 8;
 /// The longest wait for a message, so that a stop is seen within it.
 const POLL: Duration = Duration::from_millis(50);
 /// A session this old is stale (WireGuard's REKEY_AFTER_TIME): weft may
@@ -180,6 +183,7 @@ pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Not
         wake,
         out: vec![0u8; MAX_DATAGRAM],
         sends: ErrorLog::new("sending WireGuard handshakes"),
+        ticks: 0,
     };
     let (mut ticked, mut reset) = (Instant::now(), Instant::now());
     loop {
@@ -208,12 +212,14 @@ struct Handshaker<'a> {
     wake: &'a Notify,
     out: Vec<u8>,
     sends: ErrorLog,
+    /// Timer ticks so far.
+    ticks: u32,
 }
 
 impl Handshaker<'_> {
     /// One handshake message from `from`.
     fn handle(&mut self, datagram: &[u8], from: SocketAddr) {
-        let Handshaker { sock, shared, wake, out, sends } = self;
+        let Handshaker { sock, shared, wake, out, sends, .. } = self;
         let (sock, shared, wake) = (*sock, *shared, *wake);
         shared.stats.handshake_messages.fetch_add(1, Ordering::Relaxed);
         let kind = datagram[0];
@@ -227,14 +233,19 @@ impl Handshaker<'_> {
         let mut first = true;
         loop {
             let verdict = {
+                // An initiation wakes a resting peer; a response or a
+                // cookie for a resting one answers nothing weft sent.
+                let Some(tunn) = session.tunn_for(kind, &shared.maker) else {
+                    return shared.stats.drop(WgDrop::NoSession);
+                };
                 let result = if first {
-                    let result = session.tunn.decapsulate(Some(from.ip()), datagram, out);
+                    let result = tunn.decapsulate(Some(from.ip()), datagram, out);
                     if let Some(was) = session.roam(kind, from, &result) {
                         roamed(shared, &state.subnet, was, from);
                     }
                     result
                 } else {
-                    session.tunn.decapsulate(None, &[], out)
+                    tunn.decapsulate(None, &[], out)
                 };
                 received(&set.table, index, &result)
             };
@@ -259,23 +270,42 @@ impl Handshaker<'_> {
     /// The timers of every peer, and a handshake for each one without a
     /// fresh session when its [`Probe`](super::probe::Probe) says so.
     fn tick(&mut self) {
-        let Handshaker { sock, shared, out, sends, .. } = self;
+        self.ticks = self.ticks.wrapping_add(1);
+        let Handshaker { sock, shared, out, sends, ticks, .. } = self;
         let set = shared.peers.load();
         let now = Instant::now();
+        let mut first_probes = 0;
         for state in set.states.values() {
+            // A resting peer only needs its probe looked at: once every
+            // RESTING_VISIT ticks, spread over the ticks by its index.
+            let awake = state.awake.load(Ordering::Relaxed);
+            if !awake && ticks.wrapping_add(state.peer.index) % RESTING_VISIT != 0 {
+                continue;
+            }
             let mut session = lock(&state.session);
             let endpoint = session.endpoint;
-            if let TunnResult::WriteToNetwork(b) = session.tunn.update_timers(out) {
-                send_one(sock, b, endpoint, sends);
-            }
-            let (age, sent, ..) = session.tunn.stats();
-            if age.is_none_or(|age| age >= KEEP_SESSION)
-                && lock(&state.probe).start(now, state.handshakes.load(Ordering::Relaxed), sent as u64)
-            {
-                if let TunnResult::WriteToNetwork(b) = session.tunn.format_handshake_initiation(out, false) {
+            if let Some(tunn) = session.awake() {
+                if let TunnResult::WriteToNetwork(b) = tunn.update_timers(out) {
                     send_one(sock, b, endpoint, sends);
                 }
             }
+            let (age, sent, _) = session.stats();
+            let due = age.is_none_or(|age| age >= KEEP_SESSION) && {
+                let mut probe = lock(&state.probe);
+                let first = probe.never_started();
+                let paced = first && first_probes >= FIRST_PROBES_PER_TICK;
+                let start = !paced && probe.start(now, state.handshakes.load(Ordering::Relaxed), sent);
+                first_probes += usize::from(start && first);
+                start
+            };
+            if due {
+                session.touch(now);
+                let tunn = session.tunn(&shared.maker);
+                if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
+                    send_one(sock, b, endpoint, sends);
+                }
+            }
+            session.rest_if_idle(now, &shared.maker);
         }
     }
 }

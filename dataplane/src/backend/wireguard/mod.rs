@@ -51,12 +51,13 @@ mod key;
 mod plain;
 mod plan;
 mod probe;
+mod session;
 mod state;
 mod threads;
 mod tunnel;
 mod uapi;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -103,6 +104,10 @@ pub(crate) struct WgBackend {
     subnets: DualStack,
     /// Leases whose key is refused, with why (said once each).
     refused: BTreeMap<IpNet, &'static str>,
+    /// Each lease key's verdict (`key::refusal`, a Diffie-Hellman), kept
+    /// for the keys of the last pass: a pass over 65,000 peers would
+    /// otherwise spend seconds checking keys it checked before.
+    key_checks: HashMap<Key, Option<&'static str>>,
     wake: Arc<Notify>,
     /// Where the userspace API sockets go (`None`: not served).
     uapi_dir: Option<PathBuf>,
@@ -170,6 +175,7 @@ impl WgBackend {
             v6,
             subnets: DualStack::default(),
             refused: BTreeMap::new(),
+            key_checks: HashMap::new(),
             wake,
             uapi_dir,
             uapi: Vec::new(),
@@ -245,7 +251,12 @@ impl WgBackend {
             dual_stack: self.network6.is_some(),
         };
         let (own, own_public) = (&self.v4.shared.private, &self.public_key);
-        let plan = plan::plan(peers, &layout, |k| key::refusal(own, own_public, k));
+        let (checks, mut used) = (&mut self.key_checks, HashSet::new());
+        let plan = plan::plan(peers, &layout, |k| {
+            used.insert(*k);
+            *checks.entry(*k).or_insert_with(|| key::refusal(own, own_public, k))
+        });
+        checks.retain(|k, _| used.contains(k));
         self.note_refused(plan.refused);
         let unreachable = plan.unreachable;
         self.v4.set_peers(plan.v4, &self.opts, report);
@@ -360,7 +371,7 @@ impl UserspaceBackend for WgBackend {
     /// Problems visible without a pass: a thread that ended, peers whose
     /// handshake has not completed (beyond a grace period) or expired.
     fn live_problems(&self, out: &mut Vec<Problem>) {
-        let mut silent = Vec::new();
+        let mut silent = tunnel::Silent::default();
         let (mut ended, mut of) = (false, 0);
         for t in self.tunnels() {
             let (e, n) = t.live_problems(&mut silent);
@@ -370,9 +381,8 @@ impl UserspaceBackend for WgBackend {
         if ended {
             out.push(Problem::ThreadEnded { backend: BackendKind::Wireguard });
         }
-        if !silent.is_empty() {
-            silent.sort();
-            out.push(Problem::NoHandshake { peers: silent.len(), of, first: silent.swap_remove(0) });
+        if let Some((_, first)) = silent.first {
+            out.push(Problem::NoHandshake { peers: silent.count, of, first });
         }
     }
 

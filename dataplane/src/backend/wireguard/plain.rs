@@ -74,7 +74,7 @@ pub(crate) fn tx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, stop: &S
         let Some(state) = set.states.get(&peer.index) else { continue };
         let mut session = lock(&state.session);
         let endpoint = session.endpoint;
-        let result = session.tunn.encapsulate(packet, &mut out);
+        let result = session.tunn(&shared.maker).encapsulate(packet, &mut out);
         drop(session);
         match result {
             TunnResult::WriteToNetwork(b) => {
@@ -111,7 +111,12 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
         let Some((index, state)) = admit(datagram, from, &set, shared, inbox, &mut replies) else { continue };
         let verdict = {
             let mut session = lock(&state.session);
-            let result = session.tunn.decapsulate(Some(from.ip()), datagram, &mut out);
+            // A resting peer has no session to open data with.
+            let Some(tunn) = session.tunn_for(datagram[0], &shared.maker) else {
+                shared.stats.drop(WgDrop::NoSession);
+                continue;
+            };
+            let result = tunn.decapsulate(Some(from.ip()), datagram, &mut out);
             if let Some(was) = session.roam(datagram[0], from, &result) {
                 roamed(shared, &state.subnet, was, from);
             }

@@ -73,7 +73,7 @@ pub(crate) struct Plan {
 
 /// The plan for `peers`; a peer whose key `refuse` says why not to use is
 /// left out and listed.
-pub(crate) fn plan(peers: &[Peer], layout: &Layout, refuse: impl Fn(&Key) -> Option<&'static str>) -> Plan {
+pub(crate) fn plan(peers: &[Peer], layout: &Layout, mut refuse: impl FnMut(&Key) -> Option<&'static str>) -> Plan {
     let mut refused: Vec<(IpNet, &'static str)> = Vec::new();
     let mut usable = |p: &Peer, key: [u8; 32]| -> Option<Key> {
         let key = Key(key);

@@ -11,7 +11,10 @@
 //! [`IDLE_CHECK`] for an idle peer, so a node with thousands of quiet
 //! peers rekeys none of them every two minutes. A peer that did not
 //! answer waits twice as long after each further miss, up to
-//! [`MAX_PROBE_WAIT`].
+//! [`MAX_PROBE_WAIT`]. The first handshakes with new leases go out at
+//! most [`FIRST_PROBES_PER_TICK`] per timer tick (24 a second), so that
+//! a node starting among thousands of leases wakes their protocol states
+//! a few at a time (traffic to a peer wakes its state at once).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,9 @@ const MAX_PROBE_WAIT: Duration = Duration::from_secs(1800);
 /// How often an idle peer that answered the last time is asked again, so
 /// that one gone since is named within about this long.
 pub(crate) const IDLE_CHECK: Duration = Duration::from_secs(600);
+
+/// First handshakes with new leases per timer tick (250 ms).
+pub(crate) const FIRST_PROBES_PER_TICK: usize = 6;
 
 /// The handshakes weft starts on its own with one peer.
 #[derive(Debug, Default)]
@@ -65,6 +71,11 @@ impl Probe {
         let wait = PROBE_WAIT.saturating_mul(1u32 << self.misses.min(16)).min(MAX_PROBE_WAIT);
         self.next = Some(now + wait);
         true
+    }
+
+    /// Whether weft has never started a handshake with the peer.
+    pub(crate) fn never_started(&self) -> bool {
+        self.started.is_none()
     }
 
     /// How long ago weft started the handshake the peer has not answered

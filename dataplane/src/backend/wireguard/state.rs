@@ -13,11 +13,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use weft_types::metrics::{Kind, Writer};
 
-use crate::forward::wg::{authenticated, PeerTable, WgDrop, WgPeer};
+pub(crate) use super::session::{Session, TunnMaker, TunnSpec};
+use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
 
 /// Handshake messages a second before cookies are asked for, with few
 /// peers (boringtun's own device uses the same limit).
@@ -34,32 +34,6 @@ pub(crate) fn handshake_limit(peers: usize) -> u64 {
     (peers as u64 / 15).clamp(HANDSHAKES_PER_SECOND, MAX_HANDSHAKES_PER_SECOND)
 }
 
-/// A peer's protocol state and where its packets go now, behind one lock
-/// taken for one message at a time.
-pub(crate) struct Session {
-    pub(crate) tunn: Tunn,
-    /// The lease's `PublicIP:Port` at first; then the source of the peer's
-    /// latest authenticated message (WireGuard's roaming: how a peer
-    /// behind NAT is reached at its NAT's address).
-    pub(crate) endpoint: SocketAddr,
-}
-
-impl Session {
-    pub(crate) fn new(tunn: Tunn, endpoint: SocketAddr) -> Session {
-        Session { tunn, endpoint }
-    }
-
-    /// After a message of type `kind` from `from` was opened with
-    /// `result`: if it was authenticated (`forward::wg::authenticated`),
-    /// the peer's endpoint moves there. Returns the endpoint it left.
-    pub(crate) fn roam(&mut self, kind: u8, from: SocketAddr, result: &TunnResult<'_>) -> Option<SocketAddr> {
-        if from == self.endpoint || !authenticated(kind, result) {
-            return None;
-        }
-        Some(std::mem::replace(&mut self.endpoint, from))
-    }
-}
-
 /// Counted and said once per move of a peer's endpoint.
 pub(crate) fn roamed(shared: &WgShared, subnet: &ipnet::IpNet, was: SocketAddr, now: SocketAddr) {
     shared.stats.roams.fetch_add(1, Ordering::Relaxed);
@@ -72,6 +46,8 @@ pub(crate) struct PeerState {
     /// Its subnet of the device's family (its name in metrics).
     pub(crate) subnet: ipnet::IpNet,
     pub(crate) session: Mutex<Session>,
+    /// Whether its protocol state is awake (the session's flag).
+    pub(crate) awake: Arc<std::sync::atomic::AtomicBool>,
     pub(crate) added: Instant,
     pub(crate) handshakes: AtomicU64,
     /// When the handshake thread starts a handshake of its own with this
@@ -129,10 +105,8 @@ pub(crate) struct WgShared {
     /// threads check every one against it ([`super::handshake::admit`]).
     /// Replaced when the peer count moves its [`handshake_limit`].
     pub(crate) limiter: ArcSwap<RateLimiter>,
-    /// The limiter each peer's protocol state checks again when it opens a
-    /// message: it never reports load (the RX thread did the limiting),
-    /// so a message is counted once.
-    checked: Arc<RateLimiter>,
+    /// What the peers' protocol states are made with.
+    pub(crate) maker: TunnMaker,
     /// The limit `limiter` was made with.
     limit: AtomicU64,
     pub(crate) stats: WgStats,
@@ -145,7 +119,7 @@ impl WgShared {
             peers: ArcSwap::default(),
             limiter: ArcSwap::from_pointee(RateLimiter::new(&public, HANDSHAKES_PER_SECOND)),
             limit: AtomicU64::new(HANDSHAKES_PER_SECOND),
-            checked: Arc::new(RateLimiter::new(&public, u64::MAX)),
+            maker: TunnMaker::new(private.clone()),
             private,
             public,
             stats: WgStats::default(),
@@ -159,18 +133,6 @@ impl WgShared {
         if self.limit.swap(limit, Ordering::Relaxed) != limit {
             self.limiter.store(Arc::new(RateLimiter::new(&self.public, limit)));
         }
-    }
-
-    /// A new protocol state for `peer`, sharing this node's limiter.
-    pub(crate) fn tunn(&self, peer: &WgPeer, psk: Option<[u8; 32]>, keepalive: u16) -> Tunn {
-        Tunn::new(
-            self.private.clone(),
-            PublicKey::from(peer.public_key.0),
-            psk,
-            (keepalive > 0).then_some(keepalive),
-            peer.index,
-            Some(self.checked.clone()),
-        )
     }
 }
 
@@ -225,6 +187,16 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
     )
     .sample("weft_wireguard_peers_refused", &[], sum(&|s| &s.refused_peers));
     w.family(
+        "weft_wireguard_peers_awake",
+        Kind::Gauge,
+        "Peers whose protocol state is in memory now (in use, or quiet for less than 100 s); the others rest.",
+    )
+    .sample(
+        "weft_wireguard_peers_awake",
+        &[],
+        devices.iter().map(|(s, _)| s.maker.awake.load(Ordering::Relaxed) as f64).sum(),
+    );
+    w.family(
         "weft_wireguard_peer_last_handshake_seconds",
         Kind::Gauge,
         "Seconds since each peer's last completed handshake (absent: none yet).",
@@ -235,7 +207,7 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
     let mut endpoints = Vec::with_capacity(peers.len());
     for p in peers {
         let session = lock(&p.session);
-        if let Some(age) = session.tunn.time_since_last_handshake() {
+        if let Some(age) = session.time_since_last_handshake() {
             w.sample(
                 "weft_wireguard_peer_last_handshake_seconds",
                 &[("peer", &p.subnet.to_string())],
@@ -262,82 +234,4 @@ pub(crate) fn render(devices: &[(Arc<WgShared>, Restarts)], w: &mut Writer<'_>) 
 /// (every call on it is one whole message).
 pub(crate) fn lock<T>(t: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     t.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use boringtun::x25519::{PublicKey, StaticSecret};
-
-    use super::*;
-
-    fn addr(last: u8, port: u16) -> SocketAddr {
-        SocketAddr::from(([198, 18, 0, last], port))
-    }
-
-    /// Two protocol states that know each other's keys.
-    fn pair() -> (Tunn, Tunn) {
-        let (a, b) = (StaticSecret::random_from_rng(rand_core::OsRng), StaticSecret::random_from_rng(rand_core::OsRng));
-        let (pa, pb) = (PublicKey::from(&a), PublicKey::from(&b));
-        (Tunn::new(a, pb, None, None, 1, None), Tunn::new(b, pa, None, None, 2, None))
-    }
-
-    fn message(r: TunnResult<'_>) -> Vec<u8> {
-        match r {
-            TunnResult::WriteToNetwork(m) => m.to_vec(),
-            other => panic!("expected a message, got {other:?}"),
-        }
-    }
-
-    /// A minimal IPv4 packet from `src` (UDP, no payload).
-    fn packet(src: [u8; 4]) -> Vec<u8> {
-        let mut p = vec![0u8; 28];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&28u16.to_be_bytes());
-        p[8] = 64;
-        p[9] = 17;
-        p[12..16].copy_from_slice(&src);
-        p[16..20].copy_from_slice(&[10, 244, 1, 2]);
-        p
-    }
-
-    /// Only what proves the peer's key moves its endpoint: its handshake
-    /// and its data, from wherever they come; not a replay of either from
-    /// a new address, not junk, not a message of another type.
-    #[test]
-    fn only_authenticated_messages_move_an_endpoint() {
-        let (here, mut there) = pair();
-        let lease = addr(2, 51820);
-        let (nat, forger) = (addr(30, 40000), addr(66, 51820));
-        let mut s = Session::new(here, lease);
-        let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
-
-        // The peer's initiation, through its NAT: authenticated, it moves.
-        let init = message(there.format_handshake_initiation(&mut buf, false));
-        let r = s.tunn.decapsulate(Some(nat.ip()), &init, &mut out);
-        assert_eq!(s.roam(1, nat, &r), Some(lease));
-        let response = message(r);
-        assert_eq!(s.endpoint, nat);
-        // The same initiation replayed from elsewhere: refused, no move.
-        let r = s.tunn.decapsulate(Some(forger.ip()), &init, &mut out);
-        assert!(matches!(r, TunnResult::Err(_)), "{r:?}");
-        assert_eq!(s.roam(1, forger, &r), None);
-        assert_eq!(s.endpoint, nat);
-
-        // The peer completes the handshake and sends data from a new port.
-        let _ = there.decapsulate(None, &response, &mut buf);
-        let data = message(there.encapsulate(&packet([10, 244, 2, 9]), &mut buf));
-        let moved = addr(30, 40001);
-        let r = s.tunn.decapsulate(Some(moved.ip()), &data, &mut out);
-        assert!(matches!(r, TunnResult::WriteToTunnelV4(..)), "{r:?}");
-        assert_eq!(s.roam(4, moved, &r), Some(nat));
-        // That data replayed, junk of its type, a cookie reply's type: none moves it.
-        let r = s.tunn.decapsulate(Some(forger.ip()), &data, &mut out);
-        assert_eq!(s.roam(4, forger, &r), None, "{r:?}");
-        let mut junk = data.clone();
-        junk[40] ^= 1;
-        let r = s.tunn.decapsulate(Some(forger.ip()), &junk, &mut out);
-        assert_eq!(s.roam(4, forger, &r), None, "{r:?}");
-        assert_eq!(s.roam(3, forger, &TunnResult::Done), None);
-        assert_eq!(s.endpoint, moved);
-    }
 }

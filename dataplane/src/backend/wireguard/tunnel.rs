@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boringtun::x25519::StaticSecret;
+use boringtun::x25519::{PublicKey, StaticSecret};
 use tokio::sync::Notify;
 use tracing::info;
 use weft_types::{BackendKind, WireguardOptions};
 
 use super::plan::TunnelPeer;
-use super::state::{lock, PeerSet, PeerState, Session, WgShared};
+use super::state::{lock, PeerSet, PeerState, Session, TunnSpec, WgShared};
 use super::threads;
 use crate::backend::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
 use crate::error::{Error, Result};
@@ -27,6 +27,16 @@ use crate::report::Report;
 /// `/readyz` names it.
 pub(crate) const HANDSHAKE_GRACE: Duration = Duration::from_secs(10);
 
+/// Peers without a recent completed handshake: how many, and the one
+/// with the lowest subnet, described.
+#[derive(Debug, Default)]
+pub(crate) struct Silent {
+    pub(crate) count: usize,
+    pub(crate) first: Option<(ipnet::IpNet, String)>,
+}
+
+/// One WireGuard device: its port, key and peers, and the forwarder that
+/// carries its packets.
 pub(crate) struct Tunnel {
     pub(crate) port: u16,
     pub(crate) shared: Arc<WgShared>,
@@ -82,17 +92,24 @@ impl Tunnel {
             let peer = WgPeer { public_key: p.key, endpoint: p.endpoint, allowed_ips, index };
             let state = match old.states.get(&index) {
                 Some(s) if s.peer == peer => s.clone(),
-                _ => Arc::new(PeerState {
-                    session: std::sync::Mutex::new(Session::new(
-                        self.shared.tunn(&peer, opts.psk, opts.persistent_keepalive),
-                        peer.endpoint,
-                    )),
-                    peer: peer.clone(),
-                    subnet: p.subnet,
-                    added: Instant::now(),
-                    handshakes: Default::default(),
-                    probe: Default::default(),
-                }),
+                _ => {
+                    let spec = TunnSpec {
+                        public: PublicKey::from(peer.public_key.0),
+                        psk: opts.psk,
+                        keepalive: (opts.persistent_keepalive > 0).then_some(opts.persistent_keepalive),
+                        index: peer.index,
+                    };
+                    let session = Session::new(spec, peer.endpoint);
+                    Arc::new(PeerState {
+                        awake: session.awake_flag(),
+                        session: std::sync::Mutex::new(session),
+                        peer: peer.clone(),
+                        subnet: p.subnet,
+                        added: Instant::now(),
+                        handshakes: Default::default(),
+                        probe: Default::default(),
+                    })
+                }
             };
             states.insert(index, state);
             wanted.push(peer);
@@ -147,28 +164,41 @@ impl Tunnel {
         restart.into_iter().chain(grace_ends).min()
     }
 
-    /// Whether a thread ended since the last pass; adds each peer without
-    /// a recent completed handshake to `silent` (as `subnet at endpoint
-    /// (why)`) and returns how many peers the tunnel has.
-    pub(crate) fn live_problems(&self, silent: &mut Vec<String>) -> (bool, usize) {
+    /// Whether a thread ended since the last pass, and how many peers the
+    /// tunnel has; counts each peer without a recent completed handshake
+    /// in `silent`, which keeps the one with the lowest subnet (as `subnet
+    /// at endpoint (why)`). No string is made for the others: with
+    /// thousands of gone peers this runs on every pass.
+    pub(crate) fn live_problems(&self, silent: &mut Silent) -> (bool, usize) {
         let ended = self.fwd.thread_ended();
         let set = self.shared.peers.load();
         let now = Instant::now();
         for s in set.states.values() {
             let (age, endpoint) = {
                 let session = lock(&s.session);
-                (session.tunn.time_since_last_handshake(), session.endpoint)
+                (session.time_since_last_handshake(), session.endpoint)
             };
             let unanswered = lock(&s.probe).unanswered(now, s.handshakes.load(Ordering::Relaxed));
             let since = now.saturating_duration_since(s.added);
+            let is_silent = match (age, unanswered) {
+                (None, _) => since > HANDSHAKE_GRACE,
+                (Some(_), Some(u)) => u > HANDSHAKE_GRACE,
+                _ => false,
+            };
+            if !is_silent {
+                continue;
+            }
+            silent.count += 1;
+            if silent.first.as_ref().is_some_and(|(first, _)| *first <= s.subnet) {
+                continue;
+            }
             let why = match (age, unanswered) {
-                (None, _) if since > HANDSHAKE_GRACE => format!("none in {} s", since.as_secs()),
-                (Some(a), Some(u)) if u > HANDSHAKE_GRACE => {
+                (Some(a), Some(u)) => {
                     format!("the last {} s ago, none since weft asked {} s ago", a.as_secs(), u.as_secs())
                 }
-                _ => continue,
+                _ => format!("none in {} s", since.as_secs()),
             };
-            silent.push(format!("{} at {endpoint} ({why})", s.subnet));
+            silent.first = Some((s.subnet, format!("{} at {endpoint} ({why})", s.subnet)));
         }
         (ended, set.states.len())
     }

@@ -74,7 +74,7 @@ pub(crate) fn render(dev: &Device, now: SystemTime) -> String {
     for p in peers {
         let (age, endpoint, tx, rx) = {
             let s = lock(&p.session);
-            let (age, tx, rx, ..) = s.tunn.stats();
+            let (age, tx, rx) = s.stats();
             (age, s.endpoint, tx, rx)
         };
         let _ = writeln!(out, "public_key={}", hex(&p.peer.public_key.0));
