@@ -134,17 +134,18 @@ fn peer_of(lease: &Lease, own: &Own) -> Result<Peer, String> {
     Ok(peer)
 }
 
-/// The identity a peer claims that no other may share: its WireGuard key,
-/// or its VTEP MACs.
-fn identities(peer: &Peer) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(k) = peer.wg_key {
-        out.push(("PublicKey", format!("{k:?}")));
-    }
-    for mac in [peer.vtep_mac, peer.vtep_mac6].into_iter().flatten() {
-        out.push(("VtepMAC", mac.to_string()));
-    }
-    out
+/// What a peer claims as its own alone: its WireGuard key, its VTEP MACs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Identity {
+    Key([u8; 32]),
+    Mac(weft_types::MacAddr),
+}
+
+/// The identities `peer` claims (no allocation: this runs for every lease
+/// on every pass).
+fn identities(peer: &Peer) -> impl Iterator<Item = Identity> {
+    let key = peer.wg_key.map(Identity::Key);
+    key.into_iter().chain([peer.vtep_mac, peer.vtep_mac6].into_iter().flatten().map(Identity::Mac))
 }
 
 /// The peers this node's backend should program, from the full lease
@@ -163,24 +164,23 @@ pub(crate) fn desired_peers<'a>(leases: impl IntoIterator<Item = &'a Lease>, own
     }
     // Oldest first (then by subnet): the same order on every node.
     found.sort_by_key(|a| (a.0, a.1));
-    let mut holder: HashMap<(&'static str, String), IpNet> = HashMap::new();
+    let mut holder: HashMap<Identity, IpNet> = HashMap::with_capacity(found.len());
     let mut duplicates = Vec::new();
     let mut peers = Vec::with_capacity(found.len());
     'leases: for (_, id, peer) in found {
-        let claims = identities(&peer);
-        for claim in &claims {
-            if let Some(first) = holder.get(claim) {
-                let what = match claim.0 {
-                    "PublicKey" => {
+        for claim in identities(&peer) {
+            if let Some(first) = holder.get(&claim) {
+                let what = match claim {
+                    Identity::Key(_) => {
                         format!("the wireguard lease of {id} has the PublicKey of {first}'s (a copied key file?)")
                     }
-                    _ => format!("the lease of {id} has the VtepMAC {} of {first}'s", claim.1),
+                    Identity::Mac(mac) => format!("the lease of {id} has the VtepMAC {mac} of {first}'s"),
                 };
                 duplicates.push(format!("{what}: only {first}, the older, is reached"));
                 continue 'leases;
             }
         }
-        for claim in claims {
+        for claim in identities(&peer) {
             holder.insert(claim, id);
         }
         peers.push(peer);
