@@ -2,7 +2,7 @@
 //! backend: pods reach each other, a pod reaches the underlay only
 //! masqueraded, and `nft list table` shows, byte for byte, what flannel's
 //! own nftables mode makes (`tests/data/flannel-nftables/`, recorded from
-//! flannel's source); a deleted table is put back within a resync and
+//! flannel's source); a deleted table or rule is put back within a resync and
 //! counted; switching modes leaves only the new mode's objects; a node
 //! without iptables runs the nftables mode and refuses the iptables mode
 //! with an error naming the option.
@@ -94,6 +94,26 @@ fn vxlan_in_nftables_mode_repairs_its_tables() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}\n{}", listing(&lab, 2), lab.log_tail(2)));
     assert!(lab.log(2).contains("weft's nftables rules were changed or removed"), "{}", lab.log_tail(2));
+
+    // One rule deleted (the first masquerade): put back the same way.
+    let chain = lab.node_cmd(2, "nft").args(["-a", "list", "chain", "ip", "flannel-ipv4", "postrtg"]).output().unwrap();
+    let chain = text(&chain.stdout);
+    let handle = chain
+        .lines()
+        .find(|l| l.contains("masquerade"))
+        .and_then(|l| l.rsplit("# handle ").next())
+        .unwrap_or_else(|| panic!("no masquerade rule with a handle in {chain}"))
+        .trim()
+        .to_string();
+    let before = repairs();
+    let del =
+        lab.node_cmd(2, "nft").args(["delete", "rule", "ip", "flannel-ipv4", "postrtg", "handle", &handle]).output();
+    assert!(del.unwrap().status.success());
+    assert_ne!(listing(&lab, 2), expected(&lab, 2, "ipv4.txt"), "the rule is gone");
+    wait_until("the rule to be back and the repair counted", Duration::from_secs(5), || {
+        (listing(&lab, 2) == expected(&lab, 2, "ipv4.txt") && repairs() > before).then_some(())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", listing(&lab, 2), lab.log_tail(2)));
     assert_ping_matrix(&lab);
 }
 
