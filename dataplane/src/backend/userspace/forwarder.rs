@@ -128,7 +128,6 @@ impl Forwarder {
                 let fail = |source| Error::UdpSocket { addr: bind, source };
                 let state = UdpSocketState::new((&**s).into()).map_err(fail)?;
                 socket::set_gro(s, false).map_err(fail)?;
-                s.set_nonblocking(true).map_err(fail)?;
                 Ok(Arc::new(state))
             })
             .collect::<Result<Vec<_>>>()?;

@@ -118,9 +118,10 @@ fn barrier() {
     }
 }
 
-/// The UDP sockets of the last run for `device`, when systemd kept exactly
-/// `count` of them bound to `bind`; else none (any kept are let go, so that
-/// new ones can bind).
+/// The UDP sockets of the last run for `device` (non-blocking, as
+/// `socket::bind` makes them), when systemd kept exactly `count` of them
+/// bound to `bind`; else none (any kept are let go, so that new ones can
+/// bind).
 pub(crate) fn take_sockets(device: &str, bind: SocketAddr, count: usize) -> Option<Vec<UdpSocket>> {
     let kept = take_named(&format!("{device}.udp."));
     if kept.is_empty() {
@@ -128,10 +129,9 @@ pub(crate) fn take_sockets(device: &str, bind: SocketAddr, count: usize) -> Opti
     }
     let sockets: Vec<(String, UdpSocket)> = kept.into_iter().map(|(n, fd)| (n, UdpSocket::from(fd))).collect();
     let fits = sockets.len() == count
-        && sockets
-            .iter()
-            .enumerate()
-            .all(|(i, (n, s))| *n == name(device, "udp", i) && s.local_addr().ok() == Some(bind));
+        && sockets.iter().enumerate().all(|(i, (n, s))| {
+            *n == name(device, "udp", i) && s.local_addr().ok() == Some(bind) && s.set_nonblocking(true).is_ok()
+        });
     if !fits {
         let found: Vec<String> = sockets
             .iter()
