@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ipnet::IpNet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use weft_dataplane::{Dataplane, DataplaneConfig, DualStack, IfaceRequest};
 use weft_subnet::Backoff;
 use weft_subnet::Renewer;
@@ -460,8 +460,11 @@ async fn reconcile(dp: &mut Dataplane, watch: &LeaseWatch, own: &Own) -> Health 
             programmed = report.peers_programmed,
             changes = report.changes,
             repairs = report.total_repairs(),
+            full = report.full,
             "dataplane converged"
         );
+    } else {
+        debug!(peers = report.peers_desired, full = report.full, "dataplane pass: nothing to change");
     }
     let (remote, own): (Vec<_>, Vec<_>) = dp.health().into_iter().partition(|p| p.is_remote());
     let mut remote: Vec<String> = remote.iter().map(ToString::to_string).collect();

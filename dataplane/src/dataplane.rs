@@ -38,6 +38,19 @@ use crate::sync::watch::Watch;
 /// entries with it): wait this long after the first so one pass repairs all.
 const EVENT_SETTLE: Duration = Duration::from_millis(20);
 
+/// Resolves `settle` after `wake` is rung. Cancel-safe: the caller waits
+/// in a `select!` beside lease events and clocks, and one of those may win
+/// during the settle; the wake-up is then kept (the permit put back) for
+/// the next call instead of being lost until the periodic resync.
+async fn settled(wake: &Notify, settle: Duration) {
+    wake.notified().await;
+    wake.notify_one();
+    tokio::time::sleep(settle).await;
+    // Take back the permit this call put back (or a newer ring: this pass
+    // covers it).
+    let _ = futures::FutureExt::now_or_never(wake.notified());
+}
+
 /// What the dataplane is built from.
 #[derive(Debug, Clone)]
 pub struct DataplaneConfig {
@@ -247,7 +260,7 @@ impl Dataplane {
             }
         };
         tokio::select! {
-            _ = self.wake.notified() => tokio::time::sleep(EVENT_SETTLE).await,
+            _ = settled(&self.wake, EVENT_SETTLE) => {}
             _ = resync => {}
             _ = restart => {}
         }
@@ -283,5 +296,36 @@ impl Dataplane {
         if let Family::Userspace(b) = &mut self.backend {
             b.shutdown();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_millis(20);
+
+    /// A ring is kept when the settle is cut short by another branch of
+    /// the caller's `select!` (before: lost until the resync, 10 s later).
+    #[tokio::test]
+    async fn a_wake_up_survives_a_cancelled_settle() {
+        let wake = Notify::new();
+        wake.notify_one();
+        let cut = tokio::time::timeout(SETTLE / 4, settled(&wake, SETTLE)).await;
+        assert!(cut.is_err(), "the settle was cut short");
+        let next = tokio::time::timeout(SETTLE * 10, settled(&wake, SETTLE)).await;
+        assert!(next.is_ok(), "the ring was lost with the cancelled settle");
+    }
+
+    /// A settle that completes takes its ring: the next call waits for a new one.
+    #[tokio::test]
+    async fn a_completed_settle_consumes_the_ring() {
+        let wake = Notify::new();
+        wake.notify_one();
+        settled(&wake, SETTLE).await;
+        let next = tokio::time::timeout(SETTLE * 5, settled(&wake, SETTLE)).await;
+        assert!(next.is_err(), "woke without a ring");
+        wake.notify_one();
+        assert!(tokio::time::timeout(SETTLE * 10, settled(&wake, SETTLE)).await.is_ok());
     }
 }

@@ -38,7 +38,7 @@ pub(crate) enum Event {
     /// A link was added, changed or removed.
     Link { index: u32, name: Option<String> },
     /// An address was added or removed on device `index`.
-    Address { index: u32 },
+    Address { index: u32, deleted: bool },
     /// A route was added, replaced or removed.
     Route {
         /// The destination address and output device as the message has them.
@@ -63,7 +63,8 @@ impl Event {
         use RouteNetlinkMessage as M;
         Some(match msg {
             M::NewLink(l) | M::DelLink(l) => Event::link(l),
-            M::NewAddress(a) | M::DelAddress(a) => Event::Address { index: a.header.index },
+            M::NewAddress(a) => Event::Address { index: a.header.index, deleted: false },
+            M::DelAddress(a) => Event::Address { index: a.header.index, deleted: true },
             M::NewRoute(r) => Event::route(r, false),
             M::DelRoute(r) => Event::route(r, true),
             M::NewNeighbour(n) => Event::neighbour(n, false),

@@ -8,7 +8,8 @@
 //! is ignored and only one that contradicts it wakes the repair: a
 //! cluster-wide change would otherwise echo into a full pass. A hit rings
 //! a [`Notify`], which coalesces bursts into one wake-up, and marks the
-//! watch dirty so that the next pass reads the kernel.
+//! watch dirty so that the next pass reads the kernel, unless every pass
+//! checks the object anyway ([`Interest::needs_read`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -42,7 +43,7 @@ impl Interest {
             Event::Link { index, name } => {
                 self.indexes.contains(index) || name.as_ref().is_some_and(|n| self.names.contains(n))
             }
-            Event::Address { index } => self.indexes.contains(index),
+            Event::Address { index, .. } => self.indexes.contains(index),
             Event::Route { dst, oif, spec, deleted } => {
                 if self.networks.is_empty() {
                     return false;
@@ -67,6 +68,18 @@ impl Interest {
             }
             Event::Lost => true,
         }
+    }
+}
+
+impl Event {
+    /// Whether a hit must make the next pass read the kernel's routes,
+    /// neighbours and FDB (a full pass). An address added to one of weft's
+    /// devices needs only a pass: every pass, delta ones too, checks the
+    /// devices' addresses. (weft's own address comes back as such an event,
+    /// late when the socket is busy with a cluster's worth of routes, and
+    /// would otherwise cost a full pass right after start-up.)
+    pub(crate) fn needs_read(&self) -> bool {
+        !matches!(self, Event::Address { deleted: false, .. })
     }
 }
 
@@ -128,7 +141,9 @@ impl Watch {
         self.monitor = Some(monitor::spawn(move |ev| {
             let hit = interest.read().map(|i| i.matches(ev)).unwrap_or(true);
             if hit {
-                dirty.store(true, Ordering::Relaxed);
+                if ev.needs_read() {
+                    dirty.store(true, Ordering::Relaxed);
+                }
                 wake.notify_one();
             }
         })?);
@@ -233,7 +248,10 @@ mod tests {
         assert!(i.matches(&Event::Link { index: 99, name: Some("flannel.1".into()) }));
         assert!(i.matches(&Event::Link { index: 3, name: None }));
         assert!(!i.matches(&Event::Link { index: 8, name: Some("eth0".into()) }));
-        assert!(i.matches(&Event::Address { index: 3 }));
+        let address = |index, deleted| Event::Address { index, deleted };
+        assert!(i.matches(&address(3, false)) && i.matches(&address(3, true)) && !i.matches(&address(8, true)));
+        assert!(!address(3, false).needs_read(), "an added address: the devices check takes it");
+        assert!(address(3, true).needs_read());
         let neigh =
             |index| Event::Neighbour { index, bridge: false, ip: None, mac: None, permanent: true, deleted: true };
         assert!(i.matches(&neigh(3)) && !i.matches(&neigh(8)));
