@@ -57,6 +57,17 @@ impl Netlink {
         })
     }
 
+    /// A fresh connection for one pass's dumps, closed when dropped.
+    /// netlink-proto reads a whole dump into a queue before handing it on,
+    /// and a queue keeps its largest size: dumping a cluster's routes,
+    /// neighbours, FDB and nexthops on the long-lived connection would
+    /// keep about 10 MB at 65,000 peers for the life of the daemon.
+    pub(crate) fn for_dumps(&self) -> Result<Netlink> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle, nexthops: Nexthops::connect()?, ..self.clone() })
+    }
+
     /// Whether new routes may point at nexthop objects; weft's existing
     /// nexthops are still cleaned up when they may not.
     pub(crate) fn nexthop_objects(mut self, allowed: bool) -> Netlink {

@@ -62,9 +62,16 @@ pub(crate) struct Desired {
 }
 
 impl Desired {
-    /// Fill in the nexthop objects the routes name.
+    /// Fill in the nexthop objects the routes name, and pack the maps:
+    /// built by inserting in order, a B-tree leaves its nodes about half
+    /// full; collected from a sorted iterator, full (this state lives as
+    /// long as the daemon, an entry per peer, and is cloned as what the
+    /// pass left in place).
     pub(crate) fn with_nexthops(mut self) -> Desired {
         self.nexthops = self.routes.values().filter_map(|s| Some((s.nhid?, s.nexthop()?))).collect();
+        self.routes = std::mem::take(&mut self.routes).into_iter().collect();
+        self.neigh = std::mem::take(&mut self.neigh).into_iter().collect();
+        self.fdb = std::mem::take(&mut self.fdb).into_iter().collect();
         self
     }
 

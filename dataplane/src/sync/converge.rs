@@ -7,8 +7,9 @@
 //! programmed then, is still desired unchanged, and is missing now was
 //! removed behind weft's back, and putting it back counts as a repair.
 //!
-//! A pass is [`Pass::Full`] (dump the kernel and diff against it: start-up,
-//! kernel events, the periodic resync) or [`Pass::Delta`] (take `previous`
+//! A pass is [`Pass::Full`] (dump the kernel, on a connection of its own
+//! ([`Netlink::for_dumps`]), and diff against it: start-up, kernel events,
+//! the periodic resync) or [`Pass::Delta`] (take `previous`
 //! as what is installed and change only what the leases changed: a few
 //! peers joining a cluster of 65,000 then costs a few requests, not four
 //! dumps of 65,000 objects). Anything changed behind weft's back raises a
@@ -140,16 +141,22 @@ pub(crate) async fn routes(
     previous: &BTreeMap<IpNet, RouteSpec>,
     pass: Pass,
 ) -> Result<Outcome<IpNet>> {
-    let nexthops = match (nl.nexthops_supported().await, pass) {
+    let dumps = match pass {
+        Pass::Full => Some(nl.for_dumps()?),
+        Pass::Delta => None,
+    };
+    let nexthops = match (nl.nexthops_supported().await, &dumps) {
         (false, _) => None,
-        (true, Pass::Full) => Some(nl.nexthops().dump().await?),
+        (true, Some(d)) => Some(d.nexthops().dump().await?),
         // weft's own nexthops are those of the routes it left in place.
-        (true, Pass::Delta) => Some(nexthops::of_routes(previous)),
+        (true, None) => Some(nexthops::of_routes(previous)),
     };
     let mut installed: BTreeMap<_, _> = installed(pass, previous, async {
-        Ok(nl.weft_routes().await?.into_iter().filter(|(dst, _)| networks.iter().any(|n| n.contains(dst))).collect())
+        let d = dumps.as_ref().unwrap_or(nl);
+        Ok(d.weft_routes().await?.into_iter().filter(|(dst, _)| networks.iter().any(|n| n.contains(dst))).collect())
     })
     .await?;
+    drop(dumps);
     if let Some(all) = &nexthops {
         nexthops::resolve(&mut installed, all);
     }
@@ -210,7 +217,7 @@ pub(crate) async fn neighbours(
     previous: &BTreeMap<IpAddr, MacAddr>,
     pass: Pass,
 ) -> Result<Outcome<IpAddr>> {
-    let installed = installed(pass, previous, nl.permanent_neighbours(index, v6)).await?;
+    let installed = installed(pass, previous, async { nl.for_dumps()?.permanent_neighbours(index, v6).await }).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     let stale: Vec<_> = d.remove.iter().filter(|(ip, _)| !desired.contains_key(ip)).cloned().collect();
@@ -228,7 +235,7 @@ pub(crate) async fn fdb(
     previous: &BTreeMap<MacAddr, IpAddr>,
     pass: Pass,
 ) -> Result<Outcome<MacAddr>> {
-    let installed = installed(pass, previous, nl.fdb(index)).await?;
+    let installed = installed(pass, previous, async { nl.for_dumps()?.fdb(index).await }).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     // An FDB entry is keyed by (MAC, dst): a changed one is deleted first.
