@@ -69,9 +69,13 @@ const CASES: &[Case] = &[
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#),
         v6: false,
     },
-    // The anchor: Debian's wireguard-go on both nodes, configured as
-    // flanneld configures its kernel device (no weft).
+    // The anchor: wireguard-go on both nodes, configured as flanneld
+    // configures its kernel device (no weft): bookworm-backports' build
+    // (0.0.20231211, with TUN and UDP offloads: today's fastest userspace
+    // WireGuard), which scripts/bench.sh unpacks under target/.
     Case { name: "wireguard-go", config: None, v6: false },
+    // And Debian 12's own build (0.0.20220316, no offloads).
+    Case { name: "wireguard-go-2022", config: None, v6: false },
     // And cloudflare's boringtun-cli, if scripts/bench.sh could build it.
     Case { name: "boringtun", config: None, v6: false },
     // Dual-stack networks, measured pod to pod over IPv6.
@@ -324,9 +328,33 @@ fn print_row(name: &str, f: &Figures) {
 /// Where scripts/bench.sh installs boringtun-cli (`cargo install`).
 const BORINGTUN: &str = "target/boringtun-cli/bin/boringtun-cli";
 
-/// Both nodes on Debian's wireguard-go (or on boringtun-cli), each with a
-/// pod: the anchors the wireguard backend is measured against.
-fn wireguard_go_nodes(lab: &mut Lab, boringtun: bool) -> Result<(Vec<WireguardGo>, Ends)> {
+/// Where scripts/bench.sh unpacks bookworm-backports' wireguard-go.
+const WIREGUARD_GO_BACKPORTS: &str = "target/wireguard-go-backports/usr/bin/wireguard-go";
+
+/// The WireGuard implementation of an anchor case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Anchor {
+    /// bookworm-backports' wireguard-go (offloads).
+    WireguardGo,
+    /// Debian 12's wireguard-go, on the PATH.
+    WireguardGo2022,
+    BoringtunCli,
+}
+
+impl Anchor {
+    fn of(case: &str) -> Option<Anchor> {
+        match case {
+            "wireguard-go" => Some(Anchor::WireguardGo),
+            "wireguard-go-2022" => Some(Anchor::WireguardGo2022),
+            "boringtun" => Some(Anchor::BoringtunCli),
+            _ => None,
+        }
+    }
+}
+
+/// Both nodes on wireguard-go (or on boringtun-cli), each with a pod: the
+/// anchors the wireguard backend is measured against.
+fn wireguard_go_nodes(lab: &mut Lab, anchor: Anchor) -> Result<(Vec<WireguardGo>, Ends)> {
     let network: Ipv4Net = "10.244.0.0/16".parse()?;
     let subnets: [Ipv4Net; 2] = ["10.244.150.0/24".parse()?, "10.244.151.0/24".parse()?];
     let mut nodes = Vec::new();
@@ -334,14 +362,22 @@ fn wireguard_go_nodes(lab: &mut Lab, boringtun: bool) -> Result<(Vec<WireguardGo
         let dir = lab.node(i).subnet_file.parent().context("node dir")?.to_path_buf();
         let dev = format!("wgb{i}-{}", std::process::id() % 100_000);
         let ns = lab.node(i).ns.clone();
-        nodes.push(if boringtun {
-            let program = std::path::Path::new(BORINGTUN);
-            if !program.is_file() {
-                bail!("{BORINGTUN} is missing: scripts/bench.sh installs it (cargo install --locked boringtun-cli --root target/boringtun-cli)");
+        nodes.push(match anchor {
+            Anchor::BoringtunCli => {
+                let program = std::path::Path::new(BORINGTUN);
+                if !program.is_file() {
+                    bail!("{BORINGTUN} is missing: scripts/bench.sh installs it (cargo install --locked boringtun-cli --root target/boringtun-cli)");
+                }
+                WireguardGo::start_boringtun(program, &ns, &dev, &dir)?
             }
-            WireguardGo::start_boringtun(program, &ns, &dev, &dir)?
-        } else {
-            WireguardGo::start(&ns, &dev, &dir)?
+            Anchor::WireguardGo => {
+                let program = std::path::Path::new(WIREGUARD_GO_BACKPORTS);
+                if !program.is_file() {
+                    bail!("{WIREGUARD_GO_BACKPORTS} is missing: scripts/bench.sh unpacks bookworm-backports' wireguard-go there");
+                }
+                WireguardGo::start_program(program, &ns, &dev, &dir)?
+            }
+            Anchor::WireguardGo2022 => WireguardGo::start(&ns, &dev, &dir)?,
         });
     }
     // flanneld's MTU for it: the underlay's less 80.
@@ -370,8 +406,8 @@ fn run_case(case: &Case, weft: &PathBuf, secs: u32, hold: bool) -> Result<Figure
     let mut lab = Lab::new(2, weft)?;
     let mut _anchor = Vec::new();
     let (ends, daemons) = match case.config {
-        None if case.name == "wireguard-go" || case.name == "boringtun" => {
-            let (nodes, ends) = wireguard_go_nodes(&mut lab, case.name == "boringtun")?;
+        None if Anchor::of(case.name).is_some() => {
+            let (nodes, ends) = wireguard_go_nodes(&mut lab, Anchor::of(case.name).context("anchor")?)?;
             let pids = nodes.iter().map(WireguardGo::pid).collect();
             _anchor = nodes;
             (ends, pids)
@@ -462,7 +498,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,udp-lane,wireguard,wireguard-go,boringtun|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,udp-lane,wireguard,wireguard-go,wireguard-go-2022,boringtun|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

@@ -12,7 +12,7 @@
 //! | [`peers`] | numbered fake vxlan peers (leases) for scale tests and the benchmark |
 //! | [`systemd`] | nodes booted with systemd as PID 1 (nspawn), running the package |
 //! | [`wait`]  | waiting for a condition with a deadline instead of sleeping      |
-//! | [`wggo`]  | Debian's wireguard-go on a node, configured as flanneld would    |
+//! | [`wggo`]  | wireguard-go (Debian's or another build) on a node, as flanneld would |
 
 pub mod capture;
 pub mod cluster;

@@ -28,6 +28,8 @@ pub struct WireguardGo {
     child: Child,
     log: PathBuf,
     key_file: PathBuf,
+    /// The wireguard-go binary (`wireguard-go` on the PATH: Debian's).
+    program: PathBuf,
 }
 
 fn wg_output(args: &[&str], input: Option<&str>) -> Result<String> {
@@ -51,9 +53,17 @@ impl WireguardGo {
     /// Start `wireguard-go <dev>` in `ns` with a new key (kept in `dir`),
     /// listening on [`PORT`].
     pub fn start(ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
-        let mut cmd = netns::exec(ns, "wireguard-go");
+        Self::start_program(Path::new("wireguard-go"), ns, dev, dir)
+    }
+
+    /// The same with the wireguard-go binary at `program` (another build,
+    /// such as bookworm-backports' unpacked under `target/`).
+    pub fn start_program(program: &Path, ns: &str, dev: &str, dir: &Path) -> Result<WireguardGo> {
+        let mut cmd = netns::exec(ns, program.to_str().context("wireguard-go path")?);
         cmd.env("WG_PROCESS_FOREGROUND", "1").arg(dev);
-        Self::start_with(cmd, ns, dev, dir)
+        let mut w = Self::start_with(cmd, ns, dev, dir)?;
+        w.program = program.to_path_buf();
+        Ok(w)
     }
 
     /// The same with `boringtun-cli` at `program` (cloudflare's userspace
@@ -73,7 +83,8 @@ impl WireguardGo {
         std::fs::write(&key_file, &private)?;
         let log = dir.join(format!("{dev}.log"));
         let child = Self::spawn(cmd, &log)?;
-        let w = WireguardGo { ns: ns.into(), dev: dev.into(), public_key, child, log, key_file };
+        let program = PathBuf::from("wireguard-go");
+        let w = WireguardGo { ns: ns.into(), dev: dev.into(), public_key, child, log, key_file, program };
         w.configure()?;
         Ok(w)
     }
@@ -101,7 +112,7 @@ impl WireguardGo {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(format!("/var/run/wireguard/{}.sock", self.dev));
-        let mut cmd = netns::exec(&self.ns, "wireguard-go");
+        let mut cmd = netns::exec(&self.ns, self.program.to_str().context("wireguard-go path")?);
         cmd.env("WG_PROCESS_FOREGROUND", "1").arg(&self.dev);
         self.child = Self::spawn(cmd, &self.log)?;
         self.configure()
