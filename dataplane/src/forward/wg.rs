@@ -178,6 +178,8 @@ pub enum Incoming {
 pub struct PeerTable {
     peers: HashMap<u32, WgPeer>,
     by_key: HashMap<Key, u32>,
+    /// The lease's endpoint -> index (the first peer, if two share one).
+    by_endpoint: HashMap<SocketAddr, u32>,
     /// (prefix length, network -> index), longest prefix first, per family.
     v4: Vec<(u8, HashMap<u32, u32>)>,
     v6: Vec<(u8, HashMap<u128, u32>)>,
@@ -223,6 +225,7 @@ impl PeerTable {
                 }
             }
             table.by_key.insert(p.public_key, p.index);
+            table.by_endpoint.entry(p.endpoint).or_insert(p.index);
             table.peers.insert(p.index, p);
         }
         table.v4 = longest_first(v4);
@@ -232,6 +235,11 @@ impl PeerTable {
 
     pub fn len(&self) -> usize {
         self.peers.len()
+    }
+
+    /// The peer whose lease names `endpoint` (`PublicIP:Port`).
+    pub fn at_endpoint(&self, endpoint: SocketAddr) -> Option<u32> {
+        self.by_endpoint.get(&endpoint).copied()
     }
 
     pub fn is_empty(&self) -> bool {

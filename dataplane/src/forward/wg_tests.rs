@@ -223,3 +223,17 @@ fn every_drop_reason_has_its_own_label() {
     let labels: std::collections::HashSet<_> = WgDrop::ALL.iter().map(|r| r.as_str()).collect();
     assert_eq!(labels.len(), WgDrop::ALL.len());
 }
+
+/// Data without a session finds its peer by the lease's endpoint; the
+/// first of two peers sharing one endpoint keeps it.
+#[test]
+fn a_peer_is_found_by_its_lease_endpoint() {
+    let (k1, k2, k3) = (Key::generate(), Key::generate(), Key::generate());
+    let t = PeerTable::new(vec![peer(&k1, &["10.244.1.0/24"], 7, 1), peer(&k2, &["10.244.2.0/24"], 8, 2)]);
+    assert_eq!(t.at_endpoint(SocketAddr::from(([198, 18, 0, 1], 51820))), Some(7));
+    assert_eq!(t.at_endpoint(SocketAddr::from(([198, 18, 0, 2], 51820))), Some(8));
+    assert_eq!(t.at_endpoint(SocketAddr::from(([198, 18, 0, 2], 51821))), None, "another port");
+    assert_eq!(t.at_endpoint(SocketAddr::from(([198, 18, 0, 9], 51820))), None);
+    let shared = PeerTable::new(vec![peer(&k1, &["10.244.1.0/24"], 7, 1), peer(&k3, &["10.244.3.0/24"], 9, 1)]);
+    assert_eq!(shared.at_endpoint(SocketAddr::from(([198, 18, 0, 1], 51820))), Some(7));
+}

@@ -23,7 +23,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
 use tun_rs::{SyncDevice, IDEAL_BATCH_SIZE, VIRTIO_NET_HDR_LEN};
 
-use super::handshake::{admit, Inbox, Replies};
+use super::handshake::{admit, no_session, Inbox, Replies};
 use super::state::{lock, roamed, WgShared};
 use crate::backend::userspace::io::{read_tun, recv_batch, send_one, write_runs, CHUNK};
 use crate::backend::userspace::thread::{wait, ErrorLog, Step, StopSignal, Wake, MAX_PACKET, MAX_UDP_PAYLOAD};
@@ -295,7 +295,9 @@ impl FastRx {
                     let mut session = lock(&peer.session);
                     // A resting peer has no session to open data with.
                     let Some(tunn) = session.tunn_for(dg[0], &shared.maker) else {
+                        drop(session);
                         shared.stats.drop(WgDrop::NoSession);
+                        no_session(dg, from, &set, inbox);
                         continue;
                     };
                     let result = tunn.decapsulate(Some(from.ip()), dg, &mut self.plain[start..]);
@@ -316,7 +318,12 @@ impl FastRx {
                         send_one(sock, &self.reply[..len], from, &mut self.sends);
                     }
                     Received::Nothing => {}
-                    Received::Drop(reason) => shared.stats.drop(reason),
+                    Received::Drop(reason) => {
+                        shared.stats.drop(reason);
+                        if reason == WgDrop::NoSession {
+                            no_session(dg, from, &set, inbox);
+                        }
+                    }
                 }
             }
         }

@@ -16,6 +16,15 @@
 //! passes waits in a bounded [`Inbox`] of fixed-size slots, where answers
 //! to this node's own initiations (responses, cookie replies) go before
 //! new initiations from peers.
+//!
+//! Data from a peer that finds no session to open it with (this node
+//! restarted and lost its sessions, the peer has not noticed yet) asks the
+//! thread for a handshake with that peer at once ([`no_session`]), at most
+//! once per [`NUDGE_EVERY`] per peer: the peer switches to the new session
+//! when it completes, instead of when its own timers give up on the old one
+//! (15 s) or this node happens to send first. The peer is found by the
+//! datagram's source, which must be its lease's endpoint; a forged source
+//! costs that peer one initiation per 5 s.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
@@ -27,7 +36,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use tokio::sync::Notify;
 
 use super::probe::FIRST_PROBES_PER_TICK;
-use super::state::{lock, roamed, PeerSet, PeerState, WgShared};
+use super::state::{lock, roamed, PeerSet, PeerState, WgShared, NUDGE_EVERY};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{ErrorLog, Exit, StopSignal};
 use crate::forward::wg::{received, Incoming, Received, WgDrop};
@@ -46,6 +55,9 @@ const KEEP_SESSION: Duration = Duration::from_secs(120);
 const INITIATIONS: usize = 1024;
 /// Responses and cookie replies waiting, at most.
 const ANSWERS: usize = 256;
+/// Peers waiting for a handshake asked for by data without a session, at
+/// most (each peer asks once per [`NUDGE_EVERY`]).
+const NUDGES: usize = 64;
 /// Largest datagram.
 const MAX_DATAGRAM: usize = 65535 + 256;
 /// The largest handshake message: an initiation.
@@ -70,6 +82,21 @@ struct Queues {
     /// Responses and cookie replies: answers to this node's initiations.
     answers: VecDeque<Message>,
     initiations: VecDeque<Message>,
+    /// Peers (indexes) whose data found no session.
+    nudges: VecDeque<u32>,
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.answers.is_empty() && self.initiations.is_empty() && self.nudges.is_empty()
+    }
+}
+
+/// What the handshake thread is handed.
+pub(crate) enum Item {
+    Message(Message),
+    /// A handshake with this peer, now.
+    Nudge(u32),
 }
 
 /// Where the RX threads hand handshake messages to the handshake thread:
@@ -85,6 +112,7 @@ impl Inbox {
             queues: Mutex::new(Queues {
                 answers: VecDeque::with_capacity(ANSWERS),
                 initiations: VecDeque::with_capacity(INITIATIONS),
+                nudges: VecDeque::with_capacity(NUDGES),
             }),
             ready: Condvar::new(),
         })
@@ -107,12 +135,30 @@ impl Inbox {
         true
     }
 
-    /// The next message, answers first; `None` after `wait` without one.
-    fn next(&self, wait: Duration) -> Option<Message> {
+    /// Ask for a handshake with peer `index`; `false` when the queue is full.
+    fn nudge(&self, index: u32) -> bool {
+        let Ok(mut q) = self.queues.lock() else { return false };
+        if q.nudges.len() >= NUDGES {
+            return false;
+        }
+        q.nudges.push_back(index);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    /// The next item: answers first, then asked-for handshakes, then
+    /// initiations; `None` after `wait` without one.
+    fn next(&self, wait: Duration) -> Option<Item> {
         let q = self.queues.lock().ok()?;
-        let (mut q, _) =
-            self.ready.wait_timeout_while(q, wait, |q| q.answers.is_empty() && q.initiations.is_empty()).ok()?;
-        q.answers.pop_front().or_else(|| q.initiations.pop_front())
+        let (mut q, _) = self.ready.wait_timeout_while(q, wait, |q| q.is_empty()).ok()?;
+        if let Some(m) = q.answers.pop_front() {
+            return Some(Item::Message(m));
+        }
+        if let Some(i) = q.nudges.pop_front() {
+            return Some(Item::Nudge(i));
+        }
+        q.initiations.pop_front().map(Item::Message)
     }
 }
 
@@ -168,9 +214,28 @@ pub(crate) fn admit<'s>(
             Incoming::Peer(i) => set.states.get(&i).map(|s| (i, s)),
             Incoming::Drop(reason) => {
                 shared.stats.drop(reason);
+                // A receiver index this run never gave out: the last run's.
+                if reason == WgDrop::UnknownPeer {
+                    no_session(datagram, from, set, inbox);
+                }
                 None
             }
         },
+    }
+}
+
+/// Data from `from` (a data message) found no session: if `from` is a
+/// peer's lease endpoint and that peer has not asked within
+/// [`NUDGE_EVERY`], the handshake thread starts a handshake with it now.
+/// Called on the RX threads, after the drop is counted.
+pub(crate) fn no_session(datagram: &[u8], from: SocketAddr, set: &PeerSet, inbox: &Inbox) {
+    if datagram.first() != Some(&4) {
+        return;
+    }
+    let Some(index) = set.table.at_endpoint(from) else { return };
+    let Some(state) = set.states.get(&index) else { return };
+    if state.claim_nudge(Instant::now()) {
+        inbox.nudge(index);
     }
 }
 
@@ -190,8 +255,10 @@ pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Not
         if stop.fired() {
             return Exit::Stopped;
         }
-        if let Some(m) = inbox.next(POLL) {
-            h.handle(m.bytes(), m.from);
+        match inbox.next(POLL) {
+            Some(Item::Message(m)) => h.handle(m.bytes(), m.from),
+            Some(Item::Nudge(index)) => h.nudged(index),
+            None => {}
         }
         if reset.elapsed() >= Duration::from_secs(1) {
             shared.limiter.load().reset_count();
@@ -267,6 +334,27 @@ impl Handshaker<'_> {
         }
     }
 
+    /// A handshake with peer `index`, whose data found no session, unless
+    /// one completed within [`NUDGE_EVERY`] (the data was sent for the
+    /// session just replaced).
+    fn nudged(&mut self, index: u32) {
+        let Handshaker { sock, shared, out, sends, .. } = self;
+        let set = shared.peers.load();
+        let Some(state) = set.states.get(&index) else { return };
+        let mut session = lock(&state.session);
+        let (age, _, _) = session.stats();
+        if age.is_some_and(|a| a < NUDGE_EVERY) {
+            return;
+        }
+        let endpoint = session.endpoint;
+        session.touch(Instant::now());
+        let tunn = session.tunn(&shared.maker);
+        if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(out, false) {
+            tracing::debug!(peer = %state.subnet, "data without a session: a handshake now");
+            send_one(sock, b, endpoint, sends);
+        }
+    }
+
     /// The timers of every peer, and a handshake for each one without a
     /// fresh session when its [`Probe`](super::probe::Probe) says so.
     fn tick(&mut self) {
@@ -327,13 +415,29 @@ mod tests {
     }
 
     #[test]
+    fn asked_for_handshakes_are_bounded() {
+        let inbox = Inbox::new();
+        for i in 0..NUDGES as u32 {
+            assert!(inbox.nudge(i));
+        }
+        assert!(!inbox.nudge(99), "beyond the bound: refused");
+        assert!(inbox.post(&message(2, 92), from(2)), "and answers still go in");
+    }
+
+    #[test]
     fn answers_go_before_initiations_and_a_full_queue_refuses() {
         let inbox = Inbox::new();
         assert!(inbox.post(&message(1, 148), from(1)));
         assert!(inbox.post(&message(2, 92), from(2)));
         assert!(inbox.post(&message(3, 64), from(3)));
-        let order: Vec<u8> = (0..3).map(|_| inbox.next(POLL).unwrap().bytes()[0]).collect();
-        assert_eq!(order, [2, 3, 1], "responses and cookie replies first");
+        assert!(inbox.nudge(7));
+        let order: Vec<u8> = (0..4)
+            .map(|_| match inbox.next(POLL).unwrap() {
+                Item::Message(m) => m.bytes()[0],
+                Item::Nudge(i) => i as u8 + 100,
+            })
+            .collect();
+        assert_eq!(order, [2, 3, 107, 1], "responses and cookie replies first, then asked-for handshakes");
         assert!(inbox.next(Duration::from_millis(1)).is_none());
         for _ in 0..INITIATIONS {
             assert!(inbox.post(&message(1, 148), from(1)));

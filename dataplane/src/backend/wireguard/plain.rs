@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use boringtun::noise::{Tunn, TunnResult};
 use tun_rs::SyncDevice;
 
-use super::handshake::{admit, Inbox, Replies};
+use super::handshake::{admit, no_session, Inbox, Replies};
 use super::state::{lock, roamed, WgShared};
 use crate::backend::userspace::io::send_one;
 use crate::backend::userspace::thread::{wait, ErrorLog, Exit, Step, StopSignal, Wake};
@@ -113,7 +113,9 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
             let mut session = lock(&state.session);
             // A resting peer has no session to open data with.
             let Some(tunn) = session.tunn_for(datagram[0], &shared.maker) else {
+                drop(session);
                 shared.stats.drop(WgDrop::NoSession);
+                no_session(datagram, from, &set, inbox);
                 continue;
             };
             let result = tunn.decapsulate(Some(from.ip()), datagram, &mut out);
@@ -138,7 +140,12 @@ pub(crate) fn rx(dev: &SyncDevice, sock: &UdpSocket, shared: &WgShared, inbox: &
             }
             Received::ToNetwork(len) => send_one(sock, &out[..len], from, &mut sends),
             Received::Nothing => {}
-            Received::Drop(reason) => shared.stats.drop(reason),
+            Received::Drop(reason) => {
+                shared.stats.drop(reason);
+                if reason == WgDrop::NoSession {
+                    no_session(datagram, from, &set, inbox);
+                }
+            }
         }
     }
 }

@@ -53,6 +53,28 @@ pub(crate) struct PeerState {
     /// When the handshake thread starts a handshake of its own with this
     /// peer (see `probe::Probe`); the health check reads it.
     pub(crate) probe: Mutex<super::probe::Probe>,
+    /// When data from the peer last found no session to open it with
+    /// (milliseconds after `added`, plus one; 0: never), so that such data
+    /// asks for a handshake at most once per [`NUDGE_EVERY`].
+    pub(crate) nudged: AtomicU64,
+}
+
+/// Data that finds no session asks for a handshake at most this often per
+/// peer (WireGuard's REKEY_TIMEOUT, the wait before an initiation is sent
+/// again).
+pub(crate) const NUDGE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl PeerState {
+    /// Whether data from this peer that found no session may ask for a
+    /// handshake now (and, if so, the ask is counted as made).
+    pub(crate) fn claim_nudge(&self, now: Instant) -> bool {
+        let t = now.saturating_duration_since(self.added).as_millis() as u64 + 1;
+        let last = self.nudged.load(Ordering::Relaxed);
+        if last != 0 && t < last + NUDGE_EVERY.as_millis() as u64 {
+            return false;
+        }
+        self.nudged.compare_exchange(last, t, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    }
 }
 
 /// The peers as the threads see them.

@@ -108,6 +108,7 @@ impl Tunnel {
                         added: Instant::now(),
                         handshakes: Default::default(),
                         probe: Default::default(),
+                        nudged: Default::default(),
                     })
                 }
             };
