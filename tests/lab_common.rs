@@ -276,3 +276,108 @@ pub(crate) fn weft_leases(lab: &Lab) -> String {
     let out = lab.weft(&["leases"], None).unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// With the lane: node 1 and 2's log line `started` says so (no warning
+/// about it), their threads named with `prefixes` are all at nice -19
+/// while idle, the lane's (queue 1's) turn `SCHED_FIFO` while a bulk
+/// stream runs and back after, and a ping beside the stream keeps a
+/// bounded tail.
+pub(crate) fn assert_lane_follows_a_bulk_stream(lab: &Lab, started: &str, prefixes: &[&str]) {
+    let policies = |i: u8| {
+        let mut p: Vec<(String, u32)> = forwarding_policies(lab.daemon_pid(i).unwrap())
+            .into_iter()
+            .filter(|(t, _)| prefixes.iter().any(|p| t.starts_with(p)))
+            .collect();
+        p.sort();
+        p
+    };
+    // One bulk queue (0) and the lane (1): the lane's threads `SCHED_FIFO`
+    // when `bulk`, every thread `SCHED_OTHER` otherwise.
+    let want = |bulk: bool| {
+        let lane = if bulk { libc::SCHED_FIFO } else { libc::SCHED_OTHER } as u32;
+        let mut w: Vec<(String, u32)> = prefixes
+            .iter()
+            .flat_map(|p| [(format!("{p}-0"), libc::SCHED_OTHER as u32), (format!("{p}-1"), lane)])
+            .collect();
+        w.sort();
+        w
+    };
+    for i in 1..=2 {
+        let log = lab.log(i);
+        assert!(!log.contains("LatencyLane:"), "node {i} warned about the lane: {log}");
+        let line = log.lines().find(|l| l.contains(started)).unwrap_or_else(|| panic!("{log}"));
+        assert!(line.contains("queues=2") && line.contains("latency_lane=true"), "node {i}: {line}");
+        assert_eq!(policies(i), want(false), "node {i}: idle, no thread is real-time");
+    }
+    let lane_turns_real_time = || {
+        for i in 1..=2 {
+            let what = format!("node {i}'s lane threads to turn SCHED_FIFO during the bulk stream");
+            weft_lab::wait_until(&what, Duration::from_secs(3), || (policies(i) == want(true)).then_some(()))
+                .map_err(|e| format!("{e:#}: {:?}", policies(i)))?;
+        }
+        Ok(())
+    };
+    assert_pings_short_beside_a_bulk_stream(lab, Some(&lane_turns_real_time));
+    for i in 1..=2 {
+        weft_lab::wait_until("the lane threads back at nice -19 after the bulk stream", Duration::from_secs(3), || {
+            (policies(i) == want(false)).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("node {i}: {e:#}: {:?}", policies(i)));
+    }
+}
+
+/// RTTs (µs) of a `ping` run's replies, sorted.
+pub(crate) fn rtts_us(stdout: &[u8]) -> Vec<f64> {
+    let mut v: Vec<f64> = String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.split("time=").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|ms| ms * 1000.0)
+        .collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v
+}
+
+/// A ping every 10 ms from pod 1 to pod 2 beside a bulk TCP stream between
+/// them: its 99th percentile under a generous 5 ms. `while_bulk` runs
+/// during the first stream and must succeed.
+pub(crate) fn assert_pings_short_beside_a_bulk_stream(
+    lab: &Lab,
+    while_bulk: Option<&(dyn Fn() -> Result<(), String> + Sync)>,
+) {
+    let dst = lab.node(2).pod_ip.unwrap().to_string();
+    let _server = weft_lab::iperf::Server::start(&lab.node(2).pod_ns, &dst).unwrap();
+    // This machine is shared: a neighbour's burst can stall both CPUs for
+    // milliseconds (the vxlan case of the benchmark shows such a p99 on
+    // some days). Up to three rounds; one with a bounded tail passes, a
+    // regression that makes the tail long every time still fails.
+    let mut rounds = Vec::new();
+    for _ in 0..3 {
+        let pinger = weft_lab::netns::exec(&lab.node(1).pod_ns, "ping")
+            .args(["-n", "-i", "0.01", "-W", "1", "-w", "4", &dst])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let report = std::thread::scope(|s| {
+            let check = while_bulk.filter(|_| rounds.is_empty()).map(|f| s.spawn(f));
+            let report = weft_lab::iperf::client(&lab.node(1).pod_ns, &dst, &["-t", "4"]).unwrap();
+            if let Some(Err(e)) = check.map(|c| c.join().unwrap()) {
+                panic!("{e}");
+            }
+            report
+        });
+        let gbps = weft_lab::iperf::tcp_gbps(&report).unwrap();
+        let out = pinger.wait_with_output().unwrap().stdout;
+        let summary =
+            String::from_utf8_lossy(&out).lines().find(|l| l.contains("packets transmitted")).unwrap_or("").to_string();
+        let rtts = rtts_us(&out);
+        assert!(rtts.len() > 200, "only {} pings answered: {summary}", rtts.len());
+        let p50 = rtts[rtts.len() / 2];
+        let p99 = rtts[(rtts.len() * 99 / 100).min(rtts.len() - 1)];
+        eprintln!("bulk {gbps:.2} Gbit/s; ping under load p50 {p50:.0} us, p99 {p99:.0} us ({summary})");
+        rounds.push(format!("p50 {p50:.0} us, p99 {p99:.0} us at {gbps:.2} Gbit/s"));
+        if p99 < 5000.0 {
+            return;
+        }
+    }
+    panic!("ping p99 under a bulk stream above 5 ms in every round: {rounds:?}");
+}

@@ -287,7 +287,20 @@ fn wireguard_with_two_queues_carries_pings_and_checked_tcp() {
         assert_eq!(b.join().unwrap().unwrap(), 8 << 20);
     });
     let log = lab.log(1);
-    assert!(log.contains("wireguard backend forwarding") && log.contains("queues=2"), "{log}");
+    // Two bulk queues and the lane.
+    let started = log.lines().find(|l| l.contains("wireguard backend forwarding")).unwrap_or_else(|| panic!("{log}"));
+    assert!(started.contains("queues=3") && started.contains("latency_lane=true"), "{started}");
     let tun = text(&lab.node_cmd(1, "ip").args(["-d", "link", "show", "flannel-wg"]).output().unwrap().stdout);
     assert!(tun.contains("multi_queue"), "{tun}");
+}
+
+/// By default (`LatencyLane` on), each device's bulk queue gets a lane:
+/// small packets (and small WireGuard messages, on the receiving side)
+/// take it, its two threads turn `SCHED_FIFO` only while a bulk stream
+/// runs, and a ping beside the stream keeps a bounded tail (a generous
+/// 5 ms here; the benchmark judges the real figure, docs/benchmarks.md).
+#[test]
+fn wireguard_defaults_keep_pings_short_beside_a_bulk_stream() {
+    let lab = release_lab(2, &config("wireguard"));
+    assert_lane_follows_a_bulk_stream(&lab, "wireguard backend forwarding", &["weft-wg-rx", "weft-wg-tx"]);
 }

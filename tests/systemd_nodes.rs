@@ -209,21 +209,22 @@ fn host_gw_on_systemd_nodes() {
     failures_are_held_off(&c);
 }
 
-/// A config change the nodes restart for (`Queues` 1 to 2): the one socket
-/// systemd kept does not fit, so it is let go, named in the log, and two
-/// are bound; pods reach each other again.
+/// A config change the nodes restart for (`Queues` 1 to 2): the two sockets
+/// systemd kept (a bulk queue and the lane) do not fit, so they are let
+/// go, named in the log, and three are bound; pods reach each other again.
 fn kept_sockets_that_do_not_fit_are_let_go(c: &Cluster) {
     let before = c.node(2).main_pid().unwrap();
     let json = config("udp").replace(r#""Type":"udp""#, r#""Type":"udp","Queues":2"#);
     let out = c.lab.etcdctl(&["put", "/coreos.com/network/config", &json]).unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_until("node 2 to restart with two queues, ready", Duration::from_secs(30), || {
+    wait_until("node 2 to restart with two bulk queues and the lane, ready", Duration::from_secs(30), || {
         let pid = c.node(2).main_pid().ok()?;
         (pid != 0 && pid != before && c.lab.http(2, "/readyz").ok()?.0 == 200).then_some(())
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", journal(c.node(2))));
     let log = journal(c.node(2));
-    assert!(log.contains("are not 2 on"), "{log}");
+    // One bulk queue and the lane kept; two and the lane wanted.
+    assert!(log.contains("are not 3 on"), "{log}");
     for (from, to) in [(1, 2), (2, 1)] {
         let dst = c.lab.node(to).pod_ip.unwrap();
         wait_until(&format!("pod {from} to reach pod {to}"), Duration::from_secs(10), || {
@@ -347,44 +348,41 @@ fn dual_stack_vxlan_on_systemd_nodes() {
     assert_eq!(code, 200, "{body}");
 }
 
-/// `LatencyLane` under the packaged unit: without `CAP_BPF` the kernel
-/// refuses the classifier; weft says so once, with the drop-in to add, and
-/// forwards without the lane. With the drop-in docs/backends.md gives, the
-/// restarted daemon runs the lane (its threads at nice -19 here: this
+/// `LatencyLane` under the packaged unit: on by default, and the unit
+/// grants `CAP_BPF`, so the lane runs (its threads at nice -19 here: this
 /// kernel's `CONFIG_RT_GROUP_SCHED` refuses `SCHED_FIFO` to a service, said
-/// once too).
+/// once). A drop-in that takes `CAP_BPF` away: the kernel refuses the
+/// classifier, weft says so once with what to check, and forwards as
+/// without the lane (one queue).
 #[test]
-fn udp_latency_lane_under_the_unit_needs_the_documented_drop_in() {
-    let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","LatencyLane":true}}"#;
-    let c = Cluster::with_config("udp", json);
+fn udp_latency_lane_runs_under_the_unit_and_a_refusal_is_said_once() {
+    let c = Cluster::new("udp");
     let node = c.node(2);
     let said = journal(node);
-    assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "{said}");
-    assert!(said.contains("add a drop-in (systemctl edit weft) with CapabilityBoundingSet=CAP_BPF"), "{said}");
-    assert!(said.contains("latency_lane=false"), "{said}");
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/backends.md")).unwrap();
-    let start = docs.find("<!-- latency-lane drop-in -->").expect("the drop-in in docs/backends.md");
-    let block = &docs[start..];
-    let ini = &block[block.find("```ini\n").unwrap() + 7..];
-    let ini = &ini[..ini.find("```").unwrap()];
+    assert!(!said.contains("LatencyLane: loading"), "{said}");
+    assert!(said.contains("queues=2") && said.contains("latency_lane=true"), "{said}");
+    let policies = forwarding_policies(node.main_pid().unwrap());
+    assert_eq!(policies.len(), 4, "a bulk queue and the lane, two threads each: {policies:?}");
     let dir = node.path("/etc/systemd/system/weft.service.d");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("lane.conf"), ini).unwrap();
+    std::fs::write(dir.join("no-bpf.conf"), "[Service]\nCapabilityBoundingSet=~CAP_BPF\n").unwrap();
     node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
     node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
     let said = journal(node);
-    assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "no new refusal: {said}");
-    assert!(said.contains("latency_lane=true"), "{said}");
+    assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "{said}");
+    assert!(said.contains("forwarding without the lane") && said.contains("systemctl cat weft"), "{said}");
+    assert!(said.contains("queues=1") && said.contains("latency_lane=false"), "{said}");
     let policies = forwarding_policies(node.main_pid().unwrap());
-    assert_eq!(policies.len(), 4, "two queues, two threads each: {policies:?}");
+    assert_eq!(policies.len(), 2, "one queue, two threads: {policies:?}");
     assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "pods reach each other");
 }
 
-/// `RealtimeThreads` under the packaged unit (`RestrictRealtime=yes`): the
-/// kernel refuses `SCHED_FIFO`; weft says so once, with what to change,
-/// and forwards at normal priority. (The drop-in docs/backends.md gives is
-/// not enough on this machine's kernel: it is built with
-/// `CONFIG_RT_GROUP_SCHED`, so a service's cgroup has no real-time budget.)
+/// `RealtimeThreads` under the packaged unit (`RestrictRealtime=no`, but
+/// this kernel's real-time groups give a service no budget): the kernel
+/// refuses `SCHED_FIFO`; weft says so once, with what to change,
+/// and forwards at normal priority. (What the unit allows is not enough on
+/// this machine's kernel: it is built with `CONFIG_RT_GROUP_SCHED`, so a
+/// service's cgroup has no real-time budget.)
 #[test]
 fn udp_realtime_threads_refused_by_the_unit_are_said_once_and_forwarding_goes_on() {
     let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","RealtimeThreads":true}}"#;

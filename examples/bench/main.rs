@@ -60,13 +60,18 @@ const CASES: &[Case] = &[
         v6: false,
     },
     Case {
-        name: "udp-lane",
-        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":true}}"#),
+        name: "udp-no-lane",
+        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":false}}"#),
         v6: false,
     },
     Case {
         name: "wireguard",
         config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#),
+        v6: false,
+    },
+    Case {
+        name: "wireguard-no-lane",
+        config: Some(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","LatencyLane":false}}"#),
         v6: false,
     },
     // The anchor: wireguard-go on both nodes, configured as flanneld
@@ -498,7 +503,7 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,udp-lane,wireguard,wireguard-go,wireguard-go-2022,boringtun|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
+                    "usage: bench [--seconds N] [--out FILE] [--only underlay,host-gw,vxlan,udp,udp-no-offload,udp-realtime,udp-no-lane,wireguard,wireguard-no-lane,wireguard-go,wireguard-go-2022,boringtun|none] [--scale 5000,20000,65433] [--repeat N] [--hold]\n\n\
                      --repeat N  run the cases N times, interleaved; ratios per round and their medians, charts and JSON from each figure's median\n\
                      --hold  keep each case's lab up (its namespaces printed) until Enter, then measure it"
                 );

@@ -312,7 +312,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
                 offload: true,
                 queues: None,
                 realtime_threads: false,
-                latency_lane: false,
+                latency_lane: true,
             }))
         }
         Some(Value::Object(obj)) => obj,
@@ -333,7 +333,7 @@ fn parse_backend(value: Option<&Value>) -> Result<BackendConfig, ConfigError> {
             offload: get_bool(obj, "Offload")?.unwrap_or(true),
             queues: get_queues(obj)?,
             realtime_threads: get_bool(obj, "RealtimeThreads")?.unwrap_or(false),
-            latency_lane: get_bool(obj, "LatencyLane")?.unwrap_or(false),
+            latency_lane: get_bool(obj, "LatencyLane")?.unwrap_or(true),
         })),
         BackendKind::Vxlan => {
             let vni = get_u32(obj, "VNI")?.unwrap_or(1);
@@ -407,6 +407,7 @@ pub(crate) fn parse_wireguard_options(backend: &Value) -> Result<WireguardOption
         mode,
         mtu: get_mtu(obj)?,
         queues: get_queues(obj)?,
+        latency_lane: get_bool(obj, "LatencyLane")?.unwrap_or(true),
     })
 }
 

@@ -113,6 +113,7 @@ fn backend_changes(out: &mut Vec<String>, old: &BackendConfig, new: &BackendConf
             changed(out, "Backend.Mode", &a.mode, &b.mode);
             changed(out, "Backend.MTU", &a.mtu, &b.mtu);
             changed(out, "Backend.Queues", &a.queues, &b.queues);
+            changed(out, "Backend.LatencyLane", &a.latency_lane, &b.latency_lane);
         }
         (a, b) => out.push(format!("Backend.Type {} -> {}", a.type_name(), b.type_name())),
     }
@@ -183,12 +184,12 @@ mod tests {
     #[test]
     fn udp_thread_options_need_a_restart() {
         let running = NetworkConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#).unwrap();
-        let lane = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":true,"RealtimeThreads":true}}"#;
+        let lane = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":false,"RealtimeThreads":true}}"#;
         assert_eq!(
             judge(&running, Some(lane)),
             ConfigVerdict::NeedsRestart(vec![
                 "Backend.RealtimeThreads false -> true".into(),
-                "Backend.LatencyLane false -> true".into()
+                "Backend.LatencyLane true -> false".into()
             ])
         );
     }

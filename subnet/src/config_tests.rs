@@ -34,7 +34,7 @@ fn defaults_follow_flanneld() {
                 offload: true,
                 queues: None,
                 realtime_threads: false,
-                latency_lane: false
+                latency_lane: true
             })
         );
         assert!(c.ipv6.is_none());
@@ -89,15 +89,19 @@ fn backend_defaults() {
             offload: false,
             queues: Some(2),
             realtime_threads: false,
-            latency_lane: false
+            latency_lane: true
         })
     );
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":true}}"#);
     assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { realtime_threads: true, .. })));
     let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","RealtimeThreads":"yes"}}"#);
     assert!(e.contains("RealtimeThreads"), "the error names the field: {e}");
-    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":true}}"#);
-    assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { latency_lane: true, .. })));
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":false}}"#);
+    assert!(matches!(c.backend, BackendConfig::Udp(UdpOptions { latency_lane: false, .. })));
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#);
+    assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardOptions { latency_lane: true, .. })));
+    let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","LatencyLane":false}}"#);
+    assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardOptions { latency_lane: false, .. })));
     let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":1}}"#);
     assert!(e.contains("LatencyLane"), "the error names the field: {e}");
 }

@@ -50,7 +50,9 @@ pub struct UdpOptions {
     /// packets (ping, requests, DNS; not a bulk flow's segments or ACKs),
     /// chosen by an eBPF classifier on both the TUN device and the UDP
     /// sockets, its two threads at `SCHED_FIFO` while bulk flows. Short
-    /// latency beside a bulk stream, default false (docs/backends.md).
+    /// latency beside a bulk stream, default true; where the kernel refuses
+    /// the classifier (no `CAP_BPF`), weft says so once and forwards
+    /// without it (docs/backends.md).
     pub latency_lane: bool,
 }
 
@@ -96,6 +98,9 @@ pub struct WireguardOptions {
     /// per device, each with its threads; default one per two cores (at
     /// most 4).
     pub queues: Option<u32>,
+    /// `LatencyLane` (weft's own, as the udp backend's): one extra queue
+    /// for small packets, default true.
+    pub latency_lane: bool,
 }
 
 /// The preshared key is a secret: never printed.
@@ -109,6 +114,7 @@ impl fmt::Debug for WireguardOptions {
             .field("mode", &self.mode)
             .field("mtu", &self.mtu)
             .field("queues", &self.queues)
+            .field("latency_lane", &self.latency_lane)
             .finish()
     }
 }

@@ -56,7 +56,7 @@ use weft_types::{BackendKind, UdpOptions};
 use futures::future::BoxFuture;
 
 use super::userspace::socket::queue_count;
-use super::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
+use super::userspace::{DeviceSpec, Forwarder, RouteBy, Running, Wire};
 use super::{Backend, UserspaceBackend};
 use crate::error::{chain, Error, Result};
 use crate::forward::decide::Arrival;
@@ -106,7 +106,7 @@ impl UdpBackend {
         wake: Arc<Notify>,
     ) -> Result<UdpBackend> {
         // With `LatencyLane`, one more queue after the bulk ones: the lane.
-        let queues = queue_count(opts.offload, opts.queues) + usize::from(opts.latency_lane);
+        let queues = queue_count(opts.offload, opts.queues);
         // On a dual-stack network with a public IPv6 address, one socket per
         // queue for both families, on [::]; else on the IPv4 address (the public one where it is the host's).
         let underlay6 = ext.local_ipv6.filter(|_| network.v6.is_some());
@@ -125,7 +125,7 @@ impl UdpBackend {
             accept_local: true,
             not_tun_hint: "",
         };
-        let fwd = Forwarder::prepare(&nl, spec, addr, queues, opts.latency_lane).await?;
+        let fwd = Forwarder::prepare(&nl, spec, addr, queues, opts.latency_lane.then_some(Wire::Plain)).await?;
         Ok(UdpBackend {
             nl,
             opts,

@@ -17,7 +17,7 @@ use super::plain::{PlainRx, PlainTx};
 use super::shared::Shared;
 use crate::backend::userspace::duty::{Duty, BULK_QUIET};
 use crate::backend::userspace::loops::{run, run_receiver, run_sender, TunReader};
-use crate::backend::userspace::priority::{LanePriority, Priority, REALTIME_PRIORITY};
+use crate::backend::userspace::priority::Priorities;
 use crate::backend::userspace::threads::Body;
 use crate::backend::userspace::{Queue, ThreadSet};
 use crate::error::{Error, Result};
@@ -25,29 +25,6 @@ use crate::error::{Error, Result};
 impl TunReader for TxPath {
     fn read_bulk(&self) -> bool {
         self.bulk
-    }
-}
-
-/// How the threads of one set are scheduled.
-struct Priorities {
-    realtime: bool,
-    /// The `LatencyLane` queue, whose threads alone run at `SCHED_FIFO`
-    /// without `realtime`: they carry only small packets, so they cannot
-    /// starve the node.
-    lane: Option<usize>,
-    /// On the offload path: the lane's threads are real-time only while a
-    /// bulk queue is bulk; else always.
-    lane_priority: Option<Arc<LanePriority>>,
-}
-
-impl Priorities {
-    fn of(&self, queue: usize) -> Priority {
-        match &self.lane_priority {
-            _ if self.realtime => Priority::Fifo,
-            _ if self.lane != Some(queue) => Priority::Nice,
-            Some(lane) => Priority::Lane(lane.clone()),
-            None => Priority::Fifo,
-        }
     }
 }
 
@@ -65,16 +42,12 @@ pub(crate) fn start(
     let mut set = ThreadSet::new(wake).map_err(|e| Error::tun("creating the stop eventfd", e))?;
     // The lane's threads follow the bulk queues' state where it is known:
     // on the offload path, where each queue has a `Duty`.
-    let governed = lane.is_some() && !realtime && queues.iter().all(|q| q.offload);
-    let lane_priority = governed.then(|| Arc::new(LanePriority::new(REALTIME_PRIORITY)));
-    let priorities = Priorities { realtime, lane, lane_priority };
+    let priorities = Priorities::new(realtime, lane, queues.iter().all(|q| q.offload));
     for (q, queue) in queues.iter().enumerate() {
         let (tx, rx) = if queue.offload {
             let mut duty = Duty::new(BULK_QUIET, common.stats.clone())
                 .map_err(|e| Error::tun("creating the queue's doorbells", e))?;
-            if lane != Some(q) {
-                duty.lane = priorities.lane_priority.clone();
-            }
+            duty.lane = priorities.told_by(q);
             offload_bodies(queue, queue.state.clone(), common, mtu, Arc::new(duty))
         } else {
             plain_bodies(queue, common)

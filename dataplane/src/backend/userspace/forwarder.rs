@@ -16,7 +16,7 @@ use tun_rs::SyncDevice;
 use weft_types::BackendKind;
 
 use super::handover;
-use super::lane::{self, Classifier};
+use super::lane::{Lane, Wire};
 use super::restart::Restart;
 use super::socket;
 use super::thread::Exit;
@@ -83,9 +83,9 @@ pub(crate) struct Forwarder {
     pub(super) sockets: Vec<Arc<UdpSocket>>,
     /// Each socket's quinn-udp state (GRO on only while `vnet_hdr`).
     states: Vec<Arc<UdpSocketState>>,
-    /// The `LatencyLane` classifier, attached to the sockets (none: off, or
-    /// the kernel refused it); the lane is the last queue.
-    pub(super) lane: Option<Classifier>,
+    /// The `LatencyLane` classifiers, attached to the sockets (none: off,
+    /// or the kernel refused them); the lane is the last queue.
+    pub(super) lane: Option<Lane>,
     /// The attached TUN queues (empty: none attached).
     pub(super) tun: Vec<Arc<SyncDevice>>,
     /// Whether the device carries virtio-net headers (offloads on).
@@ -99,17 +99,21 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
-    /// Bind `queues` UDP sockets on `bind` (with the lane's classifier on
-    /// the last when `latency_lane`) and, when the device is left from an
+    /// Bind a UDP socket on `bind` for each of `bulk` queues and, with
+    /// `lane` (the sockets' wire format) where the kernel loads its
+    /// classifiers, one more for the lane; when the device is left from an
     /// earlier run, attach to it at once; nothing on the host changes.
     pub(crate) async fn prepare(
         nl: &Netlink,
         spec: DeviceSpec,
         bind: SocketAddr,
-        queues: usize,
-        latency_lane: bool,
+        bulk: usize,
+        lane: Option<Wire>,
     ) -> Result<Forwarder> {
         let name = spec.name;
+        // Loaded first: refused, the node forwards exactly as without it.
+        let mut lane = lane.and_then(|wire| Lane::load(bulk, wire));
+        let queues = bulk + usize::from(lane.is_some());
         let sockets = match handover::take_sockets(name, bind, queues) {
             Some(kept) => {
                 info!(device = name, "took over the {} UDP sockets of the last run on {bind}", kept.len());
@@ -131,7 +135,10 @@ impl Forwarder {
                 Ok(Arc::new(state))
             })
             .collect::<Result<Vec<_>>>()?;
-        let lane = if latency_lane { lane::attach_to_sockets(queues - 1, &sockets[0]) } else { None };
+        if let Some(Err(e)) = lane.as_ref().map(|l| l.steer_sockets(&*sockets[0])) {
+            warn!(device = name, "LatencyLane: attaching the classifier to the UDP sockets: {e}; forwarding without the lane ({queues} bulk queues)");
+            lane = None;
+        }
         let mut f = Forwarder {
             spec,
             sockets,

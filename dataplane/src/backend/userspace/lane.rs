@@ -1,25 +1,32 @@
 //! `LatencyLane`: one extra forwarding queue for small packets, so that a
 //! ping or a request beside a bulk stream does not wait behind the bulk
-//! stream's queue (docs/benchmarks.md, "a real-time lane").
+//! stream's queue (docs/benchmarks.md, "a real-time lane"). On by default
+//! on both userspace backends where the kernel lets weft load it.
 //!
-//! One eBPF socket-filter program classifies packets in both directions:
-//! the kernel runs it as the TUN device's steering program
+//! eBPF socket-filter programs classify packets in both directions: the
+//! kernel runs one as the TUN device's steering program
 //! (`TUNSETSTEERINGEBPF`: the packet a pod sends, which TUN queue reads it)
-//! and as the UDP sockets' reuseport program (`SO_ATTACH_REUSEPORT_EBPF`:
-//! the datagram a peer sends, which socket receives it). In both places the
-//! program sees the pod packet from its IP header on (the reuseport program
-//! runs on the datagram's payload), and returns the queue: the TUN device
-//! takes it modulo its queues, the reuseport group as the index of the
-//! socket in bind order, which is the queue's.
+//! and one as the UDP sockets' reuseport program (`SO_ATTACH_REUSEPORT_EBPF`:
+//! the datagram a peer sends, which socket receives it); each returns the
+//! queue: the TUN device takes it modulo its queues, the reuseport group as
+//! the index of the socket in bind order, which is the queue's.
 //!
-//! The lane (the last queue) takes every IPv4 or IPv6 packet of at most
+//! The pods' program ([`program`]) sees the pod packet from its IP header
+//! on. The lane (the last queue) takes every IPv4 or IPv6 packet of at most
 //! [`SMALL`] bytes except a TCP segment without payload (a bulk flow's ACKs
 //! stay with its data, where they do not crowd the lane). The rest goes to
 //! the bulk queues by a hash of the addresses (and ports of TCP and UDP),
 //! so that a flow keeps to one queue. A flow whose segments are sometimes
 //! small (the tail of a write) can see those overtake its large ones: TCP
 //! copes, at the cost of a duplicate ACK.
-
+//!
+//! On the udp backend the datagram's payload is the pod packet, so the
+//! sockets run the same program. A WireGuard datagram is sealed: the
+//! wireguard backend's sockets run [`wire_program`], which sends every
+//! datagram that can hold at most a small packet (a data message of at most
+//! 32 + [`SMALL`] bytes, handshakes, keepalives) to the lane and the rest
+//! to a bulk queue by the receiver's session index. A bulk flow's lone ACKs
+//! take the lane there; a batch the kernel coalesced (GRO) is large.
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
@@ -134,6 +141,35 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
     assemble(&ops)
 }
 
+/// The wireguard backend's socket classifier for `bulk` bulk queues: a
+/// datagram of at most 32 + [`SMALL`] bytes (WireGuard's 16-byte header and
+/// 16-byte tag around a small packet padded to 16, or any handshake
+/// message) to the lane, the rest to a bulk queue by its receiver index
+/// (bytes 4 to 8: one session, one queue).
+pub(crate) fn wire_program(bulk: u32) -> Vec<u64> {
+    let bulk = bulk.max(1) as i32;
+    assemble(&[
+        op(MOV_X, R6, R1, 0),
+        op(LDX_MEM_W, R0, R6, 0),
+        jump(JGT_K, R0, 32 + SMALL, "bulk"),
+        jump(JA, 0, 0, "lane"),
+        Op::Label("bulk"),
+        op(LD_ABS_W, 0, 0, 4),
+        op(MOV_X, R7, R0, 0),
+        op(RSH_K, R0, 0, 16),
+        op(XOR_X, R7, R0, 0),
+        op(MOV_X, R0, R7, 0),
+        op(RSH_K, R0, 0, 8),
+        op(XOR_X, R0, R7, 0),
+        op(AND_K, R0, 0, 0xffff),
+        op(MOD_K, R0, 0, bulk),
+        op(EXIT, 0, 0, 0),
+        Op::Label("lane"),
+        op(MOV_K, R0, 0, bulk),
+        op(EXIT, 0, 0, 0),
+    ])
+}
+
 /// With the protocol in r0: keep it in r9, hash the ports of TCP and UDP
 /// (`load_ports` puts them in r0), send what is not small to a bulk queue
 /// and what is small but not TCP to the lane. `labels`: this family's two.
@@ -216,16 +252,28 @@ struct LoadAttr {
     prog_flags: u32,
 }
 
-/// The loaded classifier.
+/// What the UDP sockets carry, which decides their classifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// The pod packet as it is (the udp backend): the pods' program.
+    Plain,
+    /// WireGuard messages: [`wire_program`].
+    WireGuard,
+}
+
+/// One loaded classifier.
 pub(crate) struct Classifier {
     fd: OwnedFd,
 }
 
 impl Classifier {
-    /// Load the classifier for `bulk` bulk queues; the verifier's log is in
-    /// the error if it refuses.
+    /// Load the pods' classifier for `bulk` bulk queues.
     pub(crate) fn load(bulk: u32) -> io::Result<Classifier> {
-        let insns = program(bulk);
+        Classifier::load_program(&program(bulk))
+    }
+
+    /// Load `insns`; the verifier's log is in the error if it refuses.
+    fn load_program(insns: &[u64]) -> io::Result<Classifier> {
         let license = c"GPL";
         let mut log = vec![0u8; 256 << 10];
         let mut attr = LoadAttr {
@@ -261,20 +309,44 @@ impl Classifier {
     }
 }
 
-/// Load the classifier for `bulk` bulk queues and attach it to the
-/// reuseport group of `sock` (bound first of the group); a refusal is
-/// logged and the lane left off (a lane without its classifier would be
-/// one more bulk queue).
-pub(crate) fn attach_to_sockets(bulk: usize, sock: &impl AsRawFd) -> Option<Classifier> {
-    let attached = Classifier::load(bulk as u32).and_then(|c| c.steer_sockets(sock).map(|()| c));
-    match attached {
-        Ok(c) => Some(c),
-        Err(e) => {
-            tracing::warn!(
-                "LatencyLane: {e}; forwarding without the lane. Loading it needs CAP_BPF (or CAP_SYS_ADMIN): under the packaged unit, add a drop-in (systemctl edit weft) with CapabilityBoundingSet=CAP_BPF"
-            );
-            None
+/// The lane's classifiers: the pods' (the TUN device) and, where the
+/// sockets carry something else, the wire's.
+pub(crate) struct Lane {
+    pods: Classifier,
+    wire: Option<Classifier>,
+}
+
+impl Lane {
+    /// Load the classifiers for `bulk` bulk queues and sockets carrying
+    /// `wire`; a refusal is logged once and there is no lane (forwarding
+    /// goes on as with `"LatencyLane": false`, on the bulk queues alone).
+    pub(crate) fn load(bulk: usize, wire: Wire) -> Option<Lane> {
+        let loaded = Classifier::load(bulk as u32).and_then(|pods| {
+            let wire = match wire {
+                Wire::Plain => None,
+                Wire::WireGuard => Some(Classifier::load_program(&wire_program(bulk as u32))?),
+            };
+            Ok(Lane { pods, wire })
+        });
+        match loaded {
+            Ok(lane) => Some(lane),
+            Err(e) => {
+                tracing::warn!(
+                    "LatencyLane: {e}; forwarding without the lane, as with \"LatencyLane\": false. Loading it needs CAP_BPF (or CAP_SYS_ADMIN), which the packaged unit grants: check a drop-in that takes it away (systemctl cat weft), or set \"LatencyLane\": false in the network config"
+                );
+                None
+            }
         }
+    }
+
+    /// Make the pods' classifier the TUN device's steering program.
+    pub(crate) fn steer_tun(&self, tun: &impl AsRawFd) -> io::Result<()> {
+        self.pods.steer_tun(tun)
+    }
+
+    /// Attach the wire's classifier to `sock`'s reuseport group.
+    pub(crate) fn steer_sockets(&self, sock: &impl AsRawFd) -> io::Result<()> {
+        self.wire.as_ref().unwrap_or(&self.pods).steer_sockets(sock)
     }
 }
 

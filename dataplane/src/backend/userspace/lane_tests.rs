@@ -159,3 +159,68 @@ fn recv_within(sock: &UdpSocket, buf: &mut [u8], deadline: Duration) -> Option<u
     }
     None
 }
+
+/// A WireGuard data message sealing an inner packet of `inner` bytes
+/// (padded to 16) for receiver index `receiver`.
+fn wg_data(inner: usize, receiver: u32) -> Vec<u8> {
+    let mut m = vec![0u8; 32 + inner.div_ceil(16) * 16];
+    m[0] = 4;
+    m[4..8].copy_from_slice(&receiver.to_le_bytes());
+    m
+}
+
+/// A WireGuard handshake message of type `kind` and `len` bytes.
+fn wg_handshake(kind: u8, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len];
+    m[0] = kind;
+    m
+}
+
+#[test]
+fn wireguard_datagrams_that_hold_a_small_packet_take_the_lane() {
+    let c = Classifier::load_program(&wire_program(3)).expect("loading the classifier (needs root)");
+    let lane = 3;
+    let small: &[(&str, Vec<u8>)] = &[
+        ("handshake initiation", wg_handshake(1, 148)),
+        ("handshake response", wg_handshake(2, 92)),
+        ("cookie reply", wg_handshake(3, 64)),
+        ("keepalive", wg_data(0, 7)),
+        ("an IPv4 ping", wg_data(84, 7)),
+        ("an IPv6 ping", wg_data(104, 7)),
+        ("a packet at the size limit", wg_data(SMALL as usize, 7)),
+    ];
+    for (what, m) in small {
+        assert_eq!(c.test_run(m).unwrap_or_else(|e| panic!("{what}: {e}")), lane, "{what}");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for receiver in 0..64u32 {
+        let first = c.test_run(&wg_data(1420, receiver)).unwrap();
+        assert!(first < lane, "a full-size message goes to a bulk queue: {first}");
+        assert_eq!(c.test_run(&wg_data(SMALL as usize + 1, receiver)).unwrap(), first, "one session, one queue");
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 3, "64 sessions use all three bulk queues: {seen:?}");
+}
+
+#[test]
+fn a_wireguard_reuseport_group_gives_small_messages_to_the_lane_socket() {
+    let lane = Lane::load(1, Wire::WireGuard).expect("loading the classifiers (needs root)");
+    let bulk_sock = super::super::socket::bind("127.0.0.1:0".parse().unwrap(), true).unwrap();
+    let addr = bulk_sock.local_addr().unwrap();
+    let lane_sock = super::super::socket::bind(addr, true).unwrap();
+    lane.steer_sockets(&bulk_sock).expect("attaching to the reuseport group");
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sent = [
+        ("ping", wg_data(84, 9), true),
+        ("bulk segment", wg_data(1420, 9), false),
+        ("handshake initiation", wg_handshake(1, 148), true),
+    ];
+    for (what, m, to_lane) in &sent {
+        peer.send_to(m, addr).unwrap();
+        let (got, other) = if *to_lane { (&lane_sock, &bulk_sock) } else { (&bulk_sock, &lane_sock) };
+        let mut buf = [0u8; 2048];
+        let n = recv_within(got, &mut buf, Duration::from_secs(2)).unwrap_or_else(|| panic!("{what}: not received"));
+        assert_eq!(&buf[..n], &m[..], "{what}");
+        assert!(other.recv(&mut buf).is_err(), "{what}: only one socket gets it");
+    }
+}

@@ -16,7 +16,7 @@
 //! | `duty`      | which thread of a queue reads the TUN device: light or bulk        |
 //! | `io`        | batched TUN reads, `recvmmsg` with GRO, super-packet TUN writes    |
 //! | `priority`  | how the threads are scheduled; when the lane's are real-time       |
-//! | `lane`      | `LatencyLane`: the eBPF classifier of small packets                 |
+//! | `lane`      | `LatencyLane`: the eBPF classifiers of small packets (pods, wire)   |
 //! | `restart`   | the restart backoff (pure, the clock passed in)                    |
 //! | `sys`       | every libc call of the userspace backends, one checked helper each |
 
@@ -35,4 +35,5 @@ pub(crate) mod thread;
 pub(crate) mod threads;
 
 pub(crate) use forwarder::{DeviceSpec, Forwarder, Queue, RouteBy, Running};
+pub(crate) use lane::Wire;
 pub(crate) use threads::ThreadSet;

@@ -40,7 +40,7 @@ static REALTIME_REFUSED: AtomicBool = AtomicBool::new(false);
 fn realtime_refused(e: &io::Error) {
     if !REALTIME_REFUSED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
-            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd, allow it with a drop-in: RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (a kernel with CONFIG_RT_GROUP_SCHED also needs a real-time budget for the service's cgroup)"
+            "RealtimeThreads or LatencyLane: the kernel refused SCHED_FIFO ({e}); forwarding at nice {FORWARDING_NICE}. Under systemd the service needs RestrictRealtime=no and LimitRTPRIO={REALTIME_PRIORITY} (the packaged unit has both; check a drop-in with systemctl cat weft), and a kernel built with CONFIG_RT_GROUP_SCHED also a real-time budget for the service's cgroup"
         );
     }
 }
@@ -97,6 +97,46 @@ impl BulkCount {
 
     pub(crate) fn busy(&self) -> bool {
         self.busy > 0
+    }
+}
+
+/// How the threads of one set are scheduled: all `SCHED_FIFO` with
+/// `RealtimeThreads`, else nice -19 but for the lane's.
+pub(crate) struct Priorities {
+    realtime: bool,
+    /// The `LatencyLane` queue, whose threads alone run at `SCHED_FIFO`
+    /// without `realtime`: they carry only small packets, so they cannot
+    /// starve the node.
+    lane: Option<usize>,
+    /// On the offload path: the lane's threads are real-time only while a
+    /// bulk queue is bulk; else always.
+    lane_priority: Option<Arc<LanePriority>>,
+}
+
+impl Priorities {
+    /// For a set whose queue `lane` is the lane; `governed`: every queue
+    /// is on the offload path, where each has a `Duty` that tells the
+    /// lane when it turns bulk.
+    pub(crate) fn new(realtime: bool, lane: Option<usize>, governed: bool) -> Priorities {
+        let governed = lane.is_some() && !realtime && governed;
+        let lane_priority = governed.then(|| Arc::new(LanePriority::new(REALTIME_PRIORITY)));
+        Priorities { realtime, lane, lane_priority }
+    }
+
+    /// The priority of queue `queue`'s threads.
+    pub(crate) fn of(&self, queue: usize) -> Priority {
+        match &self.lane_priority {
+            _ if self.realtime => Priority::Fifo,
+            _ if self.lane != Some(queue) => Priority::Nice,
+            Some(lane) => Priority::Lane(lane.clone()),
+            None => Priority::Fifo,
+        }
+    }
+
+    /// What a bulk queue's `Duty` tells of its hand-overs (none for the
+    /// lane's own queue).
+    pub(crate) fn told_by(&self, queue: usize) -> Option<Arc<LanePriority>> {
+        self.lane_priority.clone().filter(|_| self.lane != Some(queue))
     }
 }
 

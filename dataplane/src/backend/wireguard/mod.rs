@@ -151,7 +151,7 @@ impl WgBackend {
                 reason: "Mode ipv6 reaches every peer over IPv6, and this node has no public IPv6 address; give the interface one or pass --public-ipv6".into(),
             });
         }
-        let queues = socket::queue_count(true, opts.queues);
+        let queues = (socket::queue_count(true, opts.queues), opts.latency_lane);
         let v4 = Tunnel::prepare(&nl, WG_NAME, bind4, mtu, queues, &private).await?;
         let v6 = match network6.filter(|_| separate) {
             None => None,

@@ -18,7 +18,7 @@ use super::plain;
 use super::state::WgShared;
 use crate::backend::userspace::duty::{Duty, BULK_QUIET};
 use crate::backend::userspace::loops::{run_receiver, run_sender, TunReader};
-use crate::backend::userspace::priority::Priority;
+use crate::backend::userspace::priority::{LanePriority, Priorities, Priority};
 use crate::backend::userspace::threads::Body;
 use crate::backend::userspace::{Queue, ThreadSet};
 use crate::forward::stats::Stats;
@@ -32,14 +32,22 @@ impl TunReader for FastTx {
 /// The TX and RX bodies of one queue; with the socket's GSO/GRO state (on
 /// a TUN device with virtio-net headers) on the offload path
 /// ([`super::fast`]), else one packet per system call.
-fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Arc<Inbox>) -> io::Result<(Body, Body)> {
+fn queue_bodies(
+    q: &Queue,
+    mtu: usize,
+    shared: &Arc<WgShared>,
+    inbox: &Arc<Inbox>,
+    lane: Option<Arc<LanePriority>>,
+) -> io::Result<(Body, Body)> {
     let (dev, sock) = (q.dev.clone(), q.sock.clone());
     Ok(if q.offload {
         let state = q.state.clone();
         // As the udp backend's queues: the RX thread serves both
         // directions while the traffic is light, the TX thread takes
         // the TUN device when bulk starts (see `userspace::duty`).
-        let duty = Arc::new(Duty::new(BULK_QUIET, Arc::new(Stats::default()))?);
+        let mut duty = Duty::new(BULK_QUIET, Arc::new(Stats::default()))?;
+        duty.lane = lane;
+        let duty = Arc::new(duty);
         let tx_path = Arc::new(Mutex::new(FastTx::new(sock.clone(), state.clone(), mtu)));
         let tx: Body = {
             let (dev, shared) = (dev.clone(), shared.clone());
@@ -77,14 +85,23 @@ fn queue_bodies(q: &Queue, mtu: usize, shared: &Arc<WgShared>, inbox: &Arc<Inbox
 }
 
 /// Start two threads per queue and the handshake thread (which sends from
-/// the first queue's socket); `wake` is notified when any ends.
-pub(crate) fn start(queues: &[Queue], mtu: usize, shared: &Arc<WgShared>, wake: &Arc<Notify>) -> io::Result<ThreadSet> {
+/// the first queue's socket); with `lane` (the `LatencyLane` queue) its
+/// threads are real-time while bulk flows, as the udp backend's. `wake`
+/// is notified when any ends.
+pub(crate) fn start(
+    queues: &[Queue],
+    mtu: usize,
+    shared: &Arc<WgShared>,
+    lane: Option<usize>,
+    wake: &Arc<Notify>,
+) -> io::Result<ThreadSet> {
     let mut set = ThreadSet::new(wake)?;
     let inbox = Inbox::new();
+    let priorities = Priorities::new(false, lane, queues.iter().all(|q| q.offload));
     for (i, q) in queues.iter().enumerate() {
-        let (tx, rx) = queue_bodies(q, mtu, shared, &inbox)?;
-        set.spawn(format!("weft-wg-tx-{i}"), i, Priority::Nice, tx)?;
-        set.spawn(format!("weft-wg-rx-{i}"), i, Priority::Nice, rx)?;
+        let (tx, rx) = queue_bodies(q, mtu, shared, &inbox, priorities.told_by(i))?;
+        set.spawn(format!("weft-wg-tx-{i}"), i, priorities.of(i), tx)?;
+        set.spawn(format!("weft-wg-rx-{i}"), i, priorities.of(i), rx)?;
     }
     let sock = queues.first().map(|q| q.sock.clone()).ok_or_else(|| io::Error::other("no queue"))?;
     let (shared, wake) = (shared.clone(), wake.clone());

@@ -17,7 +17,7 @@ use weft_types::{BackendKind, WireguardOptions};
 use super::plan::TunnelPeer;
 use super::state::{lock, PeerSet, PeerState, Session, TunnSpec, WgShared};
 use super::threads;
-use crate::backend::userspace::{DeviceSpec, Forwarder, RouteBy, Running};
+use crate::backend::userspace::{DeviceSpec, Forwarder, RouteBy, Running, Wire};
 use crate::error::{Error, Result};
 use crate::forward::wg::{Indexes, Key, PeerTable, WgPeer};
 use crate::kernel::Netlink;
@@ -46,14 +46,15 @@ pub(crate) struct Tunnel {
 }
 
 impl Tunnel {
-    /// Bind the tunnel's UDP port on `bind` and re-attach its device if an
-    /// earlier run left it; nothing on the host changes.
+    /// Bind the tunnel's UDP port on `bind` (a socket per queue: `bulk`
+    /// and, with `lane`, the lane's) and re-attach its device if an earlier
+    /// run left it; nothing on the host changes.
     pub(crate) async fn prepare(
         nl: &Netlink,
         name: &'static str,
         bind: SocketAddr,
         mtu: u32,
-        queues: usize,
+        (bulk, lane): (usize, bool),
         private: &Key,
     ) -> Result<Tunnel> {
         let spec = DeviceSpec {
@@ -69,7 +70,7 @@ impl Tunnel {
             port: bind.port(),
             shared: Arc::new(WgShared::new(StaticSecret::from(private.0))),
             indexes: Indexes::default(),
-            fwd: Forwarder::prepare(nl, spec, bind, queues, false).await?,
+            fwd: Forwarder::prepare(nl, spec, bind, bulk, lane.then_some(Wire::WireGuard)).await?,
         })
     }
 
@@ -127,9 +128,11 @@ impl Tunnel {
     /// Start the threads when there are none and the backoff allows;
     /// `false` (with the problem reported) when they are not running.
     pub(crate) fn keep_running(&mut self, opts: &WireguardOptions, wake: &Arc<Notify>, report: &mut Report) -> bool {
-        let (mtu, shared) = (self.fwd.mtu() as usize, self.shared.clone());
+        let (mtu, shared, lane) = (self.fwd.mtu() as usize, self.shared.clone(), self.fwd.has_lane());
         let running = self.fwd.keep_running(report, |queues| {
-            threads::start(queues, mtu, &shared, wake).map_err(|e| Error::tun("starting the wireguard threads", e))
+            let lane = lane.then(|| queues.len() - 1);
+            threads::start(queues, mtu, &shared, lane, wake)
+                .map_err(|e| Error::tun("starting the wireguard threads", e))
         });
         if running == Running::Started {
             let (gso, gro) = self.fwd.segments();
@@ -141,6 +144,7 @@ impl Tunnel {
                 keepalive_s = opts.persistent_keepalive,
                 psk = opts.psk.is_some(),
                 queues = self.fwd.queue_count(),
+                latency_lane = self.fwd.has_lane(),
                 offload = self.fwd.vnet_hdr(),
                 udp_gso_segments = gso,
                 udp_gro_segments = gro,
