@@ -29,10 +29,10 @@ impl Junk {
     }
 
     /// Half: initiations of the right size and type (reserved bytes zero)
-    /// with made-up content; half: types 1 to 3 at any size up to 1,400.
-    fn datagram(&mut self, buf: &mut [u8; 1400]) -> usize {
+    /// with made-up content; half: types 1 to 3 at any size up to `max`.
+    fn datagram(&mut self, buf: &mut [u8; 1400], max: usize) -> usize {
         let r = self.next();
-        let len = if r & 1 == 0 { 148 } else { 1 + (r >> 8) as usize % 1400 };
+        let len = if r & 1 == 0 { 148 } else { 1 + (r >> 8) as usize % max };
         for chunk in buf[..len].chunks_mut(8) {
             let v = self.next().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
@@ -45,9 +45,10 @@ impl Junk {
     }
 }
 
-/// Flood `target` from `ns` with junk handshake messages on `senders`
-/// threads until `stop` (or the bounds); returns how many were sent.
-fn flood(ns: &str, from: &'static str, target: SocketAddr, senders: u64, stop: Arc<AtomicBool>) -> u64 {
+/// Flood `target` from `ns` with junk handshake messages of up to `max`
+/// bytes on `senders` threads until `stop` (or the bounds); returns how
+/// many were sent.
+fn flood(ns: &str, from: &'static str, target: SocketAddr, senders: u64, max: usize, stop: Arc<AtomicBool>) -> u64 {
     netns::in_netns(ns, move || {
         let threads: Vec<_> = (0..senders)
             .map(|s| {
@@ -57,7 +58,7 @@ fn flood(ns: &str, from: &'static str, target: SocketAddr, senders: u64, stop: A
                     let (mut junk, mut buf, mut sent) = (Junk(0x9e37_79b9_7f4a_7c15 ^ (s + 1)), [0u8; 1400], 0u64);
                     let began = Instant::now();
                     while !stop.load(Ordering::Relaxed) && began.elapsed() < FLOOD_FOR && sent < FLOOD_MAX {
-                        let len = junk.datagram(&mut buf);
+                        let len = junk.datagram(&mut buf, max);
                         if sock.send_to(&buf[..len], target).is_ok() {
                             sent += 1;
                         }
@@ -85,7 +86,7 @@ fn wireguard_junk_flood_never_queues_and_a_restarted_peer_handshakes_through_it(
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = {
         let (ns, stop) = (intruder.clone(), stop.clone());
-        std::thread::spawn(move || flood(&ns, "198.18.0.200", target, 3, stop))
+        std::thread::spawn(move || flood(&ns, "198.18.0.200", target, 3, 1400, stop))
     };
     // The flood has started when node 2 counts it.
     let junk = |lab: &weft_lab::Lab| {
@@ -199,7 +200,7 @@ fn back_under_flood(
             let stop = Arc::new(AtomicBool::new(false));
             let flooding = {
                 let (ns, stop) = (intruder.to_string(), stop.clone());
-                std::thread::spawn(move || flood(&ns, "198.18.0.200", target, 3, stop))
+                std::thread::spawn(move || flood(&ns, "198.18.0.200", target, 3, 1400, stop))
             };
             std::thread::sleep(Duration::from_millis(500));
             restart(lab);
@@ -377,4 +378,52 @@ fn health_port_connection_flood_is_capped_and_forwarding_goes_on() {
     // Most: those still in the backlog when the flood ended may be
     // served (and find the other side gone) once the held ones time out.
     assert!(refused >= opened as u64 / 2, "{refused} of {opened} connections counted as refused");
+}
+
+/// The latency lane's threads are real-time only while bulk flows and
+/// the lane itself is light: a flood of small junk datagrams at node 2's
+/// port (which the sockets' classifier sends to the lane) during a bulk
+/// stream puts them back at nice -19 within a second, so nobody holds a
+/// CPU at real-time priority by sending small datagrams; they turn
+/// real-time again once the flood ends, and pings go through all along.
+#[test]
+fn a_small_junk_flood_takes_the_lane_out_of_real_time() {
+    let mut lab = release_lab(2, &config("wireguard"));
+    let dst = lab.node(2).pod_ip.unwrap();
+    let target = SocketAddr::from((lab.node(2).underlay_ip, 51820));
+    let intruder = lab.add_intruder(&["198.18.0.200"]).unwrap();
+    let pid = lab.daemon_pid(2).unwrap();
+    let lane_policies = || -> Vec<u32> {
+        let mut p = forwarding_policies(pid);
+        p.sort();
+        p.into_iter().filter(|(t, _)| t == "weft-wg-rx-1" || t == "weft-wg-tx-1").map(|(_, p)| p).collect()
+    };
+    let fifo = vec![libc::SCHED_FIFO as u32; 2];
+    let other = vec![libc::SCHED_OTHER as u32; 2];
+    let _server = weft_lab::iperf::Server::start(&lab.node(2).pod_ns, &dst.to_string()).unwrap();
+    std::thread::scope(|s| {
+        let stream = s.spawn(|| weft_lab::iperf::client(&lab.node(1).pod_ns, &dst.to_string(), &["-t", "10"]));
+        let wait = |what: &str, want: &Vec<u32>| {
+            wait_until(what, Duration::from_secs(3), || (lane_policies() == *want).then_some(()))
+                .unwrap_or_else(|e| panic!("{e:#}: {:?}", lane_policies()))
+        };
+        wait("node 2's lane threads to turn SCHED_FIFO during the bulk stream", &fifo);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flooding = {
+            let (ns, stop) = (intruder.clone(), stop.clone());
+            s.spawn(move || flood(&ns, "198.18.0.200", target, 3, 200, stop))
+        };
+        wait("node 2's lane threads back at nice -19 under the flood", &other);
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(lane_policies(), other, "still at nice -19 while the flood goes on");
+        assert!(lab.ping_once(1, dst), "pings go through under the flood");
+        assert!(!flooding.is_finished(), "the flood ended early; the test proves nothing");
+        stop.store(true, Ordering::Relaxed);
+        let sent = flooding.join().unwrap();
+        wait("node 2's lane threads real-time again after the flood, the stream still running", &fifo);
+        eprintln!("{sent} small junk datagrams; lane at nice -19 under them, real-time again after");
+        let report = stream.join().unwrap().unwrap();
+        assert!(weft_lab::iperf::tcp_gbps(&report).unwrap() > 0.5, "the bulk stream went on");
+    });
+    assert_eq!(lab.http(2, "/readyz").unwrap().0, 200);
 }

@@ -27,12 +27,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::priority::LanePriority;
+use super::priority::Tell;
 use super::sys::Doorbell;
 use crate::forward::stats::Stats;
 
 /// How long without bulk before the receive thread serves both directions again.
 pub(crate) const BULK_QUIET: Duration = Duration::from_millis(100);
+
+/// On the lane's own queue: more than this many forwarding steps (each a
+/// batch or a packet, either direction) within [`LANE_WINDOW_MS`] make the
+/// lane bulk (a flood of small packets: its threads leave real-time).
+/// 20,000 a second: pings, DNS and requests stay far below, and so do the
+/// lone ACKs of a bulk flow that a WireGuard lane receives (about 10,000
+/// a second beside a 5 Gbit/s stream).
+pub(crate) const LANE_MAX_STEPS: u64 = 2_000;
+pub(crate) const LANE_WINDOW_MS: u64 = 100;
 
 /// The hand-over state of one queue, shared by its two threads.
 pub(crate) struct Duty {
@@ -47,8 +56,12 @@ pub(crate) struct Duty {
     pub(crate) to_receiver: Doorbell,
     /// Counts the hand-overs, both ways.
     stats: Arc<Stats>,
-    /// On a bulk queue beside a `LatencyLane`: told of each hand-over.
-    pub(crate) lane: Option<Arc<LanePriority>>,
+    /// Beside a `LatencyLane` (or the lane's own): told of each hand-over.
+    pub(crate) lane: Option<Tell>,
+    /// On the lane's own queue: the steps of the current window, and when
+    /// it began (ms since `epoch`).
+    steps: AtomicU64,
+    window: AtomicU64,
 }
 
 impl Duty {
@@ -63,6 +76,8 @@ impl Duty {
             to_receiver: Doorbell::new()?,
             stats,
             lane: None,
+            steps: AtomicU64::new(0),
+            window: AtomicU64::new(0),
         })
     }
 
@@ -81,10 +96,25 @@ impl Duty {
         if !self.bulk.swap(true, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
             if let Some(lane) = &self.lane {
-                lane.bulk_changed(true);
+                lane.changed(true);
             }
             // A failed ring means it is rung already.
             let _ = self.to_sender.ring();
+        }
+    }
+
+    /// A forwarding step moved something. On the lane's own queue, a rate
+    /// above [`LANE_MAX_STEPS`] per window is bulk; elsewhere nothing.
+    pub(crate) fn worked(&self) {
+        if !matches!(self.lane, Some(Tell::Lane(_))) {
+            return;
+        }
+        let now = self.now_ms();
+        if now.saturating_sub(self.window.load(Ordering::Relaxed)) >= LANE_WINDOW_MS {
+            self.window.store(now, Ordering::Relaxed);
+            self.steps.store(1, Ordering::Relaxed);
+        } else if self.steps.fetch_add(1, Ordering::Relaxed) + 1 > LANE_MAX_STEPS {
+            self.saw_bulk();
         }
     }
 
@@ -99,7 +129,7 @@ impl Duty {
         if self.bulk.swap(false, Ordering::AcqRel) {
             self.stats.handovers.fetch_add(1, Ordering::Relaxed);
             if let Some(lane) = &self.lane {
-                lane.bulk_changed(false);
+                lane.changed(false);
             }
             let _ = self.to_receiver.ring();
         }
@@ -141,5 +171,27 @@ mod tests {
         duty.to_receiver.clear();
         assert!(!rung(&duty.to_receiver));
         assert_eq!(stats.handovers.load(Ordering::Relaxed), 2, "both hand-overs counted");
+    }
+
+    #[test]
+    fn a_flood_on_the_lane_is_bulk_and_a_bulk_queue_is_not_judged_by_rate() {
+        use crate::backend::userspace::priority::{LanePriority, Tell};
+        let lane = Arc::new(LanePriority::new(10));
+        let mut on_lane = Duty::new(Duration::from_millis(30), Arc::default()).unwrap();
+        on_lane.lane = Some(Tell::Lane(lane.clone()));
+        for _ in 0..LANE_MAX_STEPS / 2 {
+            on_lane.worked();
+        }
+        assert!(!on_lane.bulk(), "a few hundred small packets are light");
+        for _ in 0..LANE_MAX_STEPS {
+            on_lane.worked();
+        }
+        assert!(on_lane.bulk(), "more than {LANE_MAX_STEPS} steps in {LANE_WINDOW_MS} ms are a flood");
+        let mut beside = Duty::new(Duration::from_millis(30), Arc::default()).unwrap();
+        beside.lane = Some(Tell::Bulk(lane));
+        for _ in 0..LANE_MAX_STEPS * 3 {
+            beside.worked();
+        }
+        assert!(!beside.bulk(), "a bulk queue turns bulk by what it reads, not by its rate");
     }
 }

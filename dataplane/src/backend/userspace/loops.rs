@@ -50,7 +50,7 @@ pub(crate) fn run_sender<T: TunReader>(
             continue;
         }
         match send_step(tx, &mut step, duty) {
-            Step::Worked => {}
+            Step::Worked => duty.worked(),
             Step::Idle => {
                 if duty.hand_back_if_quiet() {
                     continue;
@@ -99,6 +99,10 @@ pub(crate) fn run_receiver<T: TunReader>(
                     duty.saw_bulk();
                     Step::Worked
                 }
+                (Step::Worked, false) => {
+                    duty.worked();
+                    Step::Worked
+                }
                 (step, _) => step,
             }
         } else {
@@ -107,8 +111,10 @@ pub(crate) fn run_receiver<T: TunReader>(
         let light = !duty.bulk();
         let look_at_tun = ready & TUN != 0 || matches!(received, Step::Worked);
         if light && look_at_tun {
-            if let Step::Failed(e) = send_step(tx, &mut send, duty) {
-                return Exit::Failed(e);
+            match send_step(tx, &mut send, duty) {
+                Step::Failed(e) => return Exit::Failed(e),
+                Step::Worked => duty.worked(),
+                Step::Idle => {}
             }
         }
         // In `fds` order, so that the wake-up's bits are SOCK, TUN and BELL;

@@ -10,6 +10,13 @@
 //! between light and bulk (rare: at most every `BULK_QUIET`), switches
 //! them to `SCHED_FIFO` when the first bulk queue turns bulk and back when
 //! the last one turns light.
+//!
+//! The lane is real-time because what it carries is small and rare. When
+//! the lane itself turns bulk (its receive thread gets full batches or GRO
+//! batches: a flood of small datagrams, junk from the underlay, or a
+//! misclassified stream), its threads go back to nice -19 until it is
+//! light again, so that nobody can hold a CPU at real-time priority by
+//! sending small datagrams.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,28 +82,58 @@ impl Priority {
     }
 }
 
-/// How many bulk queues are bulk: the pure part.
+/// What decides the lane's policy: how many bulk queues are bulk, and
+/// whether the lane itself is. The pure part.
 #[derive(Debug, Default)]
 pub(crate) struct BulkCount {
     busy: usize,
+    lane_busy: bool,
 }
 
 impl BulkCount {
     /// One bulk queue turned bulk (`true`) or light; returns the lane's new
     /// policy (`true`: real-time) when it changes.
     pub(crate) fn change(&mut self, bulk: bool) -> Option<bool> {
-        let before = self.busy > 0;
+        let before = self.fifo();
         if bulk {
             self.busy += 1;
         } else {
             self.busy = self.busy.saturating_sub(1);
         }
-        let after = self.busy > 0;
+        let after = self.fifo();
         (before != after).then_some(after)
     }
 
-    pub(crate) fn busy(&self) -> bool {
-        self.busy > 0
+    /// The lane itself turned bulk or light; returns the lane's new
+    /// policy when it changes.
+    pub(crate) fn lane_change(&mut self, bulk: bool) -> Option<bool> {
+        let before = self.fifo();
+        self.lane_busy = bulk;
+        let after = self.fifo();
+        (before != after).then_some(after)
+    }
+
+    /// Whether the lane's threads are real-time: a bulk queue is bulk and
+    /// the lane is not.
+    pub(crate) fn fifo(&self) -> bool {
+        self.busy > 0 && !self.lane_busy
+    }
+}
+
+/// Whom a queue's `Duty` tells of its hand-overs between light and bulk.
+pub(crate) enum Tell {
+    /// A bulk queue's: the lane is real-time while one is bulk.
+    Bulk(Arc<LanePriority>),
+    /// The lane's own: it is not real-time while it is bulk itself.
+    Lane(Arc<LanePriority>),
+}
+
+impl Tell {
+    pub(crate) fn changed(&self, bulk: bool) {
+        match self {
+            Tell::Bulk(p) => p.bulk_changed(bulk),
+            Tell::Lane(p) => p.lane_changed(bulk),
+        }
     }
 }
 
@@ -109,7 +146,7 @@ pub(crate) struct Priorities {
     /// starve the node.
     lane: Option<usize>,
     /// On the offload path: the lane's threads are real-time only while a
-    /// bulk queue is bulk; else always.
+    /// bulk queue is bulk and the lane is not; else never.
     lane_priority: Option<Arc<LanePriority>>,
 }
 
@@ -129,14 +166,17 @@ impl Priorities {
             _ if self.realtime => Priority::Fifo,
             _ if self.lane != Some(queue) => Priority::Nice,
             Some(lane) => Priority::Lane(lane.clone()),
-            None => Priority::Fifo,
+            // Without a `Duty` to say when bulk flows and when the lane is
+            // flooded, the lane's threads stay at nice -19: the steering
+            // alone.
+            None => Priority::Nice,
         }
     }
 
-    /// What a bulk queue's `Duty` tells of its hand-overs (none for the
-    /// lane's own queue).
-    pub(crate) fn told_by(&self, queue: usize) -> Option<Arc<LanePriority>> {
-        self.lane_priority.clone().filter(|_| self.lane != Some(queue))
+    /// Whom queue `queue`'s `Duty` tells of its hand-overs.
+    pub(crate) fn told_by(&self, queue: usize) -> Option<Tell> {
+        let p = self.lane_priority.clone()?;
+        Some(if self.lane == Some(queue) { Tell::Lane(p) } else { Tell::Bulk(p) })
     }
 }
 
@@ -164,7 +204,7 @@ impl LanePriority {
         let tid = sys::gettid();
         let Ok(mut st) = self.state.lock() else { return };
         st.threads.push(tid);
-        if st.count.busy() {
+        if st.count.fifo() {
             self.apply(&[tid], true);
         }
     }
@@ -173,6 +213,14 @@ impl LanePriority {
     pub(crate) fn bulk_changed(&self, bulk: bool) {
         let Ok(mut st) = self.state.lock() else { return };
         if let Some(fifo) = st.count.change(bulk) {
+            self.apply(&st.threads, fifo);
+        }
+    }
+
+    /// For the lane's own `Duty`: the lane turned bulk (`true`) or light.
+    pub(crate) fn lane_changed(&self, bulk: bool) {
+        let Ok(mut st) = self.state.lock() else { return };
+        if let Some(fifo) = st.count.lane_change(bulk) {
             self.apply(&st.threads, fifo);
         }
     }
@@ -206,6 +254,32 @@ mod tests {
         for (i, (bulk, want)) in steps.into_iter().enumerate() {
             assert_eq!(c.change(bulk), want, "step {i}");
         }
-        assert!(c.busy());
+        assert!(c.fifo());
+    }
+
+    #[test]
+    fn the_lane_is_not_real_time_while_it_is_bulk_itself() {
+        let mut c = BulkCount::default();
+        // (a bulk queue's change or the lane's own, the new policy if it changes)
+        enum Who {
+            Queue(bool),
+            Lane(bool),
+        }
+        let steps = [
+            (Who::Lane(true), None),
+            (Who::Queue(true), None),
+            (Who::Lane(false), Some(true)),
+            (Who::Lane(true), Some(false)),
+            (Who::Queue(false), None),
+            (Who::Lane(false), None),
+            (Who::Queue(true), Some(true)),
+        ];
+        for (i, (who, want)) in steps.into_iter().enumerate() {
+            let got = match who {
+                Who::Queue(b) => c.change(b),
+                Who::Lane(b) => c.lane_change(b),
+            };
+            assert_eq!(got, want, "step {i}");
+        }
     }
 }

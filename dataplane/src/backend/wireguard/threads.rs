@@ -18,7 +18,7 @@ use super::plain;
 use super::state::WgShared;
 use crate::backend::userspace::duty::{Duty, BULK_QUIET};
 use crate::backend::userspace::loops::{run_receiver, run_sender, TunReader};
-use crate::backend::userspace::priority::{LanePriority, Priorities, Priority};
+use crate::backend::userspace::priority::{Priorities, Priority, Tell};
 use crate::backend::userspace::threads::Body;
 use crate::backend::userspace::{Queue, ThreadSet};
 use crate::forward::stats::Stats;
@@ -37,7 +37,7 @@ fn queue_bodies(
     mtu: usize,
     shared: &Arc<WgShared>,
     inbox: &Arc<Inbox>,
-    lane: Option<Arc<LanePriority>>,
+    lane: Option<Tell>,
 ) -> io::Result<(Body, Body)> {
     let (dev, sock) = (q.dev.clone(), q.sock.clone());
     Ok(if q.offload {
