@@ -349,9 +349,8 @@ fn dual_stack_vxlan_on_systemd_nodes() {
 }
 
 /// `LatencyLane` under the packaged unit: on by default, and the unit
-/// grants `CAP_BPF`, so the lane runs (its threads at nice -19 here: this
-/// kernel's `CONFIG_RT_GROUP_SCHED` refuses `SCHED_FIFO` to a service, said
-/// once). A drop-in that takes `CAP_BPF` away: the kernel refuses the
+/// grants `CAP_BPF`, so the lane runs (its threads at nice -19 while
+/// idle). A drop-in that takes `CAP_BPF` away: the kernel refuses the
 /// classifier, weft says so once with what to check, and forwards as
 /// without the lane (one queue).
 #[test]
@@ -377,17 +376,26 @@ fn udp_latency_lane_runs_under_the_unit_and_a_refusal_is_said_once() {
     assert!(c.lab.ping_once(1, c.lab.node(2).pod_ip.unwrap()), "pods reach each other");
 }
 
-/// `RealtimeThreads` under the packaged unit (`RestrictRealtime=no`, but
-/// this kernel's real-time groups give a service no budget): the kernel
-/// refuses `SCHED_FIFO`; weft says so once, with what to change,
-/// and forwards at normal priority. (What the unit allows is not enough on
-/// this machine's kernel: it is built with `CONFIG_RT_GROUP_SCHED`, so a
-/// service's cgroup has no real-time budget.)
+/// `RealtimeThreads` under the packaged unit, which allows real-time
+/// scheduling (`RestrictRealtime=no`, `LimitRTPRIO=10`, for the latency
+/// lane): every forwarding thread runs `SCHED_FIFO`, nothing refused. A
+/// drop-in that restricts it again: the kernel refuses `SCHED_FIFO`; weft
+/// says so once, with what the unit needs, and forwards at nice -19.
 #[test]
-fn udp_realtime_threads_refused_by_the_unit_are_said_once_and_forwarding_goes_on() {
+fn udp_realtime_threads_run_under_the_unit_and_a_refusal_is_said_once() {
     let json = r#"{"Network":"10.244.0.0/16","SubnetLen":24,"SubnetMax":"10.244.199.0","Backend":{"Type":"udp","RealtimeThreads":true}}"#;
     let c = Cluster::with_config("udp", json);
     let node = c.node(2);
+    let said = journal(node);
+    assert!(!said.contains("the kernel refused SCHED_FIFO"), "{said}");
+    let policies = forwarding_policies(node.main_pid().unwrap());
+    let fifo = libc::SCHED_FIFO as u32;
+    assert!(policies.len() >= 2 && policies.iter().all(|(_, p)| *p == fifo), "threads SCHED_FIFO: {policies:?}");
+    let dir = node.path("/etc/systemd/system/weft.service.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("no-rt.conf"), "[Service]\nRestrictRealtime=yes\n").unwrap();
+    node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
+    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
     let said = journal(node);
     assert_eq!(said.matches("the kernel refused SCHED_FIFO").count(), 1, "{said}");
     assert!(said.contains("RestrictRealtime=no and LimitRTPRIO=10"), "{said}");
