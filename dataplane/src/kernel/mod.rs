@@ -62,10 +62,13 @@ impl Netlink {
     /// and a queue keeps its largest size: dumping a cluster's routes,
     /// neighbours, FDB and nexthops on the long-lived connection would
     /// keep about 10 MB at 65,000 peers for the life of the daemon.
-    pub(crate) fn for_dumps(&self) -> Result<Netlink> {
+    /// `with_nexthops`: the nexthop dump gets a fresh connection too (only
+    /// the routes' pass reads it; the others share the long-lived one).
+    pub(crate) fn for_dumps(&self, with_nexthops: bool) -> Result<Netlink> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(Error::NetlinkSocket)?;
         tokio::spawn(conn);
-        Ok(Netlink { handle, nexthops: Nexthops::connect()?, ..self.clone() })
+        let nexthops = if with_nexthops { Nexthops::connect()? } else { self.nexthops.clone() };
+        Ok(Netlink { handle, nexthops, ..self.clone() })
     }
 
     /// Whether new routes may point at nexthop objects; weft's existing

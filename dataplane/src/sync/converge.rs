@@ -142,7 +142,7 @@ pub(crate) async fn routes(
     pass: Pass,
 ) -> Result<Outcome<IpNet>> {
     let dumps = match pass {
-        Pass::Full => Some(nl.for_dumps()?),
+        Pass::Full => Some(nl.for_dumps(true)?),
         Pass::Delta => None,
     };
     let nexthops = match (nl.nexthops_supported().await, &dumps) {
@@ -217,7 +217,8 @@ pub(crate) async fn neighbours(
     previous: &BTreeMap<IpAddr, MacAddr>,
     pass: Pass,
 ) -> Result<Outcome<IpAddr>> {
-    let installed = installed(pass, previous, async { nl.for_dumps()?.permanent_neighbours(index, v6).await }).await?;
+    let installed =
+        installed(pass, previous, async { nl.for_dumps(false)?.permanent_neighbours(index, v6).await }).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     let stale: Vec<_> = d.remove.iter().filter(|(ip, _)| !desired.contains_key(ip)).cloned().collect();
@@ -235,7 +236,7 @@ pub(crate) async fn fdb(
     previous: &BTreeMap<MacAddr, IpAddr>,
     pass: Pass,
 ) -> Result<Outcome<MacAddr>> {
-    let installed = installed(pass, previous, async { nl.for_dumps()?.fdb(index).await }).await?;
+    let installed = installed(pass, previous, async { nl.for_dumps(false)?.fdb(index).await }).await?;
     let d = diff(&installed, desired);
     let mut out = Outcome::new(&d, previous);
     // An FDB entry is keyed by (MAC, dst): a changed one is deleted first.
