@@ -427,3 +427,51 @@ fn a_small_junk_flood_takes_the_lane_out_of_real_time() {
     });
     assert_eq!(lab.http(2, "/readyz").unwrap().0, 200);
 }
+
+/// Data that finds no session, from a peer's lease endpoint, starts a
+/// handshake with that peer (a restarted node is reached again at once),
+/// at most once per peer every 5 s. A host on the underlay that forges
+/// such data with node 1's address and port (20,000 datagrams in 4 s, of
+/// WireGuard's data type with made-up receiver indexes) gets node 2 to
+/// send node 1 at most that: node 1 answers at most two initiations in
+/// the window, where each forged datagram could otherwise have asked for
+/// one. The forgeries are dropped and counted; pods keep talking.
+#[test]
+fn forged_data_from_a_peer_address_asks_for_at_most_one_handshake_per_5_s() {
+    let mut lab = lab(2, "wireguard", &[]);
+    let intruder = lab.add_intruder(&["198.18.0.200"]).unwrap();
+    let from = std::net::SocketAddrV4::new(lab.node(1).underlay_ip, 51820);
+    let to = std::net::SocketAddrV4::new(lab.node(2).underlay_ip, 51820);
+    // Past the 5 s after the first handshakes, so that a nudge may start one.
+    std::thread::sleep(Duration::from_secs(6));
+    let answered = |lab: &weft_lab::Lab| lab.metric(1, "weft_wireguard_handshakes_total").unwrap();
+    let no_session = |lab: &weft_lab::Lab| {
+        ["unknown_peer", "no_session"]
+            .iter()
+            .map(|r| lab.metric(2, &format!("weft_wireguard_dropped_total{{reason=\"{r}\"}}")).unwrap_or(0))
+            .sum::<u64>()
+    };
+    let (before, dropped_before) = (answered(&lab), no_session(&lab));
+    let mut junk = Junk(0x2545_f491_4f6c_dd1d);
+    for _ in 0..40 {
+        let batch: Vec<Vec<u8>> = (0..500)
+            .map(|_| {
+                let mut m = [0u8; 48];
+                for c in m.chunks_mut(8) {
+                    c.copy_from_slice(&junk.next().to_le_bytes());
+                }
+                m[..4].copy_from_slice(&[4, 0, 0, 0]);
+                weft_lab::raw::ipv4_udp(from, to, &m)
+            })
+            .collect();
+        weft_lab::raw::send_ipv4(&intruder, batch).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (asked, dropped) = (answered(&lab) - before, no_session(&lab) - dropped_before);
+    eprintln!("20,000 forged data messages in 4 s: node 2 dropped {dropped}; node 1 answered {asked} initiations");
+    assert!(dropped >= 15_000, "the forgeries did not reach node 2 ({dropped} dropped)\n{}", lab.log_tail(2));
+    assert!(asked <= 2, "node 1 answered {asked} initiations under 4 s of forged data\n{}", lab.log_tail(2));
+    assert_eq!(lab.http(2, "/readyz").unwrap().0, 200);
+    assert_ping_matrix(&lab);
+}
