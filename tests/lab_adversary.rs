@@ -422,6 +422,10 @@ fn a_small_junk_flood_takes_the_lane_out_of_real_time() {
         let sent = flooding.join().unwrap();
         wait("node 2's lane threads real-time again after the flood, the stream still running", &fifo);
         eprintln!("{sent} small junk datagrams; lane at nice -19 under them, real-time again after");
+        let floods = lab.metric(2, "weft_wireguard_lane_floods_total").unwrap();
+        assert!(floods >= 1, "the flood is counted: {floods}");
+        let said = lab.log(2).matches("LatencyLane: the lane carries bulk traffic itself").count();
+        assert_eq!(said, 1, "said once: {}", lab.log_tail(2));
         let report = stream.join().unwrap().unwrap();
         assert!(weft_lab::iperf::tcp_gbps(&report).unwrap() > 0.5, "the bulk stream went on");
     });

@@ -247,6 +247,7 @@ struct UdpMetrics {
 impl BackendMetrics for UdpMetrics {
     fn render(&self, w: &mut Writer<'_>) {
         self.stats.render(w);
+        crate::backend::userspace::priority::render_lane_floods("udp", w);
         w.family(
             "weft_udp_thread_restarts_total",
             Kind::Counter,

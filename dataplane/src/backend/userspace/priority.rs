@@ -19,8 +19,9 @@
 //! sending small datagrams.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use super::sys;
 
@@ -39,6 +40,24 @@ pub(crate) const FORWARDING_NICE: i32 = -19;
 
 /// Whether a refusal of the nice value was logged already.
 static NICE_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Times a lane turned bulk itself and left real-time, in this process
+/// (one backend per process): `weft_<backend>_lane_floods_total`.
+pub(crate) static LANE_FLOODS: AtomicU64 = AtomicU64::new(0);
+
+/// At most one log line per this long about the lane's floods.
+const FLOODS_SAID_EVERY: Duration = Duration::from_secs(60);
+
+/// The metric family of [`LANE_FLOODS`] for `backend` (`udp`, `wireguard`).
+pub(crate) fn render_lane_floods(backend: &str, w: &mut weft_types::metrics::Writer<'_>) {
+    let name = format!("weft_{backend}_lane_floods_total");
+    w.family(
+        &name,
+        weft_types::metrics::Kind::Counter,
+        "Times the LatencyLane itself carried bulk traffic (a flood of small packets) and its threads left real-time until it was quiet.",
+    )
+    .sample(&name, &[], LANE_FLOODS.load(Ordering::Relaxed) as f64);
+}
 
 /// Whether a refusal of `SCHED_FIFO` was logged already.
 static REALTIME_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -185,6 +204,9 @@ struct State {
     count: BulkCount,
     /// The lane's threads (kernel thread ids).
     threads: Vec<libc::pid_t>,
+    /// When a flood was last said, and how many came since.
+    floods_said: Option<Instant>,
+    floods_unsaid: u64,
 }
 
 /// The lane's threads and the bulk queues' state, shared by all threads.
@@ -220,6 +242,18 @@ impl LanePriority {
     /// For the lane's own `Duty`: the lane turned bulk (`true`) or light.
     pub(crate) fn lane_changed(&self, bulk: bool) {
         let Ok(mut st) = self.state.lock() else { return };
+        if bulk {
+            LANE_FLOODS.fetch_add(1, Ordering::Relaxed);
+            st.floods_unsaid += 1;
+            if st.floods_said.is_none_or(|t| t.elapsed() >= FLOODS_SAID_EVERY) {
+                tracing::warn!(
+                    times = st.floods_unsaid,
+                    "LatencyLane: the lane carries bulk traffic itself (a flood of small packets, from a pod or the underlay?); its threads run at nice -19 until it is quiet (said at most once a minute; weft_*_lane_floods_total counts each)"
+                );
+                st.floods_said = Some(Instant::now());
+                st.floods_unsaid = 0;
+            }
+        }
         if let Some(fifo) = st.count.lane_change(bulk) {
             self.apply(&st.threads, fifo);
         }

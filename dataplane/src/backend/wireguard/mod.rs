@@ -322,6 +322,7 @@ impl std::fmt::Debug for WgMetrics {
 impl BackendMetrics for WgMetrics {
     fn render(&self, w: &mut Writer<'_>) {
         state::render(&self.0, w);
+        super::userspace::priority::render_lane_floods("wireguard", w);
     }
 }
 
