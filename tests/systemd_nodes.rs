@@ -132,6 +132,15 @@ impl Cluster {
 }
 
 /// The unit's journal.
+/// Add the drop-in `name` with `text` to node's weft unit and restart it.
+fn restart_with_drop_in(node: &SystemdNode, name: &str, text: &str) {
+    let dir = node.path("/etc/systemd/system/weft.service.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+    node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
+    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+}
+
 fn journal(node: &SystemdNode) -> String {
     node.run("journalctl", &["-u", "weft", "--no-pager", "-o", "short-monotonic"]).unwrap_or_else(|e| format!("{e:#}"))
 }
@@ -306,17 +315,14 @@ fn a_crash_loop_and_a_credential_on_systemd_nodes() {
     node.run("install", &["-d", "-m", "700", "/etc/weft"]).unwrap();
     std::fs::write(node.path("/etc/weft/etcd-password"), "s3cret-pw\n").unwrap();
     node.run("chmod", &["600", "/etc/weft/etcd-password"]).unwrap();
-    let dropin = node.path("/etc/systemd/system/weft.service.d");
-    std::fs::create_dir_all(&dropin).unwrap();
-    std::fs::write(
-        dropin.join("etcd-password.conf"),
+    // Type=notify: active after the restart means weft held its lease in
+    // etcd, so it logged in.
+    restart_with_drop_in(
+        node,
+        "etcd-password.conf",
         "[Service]\nLoadCredential=etcd-password:/etc/weft/etcd-password\n\
          Environment=WEFT_ETCD_USERNAME=root WEFT_ETCD_PASSWORD_FILE=%d/etcd-password\n",
-    )
-    .unwrap();
-    node.run("systemctl", &["daemon-reload"]).unwrap();
-    // Type=notify: active means weft held its lease in etcd, so it logged in.
-    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+    );
     assert_eq!(c.state(2), "active", "{}", journal(node));
     assert_eq!(c.lab.http(2, "/readyz").unwrap().0, 200, "{}", journal(node));
     let env = node.run("systemctl", &["show", "-p", "Environment", "weft"]).unwrap();
@@ -362,11 +368,7 @@ fn udp_latency_lane_runs_under_the_unit_and_a_refusal_is_said_once() {
     assert!(said.contains("queues=2") && said.contains("latency_lane=true"), "{said}");
     let policies = forwarding_policies(node.main_pid().unwrap());
     assert_eq!(policies.len(), 4, "a bulk queue and the lane, two threads each: {policies:?}");
-    let dir = node.path("/etc/systemd/system/weft.service.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("no-bpf.conf"), "[Service]\nCapabilityBoundingSet=~CAP_BPF\n").unwrap();
-    node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
-    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+    restart_with_drop_in(node, "no-bpf.conf", "[Service]\nCapabilityBoundingSet=~CAP_BPF\n");
     let said = journal(node);
     assert_eq!(said.matches("LatencyLane: loading the eBPF classifier").count(), 1, "{said}");
     assert!(said.contains("forwarding without the lane") && said.contains("systemctl cat weft"), "{said}");
@@ -391,11 +393,7 @@ fn udp_realtime_threads_run_under_the_unit_and_a_refusal_is_said_once() {
     let policies = forwarding_policies(node.main_pid().unwrap());
     let fifo = libc::SCHED_FIFO as u32;
     assert!(policies.len() >= 2 && policies.iter().all(|(_, p)| *p == fifo), "threads SCHED_FIFO: {policies:?}");
-    let dir = node.path("/etc/systemd/system/weft.service.d");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("no-rt.conf"), "[Service]\nRestrictRealtime=yes\n").unwrap();
-    node.run("systemctl", &["daemon-reload"]).unwrap_or_else(|e| panic!("{e:#}"));
-    node.run("systemctl", &["restart", "weft"]).unwrap_or_else(|e| panic!("{e:#}\n{}", journal(node)));
+    restart_with_drop_in(node, "no-rt.conf", "[Service]\nRestrictRealtime=yes\n");
     let said = journal(node);
     assert_eq!(said.matches("the kernel refused SCHED_FIFO").count(), 1, "{said}");
     assert!(said.contains("RestrictRealtime=no and LimitRTPRIO=10"), "{said}");

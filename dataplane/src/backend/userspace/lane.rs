@@ -122,9 +122,15 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
     // TCP: payload = payload length - TCP header.
     ops.extend([op(LD_ABS_B, 0, 0, 52), op(RSH_K, R0, 0, 4), op(LSH_K, R0, 0, 2)]);
     ops.extend(no_payload_to_bulk(4));
-    ops.extend([
-        // A bulk queue by the folded hash.
-        Op::Label("bulk"),
+    ops.push(Op::Label("bulk"));
+    ops.extend(bulk_or_lane(bulk));
+    assemble(&ops)
+}
+
+/// The programs' end, after the `bulk` label: a bulk queue by the hash in
+/// r7 folded to 16 bits; and at the `lane` label, the lane (queue `bulk`).
+fn bulk_or_lane(bulk: i32) -> [Op; 12] {
+    [
         op(MOV_X, R0, R7, 0),
         op(RSH_K, R0, 0, 16),
         op(XOR_X, R7, R0, 0),
@@ -137,8 +143,7 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
         Op::Label("lane"),
         op(MOV_K, R0, 0, bulk),
         op(EXIT, 0, 0, 0),
-    ]);
-    assemble(&ops)
+    ]
 }
 
 /// The wireguard backend's socket classifier for `bulk` bulk queues: a
@@ -148,7 +153,7 @@ pub(crate) fn program(bulk: u32) -> Vec<u64> {
 /// (bytes 4 to 8: one session, one queue).
 pub(crate) fn wire_program(bulk: u32) -> Vec<u64> {
     let bulk = bulk.max(1) as i32;
-    assemble(&[
+    let mut ops = vec![
         op(MOV_X, R6, R1, 0),
         op(LDX_MEM_W, R0, R6, 0),
         jump(JGT_K, R0, 32 + SMALL, "bulk"),
@@ -156,18 +161,9 @@ pub(crate) fn wire_program(bulk: u32) -> Vec<u64> {
         Op::Label("bulk"),
         op(LD_ABS_W, 0, 0, 4),
         op(MOV_X, R7, R0, 0),
-        op(RSH_K, R0, 0, 16),
-        op(XOR_X, R7, R0, 0),
-        op(MOV_X, R0, R7, 0),
-        op(RSH_K, R0, 0, 8),
-        op(XOR_X, R0, R7, 0),
-        op(AND_K, R0, 0, 0xffff),
-        op(MOD_K, R0, 0, bulk),
-        op(EXIT, 0, 0, 0),
-        Op::Label("lane"),
-        op(MOV_K, R0, 0, bulk),
-        op(EXIT, 0, 0, 0),
-    ])
+    ];
+    ops.extend(bulk_or_lane(bulk));
+    assemble(&ops)
 }
 
 /// With the protocol in r0: keep it in r9, hash the ports of TCP and UDP
