@@ -102,6 +102,8 @@ fn backend_defaults() {
     assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardOptions { latency_lane: true, .. })));
     let c = ok(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","LatencyLane":false}}"#);
     assert!(matches!(c.backend, BackendConfig::Wireguard(WireguardOptions { latency_lane: false, .. })));
+    let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","LatencyLane":"no"}}"#);
+    assert!(e.contains("LatencyLane"), "the error names the field: {e}");
     let e = err(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp","LatencyLane":1}}"#);
     assert!(e.contains("LatencyLane"), "the error names the field: {e}");
 }
