@@ -155,10 +155,10 @@ fn faults_and_stop(c: Cluster, backend: &str, device: &str) -> Cluster {
     let (code, body) = c.lab.http(2, "/readyz").unwrap();
     assert_eq!(code, 200, "{body}");
 
-    // The udp backend's sockets and TUN queues wait in systemd's store
-    // while weft is away: nothing is lost but what a ping or two may lose
-    // to a loaded machine. A wireguard session dies with its process.
-    let gap = if backend == "udp" { HANDED_OVER_GAP } else { GAP };
+    // The userspace backends' sockets and TUN queues wait in systemd's
+    // store while weft is away, and wireguard's sessions with them: nothing
+    // is lost but what a ping or two may lose to a loaded machine.
+    let gap = if matches!(backend, "udp" | "wireguard") { HANDED_OVER_GAP } else { GAP };
     let crash = c.loss_during("SIGKILL", |n| {
         n.run("systemctl", &["kill", "--kill-whom=main", "-s", "SIGKILL", "weft"]).unwrap();
     });
@@ -170,6 +170,10 @@ fn faults_and_stop(c: Cluster, backend: &str, device: &str) -> Cluster {
     if matches!(backend, "udp" | "wireguard") {
         let log = journal(c.node(2));
         assert!(log.contains("took back") && log.contains("UDP sockets of the last run"), "{log}");
+    }
+    if backend == "wireguard" {
+        let log = journal(c.node(2));
+        assert!(log.contains("took back the last run's WireGuard sessions"), "{log}");
     }
 
     // weft's own log lines carry their level; none is an error.

@@ -12,9 +12,11 @@
 //! | [`coalesce`] | received TCP segments joined into one TUN write                 |
 //! | [`stats`]    | packet, byte and per-reason drop counters                       |
 //! | [`wg`]       | the wireguard backend's peer table and datagram decisions       |
+//! | [`noise`]    | the WireGuard protocol of one peer: handshakes, sessions, timers (it reads the clock at its ticks and handshakes, never per packet) |
 
 pub mod coalesce;
 pub mod decide;
+pub mod noise;
 pub mod packet;
 pub mod packet6;
 pub mod stats;

@@ -385,6 +385,19 @@ impl Indexes {
         }
     }
 
+    /// Give `key` the index `index` (the one it had in the last process),
+    /// if the key has none yet and the index is free; whether it has it now.
+    pub fn reserve(&mut self, key: Key, index: u32) -> bool {
+        if let Some(i) = self.by_key.get(&key) {
+            return *i == index;
+        }
+        if index == 0 || index > MAX_INDEX || !self.used.insert(index) {
+            return false;
+        }
+        self.by_key.insert(key, index);
+        true
+    }
+
     /// Forget the keys not in `keep` (their leases are gone).
     pub fn retain(&mut self, keep: &std::collections::HashSet<Key>) {
         let used = &mut self.used;

@@ -68,7 +68,14 @@ fn take_named(prefix: &str) -> Vec<(String, OwnedFd)> {
     taken
 }
 
-fn under_systemd() -> bool {
+/// The handed-over descriptor named exactly `name`, if systemd kept one.
+pub(crate) fn take_exact(name: &str) -> Option<OwnedFd> {
+    take_handed_over();
+    let mut handed = HANDED.lock().unwrap_or_else(|p| p.into_inner());
+    handed.as_mut()?.remove(name)
+}
+
+pub(crate) fn under_systemd() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some()
 }
 
@@ -87,6 +94,19 @@ pub(crate) fn store<'a>(entries: impl IntoIterator<Item = (String, BorrowedFd<'a
         if let Err(e) = sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(&name)], &[fd]) {
             warn!("cannot hand {name} to systemd's descriptor store ({e}); a restart drops what arrives meanwhile");
         }
+    }
+}
+
+/// Hand a memory file to systemd's store under `name`. systemd watches a
+/// stored descriptor for hang-ups unless told not to (`FDPOLL=0`), and a
+/// file cannot be watched: without it the file is refused.
+pub(crate) fn store_file(name: &str, fd: BorrowedFd<'_>) {
+    if !under_systemd() {
+        return;
+    }
+    let states = [NotifyState::FdStore, NotifyState::FdName(name), NotifyState::Custom("FDPOLL=0")];
+    if let Err(e) = sd_notify::notify_with_fds(&states, &[fd]) {
+        warn!("cannot hand {name} to systemd's descriptor store ({e}); a restart starts it anew");
     }
 }
 

@@ -275,3 +275,16 @@ pub(crate) fn set_nonblocking(fd: &impl AsRawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A new anonymous memory file (`memfd_create`, close-on-exec) named
+/// `name` for `/proc/<pid>/fd`.
+pub(crate) fn memfd(name: &std::ffi::CStr) -> io::Result<std::fs::File> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of
+    // the call; the flags are a valid combination.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by no one else.
+    Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}

@@ -250,7 +250,7 @@ pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Not
         sends: ErrorLog::new("sending WireGuard handshakes"),
         ticks: 0,
     };
-    let (mut ticked, mut reset) = (Instant::now(), Instant::now());
+    let (mut ticked, mut reset, mut kept) = (Instant::now(), Instant::now(), Instant::now());
     loop {
         if stop.fired() {
             return Exit::Stopped;
@@ -267,6 +267,10 @@ pub(crate) fn run(sock: &UdpSocket, shared: &WgShared, inbox: &Inbox, wake: &Not
         if ticked.elapsed() >= TICK {
             h.tick();
             ticked = Instant::now();
+        }
+        if shared.keeper.due(kept.elapsed()) {
+            shared.keep_sessions();
+            kept = Instant::now();
         }
     }
 }
@@ -318,6 +322,7 @@ impl Handshaker<'_> {
             };
             if first && kind != 3 && !matches!(verdict, Received::Drop(_)) {
                 shared.stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                shared.keeper.changed();
                 // A peer's first handshake may make the node ready: a pass now
                 // says so.
                 if state.handshakes.fetch_add(1, Ordering::Relaxed) == 0 {

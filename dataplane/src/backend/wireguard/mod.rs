@@ -1,8 +1,8 @@
 //! The wireguard backend: flanneld's `wireguard` type in userspace. Pod
 //! packets leave the kernel through a TUN device named as flanneld names
 //! its kernel WireGuard device (`flannel-wg`), are encrypted with the
-//! WireGuard protocol (boringtun's `noise`: handshakes, sessions, cookies,
-//! rekeying, the replay window) for the peer whose AllowedIPs (its
+//! WireGuard protocol (weft's [`crate::forward::noise`]: handshakes,
+//! sessions, cookies, rekeying, the replay window) for the peer whose AllowedIPs (its
 //! subnet) hold the destination, and travel in UDP to the peer's
 //! `PublicIP:Port`, where any standard WireGuard (the kernel's, `wireguard-go`,
 //! weft) decrypts them. No kernel module is needed.
@@ -18,6 +18,8 @@
 //! | `plain`   | the path without offloads: one packet per system call               |
 //! | `handshake` | the handshake thread: handshake messages, timers, the limiter     |
 //! | `probe`   | the handshakes weft starts on its own, and their backoff            |
+//! | `session` | a peer's protocol state, made when used, put to rest when quiet      |
+//! | `keep`    | the sessions kept in systemd's descriptor store across restarts     |
 //! | `uapi`    | WireGuard's userspace API socket: `wg show` reads the peers         |
 //!
 //! The device, sockets, threads and their supervision are the userspace
@@ -47,6 +49,7 @@
 
 mod fast;
 mod handshake;
+mod keep;
 mod key;
 mod plain;
 mod plan;

@@ -1,6 +1,6 @@
 //! A peer's protocol state and where its packets go ([`Session`]), behind
-//! the peer's lock. The state (boringtun's [`Tunn`], about 11 KB, made
-//! with a Diffie-Hellman of the two static keys) exists only while the
+//! the peer's lock. The state (weft's [`Noise`], a few KB, made with a
+//! Diffie-Hellman of the two static keys) exists only while the
 //! peer is in use: it is made on the first packet for the peer, an
 //! initiation from it, or a handshake weft starts, and put to rest once
 //! the peer has been quiet long enough that the protocol holds nothing
@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use boringtun::noise::rate_limiter::RateLimiter;
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::TunnResult;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
+use crate::forward::noise::{Identity, Noise, Saved};
 use crate::forward::wg::authenticated;
 
 /// A state unused this long and without a live session rests: a
@@ -35,37 +35,32 @@ pub(crate) struct TunnSpec {
     pub(crate) psk: Option<[u8; 32]>,
     /// Persistent keepalive, seconds; a peer with one never rests.
     pub(crate) keepalive: Option<u16>,
-    /// The peer's index (boringtun's receiver indexes are made from it).
+    /// The peer's index (the receiver indexes this side gives out are made from it).
     pub(crate) index: u32,
 }
 
 /// What every peer's protocol state of a device is made with, and how many
 /// are awake.
 pub(crate) struct TunnMaker {
-    private: StaticSecret,
-    /// The limiter each state checks again when it opens a message: it
-    /// never reports load (the RX thread did the limiting), so a message
-    /// is counted once.
-    checked: Arc<RateLimiter>,
+    id: Arc<Identity>,
     /// Peers whose state is awake (a gauge).
     pub(crate) awake: AtomicU64,
 }
 
 impl TunnMaker {
     pub(crate) fn new(private: StaticSecret) -> TunnMaker {
-        let public = PublicKey::from(&private);
-        TunnMaker { private, checked: Arc::new(RateLimiter::new(&public, u64::MAX)), awake: AtomicU64::new(0) }
+        TunnMaker { id: Arc::new(Identity::new(private)), awake: AtomicU64::new(0) }
     }
 
-    fn make(&self, spec: &TunnSpec) -> Tunn {
+    fn make(&self, spec: &TunnSpec) -> Noise {
         self.awake.fetch_add(1, Ordering::Relaxed);
-        Tunn::new(self.private.clone(), spec.public, spec.psk, spec.keepalive, spec.index, Some(self.checked.clone()))
+        Noise::new(self.id.clone(), spec.public, spec.psk, spec.keepalive, spec.index)
     }
 }
 
 /// A peer's protocol state, made when needed, and where its packets go now.
 pub(crate) struct Session {
-    tunn: Option<Box<Tunn>>,
+    tunn: Option<Box<Noise>>,
     spec: TunnSpec,
     /// The lease's `PublicIP:Port` at first; then the source of the peer's
     /// latest authenticated message (WireGuard's roaming: how a peer
@@ -107,7 +102,7 @@ impl Session {
     }
 
     /// The protocol state, made now if it rests.
-    pub(crate) fn tunn(&mut self, maker: &TunnMaker) -> &mut Tunn {
+    pub(crate) fn tunn(&mut self, maker: &TunnMaker) -> &mut Noise {
         if self.tunn.is_none() {
             self.used = Instant::now();
             self.seen = (0, 0);
@@ -119,7 +114,7 @@ impl Session {
     /// The protocol state for a message of type `kind` from the peer: made
     /// for an initiation (it starts a session); for anything else a
     /// resting state has nothing to open it with.
-    pub(crate) fn tunn_for(&mut self, kind: u8, maker: &TunnMaker) -> Option<&mut Tunn> {
+    pub(crate) fn tunn_for(&mut self, kind: u8, maker: &TunnMaker) -> Option<&mut Noise> {
         if kind == 1 {
             return Some(self.tunn(maker));
         }
@@ -127,13 +122,13 @@ impl Session {
     }
 
     /// The protocol state if it is awake.
-    pub(crate) fn awake(&mut self) -> Option<&mut Tunn> {
+    pub(crate) fn awake(&mut self) -> Option<&mut Noise> {
         self.tunn.as_deref_mut()
     }
 
     /// How long ago the last handshake with the peer completed, if ever.
     pub(crate) fn time_since_last_handshake(&self) -> Option<Duration> {
-        match self.tunn.as_deref().and_then(Tunn::time_since_last_handshake) {
+        match self.tunn.as_deref().and_then(Noise::time_since_last_handshake) {
             Some(age) => Some(age),
             None => self.last_handshake.map(|t| t.elapsed()),
         }
@@ -175,6 +170,12 @@ impl Session {
         true
     }
 
+    /// Go on with the sessions a previous process saved (`skip`: see
+    /// `keep::SKIP`).
+    pub(crate) fn restore(&mut self, maker: &TunnMaker, saved: &[(u8, Saved)], skip: u64) {
+        self.tunn(maker).restore(saved, skip);
+    }
+
     /// Note that weft started a handshake: the state is in use.
     pub(crate) fn touch(&mut self, now: Instant) {
         self.used = now;
@@ -192,7 +193,7 @@ impl Session {
 
     /// A session already awake with `tunn` (tests).
     #[cfg(test)]
-    pub(crate) fn with_tunn(tunn: Tunn, spec: TunnSpec, endpoint: SocketAddr) -> Session {
+    pub(crate) fn with_tunn(tunn: Noise, spec: TunnSpec, endpoint: SocketAddr) -> Session {
         let mut s = Session::new(spec, endpoint);
         s.tunn = Some(Box::new(tunn));
         s
@@ -201,6 +202,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
+    use boringtun::noise::Tunn;
     use boringtun::x25519::StaticSecret;
 
     use super::*;
@@ -209,11 +211,12 @@ mod tests {
         SocketAddr::from(([198, 18, 0, last], port))
     }
 
-    /// Two protocol states that know each other's keys.
-    fn pair() -> (Tunn, Tunn) {
+    /// Two protocol states that know each other's keys: weft's here,
+    /// boringtun's (the reference) there.
+    fn pair() -> (Noise, Tunn) {
         let (a, b) = (StaticSecret::random_from_rng(rand_core::OsRng), StaticSecret::random_from_rng(rand_core::OsRng));
         let (pa, pb) = (PublicKey::from(&a), PublicKey::from(&b));
-        (Tunn::new(a, pb, None, None, 1, None), Tunn::new(b, pa, None, None, 2, None))
+        (Noise::new(Arc::new(Identity::new(a)), pb, None, None, 1), Tunn::new(b, pa, None, None, 2, None))
     }
 
     fn message(r: TunnResult<'_>) -> Vec<u8> {

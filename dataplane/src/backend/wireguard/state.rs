@@ -2,7 +2,7 @@
 //! the handshake limiter and the counters (rendered for `/metrics`).
 //!
 //! The peers are one immutable [`PeerSet`] swapped whole when the leases
-//! change; each peer's boringtun [`Tunn`] and current endpoint (a
+//! change; each peer's protocol state (weft's `Noise`) and current endpoint (a
 //! [`Session`]) sit behind its own lock, taken for one packet at a time.
 
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use weft_types::metrics::{Kind, Writer};
 
+use super::keep::Keeper;
 pub(crate) use super::session::{Session, TunnMaker, TunnSpec};
 use crate::forward::wg::{PeerTable, WgDrop, WgPeer};
 
@@ -132,6 +133,8 @@ pub(crate) struct WgShared {
     /// The limit `limiter` was made with.
     limit: AtomicU64,
     pub(crate) stats: WgStats,
+    /// Where the sessions are kept for the next process (`keep`).
+    pub(crate) keeper: Keeper,
 }
 
 impl WgShared {
@@ -145,7 +148,26 @@ impl WgShared {
             private,
             public,
             stats: WgStats::default(),
+            keeper: Keeper::none(),
         }
+    }
+
+    /// The same, keeping its sessions with `keeper`.
+    pub(crate) fn with_keeper(self, keeper: Keeper) -> WgShared {
+        WgShared { keeper, ..self }
+    }
+
+    /// Write every awake peer's sessions where the next process finds
+    /// them (`keep`).
+    pub(crate) fn keep_sessions(&self) {
+        self.keeper.write(|put| {
+            for state in self.peers.load().states.values() {
+                let mut session = lock(&state.session);
+                if let Some(noise) = session.awake() {
+                    put(&state.peer.public_key, state.peer.index, noise.save());
+                }
+            }
+        });
     }
 
     /// Fits the handshake limit to `peers` peers (a new limiter, with a

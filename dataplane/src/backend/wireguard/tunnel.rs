@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tracing::info;
 use weft_types::{BackendKind, WireguardOptions};
 
+use super::keep::{Keeper, Kept, SKIP};
 use super::plan::TunnelPeer;
 use super::state::{lock, PeerSet, PeerState, Session, TunnSpec, WgShared};
 use super::threads;
@@ -41,6 +42,8 @@ pub(crate) struct Tunnel {
     pub(crate) port: u16,
     pub(crate) shared: Arc<WgShared>,
     indexes: Indexes,
+    /// Sessions the last process kept, by key, until the peer is programmed.
+    kept: HashMap<Key, Kept>,
     /// The TUN device, its queues and sockets, the threads.
     pub(crate) fwd: Forwarder,
 }
@@ -66,11 +69,14 @@ impl Tunnel {
             accept_local: false,
             not_tun_hint: " (a kernel WireGuard device left by flanneld?)",
         };
+        let fwd = Forwarder::prepare(nl, spec, bind, bulk, lane.then_some(Wire::WireGuard)).await?;
+        let (keeper, kept) = Keeper::open(name);
         Ok(Tunnel {
             port: bind.port(),
-            shared: Arc::new(WgShared::new(StaticSecret::from(private.0))),
+            shared: Arc::new(WgShared::new(StaticSecret::from(private.0)).with_keeper(keeper)),
             indexes: Indexes::default(),
-            fwd: Forwarder::prepare(nl, spec, bind, bulk, lane.then_some(Wire::WireGuard)).await?,
+            kept,
+            fwd,
         })
     }
 
@@ -85,6 +91,12 @@ impl Tunnel {
         let old = self.shared.peers.load_full();
         let keys: HashSet<Key> = peers.iter().map(|p| p.key).collect();
         self.indexes.retain(&keys);
+        // Peers whose sessions were kept get their old indexes first.
+        for (key, k) in &self.kept {
+            if keys.contains(key) {
+                self.indexes.reserve(*key, k.index);
+            }
+        }
         let mut wanted = Vec::new();
         let mut states = HashMap::new();
         for p in peers {
@@ -100,7 +112,10 @@ impl Tunnel {
                         keepalive: (opts.persistent_keepalive > 0).then_some(opts.persistent_keepalive),
                         index: peer.index,
                     };
-                    let session = Session::new(spec, peer.endpoint);
+                    let mut session = Session::new(spec, peer.endpoint);
+                    if let Some(k) = self.kept.remove(&peer.public_key).filter(|k| k.index == index) {
+                        session.restore(&self.shared.maker, &k.sessions, SKIP);
+                    }
                     Arc::new(PeerState {
                         awake: session.awake_flag(),
                         session: std::sync::Mutex::new(session),
@@ -208,8 +223,10 @@ impl Tunnel {
         (ended, set.states.len())
     }
 
-    /// Stop and join the threads; the device stays (it is persistent).
+    /// Stop and join the threads, then keep the sessions as they are now
+    /// for the next process; the device stays (it is persistent).
     pub(crate) fn shutdown(&mut self) {
         self.fwd.shutdown();
+        self.shared.keep_sessions();
     }
 }
