@@ -13,7 +13,7 @@ fi
 # cargo-fuzz passes -Z sanitizer flags; the machine's toolchain is stable,
 # and RUSTC_BOOTSTRAP lets it accept them.
 export RUSTC_BOOTSTRAP=1
-for target in inbound route_table; do
+for target in inbound route_table wireguard; do
     mkdir -p "target/fuzz-corpus/$target"
     echo "fuzz: $target for ${secs}s" >&2
     log="target/fuzz-$target.log"
