@@ -51,6 +51,9 @@ pub(crate) struct Kept {
 /// The device's memory file in systemd's store (none outside systemd).
 pub(crate) struct Keeper {
     file: Mutex<Option<File>>,
+    /// This node's public key: the checksum covers it, so that sessions
+    /// kept under another key are not taken.
+    own: [u8; 32],
     /// A handshake completed since the last write: write now.
     changed: AtomicBool,
 }
@@ -62,11 +65,11 @@ fn wall_ms() -> u64 {
 impl Keeper {
     /// A keeper that keeps nothing.
     pub(crate) fn none() -> Keeper {
-        Keeper { file: Mutex::new(None), changed: AtomicBool::new(false) }
+        Keeper { file: Mutex::new(None), own: [0; 32], changed: AtomicBool::new(false) }
     }
 
-    fn with(file: File) -> Keeper {
-        Keeper { file: Mutex::new(Some(file)), changed: AtomicBool::new(false) }
+    fn with(file: File, own: &Key) -> Keeper {
+        Keeper { file: Mutex::new(Some(file)), own: own.0, changed: AtomicBool::new(false) }
     }
 
     /// Note that a session was made: the next look writes at once.
@@ -82,18 +85,18 @@ impl Keeper {
 
     /// The keeper of `device`'s sessions, and what the last process kept:
     /// its file taken back from systemd's store, or a new one handed to it.
-    pub(crate) fn open(device: &str) -> (Keeper, HashMap<Key, Kept>) {
+    pub(crate) fn open(device: &str, own: &Key) -> (Keeper, HashMap<Key, Kept>) {
         let name = format!("{device}.sessions");
         let none = || (Keeper::none(), HashMap::new());
         if let Some(fd) = handover::take_exact(&name) {
             let file = File::from(fd);
-            let kept = read(&file).unwrap_or_else(|why| {
+            let kept = read(&file, own).unwrap_or_else(|why| {
                 warn!(device, "the sessions kept by the last run cannot be read ({why}); handshakes start anew");
                 HashMap::new()
             });
             let n: usize = kept.values().map(|k| k.sessions.len()).sum();
             info!(device, peers = kept.len(), sessions = n, "took back the last run's WireGuard sessions");
-            return (Keeper::with(file), kept);
+            return (Keeper::with(file, own), kept);
         }
         if !handover::under_systemd() {
             return none();
@@ -103,7 +106,7 @@ impl Keeper {
             Ok(file) => {
                 handover::store_file(&name, file.as_fd());
                 info!(device, "WireGuard sessions are kept in systemd's descriptor store: a restart goes on with them");
-                (Keeper::with(file), HashMap::new())
+                (Keeper::with(file, own), HashMap::new())
             }
             Err(e) => {
                 warn!(device, "cannot make a file for the sessions ({e}); a restart re-handshakes with every peer");
@@ -129,7 +132,7 @@ impl Keeper {
             }
         });
         out[16..20].copy_from_slice(&count.to_le_bytes());
-        let sum = hash(&out, &[]);
+        let sum = hash(&out, &self.own);
         out.extend_from_slice(&sum);
         if let Err(e) = file.write_at(&out, 0).and_then(|_| file.set_len(out.len() as u64)) {
             warn!("cannot keep the WireGuard sessions for a restart ({e})");
@@ -158,23 +161,23 @@ fn encode(key: &Key, index: u32, slot: u8, s: &Saved, out: &mut Vec<u8>) {
 
 /// What a keeper's file holds, by key; the time since it was written is
 /// added to each session's age.
-fn read(file: &File) -> Result<HashMap<Key, Kept>, &'static str> {
+fn read(file: &File, own: &Key) -> Result<HashMap<Key, Kept>, &'static str> {
     let len = file.metadata().map_err(|_| "not readable")?.len() as usize;
     if len == 0 {
         return Ok(HashMap::new());
     }
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0).map_err(|_| "not readable")?;
-    decode(&buf, wall_ms())
+    decode(&buf, own, wall_ms())
 }
 
-fn decode(buf: &[u8], now_ms: u64) -> Result<HashMap<Key, Kept>, &'static str> {
+fn decode(buf: &[u8], own: &Key, now_ms: u64) -> Result<HashMap<Key, Kept>, &'static str> {
     if buf.len() < 20 + 32 || &buf[..8] != MAGIC {
         return Err("not a sessions file of this version");
     }
     let (body, sum) = buf.split_at(buf.len() - 32);
-    if hash(body, &[]) != sum {
-        return Err("its checksum does not match");
+    if hash(body, &own.0) != sum {
+        return Err("its checksum does not match, or it was kept under another private key");
     }
     let u32_at = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
     let u64_at = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
@@ -230,16 +233,18 @@ mod tests {
         for (k, i, slot, s) in entries {
             encode(k, *i, *slot, s, &mut out);
         }
-        let sum = hash(&out, &[]);
+        let sum = hash(&out, &OWN.0);
         out.extend_from_slice(&sum);
         out
     }
+
+    const OWN: Key = Key([3; 32]);
 
     #[test]
     fn what_is_written_reads_back_older_by_the_time_between() {
         let key = Key([9; 32]);
         let buf = file_of(&[(key, 5, 0, saved(1)), (key, 5, 1, saved(2))], 1_000_000);
-        let kept = decode(&buf, 1_000_500).unwrap();
+        let kept = decode(&buf, &OWN, 1_000_500).unwrap();
         let k = &kept[&key];
         assert_eq!(k.index, 5);
         assert_eq!(k.sessions.len(), 2);
@@ -249,17 +254,19 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_or_changed_file_is_refused_whole() {
+    fn a_torn_changed_or_foreign_file_is_refused_whole() {
         let buf = file_of(&[(Key([9; 32]), 5, 0, saved(1))], 1);
         for bad in [&buf[..buf.len() - 1], &buf[..40]] {
-            assert!(decode(bad, 2).is_err());
+            assert!(decode(bad, &OWN, 2).is_err());
         }
         let mut changed = buf.clone();
         changed[60] ^= 1;
-        assert_eq!(decode(&changed, 2).err(), Some("its checksum does not match"));
+        let refused = Some("its checksum does not match, or it was kept under another private key");
+        assert_eq!(decode(&changed, &OWN, 2).err(), refused);
+        assert_eq!(decode(&buf, &Key([4; 32]), 2).err(), refused, "kept under another key");
         let mut other = buf;
         other[0] = b'X';
-        assert!(decode(&other, 2).is_err());
-        assert!(decode(&[], 2).is_err());
+        assert!(decode(&other, &OWN, 2).is_err());
+        assert!(decode(&[], &OWN, 2).is_err());
     }
 }

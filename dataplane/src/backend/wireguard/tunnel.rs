@@ -70,7 +70,7 @@ impl Tunnel {
             not_tun_hint: " (a kernel WireGuard device left by flanneld?)",
         };
         let fwd = Forwarder::prepare(nl, spec, bind, bulk, lane.then_some(Wire::WireGuard)).await?;
-        let (keeper, kept) = Keeper::open(name);
+        let (keeper, kept) = Keeper::open(name, &private.public());
         Ok(Tunnel {
             port: bind.port(),
             shared: Arc::new(WgShared::new(StaticSecret::from(private.0)).with_keeper(keeper)),
