@@ -221,7 +221,7 @@ mod tests {
             recv_key: [2; 32],
             send_counter: 10,
             recv_next: 20,
-            initiator: i % 2 == 0,
+            initiator: i.is_multiple_of(2),
             age_ms: 1000,
         }
     }
