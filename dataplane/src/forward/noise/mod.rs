@@ -138,6 +138,11 @@ impl Noise {
         }
     }
 
+    /// The peer's cookie, while it may still be used.
+    fn live_cookie(&self, now: Instant) -> Option<[u8; 16]> {
+        self.cookie.filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_LIFE).map(|(c, _)| c)
+    }
+
     fn sent(&mut self, len: usize, data: bool) {
         self.last_sent = self.now;
         self.unanswered_rx = None;
@@ -194,7 +199,7 @@ impl Noise {
         let out: &mut [u8; INITIATION] = out.try_into().expect("the length was taken");
         let now = Instant::now();
         self.now = now;
-        let cookie = self.cookie.filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_LIFE).map(|(c, _)| c);
+        let cookie = self.live_cookie(now);
         let local = self.local_index();
         let sent = handshake::initiate(&self.id, &self.peer, local, cookie.as_ref(), out);
         let first = self.pending.as_ref().map_or(now, |p| p.first);
@@ -252,7 +257,7 @@ impl Noise {
         let local = self.local_index();
         let now = Instant::now();
         self.now = now;
-        let cookie = self.cookie.filter(|(_, at)| now.saturating_duration_since(*at) < COOKIE_LIFE).map(|(c, _)| c);
+        let cookie = self.live_cookie(now);
         let t = match handshake::respond(&self.peer, &opened, local, cookie.as_ref(), out) {
             Ok(t) => t,
             Err(r) => return Self::refused(r),

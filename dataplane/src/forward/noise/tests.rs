@@ -48,6 +48,16 @@ fn pair() -> Pair {
     }
 }
 
+/// A handshake weft starts, completed with the reference's response and
+/// weft's keepalive.
+fn established(p: &mut Pair) {
+    let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
+    let init = bytes(p.weft.format_handshake_initiation(&mut buf, false));
+    let resp = bytes(p.reference.decapsulate(FROM, &init, &mut out));
+    let keepalive = bytes(p.weft.decapsulate(FROM, &resp, &mut buf));
+    let _ = p.reference.decapsulate(FROM, &keepalive, &mut out);
+}
+
 /// Data from the reference to weft and back.
 fn talk(p: &mut Pair) {
     let mut buf = vec![0u8; 2048];
@@ -104,10 +114,7 @@ fn the_reference_initiates_and_weft_answers() {
 fn replayed_or_changed_data_is_refused() {
     let mut p = pair();
     let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
-    let init = bytes(p.weft.format_handshake_initiation(&mut buf, false));
-    let resp = bytes(p.reference.decapsulate(FROM, &init, &mut out));
-    let keepalive = bytes(p.weft.decapsulate(FROM, &resp, &mut buf));
-    let _ = p.reference.decapsulate(FROM, &keepalive, &mut out);
+    established(&mut p);
     let m = bytes(p.reference.encapsulate(&packet([10, 244, 2, 1], b"once"), &mut buf));
     assert!(matches!(p.weft.decapsulate(FROM, &m, &mut out), TunnResult::WriteToTunnelV4(..)));
     assert!(matches!(p.weft.decapsulate(FROM, &m, &mut out), TunnResult::Err(WireGuardError::DuplicateCounter)));
@@ -140,10 +147,7 @@ fn a_cookie_under_load_is_taken_and_the_next_initiation_carries_it() {
 fn a_restored_state_goes_on_with_the_peer_without_a_handshake() {
     let mut p = pair();
     let (mut buf, mut out) = (vec![0u8; 2048], vec![0u8; 2048]);
-    let init = bytes(p.weft.format_handshake_initiation(&mut buf, false));
-    let resp = bytes(p.reference.decapsulate(FROM, &init, &mut out));
-    let keepalive = bytes(p.weft.decapsulate(FROM, &resp, &mut buf));
-    let _ = p.reference.decapsulate(FROM, &keepalive, &mut out);
+    established(&mut p);
     talk(&mut p);
     // What the reference sealed before the restart, read after it.
     let in_flight = bytes(p.reference.encapsulate(&packet([10, 244, 2, 1], b"late"), &mut buf));
